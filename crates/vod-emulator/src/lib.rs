@@ -1,0 +1,324 @@
+//! An in-process emulator of Tencent Cloud VOD's v2 reliable-callback queue, faithful
+//! enough to test a consumer against: signature checks (HmacSHA1/HmacSHA256, GET/POST),
+//! stale Timestamps and reused Nonces (4500), long-poll hold that wakes on enqueue, up to
+//! 16 events per pull under fresh handles, a visibility timeout with redelivery under a
+//! new handle, strict ConfirmEvent (any bad handle → 4000, nothing confirmed), a
+//! DescribeDrmDataKey for the EDKs it issued, per-action rate limits (4400) and injected
+//! faults. Control endpoints under `/_emulator/` enqueue, generate and report.
+//!
+//! # Layout
+//! - [`queue`]: the queue rules, pure and time-injected.
+//! - [`generate`]: realistic events of every v2 type.
+//! - `auth`: signature, Timestamp, Nonce and rate-limit checks.
+//! - `server`: the HTTP server, the v2 actions and the control endpoints.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod auth;
+pub mod generate;
+pub mod queue;
+mod server;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::queue::{Queue, QueueStats};
+
+/// One accepted API credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credential {
+    /// The `SecretId`.
+    pub secret_id: String,
+    /// The secret key that signs for it.
+    pub secret_key: String,
+}
+
+/// How an empty long poll is answered; Tencent's own demo expects `code 4000`, and
+/// `code 0` with no or an empty `eventList` must be handled too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmptyResponse {
+    /// `{"code": 4000, ...}`.
+    #[default]
+    Code4000,
+    /// `{"code": 0, "eventList": []}`.
+    EmptyList,
+    /// `{"code": 0}` without `eventList`.
+    MissingList,
+    /// Each of the above in turn.
+    Rotate,
+}
+
+/// A kind of injected fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// HTTP 500 with an HTML body.
+    Http500,
+    /// HTTP 200 with a body that is not JSON.
+    NotJson,
+    /// HTTP 200 with JSON of the wrong shape.
+    WrongShape,
+    /// `code 6000` (internal error).
+    Code6000,
+    /// No answer until `hang_for` has passed (past the client's timeout).
+    Hang,
+    /// The connection is dropped without an answer.
+    Reset,
+}
+
+impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 6] =
+        [FaultKind::Http500, FaultKind::NotJson, FaultKind::WrongShape, FaultKind::Code6000, FaultKind::Hang, FaultKind::Reset];
+}
+
+/// Fault injection settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Probability, 0.0 to 1.0, that an API call gets a fault.
+    pub rate: f64,
+    /// The kinds to choose from, uniformly.
+    pub kinds: Vec<FaultKind>,
+    /// How long a `hang` fault holds the request.
+    #[serde(with = "millis")]
+    pub hang_for: Duration,
+    /// Apply faults to these actions only (empty: all).
+    pub actions: Vec<String>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults { rate: 0.0, kinds: FaultKind::ALL.to_vec(), hang_for: Duration::from_secs(15), actions: Vec::new() }
+    }
+}
+
+/// Emulator settings; the defaults are Tencent's documented values.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// Accepted credentials.
+    pub credentials: Vec<Credential>,
+    /// How long an empty PullEvent is held (Tencent: up to 5 s).
+    pub hold: Duration,
+    /// How long a handle stays valid before its event is redelivered (Tencent: 30 s).
+    pub visibility: Duration,
+    /// Events per pull (16).
+    pub max_batch: usize,
+    /// Calls per minute per action before 4400 (1000); `None` turns the limit off.
+    pub rate_limit_per_minute: Option<u32>,
+    /// How far a request's Timestamp may be from the emulator's clock (2 h).
+    pub max_clock_skew: Duration,
+    /// How an empty long poll is answered.
+    pub empty_response: EmptyResponse,
+    /// Injected faults.
+    pub faults: Faults,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            credentials: vec![Credential { secret_id: DEMO_SECRET_ID.into(), secret_key: DEMO_SECRET_KEY.into() }],
+            hold: Duration::from_secs(5),
+            visibility: Duration::from_secs(30),
+            max_batch: 16,
+            rate_limit_per_minute: Some(1000),
+            max_clock_skew: Duration::from_secs(2 * 3600),
+            empty_response: EmptyResponse::Code4000,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// The SecretId the emulator accepts by default (for demos and tests only).
+pub const DEMO_SECRET_ID: &str = "AKIDemulatorDEMOsecretID0000000000000";
+/// The secret key of [`DEMO_SECRET_ID`].
+pub const DEMO_SECRET_KEY: &str = "emulator-demo-secret-key-not-a-real-one";
+
+/// API-level counters.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ApiStats {
+    /// Calls per action that passed authentication.
+    pub calls: HashMap<String, u64>,
+    /// Calls refused with 4100.
+    pub auth_failures: u64,
+    /// Calls refused with 4500.
+    pub replays: u64,
+    /// Calls refused with 4400.
+    pub rate_limited: u64,
+    /// Faults injected.
+    pub faults: u64,
+}
+
+/// Everything `/_emulator/stats` reports.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Stats {
+    /// Queue counters.
+    #[serde(flatten)]
+    pub queue: QueueStats,
+    /// API counters.
+    pub api: ApiStats,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: Mutex<EmulatorConfig>,
+    pub(crate) queue: Mutex<Queue>,
+    pub(crate) enqueued: Notify,
+    pub(crate) keys: Mutex<HashMap<String, [u8; 16]>>,
+    pub(crate) guard: Mutex<auth::Guard>,
+    pub(crate) api: Mutex<ApiStats>,
+}
+
+/// A cloneable handle on a running emulator's state.
+#[derive(Clone)]
+pub struct EmulatorHandle {
+    shared: Arc<Shared>,
+}
+
+/// A running emulator; dropping it stops the server.
+pub struct Emulator {
+    addr: SocketAddr,
+    handle: EmulatorHandle,
+    task: JoinHandle<()>,
+}
+
+impl Emulator {
+    /// Starts an emulator on `127.0.0.1` with a port chosen by the OS.
+    pub async fn start(config: EmulatorConfig) -> std::io::Result<Emulator> {
+        Self::bind("127.0.0.1:0".parse().expect("valid"), config).await
+    }
+
+    /// Starts an emulator on `addr`.
+    pub async fn bind(addr: SocketAddr, config: EmulatorConfig) -> std::io::Result<Emulator> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::new(config.visibility, config.max_batch)),
+            config: Mutex::new(config),
+            enqueued: Notify::new(),
+            keys: Mutex::new(HashMap::new()),
+            guard: Mutex::new(auth::Guard::default()),
+            api: Mutex::new(ApiStats::default()),
+        });
+        let task = tokio::spawn(server::serve(listener, shared.clone()));
+        Ok(Emulator { addr, handle: EmulatorHandle { shared }, task })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The v2 API endpoint URL (`http://ADDR/v2/index.php`).
+    pub fn endpoint(&self) -> String {
+        format!("http://{}/v2/index.php", self.addr)
+    }
+
+    /// A handle that outlives borrows of `self`.
+    pub fn handle(&self) -> EmulatorHandle {
+        self.handle.clone()
+    }
+}
+
+impl std::ops::Deref for Emulator {
+    type Target = EmulatorHandle;
+    fn deref(&self) -> &EmulatorHandle {
+        &self.handle
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EmulatorHandle {
+    /// Enqueues one event given as its `eventContent` JSON text (kept byte for byte).
+    pub fn enqueue(&self, content: impl Into<String>) {
+        let content: String = content.into();
+        self.shared.queue.lock().unwrap().enqueue(Arc::from(content));
+        self.shared.enqueued.notify_waiters();
+    }
+
+    /// Enqueues `count` realistic events of every type in turn and returns their contents.
+    pub fn enqueue_generated(&self, count: usize) -> Vec<String> {
+        self.enqueue_with(count, |n| generate::generate(n as u64))
+    }
+
+    /// Enqueues `count` realistic events of one template (e.g. `"ProcedureStateChanged"`).
+    pub fn enqueue_generated_type(&self, name: &str, count: usize) -> Option<Vec<String>> {
+        generate::generate_type(name)?;
+        Some(self.enqueue_with(count, |_| generate::generate_type(name).expect("checked")))
+    }
+
+    fn enqueue_with(&self, count: usize, make: impl Fn(usize) -> generate::Generated) -> Vec<String> {
+        let events: Vec<_> = (0..count).map(make).collect();
+        {
+            let mut keys = self.shared.keys.lock().unwrap();
+            events.iter().flat_map(|g| g.keys.iter()).for_each(|(edk, dk)| {
+                keys.insert(edk.clone(), *dk);
+            });
+        }
+        let mut queue = self.shared.queue.lock().unwrap();
+        for g in &events {
+            queue.enqueue(Arc::from(g.content.as_str()));
+        }
+        drop(queue);
+        self.shared.enqueued.notify_waiters();
+        events.into_iter().map(|g| g.content).collect()
+    }
+
+    /// Registers a data key for an EDK, as if Tencent's KMS had issued it.
+    pub fn add_key(&self, edk: impl Into<String>, dk: [u8; 16]) {
+        self.shared.keys.lock().unwrap().insert(edk.into(), dk);
+    }
+
+    /// The data key the emulator holds for `edk`.
+    pub fn data_key(&self, edk: &str) -> Option<[u8; 16]> {
+        self.shared.keys.lock().unwrap().get(edk).copied()
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Stats {
+        Stats { queue: self.shared.queue.lock().unwrap().stats(), api: self.shared.api.lock().unwrap().clone() }
+    }
+
+    /// The content of every event confirmed so far.
+    pub fn confirmed(&self) -> Vec<Arc<str>> {
+        self.shared.queue.lock().unwrap().confirmed()
+    }
+
+    /// Replaces the fault settings.
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.config.lock().unwrap().faults = faults;
+    }
+
+    /// Changes the visibility timeout for handles issued from now on.
+    pub fn set_visibility(&self, visibility: Duration) {
+        self.shared.config.lock().unwrap().visibility = visibility;
+        self.shared.queue.lock().unwrap().set_visibility(visibility);
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}

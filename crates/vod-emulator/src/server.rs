@@ -1,0 +1,343 @@
+//! The emulator's HTTP side: the v2 endpoint (`PullEvent`, `ConfirmEvent`,
+//! `DescribeDrmDataKey`) on any path, and control endpoints under `/_emulator/`.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use vod_protocol::codes;
+
+use crate::auth::{self, Refusal};
+use crate::{EmptyResponse, FaultKind, Faults, Shared};
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 4 << 20;
+
+type Body = Full<Bytes>;
+
+/// Returned by the service to make hyper drop the connection without an answer.
+#[derive(Debug)]
+struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("injected connection reset")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+/// Accepts connections until the task is aborted; aborting drops every connection too.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                tracing::warn!(%error, "Emulator accept failed.");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        while connections.try_join_next().is_some() {}
+        let shared = shared.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, DropConnection> {
+    let path = req.uri().path().to_string();
+    if let Some(control) = path.strip_prefix("/_emulator/") {
+        let control = control.to_string();
+        return Ok(control_endpoint(&shared, &control, req).await.unwrap_or_else(|e| e));
+    }
+    api(shared, req).await
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json; charset=utf-8")
+        .body(Full::new(Bytes::from(value.to_string())))
+        .expect("valid response")
+}
+
+fn v2_answer(code: i64, message: &str, extra: Value) -> Response<Body> {
+    let mut body = json!({"code": code, "message": message, "codeDesc": codes::code_desc(code)});
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    json_response(StatusCode::OK, &body)
+}
+
+fn refused(r: Refusal) -> Response<Body> {
+    v2_answer(r.code, &r.message, Value::Null)
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<(hyper::http::request::Parts, Bytes), Response<Body>> {
+    let (parts, body) = req.into_parts();
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Err(_) => Err(json_response(StatusCode::PAYLOAD_TOO_LARGE, &json!({"error": "body too large or unreadable"}))),
+    }
+}
+
+async fn api(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, DropConnection> {
+    let (parts, body) = match read_body(req).await {
+        Ok(x) => x,
+        Err(resp) => return Ok(resp),
+    };
+    let mut params: Vec<(String, String)> = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+    if parts.method == Method::POST || params.is_empty() {
+        // POST carries everything in the body; the official SDK also retries a GET that way.
+        params.extend(form_urlencoded::parse(&body).into_owned());
+    }
+    let host = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
+    let request = auth::Request { http_method: parts.method.as_str(), host: &host, path: parts.uri.path(), params: &params };
+
+    let (credentials, max_skew, limit, faults) = {
+        let cfg = shared.config.lock().unwrap();
+        (cfg.credentials.clone(), cfg.max_clock_skew, cfg.rate_limit_per_minute, cfg.faults.clone())
+    };
+    let action = {
+        let mut guard = shared.guard.lock().unwrap();
+        let verified = auth::verify(&request, &credentials, max_skew, unix_now(), &mut guard)
+            .and_then(|action| guard.admit(&action, limit).map(|()| action));
+        match verified {
+            Ok(action) => action,
+            Err(refusal) => {
+                let mut api = shared.api.lock().unwrap();
+                match refusal.code {
+                    codes::AUTH_FAILURE => api.auth_failures += 1,
+                    codes::REPLAY => api.replays += 1,
+                    codes::QUOTA_EXCEEDED => api.rate_limited += 1,
+                    _ => {}
+                }
+                return Ok(refused(refusal));
+            }
+        }
+    };
+    *shared.api.lock().unwrap().calls.entry(action.clone()).or_default() += 1;
+
+    let fault = pick_fault(&faults, &action);
+    if let Some(kind) = fault {
+        shared.api.lock().unwrap().faults += 1;
+        // Hangs and resets lose the answer half of the time *after* the action ran, as a
+        // real network does; the other faults happen before the action.
+        let after = matches!(kind, FaultKind::Hang | FaultKind::Reset) && rand::thread_rng().gen_bool(0.5);
+        if after {
+            let _ = run_action(&shared, &action, &request).await;
+        }
+        return inject(kind, &faults).await;
+    }
+    Ok(run_action(&shared, &action, &request).await)
+}
+
+fn pick_fault(faults: &Faults, action: &str) -> Option<FaultKind> {
+    if faults.rate <= 0.0 || faults.kinds.is_empty() {
+        return None;
+    }
+    if !faults.actions.is_empty() && !faults.actions.iter().any(|a| a == action) {
+        return None;
+    }
+    let mut rng = rand::thread_rng();
+    if !rng.gen_bool(faults.rate.min(1.0)) {
+        return None;
+    }
+    faults.kinds.choose(&mut rng).copied()
+}
+
+async fn inject(kind: FaultKind, faults: &Faults) -> Result<Response<Body>, DropConnection> {
+    match kind {
+        FaultKind::Http500 => Ok(Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .header(CONTENT_TYPE, "text/html")
+            .body(Full::new(Bytes::from_static(b"<html><body>500 Internal Server Error</body></html>")))
+            .expect("valid")),
+        FaultKind::NotJson => Ok(Response::builder()
+            .status(StatusCode::OK)
+            .body(Full::new(Bytes::from_static(b"<html>gateway says hello</html>")))
+            .expect("valid")),
+        FaultKind::WrongShape => Ok(json_response(StatusCode::OK, &json!({"code": 0, "eventList": "not-a-list"}))),
+        FaultKind::Code6000 => Ok(v2_answer(codes::INTERNAL_ERROR, "internal error", Value::Null)),
+        FaultKind::Hang => {
+            tokio::time::sleep(faults.hang_for).await;
+            Ok(v2_answer(codes::INTERNAL_ERROR, "answered after a hang", Value::Null))
+        }
+        FaultKind::Reset => Err(DropConnection),
+    }
+}
+
+async fn run_action(shared: &Shared, action: &str, req: &auth::Request<'_>) -> Response<Body> {
+    match action {
+        "PullEvent" => pull_event(shared).await,
+        "ConfirmEvent" => confirm_event(shared, req),
+        "DescribeDrmDataKey" => describe_drm_data_key(shared, req),
+        other => v2_answer(codes::INVALID_PARAMETER, &format!("(4000)action {other} is not supported by the emulator"), Value::Null),
+    }
+}
+
+/// Long poll: answers at once when events are ready, otherwise holds until one is
+/// enqueued, a handle expires (redelivery), or the hold time runs out.
+async fn pull_event(shared: &Shared) -> Response<Body> {
+    let (hold, empty) = {
+        let cfg = shared.config.lock().unwrap();
+        (cfg.hold, cfg.empty_response)
+    };
+    let deadline = Instant::now() + hold;
+    loop {
+        let notified = shared.enqueued.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let next_expiry = {
+            let mut queue = shared.queue.lock().unwrap();
+            let batch = queue.pull(Instant::now());
+            if !batch.is_empty() {
+                let list: Vec<Value> = batch
+                    .iter()
+                    .map(|d| {
+                        // Keep the content's own bytes when it is JSON; anything else goes as a string.
+                        let content = serde_json::from_str::<&serde_json::value::RawValue>(&d.content)
+                            .map(|raw| serde_json::to_value(raw).unwrap_or(Value::Null))
+                            .unwrap_or_else(|_| Value::String(d.content.to_string()));
+                        json!({"msgHandle": d.handle, "eventContent": content})
+                    })
+                    .collect();
+                return v2_answer(codes::OK, "", json!({"eventList": list}));
+            }
+            queue.next_expiry()
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return empty_answer(shared, empty);
+        }
+        let wake = next_expiry.map_or(deadline, |at| at.min(deadline));
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}
+
+fn empty_answer(shared: &Shared, mode: EmptyResponse) -> Response<Body> {
+    let mode = match mode {
+        EmptyResponse::Rotate => {
+            let n = shared.api.lock().unwrap().calls.get("PullEvent").copied().unwrap_or(0);
+            [EmptyResponse::Code4000, EmptyResponse::EmptyList, EmptyResponse::MissingList][(n % 3) as usize]
+        }
+        other => other,
+    };
+    match mode {
+        EmptyResponse::EmptyList => v2_answer(codes::OK, "", json!({"eventList": []})),
+        EmptyResponse::MissingList => v2_answer(codes::OK, "", Value::Null),
+        _ => v2_answer(codes::INVALID_PARAMETER, "(10009)no message", Value::Null),
+    }
+}
+
+/// Indexed parameters `name.0`, `name.1`, ... (or `name_0`), in index order.
+fn indexed(req: &auth::Request<'_>, name: &str) -> Vec<String> {
+    let prefix = format!("{name}.");
+    let mut items: Vec<(u64, String)> = req
+        .params
+        .iter()
+        .filter_map(|(n, v)| {
+            let n = vod_protocol::v2sign::canonical_name(n);
+            n.strip_prefix(&prefix)?.parse().ok().map(|i| (i, v.clone()))
+        })
+        .collect();
+    items.sort();
+    items.into_iter().map(|(_, v)| v).collect()
+}
+
+fn confirm_event(shared: &Shared, req: &auth::Request<'_>) -> Response<Body> {
+    let handles = indexed(req, "msgHandle");
+    if handles.is_empty() {
+        return v2_answer(codes::INVALID_PARAMETER, "(4000)msgHandle.n is required", Value::Null);
+    }
+    match shared.queue.lock().unwrap().confirm(Instant::now(), &handles) {
+        Ok(()) => v2_answer(codes::OK, "", Value::Null),
+        Err(refused) => v2_answer(
+            codes::INVALID_PARAMETER,
+            &format!("(1000)invalid or expired msgHandle: {}", refused.bad_handles.join(",")),
+            Value::Null,
+        ),
+    }
+}
+
+fn describe_drm_data_key(shared: &Shared, req: &auth::Request<'_>) -> Response<Body> {
+    let edks = indexed(req, "edkList");
+    if edks.is_empty() || edks.len() > 10 {
+        return v2_answer(codes::INVALID_PARAMETER, "(4000)edkList.n takes 1 to 10 EDKs", Value::Null);
+    }
+    let keys = shared.keys.lock().unwrap();
+    let mut list = Vec::new();
+    for edk in &edks {
+        let Some(dk) = keys.get(edk) else {
+            return v2_answer(codes::INVALID_PARAMETER, "(4000)edk is not a key this account issued", Value::Null);
+        };
+        list.push(json!({"edk": edk, "dk": base64::engine::general_purpose::STANDARD.encode(dk)}));
+    }
+    v2_answer(codes::OK, "", json!({"data": {"keyList": list}}))
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `/_emulator/{events,generate,stats,faults,confirmed}`.
+async fn control_endpoint(shared: &Arc<Shared>, what: &str, req: Request<Incoming>) -> Result<Response<Body>, Response<Body>> {
+    let handle = crate::EmulatorHandle { shared: shared.clone() };
+    let query: Vec<(String, String)> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let q = |name: &str| query.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let bad = |msg: String| json_response(StatusCode::BAD_REQUEST, &json!({"error": msg}));
+    let method = req.method().clone();
+    let (_, body) = read_body(req).await?;
+    let response = match (method, what) {
+        (Method::GET, "stats") => json_response(StatusCode::OK, &serde_json::to_value(handle.stats()).expect("serialisable")),
+        (Method::GET, "confirmed") => {
+            let list: Vec<String> = handle.confirmed().iter().map(|c| c.to_string()).collect();
+            json_response(StatusCode::OK, &json!(list))
+        }
+        (Method::POST, "events") => {
+            let value: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("body is not JSON: {e}")))?;
+            let events = match value {
+                Value::Array(items) => items,
+                one => vec![one],
+            };
+            for event in &events {
+                handle.enqueue(event.to_string());
+            }
+            json_response(StatusCode::OK, &json!({"enqueued": events.len()}))
+        }
+        (Method::POST, "generate") => {
+            let count: usize = q("count").unwrap_or_else(|| "1".into()).parse().map_err(|_| bad("count must be a number".into()))?;
+            let generated = match q("type") {
+                Some(t) => handle.enqueue_generated_type(&t, count).ok_or_else(|| bad(format!("unknown event template {t}")))?,
+                None => handle.enqueue_generated(count),
+            };
+            json_response(StatusCode::OK, &json!({"enqueued": generated.len()}))
+        }
+        (Method::PUT | Method::POST, "faults") => {
+            let faults: Faults = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid faults: {e}")))?;
+            handle.set_faults(faults);
+            json_response(StatusCode::OK, &json!({"ok": true}))
+        }
+        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "unknown control endpoint; try GET /_emulator/stats"})),
+    };
+    Ok(response)
+}
+
