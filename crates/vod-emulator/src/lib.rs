@@ -22,6 +22,7 @@ mod server;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -175,6 +176,7 @@ pub(crate) struct Shared {
     pub(crate) keys: Mutex<HashMap<String, [u8; 16]>>,
     pub(crate) guard: Mutex<auth::Guard>,
     pub(crate) api: Mutex<ApiStats>,
+    pub(crate) generated: AtomicU64,
 }
 
 /// A cloneable handle on a running emulator's state.
@@ -207,6 +209,7 @@ impl Emulator {
             keys: Mutex::new(HashMap::new()),
             guard: Mutex::new(auth::Guard::default()),
             api: Mutex::new(ApiStats::default()),
+            generated: AtomicU64::new(0),
         });
         let task = tokio::spawn(server::serve(listener, shared.clone()));
         Ok(Emulator { addr, handle: EmulatorHandle { shared }, task })
@@ -251,7 +254,8 @@ impl EmulatorHandle {
 
     /// Enqueues `count` realistic events of every type in turn and returns their contents.
     pub fn enqueue_generated(&self, count: usize) -> Vec<String> {
-        self.enqueue_with(count, |n| generate::generate(n as u64))
+        let first = self.shared.generated.fetch_add(count as u64, Ordering::Relaxed);
+        self.enqueue_with(count, |n| generate::generate(first + n as u64))
     }
 
     /// Enqueues `count` realistic events of one template (e.g. `"ProcedureStateChanged"`).

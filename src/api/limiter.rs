@@ -1,0 +1,55 @@
+//! Client-side rate limit per action, so the daemon never exceeds Tencent's quota
+//! (1000 calls/min per action for v2) and never sees a 4400 of its own making.
+//!
+//! GCRA (`governor`) allows `burst + rate × T` calls in any window `T`; to keep every
+//! sliding minute within `limit`, the burst is small and the steady rate is
+//! `limit - 2 × burst` per minute (one burst of margin for network jitter).
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+pub(crate) struct ActionLimiter {
+    inner: DefaultKeyedRateLimiter<&'static str>,
+}
+
+impl ActionLimiter {
+    pub(crate) fn new(limit_per_minute: u32) -> Self {
+        let burst = (limit_per_minute / 100).max(1);
+        let steady = limit_per_minute.saturating_sub(2 * burst).max(1);
+        let period = Duration::from_secs(60) / steady;
+        let quota = Quota::with_period(period)
+            .expect("period is non-zero")
+            .allow_burst(NonZeroU32::new(burst).expect("burst >= 1"));
+        ActionLimiter { inner: DefaultKeyedRateLimiter::keyed(quota) }
+    }
+
+    pub(crate) async fn until_ready(&self, action: &'static str) {
+        self.inner.until_key_ready(&action).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn never_more_than_the_limit_in_a_window() {
+        // 600/min: burst 6, then one call every 60/588 s.
+        let limiter = ActionLimiter::new(600);
+        let start = Instant::now();
+        for _ in 0..26 {
+            limiter.until_ready("PullEvent").await;
+        }
+        let elapsed = start.elapsed();
+        // 20 calls beyond the burst need at least 19 periods.
+        assert!(elapsed >= Duration::from_secs(60) / 588 * 19, "{elapsed:?}");
+        // Another action has its own budget.
+        let t = Instant::now();
+        limiter.until_ready("ConfirmEvent").await;
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,229 @@
+//! The v2 API client: common parameters, signing exactly as the official SDK does
+//! (`vod-protocol`), GET or POST, a client-side rate limit per action, a timeout on every
+//! call, and typed errors ([`ApiError`], [`ErrorClass`]).
+
+mod error;
+mod limiter;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use error::{ApiError, ErrorClass};
+use rand::Rng;
+use reqwest::Url;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use vod_protocol::{codes, v2sign, SignatureMethod};
+
+use crate::config::Config;
+
+/// One item of a PullEvent `eventList`, as far as it could be read.
+#[derive(Debug, Clone)]
+pub struct PulledItem {
+    /// The `msgHandle`, when present.
+    pub handle: Option<String>,
+    /// The `eventContent` JSON text as sent (or the whole item when it has none).
+    pub content: String,
+}
+
+/// How the client signs and sends.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// The endpoint URL.
+    pub endpoint: Url,
+    /// `SecretId`.
+    pub secret_id: String,
+    /// The secret key.
+    pub secret_key: SecretString,
+    /// `Region`.
+    pub region: String,
+    /// `SignatureMethod`.
+    pub signature_method: SignatureMethod,
+    /// POST instead of GET.
+    pub post: bool,
+    /// `Token`.
+    pub token: Option<SecretString>,
+    /// `SubAppId`.
+    pub sub_app_id: Option<u64>,
+    /// Client timeout per call.
+    pub timeout: Duration,
+    /// Calls per minute per action.
+    pub rate_limit_per_minute: u32,
+}
+
+impl ClientSettings {
+    /// Settings from a validated config.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        Ok(ClientSettings {
+            endpoint: Url::parse(&config.vod.endpoint)?,
+            secret_id: config.vod.secret_id.clone(),
+            secret_key: config.secret_key().map_err(|e| anyhow::anyhow!("vod.secret_key: {e}"))?,
+            region: config.vod.region.clone(),
+            signature_method: config.signature_method().unwrap_or_default(),
+            post: config.vod.http_method == "POST",
+            token: config.vod.token.clone(),
+            sub_app_id: config.vod.sub_app_id,
+            timeout: config.vod.request_timeout,
+            rate_limit_per_minute: config.vod.rate_limit_per_minute,
+        })
+    }
+}
+
+/// The v2 client.
+pub struct V2Client {
+    http: reqwest::Client,
+    settings: ClientSettings,
+    /// `host[:port]` as the `Host` header carries it, which is what gets signed.
+    host: String,
+    limiter: limiter::ActionLimiter,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    code: i64,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "codeDesc")]
+    code_desc: Option<String>,
+    #[serde(default, rename = "eventList", borrow)]
+    event_list: Option<Vec<&'a RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct RawItem<'a> {
+    #[serde(default, rename = "msgHandle")]
+    msg_handle: Option<serde_json::Value>,
+    #[serde(default, rename = "eventContent", borrow)]
+    event_content: Option<&'a RawValue>,
+}
+
+impl V2Client {
+    /// A client for `settings`.
+    pub fn new(settings: ClientSettings) -> anyhow::Result<V2Client> {
+        let host = match (settings.endpoint.host_str(), settings.endpoint.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            (None, _) => anyhow::bail!("vod.endpoint has no host"),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(50))
+            .user_agent(concat!("vod-eventd/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let limiter = limiter::ActionLimiter::new(settings.rate_limit_per_minute);
+        Ok(V2Client { http, settings, host, limiter })
+    }
+
+    /// Long-polls `PullEvent`. An empty queue (`code 4000`, or `code 0` with no or an
+    /// empty `eventList`) is `Ok(vec![])`.
+    pub async fn pull_event(&self) -> Result<Vec<PulledItem>, ApiError> {
+        const ACTION: &str = "PullEvent";
+        let body = match self.call(ACTION, Vec::new()).await {
+            Err(ApiError::Refused { code: codes::INVALID_PARAMETER, message, .. }) => {
+                tracing::debug!(%message, "PullEvent answered 4000: no event waiting.");
+                return Ok(Vec::new());
+            }
+            other => other?,
+        };
+        let malformed = |detail: String| ApiError::Malformed { action: ACTION, detail, excerpt: error::excerpt(&body) };
+        let envelope: Envelope<'_> = serde_json::from_slice(&body).map_err(|e| malformed(e.to_string()))?;
+        let mut items = Vec::new();
+        for raw in envelope.event_list.unwrap_or_default() {
+            items.push(match serde_json::from_str::<RawItem<'_>>(raw.get()) {
+                Ok(RawItem { msg_handle, event_content: Some(content) }) => {
+                    PulledItem { handle: handle_text(msg_handle), content: content.get().to_string() }
+                }
+                Ok(RawItem { msg_handle, event_content: None }) => {
+                    PulledItem { handle: handle_text(msg_handle), content: raw.get().to_string() }
+                }
+                // Not even an object: keep it, it cannot be confirmed.
+                Err(_) => PulledItem { handle: None, content: raw.get().to_string() },
+            });
+        }
+        Ok(items)
+    }
+
+    /// Confirms handles (at most 16).
+    pub async fn confirm_event(&self, handles: &[String]) -> Result<(), ApiError> {
+        let params = handles.iter().enumerate().map(|(i, h)| (format!("msgHandle.{i}"), h.clone())).collect();
+        self.call("ConfirmEvent", params).await.map(drop)
+    }
+
+    /// Signs and sends one call; returns the body of a `code 0` answer.
+    pub async fn call(&self, action: &'static str, params: Vec<(String, String)>) -> Result<Vec<u8>, ApiError> {
+        self.limiter.until_ready(action).await;
+        let params = self.signed_params(action, params);
+        let request = if self.settings.post {
+            self.http.post(self.settings.endpoint.clone()).form(&params)
+        } else {
+            self.http.get(self.settings.endpoint.clone()).query(&params)
+        };
+        let response = request.send().await.map_err(|e| self.transport_error(action, e))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| self.transport_error(action, e))?;
+        if status != reqwest::StatusCode::OK {
+            return Err(ApiError::Http { action, status: status.as_u16(), excerpt: error::excerpt(&body) });
+        }
+        let envelope: Envelope<'_> = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::Malformed { action, detail: e.to_string(), excerpt: error::excerpt(&body) })?;
+        if envelope.code != codes::OK {
+            return Err(ApiError::Refused {
+                action,
+                code: envelope.code,
+                desc: envelope.code_desc.unwrap_or_default(),
+                message: envelope.message.unwrap_or_default(),
+            });
+        }
+        Ok(body.to_vec())
+    }
+
+    fn signed_params(&self, action: &str, extra: Vec<(String, String)>) -> Vec<(String, String)> {
+        let s = &self.settings;
+        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let nonce = rand::thread_rng().gen_range(1..=i64::MAX as u64);
+        let mut params = vec![
+            ("Action".to_string(), action.to_string()),
+            ("Region".to_string(), s.region.clone()),
+            ("Timestamp".to_string(), timestamp.to_string()),
+            ("Nonce".to_string(), nonce.to_string()),
+            ("SecretId".to_string(), s.secret_id.clone()),
+            ("SignatureMethod".to_string(), s.signature_method.as_str().to_string()),
+        ];
+        if let Some(token) = &s.token {
+            params.push(("Token".to_string(), token.expose_secret().to_string()));
+        }
+        if let Some(id) = s.sub_app_id {
+            params.push(("SubAppId".to_string(), id.to_string()));
+        }
+        params.extend(extra);
+        let verb = if s.post { "POST" } else { "GET" };
+        let signature = v2sign::sign(
+            s.secret_key.expose_secret().as_bytes(),
+            verb,
+            &self.host,
+            s.endpoint.path(),
+            params.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        );
+        params.push(("Signature".to_string(), signature));
+        params
+    }
+
+    fn transport_error(&self, action: &'static str, e: reqwest::Error) -> ApiError {
+        if e.is_timeout() {
+            ApiError::Timeout { action, timeout: self.settings.timeout }
+        } else {
+            // The URL of a GET carries the signed query (and a Token, if any): never log it.
+            ApiError::Transport { action, source: e.without_url() }
+        }
+    }
+}
+
+fn handle_text(value: Option<serde_json::Value>) -> Option<String> {
+    match value? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}

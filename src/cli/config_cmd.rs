@@ -1,0 +1,29 @@
+//! `vod-eventd config check`: validate the config (and read the secret) without starting.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the config file and the environment overrides; exit 0 if usable, 78 if not.
+    Check,
+}
+
+impl ConfigCommand {
+    /// Runs the subcommand.
+    pub fn run(self, path: &Path) -> ExitCode {
+        match crate::config::load(path) {
+            Ok(config) => {
+                println!("{}: OK (endpoint {}, store {})", path.display(), config.vod.endpoint, config.store.path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(super::EXIT_CONFIG)
+            }
+        }
+    }
+}

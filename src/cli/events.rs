@@ -1,0 +1,202 @@
+//! `vod-eventd events list|show`: the event history, read straight from the store (WAL
+//! lets this run beside the daemon). Human tables by default, one JSON object per line
+//! with `--json`.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use serde_json::value::RawValue;
+
+use crate::config::Config;
+use crate::store::{EventFilter, EventRow, Store};
+
+/// `events` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// List stored events, newest first.
+    List(ListArgs),
+    /// Show one stored event in full.
+    Show(ShowArgs),
+}
+
+/// `events list` options.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this event type (e.g. NewFileUpload).
+    #[arg(long = "type", value_name = "T")]
+    pub event_type: Option<String>,
+    /// Only events received since this long ago (`2h`, `30m`, `7d`) or this RFC 3339 time.
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only events about this file id.
+    #[arg(long, value_name = "ID")]
+    pub file_id: Option<String>,
+    /// At most this many events.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `events show` options.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The event id (first column of `events list`).
+    pub id: i64,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl EventsCommand {
+    /// Runs the subcommand.
+    pub fn run(self, config: &Config, config_path: &Path) -> anyhow::Result<()> {
+        let store = Store::open_existing(&config.store.path, config.store.busy_timeout)
+            .with_context(|| format!("store.path in {}", config_path.display()))?;
+        let mut out = std::io::stdout().lock();
+        match self {
+            EventsCommand::List(args) => {
+                let filter = EventFilter {
+                    event_type: args.event_type,
+                    since_ms: args.since.as_deref().map(parse_since).transpose()?,
+                    file_id: args.file_id,
+                    limit: args.limit,
+                };
+                let rows = store.list_events(&filter)?;
+                if args.json {
+                    for row in &rows {
+                        writeln!(out, "{}", json_line(row)?)?;
+                    }
+                } else {
+                    write_table(&mut out, &rows)?;
+                }
+            }
+            EventsCommand::Show(args) => {
+                let row = store.get_event(args.id)?.with_context(|| format!("no event with id {} in {}", args.id, store.path().display()))?;
+                if args.json {
+                    writeln!(out, "{}", json_line(&row)?)?;
+                } else {
+                    write_details(&mut out, &row)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `2h` (ago) or an RFC 3339 time, as Unix ms.
+fn parse_since(text: &str) -> anyhow::Result<i64> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return Ok(crate::store::now_ms() - ago.as_millis() as i64);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| anyhow::anyhow!("--since `{text}` is neither a duration like 2h or 30m nor an RFC 3339 time like 2026-11-24T08:00:00Z"))
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// The JSON form: the row's fields plus `content`, the eventContent object as received.
+fn json_line(row: &EventRow) -> anyhow::Result<String> {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        id: i64,
+        event_type: &'a str,
+        received_at: String,
+        last_seen_at: String,
+        file_id: Option<&'a str>,
+        task_id: Option<&'a str>,
+        times_seen: i64,
+        version: Option<&'a str>,
+        api: &'a str,
+        dedupe_key: &'a str,
+        content: Box<RawValue>,
+    }
+    let content = RawValue::from_string(row.content.clone())
+        .or_else(|_| RawValue::from_string(serde_json::to_string(&row.content)?))?;
+    Ok(serde_json::to_string(&Line {
+        id: row.id,
+        event_type: &row.event_type,
+        received_at: rfc3339(row.received_at),
+        last_seen_at: rfc3339(row.last_seen_at),
+        file_id: row.file_id.as_deref(),
+        task_id: row.task_id.as_deref(),
+        times_seen: row.times_seen,
+        version: row.version.as_deref(),
+        api: &row.api,
+        dedupe_key: &row.dedupe_key,
+        content,
+    })?)
+}
+
+fn write_table(out: &mut impl std::io::Write, rows: &[EventRow]) -> std::io::Result<()> {
+    let header = ["ID", "RECEIVED (UTC)", "TYPE", "FILE ID", "TASK ID", "SEEN"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.id.to_string(),
+                rfc3339(r.received_at),
+                r.event_type.clone(),
+                r.file_id.clone().unwrap_or_else(|| "-".into()),
+                r.task_id.clone().unwrap_or_else(|| "-".into()),
+                r.times_seen.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |out: &mut dyn std::io::Write, row: &[&str]| -> std::io::Result<()> {
+        let parts: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        writeln!(out, "{}", parts.join("  ").trim_end())
+    };
+    line(out, &header)?;
+    for row in &cells {
+        line(out, &row.each_ref().map(String::as_str))?;
+    }
+    if rows.is_empty() {
+        writeln!(out, "(no events match)")?;
+    }
+    Ok(())
+}
+
+fn write_details(out: &mut impl std::io::Write, row: &EventRow) -> anyhow::Result<()> {
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    writeln!(out, "id:           {}", row.id)?;
+    writeln!(out, "event type:   {}", row.event_type)?;
+    writeln!(out, "version:      {}", dash(&row.version))?;
+    writeln!(out, "file id:      {}", dash(&row.file_id))?;
+    writeln!(out, "task id:      {}", dash(&row.task_id))?;
+    writeln!(out, "received at:  {}", rfc3339(row.received_at))?;
+    writeln!(out, "last seen at: {}", rfc3339(row.last_seen_at))?;
+    writeln!(out, "times seen:   {}", row.times_seen)?;
+    writeln!(out, "dedupe key:   {}", row.dedupe_key)?;
+    let pretty = serde_json::from_str::<serde_json::Value>(&row.content)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|_| row.content.clone());
+    writeln!(out, "content:\n{pretty}")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_durations_and_rfc3339() {
+        let now = crate::store::now_ms();
+        let two_hours = parse_since("2h").unwrap();
+        assert!((now - two_hours - 7_200_000).abs() < 5_000);
+        assert_eq!(parse_since("2026-11-24T08:00:00Z").unwrap(), 1_795_507_200_000);
+        assert!(parse_since("yesterday").unwrap_err().to_string().contains("--since"));
+    }
+}

@@ -1,0 +1,98 @@
+//! The command line: `run` (the daemon), `events` (history), `config check`, `emulator`
+//! and `demo`. Each subcommand lives in its own file; this one parses and dispatches.
+
+mod config_cmd;
+mod demo;
+mod emulator;
+mod events;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, ConfigError};
+use crate::puller::PullError;
+use crate::stats::PipelineStats;
+
+/// Exit code for configuration errors (sysexits EX_CONFIG), so systemd can be told not to
+/// restart into the same mistake.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// vod-eventd: Tencent Cloud VOD reliable-callback events, stored once and confirmed safely.
+#[derive(Debug, Parser)]
+#[command(name = "vod-eventd", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file [default: $VOD_EVENTD_CONFIG, else /etc/vod-eventd/config.toml].
+    #[arg(long, short, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: pull events, store them, confirm them.
+    Run,
+    /// Work with the configuration.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// Query the stored event history (safe while the daemon runs).
+    #[command(subcommand)]
+    Events(events::EventsCommand),
+    /// Run the VOD API emulator (PullEvent/ConfirmEvent/DescribeDrmDataKey) for testing.
+    Emulator(emulator::EmulatorArgs),
+    /// Run the emulator and the daemon together on a demo config and watch events arrive.
+    Demo(demo::DemoArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let config_path = config::config_path(cli.config.as_deref());
+    let result = match cli.command {
+        Command::Run => run_daemon(&config_path),
+        Command::Config(cmd) => return cmd.run(&config_path),
+        Command::Events(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
+        Command::Emulator(args) => runtime().and_then(|rt| rt.block_on(args.run())),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(args.run())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+/// Prints an error for a person and picks the exit code.
+fn report(e: &anyhow::Error) -> ExitCode {
+    if let Some(config_error) = e.downcast_ref::<ConfigError>() {
+        eprintln!("{config_error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    eprintln!("vod-eventd: error: {e:#}");
+    if e.downcast_ref::<PullError>().is_some() {
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    ExitCode::FAILURE
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(config::load(path)?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    crate::logging::init(&config.log.level, &config.log.format);
+    runtime()?.block_on(async {
+        let shutdown = CancellationToken::new();
+        crate::signal::cancel_on_signals(shutdown.clone())?;
+        crate::daemon::run(config, config_path.to_path_buf(), Arc::new(PipelineStats::default()), shutdown).await
+    })
+}

@@ -1,0 +1,473 @@
+//! Configuration: built-in defaults, then the TOML file, then `VOD_EVENTD_*` environment
+//! variables (`__` separates nesting: `VOD_EVENTD_VOD__SECRET_ID`). Every problem is
+//! reported with the key and the file or variable it came from, so `config check` can
+//! name all of them at once.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use vod_protocol::SignatureMethod;
+
+/// Where the config file is looked for when neither `--config` nor `VOD_EVENTD_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/vod-eventd/config.toml";
+/// The environment variable that names the config file.
+pub const CONFIG_ENV: &str = "VOD_EVENTD_CONFIG";
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "VOD_EVENTD_";
+/// ConfirmEvent takes at most this many handles per call (v3 documents 16; v2 is silent).
+pub const MAX_CONFIRM_BATCH: usize = 16;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Tencent VOD API.
+    pub vod: VodConfig,
+    /// The event store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Confirmation batching.
+    #[serde(default)]
+    pub confirm: ConfirmConfig,
+    /// The pull loop.
+    #[serde(default)]
+    pub pull: PullConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[vod]`: where and how to call the API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VodConfig {
+    /// The v2 endpoint URL.
+    #[serde(default = "default_endpoint")]
+    pub endpoint: String,
+    /// The API SecretId.
+    pub secret_id: String,
+    /// The API secret key, inline.
+    #[serde(default)]
+    pub secret_key: Option<SecretString>,
+    /// A file holding the secret key (trailing newline ignored).
+    #[serde(default)]
+    pub secret_key_file: Option<PathBuf>,
+    /// The name of the systemd credential holding the secret key (`LoadCredential=`).
+    #[serde(default = "default_credential")]
+    pub secret_key_credential: String,
+    /// The `Region` parameter.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// `HmacSHA256` or `HmacSHA1`.
+    #[serde(default = "default_signature_method")]
+    pub signature_method: String,
+    /// `GET` or `POST`.
+    #[serde(default = "default_http_method")]
+    pub http_method: String,
+    /// An STS token (the `Token` parameter), for temporary credentials.
+    #[serde(default)]
+    pub token: Option<SecretString>,
+    /// The sub-application id (`SubAppId`).
+    #[serde(default)]
+    pub sub_app_id: Option<u64>,
+    /// Client timeout of one API call; PullEvent holds up to 5 s, Tencent recommends 10 s.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Calls per minute allowed per action (Tencent: 1000).
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit_per_minute: u32,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The SQLite file.
+    pub path: PathBuf,
+    /// How long a write waits for a lock held by another process (e.g. the CLI).
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+}
+
+/// `[confirm]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfirmConfig {
+    /// Flush a batch when its oldest handle was pulled this long ago.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Handles per ConfirmEvent call, 1 to 16.
+    pub batch_size: usize,
+    /// How long Tencent keeps a handle valid (30 s); older handles are dropped, not sent.
+    #[serde(with = "humantime_serde")]
+    pub handle_ttl: Duration,
+    /// ConfirmEvent calls in flight at once.
+    pub concurrency: usize,
+}
+
+/// `[pull]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PullConfig {
+    /// First delay after a failed call; doubles up to `backoff_max`, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub backoff_min: Duration,
+    /// Longest delay between retries of a failing call.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Delay between retries while the credentials are refused (after a first success).
+    #[serde(with = "humantime_serde")]
+    pub auth_retry: Duration,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `vod_eventd=debug`); `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+fn default_endpoint() -> String {
+    "https://vod.api.qcloud.com/v2/index.php".into()
+}
+fn default_credential() -> String {
+    "vod-secret-key".into()
+}
+fn default_region() -> String {
+    "gz".into()
+}
+fn default_signature_method() -> String {
+    "HmacSHA256".into()
+}
+fn default_http_method() -> String {
+    "GET".into()
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_rate_limit() -> u32 {
+    1000
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { path: PathBuf::from("/var/lib/vod-eventd/events.db"), busy_timeout: Duration::from_secs(5) }
+    }
+}
+
+impl Default for ConfirmConfig {
+    fn default() -> Self {
+        ConfirmConfig {
+            max_delay: Duration::from_secs(1),
+            batch_size: MAX_CONFIRM_BATCH,
+            handle_ttl: Duration::from_secs(30),
+            concurrency: 4,
+        }
+    }
+}
+
+impl Default for PullConfig {
+    fn default() -> Self {
+        PullConfig {
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            auth_retry: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// One configuration problem, with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// The dotted key (`vod.secret_id`), or empty for the file as a whole.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+    /// The file or variable the value came from, if known.
+    pub source: Option<String>,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.source, self.key.is_empty()) {
+            (Some(src), false) => write!(f, "{src}: `{}`: {}", self.key, self.message),
+            (Some(src), true) => write!(f, "{src}: {}", self.message),
+            (None, false) => write!(f, "`{}`: {}", self.key, self.message),
+            (None, true) => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Every problem found while loading a config.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file that was read (or looked for).
+    pub path: PathBuf,
+    /// The problems, at least one.
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "config error: {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The config file to use: `--config`, else `VOD_EVENTD_CONFIG`, else the default path.
+pub fn config_path(cli: Option<&Path>) -> PathBuf {
+    cli.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+/// Loads and validates the config from `path` and the environment.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let issue = |message: String| ConfigError {
+        path: path.to_path_buf(),
+        issues: vec![ConfigIssue { key: String::new(), message, source: Some(path.display().to_string()) }],
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(issue("is not a file; pass a config file with --config PATH".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(issue(format!(
+                "no such file; create it (see config.example.toml) or pass another with --config PATH or {CONFIG_ENV}"
+            )))
+        }
+        Err(e) => return Err(issue(format!("cannot be read: {e}"))),
+    }
+    let figment = Figment::new()
+        .merge(Toml::file_exact(path))
+        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"));
+    from_figment(figment, path)
+}
+
+/// Extracts and validates a config from any figment (the test seam).
+pub fn from_figment(figment: Figment, path: &Path) -> Result<Config, ConfigError> {
+    let config: Config = figment.extract().map_err(|err| ConfigError {
+        path: path.to_path_buf(),
+        issues: err.into_iter().map(|e| figment_issue(e, path)).collect(),
+    })?;
+    let issues = config.validate();
+    if issues.is_empty() {
+        Ok(config)
+    } else {
+        let source = Some(path.display().to_string());
+        Err(ConfigError {
+            path: path.to_path_buf(),
+            issues: issues.into_iter().map(|i| ConfigIssue { source: i.source.or(source.clone()), ..i }).collect(),
+        })
+    }
+}
+
+fn figment_issue(e: figment::Error, path: &Path) -> ConfigIssue {
+    use figment::error::Kind;
+    let mut key = e.path.join(".");
+    let message = match &e.kind {
+        Kind::MissingField(field) => {
+            key = if key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
+            format!("is required but missing; set it in the file or in {}", env_name(&key))
+        }
+        Kind::UnknownField(field, expected) => {
+            key = if key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
+            format!("is not a known key (expected one of: {}); check the spelling", expected.join(", "))
+        }
+        Kind::Message(m) if m.contains("TOML") || e.path.is_empty() => m.clone(),
+        other => format!("{other}"),
+    };
+    let source = e
+        .metadata
+        .as_ref()
+        .and_then(|m| m.source.as_ref().map(|s| s.to_string()).or_else(|| Some(m.name.to_string())))
+        .or_else(|| Some(path.display().to_string()));
+    ConfigIssue { key, message, source }
+}
+
+/// The environment variable that sets a dotted key.
+pub fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+impl Config {
+    fn validate(&self) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        let mut bad = |key: &str, message: String| issues.push(ConfigIssue { key: key.into(), message, source: None });
+        match reqwest::Url::parse(&self.vod.endpoint) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {}
+            _ => bad("vod.endpoint", format!("`{}` is not an http(s) URL such as https://vod.api.qcloud.com/v2/index.php", self.vod.endpoint)),
+        }
+        if self.vod.secret_id.trim().is_empty() {
+            bad("vod.secret_id", "is empty; set it to your API SecretId (AKID...)".into());
+        }
+        if self.vod.region.trim().is_empty() {
+            bad("vod.region", "is empty; for VOD use \"gz\"".into());
+        }
+        if self.signature_method().is_none() {
+            bad("vod.signature_method", format!("`{}` is not HmacSHA256 or HmacSHA1", self.vod.signature_method));
+        }
+        if !matches!(self.vod.http_method.as_str(), "GET" | "POST") {
+            bad("vod.http_method", format!("`{}` is not GET or POST", self.vod.http_method));
+        }
+        if self.vod.request_timeout < Duration::from_secs(1) {
+            bad("vod.request_timeout", "must be at least 1s (PullEvent holds up to 5 s; 10s is recommended)".into());
+        }
+        if self.vod.rate_limit_per_minute == 0 {
+            bad("vod.rate_limit_per_minute", "must be at least 1".into());
+        }
+        if let Err(message) = self.secret_key() {
+            bad("vod.secret_key", message);
+        }
+        if !(1..=MAX_CONFIRM_BATCH).contains(&self.confirm.batch_size) {
+            bad("confirm.batch_size", format!("must be between 1 and {MAX_CONFIRM_BATCH}"));
+        }
+        if self.confirm.max_delay >= self.confirm.handle_ttl {
+            bad("confirm.max_delay", "must be well below confirm.handle_ttl (30s), or every handle expires".into());
+        }
+        if self.confirm.concurrency == 0 {
+            bad("confirm.concurrency", "must be at least 1".into());
+        }
+        if self.pull.backoff_min.is_zero() || self.pull.backoff_min > self.pull.backoff_max {
+            bad("pull.backoff_min", "must be above zero and at most pull.backoff_max".into());
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bad("log.format", format!("`{}` is not text or json", self.log.format));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            bad("log.level", format!("`{}` is not a valid filter: {e}", self.log.level));
+        }
+        issues
+    }
+
+    /// The signature method named by `vod.signature_method`.
+    pub fn signature_method(&self) -> Option<SignatureMethod> {
+        match self.vod.signature_method.as_str() {
+            "HmacSHA256" => Some(SignatureMethod::HmacSha256),
+            "HmacSHA1" => Some(SignatureMethod::HmacSha1),
+            _ => None,
+        }
+    }
+
+    /// The secret key: `vod.secret_key`, else `vod.secret_key_file`, else the systemd
+    /// credential `vod.secret_key_credential` in `$CREDENTIALS_DIRECTORY`.
+    pub fn secret_key(&self) -> Result<SecretString, String> {
+        if let Some(key) = &self.vod.secret_key {
+            if key.expose_secret().trim().is_empty() {
+                return Err("is empty; set the API secret key, or remove it and use vod.secret_key_file".into());
+            }
+            return Ok(key.clone());
+        }
+        if let Some(file) = &self.vod.secret_key_file {
+            return read_secret(file).map_err(|e| format!("vod.secret_key_file {}: {e}", file.display()));
+        }
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let file = Path::new(&dir).join(&self.vod.secret_key_credential);
+            if file.exists() {
+                return read_secret(&file).map_err(|e| format!("systemd credential {}: {e}", file.display()));
+            }
+        }
+        Err(format!(
+            "no secret key: set vod.secret_key or vod.secret_key_file, or load the systemd credential `{}` (LoadCredential={}:/path/to/key)",
+            self.vod.secret_key_credential, self.vod.secret_key_credential
+        ))
+    }
+}
+
+fn read_secret(path: &Path) -> Result<SecretString, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let key = text.trim_end_matches(['\n', '\r']);
+    if key.is_empty() {
+        return Err("the file is empty".into());
+    }
+    Ok(SecretString::from(key.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::providers::Serialized;
+
+    use super::*;
+
+    fn parse(toml: &str) -> Result<Config, ConfigError> {
+        from_figment(Figment::new().merge(Toml::string(toml)), Path::new("test.toml"))
+    }
+
+    const MINIMAL: &str = "[vod]\nsecret_id = \"AKID1\"\nsecret_key = \"k\"\n";
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.vod.endpoint, "https://vod.api.qcloud.com/v2/index.php");
+        assert_eq!(c.vod.region, "gz");
+        assert_eq!(c.signature_method(), Some(SignatureMethod::HmacSha256));
+        assert_eq!(c.vod.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.confirm.max_delay, Duration::from_secs(1));
+        assert_eq!(c.confirm.batch_size, 16);
+        assert_eq!(c.store.path, PathBuf::from("/var/lib/vod-eventd/events.db"));
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let example = include_str!("../config.example.toml");
+        let c = parse(example).unwrap();
+        assert_eq!(c.confirm.max_delay, ConfirmConfig::default().max_delay);
+    }
+
+    #[test]
+    fn every_problem_is_named_by_key() {
+        let err = parse("[vod]\nsecret_id = \"\"\nsignature_method = \"md5\"\nendpoint = \"ftp://x\"\n[confirm]\nbatch_size = 40\n").unwrap_err();
+        let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        for key in ["vod.endpoint", "vod.secret_id", "vod.signature_method", "vod.secret_key", "confirm.batch_size"] {
+            assert!(keys.contains(&key), "{key} not reported in {keys:?}");
+        }
+        assert!(err.to_string().lines().all(|l| l.starts_with("config error: test.toml: `")));
+    }
+
+    #[test]
+    fn missing_and_unknown_keys_are_named() {
+        let err = parse("[vod]\nsecret_key = \"k\"\nsecretid = \"x\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`vod.secret_id`: is required"), "{text}");
+        assert!(text.contains("`vod.secretid`: is not a known key"), "{text}");
+        assert!(text.contains("VOD_EVENTD_VOD__SECRET_ID"), "{text}");
+    }
+
+    #[test]
+    fn secret_key_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let fig = Figment::new().merge(Toml::string("[vod]\nsecret_id = \"AKID1\"\n")).merge(Serialized::default("vod.secret_key_file", &file));
+        let c = from_figment(fig, Path::new("t")).unwrap();
+        assert_eq!(c.secret_key().unwrap().expose_secret(), "s3cret");
+        let fig = Figment::new().merge(Toml::string("[vod]\nsecret_id = \"AKID1\"\nsecret_key_file = \"/nonexistent/key\"\n"));
+        let err = from_figment(fig, Path::new("t")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/key"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let c = parse("[vod]\nsecret_id = \"AKID1\"\nsecret_key = \"very-secret-value\"\ntoken = \"sts-token-value\"\n").unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("very-secret-value") && !debug.contains("sts-token-value"), "{debug}");
+    }
+}

@@ -1,0 +1,147 @@
+//! The confirmer: receives handles only after their events are committed, and confirms
+//! them in batches of up to 16 — when a batch is full, when its oldest handle has waited
+//! `confirm.max_delay`, and on shutdown (when the channel closes). A handle is only sent
+//! while it is still inside Tencent's 30 s window; one that cannot make it is dropped
+//! with a warning (the event will be redelivered and deduplicated). A batch refused with
+//! 4000 is split in halves until the still-valid handles go through without the bad one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng as _;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use crate::api::{ErrorClass, V2Client};
+use crate::backoff;
+use crate::config::ConfirmConfig;
+use crate::stats::PipelineStats;
+
+/// A handle whose event is committed.
+#[derive(Debug, Clone)]
+pub struct PendingHandle {
+    /// The `msgHandle`.
+    pub handle: String,
+    /// When the PullEvent answer carrying it arrived.
+    pub pulled_at: Instant,
+}
+
+/// Capacity of the channel from the puller; a full channel makes the puller wait.
+pub const CHANNEL_CAPACITY: usize = 1024;
+
+/// Time kept in reserve before a handle's window closes, for the call to travel.
+const SAFETY_MARGIN: Duration = Duration::from_millis(500);
+
+/// Batches and confirms handles until `rx` closes, then flushes everything left.
+pub async fn run(client: Arc<V2Client>, mut rx: mpsc::Receiver<PendingHandle>, config: ConfirmConfig, stats: Arc<PipelineStats>) {
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let mut calls = JoinSet::new();
+    let mut batch: Vec<PendingHandle> = Vec::with_capacity(config.batch_size);
+    loop {
+        let flush_at = batch.first().map(|h| h.pulled_at + config.max_delay);
+        tokio::select! {
+            received = rx.recv() => match received {
+                Some(h) => {
+                    batch.push(h);
+                    if batch.len() < config.batch_size {
+                        continue;
+                    }
+                }
+                None => break,
+            },
+            _ = sleep_until(flush_at), if flush_at.is_some() => {}
+            Some(_) = calls.join_next(), if !calls.is_empty() => continue,
+        }
+        let full = std::mem::replace(&mut batch, Vec::with_capacity(config.batch_size));
+        spawn_confirm(&mut calls, &permits, &client, &config, &stats, full).await;
+    }
+    for chunk in batch.chunks(config.batch_size) {
+        spawn_confirm(&mut calls, &permits, &client, &config, &stats, chunk.to_vec()).await;
+    }
+    while calls.join_next().await.is_some() {}
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+async fn spawn_confirm(
+    calls: &mut JoinSet<()>,
+    permits: &Arc<Semaphore>,
+    client: &Arc<V2Client>,
+    config: &ConfirmConfig,
+    stats: &Arc<PipelineStats>,
+    batch: Vec<PendingHandle>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
+    let (client, stats, ttl) = (client.clone(), stats.clone(), config.handle_ttl);
+    calls.spawn(async move {
+        confirm_batch(&client, batch, ttl, &stats).await;
+        drop(permit);
+    });
+}
+
+/// Confirms one batch, retrying transient failures inside the handles' window and
+/// splitting a batch refused with 4000.
+async fn confirm_batch(client: &V2Client, batch: Vec<PendingHandle>, ttl: Duration, stats: &PipelineStats) {
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut work = vec![batch];
+    while let Some(mut part) = work.pop() {
+        let mut attempt: u32 = 0;
+        loop {
+            drop_expired(&mut part, ttl, stats);
+            if part.is_empty() {
+                break;
+            }
+            let handles: Vec<String> = part.iter().map(|h| h.handle.clone()).collect();
+            match client.confirm_event(&handles).await {
+                Ok(()) => {
+                    PipelineStats::add(&stats.confirm_batches, 1);
+                    PipelineStats::add(&stats.handles_confirmed, part.len() as u64);
+                    debug!(handles = part.len(), "Confirmed.");
+                    break;
+                }
+                Err(e) if e.class() == ErrorClass::InvalidParameter => {
+                    PipelineStats::add(&stats.confirm_failures, 1);
+                    if part.len() == 1 {
+                        PipelineStats::add(&stats.handles_expired, 1);
+                        warn!(error = %e, "ConfirmEvent refused a handle as invalid or expired; its event is stored and will be redelivered and deduplicated.");
+                    } else {
+                        debug!(error = %e, handles = part.len(), "ConfirmEvent refused the batch; splitting it to find the bad handle.");
+                        let second = part.split_off(part.len() / 2);
+                        work.push(second);
+                        work.push(part);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    PipelineStats::add(&stats.confirm_failures, 1);
+                    let delay = backoff::delay(attempt, Duration::from_millis(100), Duration::from_secs(5), &mut rng);
+                    attempt += 1;
+                    let oldest = part.iter().map(|h| h.pulled_at).min().expect("non-empty");
+                    let remaining = (oldest + ttl).saturating_duration_since(Instant::now());
+                    warn!(error = %e, code = %e.label(), handles = part.len(), window_left = ?remaining, "ConfirmEvent failed; retrying inside the confirm window.");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// Removes (with a warning) handles too close to the end of their window to be sent.
+fn drop_expired(part: &mut Vec<PendingHandle>, ttl: Duration, stats: &PipelineStats) {
+    let now = Instant::now();
+    let before = part.len();
+    part.retain(|h| h.pulled_at + ttl > now + SAFETY_MARGIN);
+    let dropped = before - part.len();
+    if dropped > 0 {
+        PipelineStats::add(&stats.handles_expired, dropped as u64);
+        warn!(handles = dropped, "Dropped handles whose confirm window has passed; their events are stored and will be redelivered and deduplicated.");
+    }
+}

@@ -1,0 +1,178 @@
+//! What an event is once received: its exact text, a content-derived dedupe key, and the
+//! fields operators filter on. Nothing here does I/O, and nothing here rejects an event:
+//! odd shapes (numeric `version`, string `status`, unknown types, even non-objects) are
+//! described as well as they can be and stored as they are.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The `event_type` recorded for content that names none.
+pub const MISSING_TYPE: &str = "<missing>";
+
+/// A received event, ready to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedEvent {
+    /// The `eventContent` exactly as Tencent sent it.
+    pub content: String,
+    /// SHA-256 of the canonical form of `content` (keys sorted, no whitespace).
+    pub dedupe_key: [u8; 32],
+    /// `eventType`, or [`MISSING_TYPE`].
+    pub event_type: String,
+    /// `version` as text (`"4.0"`, or `4` when sent as a number).
+    pub version: Option<String>,
+    /// The file the event is about, when it names one.
+    pub file_id: Option<String>,
+    /// The task the event reports on, when it names one.
+    pub task_id: Option<String>,
+}
+
+impl ReceivedEvent {
+    /// Describes an `eventContent` given as JSON text.
+    pub fn from_content(content: &str) -> ReceivedEvent {
+        let parsed: Option<Value> = serde_json::from_str(content).ok();
+        let dedupe_key = match &parsed {
+            Some(value) => Sha256::digest(canonical_json(value).as_bytes()).into(),
+            None => Sha256::digest(content.as_bytes()).into(),
+        };
+        // Some producers double-encode: a string holding the JSON object.
+        let body = match parsed {
+            Some(Value::String(inner)) => serde_json::from_str(&inner).ok(),
+            other => other,
+        };
+        let body = body.unwrap_or(Value::Null);
+        let data = &body["data"];
+        ReceivedEvent {
+            content: content.to_string(),
+            dedupe_key,
+            event_type: body["eventType"].as_str().filter(|t| !t.is_empty()).unwrap_or(MISSING_TYPE).to_string(),
+            version: scalar_text(&body["version"]),
+            file_id: file_id(data),
+            task_id: ["vodTaskId", "procedureTaskId", "taskId"].iter().find_map(|k| scalar_text(&data[*k])),
+        }
+    }
+
+    /// The dedupe key in lower-case hex.
+    pub fn dedupe_hex(&self) -> String {
+        hex(&self.dedupe_key)
+    }
+}
+
+/// The file id: `data.fileId`, else the first `fileInfo` entry's (an object for
+/// ClipComplete, an array for FileDeleted and ConcatComplete), else `srcFileId`.
+fn file_id(data: &Value) -> Option<String> {
+    scalar_text(&data["fileId"])
+        .or_else(|| scalar_text(&data["fileInfo"]["fileId"]))
+        .or_else(|| scalar_text(&data["fileInfo"][0]["fileId"]))
+        .or_else(|| scalar_text(&data["srcFileId"]))
+}
+
+/// A string or number as text; anything else (or an empty string) is `None`.
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// JSON with object keys sorted by their UTF-8 bytes and no whitespace, independent of
+/// how `serde_json` orders maps (a dependency enabling `preserve_order` would change that).
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push('{');
+            for (i, (key, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &[&str] = &[
+        include_str!("../tests/fixtures/events-v2/NewFileUpload.json"),
+        include_str!("../tests/fixtures/events-v2/ProcedureStateChanged.json"),
+        include_str!("../tests/fixtures/events-v2/FileDeleted.json"),
+        include_str!("../tests/fixtures/events-v2/ClipComplete.json"),
+        include_str!("../tests/fixtures/events-v2/ConcatComplete.json"),
+        include_str!("../tests/fixtures/events-v2/TranscodeComplete.failed.json"),
+    ];
+
+    #[test]
+    fn extracts_type_file_and_task_from_every_shape() {
+        let got: Vec<_> = FIXTURES.iter().map(|f| ReceivedEvent::from_content(f)).collect();
+        let summary: Vec<_> = got.iter().map(|e| (e.event_type.as_str(), e.file_id.as_deref(), e.task_id.is_some())).collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("NewFileUpload", Some("5285890784246869930"), true),
+                ("ProcedureStateChanged", Some("5285890784246869930"), true),
+                ("FileDeleted", Some("5285890784246869930"), false),
+                ("ClipComplete", Some("5285890784246872000"), true),
+                ("ConcatComplete", Some("5285890784246871001"), true),
+                ("TranscodeComplete", Some("5285890784246869930"), true),
+            ]
+        );
+        assert!(got.iter().all(|e| e.version.as_deref() == Some("4.0")));
+    }
+
+    #[test]
+    fn dedupe_key_ignores_key_order_and_whitespace_but_not_values() {
+        let a = ReceivedEvent::from_content(r#"{"version":"4.0","eventType":"X","data":{"b":1,"a":[1,2]}}"#);
+        let b = ReceivedEvent::from_content("{ \"data\" : {\"a\":[1, 2], \"b\":1},\n \"eventType\":\"X\", \"version\":\"4.0\"}");
+        let c = ReceivedEvent::from_content(r#"{"version":"4.0","eventType":"X","data":{"b":2,"a":[1,2]}}"#);
+        assert_eq!(a.dedupe_key, b.dedupe_key);
+        assert_ne!(a.dedupe_key, c.dedupe_key);
+        assert_eq!(canonical_json(&serde_json::from_str(&b.content).unwrap()), r#"{"data":{"a":[1,2],"b":1},"eventType":"X","version":"4.0"}"#);
+    }
+
+    #[test]
+    fn unicode_escapes_and_raw_characters_are_one_event() {
+        let a = ReceivedEvent::from_content(r#"{"eventType":"X","data":{"fileName":"\u672a"}}"#);
+        let b = ReceivedEvent::from_content(r#"{"eventType":"X","data":{"fileName":"未"}}"#);
+        assert_eq!(a.dedupe_key, b.dedupe_key);
+    }
+
+    #[test]
+    fn odd_shapes_are_described_not_rejected() {
+        let numeric = ReceivedEvent::from_content(r#"{"version":4,"eventType":"Future","data":{"vodTaskId":7}}"#);
+        assert_eq!((numeric.version.as_deref(), numeric.task_id.as_deref()), (Some("4"), Some("7")));
+        let nothing = ReceivedEvent::from_content(r#"[1,2]"#);
+        assert_eq!(nothing.event_type, MISSING_TYPE);
+        let text = ReceivedEvent::from_content("\"{\\\"eventType\\\":\\\"NewFileUpload\\\",\\\"data\\\":{\\\"fileId\\\":\\\"9\\\"}}\"");
+        assert_eq!((text.event_type.as_str(), text.file_id.as_deref()), ("NewFileUpload", Some("9")));
+    }
+}

@@ -1,0 +1,165 @@
+//! The pull loop: long-poll PullEvent, store each batch in one durable transaction, and
+//! only then hand the batch's handles to the confirmer. A batch that cannot be stored is
+//! retried and never confirmed until it is; while it is failing, nothing more is pulled.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::SeedableRng as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info_span, warn, Instrument};
+
+use crate::api::{ApiError, ErrorClass, PulledItem, V2Client};
+use crate::backoff;
+use crate::config::{Config, PullConfig};
+use crate::confirmer::PendingHandle;
+use crate::event::ReceivedEvent;
+use crate::stats::PipelineStats;
+use crate::store::Store;
+
+/// How the pull loop ended, when not by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The very first call was refused for its credentials: a config problem, not an outage.
+    #[error("{source}\nThe credentials were refused on the first call: check vod.secret_id and vod.secret_key (or vod.secret_key_file) in {config}, that the key is enabled, and that this machine's clock is right.")]
+    CredentialsRefused {
+        /// The refusal.
+        source: ApiError,
+        /// The config file, for the message.
+        config: String,
+    },
+}
+
+/// Everything the pull loop needs.
+pub struct Puller {
+    /// The API client.
+    pub client: Arc<V2Client>,
+    /// The store.
+    pub store: Store,
+    /// Where committed handles go.
+    pub confirm_tx: mpsc::Sender<PendingHandle>,
+    /// Counters.
+    pub stats: Arc<PipelineStats>,
+    /// Settings.
+    pub config: PullConfig,
+    /// The config file's path, for messages.
+    pub config_path: String,
+}
+
+impl Puller {
+    /// Builds the pull loop from a config.
+    pub fn new(config: &Config, config_path: String, client: Arc<V2Client>, store: Store, confirm_tx: mpsc::Sender<PendingHandle>, stats: Arc<PipelineStats>) -> Self {
+        Puller { client, store, confirm_tx, stats, config: config.pull.clone(), config_path }
+    }
+
+    /// Pulls until `shutdown` is cancelled (then returns `Ok`) or the credentials are
+    /// refused on the very first call.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), PullError> {
+        let mut rng = rand::rngs::StdRng::from_entropy();
+        let mut failures: u32 = 0;
+        let mut ever_succeeded = false;
+        let mut quick_empty_streak: u32 = 0;
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                r = self.client.pull_event() => r,
+            };
+            let received_at = Instant::now();
+            match result {
+                Ok(items) => {
+                    ever_succeeded = true;
+                    failures = 0;
+                    PipelineStats::add(&self.stats.pulls_ok, 1);
+                    self.stats.last_pull_ok_ms.store(crate::store::now_ms(), Ordering::Relaxed);
+                    if items.is_empty() {
+                        quick_empty_streak = self.note_empty(started, quick_empty_streak);
+                        continue;
+                    }
+                    quick_empty_streak = 0;
+                    let span = info_span!("batch", events = items.len());
+                    if !self.store_and_forward(items, received_at, &shutdown, &mut rng).instrument(span).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    PipelineStats::add(&self.stats.pull_errors, 1);
+                    let delay = match e.class() {
+                        ErrorClass::Auth if !ever_succeeded => {
+                            return Err(PullError::CredentialsRefused { source: e, config: self.config_path.clone() });
+                        }
+                        ErrorClass::Auth => {
+                            error!(error = %e, retry_in = ?self.config.auth_retry, "PullEvent credentials refused after working before; events wait at Tencent (kept up to 4 days). Check vod.secret_id and vod.secret_key.");
+                            self.config.auth_retry
+                        }
+                        ErrorClass::Resign => {
+                            warn!(error = %e, "PullEvent Timestamp or Nonce refused; signing again. If this repeats, check the system clock.");
+                            backoff::delay(failures.min(4), self.config.backoff_min, self.config.backoff_max, &mut rng)
+                        }
+                        _ => {
+                            warn!(error = %e, code = %e.label(), attempt = failures + 1, "PullEvent failed; retrying.");
+                            backoff::delay(failures, self.config.backoff_min, self.config.backoff_max, &mut rng)
+                        }
+                    };
+                    failures = failures.saturating_add(1);
+                    if !backoff::sleep_or_cancel(delay, &shutdown).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// An empty answer that came back at once, many times in a row, is more likely a
+    /// refused parameter (4000 doubles as "no event") than an empty queue: say so once.
+    fn note_empty(&self, started: Instant, streak: u32) -> u32 {
+        const QUICK: std::time::Duration = std::time::Duration::from_millis(500);
+        const WARN_AFTER: u32 = 20;
+        if started.elapsed() >= QUICK {
+            return 0;
+        }
+        let streak = streak + 1;
+        if streak == WARN_AFTER {
+            warn!(calls = WARN_AFTER, "PullEvent keeps answering 'no event' without holding the long poll; a parameter may be refused. Check vod.region and vod.sub_app_id.");
+        }
+        streak
+    }
+
+    /// Stores a batch (retrying until it is stored) and then queues its handles for
+    /// confirmation. Returns false when shutdown interrupted a failing store.
+    async fn store_and_forward(&self, items: Vec<PulledItem>, received_at: Instant, shutdown: &CancellationToken, rng: &mut impl rand::Rng) -> bool {
+        let events: Vec<ReceivedEvent> = items.iter().map(|item| ReceivedEvent::from_content(&item.content)).collect();
+        let mut attempt: u32 = 0;
+        let inserted = loop {
+            match self.store.insert_events(events.clone()).await {
+                Ok(inserted) => break inserted,
+                Err(e) => {
+                    PipelineStats::add(&self.stats.store_failures, 1);
+                    error!(error = %e, events = events.len(), "Could not store pulled events; not confirming them and not pulling more until the store accepts writes. They stay at Tencent and are redelivered.");
+                    let delay = backoff::delay(attempt, self.config.backoff_min, self.config.backoff_max, rng);
+                    attempt = attempt.saturating_add(1);
+                    if !backoff::sleep_or_cancel(delay, shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        };
+        PipelineStats::add(&self.stats.events_received, inserted.len() as u64);
+        PipelineStats::add(&self.stats.duplicates, inserted.iter().filter(|i| !i.new).count() as u64);
+        for ((item, event), row) in items.into_iter().zip(&events).zip(&inserted) {
+            debug!(id = row.id, new = row.new, event_type = %event.event_type, "Event stored.");
+            match item.handle {
+                // The confirmer outlives this loop, so a send only fails if it died; the
+                // event is stored either way and will be redelivered and deduplicated.
+                Some(handle) => {
+                    let _ = self.confirm_tx.send(PendingHandle { handle, pulled_at: received_at }).await;
+                }
+                None => warn!(id = row.id, "Stored an event that came without a msgHandle; it cannot be confirmed and may be delivered again."),
+            }
+        }
+        true
+    }
+}

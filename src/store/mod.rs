@@ -1,0 +1,193 @@
+//! The SQLite store: the source of truth. Opening it sets WAL and `synchronous=FULL`
+//! (a commit is on disk before it returns, so a confirm sent after it can never outrun
+//! the data), a busy timeout, and applies numbered migrations through `user_version`.
+//! The file is created mode 0600. The daemon's connection sits behind a std mutex and is
+//! only used from `spawn_blocking`; the CLI opens its own connection, which WAL allows
+//! while the daemon runs.
+
+mod events;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use events::{EventFilter, EventRow, Inserted};
+use rusqlite::{Connection, OpenFlags};
+
+/// Schema migrations, applied in order; `user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_events.sql")];
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be opened or set up.
+    #[error("cannot open the store {path}: {source}")]
+    Open {
+        /// The store file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// There is no store file where one was expected.
+    #[error("no store at {0}; check store.path, or start the daemon once to create it")]
+    Missing(PathBuf),
+    /// The file was written by a newer vod-eventd.
+    #[error("the store {path} has schema version {found}, newer than this vod-eventd knows ({known}); upgrade vod-eventd")]
+    TooNew {
+        /// The store file.
+        path: PathBuf,
+        /// Its schema version.
+        found: usize,
+        /// The newest this build knows.
+        known: usize,
+    },
+    /// A query or commit failed (disk full, I/O error, read-only file, ...).
+    #[error("store query failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The blocking task running the query panicked or was cancelled.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// A handle on the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store for the daemon, and migrates it.
+    pub fn open(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
+        create_private(path).map_err(|e| StoreError::Open { path: path.into(), source: e })?;
+        let conn = Connection::open(path).map_err(|e| StoreError::Open { path: path.into(), source: e })?;
+        Self::setup(conn, path, busy_timeout, true)
+    }
+
+    /// Opens an existing store for the CLI (no creation; migrations still run so an
+    /// older file can be read by a newer CLI).
+    pub fn open_existing(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.into()));
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|e| StoreError::Open { path: path.into(), source: e })?;
+        Self::setup(conn, path, busy_timeout, false)
+    }
+
+    fn setup(conn: Connection, path: &Path, busy_timeout: Duration, daemon: bool) -> Result<Store, StoreError> {
+        let open_err = |e| StoreError::Open { path: path.into(), source: e };
+        conn.busy_timeout(busy_timeout).map_err(open_err)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Open {
+                path: path.into(),
+                source: rusqlite::Error::InvalidParameterName(format!("journal_mode is {mode}, WAL could not be set")),
+            });
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;").map_err(open_err)?;
+        if daemon {
+            // The daemon checkpoints itself; the CLI should not.
+            conn.execute_batch("PRAGMA wal_autocheckpoint = 1000;").map_err(open_err)?;
+        }
+        let mut store = Store { conn: Arc::new(Mutex::new(conn)), path: path.into() };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().expect("store mutex poisoned");
+        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::TooNew { path: self.path.clone(), found: version, known: MIGRATIONS.len() });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection in a blocking thread.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().expect("store mutex poisoned");
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` on the connection in the calling thread (for the CLI).
+    pub fn run_sync<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().expect("store mutex poisoned");
+        f(&mut conn)
+    }
+}
+
+/// Creates the file with mode 0600 if it does not exist, so events and keys are never
+/// readable by other users, whatever the umask.
+fn create_private(path: &Path) -> Result<(), rusqlite::Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io_err = |e: std::io::Error| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), Some(e.to_string()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn open_sets_wal_full_and_private_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        let store = Store::open(&path, Duration::from_secs(1)).unwrap();
+        let (mode, sync): (String, i64) = store
+            .run_sync(|c| Ok(c.query_row("SELECT * FROM pragma_journal_mode, pragma_synchronous", [], |r| Ok((r.get(0)?, r.get(1)?)))?))
+            .unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        drop(store);
+        // Reopening is idempotent.
+        Store::open(&path, Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(Store::open(&path, Duration::from_secs(1)), Err(StoreError::TooNew { found: 99, .. })));
+    }
+
+    #[test]
+    fn cli_open_needs_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open_existing(&dir.path().join("none.db"), Duration::from_secs(1)).err().unwrap();
+        assert!(err.to_string().contains("no store at"));
+    }
+}
