@@ -256,9 +256,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         }
         Err(e) => return Err(issue(format!("cannot be read: {e}"))),
     }
-    let figment = Figment::new()
-        .merge(Toml::file_exact(path))
-        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"));
+    let figment =
+        Figment::new().merge(Toml::file_exact(path)).merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"));
     from_figment(figment, path)
 }
 
@@ -285,14 +284,14 @@ fn figment_issue(e: figment::Error, path: &Path) -> ConfigIssue {
     let mut key = e.path.join(".");
     let message = match &e.kind {
         Kind::MissingField(field) => {
-            key = if key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
+            key = join_key(&key, field);
             format!("is required but missing; set it in the file or in {}", env_name(&key))
         }
         Kind::UnknownField(field, expected) => {
-            key = if key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
+            key = join_key(&key, field);
             format!("is not a known key (expected one of: {}); check the spelling", expected.join(", "))
         }
-        Kind::Message(m) if m.contains("TOML") || e.path.is_empty() => m.clone(),
+        Kind::Message(m) => one_line(m),
         other => format!("{other}"),
     };
     let source = e
@@ -301,6 +300,22 @@ fn figment_issue(e: figment::Error, path: &Path) -> ConfigIssue {
         .and_then(|m| m.source.as_ref().map(|s| s.to_string()).or_else(|| Some(m.name.to_string())))
         .or_else(|| Some(path.display().to_string()));
     ConfigIssue { key, message, source }
+}
+
+/// A multi-line parser message (TOML shows the line with a caret) as one line.
+fn one_line(message: &str) -> String {
+    message.lines().map(str::trim).filter(|l| !l.is_empty() && !l.contains('|')).collect::<Vec<_>>().join(": ")
+}
+
+/// `path.field`, unless figment already put the field at the end of the path.
+fn join_key(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else if path == field || path.ends_with(&format!(".{field}")) {
+        path.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
 }
 
 /// The environment variable that sets a dotted key.
@@ -314,7 +329,13 @@ impl Config {
         let mut bad = |key: &str, message: String| issues.push(ConfigIssue { key: key.into(), message, source: None });
         match reqwest::Url::parse(&self.vod.endpoint) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {}
-            _ => bad("vod.endpoint", format!("`{}` is not an http(s) URL such as https://vod.api.qcloud.com/v2/index.php", self.vod.endpoint)),
+            _ => bad(
+                "vod.endpoint",
+                format!(
+                    "`{}` is not an http(s) URL such as https://vod.api.qcloud.com/v2/index.php",
+                    self.vod.endpoint
+                ),
+            ),
         }
         if self.vod.secret_id.trim().is_empty() {
             bad("vod.secret_id", "is empty; set it to your API SecretId (AKID...)".into());
@@ -434,7 +455,10 @@ mod tests {
 
     #[test]
     fn every_problem_is_named_by_key() {
-        let err = parse("[vod]\nsecret_id = \"\"\nsignature_method = \"md5\"\nendpoint = \"ftp://x\"\n[confirm]\nbatch_size = 40\n").unwrap_err();
+        let err = parse(
+            "[vod]\nsecret_id = \"\"\nsignature_method = \"md5\"\nendpoint = \"ftp://x\"\n[confirm]\nbatch_size = 40\n",
+        )
+        .unwrap_err();
         let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
         for key in ["vod.endpoint", "vod.secret_id", "vod.signature_method", "vod.secret_key", "confirm.batch_size"] {
             assert!(keys.contains(&key), "{key} not reported in {keys:?}");
@@ -444,11 +468,11 @@ mod tests {
 
     #[test]
     fn missing_and_unknown_keys_are_named() {
-        let err = parse("[vod]\nsecret_key = \"k\"\nsecretid = \"x\"\n").unwrap_err();
-        let text = err.to_string();
+        let text = parse("[vod]\nsecret_key = \"k\"\n").unwrap_err().to_string();
         assert!(text.contains("`vod.secret_id`: is required"), "{text}");
-        assert!(text.contains("`vod.secretid`: is not a known key"), "{text}");
         assert!(text.contains("VOD_EVENTD_VOD__SECRET_ID"), "{text}");
+        let text = parse("[vod]\nsecret_id = \"x\"\nsecret_key = \"k\"\nsecretkey = \"x\"\n").unwrap_err().to_string();
+        assert!(text.contains("`vod.secretkey`: is not a known key"), "{text}");
     }
 
     #[test]
@@ -456,17 +480,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("key");
         std::fs::write(&file, "s3cret\n").unwrap();
-        let fig = Figment::new().merge(Toml::string("[vod]\nsecret_id = \"AKID1\"\n")).merge(Serialized::default("vod.secret_key_file", &file));
+        let fig = Figment::new()
+            .merge(Toml::string("[vod]\nsecret_id = \"AKID1\"\n"))
+            .merge(Serialized::default("vod.secret_key_file", &file));
         let c = from_figment(fig, Path::new("t")).unwrap();
         assert_eq!(c.secret_key().unwrap().expose_secret(), "s3cret");
-        let fig = Figment::new().merge(Toml::string("[vod]\nsecret_id = \"AKID1\"\nsecret_key_file = \"/nonexistent/key\"\n"));
+        let fig = Figment::new()
+            .merge(Toml::string("[vod]\nsecret_id = \"AKID1\"\nsecret_key_file = \"/nonexistent/key\"\n"));
         let err = from_figment(fig, Path::new("t")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/key"), "{err}");
     }
 
     #[test]
     fn secrets_do_not_show_in_debug_output() {
-        let c = parse("[vod]\nsecret_id = \"AKID1\"\nsecret_key = \"very-secret-value\"\ntoken = \"sts-token-value\"\n").unwrap();
+        let c =
+            parse("[vod]\nsecret_id = \"AKID1\"\nsecret_key = \"very-secret-value\"\ntoken = \"sts-token-value\"\n")
+                .unwrap();
         let debug = format!("{c:?}");
         assert!(!debug.contains("very-secret-value") && !debug.contains("sts-token-value"), "{debug}");
     }

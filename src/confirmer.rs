@@ -34,7 +34,12 @@ pub const CHANNEL_CAPACITY: usize = 1024;
 const SAFETY_MARGIN: Duration = Duration::from_millis(500);
 
 /// Batches and confirms handles until `rx` closes, then flushes everything left.
-pub async fn run(client: Arc<V2Client>, mut rx: mpsc::Receiver<PendingHandle>, config: ConfirmConfig, stats: Arc<PipelineStats>) {
+pub async fn run(
+    client: Arc<V2Client>,
+    mut rx: mpsc::Receiver<PendingHandle>,
+    config: ConfirmConfig,
+    stats: Arc<PipelineStats>,
+) {
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut calls = JoinSet::new();
     let mut batch: Vec<PendingHandle> = Vec::with_capacity(config.batch_size);

@@ -18,7 +18,12 @@ use crate::stats::PipelineStats;
 use crate::store::Store;
 
 /// Runs the pipeline until `shutdown` is cancelled, or until a fatal error.
-pub async fn run(config: Config, config_path: PathBuf, stats: Arc<PipelineStats>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    config_path: PathBuf,
+    stats: Arc<PipelineStats>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let store = Store::open(&config.store.path, config.store.busy_timeout)
         .with_context(|| format!("store.path in {}", config_path.display()))?;
     let client = Arc::new(V2Client::new(ClientSettings::from_config(&config)?)?);

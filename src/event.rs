@@ -134,7 +134,8 @@ mod tests {
     #[test]
     fn extracts_type_file_and_task_from_every_shape() {
         let got: Vec<_> = FIXTURES.iter().map(|f| ReceivedEvent::from_content(f)).collect();
-        let summary: Vec<_> = got.iter().map(|e| (e.event_type.as_str(), e.file_id.as_deref(), e.task_id.is_some())).collect();
+        let summary: Vec<_> =
+            got.iter().map(|e| (e.event_type.as_str(), e.file_id.as_deref(), e.task_id.is_some())).collect();
         assert_eq!(
             summary,
             vec![
@@ -152,11 +153,16 @@ mod tests {
     #[test]
     fn dedupe_key_ignores_key_order_and_whitespace_but_not_values() {
         let a = ReceivedEvent::from_content(r#"{"version":"4.0","eventType":"X","data":{"b":1,"a":[1,2]}}"#);
-        let b = ReceivedEvent::from_content("{ \"data\" : {\"a\":[1, 2], \"b\":1},\n \"eventType\":\"X\", \"version\":\"4.0\"}");
+        let b = ReceivedEvent::from_content(
+            "{ \"data\" : {\"a\":[1, 2], \"b\":1},\n \"eventType\":\"X\", \"version\":\"4.0\"}",
+        );
         let c = ReceivedEvent::from_content(r#"{"version":"4.0","eventType":"X","data":{"b":2,"a":[1,2]}}"#);
         assert_eq!(a.dedupe_key, b.dedupe_key);
         assert_ne!(a.dedupe_key, c.dedupe_key);
-        assert_eq!(canonical_json(&serde_json::from_str(&b.content).unwrap()), r#"{"data":{"a":[1,2],"b":1},"eventType":"X","version":"4.0"}"#);
+        assert_eq!(
+            canonical_json(&serde_json::from_str(&b.content).unwrap()),
+            r#"{"data":{"a":[1,2],"b":1},"eventType":"X","version":"4.0"}"#
+        );
     }
 
     #[test]
@@ -172,7 +178,9 @@ mod tests {
         assert_eq!((numeric.version.as_deref(), numeric.task_id.as_deref()), (Some("4"), Some("7")));
         let nothing = ReceivedEvent::from_content(r#"[1,2]"#);
         assert_eq!(nothing.event_type, MISSING_TYPE);
-        let text = ReceivedEvent::from_content("\"{\\\"eventType\\\":\\\"NewFileUpload\\\",\\\"data\\\":{\\\"fileId\\\":\\\"9\\\"}}\"");
+        let text = ReceivedEvent::from_content(
+            "\"{\\\"eventType\\\":\\\"NewFileUpload\\\",\\\"data\\\":{\\\"fileId\\\":\\\"9\\\"}}\"",
+        );
         assert_eq!((text.event_type.as_str(), text.file_id.as_deref()), ("NewFileUpload", Some("9")));
     }
 }

@@ -50,7 +50,14 @@ pub struct Puller {
 
 impl Puller {
     /// Builds the pull loop from a config.
-    pub fn new(config: &Config, config_path: String, client: Arc<V2Client>, store: Store, confirm_tx: mpsc::Sender<PendingHandle>, stats: Arc<PipelineStats>) -> Self {
+    pub fn new(
+        config: &Config,
+        config_path: String,
+        client: Arc<V2Client>,
+        store: Store,
+        confirm_tx: mpsc::Sender<PendingHandle>,
+        stats: Arc<PipelineStats>,
+    ) -> Self {
         Puller { client, store, confirm_tx, stats, config: config.pull.clone(), config_path }
     }
 
@@ -130,7 +137,13 @@ impl Puller {
 
     /// Stores a batch (retrying until it is stored) and then queues its handles for
     /// confirmation. Returns false when shutdown interrupted a failing store.
-    async fn store_and_forward(&self, items: Vec<PulledItem>, received_at: Instant, shutdown: &CancellationToken, rng: &mut impl rand::Rng) -> bool {
+    async fn store_and_forward(
+        &self,
+        items: Vec<PulledItem>,
+        received_at: Instant,
+        shutdown: &CancellationToken,
+        rng: &mut impl rand::Rng,
+    ) -> bool {
         let events: Vec<ReceivedEvent> = items.iter().map(|item| ReceivedEvent::from_content(&item.content)).collect();
         let mut attempt: u32 = 0;
         let inserted = loop {
@@ -157,7 +170,10 @@ impl Puller {
                 Some(handle) => {
                     let _ = self.confirm_tx.send(PendingHandle { handle, pulled_at: received_at }).await;
                 }
-                None => warn!(id = row.id, "Stored an event that came without a msgHandle; it cannot be confirmed and may be delivered again."),
+                None => warn!(
+                    id = row.id,
+                    "Stored an event that came without a msgHandle; it cannot be confirmed and may be delivered again."
+                ),
             }
         }
         true

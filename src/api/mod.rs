@@ -166,8 +166,11 @@ impl V2Client {
         if status != reqwest::StatusCode::OK {
             return Err(ApiError::Http { action, status: status.as_u16(), excerpt: error::excerpt(&body) });
         }
-        let envelope: Envelope<'_> = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::Malformed { action, detail: e.to_string(), excerpt: error::excerpt(&body) })?;
+        let envelope: Envelope<'_> = serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
+            action,
+            detail: e.to_string(),
+            excerpt: error::excerpt(&body),
+        })?;
         if envelope.code != codes::OK {
             return Err(ApiError::Refused {
                 action,

@@ -17,7 +17,12 @@ impl ConfigCommand {
     pub fn run(self, path: &Path) -> ExitCode {
         match crate::config::load(path) {
             Ok(config) => {
-                println!("{}: OK (endpoint {}, store {})", path.display(), config.vod.endpoint, config.store.path.display());
+                println!(
+                    "{}: OK (endpoint {}, store {})",
+                    path.display(),
+                    config.vod.endpoint,
+                    config.store.path.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -36,9 +36,11 @@ const DEMO_DEADLINE: Duration = Duration::from_secs(120);
 impl DemoArgs {
     /// Runs the demo.
     pub async fn run(self) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create the demo directory {}", self.dir.display()))?;
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create the demo directory {}", self.dir.display()))?;
         let dir = self.dir.canonicalize()?;
-        let emulator = Emulator::start(EmulatorConfig { hold: Duration::from_secs(2), ..EmulatorConfig::default() }).await?;
+        let emulator =
+            Emulator::start(EmulatorConfig { hold: Duration::from_secs(2), ..EmulatorConfig::default() }).await?;
         let config_path = dir.join("config.toml");
         write_demo_config(&config_path, &emulator.endpoint(), &dir.join("events.db"))?;
         let config = crate::config::load(&config_path)?;
@@ -53,10 +55,16 @@ impl DemoArgs {
         let shutdown = CancellationToken::new();
         crate::signal::cancel_on_signals(shutdown.clone())?;
         let stats = Arc::new(PipelineStats::default());
-        let daemon = tokio::spawn(crate::daemon::run(config.clone(), config_path.clone(), stats.clone(), shutdown.child_token()));
+        let daemon = tokio::spawn(crate::daemon::run(
+            config.clone(),
+            config_path.clone(),
+            stats.clone(),
+            shutdown.child_token(),
+        ));
 
         let store = wait_for_store(&config.store.path, &daemon).await?;
-        let first_new_id = store.run_sync(|c| Ok(c.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get::<_, i64>(0))?))?;
+        let first_new_id = store
+            .run_sync(|c| Ok(c.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get::<_, i64>(0))?))?;
         let redeliveries = feed(&emulator, self.events).await;
         let mut last_id = first_new_id;
         let started = Instant::now();

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
-use vod_emulator::{Credential, EmptyResponse, Emulator, EmulatorConfig, FaultKind, Faults, DEMO_SECRET_ID, DEMO_SECRET_KEY};
+use vod_emulator::{
+    Credential, EmptyResponse, Emulator, EmulatorConfig, FaultKind, Faults, DEMO_SECRET_ID, DEMO_SECRET_KEY,
+};
 
 /// `emulator` options.
 #[derive(Debug, Args)]
@@ -64,7 +66,9 @@ impl EmulatorArgs {
             faults: Faults { rate: self.fault_rate, kinds: FaultKind::ALL.to_vec(), ..Faults::default() },
             ..EmulatorConfig::default()
         };
-        let emulator = Emulator::bind(self.listen, config).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.listen))?;
+        let emulator = Emulator::bind(self.listen, config)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.listen))?;
         emulator.enqueue_generated(self.generate);
         let base = format!("http://{}", emulator.addr());
         println!("VOD emulator listening.");

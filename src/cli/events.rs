@@ -75,7 +75,9 @@ impl EventsCommand {
                 }
             }
             EventsCommand::Show(args) => {
-                let row = store.get_event(args.id)?.with_context(|| format!("no event with id {} in {}", args.id, store.path().display()))?;
+                let row = store
+                    .get_event(args.id)?
+                    .with_context(|| format!("no event with id {} in {}", args.id, store.path().display()))?;
                 if args.json {
                     writeln!(out, "{}", json_line(&row)?)?;
                 } else {
@@ -92,13 +94,16 @@ fn parse_since(text: &str) -> anyhow::Result<i64> {
     if let Ok(ago) = humantime::parse_duration(text) {
         return Ok(crate::store::now_ms() - ago.as_millis() as i64);
     }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| anyhow::anyhow!("--since `{text}` is neither a duration like 2h or 30m nor an RFC 3339 time like 2026-11-24T08:00:00Z"))
+    chrono::DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_millis()).map_err(|_| {
+        anyhow::anyhow!(
+            "--since `{text}` is neither a duration like 2h or 30m nor an RFC 3339 time like 2026-11-24T08:00:00Z"
+        )
+    })
 }
 
 fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 /// The JSON form: the row's fields plus `content`, the eventContent object as received.

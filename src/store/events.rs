@@ -77,7 +77,11 @@ fn row_to_event(row: &Row<'_>) -> rusqlite::Result<EventRow> {
 }
 
 /// Inserts a batch in one transaction; a content already stored bumps `times_seen`.
-pub(crate) fn insert_batch(conn: &mut Connection, events: &[ReceivedEvent], now_ms: i64) -> Result<Vec<Inserted>, StoreError> {
+pub(crate) fn insert_batch(
+    conn: &mut Connection,
+    events: &[ReceivedEvent],
+    now_ms: i64,
+) -> Result<Vec<Inserted>, StoreError> {
     let tx = conn.transaction()?;
     let mut out = Vec::with_capacity(events.len());
     {
@@ -178,11 +182,17 @@ mod tests {
         let first = store.insert_events(vec![a.clone(), b]).await.unwrap();
         assert!(first.iter().all(|i| i.new));
         let again = store.insert_events(vec![a_reordered, a]).await.unwrap();
-        assert_eq!(again.iter().map(|i| (i.id, i.new)).collect::<Vec<_>>(), vec![(first[0].id, false), (first[0].id, false)]);
+        assert_eq!(
+            again.iter().map(|i| (i.id, i.new)).collect::<Vec<_>>(),
+            vec![(first[0].id, false), (first[0].id, false)]
+        );
         assert_eq!(store.count_events().unwrap(), 2);
         let row = store.get_event(first[0].id).unwrap().unwrap();
         assert_eq!(row.times_seen, 3);
-        assert_eq!(row.content, r#"{"eventType":"NewFileUpload","data":{"fileId":"1"}}"#, "first content kept as received");
+        assert_eq!(
+            row.content, r#"{"eventType":"NewFileUpload","data":{"fileId":"1"}}"#,
+            "first content kept as received"
+        );
     }
 
     #[tokio::test]

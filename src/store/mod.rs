@@ -33,7 +33,9 @@ pub enum StoreError {
     #[error("no store at {0}; check store.path, or start the daemon once to create it")]
     Missing(PathBuf),
     /// The file was written by a newer vod-eventd.
-    #[error("the store {path} has schema version {found}, newer than this vod-eventd knows ({known}); upgrade vod-eventd")]
+    #[error(
+        "the store {path} has schema version {found}, newer than this vod-eventd knows ({known}); upgrade vod-eventd"
+    )]
     TooNew {
         /// The store file.
         path: PathBuf,
@@ -71,8 +73,9 @@ impl Store {
         if !path.exists() {
             return Err(StoreError::Missing(path.into()));
         }
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|e| StoreError::Open { path: path.into(), source: e })?;
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|e| StoreError::Open { path: path.into(), source: e })?;
         Self::setup(conn, path, busy_timeout, false)
     }
 
@@ -142,7 +145,9 @@ impl Store {
 /// readable by other users, whatever the umask.
 fn create_private(path: &Path) -> Result<(), rusqlite::Error> {
     use std::os::unix::fs::OpenOptionsExt;
-    let io_err = |e: std::io::Error| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), Some(e.to_string()));
+    let io_err = |e: std::io::Error| {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), Some(e.to_string()))
+    };
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
@@ -167,7 +172,11 @@ mod tests {
         let path = dir.path().join("e.db");
         let store = Store::open(&path, Duration::from_secs(1)).unwrap();
         let (mode, sync): (String, i64) = store
-            .run_sync(|c| Ok(c.query_row("SELECT * FROM pragma_journal_mode, pragma_synchronous", [], |r| Ok((r.get(0)?, r.get(1)?)))?))
+            .run_sync(|c| {
+                Ok(c.query_row("SELECT * FROM pragma_journal_mode, pragma_synchronous", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?)
+            })
             .unwrap();
         assert_eq!((mode.as_str(), sync), ("wal", 2));
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);

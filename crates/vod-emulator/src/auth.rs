@@ -112,7 +112,10 @@ impl Guard {
             window.pop_front();
         }
         if window.len() >= limit as usize {
-            return Err(Refusal::new(codes::QUOTA_EXCEEDED, format!("request limit of {limit} per minute for {action} exceeded")));
+            return Err(Refusal::new(
+                codes::QUOTA_EXCEEDED,
+                format!("request limit of {limit} per minute for {action} exceeded"),
+            ));
         }
         window.push_back(now);
         Ok(())
@@ -135,7 +138,13 @@ mod tests {
     }
 
     fn base(ts: &str, nonce: &'static str) -> Vec<(&'static str, String)> {
-        vec![("Action", "PullEvent".into()), ("Nonce", nonce.into()), ("Region", "gz".into()), ("SecretId", "AKID1".into()), ("Timestamp", ts.into())]
+        vec![
+            ("Action", "PullEvent".into()),
+            ("Nonce", nonce.into()),
+            ("Region", "gz".into()),
+            ("SecretId", "AKID1".into()),
+            ("Timestamp", ts.into()),
+        ]
     }
 
     fn check(params: &[(String, String)], now: i64, guard: &mut Guard) -> Result<String, Refusal> {

@@ -28,7 +28,8 @@ pub const TEMPLATES: &[(&str, &str)] = &[
 /// Keys whose string values are file ids.
 const FILE_ID_KEYS: &[&str] = &["fileId", "srcFileId"];
 /// Keys whose string values are task ids (`<prefix>-<hex>`).
-const TASK_ID_KEYS: &[&str] = &["vodTaskId", "procedureTaskId", "transcodeTaskId", "porncheckTaskId", "imageSpriteTaskId"];
+const TASK_ID_KEYS: &[&str] =
+    &["vodTaskId", "procedureTaskId", "transcodeTaskId", "porncheckTaskId", "imageSpriteTaskId"];
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
@@ -155,7 +156,8 @@ mod tests {
         let v: Value = serde_json::from_str(&g.content).unwrap();
         let file_id = v["data"]["fileId"].as_str().unwrap();
         assert_ne!(file_id, "5285890784246869930");
-        let pull = v["data"]["processTaskList"].as_array().unwrap().iter().find(|t| t["taskType"] == "PullFile").unwrap();
+        let pull =
+            v["data"]["processTaskList"].as_array().unwrap().iter().find(|t| t["taskType"] == "PullFile").unwrap();
         assert_eq!(pull["output"]["fileId"], file_id);
         assert!(pull["output"]["url"].as_str().unwrap().contains(file_id));
         let edks = v["data"]["drm"]["edkList"].as_array().unwrap();

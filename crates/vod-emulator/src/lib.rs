@@ -78,8 +78,14 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 6] =
-        [FaultKind::Http500, FaultKind::NotJson, FaultKind::WrongShape, FaultKind::Code6000, FaultKind::Hang, FaultKind::Reset];
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::Http500,
+        FaultKind::NotJson,
+        FaultKind::WrongShape,
+        FaultKind::Code6000,
+        FaultKind::Hang,
+        FaultKind::Reset,
+    ];
 }
 
 /// Fault injection settings.

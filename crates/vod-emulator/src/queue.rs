@@ -264,7 +264,7 @@ mod tests {
         let now = Instant::now();
         let h = q.pull(now)[0].handle.clone();
         assert!(q.confirm(now, &[h.clone(), h.clone()]).is_err());
-        assert!(q.confirm(now, &[h.clone()]).is_ok());
+        assert!(q.confirm(now, std::slice::from_ref(&h)).is_ok());
         assert!(q.confirm(now, &[h]).is_err());
     }
 }

@@ -101,13 +101,15 @@ async fn api(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
         Ok(x) => x,
         Err(resp) => return Ok(resp),
     };
-    let mut params: Vec<(String, String)> = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+    let mut params: Vec<(String, String)> =
+        form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
     if parts.method == Method::POST || params.is_empty() {
         // POST carries everything in the body; the official SDK also retries a GET that way.
         params.extend(form_urlencoded::parse(&body).into_owned());
     }
     let host = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
-    let request = auth::Request { http_method: parts.method.as_str(), host: &host, path: parts.uri.path(), params: &params };
+    let request =
+        auth::Request { http_method: parts.method.as_str(), host: &host, path: parts.uri.path(), params: &params };
 
     let (credentials, max_skew, limit, faults) = {
         let cfg = shared.config.lock().unwrap();
@@ -187,7 +189,11 @@ async fn run_action(shared: &Shared, action: &str, req: &auth::Request<'_>) -> R
         "PullEvent" => pull_event(shared).await,
         "ConfirmEvent" => confirm_event(shared, req),
         "DescribeDrmDataKey" => describe_drm_data_key(shared, req),
-        other => v2_answer(codes::INVALID_PARAMETER, &format!("(4000)action {other} is not supported by the emulator"), Value::Null),
+        other => v2_answer(
+            codes::INVALID_PARAMETER,
+            &format!("(4000)action {other} is not supported by the emulator"),
+            Value::Null,
+        ),
     }
 }
 
@@ -299,15 +305,22 @@ fn unix_now() -> i64 {
 }
 
 /// `/_emulator/{events,generate,stats,faults,confirmed}`.
-async fn control_endpoint(shared: &Arc<Shared>, what: &str, req: Request<Incoming>) -> Result<Response<Body>, Response<Body>> {
+async fn control_endpoint(
+    shared: &Arc<Shared>,
+    what: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Response<Body>> {
     let handle = crate::EmulatorHandle { shared: shared.clone() };
-    let query: Vec<(String, String)> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
     let q = |name: &str| query.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
     let bad = |msg: String| json_response(StatusCode::BAD_REQUEST, &json!({"error": msg}));
     let method = req.method().clone();
     let (_, body) = read_body(req).await?;
     let response = match (method, what) {
-        (Method::GET, "stats") => json_response(StatusCode::OK, &serde_json::to_value(handle.stats()).expect("serialisable")),
+        (Method::GET, "stats") => {
+            json_response(StatusCode::OK, &serde_json::to_value(handle.stats()).expect("serialisable"))
+        }
         (Method::GET, "confirmed") => {
             let list: Vec<String> = handle.confirmed().iter().map(|c| c.to_string()).collect();
             json_response(StatusCode::OK, &json!(list))
@@ -324,9 +337,12 @@ async fn control_endpoint(shared: &Arc<Shared>, what: &str, req: Request<Incomin
             json_response(StatusCode::OK, &json!({"enqueued": events.len()}))
         }
         (Method::POST, "generate") => {
-            let count: usize = q("count").unwrap_or_else(|| "1".into()).parse().map_err(|_| bad("count must be a number".into()))?;
+            let count: usize =
+                q("count").unwrap_or_else(|| "1".into()).parse().map_err(|_| bad("count must be a number".into()))?;
             let generated = match q("type") {
-                Some(t) => handle.enqueue_generated_type(&t, count).ok_or_else(|| bad(format!("unknown event template {t}")))?,
+                Some(t) => handle
+                    .enqueue_generated_type(&t, count)
+                    .ok_or_else(|| bad(format!("unknown event template {t}")))?,
                 None => handle.enqueue_generated(count),
             };
             json_response(StatusCode::OK, &json!({"enqueued": generated.len()}))
@@ -336,8 +352,10 @@ async fn control_endpoint(shared: &Arc<Shared>, what: &str, req: Request<Incomin
             handle.set_faults(faults);
             json_response(StatusCode::OK, &json!({"ok": true}))
         }
-        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "unknown control endpoint; try GET /_emulator/stats"})),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "unknown control endpoint; try GET /_emulator/stats"}),
+        ),
     };
     Ok(response)
 }
-

@@ -94,9 +94,7 @@ where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
     let params: Vec<(&str, &str)> = params.into_iter().collect();
-    let method = SignatureMethod::from_param(
-        params.iter().find(|(n, _)| *n == "SignatureMethod").map(|(_, v)| *v),
-    );
+    let method = SignatureMethod::from_param(params.iter().find(|(n, _)| *n == "SignatureMethod").map(|(_, v)| *v));
     sign_source(secret_key, method, &source_string(http_method, host, path, params))
 }
 
@@ -156,9 +154,17 @@ mod tests {
 
     #[test]
     fn confirm_vector_underscore_names_are_canonicalised() {
-        let base = [("Action", "ConfirmEvent"), ("Nonce", "11886"), ("Region", "gz"), ("SecretId", ID), ("Timestamp", "1465185768")];
-        let dotted: Vec<_> = base.iter().copied().chain([("msgHandle.0", "MsgHandle1"), ("msgHandle.1", "MsgHandle2")]).collect();
-        let underscored: Vec<_> = base.iter().copied().chain([("msgHandle_0", "MsgHandle1"), ("msgHandle_1", "MsgHandle2")]).collect();
+        let base = [
+            ("Action", "ConfirmEvent"),
+            ("Nonce", "11886"),
+            ("Region", "gz"),
+            ("SecretId", ID),
+            ("Timestamp", "1465185768"),
+        ];
+        let dotted: Vec<_> =
+            base.iter().copied().chain([("msgHandle.0", "MsgHandle1"), ("msgHandle.1", "MsgHandle2")]).collect();
+        let underscored: Vec<_> =
+            base.iter().copied().chain([("msgHandle_0", "MsgHandle1"), ("msgHandle_1", "MsgHandle2")]).collect();
         let a = sign(KEY, "GET", "vod.api.qcloud.com", "/v2/index.php", dotted);
         let b = sign(KEY, "GET", "vod.api.qcloud.com", "/v2/index.php", underscored);
         assert_eq!(a, "qlTC02eGmcBmaS+6m8yw2hwyrG8=");

@@ -1,0 +1,141 @@
+//! Cross-checks against code nobody here wrote: the official v2 Python SDK
+//! (`qcloudapi-sdk-python`, installed by `.ci/run` from tests/py/requirements.txt)
+//! signs like we do, and is accepted by the emulator.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+use vod_emulator::{DEMO_SECRET_ID, DEMO_SECRET_KEY};
+
+use crate::support::*;
+
+fn py(script: &str) -> String {
+    format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn sdk_sign(input: &Value) -> String {
+    let mut child = Command::new("python3")
+        .arg(py("v2_sign.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "v2_sign.py failed (pip install -r tests/py/requirements.txt): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn signatures_match_the_official_python_sdk() {
+    let cases = [
+        ("GET", "vod.api.qcloud.com", "HmacSHA1", vec![("Action", "PullEvent")]),
+        ("POST", "vod.api.qcloud.com", "HmacSHA256", vec![("Action", "PullEvent"), ("SubAppId", "1500000001")]),
+        (
+            "GET",
+            "127.0.0.1:43117",
+            "HmacSHA256",
+            vec![("Action", "ConfirmEvent"), ("msgHandle.0", "a+b/c=="), ("msgHandle.1", "x y&z")],
+        ),
+        (
+            "POST",
+            "127.0.0.1:43117",
+            "HmacSHA1",
+            vec![("Action", "DescribeDrmDataKey"), ("edkList.0", "CiCdpfV8/+=="), ("Token", "tok€n")],
+        ),
+        (
+            "GET",
+            "vod.api.qcloud.com",
+            "HmacSHA256",
+            vec![("Action", "ConfirmEvent"), ("msgHandle_0", "h0"), ("msgHandle_1", "h1")],
+        ),
+    ];
+    for (verb, host, method, extra) in cases {
+        let mut params: Vec<(&str, &str)> = vec![
+            ("Nonce", "9223372036854775807"),
+            ("Region", "gz"),
+            ("SecretId", "AKIDz8krbsJ5yKBZQpn74WFkmLPx3gnPhESA"),
+            ("Timestamp", "1732406400"),
+            ("SignatureMethod", method),
+        ];
+        params.extend(extra);
+        let ours = vod_protocol::sign(
+            b"Gu5t9xGARNpq86cd98joQYCN3Cozk1qA",
+            verb,
+            host,
+            "/v2/index.php",
+            params.iter().copied(),
+        );
+        let input = json!({
+            "method": verb, "host": host, "path": "/v2/index.php", "secret_key": "Gu5t9xGARNpq86cd98joQYCN3Cozk1qA",
+            "params": params.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        });
+        assert_eq!(ours, sdk_sign(&input), "{verb} {host} {method}");
+    }
+}
+
+fn sdk_call(endpoint: &str, key: &str, verb: &str, method: &str, action_and_params: &[&str]) -> Value {
+    let out = Command::new("python3")
+        .arg(py("v2_client.py"))
+        .args([
+            "--endpoint",
+            endpoint,
+            "--secret-id",
+            DEMO_SECRET_ID,
+            "--secret-key",
+            key,
+            "--method",
+            verb,
+            "--sign-method",
+            method,
+        ])
+        .args(action_and_params)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "v2_client.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_sdk_is_accepted_by_the_emulator() {
+    let emu = emulator(fast_emulator_config()).await;
+    for (verb, method) in [("GET", "HmacSHA1"), ("POST", "HmacSHA256"), ("GET", "HmacSHA256"), ("POST", "HmacSHA1")] {
+        emu.enqueue_generated(2);
+        let endpoint = emu.endpoint();
+        let pulled =
+            tokio::task::spawn_blocking(move || sdk_call(&endpoint, DEMO_SECRET_KEY, verb, method, &["PullEvent"]))
+                .await
+                .unwrap();
+        assert_eq!(pulled["code"], 0, "{verb} {method}: {pulled}");
+        let handles: Vec<String> = pulled["eventList"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["msgHandle"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(handles.len(), 2);
+        let mut args = vec!["ConfirmEvent".to_string()];
+        args.extend(handles.iter().enumerate().map(|(i, h)| format!("msgHandle.{i}={h}")));
+        let endpoint = emu.endpoint();
+        let confirmed = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            sdk_call(&endpoint, DEMO_SECRET_KEY, verb, method, &args)
+        })
+        .await
+        .unwrap();
+        assert_eq!(confirmed["code"], 0, "{verb} {method}: {confirmed}");
+    }
+    assert_eq!(emu.stats().queue.confirmed, 8);
+    let endpoint = emu.endpoint();
+    let refused =
+        tokio::task::spawn_blocking(move || sdk_call(&endpoint, "wrong-key", "GET", "HmacSHA1", &["PullEvent"]))
+            .await
+            .unwrap();
+    assert_eq!(refused["code"], 4100);
+}

@@ -1,0 +1,7 @@
+//! Integration tests: the real binary against the in-tree emulator over real sockets,
+//! real SQLite files in temp dirs, and (for cross-checks) the official Python SDK.
+
+mod cli;
+mod crosscheck;
+mod pipeline;
+mod support;

@@ -1,0 +1,161 @@
+//! The core guarantees, end to end: every event stored once, confirmed only after the
+//! commit and well inside the window; redelivery deduplicated; SIGKILL loses nothing;
+//! faulty upstream answers are retried, never fatal.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use rand::Rng;
+use vod_emulator::{EmulatorConfig, FaultKind, Faults};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_thousand_events_are_stored_once_and_confirmed_quickly() {
+    let emu = emulator(fast_emulator_config()).await;
+    let contents = emu.enqueue_generated(3000);
+    let daemon = TestDaemon::start(&emu.endpoint(), "").await;
+    eventually(Duration::from_secs(120), "emulator has every event confirmed", || emu.stats().queue.outstanding == 0)
+        .await;
+
+    let stats = emu.stats();
+    assert_eq!(stats.queue.confirmed, 3000);
+    assert_eq!(stats.queue.redelivered, 0, "nothing should need redelivery");
+    assert!(
+        stats.queue.max_confirm_latency_ms <= 5000,
+        "a handle was confirmed {} ms after its pull",
+        stats.queue.max_confirm_latency_ms
+    );
+    assert_eq!(stats.api.rate_limited, 0, "the client-side limit must keep us under 1000/min");
+    let keys = stored_keys(&daemon.store().unwrap());
+    assert_eq!(keys.len(), 3000);
+    let expected: HashSet<String> = contents.iter().map(|c| key_of(c)).collect();
+    assert_eq!(keys.keys().cloned().collect::<HashSet<_>>(), expected);
+    assert!(keys.values().all(|&seen| seen == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_under_a_new_handle_stays_one_row() {
+    let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(1), ..fast_emulator_config() }).await;
+    let content = emu.enqueue_generated(1).remove(0);
+    // The daemon waits 3 s before confirming, so the 1 s handle expires, the emulator
+    // refuses it and redelivers the event under a new handle.
+    let daemon = TestDaemon::start(&emu.endpoint(), "[confirm]\nmax_delay = \"3s\"\n").await;
+    let key = key_of(&content);
+    eventually(Duration::from_secs(30), "the event was seen twice", || {
+        daemon.store().is_some_and(|s| stored_keys(&s).get(&key).is_some_and(|&n| n >= 2))
+    })
+    .await;
+    let store = daemon.store().unwrap();
+    assert_eq!(store.count_events().unwrap(), 1);
+    assert!(emu.stats().queue.redelivered >= 1);
+    eventually(Duration::from_secs(30), "the late confirm is refused", || emu.stats().queue.confirms_refused >= 1)
+        .await;
+
+    // With a normal window again, the latest delivery is confirmed and the queue drains.
+    emu.set_visibility(Duration::from_secs(30));
+    eventually(Duration::from_secs(60), "the queue drains", || emu.stats().queue.outstanding == 0).await;
+    assert_eq!(store.count_events().unwrap(), 1);
+    let mut daemon = daemon;
+    assert!(daemon.running(), "an expired handle must not stop the daemon:\n{}", daemon.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_nothing() {
+    let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(2), ..fast_emulator_config() }).await;
+    let contents = emu.enqueue_generated(2000);
+    let mut daemon =
+        TestDaemon::start(&emu.endpoint(), "[confirm]\nmax_delay = \"200ms\"\nhandle_ttl = \"2s\"\n").await;
+    let mut kills = 0;
+    while kills < 6 && emu.stats().queue.outstanding > 0 {
+        let pause = rand::thread_rng().gen_range(300..1500);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        daemon.kill9().await;
+        kills += 1;
+        daemon.spawn();
+    }
+    assert!(kills >= 5, "the run ended before 5 kills ({kills}); enqueue more events");
+    eventually(Duration::from_secs(120), "emulator has every event confirmed", || emu.stats().queue.outstanding == 0)
+        .await;
+
+    let keys = stored_keys(&daemon.store().unwrap());
+    let expected: HashSet<String> = contents.iter().map(|c| key_of(c)).collect();
+    assert_eq!(keys.len(), expected.len(), "every event stored exactly once");
+    assert_eq!(keys.keys().cloned().collect::<HashSet<_>>(), expected);
+    for confirmed in emu.confirmed() {
+        assert!(keys.contains_key(&key_of(&confirmed)), "confirmed but not stored: {confirmed}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_percent_faulty_answers_of_every_kind_still_store_everything_once() {
+    let faults =
+        Faults { rate: 0.10, kinds: FaultKind::ALL.to_vec(), hang_for: Duration::from_secs(3), actions: Vec::new() };
+    let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(4), faults, ..fast_emulator_config() }).await;
+    let contents = emu.enqueue_generated(2000);
+    let mut daemon = TestDaemon::start(
+        &emu.endpoint(),
+        "request_timeout = \"2s\"\n[confirm]\nmax_delay = \"200ms\"\nhandle_ttl = \"4s\"\n[pull]\nbackoff_max = \"1s\"\n",
+    )
+    .await;
+    eventually(Duration::from_secs(180), "emulator has every event confirmed", || emu.stats().queue.outstanding == 0)
+        .await;
+
+    assert!(emu.stats().api.faults >= 10, "faults were injected: {:?}", emu.stats().api);
+    let keys = stored_keys(&daemon.store().unwrap());
+    let expected: HashSet<String> = contents.iter().map(|c| key_of(c)).collect();
+    assert_eq!(keys.keys().cloned().collect::<HashSet<_>>(), expected);
+    assert!(daemon.running(), "faults must never stop the daemon:\n{}", daemon.log());
+    let log = daemon.log();
+    assert!(log.contains("malformed body"), "a non-JSON or wrong-shape answer is logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_upstream_is_logged_and_retried_until_it_clears() {
+    let faults = Faults { rate: 1.0, kinds: vec![FaultKind::NotJson, FaultKind::WrongShape], ..Faults::default() };
+    let emu = emulator(EmulatorConfig { faults, ..fast_emulator_config() }).await;
+    let contents = emu.enqueue_generated(20);
+    let mut daemon = TestDaemon::start(&emu.endpoint(), "[pull]\nbackoff_max = \"300ms\"\n").await;
+    eventually(Duration::from_secs(20), "garbage answers were retried", || emu.stats().api.faults >= 5).await;
+    assert!(daemon.running());
+    assert_eq!(daemon.rows(), 0);
+    assert!(daemon.log().contains("PullEvent answered with a malformed body"), "{}", daemon.log());
+
+    emu.set_faults(Faults::default());
+    eventually(Duration::from_secs(30), "events flow once answers are sane", || emu.stats().queue.outstanding == 0)
+        .await;
+    assert_eq!(daemon.rows(), contents.len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_answers_in_every_documented_form_mean_poll_again() {
+    let emu = emulator(EmulatorConfig {
+        hold: Duration::from_millis(200),
+        empty_response: vod_emulator::EmptyResponse::Rotate,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let mut daemon = TestDaemon::start(&emu.endpoint(), "").await;
+    eventually(Duration::from_secs(20), "several empty polls", || {
+        emu.stats().api.calls.get("PullEvent").copied().unwrap_or(0) >= 6
+    })
+    .await;
+    let contents = emu.enqueue_generated(5);
+    eventually(Duration::from_secs(20), "events after empty polls", || emu.stats().queue.outstanding == 0).await;
+    assert_eq!(daemon.rows(), contents.len() as i64);
+    assert!(daemon.running());
+    assert!(!daemon.log().contains("PullEvent failed"), "an empty queue is not a failure:\n{}", daemon.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_confirms_what_is_stored_and_exits_zero() {
+    let emu = emulator(fast_emulator_config()).await;
+    emu.enqueue_generated(300);
+    // A long max_delay: only the shutdown flush can confirm the last partial batch.
+    let mut daemon = TestDaemon::start(&emu.endpoint(), "[confirm]\nmax_delay = \"20s\"\n").await;
+    eventually(Duration::from_secs(60), "all events stored", || daemon.rows() == 300).await;
+    let status = daemon.terminate().await;
+    assert!(status.success(), "exit status {status:?}\n{}", daemon.log());
+    let stats = emu.stats();
+    assert_eq!(stats.queue.confirmed, 300, "every stored event confirmed at shutdown: {stats:?}");
+}

@@ -1,0 +1,128 @@
+//! Test support: the real `vod-eventd` binary as a child process, pointed at an
+//! in-process emulator on a port from the OS, with its store in a temp dir.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use vod_emulator::{Emulator, EmulatorConfig, DEMO_SECRET_ID, DEMO_SECRET_KEY};
+use vod_eventd::store::Store;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_vod-eventd");
+
+/// Waits until `cond` holds, checking every 50 ms; panics with `what` after `limit`.
+pub async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut cond: F) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A daemon under test, with its emulator, temp dir and log.
+pub struct TestDaemon {
+    /// Keeps the temp dir alive for the daemon's lifetime.
+    pub _dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub db_path: PathBuf,
+    pub log_path: PathBuf,
+    pub child: Option<Child>,
+}
+
+/// An emulator with test-friendly defaults: a 1 s long-poll hold.
+pub async fn emulator(config: EmulatorConfig) -> Emulator {
+    Emulator::start(config).await.expect("emulator starts")
+}
+
+pub fn fast_emulator_config() -> EmulatorConfig {
+    EmulatorConfig { hold: Duration::from_secs(1), ..EmulatorConfig::default() }
+}
+
+impl TestDaemon {
+    /// Writes a config for `endpoint` plus `extra` TOML (appended to the sections) and
+    /// starts the daemon.
+    pub async fn start(endpoint: &str, extra: &str) -> TestDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("events.db");
+        let config_path = dir.path().join("config.toml");
+        let config = format!(
+            "[vod]\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n{extra}\n\
+             [store]\npath = \"{}\"\n",
+            db_path.display()
+        );
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("daemon.log");
+        let mut daemon = TestDaemon { _dir: dir, config_path, db_path, log_path, child: None };
+        daemon.spawn();
+        daemon
+    }
+
+    /// (Re)starts the child process; its stderr is appended to the log file.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "vod_eventd=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn vod-eventd");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, and reap.
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().unwrap();
+            child.wait().await.unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().expect("pid") as i32;
+        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        tokio::time::timeout(Duration::from_secs(40), child.wait()).await.expect("exits after SIGTERM").unwrap()
+    }
+
+    /// True while the child has not exited.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// The store, once the daemon created it.
+    pub fn store(&self) -> Option<Store> {
+        Store::open_existing(&self.db_path, Duration::from_secs(5)).ok()
+    }
+
+    /// Number of stored rows (0 before the store exists).
+    pub fn rows(&self) -> i64 {
+        self.store().map_or(0, |s| s.count_events().unwrap())
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// Every stored event's dedupe key (hex) with its times_seen.
+pub fn stored_keys(store: &Store) -> std::collections::HashMap<String, i64> {
+    store
+        .run_sync(|c| {
+            let mut stmt = c.prepare("SELECT dedupe_key, times_seen FROM events")?;
+            let rows = stmt.query_map([], |r| Ok((vod_eventd::event::hex(&r.get::<_, Vec<u8>>(0)?), r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .unwrap()
+}
+
+/// The dedupe key (hex) the daemon computes for a content.
+pub fn key_of(content: &str) -> String {
+    vod_eventd::event::ReceivedEvent::from_content(content).dedupe_hex()
+}
