@@ -254,7 +254,7 @@ impl EmulatorHandle {
     /// Enqueues one event given as its `eventContent` JSON text (kept byte for byte).
     pub fn enqueue(&self, content: impl Into<String>) {
         let content: String = content.into();
-        self.shared.queue.lock().unwrap().enqueue(Arc::from(content));
+        self.shared.queue.lock().unwrap().enqueue(Arc::from(content), std::time::Instant::now());
         self.shared.enqueued.notify_waiters();
     }
 
@@ -279,8 +279,9 @@ impl EmulatorHandle {
             });
         }
         let mut queue = self.shared.queue.lock().unwrap();
+        let now = std::time::Instant::now();
         for g in &events {
-            queue.enqueue(Arc::from(g.content.as_str()));
+            queue.enqueue(Arc::from(g.content.as_str()), now);
         }
         drop(queue);
         self.shared.enqueued.notify_waiters();
@@ -305,6 +306,11 @@ impl EmulatorHandle {
     /// The content of every event confirmed so far.
     pub fn confirmed(&self) -> Vec<Arc<str>> {
         self.shared.queue.lock().unwrap().confirmed()
+    }
+
+    /// For every confirmed event, the time from its enqueue to its confirm.
+    pub fn enqueue_to_confirm(&self) -> Vec<Duration> {
+        self.shared.queue.lock().unwrap().enqueue_to_confirm()
     }
 
     /// Replaces the fault settings.

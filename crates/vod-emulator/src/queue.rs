@@ -58,6 +58,7 @@ struct InFlight {
 struct Stored {
     content: Arc<str>,
     deliveries: u32,
+    enqueued_at: Instant,
 }
 
 /// The queue state. Not thread-safe by itself; the server keeps it behind a mutex.
@@ -70,6 +71,7 @@ pub struct Queue {
     in_flight: HashMap<String, InFlight>,
     expiries: BinaryHeap<Reverse<(Instant, String)>>,
     confirmed_log: Vec<Arc<str>>,
+    enqueue_to_confirm: Vec<Duration>,
     stats: QueueStats,
 }
 
@@ -85,6 +87,7 @@ impl Queue {
             in_flight: HashMap::new(),
             expiries: BinaryHeap::new(),
             confirmed_log: Vec::new(),
+            enqueue_to_confirm: Vec::new(),
             stats: QueueStats::default(),
         }
     }
@@ -95,10 +98,10 @@ impl Queue {
     }
 
     /// Adds one event (its `eventContent` JSON text).
-    pub fn enqueue(&mut self, content: Arc<str>) {
+    pub fn enqueue(&mut self, content: Arc<str>, now: Instant) {
         let id = self.next_id;
         self.next_id += 1;
-        self.events.insert(id, Stored { content, deliveries: 0 });
+        self.events.insert(id, Stored { content, deliveries: 0, enqueued_at: now });
         self.ready.push_back(id);
         self.stats.enqueued += 1;
     }
@@ -153,6 +156,7 @@ impl Queue {
             self.stats.max_confirm_latency_ms = self.stats.max_confirm_latency_ms.max(latency);
             if let Some(stored) = self.events.remove(&flight.event) {
                 self.confirmed_log.push(stored.content);
+                self.enqueue_to_confirm.push(now.saturating_duration_since(stored.enqueued_at));
                 self.stats.confirmed += 1;
             }
         }
@@ -171,6 +175,11 @@ impl Queue {
     /// The content of every event confirmed so far, in confirm order.
     pub fn confirmed(&self) -> Vec<Arc<str>> {
         self.confirmed_log.clone()
+    }
+
+    /// For every confirmed event, the time from its enqueue to its confirm.
+    pub fn enqueue_to_confirm(&self) -> Vec<Duration> {
+        self.enqueue_to_confirm.clone()
     }
 
     /// Puts events whose handle expired at or before `now` back in line.
@@ -201,7 +210,7 @@ mod tests {
     fn queue_with(n: usize) -> Queue {
         let mut q = Queue::new(Duration::from_secs(30), 16);
         for i in 0..n {
-            q.enqueue(Arc::from(format!("{{\"n\":{i}}}")));
+            q.enqueue(Arc::from(format!("{{\"n\":{i}}}")), Instant::now());
         }
         q
     }

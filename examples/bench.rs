@@ -1,0 +1,174 @@
+//! Pipeline benchmark: the release `vod-eventd` binary against the in-process emulator on
+//! loopback, with a real SQLite file (WAL, synchronous=FULL). Run it with `bench/run.sh`.
+//!
+//! Scenarios:
+//! - drain: a backlog of N events, rate limits off: events/s stored and confirmed, daemon
+//!   CPU seconds per 1,000 events, peak RSS;
+//! - drain-limited: a backlog with Tencent's 1000 calls/min limit on both sides: events/s
+//!   against the ceiling of 16 events × 1000 pulls/min;
+//! - steady: 100 events/s offered for a while: enqueue→commit and enqueue→confirm p50/p99.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use vod_emulator::{Emulator, EmulatorConfig, DEMO_SECRET_ID, DEMO_SECRET_KEY};
+use vod_eventd::event::ReceivedEvent;
+use vod_eventd::store::Store;
+
+struct Daemon {
+    child: Child,
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+}
+
+impl Daemon {
+    fn start(endpoint: &str, rate_limit: u32) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("events.db");
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[vod]\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n\
+                 rate_limit_per_minute = {rate_limit}\n[store]\npath = \"{}\"\n[log]\nlevel = \"warn\"\n",
+                db.display()
+            ),
+        )
+        .unwrap();
+        let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("vod-eventd");
+        let child = Command::new(&bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}; run bench/run.sh", bin.display()));
+        Daemon { child, _dir: dir, db }
+    }
+
+    /// (user + system CPU seconds, peak RSS in KiB) so far.
+    fn usage(&self) -> (f64, u64) {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).unwrap();
+        (ticks / clock_ticks(), hwm.parse().unwrap())
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks() -> f64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(100.0)
+}
+
+async fn wait_drained(emu: &Emulator, total: u64) -> Duration {
+    let start = Instant::now();
+    while emu.stats().queue.confirmed < total {
+        assert!(start.elapsed() < Duration::from_secs(900), "did not drain: {:?}", emu.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn drain(events: usize, limited: bool) -> String {
+    let limit = limited.then_some(1000);
+    let emu = Emulator::start(EmulatorConfig {
+        hold: Duration::from_secs(1),
+        rate_limit_per_minute: limit,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    emu.enqueue_generated(events);
+    let daemon = Daemon::start(&emu.endpoint(), if limited { 1000 } else { 10_000_000 });
+    let elapsed = wait_drained(&emu, events as u64).await;
+    let (cpu, rss) = daemon.usage();
+    let stats = emu.stats();
+    daemon.stop();
+    let rate = events as f64 / elapsed.as_secs_f64();
+    let name = if limited { "drain, 1000 calls/min limit" } else { "drain, no rate limit" };
+    let ceiling = if limited {
+        format!(" ({:.1} % of the 266.7/s ceiling)", rate / (16.0 * 1000.0 / 60.0) * 100.0)
+    } else {
+        String::new()
+    };
+    format!(
+        "| {name} | {events} | {rate:.0} events/s{ceiling} | {:.3} s | {:.1} MiB | {} | {} |",
+        cpu / events as f64 * 1000.0,
+        rss as f64 / 1024.0,
+        stats.api.rate_limited,
+        stats.queue.redelivered
+    )
+}
+
+async fn steady(per_second: usize, seconds: u64) -> String {
+    let emu = Emulator::start(EmulatorConfig { hold: Duration::from_secs(5), ..Default::default() }).await.unwrap();
+    let daemon = Daemon::start(&emu.endpoint(), 1000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut enqueued_ms: HashMap<String, i64> = HashMap::new();
+    let tick = Duration::from_millis(20);
+    let per_tick = (per_second / 50).max(1);
+    let mut next = Instant::now();
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+        for content in emu.enqueue_generated(per_tick) {
+            enqueued_ms.insert(ReceivedEvent::from_content(&content).dedupe_hex(), now_ms);
+        }
+        next += tick;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    wait_drained(&emu, enqueued_ms.len() as u64).await;
+    let store = Store::open_existing(&daemon.db, Duration::from_secs(5)).unwrap();
+    let mut commit: Vec<f64> = store
+        .run_sync(|c| {
+            let mut stmt = c.prepare("SELECT dedupe_key, received_at FROM events")?;
+            let rows =
+                stmt.query_map([], |r| Ok((vod_eventd::event::hex(&r.get::<_, Vec<u8>>(0)?), r.get::<_, i64>(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .unwrap()
+        .into_iter()
+        .map(|(key, at)| (at - enqueued_ms[&key]) as f64)
+        .collect();
+    commit.sort_by(f64::total_cmp);
+    let mut confirm: Vec<f64> = emu.enqueue_to_confirm().iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    confirm.sort_by(f64::total_cmp);
+    daemon.stop();
+    format!(
+        "| steady {per_second} events/s for {seconds} s | {} | {:.0} / {:.0} ms | {:.0} / {:.0} ms |",
+        commit.len(),
+        percentile(&commit, 0.5),
+        percentile(&commit, 0.99),
+        percentile(&confirm, 0.5),
+        percentile(&confirm, 0.99)
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (backlog, limited_backlog, steady_secs) = if quick { (3000, 1000, 5) } else { (20_000, 4000, 20) };
+    println!(
+        "| scenario | events | stored+confirmed | daemon CPU per 1,000 events | peak RSS | 4400s | redeliveries |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    println!("{}", drain(backlog, false).await);
+    println!("{}", drain(limited_backlog, true).await);
+    println!();
+    println!("| scenario | events | enqueue→commit p50 / p99 | enqueue→confirm p50 / p99 |");
+    println!("|---|---|---|---|");
+    println!("{}", steady(100, steady_secs).await);
+}
