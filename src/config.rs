@@ -3,6 +3,7 @@
 //! reported with the key and the file or variable it came from, so `config check` can
 //! name all of them at once.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +13,9 @@ use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use vod_protocol::SignatureMethod;
+
+use crate::handler::HandlerConfig;
+use crate::route::{RouteConfig, Router};
 
 /// Where the config file is looked for when neither `--config` nor `VOD_EVENTD_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vod-eventd/config.toml";
@@ -40,6 +44,81 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Which handlers each event type goes to.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Named handlers.
+    #[serde(default)]
+    pub handlers: BTreeMap<String, HandlerConfig>,
+    /// Handler retries.
+    #[serde(default)]
+    pub dispatch: DispatchConfig,
+    /// Stopping.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[dispatch]`: handler retry policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Delays after the 1st, 2nd, ... failed attempt; the last one repeats.
+    #[serde(deserialize_with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    /// A delivery still failing this long after it was created is dead.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// The longest `Retry-After` a receiver can ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    /// How often to look for deliveries scheduled from outside (`events replay`, `deliveries retry`).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            retry_schedule: crate::retry::default_schedule(),
+            max_age: Duration::from_secs(3 * 86400),
+            max_retry_after: Duration::from_secs(3600),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl DispatchConfig {
+    /// The retry policy these settings describe.
+    pub fn policy(&self) -> crate::retry::RetryPolicy {
+        crate::retry::RetryPolicy {
+            schedule: self.retry_schedule.clone(),
+            max_age: self.max_age,
+            max_retry_after: self.max_retry_after,
+        }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long in-flight handler attempts may take to finish after SIGTERM before they
+    /// are stopped and put back to pending. Keep it below systemd's TimeoutStopSec.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { drain_timeout: Duration::from_secs(20) }
+    }
+}
+
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| humantime::parse_duration(s).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}"))))
+        .collect()
 }
 
 /// `[vod]`: where and how to call the API.
@@ -375,6 +454,28 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             bad("log.level", format!("`{}` is not a valid filter: {e}", self.log.level));
+        }
+        if let Err(e) = Router::new(&self.routes) {
+            bad("routes", e);
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            for name in route.handlers.iter().filter(|h| !self.handlers.contains_key(*h)) {
+                bad(
+                    &format!("routes[{i}].handlers"),
+                    format!("`{name}` is not defined; add a [handlers.{name}] section"),
+                );
+            }
+        }
+        for (name, handler) in &self.handlers {
+            for (key, message) in handler.validate() {
+                bad(&format!("handlers.{name}.{key}"), message);
+            }
+        }
+        if self.dispatch.max_age.is_zero() {
+            bad("dispatch.max_age", "must be above zero".into());
+        }
+        if self.dispatch.poll_interval.is_zero() {
+            bad("dispatch.poll_interval", "must be above zero".into());
         }
         issues
     }

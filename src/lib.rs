@@ -9,6 +9,10 @@
 //! - [`store`]: SQLite: schema, durable batch insert, history queries.
 //! - [`puller`]: PullEvent → store → hand handles to the confirmer.
 //! - [`confirmer`]: batched ConfirmEvent inside the 30 s window.
+//! - [`route`]: which handlers an event type goes to.
+//! - [`dispatch`]: runs due deliveries from the store, with retries and a dead state.
+//! - [`handler`]: the webhook, shell and DRM-key handlers.
+//! - [`retry`]: the handler retry policy.
 //! - [`daemon`]: wiring and shutdown order.
 //! - [`cli`]: the command line (daemon, history, config check, emulator, demo).
 //! - [`backoff`], [`stats`], [`signal`], [`logging`]: small shared pieces.
@@ -22,9 +26,13 @@ pub mod cli;
 pub mod config;
 pub mod confirmer;
 pub mod daemon;
+pub mod dispatch;
 pub mod event;
+pub mod handler;
 pub mod logging;
 pub mod puller;
+pub mod retry;
+pub mod route;
 pub mod signal;
 pub mod stats;
 pub mod store;

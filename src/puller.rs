@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rand::SeedableRng as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
 
@@ -16,6 +16,7 @@ use crate::backoff;
 use crate::config::{Config, PullConfig};
 use crate::confirmer::PendingHandle;
 use crate::event::ReceivedEvent;
+use crate::route::Router;
 use crate::stats::PipelineStats;
 use crate::store::Store;
 
@@ -46,10 +47,15 @@ pub struct Puller {
     pub config: PullConfig,
     /// The config file's path, for messages.
     pub config_path: String,
+    /// Which handlers each event goes to.
+    pub router: Arc<Router>,
+    /// Poked when new deliveries are stored.
+    pub dispatch_wake: Arc<Notify>,
 }
 
 impl Puller {
     /// Builds the pull loop from a config.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         config_path: String,
@@ -57,8 +63,10 @@ impl Puller {
         store: Store,
         confirm_tx: mpsc::Sender<PendingHandle>,
         stats: Arc<PipelineStats>,
+        router: Arc<Router>,
+        dispatch_wake: Arc<Notify>,
     ) -> Self {
-        Puller { client, store, confirm_tx, stats, config: config.pull.clone(), config_path }
+        Puller { client, store, confirm_tx, stats, config: config.pull.clone(), config_path, router, dispatch_wake }
     }
 
     /// Pulls until `shutdown` is cancelled (then returns `Ok`) or the credentials are
@@ -144,7 +152,14 @@ impl Puller {
         shutdown: &CancellationToken,
         rng: &mut impl rand::Rng,
     ) -> bool {
-        let events: Vec<ReceivedEvent> = items.iter().map(|item| ReceivedEvent::from_content(&item.content)).collect();
+        let events: Vec<(ReceivedEvent, Vec<String>)> = items
+            .iter()
+            .map(|item| {
+                let event = ReceivedEvent::from_content(&item.content);
+                let handlers = self.router.handlers_for(&event.event_type);
+                (event, handlers)
+            })
+            .collect();
         let mut attempt: u32 = 0;
         let inserted = loop {
             match self.store.insert_events(events.clone()).await {
@@ -162,7 +177,10 @@ impl Puller {
         };
         PipelineStats::add(&self.stats.events_received, inserted.len() as u64);
         PipelineStats::add(&self.stats.duplicates, inserted.iter().filter(|i| !i.new).count() as u64);
-        for ((item, event), row) in items.into_iter().zip(&events).zip(&inserted) {
+        if inserted.iter().zip(&events).any(|(row, (_, handlers))| row.new && !handlers.is_empty()) {
+            self.dispatch_wake.notify_one();
+        }
+        for ((item, (event, _)), row) in items.into_iter().zip(&events).zip(&inserted) {
             debug!(id = row.id, new = row.new, event_type = %event.event_type, "Event stored.");
             match item.handle {
                 // The confirmer outlives this loop, so a send only fails if it died; the

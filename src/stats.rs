@@ -24,6 +24,12 @@ pub struct PipelineStats {
     pub handles_expired: AtomicU64,
     /// Store commits that failed.
     pub store_failures: AtomicU64,
+    /// Handler attempts that succeeded.
+    pub deliveries_done: AtomicU64,
+    /// Handler attempts that failed and were rescheduled.
+    pub deliveries_retried: AtomicU64,
+    /// Deliveries that went dead.
+    pub deliveries_dead: AtomicU64,
     /// Unix ms of the last successful pull.
     pub last_pull_ok_ms: AtomicI64,
 }

@@ -1,5 +1,6 @@
-//! Client-side rate limit per action, so the daemon never exceeds Tencent's quota
-//! (1000 calls/min per action for v2) and never sees a 4400 of its own making.
+//! Client-side rate limits per action, so the daemon never exceeds Tencent's quotas
+//! (1000 calls/min per action for PullEvent and ConfirmEvent; DescribeDrmDataKey is
+//! documented at 100/min) and never sees a 4400 of its own making.
 //!
 //! GCRA (`governor`) allows `burst + rate × T` calls in any window `T`; to keep every
 //! sliding minute within `limit`, the burst is small and the steady rate is
@@ -8,25 +9,38 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+
+/// DescribeDrmDataKey's own limit, calls per minute.
+pub(crate) const DRM_LIMIT_PER_MINUTE: u32 = 100;
 
 pub(crate) struct ActionLimiter {
-    inner: DefaultKeyedRateLimiter<&'static str>,
+    per_action: DefaultKeyedRateLimiter<&'static str>,
+    drm: DefaultDirectRateLimiter,
+}
+
+fn quota(limit_per_minute: u32) -> Quota {
+    let burst = (limit_per_minute / 100).max(1);
+    let steady = limit_per_minute.saturating_sub(2 * burst).max(1);
+    Quota::with_period(Duration::from_secs(60) / steady)
+        .expect("period is non-zero")
+        .allow_burst(NonZeroU32::new(burst).expect("burst >= 1"))
 }
 
 impl ActionLimiter {
     pub(crate) fn new(limit_per_minute: u32) -> Self {
-        let burst = (limit_per_minute / 100).max(1);
-        let steady = limit_per_minute.saturating_sub(2 * burst).max(1);
-        let period = Duration::from_secs(60) / steady;
-        let quota = Quota::with_period(period)
-            .expect("period is non-zero")
-            .allow_burst(NonZeroU32::new(burst).expect("burst >= 1"));
-        ActionLimiter { inner: DefaultKeyedRateLimiter::keyed(quota) }
+        ActionLimiter {
+            per_action: DefaultKeyedRateLimiter::keyed(quota(limit_per_minute)),
+            drm: DefaultDirectRateLimiter::direct(quota(limit_per_minute.min(DRM_LIMIT_PER_MINUTE))),
+        }
     }
 
     pub(crate) async fn until_ready(&self, action: &'static str) {
-        self.inner.until_key_ready(&action).await;
+        if action == "DescribeDrmDataKey" {
+            self.drm.until_ready().await;
+        } else {
+            self.per_action.until_key_ready(&action).await;
+        }
     }
 }
 

@@ -151,6 +151,34 @@ impl V2Client {
         self.call("ConfirmEvent", params).await.map(drop)
     }
 
+    /// Turns EDKs (at most 10) into data keys: `(edk, base64 dk)` pairs.
+    pub async fn describe_drm_data_key(&self, edks: &[String]) -> Result<Vec<(String, String)>, ApiError> {
+        const ACTION: &str = "DescribeDrmDataKey";
+        #[derive(Deserialize)]
+        struct Key {
+            edk: String,
+            dk: String,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            #[serde(rename = "keyList", default)]
+            key_list: Vec<Key>,
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            data: Data,
+        }
+        let params = edks.iter().enumerate().map(|(i, e)| (format!("edkList.{i}"), e.clone())).collect();
+        let body = self.call(ACTION, params).await?;
+        // The body holds data keys: never quote it in an error.
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
+            action: ACTION,
+            detail: e.to_string(),
+            excerpt: "(not shown: may contain key material)".into(),
+        })?;
+        Ok(answer.data.key_list.into_iter().map(|k| (k.edk, k.dk)).collect())
+    }
+
     /// Signs and sends one call; returns the body of a `code 0` answer.
     pub async fn call(&self, action: &'static str, params: Vec<(String, String)>) -> Result<Vec<u8>, ApiError> {
         self.limiter.until_ready(action).await;

@@ -17,8 +17,21 @@ use crate::store::{EventFilter, EventRow, Store};
 pub enum EventsCommand {
     /// List stored events, newest first.
     List(ListArgs),
-    /// Show one stored event in full.
+    /// Show one stored event in full, with its deliveries and their attempts.
     Show(ShowArgs),
+    /// Deliver a stored event again (with the same webhook-id) to one handler or to every
+    /// handler it went to before. The running daemon picks it up within a second.
+    Replay(ReplayArgs),
+}
+
+/// `events replay` options.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The event id.
+    pub id: i64,
+    /// Only this handler (default: every handler the event was delivered to).
+    #[arg(long, value_name = "NAME")]
+    pub handler: Option<String>,
 }
 
 /// `events list` options.
@@ -75,18 +88,48 @@ impl EventsCommand {
                 }
             }
             EventsCommand::Show(args) => {
-                let row = store
-                    .get_event(args.id)?
-                    .with_context(|| format!("no event with id {} in {}", args.id, store.path().display()))?;
+                let row = find(&store, args.id)?;
+                let deliveries = store.event_deliveries(row.id)?;
                 if args.json {
-                    writeln!(out, "{}", json_line(&row)?)?;
+                    let mut line: serde_json::Value = serde_json::from_str(&json_line(&row)?)?;
+                    line["deliveries"] = serde_json::to_value(
+                        deliveries
+                            .iter()
+                            .map(|(d, a)| serde_json::json!({"delivery": d, "attempts": a}))
+                            .collect::<Vec<_>>(),
+                    )?;
+                    writeln!(out, "{line}")?;
                 } else {
                     write_details(&mut out, &row)?;
+                    super::deliveries::write_event_deliveries(&mut out, &deliveries)?;
                 }
+            }
+            EventsCommand::Replay(args) => {
+                find(&store, args.id)?;
+                if let Some(h) = &args.handler {
+                    let known: Vec<&str> = config.handlers.keys().map(String::as_str).collect();
+                    anyhow::ensure!(
+                        known.contains(&h.as_str()),
+                        "no handler named `{h}` in {}; configured: {}",
+                        config_path.display(),
+                        known.join(", ")
+                    );
+                }
+                let handlers = store.replay(args.id, args.handler.as_deref())?;
+                anyhow::ensure!(
+                    !handlers.is_empty(),
+                    "event {} was never routed to a handler; name one with --handler",
+                    args.id
+                );
+                writeln!(out, "event {} scheduled for delivery to: {}", args.id, handlers.join(", "))?;
             }
         }
         Ok(())
     }
+}
+
+fn find(store: &Store, id: i64) -> anyhow::Result<EventRow> {
+    store.get_event(id)?.with_context(|| format!("no event with id {id} in {}", store.path().display()))
 }
 
 /// `2h` (ago) or an RFC 3339 time, as Unix ms.
@@ -101,7 +144,7 @@ fn parse_since(text: &str) -> anyhow::Result<i64> {
     })
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(super) fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }

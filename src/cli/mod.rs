@@ -1,10 +1,12 @@
-//! The command line: `run` (the daemon), `events` (history), `config check`, `emulator`
-//! and `demo`. Each subcommand lives in its own file; this one parses and dispatches.
+//! The command line: `run` (the daemon), `events` (history), `deliveries`, `keys`,
+//! `config check`, `emulator` and `demo`. Each subcommand lives in its own file; this one parses and dispatches.
 
 mod config_cmd;
+mod deliveries;
 mod demo;
 mod emulator;
 mod events;
+mod keys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +46,12 @@ pub enum Command {
     /// Query the stored event history (safe while the daemon runs).
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Inspect handler deliveries and revive dead ones.
+    #[command(subcommand)]
+    Deliveries(deliveries::DeliveriesCommand),
+    /// DRM data keys fetched by the `drm` handler.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Run the VOD API emulator (PullEvent/ConfirmEvent/DescribeDrmDataKey) for testing.
     Emulator(emulator::EmulatorArgs),
     /// Run the emulator and the daemon together on a demo config and watch events arrive.
@@ -57,6 +65,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run => run_daemon(&config_path),
         Command::Config(cmd) => return cmd.run(&config_path),
         Command::Events(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
+        Command::Deliveries(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
+        Command::Keys(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Emulator(args) => runtime().and_then(|rt| rt.block_on(args.run())),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(args.run())),
     };

@@ -76,10 +76,12 @@ fn row_to_event(row: &Row<'_>) -> rusqlite::Result<EventRow> {
     })
 }
 
-/// Inserts a batch in one transaction; a content already stored bumps `times_seen`.
+/// Inserts a batch in one transaction; a content already stored bumps `times_seen`. A
+/// newly stored event gets a pending delivery for each of its handlers, in the same
+/// transaction, so no event is ever stored without its routing.
 pub(crate) fn insert_batch(
     conn: &mut Connection,
-    events: &[ReceivedEvent],
+    events: &[(ReceivedEvent, Vec<String>)],
     now_ms: i64,
 ) -> Result<Vec<Inserted>, StoreError> {
     let tx = conn.transaction()?;
@@ -91,12 +93,16 @@ pub(crate) fn insert_batch(
              ON CONFLICT (dedupe_key) DO UPDATE SET last_seen_at = excluded.last_seen_at, times_seen = times_seen + 1
              RETURNING id, times_seen",
         )?;
-        for e in events {
+        for (e, handlers) in events {
             let (id, times_seen): (i64, i64) = insert.query_row(
                 params![&e.dedupe_key[..], e.event_type, e.version, e.file_id, e.task_id, e.content, now_ms],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            out.push(Inserted { id, new: times_seen == 1 });
+            let new = times_seen == 1;
+            if new {
+                super::deliveries::route_new_event(&tx, id, &e.dedupe_key, handlers, now_ms)?;
+            }
+            out.push(Inserted { id, new });
         }
     }
     tx.commit()?;
@@ -104,8 +110,9 @@ pub(crate) fn insert_batch(
 }
 
 impl Store {
-    /// Stores a pulled batch durably; returns once the commit is on disk.
-    pub async fn insert_events(&self, events: Vec<ReceivedEvent>) -> Result<Vec<Inserted>, StoreError> {
+    /// Stores a pulled batch (each event with the handlers it is routed to) durably;
+    /// returns once the commit is on disk.
+    pub async fn insert_events(&self, events: Vec<(ReceivedEvent, Vec<String>)>) -> Result<Vec<Inserted>, StoreError> {
         let now = super::now_ms();
         self.run(move |conn| insert_batch(conn, &events, now)).await
     }
@@ -179,9 +186,9 @@ mod tests {
         let a = ev(r#"{"eventType":"NewFileUpload","data":{"fileId":"1"}}"#);
         let a_reordered = ev(r#"{"data":{"fileId":"1"},"eventType":"NewFileUpload"}"#);
         let b = ev(r#"{"eventType":"FileDeleted","data":{"fileInfo":[{"fileId":"2"}]}}"#);
-        let first = store.insert_events(vec![a.clone(), b]).await.unwrap();
+        let first = store.insert_events(vec![(a.clone(), vec![]), (b, vec![])]).await.unwrap();
         assert!(first.iter().all(|i| i.new));
-        let again = store.insert_events(vec![a_reordered, a]).await.unwrap();
+        let again = store.insert_events(vec![(a_reordered, vec![]), (a, vec![])]).await.unwrap();
         assert_eq!(
             again.iter().map(|i| (i.id, i.new)).collect::<Vec<_>>(),
             vec![(first[0].id, false), (first[0].id, false)]
@@ -200,9 +207,9 @@ mod tests {
         let (_dir, store) = store();
         store
             .insert_events(vec![
-                ev(r#"{"eventType":"NewFileUpload","data":{"fileId":"1"}}"#),
-                ev(r#"{"eventType":"NewFileUpload","data":{"fileId":"2"}}"#),
-                ev(r#"{"eventType":"FileDeleted","data":{"fileInfo":[{"fileId":"1"}]}}"#),
+                (ev(r#"{"eventType":"NewFileUpload","data":{"fileId":"1"}}"#), vec![]),
+                (ev(r#"{"eventType":"NewFileUpload","data":{"fileId":"2"}}"#), vec![]),
+                (ev(r#"{"eventType":"FileDeleted","data":{"fileInfo":[{"fileId":"1"}]}}"#), vec![]),
             ])
             .await
             .unwrap();

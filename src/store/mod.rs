@@ -5,17 +5,22 @@
 //! only used from `spawn_blocking`; the CLI opens its own connection, which WAL allows
 //! while the daemon runs.
 
+mod deliveries;
 mod events;
+mod keys;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use deliveries::{webhook_id, AttemptRecord, AttemptRow, DeliveryFilter, DeliveryRow, Next};
 pub use events::{EventFilter, EventRow, Inserted};
+pub use keys::{KeyInfo, NewKey};
 use rusqlite::{Connection, OpenFlags};
 
 /// Schema migrations, applied in order; `user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_events.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("migrations/0001_events.sql"), include_str!("migrations/0002_deliveries.sql")];
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,141 @@
+//! `vod-eventd deliveries list|retry`: the handler outbox, read and revived from the store.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+use super::events::rfc3339;
+use crate::config::Config;
+use crate::store::{AttemptRow, DeliveryFilter, DeliveryRow, Store};
+
+/// `deliveries` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// List deliveries, most recently changed first.
+    List(ListArgs),
+    /// Make dead deliveries pending again (due now).
+    Retry(RetryArgs),
+}
+
+/// `deliveries list` options.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this state: pending, running, done or dead.
+    #[arg(long, value_parser = ["pending", "running", "done", "dead"])]
+    pub state: Option<String>,
+    /// Only this handler.
+    #[arg(long, value_name = "NAME")]
+    pub handler: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `deliveries retry` options.
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// Retry dead deliveries (required: says what is being retried).
+    #[arg(long, required = true)]
+    pub dead: bool,
+    /// Only this handler's.
+    #[arg(long, value_name = "NAME")]
+    pub handler: Option<String>,
+}
+
+impl DeliveriesCommand {
+    /// Runs the subcommand.
+    pub fn run(self, config: &Config, config_path: &Path) -> anyhow::Result<()> {
+        let store = Store::open_existing(&config.store.path, config.store.busy_timeout)
+            .with_context(|| format!("store.path in {}", config_path.display()))?;
+        let mut out = std::io::stdout().lock();
+        match self {
+            DeliveriesCommand::List(args) => {
+                let rows = store.list_deliveries(&DeliveryFilter {
+                    state: args.state,
+                    handler: args.handler,
+                    limit: args.limit,
+                })?;
+                if args.json {
+                    for row in &rows {
+                        writeln!(out, "{}", serde_json::to_string(row)?)?;
+                    }
+                } else {
+                    write_table(&mut out, &rows)?;
+                }
+            }
+            DeliveriesCommand::Retry(args) => {
+                let n = store.retry_dead(args.handler.as_deref())?;
+                writeln!(
+                    out,
+                    "{n} dead deliveries are pending again; the running daemon retries them within a second"
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_table(out: &mut impl std::io::Write, rows: &[DeliveryRow]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<6}  {:<6}  {:<12}  {:<8}  {:>8}  {:<24}  {:<34}  LAST ERROR",
+        "ID", "EVENT", "HANDLER", "STATE", "ATTEMPTS", "NEXT ATTEMPT (UTC)", "WEBHOOK-ID"
+    )?;
+    for r in rows {
+        let next = if r.state == "pending" { rfc3339(r.next_attempt_at) } else { "-".into() };
+        writeln!(
+            out,
+            "{:<6}  {:<6}  {:<12}  {:<8}  {:>8}  {:<24}  {:<34}  {}",
+            r.id,
+            r.event_id,
+            r.handler,
+            r.state,
+            r.attempts,
+            next,
+            r.webhook_id,
+            r.last_error.as_deref().unwrap_or("-")
+        )?;
+    }
+    if rows.is_empty() {
+        writeln!(out, "(no deliveries match)")?;
+    }
+    Ok(())
+}
+
+/// The deliveries section of `events show`.
+pub(super) fn write_event_deliveries(
+    out: &mut impl std::io::Write,
+    deliveries: &[(DeliveryRow, Vec<AttemptRow>)],
+) -> std::io::Result<()> {
+    writeln!(out, "deliveries:")?;
+    if deliveries.is_empty() {
+        writeln!(out, "  (none: no route matched this event type)")?;
+    }
+    for (d, attempts) in deliveries {
+        writeln!(out, "  #{} {} [{}] webhook-id {} ({} attempts)", d.id, d.handler, d.state, d.webhook_id, d.attempts)?;
+        for a in attempts {
+            let status = a.status.map_or_else(|| "-".into(), |s| s.to_string());
+            writeln!(
+                out,
+                "    attempt {} at {} took {} ms: {} (status {}){}",
+                a.attempt,
+                rfc3339(a.started_at),
+                a.duration_ms,
+                a.outcome,
+                status,
+                a.error.as_deref().map(|e| format!(" error: {e}")).unwrap_or_default()
+            )?;
+            if let Some(excerpt) = a.excerpt.as_deref().filter(|e| !e.is_empty()) {
+                for line in excerpt.lines().take(6) {
+                    writeln!(out, "      | {line}")?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! `vod-eventd keys get|list`: DRM data keys fetched by the `drm` handler. `get --raw`
+//! writes the 16 key bytes to stdout, as a key server returns them to an HLS player.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+
+use super::events::rfc3339;
+use crate::config::Config;
+use crate::store::Store;
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print the data key for an EDK.
+    Get(GetArgs),
+    /// List stored keys (without key material).
+    List(ListArgs),
+}
+
+/// `keys get` options.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The EDK, as in the event (or URL-decoded from the EXT-X-KEY URI).
+    #[arg(long)]
+    pub edk: String,
+    /// Write the 16 raw bytes (for a key server response).
+    #[arg(long, conflicts_with = "base64")]
+    pub raw: bool,
+    /// Write the key as base64 text.
+    #[arg(long)]
+    pub base64: bool,
+}
+
+/// `keys list` options.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only keys of this file.
+    #[arg(long, value_name = "ID")]
+    pub file_id: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl KeysCommand {
+    /// Runs the subcommand.
+    pub fn run(self, config: &Config, config_path: &Path) -> anyhow::Result<()> {
+        let store = Store::open_existing(&config.store.path, config.store.busy_timeout)
+            .with_context(|| format!("store.path in {}", config_path.display()))?;
+        let mut out = std::io::stdout().lock();
+        match self {
+            KeysCommand::Get(args) => {
+                anyhow::ensure!(args.raw || args.base64, "choose an output: --raw (16 bytes) or --base64");
+                let key = store
+                    .get_key(&args.edk)?
+                    .context("no data key stored for that EDK (is a `drm` handler routed for its event?)")?;
+                if args.raw {
+                    out.write_all(&key)?;
+                } else {
+                    writeln!(out, "{}", base64::engine::general_purpose::STANDARD.encode(&key))?;
+                }
+            }
+            KeysCommand::List(args) => {
+                let keys = store.list_keys(args.file_id.as_deref(), args.limit)?;
+                for k in &keys {
+                    if args.json {
+                        writeln!(out, "{}", serde_json::to_string(k)?)?;
+                    } else {
+                        let edk: String = k.edk.chars().take(24).collect();
+                        writeln!(
+                            out,
+                            "{}  {:<20}  {:<14}  {}…",
+                            rfc3339(k.fetched_at),
+                            k.file_id.as_deref().unwrap_or("-"),
+                            k.key_source.as_deref().unwrap_or("-"),
+                            edk
+                        )?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

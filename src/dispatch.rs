@@ -1,0 +1,211 @@
+//! The dispatcher: runs due deliveries from the store, never inline with the pull path.
+//! Each handler has its own concurrency limit (a semaphore), and only as many deliveries
+//! are claimed as it has free permits, so memory stays bounded whatever the backlog. A
+//! failing delivery is rescheduled by the retry policy and does not hold back others:
+//! there is no head-of-line blocking. Every attempt is recorded with its outcome.
+//!
+//! On shutdown it stops claiming, gives in-flight attempts `drain_timeout`, then stops
+//! them; whatever was still running is put back to pending (and retried later).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng as _;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::handler::{AnyHandler, Delivery};
+use crate::retry::RetryPolicy;
+use crate::stats::PipelineStats;
+use crate::store::{now_ms, AttemptRecord, Next, Store};
+
+/// A handler and its concurrency limit.
+pub struct Lane {
+    /// The handler.
+    pub handler: Arc<AnyHandler>,
+    /// Attempts in flight at once.
+    pub permits: Arc<Semaphore>,
+}
+
+/// Everything the dispatcher needs.
+pub struct Dispatcher {
+    /// The store.
+    pub store: Store,
+    /// Handlers by name.
+    pub lanes: BTreeMap<String, Lane>,
+    /// Retry policy.
+    pub policy: RetryPolicy,
+    /// How often to look for deliveries scheduled by another process.
+    pub poll_interval: Duration,
+    /// Poked by the puller when new deliveries are stored.
+    pub wake: Arc<Notify>,
+    /// Counters.
+    pub stats: Arc<PipelineStats>,
+}
+
+impl Dispatcher {
+    /// Runs until `shutdown`, then drains for at most `drain_timeout`.
+    pub async fn run(self, shutdown: CancellationToken, drain_timeout: Duration) {
+        match self.store.requeue_running().await {
+            Ok(0) => {}
+            Ok(n) => info!(deliveries = n, "Requeued deliveries that were running when vod-eventd last stopped."),
+            Err(e) => error!(error = %e, "Could not requeue interrupted deliveries."),
+        }
+        let mut tasks = JoinSet::new();
+        loop {
+            let wake_at = self.claim_and_spawn(&mut tasks).await;
+            let sleep = Duration::from_millis(wake_at.saturating_sub(now_ms()).max(0) as u64);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+        self.drain(tasks, drain_timeout).await;
+    }
+
+    /// Claims due deliveries for every handler with free permits and starts them; returns
+    /// when (Unix ms) to look again.
+    async fn claim_and_spawn(&self, tasks: &mut JoinSet<()>) -> i64 {
+        let now = now_ms();
+        let mut wake_at = now + self.poll_interval.as_millis() as i64;
+        for (name, lane) in &self.lanes {
+            let free = lane.permits.available_permits();
+            if free == 0 {
+                continue;
+            }
+            match self.store.claim_due(name.clone(), free, now).await {
+                Ok(claimed) => {
+                    for delivery in claimed {
+                        let permit =
+                            lane.permits.clone().try_acquire_owned().expect("claimed no more than the free permits");
+                        tasks.spawn(self.attempt(name.clone(), lane.handler.clone(), delivery, permit));
+                    }
+                }
+                Err(e) => error!(error = %e, handler = %name, "Could not claim deliveries from the store; retrying."),
+            }
+            if lane.permits.available_permits() > 0 {
+                if let Ok(Some(due)) = self.store.next_due(name.clone()).await {
+                    wake_at = wake_at.min(due);
+                }
+            }
+        }
+        wake_at
+    }
+
+    fn attempt(
+        &self,
+        name: String,
+        handler: Arc<AnyHandler>,
+        d: Delivery,
+        permit: OwnedSemaphorePermit,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (store, policy, stats) = (self.store.clone(), self.policy.clone(), self.stats.clone());
+        let span = tracing::info_span!("delivery", id = d.delivery_id, event = d.event_id, handler = %name, attempt = d.attempt);
+        async move {
+            let started_at = now_ms();
+            let clock = Instant::now();
+            let result = handler.handle(&d).await;
+            let duration = clock.elapsed();
+            let record = settle(&policy, &d, result, started_at, duration, &name, &stats);
+            finish(&store, record).await;
+            drop(permit);
+        }
+        .instrument(span)
+    }
+
+    async fn drain(&self, mut tasks: JoinSet<()>, drain_timeout: Duration) {
+        let in_flight = tasks.len();
+        let drained = tokio::time::timeout(drain_timeout, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            warn!(in_flight, timeout = ?drain_timeout, "Handler attempts did not finish in time; stopping them. They will be retried.");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        if let Err(e) = self.store.requeue_running().await {
+            error!(error = %e, "Could not requeue interrupted deliveries; they will be requeued at the next start.");
+        }
+    }
+}
+
+/// Turns an attempt's result into its record and the delivery's next state.
+fn settle(
+    policy: &RetryPolicy,
+    d: &Delivery,
+    result: Result<crate::handler::Success, crate::handler::Failure>,
+    started_at: i64,
+    duration: Duration,
+    handler: &str,
+    stats: &PipelineStats,
+) -> AttemptRecord {
+    let base = AttemptRecord {
+        delivery_id: d.delivery_id,
+        attempt: d.attempt,
+        started_at,
+        duration_ms: duration.as_millis() as i64,
+        status: None,
+        error: None,
+        excerpt: None,
+        next: Next::Done,
+    };
+    match result {
+        Ok(ok) => {
+            PipelineStats::add(&stats.deliveries_done, 1);
+            debug!(?duration, "Delivered.");
+            AttemptRecord { status: ok.status, excerpt: ok.excerpt, ..base }
+        }
+        Err(failure) => {
+            let age = Duration::from_millis(now_ms().saturating_sub(d.created_at).max(0) as u64);
+            let delay = if failure.retryable {
+                policy.next_delay(d.attempt, age, failure.retry_after, &mut rand::rngs::StdRng::from_entropy())
+            } else {
+                None
+            };
+            let next = match delay {
+                Some(delay) => {
+                    PipelineStats::add(&stats.deliveries_retried, 1);
+                    warn!(error = %failure.message, retry_in = ?delay, "Delivery attempt failed; will retry.");
+                    Next::RetryAt(now_ms() + delay.as_millis() as i64)
+                }
+                None => {
+                    PipelineStats::add(&stats.deliveries_dead, 1);
+                    let why = if failure.retryable { "retries exhausted" } else { "permanent failure" };
+                    error!(error = %failure.message, webhook_id = %d.webhook_id, "Delivery is dead ({why}); see `vod-eventd deliveries list --state dead --handler {handler}`, then `deliveries retry --dead` once fixed.");
+                    Next::Dead
+                }
+            };
+            AttemptRecord {
+                status: failure.status,
+                error: Some(failure.message),
+                excerpt: failure.excerpt,
+                next,
+                ..base
+            }
+        }
+    }
+}
+
+/// Records the attempt, retrying while the store refuses writes (the delivery stays
+/// `running` meanwhile, and is requeued at the next start if this never succeeds).
+async fn finish(store: &Store, record: AttemptRecord) {
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    for attempt in 0..8 {
+        match store.finish_attempt(record.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                error!(error = %e, "Could not record a delivery attempt; retrying.");
+                tokio::time::sleep(crate::backoff::delay(
+                    attempt,
+                    Duration::from_millis(200),
+                    Duration::from_secs(10),
+                    &mut rng,
+                ))
+                .await;
+            }
+        }
+    }
+}

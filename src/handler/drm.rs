@@ -1,0 +1,189 @@
+//! The DRM key fetcher (legacy HLS encryption): for task-flow events whose
+//! `data.drm.edkList` carries EDKs, calls DescribeDrmDataKey (at most 10 EDKs per call,
+//! 100 calls/min client-side) and stores each data key once. With `key_dir`, each key is
+//! also written as `<sha256-hex of edk>.key` (16 raw bytes, mode 0600, atomic rename),
+//! ready for a key server. Data keys never reach logs, attempt records or webhooks.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{Delivery, Failure, Success};
+use crate::api::{ErrorClass, V2Client};
+use crate::store::{NewKey, Store};
+
+/// EDKs per DescribeDrmDataKey call.
+const EDKS_PER_CALL: usize = 10;
+
+/// `type = "drm"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrmConfig {
+    /// Also write each key to `<dir>/<sha256-hex of edk>.key`.
+    #[serde(default)]
+    pub key_dir: Option<PathBuf>,
+    /// Attempts in flight at once.
+    #[serde(default = "default_drm_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_drm_concurrency() -> usize {
+    2
+}
+
+impl DrmConfig {
+    pub(super) fn validate(&self) -> Vec<(String, String)> {
+        let mut issues = Vec::new();
+        if let Some(dir) = &self.key_dir {
+            if !dir.is_dir() {
+                issues.push(("key_dir".into(), format!("{} is not a directory; create it (mode 0700)", dir.display())));
+            }
+        }
+        if self.concurrency == 0 {
+            issues.push(("concurrency".into(), "must be at least 1".into()));
+        }
+        issues
+    }
+}
+
+/// A built DRM key fetcher.
+pub struct Drm {
+    config: DrmConfig,
+    client: Arc<V2Client>,
+    store: Store,
+}
+
+/// The encryption facts of a task-flow event.
+#[derive(Debug, Default, PartialEq)]
+pub struct DrmInfo {
+    /// EDKs.
+    pub edks: Vec<String>,
+    /// `keySource`.
+    pub key_source: Option<String>,
+    /// The encryption template.
+    pub definition: Option<i64>,
+}
+
+/// Finds the EDKs in an event body: v2 carries them in `data.drm.edkList`.
+pub fn drm_info(body: &Value) -> DrmInfo {
+    let drm = &body["data"]["drm"];
+    DrmInfo {
+        edks: drm["edkList"].as_array().into_iter().flatten().filter_map(|e| e.as_str().map(String::from)).collect(),
+        key_source: drm["keySource"].as_str().map(String::from),
+        definition: drm["definition"].as_i64(),
+    }
+}
+
+impl Drm {
+    pub(super) fn new(config: &DrmConfig, client: Arc<V2Client>, store: Store) -> Drm {
+        Drm { config: config.clone(), client, store }
+    }
+
+    pub(super) async fn handle(&self, d: &Delivery) -> Result<Success, Failure> {
+        let body: Value =
+            serde_json::from_str(&d.body).map_err(|_| Failure::permanent("the event body is not JSON"))?;
+        let info = drm_info(&body);
+        if info.edks.is_empty() {
+            return Ok(Success { status: None, excerpt: Some("no EDKs in this event".into()) });
+        }
+        let known = self.store.known_edks(info.edks.clone()).await.map_err(|e| Failure::transient(e.to_string()))?;
+        let missing: Vec<String> = info.edks.iter().filter(|e| !known.contains(e)).cloned().collect();
+        let mut fetched = Vec::new();
+        for chunk in missing.chunks(EDKS_PER_CALL) {
+            let pairs = self.client.describe_drm_data_key(chunk).await.map_err(|e| Failure {
+                retryable: e.class() != ErrorClass::InvalidParameter,
+                ..Failure::transient(e.to_string())
+            })?;
+            for (edk, dk) in pairs {
+                let dk = decode_key(&dk).ok_or_else(|| {
+                    Failure::permanent("DescribeDrmDataKey returned a data key that is not 16 bytes of base64")
+                })?;
+                fetched.push(NewKey {
+                    edk,
+                    dk,
+                    file_id: d.file_id.clone(),
+                    key_source: info.key_source.clone(),
+                    definition: info.definition,
+                    event_id: d.event_id,
+                });
+            }
+        }
+        if let Some(absent) = missing.iter().find(|e| !fetched.iter().any(|k| &k.edk == *e)) {
+            return Err(Failure::transient(format!("DescribeDrmDataKey returned no key for EDK {}", short(absent))));
+        }
+        if let Some(dir) = &self.config.key_dir {
+            for key in &fetched {
+                write_key_file(dir, &key.edk, &key.dk)
+                    .map_err(|e| Failure::transient(format!("cannot write a key file in {}: {e}", dir.display())))?;
+            }
+        }
+        let added = self.store.insert_keys(fetched).await.map_err(|e| Failure::transient(e.to_string()))?;
+        Ok(Success { status: None, excerpt: Some(format!("{added} data keys stored, {} already known", known.len())) })
+    }
+}
+
+fn decode_key(b64: &str) -> Option<[u8; 16]> {
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()?.try_into().ok()
+}
+
+/// The start of an EDK, enough to find it in the event.
+fn short(edk: &str) -> String {
+    edk.chars().take(12).collect::<String>() + "…"
+}
+
+/// The key file name for an EDK: hex SHA-256 of the EDK text, `.key`.
+pub fn key_file_name(edk: &str) -> String {
+    format!("{}.key", crate::event::hex(&Sha256::digest(edk.as_bytes())))
+}
+
+/// Writes the key atomically with mode 0600: a temp file in the same directory, synced,
+/// then renamed over the final name.
+fn write_key_file(dir: &Path, edk: &str, dk: &[u8; 16]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = key_file_name(edk);
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.write_all(dk)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_v2_edks() {
+        let body: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/events-v2/ProcedureStateChanged.json")).unwrap();
+        let info = drm_info(&body);
+        assert_eq!(info.edks.len(), 1);
+        assert_eq!((info.key_source.as_deref(), info.definition), (Some("VodBuildInKMS"), Some(10)));
+        assert_eq!(drm_info(&serde_json::json!({"data": {}})), DrmInfo::default());
+    }
+
+    #[test]
+    fn key_files_are_private_and_exact() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        write_key_file(dir.path(), "EDK", &[7; 16]).unwrap();
+        let path = dir.path().join(key_file_name("EDK"));
+        assert_eq!(std::fs::read(&path).unwrap(), vec![7; 16]);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+    }
+
+    #[test]
+    fn official_example_key_decodes_to_16_bytes() {
+        assert_eq!(
+            crate::event::hex(&decode_key("i6zM/pnmIERJE3vAt0UnGg==").unwrap()),
+            "8bacccfe99e6204449137bc0b745271a"
+        );
+        assert_eq!(decode_key("c2hvcnQ="), None);
+    }
+}

@@ -1,0 +1,184 @@
+//! Handlers: what happens to a stored event after it is confirmed. The set is closed
+//! (webhook, shell, drm), selected by `type` in `[handlers.NAME]`, and dispatched
+//! statically through [`AnyHandler`]. A handler performs one attempt and classifies its
+//! outcome; retries, schedules and the dead state belong to the dispatcher.
+
+mod drm;
+mod shell;
+mod webhook;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use drm::DrmConfig;
+use serde::Deserialize;
+pub use shell::ShellConfig;
+pub use webhook::WebhookConfig;
+
+use crate::api::V2Client;
+use crate::store::Store;
+
+/// `[handlers.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum HandlerConfig {
+    /// POST the event to an HTTP endpoint, signed per Standard Webhooks.
+    Webhook(WebhookConfig),
+    /// Run a local program with the event on stdin.
+    Shell(ShellConfig),
+    /// Turn the EDKs of task-flow events into data keys via DescribeDrmDataKey.
+    Drm(DrmConfig),
+}
+
+impl HandlerConfig {
+    /// How many attempts of this handler may run at once.
+    pub fn concurrency(&self) -> usize {
+        match self {
+            HandlerConfig::Webhook(c) => c.concurrency,
+            HandlerConfig::Shell(c) => c.concurrency,
+            HandlerConfig::Drm(c) => c.concurrency,
+        }
+    }
+
+    /// Problems with this handler's settings, as (key suffix, message).
+    pub fn validate(&self) -> Vec<(String, String)> {
+        match self {
+            HandlerConfig::Webhook(c) => c.validate(),
+            HandlerConfig::Shell(c) => c.validate(),
+            HandlerConfig::Drm(c) => c.validate(),
+        }
+    }
+}
+
+/// What a handler gets for one attempt.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The delivery row id.
+    pub delivery_id: i64,
+    /// The event row id.
+    pub event_id: i64,
+    /// The stable id (`webhook-id`): the same on every retry and replay.
+    pub webhook_id: String,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    /// When the delivery was created (or last revived by `deliveries retry`), Unix ms.
+    pub created_at: i64,
+    /// `eventType`.
+    pub event_type: String,
+    /// File id, if any.
+    pub file_id: Option<String>,
+    /// Task id, if any.
+    pub task_id: Option<String>,
+    /// The event body to hand on (the `eventContent` as received).
+    pub body: String,
+}
+
+/// A successful attempt.
+#[derive(Debug, Clone, Default)]
+pub struct Success {
+    /// HTTP status or exit code.
+    pub status: Option<i64>,
+    /// The start of the response or output.
+    pub excerpt: Option<String>,
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    /// Retry later (true) or give up now (false).
+    pub retryable: bool,
+    /// What went wrong, for the attempt record and logs (never secrets or keys).
+    pub message: String,
+    /// HTTP status or exit code.
+    pub status: Option<i64>,
+    /// The start of the response or output.
+    pub excerpt: Option<String>,
+    /// The receiver asked to wait this long (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// A failure worth retrying.
+    pub fn transient(message: impl Into<String>) -> Failure {
+        Failure { retryable: true, message: message.into(), status: None, excerpt: None, retry_after: None }
+    }
+
+    /// A failure retrying cannot fix.
+    pub fn permanent(message: impl Into<String>) -> Failure {
+        Failure { retryable: false, ..Failure::transient(message) }
+    }
+}
+
+/// A built handler.
+pub enum AnyHandler {
+    /// See [`WebhookConfig`].
+    Webhook(webhook::Webhook),
+    /// See [`ShellConfig`].
+    Shell(shell::Shell),
+    /// See [`DrmConfig`].
+    Drm(drm::Drm),
+}
+
+impl AnyHandler {
+    /// Builds a handler from its config.
+    pub fn build(
+        name: &str,
+        config: &HandlerConfig,
+        client: Arc<V2Client>,
+        store: Store,
+    ) -> anyhow::Result<AnyHandler> {
+        Ok(match config {
+            HandlerConfig::Webhook(c) => AnyHandler::Webhook(webhook::Webhook::new(name, c)?),
+            HandlerConfig::Shell(c) => AnyHandler::Shell(shell::Shell::new(c)),
+            HandlerConfig::Drm(c) => AnyHandler::Drm(drm::Drm::new(c, client, store)),
+        })
+    }
+
+    /// The handler kind, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AnyHandler::Webhook(_) => "webhook",
+            AnyHandler::Shell(_) => "shell",
+            AnyHandler::Drm(_) => "drm",
+        }
+    }
+
+    /// Performs one attempt.
+    pub async fn handle(&self, delivery: &Delivery) -> Result<Success, Failure> {
+        match self {
+            AnyHandler::Webhook(h) => h.handle(delivery).await,
+            AnyHandler::Shell(h) => h.handle(delivery).await,
+            AnyHandler::Drm(h) => h.handle(delivery).await,
+        }
+    }
+}
+
+/// Builds every configured handler.
+pub fn build_all(
+    configs: &BTreeMap<String, HandlerConfig>,
+    client: Arc<V2Client>,
+    store: Store,
+) -> anyhow::Result<BTreeMap<String, Arc<AnyHandler>>> {
+    configs
+        .iter()
+        .map(|(name, c)| Ok((name.clone(), Arc::new(AnyHandler::build(name, c, client.clone(), store.clone())?))))
+        .collect()
+}
+
+/// At most `max` bytes of `text` (on a character boundary), marked when cut.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[{} bytes cut]", &text[..end], text.len() - end)
+}
+
+fn default_concurrency() -> usize {
+    4
+}

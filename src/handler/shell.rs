@@ -1,0 +1,201 @@
+//! The shell hook: runs `command` as an argument vector (never through a shell) with the
+//! event body on stdin and a scrubbed environment: only the names in `env` (taken from
+//! the daemon's own environment) plus `VOD_EVENT_ID` (stable, like `webhook-id`),
+//! `VOD_EVENT_ROWID`, `VOD_EVENT_TYPE`, `VOD_FILE_ID`, `VOD_TASK_ID`, `VOD_ATTEMPT`.
+//!
+//! The hook runs in its own process group. When it exits, or when `timeout` passes, the
+//! whole group is killed, so nothing it spawned outlives the attempt. Exit 0 is done; a
+//! code in `permanent_exit_codes` is dead; anything else (other codes, signals, the
+//! timeout, a failure to start) is retried. stdout and stderr are kept up to
+//! `output_limit` bytes each in the attempt record.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use super::{default_concurrency, Delivery, Failure, Success};
+
+/// How long to wait for the output pipes to close after the group was killed.
+const PIPE_GRACE: Duration = Duration::from_secs(2);
+
+/// `type = "shell"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellConfig {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Per-attempt timeout.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Names of the daemon's environment variables the hook may see.
+    #[serde(default = "default_env")]
+    pub env: Vec<String>,
+    /// Exit codes that mean "never retry".
+    #[serde(default)]
+    pub permanent_exit_codes: Vec<i32>,
+    /// Bytes of stdout and of stderr kept per attempt.
+    #[serde(default = "default_output_limit")]
+    pub output_limit: usize,
+    /// Working directory.
+    #[serde(default)]
+    pub working_dir: Option<PathBuf>,
+    /// Hooks running at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_env() -> Vec<String> {
+    vec!["PATH".into()]
+}
+fn default_output_limit() -> usize {
+    4096
+}
+
+impl ShellConfig {
+    pub(super) fn validate(&self) -> Vec<(String, String)> {
+        let mut issues = Vec::new();
+        if self.command.first().is_none_or(|p| p.is_empty()) {
+            issues.push((
+                "command".into(),
+                "must name a program, e.g. [\"/usr/local/bin/ingest\", \"--source\", \"vod\"]".into(),
+            ));
+        }
+        if self.concurrency == 0 {
+            issues.push(("concurrency".into(), "must be at least 1".into()));
+        }
+        if self.timeout.is_zero() {
+            issues.push(("timeout".into(), "must be above zero".into()));
+        }
+        issues
+    }
+}
+
+/// A built shell handler.
+pub struct Shell {
+    config: ShellConfig,
+}
+
+impl Shell {
+    pub(super) fn new(config: &ShellConfig) -> Shell {
+        Shell { config: config.clone() }
+    }
+
+    pub(super) async fn handle(&self, d: &Delivery) -> Result<Success, Failure> {
+        let c = &self.config;
+        let mut cmd = tokio::process::Command::new(&c.command[0]);
+        cmd.args(&c.command[1..]).env_clear();
+        for name in &c.env {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
+        cmd.env("VOD_EVENT_ID", &d.webhook_id)
+            .env("VOD_EVENT_ROWID", d.event_id.to_string())
+            .env("VOD_EVENT_TYPE", &d.event_type)
+            .env("VOD_FILE_ID", d.file_id.as_deref().unwrap_or(""))
+            .env("VOD_TASK_ID", d.task_id.as_deref().unwrap_or(""))
+            .env("VOD_ATTEMPT", d.attempt.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(dir) = &c.working_dir {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd.spawn().map_err(|e| Failure::transient(format!("cannot start {}: {e}", c.command[0])))?;
+        let group = child.id().map(|id| Pid::from_raw(id as i32));
+        let stdin = child.stdin.take();
+        let body = d.body.clone();
+        // A hook that ignores stdin closes the pipe early; that is its business.
+        let feeder = tokio::spawn(async move {
+            if let Some(mut stdin) = stdin {
+                let _ = stdin.write_all(body.as_bytes()).await;
+            }
+        });
+        let stdout = tokio::spawn(read_limited(child.stdout.take(), c.output_limit));
+        let stderr = tokio::spawn(read_limited(child.stderr.take(), c.output_limit));
+
+        let waited = tokio::time::timeout(c.timeout, child.wait()).await;
+        if let Some(group) = group {
+            // The hook is done (or out of time): nothing it started may outlive it.
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+        let status = match waited {
+            Ok(status) => Some(status.map_err(|e| Failure::transient(format!("waiting for the hook failed: {e}")))?),
+            Err(_) => {
+                let _ = child.wait().await;
+                None
+            }
+        };
+        feeder.abort();
+        let excerpt = Some(format_output(join_output(stdout).await, join_output(stderr).await));
+        let Some(status) = status else {
+            return Err(Failure {
+                excerpt,
+                ..Failure::transient(format!("timed out after {:?}; process group killed", c.timeout))
+            });
+        };
+        match status.code() {
+            Some(0) => Ok(Success { status: Some(0), excerpt }),
+            Some(code) => Err(Failure {
+                retryable: !c.permanent_exit_codes.contains(&code),
+                message: format!("exited with code {code}"),
+                status: Some(i64::from(code)),
+                excerpt,
+                retry_after: None,
+            }),
+            None => Err(Failure { excerpt, ..Failure::transient(format!("killed by a signal ({status})")) }),
+        }
+    }
+}
+
+async fn read_limited(pipe: Option<impl AsyncRead + Unpin>, limit: usize) -> (Vec<u8>, usize) {
+    let Some(mut pipe) = pipe else { return (Vec::new(), 0) };
+    let mut kept = Vec::new();
+    let mut total = 0;
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        total += n;
+        let room = limit.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    (kept, total)
+}
+
+async fn join_output(task: tokio::task::JoinHandle<(Vec<u8>, usize)>) -> (Vec<u8>, usize) {
+    let abort = task.abort_handle();
+    match tokio::time::timeout(PIPE_GRACE, task).await {
+        Ok(Ok(out)) => out,
+        _ => {
+            abort.abort();
+            (Vec::new(), 0)
+        }
+    }
+}
+
+fn format_output((out, out_total): (Vec<u8>, usize), (err, err_total): (Vec<u8>, usize)) -> String {
+    let part = |name: &str, bytes: &[u8], total: usize| {
+        let cut = if total > bytes.len() { format!(" …[{} bytes cut]", total - bytes.len()) } else { String::new() };
+        format!("{name}: {}{cut}", String::from_utf8_lossy(bytes))
+    };
+    let mut parts = Vec::new();
+    if out_total > 0 {
+        parts.push(part("stdout", &out, out_total));
+    }
+    if err_total > 0 {
+        parts.push(part("stderr", &err, err_total));
+    }
+    parts.join("\n")
+}

@@ -1,0 +1,324 @@
+//! The `deliveries` and `attempts` tables: the durable outbox the dispatcher works from.
+//! A delivery is claimed (`pending` → `running`) before its attempt and settled
+//! (`done`, `dead`, or `pending` again with a later `next_attempt_at`) in the same
+//! transaction that records the attempt. Rows left `running` by a crash are requeued.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{Store, StoreError};
+use crate::handler::Delivery;
+
+/// The stable id of an event's delivery to a handler (`webhook-id`, `VOD_EVENT_ID`):
+/// derived from the content and the handler name, so it is the same on every retry and
+/// replay, even after the event row is pruned and received again.
+pub fn webhook_id(dedupe_key: &[u8], handler: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(dedupe_key);
+    h.update([0]);
+    h.update(handler.as_bytes());
+    format!("msg_{}", &crate::event::hex(&h.finalize())[..32])
+}
+
+/// Inserts one pending delivery per handler for a newly stored event.
+pub(crate) fn route_new_event(
+    conn: &Connection,
+    event_id: i64,
+    dedupe_key: &[u8],
+    handlers: &[String],
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO deliveries (event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
+    )?;
+    for handler in handlers {
+        stmt.execute(params![event_id, handler, webhook_id(dedupe_key, handler), now])?;
+    }
+    Ok(())
+}
+
+/// How an attempt ended, for [`Store::finish_attempt`].
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    /// The delivery.
+    pub delivery_id: i64,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// Start, Unix ms.
+    pub started_at: i64,
+    /// Duration, ms.
+    pub duration_ms: i64,
+    /// HTTP status or exit code.
+    pub status: Option<i64>,
+    /// Error text (failures only).
+    pub error: Option<String>,
+    /// Response or output excerpt.
+    pub excerpt: Option<String>,
+    /// What happens next.
+    pub next: Next,
+}
+
+/// The delivery's next state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Delivered.
+    Done,
+    /// Try again at this Unix ms.
+    RetryAt(i64),
+    /// Give up.
+    Dead,
+}
+
+/// A delivery as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRow {
+    /// Row id.
+    pub id: i64,
+    /// The event.
+    pub event_id: i64,
+    /// The event's type.
+    pub event_type: String,
+    /// Handler name.
+    pub handler: String,
+    /// Stable id.
+    pub webhook_id: String,
+    /// `pending`, `running`, `done` or `dead`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Next attempt, Unix ms.
+    pub next_attempt_at: i64,
+    /// Created, Unix ms.
+    pub created_at: i64,
+    /// Last change, Unix ms.
+    pub updated_at: i64,
+    /// Last error.
+    pub last_error: Option<String>,
+    /// Last HTTP status or exit code.
+    pub last_status: Option<i64>,
+}
+
+/// An attempt as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRow {
+    /// Attempt number.
+    pub attempt: i64,
+    /// Start, Unix ms.
+    pub started_at: i64,
+    /// Duration, ms.
+    pub duration_ms: i64,
+    /// `done`, `retry` or `dead`.
+    pub outcome: String,
+    /// HTTP status or exit code.
+    pub status: Option<i64>,
+    /// Error text.
+    pub error: Option<String>,
+    /// Response or output excerpt.
+    pub excerpt: Option<String>,
+}
+
+const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.event_type, d.handler, d.webhook_id, d.state, d.attempts, \
+     d.next_attempt_at, d.created_at, d.updated_at, d.last_error, d.last_status";
+
+fn row_to_delivery(r: &Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        id: r.get(0)?,
+        event_id: r.get(1)?,
+        event_type: r.get(2)?,
+        handler: r.get(3)?,
+        webhook_id: r.get(4)?,
+        state: r.get(5)?,
+        attempts: r.get(6)?,
+        next_attempt_at: r.get(7)?,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+        last_error: r.get(10)?,
+        last_status: r.get(11)?,
+    })
+}
+
+/// Filters for [`Store::list_deliveries`].
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Only this state.
+    pub state: Option<String>,
+    /// Only this handler.
+    pub handler: Option<String>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+impl Store {
+    /// Marks up to `limit` due deliveries of `handler` as running and returns them.
+    pub async fn claim_due(&self, handler: String, limit: usize, now: i64) -> Result<Vec<Delivery>, StoreError> {
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            let claimed = {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?1
+                     WHERE id IN (SELECT id FROM deliveries WHERE handler = ?2 AND state = 'pending' AND next_attempt_at <= ?1
+                                  ORDER BY next_attempt_at, id LIMIT ?3)
+                     RETURNING id",
+                )?;
+                let ids = stmt.query_map(params![now, handler, limit as i64], |r| r.get::<_, i64>(0))?;
+                let ids: Vec<i64> = ids.collect::<Result<_, _>>()?;
+                let mut load = tx.prepare_cached(
+                    "SELECT d.id, d.event_id, d.webhook_id, d.attempts, e.event_type, e.file_id, e.task_id, e.content, d.created_at
+                     FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?",
+                )?;
+                ids.iter()
+                    .map(|id| {
+                        load.query_row([id], |r| {
+                            Ok(Delivery {
+                                delivery_id: r.get(0)?,
+                                event_id: r.get(1)?,
+                                webhook_id: r.get(2)?,
+                                attempt: r.get(3)?,
+                                event_type: r.get(4)?,
+                                file_id: r.get(5)?,
+                                task_id: r.get(6)?,
+                                body: r.get(7)?,
+                                created_at: r.get(8)?,
+                            })
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            tx.commit()?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    /// Records an attempt and settles its delivery, in one transaction.
+    pub async fn finish_attempt(&self, a: AttemptRecord) -> Result<(), StoreError> {
+        let now = super::now_ms();
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            let (outcome, state, next_at) = match a.next {
+                Next::Done => ("done", "done", None),
+                Next::RetryAt(at) => ("retry", "pending", Some(at)),
+                Next::Dead => ("dead", "dead", None),
+            };
+            tx.execute(
+                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, status, error, excerpt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![a.delivery_id, a.attempt, a.started_at, a.duration_ms, outcome, a.status, a.error, a.excerpt],
+            )?;
+            tx.execute(
+                "UPDATE deliveries SET state = ?2, next_attempt_at = coalesce(?3, next_attempt_at), updated_at = ?4,
+                        last_error = ?5, last_status = ?6 WHERE id = ?1",
+                params![a.delivery_id, state, next_at, now, a.error, a.status],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Puts deliveries left `running` (by a crash or an interrupted shutdown) back to
+    /// `pending`; their attempt is retried. Returns how many.
+    pub async fn requeue_running(&self) -> Result<usize, StoreError> {
+        self.run(|conn| {
+            Ok(conn.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = max(attempts - 1, 0) WHERE state = 'running'",
+                [],
+            )?)
+        })
+        .await
+    }
+
+    /// The earliest `next_attempt_at` of a pending delivery of `handler`.
+    pub async fn next_due(&self, handler: String) -> Result<Option<i64>, StoreError> {
+        self.run(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT min(next_attempt_at) FROM deliveries WHERE handler = ? AND state = 'pending'",
+                    [handler],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten())
+        })
+        .await
+    }
+
+    /// Deliveries matching `filter`, newest first.
+    pub fn list_deliveries(&self, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.run_sync(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
+                 WHERE (?1 IS NULL OR d.state = ?1) AND (?2 IS NULL OR d.handler = ?2)
+                 ORDER BY d.updated_at DESC, d.id DESC LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![f.state, f.handler, f.limit], row_to_delivery)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// An event's deliveries, each with its attempts.
+    pub fn event_deliveries(&self, event_id: i64) -> Result<Vec<(DeliveryRow, Vec<AttemptRow>)>, StoreError> {
+        self.run_sync(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.event_id = ? ORDER BY d.id"
+            ))?;
+            let deliveries: Vec<DeliveryRow> = stmt.query_map([event_id], row_to_delivery)?.collect::<Result<_, _>>()?;
+            let mut attempts = conn.prepare(
+                "SELECT attempt, started_at, duration_ms, outcome, status, error, excerpt FROM attempts WHERE delivery_id = ? ORDER BY id",
+            )?;
+            deliveries
+                .into_iter()
+                .map(|d| {
+                    let rows = attempts.query_map([d.id], |r| {
+                        Ok(AttemptRow {
+                            attempt: r.get(0)?,
+                            started_at: r.get(1)?,
+                            duration_ms: r.get(2)?,
+                            outcome: r.get(3)?,
+                            status: r.get(4)?,
+                            error: r.get(5)?,
+                            excerpt: r.get(6)?,
+                        })
+                    })?;
+                    Ok((d, rows.collect::<Result<Vec<_>, _>>()?))
+                })
+                .collect()
+        })
+    }
+
+    /// Schedules a fresh delivery of an event (same `webhook-id`) to `handler`, or to
+    /// every handler it was delivered to before. Returns the handlers scheduled.
+    pub fn replay(&self, event_id: i64, handler: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let now = super::now_ms();
+        self.run_sync(|conn| {
+            let tx = conn.transaction()?;
+            let key: Vec<u8> = tx.query_row("SELECT dedupe_key FROM events WHERE id = ?", [event_id], |r| r.get(0))?;
+            let handlers: Vec<String> = match handler {
+                Some(h) => vec![h.to_string()],
+                None => {
+                    let mut stmt =
+                        tx.prepare("SELECT DISTINCT handler FROM deliveries WHERE event_id = ? ORDER BY handler")?;
+                    let rows = stmt.query_map([event_id], |r| r.get(0))?;
+                    rows.collect::<Result<_, _>>()?
+                }
+            };
+            route_new_event(&tx, event_id, &key, &handlers, now)?;
+            tx.commit()?;
+            Ok(handlers)
+        })
+    }
+
+    /// Makes dead deliveries (of one handler, or all) pending again, due now.
+    pub fn retry_dead(&self, handler: Option<&str>) -> Result<usize, StoreError> {
+        let now = super::now_ms();
+        self.run_sync(|conn| {
+            Ok(conn.execute(
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = ?1, created_at = ?1, updated_at = ?1
+                 WHERE state = 'dead' AND (?2 IS NULL OR handler = ?2)",
+                params![now, handler],
+            )?)
+        })
+    }
+}
