@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use drm::DrmConfig;
+pub use drm::{key_file_name, DrmConfig};
 use serde::Deserialize;
 pub use shell::ShellConfig;
 pub use webhook::WebhookConfig;

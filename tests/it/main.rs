@@ -3,5 +3,7 @@
 
 mod cli;
 mod crosscheck;
+mod handlers;
 mod pipeline;
+mod receiver;
 mod support;

@@ -29,6 +29,8 @@ pub struct TestDaemon {
     pub db_path: PathBuf,
     pub log_path: PathBuf,
     pub child: Option<Child>,
+    /// `RUST_LOG` for the child.
+    pub rust_log: String,
 }
 
 /// An emulator with test-friendly defaults: a 1 s long-poll hold.
@@ -44,17 +46,23 @@ impl TestDaemon {
     /// Writes a config for `endpoint` plus `extra` TOML (appended to the sections) and
     /// starts the daemon.
     pub async fn start(endpoint: &str, extra: &str) -> TestDaemon {
+        Self::start_logged(endpoint, extra, "vod_eventd=debug").await
+    }
+
+    /// Like [`TestDaemon::start`] with a chosen `RUST_LOG`.
+    pub async fn start_logged(endpoint: &str, extra: &str, rust_log: &str) -> TestDaemon {
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("events.db");
         let config_path = dir.path().join("config.toml");
+        // `extra` starts inside [vod]; [store] goes first so `extra` may open any section.
         let config = format!(
-            "[vod]\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n{extra}\n\
-             [store]\npath = \"{}\"\n",
+            "[store]\npath = \"{}\"\n\n[vod]\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n{extra}\n",
             db_path.display()
         );
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("daemon.log");
-        let mut daemon = TestDaemon { _dir: dir, config_path, db_path, log_path, child: None };
+        let mut daemon =
+            TestDaemon { _dir: dir, config_path, db_path, log_path, child: None, rust_log: rust_log.to_string() };
         daemon.spawn();
         daemon
     }
@@ -65,7 +73,7 @@ impl TestDaemon {
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&self.config_path)
-            .env("RUST_LOG", "vod_eventd=debug")
+            .env("RUST_LOG", &self.rust_log)
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -117,6 +125,17 @@ pub fn stored_keys(store: &Store) -> std::collections::HashMap<String, i64> {
         .run_sync(|c| {
             let mut stmt = c.prepare("SELECT dedupe_key, times_seen FROM events")?;
             let rows = stmt.query_map([], |r| Ok((vod_eventd::event::hex(&r.get::<_, Vec<u8>>(0)?), r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .unwrap()
+}
+
+/// Number of deliveries in each state.
+pub fn delivery_states(store: &Store) -> std::collections::HashMap<String, i64> {
+    store
+        .run_sync(|c| {
+            let mut stmt = c.prepare("SELECT state, count(*) FROM deliveries GROUP BY state")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .unwrap()

@@ -84,6 +84,33 @@ fn v2_answer(code: i64, message: &str, extra: Value) -> Response<Body> {
     json_response(StatusCode::OK, &body)
 }
 
+/// The `eventList` JSON, each `eventContent` embedded as its exact enqueued text (content
+/// that is not JSON goes as a JSON string).
+fn event_list(batch: &[crate::queue::Delivery]) -> String {
+    let items: Vec<String> = batch
+        .iter()
+        .map(|d| {
+            let content = match serde_json::from_str::<&serde_json::value::RawValue>(&d.content) {
+                Ok(raw) => raw.get().to_string(),
+                Err(_) => Value::String(d.content.to_string()).to_string(),
+            };
+            format!(r#"{{"msgHandle":{},"eventContent":{content}}}"#, Value::String(d.handle.clone()))
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+/// A success answer whose `eventList` is given as JSON text.
+fn v2_answer_raw(code: i64, event_list: String) -> Response<Body> {
+    let body =
+        format!(r#"{{"code":{code},"message":"","codeDesc":"{}","eventList":{event_list}}}"#, codes::code_desc(code));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/json; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
 fn refused(r: Refusal) -> Response<Body> {
     v2_answer(r.code, &r.message, Value::Null)
 }
@@ -213,17 +240,7 @@ async fn pull_event(shared: &Shared) -> Response<Body> {
             let mut queue = shared.queue.lock().unwrap();
             let batch = queue.pull(Instant::now());
             if !batch.is_empty() {
-                let list: Vec<Value> = batch
-                    .iter()
-                    .map(|d| {
-                        // Keep the content's own bytes when it is JSON; anything else goes as a string.
-                        let content = serde_json::from_str::<&serde_json::value::RawValue>(&d.content)
-                            .map(|raw| serde_json::to_value(raw).unwrap_or(Value::Null))
-                            .unwrap_or_else(|_| Value::String(d.content.to_string()));
-                        json!({"msgHandle": d.handle, "eventContent": content})
-                    })
-                    .collect();
-                return v2_answer(codes::OK, "", json!({"eventList": list}));
+                return v2_answer_raw(codes::OK, event_list(&batch));
             }
             queue.next_expiry()
         };

@@ -1,0 +1,378 @@
+//! Handlers end to end: routing to a real webhook receiver and a real shell hook, retries
+//! on schedule with a stable webhook-id, a poison event that dies without holding others
+//! back, hostile payloads, timeouts that leave no process behind, DRM keys, and SIGKILL
+//! during dispatch.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::json;
+
+use crate::receiver::Receiver;
+use crate::support::*;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn script(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+fn webhook_section(name: &str, url: &str, extra: &str) -> String {
+    format!("[handlers.{name}]\ntype = \"webhook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n{extra}\n")
+}
+
+const FAST_RETRIES: &str =
+    "[dispatch]\nretry_schedule = [\"100ms\", \"200ms\", \"400ms\"]\npoll_interval = \"100ms\"\n";
+
+/// (webhook_id, content) of every delivery of `handler`.
+fn deliveries_of(daemon: &TestDaemon, handler: &str) -> Vec<(i64, String, String, String)> {
+    daemon
+        .store()
+        .unwrap()
+        .run_sync(|c| {
+            let mut stmt = c.prepare(
+                "SELECT d.id, d.webhook_id, e.content, d.state FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.handler = ?",
+            )?;
+            let rows = stmt.query_map([handler], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .unwrap()
+}
+
+fn verify_with_standardwebhooks(messages: &[crate::receiver::Recorded]) {
+    let messages: Vec<_> = messages
+        .iter()
+        .map(|m| json!({"headers": m.headers, "body": String::from_utf8(m.body.clone()).unwrap()}))
+        .collect();
+    let mut child = Command::new("python3")
+        .arg(format!("{}/tests/py/verify_webhooks.py", env!("CARGO_MANIFEST_DIR")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(json!({"secret": SECRET, "messages": messages}).to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "standardwebhooks refused a signature (pip install -r tests/py/requirements.txt): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), messages.len().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_routed_event_reaches_the_webhook_and_the_shell_hook_byte_exact() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    let out = tempfile::tempdir().unwrap();
+    let hook = script(out.path(), "hook.sh", "cat > \"$1/$VOD_EVENT_ID.json\"");
+    emu.enqueue_generated(1000);
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\", \"ingest\"]\n{}\
+         [handlers.ingest]\ntype = \"shell\"\ncommand = [\"{hook}\", \"{}\"]\n",
+        webhook_section("internal", &receiver.url(), ""),
+        out.path().display()
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    eventually(Duration::from_secs(120), "2,000 deliveries done", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done").copied() == Some(2000))
+    })
+    .await;
+
+    let webhook = deliveries_of(&daemon, "internal");
+    let by_id: HashMap<String, String> =
+        webhook.iter().map(|(_, id, content, _)| (id.clone(), content.clone())).collect();
+    let accepted = receiver.accepted();
+    let received_ids: HashSet<String> = accepted.iter().map(|r| r.headers["webhook-id"].clone()).collect();
+    assert_eq!(received_ids, by_id.keys().cloned().collect::<HashSet<_>>(), "every routed event reached the webhook");
+    for r in &accepted {
+        let id = &r.headers["webhook-id"];
+        assert_eq!(r.body, by_id[id].as_bytes(), "body byte-identical to the stored eventContent");
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert!(r.headers.contains_key("x-vod-event-type"));
+    }
+    verify_with_standardwebhooks(&accepted);
+
+    for (_, id, content, _) in deliveries_of(&daemon, "ingest") {
+        let got = std::fs::read(out.path().join(format!("{id}.json"))).unwrap();
+        assert_eq!(got, content.as_bytes(), "the hook got the eventContent byte-exact on stdin");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_gets_everything_after_recovery_with_the_original_id() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    receiver.set(|b| b.status = 503);
+    emu.enqueue_generated(30);
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\"]\n{}{FAST_RETRIES}",
+        webhook_section("internal", &receiver.url(), "")
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    eventually(Duration::from_secs(30), "several failed rounds", || receiver.recorded().len() >= 30 * 3).await;
+    receiver.set(|b| b.status = 200);
+    eventually(Duration::from_secs(30), "all delivered", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done").copied() == Some(30))
+    })
+    .await;
+
+    let expected: HashSet<String> = deliveries_of(&daemon, "internal").into_iter().map(|(_, id, _, _)| id).collect();
+    let failed_ids: HashSet<String> =
+        receiver.recorded().iter().filter(|r| r.status == 503).map(|r| r.headers["webhook-id"].clone()).collect();
+    let ok_ids: HashSet<String> = receiver.accepted().iter().map(|r| r.headers["webhook-id"].clone()).collect();
+    assert_eq!(ok_ids, expected);
+    assert_eq!(failed_ids, expected, "retries carry the same webhook-id as the first attempt");
+
+    // Attempt times follow the schedule (100ms, 200ms, 400ms, 400ms...), jitter ±20 %.
+    let store = daemon.store().unwrap();
+    let starts: Vec<i64> = store
+        .run_sync(|c| {
+            let mut stmt = c.prepare(
+                "SELECT started_at FROM attempts WHERE delivery_id = (SELECT min(id) FROM deliveries) ORDER BY attempt",
+            )?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .unwrap();
+    assert!(starts.len() >= 4, "{starts:?}");
+    for (i, pair) in starts.windows(2).enumerate() {
+        let scheduled = [100, 200, 400][i.min(2)];
+        assert!(
+            pair[1] - pair[0] >= scheduled * 8 / 10,
+            "gap {} before attempt {} is shorter than the schedule's {scheduled} ms",
+            pair[1] - pair[0],
+            i + 2
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    receiver.set(|b| {
+        b.status = 429;
+        b.retry_after = Some("2".into());
+    });
+    emu.enqueue_generated(1);
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\"]\n{}{FAST_RETRIES}",
+        webhook_section("internal", &receiver.url(), "")
+    );
+    let _daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    eventually(Duration::from_secs(30), "two attempts", || receiver.recorded().len() >= 2).await;
+    let r = receiver.recorded();
+    assert!(
+        r[1].at - r[0].at >= Duration::from_millis(1900),
+        "second attempt {:?} after the first, before Retry-After",
+        r[1].at - r[0].at
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_dies_alone_and_replays_with_the_same_id() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    let poison =
+        r#"{"version":"4.0","eventType":"NewFileUpload","data":{"fileId":"POISON-1","fileUrl":"http://x/f0.mp4"}}"#;
+    receiver.set(|b| b.poison = Some(("POISON-1".into(), 400)));
+    emu.enqueue(poison);
+    emu.enqueue_generated(500);
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\"]\n{}{FAST_RETRIES}",
+        webhook_section("internal", &receiver.url(), "concurrency = 8")
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    eventually(Duration::from_secs(60), "500 done and 1 dead", || {
+        daemon.store().is_some_and(|s| {
+            let states = delivery_states(&s);
+            states.get("done").copied() == Some(500) && states.get("dead").copied() == Some(1)
+        })
+    })
+    .await;
+    let store = daemon.store().unwrap();
+    let (event_id, last_status, last_error, attempts): (i64, i64, String, i64) = store
+        .run_sync(|c| {
+            Ok(c.query_row(
+                "SELECT event_id, last_status, last_error, attempts FROM deliveries WHERE state = 'dead'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?)
+        })
+        .unwrap();
+    assert_eq!((last_status, attempts), (400, 1), "a 4xx is permanent: no retries");
+    assert!(last_error.contains("400"), "{last_error}");
+    let dead_id = receiver.recorded().iter().find(|r| r.status == 400).unwrap().headers["webhook-id"].clone();
+
+    receiver.set(|b| b.poison = None);
+    let out = Command::new(BIN)
+        .args(["events", "replay", "--config"])
+        .arg(&daemon.config_path)
+        .arg(event_id.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(Duration::from_secs(20), "the replay is delivered", || {
+        receiver.accepted().iter().any(|r| String::from_utf8_lossy(&r.body).contains("POISON-1"))
+    })
+    .await;
+    let replayed =
+        receiver.accepted().into_iter().find(|r| String::from_utf8_lossy(&r.body).contains("POISON-1")).unwrap();
+    assert_eq!(replayed.headers["webhook-id"], dead_id);
+    assert_eq!(replayed.body, poison.as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_payloads_reach_the_hook_byte_exact_and_execute_nothing() {
+    let emu = emulator(fast_emulator_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pwned = dir.path().join("pwned");
+    let nasty = format!("$(touch {0}) `touch {0}`; touch {0}; \"quoted\" 'single'\nnewline", pwned.display());
+    let content = json!({"version": "4.0", "eventType": "NewFileUpload", "data": {"fileId": nasty, "fileName": nasty}})
+        .to_string();
+    emu.enqueue(content.clone());
+    let hook = script(
+        dir.path(),
+        "hook.sh",
+        "cat > \"$1/stdin\"\nprintf '%s' \"$VOD_FILE_ID\" > \"$1/file_id\"\nenv > \"$1/env\"",
+    );
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"ingest\"]\n[handlers.ingest]\ntype = \"shell\"\ncommand = [\"{hook}\", \"{}\"]\n",
+        dir.path().display()
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    eventually(Duration::from_secs(30), "hook ran", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&1))
+    })
+    .await;
+    assert_eq!(std::fs::read(dir.path().join("stdin")).unwrap(), content.as_bytes());
+    assert_eq!(std::fs::read_to_string(dir.path().join("file_id")).unwrap(), nasty);
+    assert!(!pwned.exists(), "nothing in the payload was executed");
+    let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
+    let names: HashSet<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect();
+    for name in &names {
+        assert!(
+            name.starts_with("VOD_") || ["PATH", "PWD", "SHLVL", "_"].contains(name),
+            "unexpected variable {name} in the hook's environment"
+        );
+    }
+    assert!(!env.contains(vod_emulator::DEMO_SECRET_KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_past_its_timeout_is_killed_with_its_grandchildren() {
+    let emu = emulator(fast_emulator_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = script(dir.path(), "hook.sh", "sleep 300 &\necho $! > \"$1/grandchild.pid\"\nsleep 300");
+    emu.enqueue_generated(1);
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"slow\"]\n[handlers.slow]\ntype = \"shell\"\ncommand = [\"{hook}\", \"{}\"]\ntimeout = \"1s\"\n\
+         [dispatch]\nretry_schedule = [\"1h\"]\n",
+        dir.path().display()
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    eventually(Duration::from_secs(30), "the attempt timed out", || {
+        daemon.store().is_some_and(|s| {
+            s.list_deliveries(&vod_eventd::store::DeliveryFilter { limit: 10, ..Default::default() })
+                .is_ok_and(|d| d.iter().any(|d| d.last_error.as_deref().is_some_and(|e| e.contains("timed out"))))
+        })
+    })
+    .await;
+    let pid = std::fs::read_to_string(dir.path().join("grandchild.pid")).unwrap().trim().to_string();
+    eventually(Duration::from_secs(10), "the grandchild is gone", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drm_keys_are_fetched_served_raw_and_never_logged() {
+    let emu = emulator(fast_emulator_config()).await;
+    let contents = emu.enqueue_generated_type("ProcedureStateChanged", 3).unwrap();
+    let key_dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nkey_dir = \"{}\"\n",
+        key_dir.path().display()
+    );
+    let daemon = TestDaemon::start_logged(&emu.endpoint(), &config, "trace").await;
+    eventually(Duration::from_secs(30), "keys fetched", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&3))
+    })
+    .await;
+
+    let mut secrets = vec![vod_emulator::DEMO_SECRET_KEY.to_string()];
+    for content in &contents {
+        let v: serde_json::Value = serde_json::from_str(content).unwrap();
+        for edk in v["data"]["drm"]["edkList"].as_array().unwrap() {
+            let edk = edk.as_str().unwrap();
+            let dk = emu.data_key(edk).unwrap();
+            let out = Command::new(BIN)
+                .args(["keys", "get", "--raw", "--edk", edk, "--config"])
+                .arg(&daemon.config_path)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(out.stdout, dk, "keys get --raw returns the 16 raw bytes");
+            let file = key_dir.path().join(vod_eventd::handler::key_file_name(edk));
+            assert_eq!(std::fs::read(&file).unwrap(), dk);
+            secrets.push(base64::engine::general_purpose::STANDARD.encode(dk));
+            secrets.push(vod_eventd::event::hex(&dk));
+        }
+    }
+    let listing =
+        Command::new(BIN).args(["keys", "list", "--json", "--config"]).arg(&daemon.config_path).output().unwrap();
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    assert_eq!(listing.lines().count(), secrets.len() / 2);
+    let log = daemon.log();
+    assert!(log.lines().count() > 20, "trace logging was on");
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "a secret or data key appeared in the trace log");
+        assert!(!listing.contains(secret.as_str()), "keys list shows no key material");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_dispatch_loses_no_delivery() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    receiver.set(|b| b.delay = Duration::from_millis(100));
+    emu.enqueue_generated(150);
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\"]\n{}{FAST_RETRIES}",
+        webhook_section("internal", &receiver.url(), "concurrency = 2")
+    );
+    let mut daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    for _ in 0..4 {
+        eventually(Duration::from_secs(30), "some progress", || receiver.recorded().len() % 150 > 5).await;
+        daemon.kill9().await;
+        daemon.spawn();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eventually(Duration::from_secs(120), "every delivery done", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done").copied() == Some(150))
+    })
+    .await;
+    let expected: HashSet<String> = deliveries_of(&daemon, "internal").into_iter().map(|(_, id, _, _)| id).collect();
+    let received: HashSet<String> = receiver.accepted().iter().map(|r| r.headers["webhook-id"].clone()).collect();
+    assert_eq!(received, expected, "every event reached the receiver at least once; duplicates only repeat an id");
+}
