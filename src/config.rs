@@ -555,6 +555,30 @@ mod tests {
     }
 
     #[test]
+    fn example_routes_and_handlers_are_valid_once_uncommented() {
+        let example = include_str!("../config.example.toml");
+        let start = example.find("# [[routes]]").unwrap();
+        let uncommented: String = example[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .filter(|l| !l.contains("key_dir"))
+            .map(|l| l.replace("whsec_...", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))
+            .filter(|l| !l.starts_with("header_files"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = parse(&format!("{}\n{uncommented}", &example[..start])).unwrap();
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.handlers.len(), 3);
+        assert_eq!(c.dispatch.retry_schedule, crate::retry::default_schedule());
+    }
+
+    #[test]
+    fn routes_must_name_defined_handlers() {
+        let err = parse(&format!("{MINIMAL}[[routes]]\nevents = [\"*\"]\nhandlers = [\"nope\"]\n")).unwrap_err();
+        assert!(err.to_string().contains("`routes[0].handlers`: `nope` is not defined"), "{err}");
+    }
+
+    #[test]
     fn every_problem_is_named_by_key() {
         let err = parse(
             "[vod]\nsecret_id = \"\"\nsignature_method = \"md5\"\nendpoint = \"ftp://x\"\n[confirm]\nbatch_size = 40\n",

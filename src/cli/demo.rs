@@ -1,13 +1,19 @@
 //! `vod-eventd demo`: the embedded default. Starts the emulator and the daemon in one
 //! process with a demo config under `./vod-eventd-demo/`, feeds a realistic mix of events
 //! (redeliveries included), prints each one as it is stored, and ends when the emulator
-//! has every event confirmed. The printed config works with `events list` afterwards.
+//! has every event confirmed and every handler delivery is settled. All three handlers
+//! run: a webhook to the emulator's built-in sink (signatures checked), a shell hook for
+//! uploads, and the DRM key fetcher for task-flow events. The printed config works with
+//! `events list`, `deliveries list` and `keys list` afterwards.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::os::unix::fs::PermissionsExt as _;
+
 use anyhow::Context as _;
+use base64::Engine as _;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 use vod_emulator::{Emulator, EmulatorConfig, DEMO_SECRET_ID, DEMO_SECRET_KEY};
@@ -42,7 +48,7 @@ impl DemoArgs {
         let emulator =
             Emulator::start(EmulatorConfig { hold: Duration::from_secs(2), ..EmulatorConfig::default() }).await?;
         let config_path = dir.join("config.toml");
-        write_demo_config(&config_path, &emulator.endpoint(), &dir.join("events.db"))?;
+        let secret = write_demo_config(&dir, &emulator)?;
         let config = crate::config::load(&config_path)?;
         crate::logging::init("warn", "text");
 
@@ -80,7 +86,9 @@ impl DemoArgs {
                 );
             }
             let s = emulator.stats();
-            let done = s.queue.outstanding == 0 && s.queue.enqueued == (self.events + redeliveries) as u64;
+            let done = s.queue.outstanding == 0
+                && s.queue.enqueued == (self.events + redeliveries) as u64
+                && deliveries_settled(&store)?;
             if (done && !self.keep_running) || shutdown.is_cancelled() || daemon.is_finished() {
                 break;
             }
@@ -103,23 +111,95 @@ impl DemoArgs {
             s.queue.max_confirm_latency_ms,
             s.queue.outstanding
         );
+        print_handler_summary(&store, &emulator, &secret, &dir)?;
         println!();
         println!("Query the history:");
         println!("  vod-eventd events list --config {}", config_path.display());
+        println!("  vod-eventd deliveries list --config {}", config_path.display());
+        println!("  vod-eventd keys list --config {}", config_path.display());
         println!("  vod-eventd events list --config {} --type ProcedureStateChanged --json", config_path.display());
         println!("  vod-eventd events show --config {} {}", config_path.display(), last_id);
         Ok(())
     }
 }
 
-fn write_demo_config(path: &Path, endpoint: &str, store: &Path) -> anyhow::Result<()> {
+/// Writes the demo config, the upload hook and the key directory; returns the webhook secret.
+fn write_demo_config(dir: &Path, emulator: &Emulator) -> anyhow::Result<String> {
+    let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 24]>()));
+    let hook = dir.join("on-upload.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\n# The demo's shell hook: the event JSON arrives on stdin, ids in VOD_* variables.\n\
+         bytes=$(wc -c)\n\
+         echo \"$VOD_EVENT_TYPE file=$VOD_FILE_ID id=$VOD_EVENT_ID attempt=$VOD_ATTEMPT bytes=$bytes\" >> \"$(dirname \"$0\")/hook.log\"\n",
+    )?;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys)?;
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700))?;
+    let sink = format!("http://{}{}", emulator.addr(), vod_emulator::EmulatorHandle::webhook_sink_path());
     let text = format!(
         "# Written by `vod-eventd demo`: the daemon pointed at an in-process emulator.\n\
          [vod]\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n\
-         signature_method = \"HmacSHA256\"\n\n[store]\npath = \"{}\"\n\n[confirm]\nmax_delay = \"500ms\"\n\n[log]\nlevel = \"warn\"\n",
-        store.display()
+         signature_method = \"HmacSHA256\"\n\n[store]\npath = \"{store}\"\n\n[confirm]\nmax_delay = \"500ms\"\n\n\
+         [log]\nlevel = \"warn\"\n\n[dispatch]\npoll_interval = \"200ms\"\n\n\
+         [[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\"]\n\n\
+         [[routes]]\nevents = [\"NewFileUpload\"]\nhandlers = [\"on-upload\"]\n\n\
+         [[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n\n\
+         [handlers.internal]\ntype = \"webhook\"\nurl = \"{sink}\"\nsecret = \"{secret}\"\n\n\
+         [handlers.on-upload]\ntype = \"shell\"\ncommand = [\"{hook}\"]\n\n\
+         [handlers.keys]\ntype = \"drm\"\nkey_dir = \"{keys}\"\n",
+        endpoint = emulator.endpoint(),
+        store = dir.join("events.db").display(),
+        hook = hook.display(),
+        keys = keys.display(),
     );
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(secret)
+}
+
+/// True when no delivery is pending or running.
+fn deliveries_settled(store: &Store) -> anyhow::Result<bool> {
+    Ok(store.run_sync(|c| {
+        Ok(c.query_row("SELECT count(*) FROM deliveries WHERE state IN ('pending', 'running')", [], |r| {
+            r.get::<_, i64>(0)
+        })?)
+    })? == 0)
+}
+
+fn print_handler_summary(store: &Store, emulator: &Emulator, secret: &str, dir: &Path) -> anyhow::Result<()> {
+    let key = base64::engine::general_purpose::STANDARD.decode(secret.trim_start_matches("whsec_"))?;
+    let webhooks = emulator.webhooks();
+    let verified = webhooks
+        .iter()
+        .filter(|w| {
+            let timestamp = w.timestamp.parse().unwrap_or(0);
+            let expected = crate::handler::sign_webhook(&key, &w.id, timestamp, w.body.as_bytes());
+            w.signature.split(' ').any(|s| s == expected)
+        })
+        .count();
+    let counts: Vec<(String, String, i64)> = store.run_sync(|c| {
+        let mut stmt = c.prepare(
+            "SELECT handler, state, count(*) FROM deliveries GROUP BY handler, state ORDER BY handler, state",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    })?;
+    let hook_runs = std::fs::read_to_string(dir.join("hook.log")).map(|t| t.lines().count()).unwrap_or(0);
+    let keys = store.list_keys(None, u32::MAX)?.len();
+    println!();
+    println!("Handlers:");
+    for (handler, state, n) in counts {
+        println!("  {handler:<10} {state:<8} {n}");
+    }
+    println!(
+        "  webhook sink received {} requests, {verified} with a valid Standard Webhooks signature",
+        webhooks.len()
+    );
+    println!("  shell hook ran {hook_runs} times (see {})", dir.join("hook.log").display());
+    println!("  {keys} DRM data keys stored (also as files in {})", dir.join("keys").display());
+    Ok(())
 }
 
 async fn wait_for_store(path: &Path, daemon: &tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<Store> {

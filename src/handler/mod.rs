@@ -14,7 +14,7 @@ use std::time::Duration;
 pub use drm::{key_file_name, DrmConfig};
 use serde::Deserialize;
 pub use shell::ShellConfig;
-pub use webhook::WebhookConfig;
+pub use webhook::{sign as sign_webhook, WebhookConfig};
 
 use crate::api::V2Client;
 use crate::store::Store;

@@ -151,3 +151,20 @@ async fn history_lists_filters_and_shows_events_while_the_daemon_runs() {
     let out = vod_eventd(&["events", "list", "--config", &config, "--since", "last tuesday"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--since"));
 }
+
+#[test]
+fn the_demo_runs_every_part_and_leaves_a_queryable_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let out =
+        std::process::Command::new(BIN).args(["demo", "--events", "24", "--dir"]).arg(&demo_dir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("24 stored rows") && stdout.contains("0 left at the emulator"), "{stdout}");
+    assert!(stdout.contains("received 24 requests, 24 with a valid Standard Webhooks signature"), "{stdout}");
+    assert!(stdout.contains("2 DRM data keys stored"), "{stdout}");
+    let config = demo_dir.join("config.toml");
+    let list = vod_eventd(&["events", "list", "--json", "--limit", "100", "--config", config.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 24);
+    assert!(std::fs::read_to_string(demo_dir.join("hook.log")).unwrap().lines().count() >= 4);
+}

@@ -183,7 +183,26 @@ pub(crate) struct Shared {
     pub(crate) guard: Mutex<auth::Guard>,
     pub(crate) api: Mutex<ApiStats>,
     pub(crate) generated: AtomicU64,
+    pub(crate) webhooks: Mutex<Vec<ReceivedWebhook>>,
 }
+
+/// A webhook received at `/_emulator/webhook` (a sink to point a webhook handler at).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceivedWebhook {
+    /// `webhook-id`.
+    pub id: String,
+    /// `webhook-timestamp`.
+    pub timestamp: String,
+    /// `webhook-signature`.
+    pub signature: String,
+    /// `X-Vod-Event-Type`.
+    pub event_type: String,
+    /// The body.
+    pub body: String,
+}
+
+/// The webhook sink keeps at most this many.
+pub const MAX_WEBHOOKS_KEPT: usize = 10_000;
 
 /// A cloneable handle on a running emulator's state.
 #[derive(Clone)]
@@ -216,6 +235,7 @@ impl Emulator {
             guard: Mutex::new(auth::Guard::default()),
             api: Mutex::new(ApiStats::default()),
             generated: AtomicU64::new(0),
+            webhooks: Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(server::serve(listener, shared.clone()));
         Ok(Emulator { addr, handle: EmulatorHandle { shared }, task })
@@ -311,6 +331,16 @@ impl EmulatorHandle {
     /// For every confirmed event, the time from its enqueue to its confirm.
     pub fn enqueue_to_confirm(&self) -> Vec<Duration> {
         self.shared.queue.lock().unwrap().enqueue_to_confirm()
+    }
+
+    /// Webhooks received at `/_emulator/webhook`, oldest first.
+    pub fn webhooks(&self) -> Vec<ReceivedWebhook> {
+        self.shared.webhooks.lock().unwrap().clone()
+    }
+
+    /// The URL of the webhook sink.
+    pub fn webhook_sink_path() -> &'static str {
+        "/_emulator/webhook"
     }
 
     /// Replaces the fault settings.

@@ -321,7 +321,7 @@ fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-/// `/_emulator/{events,generate,stats,faults,confirmed}`.
+/// `/_emulator/{events,generate,stats,faults,confirmed,webhook,webhooks}`.
 async fn control_endpoint(
     shared: &Arc<Shared>,
     what: &str,
@@ -333,7 +333,7 @@ async fn control_endpoint(
     let q = |name: &str| query.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
     let bad = |msg: String| json_response(StatusCode::BAD_REQUEST, &json!({"error": msg}));
     let method = req.method().clone();
-    let (_, body) = read_body(req).await?;
+    let (parts, body) = read_body(req).await?;
     let response = match (method, what) {
         (Method::GET, "stats") => {
             json_response(StatusCode::OK, &serde_json::to_value(handle.stats()).expect("serialisable"))
@@ -363,6 +363,25 @@ async fn control_endpoint(
                 None => handle.enqueue_generated(count),
             };
             json_response(StatusCode::OK, &json!({"enqueued": generated.len()}))
+        }
+        (Method::POST, "webhook") => {
+            let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let received = crate::ReceivedWebhook {
+                id: header("webhook-id"),
+                timestamp: header("webhook-timestamp"),
+                signature: header("webhook-signature"),
+                event_type: header("x-vod-event-type"),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            };
+            let mut kept = shared.webhooks.lock().unwrap();
+            if kept.len() >= crate::MAX_WEBHOOKS_KEPT {
+                kept.remove(0);
+            }
+            kept.push(received);
+            json_response(StatusCode::OK, &json!({"ok": true}))
+        }
+        (Method::GET, "webhooks") => {
+            json_response(StatusCode::OK, &serde_json::to_value(handle.webhooks()).expect("serialisable"))
         }
         (Method::PUT | Method::POST, "faults") => {
             let faults: Faults = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid faults: {e}")))?;
