@@ -6,7 +6,10 @@
 //!   CPU seconds per 1,000 events, peak RSS;
 //! - drain-limited: a backlog with Tencent's 1000 calls/min limit on both sides: events/s
 //!   against the ceiling of 16 events × 1000 pulls/min;
-//! - steady: 100 events/s offered for a while: enqueue→commit and enqueue→confirm p50/p99.
+//! - steady: 100 events/s offered for a while: enqueue→commit and enqueue→confirm p50/p99;
+//! - webhook: a backlog forwarded to the emulator's webhook sink at handler concurrency 1
+//!   and 16 (deliveries/s), and 10 events/s offered (enqueue→2xx p50/p99);
+//! - shell: a backlog run through a shell hook (hooks/s).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,6 +28,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(endpoint: &str, rate_limit: u32) -> Daemon {
+        Self::start_with(endpoint, rate_limit, "")
+    }
+
+    fn start_with(endpoint: &str, rate_limit: u32, extra: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("events.db");
         let config = dir.path().join("config.toml");
@@ -32,7 +39,7 @@ impl Daemon {
             &config,
             format!(
                 "[vod]\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n\
-                 rate_limit_per_minute = {rate_limit}\n[store]\npath = \"{}\"\n[log]\nlevel = \"warn\"\n",
+                 rate_limit_per_minute = {rate_limit}\n[store]\npath = \"{}\"\n[log]\nlevel = \"warn\"\n{extra}\n",
                 db.display()
             ),
         )
@@ -157,6 +164,71 @@ async fn steady(per_second: usize, seconds: u64) -> String {
     )
 }
 
+fn done_deliveries(db: &std::path::Path) -> i64 {
+    Store::open_existing(db, Duration::from_secs(5))
+        .and_then(|s| {
+            s.run_sync(|c| Ok(c.query_row("SELECT count(*) FROM deliveries WHERE state = 'done'", [], |r| r.get(0))?))
+        })
+        .unwrap_or(0)
+}
+
+fn webhook_route(emu: &Emulator, concurrency: usize) -> String {
+    format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"w\"]\n[handlers.w]\ntype = \"webhook\"\nurl = \"http://{}/_emulator/webhook\"\n\
+         secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nconcurrency = {concurrency}\n[dispatch]\npoll_interval = \"100ms\"\n",
+        emu.addr()
+    )
+}
+
+/// Deliveries/s for a backlog through one handler; returns (rate, daemon CPU s per 1,000).
+async fn handler_drain(events: usize, route: impl Fn(&Emulator) -> String) -> (f64, f64) {
+    let emu = Emulator::start(EmulatorConfig {
+        hold: Duration::from_secs(1),
+        rate_limit_per_minute: None,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    emu.enqueue_generated(events);
+    let daemon = Daemon::start_with(&emu.endpoint(), 10_000_000, &route(&emu));
+    let start = Instant::now();
+    while done_deliveries(&daemon.db) < events as i64 {
+        assert!(start.elapsed() < Duration::from_secs(600), "deliveries did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = start.elapsed();
+    let (cpu, _) = daemon.usage();
+    daemon.stop();
+    (events as f64 / elapsed.as_secs_f64(), cpu / events as f64 * 1000.0)
+}
+
+/// enqueue→2xx at the sink for `per_second` events/s over `seconds`.
+async fn webhook_latency(per_second: usize, seconds: u64, concurrency: usize) -> (usize, f64, f64) {
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let daemon = Daemon::start_with(&emu.endpoint(), 1000, &webhook_route(&emu, concurrency));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut enqueued_ms: HashMap<String, i64> = HashMap::new();
+    let interval = Duration::from_secs(1) / per_second as u32;
+    let mut next = Instant::now();
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        let content = emu.enqueue_generated(1).remove(0);
+        enqueued_ms.insert(content, SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64);
+        next += interval;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let start = Instant::now();
+    while emu.webhooks().len() < enqueued_ms.len() {
+        assert!(start.elapsed() < Duration::from_secs(120), "webhooks did not all arrive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.stop();
+    let mut latency: Vec<f64> =
+        emu.webhooks().iter().map(|w| (w.received_at_ms - enqueued_ms[&w.body]) as f64).collect();
+    latency.sort_by(f64::total_cmp);
+    (latency.len(), percentile(&latency, 0.5), percentile(&latency, 0.99))
+}
+
 #[tokio::main]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -171,4 +243,32 @@ async fn main() {
     println!("| scenario | events | enqueue→commit p50 / p99 | enqueue→confirm p50 / p99 |");
     println!("|---|---|---|---|");
     println!("{}", steady(100, steady_secs).await);
+
+    let (hook_backlog, latency_secs) = if quick { (1000, 5) } else { (5000, 20) };
+    println!();
+    println!("| handler scenario | events | deliveries/s | daemon CPU per 1,000 deliveries |");
+    println!("|---|---|---|---|");
+    for concurrency in [1, 16] {
+        let (rate, cpu) = handler_drain(hook_backlog, |emu| webhook_route(emu, concurrency)).await;
+        println!("| webhook backlog, concurrency {concurrency} | {hook_backlog} | {rate:.0} | {cpu:.3} s |");
+    }
+    let hook_dir = tempfile::tempdir().unwrap();
+    let hook = hook_dir.path().join("hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\ncat > /dev/null\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let shell_route = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"s\"]\n[handlers.s]\ntype = \"shell\"\ncommand = [\"{}\"]\nconcurrency = 4\n[dispatch]\npoll_interval = \"100ms\"\n",
+        hook.display()
+    );
+    let shell_events = hook_backlog / 5;
+    let (rate, cpu) = handler_drain(shell_events, |_| shell_route.clone()).await;
+    println!("| shell hook backlog (`cat > /dev/null`), concurrency 4 | {shell_events} | {rate:.0} | {cpu:.3} s |");
+
+    println!();
+    println!("| webhook latency | events | enqueue→2xx p50 / p99 |");
+    println!("|---|---|---|");
+    for concurrency in [1, 16] {
+        let (n, p50, p99) = webhook_latency(10, latency_secs, concurrency).await;
+        println!("| 10 events/s, concurrency {concurrency} | {n} | {p50:.0} / {p99:.0} ms |");
+    }
 }

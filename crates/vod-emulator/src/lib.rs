@@ -199,6 +199,8 @@ pub struct ReceivedWebhook {
     pub event_type: String,
     /// The body.
     pub body: String,
+    /// When it arrived, Unix ms.
+    pub received_at_ms: i64,
 }
 
 /// The webhook sink keeps at most this many.

@@ -372,6 +372,7 @@ async fn control_endpoint(
                 signature: header("webhook-signature"),
                 event_type: header("x-vod-event-type"),
                 body: String::from_utf8_lossy(&body).into_owned(),
+                received_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
             };
             let mut kept = shared.webhooks.lock().unwrap();
             if kept.len() >= crate::MAX_WEBHOOKS_KEPT {
