@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 use crate::api::{ErrorClass, V2Client};
 use crate::backoff;
 use crate::config::ConfirmConfig;
-use crate::stats::PipelineStats;
+use crate::metrics::Metrics;
 
 /// A handle whose event is committed.
 #[derive(Debug, Clone)]
@@ -38,7 +38,7 @@ pub async fn run(
     client: Arc<V2Client>,
     mut rx: mpsc::Receiver<PendingHandle>,
     config: ConfirmConfig,
-    stats: Arc<PipelineStats>,
+    stats: Arc<Metrics>,
 ) {
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut calls = JoinSet::new();
@@ -78,7 +78,7 @@ async fn spawn_confirm(
     permits: &Arc<Semaphore>,
     client: &Arc<V2Client>,
     config: &ConfirmConfig,
-    stats: &Arc<PipelineStats>,
+    stats: &Arc<Metrics>,
     batch: Vec<PendingHandle>,
 ) {
     if batch.is_empty() {
@@ -94,7 +94,7 @@ async fn spawn_confirm(
 
 /// Confirms one batch, retrying transient failures inside the handles' window and
 /// splitting a batch refused with 4000.
-async fn confirm_batch(client: &V2Client, batch: Vec<PendingHandle>, ttl: Duration, stats: &PipelineStats) {
+async fn confirm_batch(client: &V2Client, batch: Vec<PendingHandle>, ttl: Duration, stats: &Metrics) {
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut work = vec![batch];
     while let Some(mut part) = work.pop() {
@@ -107,15 +107,18 @@ async fn confirm_batch(client: &V2Client, batch: Vec<PendingHandle>, ttl: Durati
             let handles: Vec<String> = part.iter().map(|h| h.handle.clone()).collect();
             match client.confirm_event(&handles).await {
                 Ok(()) => {
-                    PipelineStats::add(&stats.confirm_batches, 1);
-                    PipelineStats::add(&stats.handles_confirmed, part.len() as u64);
+                    stats.confirm_batches.inc();
+                    stats.handles_confirmed.inc_by(part.len() as u64);
+                    for h in &part {
+                        stats.pull_to_confirm_seconds.observe(h.pulled_at.elapsed().as_secs_f64());
+                    }
                     debug!(handles = part.len(), "Confirmed.");
                     break;
                 }
                 Err(e) if e.class() == ErrorClass::InvalidParameter => {
-                    PipelineStats::add(&stats.confirm_failures, 1);
+                    Metrics::error(&stats.confirm_failures, e.label());
                     if part.len() == 1 {
-                        PipelineStats::add(&stats.handles_expired, 1);
+                        stats.handles_expired.inc();
                         warn!(error = %e, "ConfirmEvent refused a handle as invalid or expired; its event is stored and will be redelivered and deduplicated.");
                     } else {
                         debug!(error = %e, handles = part.len(), "ConfirmEvent refused the batch; splitting it to find the bad handle.");
@@ -126,7 +129,7 @@ async fn confirm_batch(client: &V2Client, batch: Vec<PendingHandle>, ttl: Durati
                     break;
                 }
                 Err(e) => {
-                    PipelineStats::add(&stats.confirm_failures, 1);
+                    Metrics::error(&stats.confirm_failures, e.label());
                     let delay = backoff::delay(attempt, Duration::from_millis(100), Duration::from_secs(5), &mut rng);
                     attempt += 1;
                     let oldest = part.iter().map(|h| h.pulled_at).min().expect("non-empty");
@@ -140,13 +143,13 @@ async fn confirm_batch(client: &V2Client, batch: Vec<PendingHandle>, ttl: Durati
 }
 
 /// Removes (with a warning) handles too close to the end of their window to be sent.
-fn drop_expired(part: &mut Vec<PendingHandle>, ttl: Duration, stats: &PipelineStats) {
+fn drop_expired(part: &mut Vec<PendingHandle>, ttl: Duration, stats: &Metrics) {
     let now = Instant::now();
     let before = part.len();
     part.retain(|h| h.pulled_at + ttl > now + SAFETY_MARGIN);
     let dropped = before - part.len();
     if dropped > 0 {
-        PipelineStats::add(&stats.handles_expired, dropped as u64);
+        stats.handles_expired.inc_by(dropped as u64);
         warn!(handles = dropped, "Dropped handles whose confirm window has passed; their events are stored and will be redelivered and deduplicated.");
     }
 }

@@ -16,16 +16,16 @@ use crate::config::Config;
 use crate::confirmer;
 use crate::dispatch::{Dispatcher, Lane};
 use crate::handler;
+use crate::metrics::Metrics;
 use crate::puller::Puller;
 use crate::route::Router;
-use crate::stats::PipelineStats;
 use crate::store::Store;
 
 /// Runs the pipeline until `shutdown` is cancelled, or until a fatal error.
 pub async fn run(
     config: Config,
     config_path: PathBuf,
-    stats: Arc<PipelineStats>,
+    stats: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let store = Store::open(&config.store.path, config.store.busy_timeout)
@@ -63,10 +63,6 @@ pub async fn run(
     // The puller has dropped its sender: the confirmer flushes what is left and ends.
     confirmer.await.context("the confirmer task failed")?;
     dispatch.await.context("the dispatcher task failed")?;
-    info!(
-        received = PipelineStats::get(&stats.events_received),
-        confirmed = PipelineStats::get(&stats.handles_confirmed),
-        "vod-eventd stopped."
-    );
+    info!(received = stats.received_total.get(), confirmed = stats.handles_confirmed.get(), "vod-eventd stopped.");
     Ok(result?)
 }

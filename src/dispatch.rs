@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::handler::{AnyHandler, Delivery};
+use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
-use crate::stats::PipelineStats;
 use crate::store::{now_ms, AttemptRecord, Next, Store};
 
 /// A handler and its concurrency limit.
@@ -43,7 +43,7 @@ pub struct Dispatcher {
     /// Poked by the puller when new deliveries are stored.
     pub wake: Arc<Notify>,
     /// Counters.
-    pub stats: Arc<PipelineStats>,
+    pub stats: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -140,7 +140,7 @@ fn settle(
     started_at: i64,
     duration: Duration,
     handler: &str,
-    stats: &PipelineStats,
+    stats: &Metrics,
 ) -> AttemptRecord {
     let base = AttemptRecord {
         delivery_id: d.delivery_id,
@@ -154,7 +154,7 @@ fn settle(
     };
     match result {
         Ok(ok) => {
-            PipelineStats::add(&stats.deliveries_done, 1);
+            stats.attempt(handler, "done", duration.as_secs_f64());
             debug!(?duration, "Delivered.");
             AttemptRecord { status: ok.status, excerpt: ok.excerpt, ..base }
         }
@@ -167,12 +167,12 @@ fn settle(
             };
             let next = match delay {
                 Some(delay) => {
-                    PipelineStats::add(&stats.deliveries_retried, 1);
+                    stats.attempt(handler, "retry", duration.as_secs_f64());
                     warn!(error = %failure.message, retry_in = ?delay, "Delivery attempt failed; will retry.");
                     Next::RetryAt(now_ms() + delay.as_millis() as i64)
                 }
                 None => {
-                    PipelineStats::add(&stats.deliveries_dead, 1);
+                    stats.attempt(handler, "dead", duration.as_secs_f64());
                     let why = if failure.retryable { "retries exhausted" } else { "permanent failure" };
                     error!(error = %failure.message, webhook_id = %d.webhook_id, "Delivery is dead ({why}); see `vod-eventd deliveries list --state dead --handler {handler}`, then `deliveries retry --dead` once fixed.");
                     Next::Dead

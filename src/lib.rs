@@ -15,7 +15,8 @@
 //! - [`retry`]: the handler retry policy.
 //! - [`daemon`]: wiring and shutdown order.
 //! - [`cli`]: the command line (daemon, history, config check, emulator, demo).
-//! - [`backoff`], [`stats`], [`signal`], [`logging`]: small shared pieces.
+//! - [`metrics`], [`health`]: what the pipeline did and whether it is well.
+//! - [`backoff`], [`signal`], [`logging`]: small shared pieces.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -29,10 +30,11 @@ pub mod daemon;
 pub mod dispatch;
 pub mod event;
 pub mod handler;
+pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod puller;
 pub mod retry;
 pub mod route;
 pub mod signal;
-pub mod stats;
 pub mod store;

@@ -2,7 +2,6 @@
 //! only then hand the batch's handles to the confirmer. A batch that cannot be stored is
 //! retried and never confirmed until it is; while it is failing, nothing more is pulled.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,8 +15,8 @@ use crate::backoff;
 use crate::config::{Config, PullConfig};
 use crate::confirmer::PendingHandle;
 use crate::event::ReceivedEvent;
+use crate::metrics::Metrics;
 use crate::route::Router;
-use crate::stats::PipelineStats;
 use crate::store::Store;
 
 /// How the pull loop ended, when not by shutdown.
@@ -42,7 +41,7 @@ pub struct Puller {
     /// Where committed handles go.
     pub confirm_tx: mpsc::Sender<PendingHandle>,
     /// Counters.
-    pub stats: Arc<PipelineStats>,
+    pub stats: Arc<Metrics>,
     /// Settings.
     pub config: PullConfig,
     /// The config file's path, for messages.
@@ -62,7 +61,7 @@ impl Puller {
         client: Arc<V2Client>,
         store: Store,
         confirm_tx: mpsc::Sender<PendingHandle>,
-        stats: Arc<PipelineStats>,
+        stats: Arc<Metrics>,
         router: Arc<Router>,
         dispatch_wake: Arc<Notify>,
     ) -> Self {
@@ -88,8 +87,9 @@ impl Puller {
                 Ok(items) => {
                     ever_succeeded = true;
                     failures = 0;
-                    PipelineStats::add(&self.stats.pulls_ok, 1);
-                    self.stats.last_pull_ok_ms.store(crate::store::now_ms(), Ordering::Relaxed);
+                    self.stats.pulls.inc();
+                    self.stats.health.pull_ok();
+                    self.stats.last_pull_success.set(crate::store::now_ms() / 1000);
                     if items.is_empty() {
                         quick_empty_streak = self.note_empty(started, quick_empty_streak);
                         continue;
@@ -101,7 +101,8 @@ impl Puller {
                     }
                 }
                 Err(e) => {
-                    PipelineStats::add(&self.stats.pull_errors, 1);
+                    Metrics::error(&self.stats.pull_errors, e.label());
+                    self.stats.health.pull_failed();
                     let delay = match e.class() {
                         ErrorClass::Auth if !ever_succeeded => {
                             return Err(PullError::CredentialsRefused { source: e, config: self.config_path.clone() });
@@ -165,7 +166,8 @@ impl Puller {
             match self.store.insert_events(events.clone()).await {
                 Ok(inserted) => break inserted,
                 Err(e) => {
-                    PipelineStats::add(&self.stats.store_failures, 1);
+                    self.stats.store_failures.inc();
+                    self.stats.health.store_writable(false);
                     error!(error = %e, events = events.len(), "Could not store pulled events; not confirming them and not pulling more until the store accepts writes. They stay at Tencent and are redelivered.");
                     let delay = backoff::delay(attempt, self.config.backoff_min, self.config.backoff_max, rng);
                     attempt = attempt.saturating_add(1);
@@ -175,8 +177,10 @@ impl Puller {
                 }
             }
         };
-        PipelineStats::add(&self.stats.events_received, inserted.len() as u64);
-        PipelineStats::add(&self.stats.duplicates, inserted.iter().filter(|i| !i.new).count() as u64);
+        self.stats.health.store_writable(true);
+        for ((event, _), row) in events.iter().zip(&inserted) {
+            self.stats.event(&event.event_type, row.new);
+        }
         if inserted.iter().zip(&events).any(|(row, (_, handlers))| row.new && !handlers.is_empty()) {
             self.dispatch_wake.notify_one();
         }

@@ -18,7 +18,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use vod_emulator::{Emulator, EmulatorConfig, DEMO_SECRET_ID, DEMO_SECRET_KEY};
 
-use crate::stats::PipelineStats;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// `demo` options.
@@ -60,7 +60,7 @@ impl DemoArgs {
 
         let shutdown = CancellationToken::new();
         crate::signal::cancel_on_signals(shutdown.clone())?;
-        let stats = Arc::new(PipelineStats::default());
+        let stats = Arc::new(Metrics::default());
         let daemon = tokio::spawn(crate::daemon::run(
             config.clone(),
             config_path.clone(),
@@ -106,7 +106,7 @@ impl DemoArgs {
             self.events,
             redeliveries,
             last_id - first_new_id,
-            PipelineStats::get(&stats.duplicates),
+            stats.duplicates_total.get(),
             s.queue.confirmed,
             s.queue.max_confirm_latency_ms,
             s.queue.outstanding

@@ -16,8 +16,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError};
+use crate::metrics::Metrics;
 use crate::puller::PullError;
-use crate::stats::PipelineStats;
 
 /// Exit code for configuration errors (sysexits EX_CONFIG), so systemd can be told not to
 /// restart into the same mistake.
@@ -103,6 +103,6 @@ fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         crate::signal::cancel_on_signals(shutdown.clone())?;
-        crate::daemon::run(config, config_path.to_path_buf(), Arc::new(PipelineStats::default()), shutdown).await
+        crate::daemon::run(config, config_path.to_path_buf(), Arc::new(Metrics::default()), shutdown).await
     })
 }

@@ -8,6 +8,7 @@
 mod deliveries;
 mod events;
 mod keys;
+mod maintenance;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,11 +17,15 @@ use std::time::Duration;
 pub use deliveries::{webhook_id, AttemptRecord, AttemptRow, DeliveryFilter, DeliveryRow, Next};
 pub use events::{EventFilter, EventRow, Inserted};
 pub use keys::{KeyInfo, NewKey};
+pub use maintenance::HandlerCounts;
 use rusqlite::{Connection, OpenFlags};
 
 /// Schema migrations, applied in order; `user_version` records how many have run.
-const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/0001_events.sql"), include_str!("migrations/0002_deliveries.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_events.sql"),
+    include_str!("migrations/0002_deliveries.sql"),
+    include_str!("migrations/0003_state.sql"),
+];
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +54,14 @@ pub enum StoreError {
         /// The newest this build knows.
         known: usize,
     },
+    /// The integrity check failed: the daemon refuses to run on the file.
+    #[error("the store {path} is damaged ({detail}). vod-eventd will not run on it and has confirmed nothing. Move the file aside and restore a backup, or start with an empty store: events not yet confirmed are redelivered by Tencent")]
+    Corrupt {
+        /// The store file.
+        path: PathBuf,
+        /// The first problem SQLite reported.
+        detail: String,
+    },
     /// A query or commit failed (disk full, I/O error, read-only file, ...).
     #[error("store query failed: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -69,7 +82,22 @@ impl Store {
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
         create_private(path).map_err(|e| StoreError::Open { path: path.into(), source: e })?;
         let conn = Connection::open(path).map_err(|e| StoreError::Open { path: path.into(), source: e })?;
-        Self::setup(conn, path, busy_timeout, true)
+        let store = Self::setup(conn, path, busy_timeout, true)?;
+        store.check_integrity()?;
+        Ok(store)
+    }
+
+    /// `PRAGMA quick_check`: a damaged file is refused before anything is confirmed.
+    fn check_integrity(&self) -> Result<(), StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt { path: self.path.clone(), detail };
+        let verdict: String = self
+            .run_sync(|c| Ok(c.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?))
+            .map_err(|e| corrupt(e.to_string()))?;
+        if verdict == "ok" {
+            Ok(())
+        } else {
+            Err(corrupt(verdict))
+        }
     }
 
     /// Opens an existing store for the CLI (no creation; migrations still run so an
@@ -87,7 +115,13 @@ impl Store {
     fn setup(conn: Connection, path: &Path, busy_timeout: Duration, daemon: bool) -> Result<Store, StoreError> {
         let open_err = |e| StoreError::Open { path: path.into(), source: e };
         conn.busy_timeout(busy_timeout).map_err(open_err)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(open_err)?;
+        // Only takes effect on a new, empty file: lets retention give space back.
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).map_err(|e| corrupt_or_open(path, e))?;
+        if pages == 0 && daemon {
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;").map_err(open_err)?;
+        }
+        let mode: String =
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| corrupt_or_open(path, e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Open {
                 path: path.into(),
@@ -146,6 +180,16 @@ impl Store {
     }
 }
 
+/// "file is not a database" and friends mean a damaged file, not a path problem.
+fn corrupt_or_open(path: &Path, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt { path: path.into(), detail: e.to_string() }
+        }
+        _ => StoreError::Open { path: path.into(), source: e },
+    }
+}
+
 /// Creates the file with mode 0600 if it does not exist, so events and keys are never
 /// readable by other users, whatever the umask.
 fn create_private(path: &Path) -> Result<(), rusqlite::Error> {
@@ -188,6 +232,16 @@ mod tests {
         drop(store);
         // Reopening is idempotent.
         Store::open(&path, Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = Store::open(&path, Duration::from_secs(1)).err().unwrap();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("has confirmed nothing"));
     }
 
     #[test]
