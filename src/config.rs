@@ -56,6 +56,58 @@ pub struct Config {
     /// Stopping.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// The metrics and health listener.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// What counts as healthy.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Data-at-risk alarms.
+    #[serde(default)]
+    pub alert: AlertConfig,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` (Prometheus text) and `/healthz` here, e.g. `127.0.0.1:9464`.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Unhealthy (`/healthz` 503, no systemd watchdog ping) once the last successful pull
+    /// is older than this. A long poll takes at most about 10 s.
+    #[serde(with = "humantime_serde")]
+    pub max_pull_age: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig { max_pull_age: Duration::from_secs(60) }
+    }
+}
+
+/// `[alert]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertConfig {
+    /// Log at ERROR (and say so in STATUS=) while the last successful pull is older than
+    /// this: Tencent keeps unpulled events for 4 days only.
+    #[serde(with = "humantime_serde")]
+    pub pull_stale_after: Duration,
+    /// How often the alarms (stale pulls, growing dead deliveries) are checked.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig { pull_stale_after: Duration::from_secs(3600), check_interval: Duration::from_secs(60) }
+    }
 }
 
 /// `[dispatch]`: handler retry policy.
@@ -171,6 +223,15 @@ pub struct StoreConfig {
     /// How long a write waits for a lock held by another process (e.g. the CLI).
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
+    /// Prune events whose deliveries are all done once they are this old (none: keep all).
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
+    /// Cap the database at this many MiB (0: no cap). When full, the daemon stops pulling
+    /// and confirming until there is room again (retention, or a larger cap via SIGHUP).
+    pub max_size_mb: u64,
 }
 
 /// `[confirm]`.
@@ -238,7 +299,13 @@ fn default_rate_limit() -> u32 {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { path: PathBuf::from("/var/lib/vod-eventd/events.db"), busy_timeout: Duration::from_secs(5) }
+        StoreConfig {
+            path: PathBuf::from("/var/lib/vod-eventd/events.db"),
+            busy_timeout: Duration::from_secs(5),
+            retention: None,
+            prune_interval: Duration::from_secs(3600),
+            max_size_mb: 0,
+        }
     }
 }
 
@@ -470,6 +537,15 @@ impl Config {
             for (key, message) in handler.validate() {
                 bad(&format!("handlers.{name}.{key}"), message);
             }
+        }
+        if self.health.max_pull_age < self.vod.request_timeout {
+            bad(
+                "health.max_pull_age",
+                "must be at least vod.request_timeout, or every long poll looks like an outage".into(),
+            );
+        }
+        if self.alert.check_interval.is_zero() || self.store.prune_interval.is_zero() {
+            bad("alert.check_interval", "alert.check_interval and store.prune_interval must be above zero".into());
         }
         if self.dispatch.max_age.is_zero() {
             bad("dispatch.max_age", "must be above zero".into());

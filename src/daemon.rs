@@ -1,68 +1,208 @@
-//! Wiring: open the store, build the client, the router and the handlers, and run the
-//! puller, the confirmer and the dispatcher until shutdown. The puller stops first (no
-//! new pulls), then the confirmer flushes every committed handle and exits when the
-//! channel closes, while the dispatcher drains in-flight handler attempts.
+//! Wiring: open the store, build the client, the routing and the handlers, and run the
+//! puller, the confirmer, the dispatcher and the service tasks (status, watchdog,
+//! metrics, retention) until shutdown. The puller stops first (no new pulls), then the
+//! confirmer flushes every committed handle and exits when its channel closes, while
+//! the dispatcher drains in-flight handler attempts. SIGHUP reloads routes, handlers,
+//! retry policy, log level and the store size cap; an invalid new config is refused and
+//! the running one stays.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use sd_notify::NotifyState;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::api::{ClientSettings, V2Client};
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::confirmer;
-use crate::dispatch::{Dispatcher, Lane};
-use crate::handler;
+use crate::dispatch::{Dispatcher, Routing};
+use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 use crate::puller::Puller;
-use crate::route::Router;
+use crate::service::{self, notify, StatusLoop};
 use crate::store::Store;
 
-/// Runs the pipeline until `shutdown` is cancelled, or until a fatal error.
-pub async fn run(
-    config: Config,
-    config_path: PathBuf,
-    stats: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let store = Store::open(&config.store.path, config.store.busy_timeout)
-        .with_context(|| format!("store.path in {}", config_path.display()))?;
-    let client = Arc::new(V2Client::new(ClientSettings::from_config(&config)?)?);
-    let router = Arc::new(Router::new(&config.routes).map_err(anyhow::Error::msg)?);
-    let handlers = handler::build_all(&config.handlers, client.clone(), store.clone())?;
-    let lanes = handlers
-        .into_iter()
-        .map(|(name, handler)| {
-            let permits = Arc::new(Semaphore::new(config.handlers[&name].concurrency()));
-            (name, Lane { handler, permits })
-        })
-        .collect();
-    let wake = Arc::new(Notify::new());
-    let dispatcher = Dispatcher {
-        store: store.clone(),
-        lanes,
-        policy: config.dispatch.policy(),
-        poll_interval: config.dispatch.poll_interval,
-        wake: wake.clone(),
-        stats: stats.clone(),
-    };
-    // Stops the dispatcher when the puller ends, whether by shutdown or a fatal error.
-    let stop_dispatch = shutdown.child_token();
-    let dispatch = tokio::spawn(dispatcher.run(stop_dispatch.clone(), config.shutdown.drain_timeout));
+/// A daemon ready to run.
+pub struct Daemon {
+    /// The loaded configuration.
+    pub config: Config,
+    /// Where it came from (reloaded from there on SIGHUP).
+    pub config_path: PathBuf,
+    /// Counters and health, shared with the caller.
+    pub metrics: Arc<Metrics>,
+    /// Changes the log level on reload.
+    pub log: LogHandle,
+}
 
-    let (tx, rx) = mpsc::channel(confirmer::CHANNEL_CAPACITY);
-    let confirmer = tokio::spawn(confirmer::run(client.clone(), rx, config.confirm.clone(), stats.clone()));
-    info!(endpoint = %config.vod.endpoint, store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");
-    let puller =
-        Puller::new(&config, config_path.display().to_string(), client, store, tx, stats.clone(), router, wake);
-    let result = puller.run(shutdown).await;
-    stop_dispatch.cancel();
-    // The puller has dropped its sender: the confirmer flushes what is left and ends.
-    confirmer.await.context("the confirmer task failed")?;
-    dispatch.await.context("the dispatcher task failed")?;
-    info!(received = stats.received_total.get(), confirmed = stats.handles_confirmed.get(), "vod-eventd stopped.");
-    Ok(result?)
+impl Daemon {
+    /// Runs until `shutdown` is cancelled or a fatal error; each message on `reloads`
+    /// reloads the configuration.
+    pub async fn run(mut self, shutdown: CancellationToken, mut reloads: mpsc::Receiver<()>) -> anyhow::Result<()> {
+        let config = &self.config;
+        let store = Store::open(&config.store.path, config.store.busy_timeout)
+            .with_context(|| format!("store.path in {}", self.config_path.display()))?;
+        store.set_max_size(config.store.max_size_mb * 1024 * 1024).await?;
+        let client = Arc::new(V2Client::new(ClientSettings::from_config(config)?)?);
+        let (routing_tx, routing) =
+            watch::channel(Arc::new(Routing::build(config, client.clone(), store.clone(), None)?));
+        self.metrics.health.started();
+
+        // Everything but the puller and the confirmer stops on this, once the puller ends.
+        let stop = CancellationToken::new();
+        let mut tasks: Vec<(&str, JoinHandle<()>)> = Vec::new();
+        let wake = Arc::new(Notify::new());
+        let dispatcher = Dispatcher {
+            store: store.clone(),
+            routing: routing.clone(),
+            wake: wake.clone(),
+            stats: self.metrics.clone(),
+        };
+        tasks.push(("dispatcher", tokio::spawn(dispatcher.run(stop.clone(), config.shutdown.drain_timeout))));
+        let status = StatusLoop {
+            metrics: self.metrics.clone(),
+            store: store.clone(),
+            health: config.health.clone(),
+            alert: config.alert.clone(),
+        };
+        tasks.push(("status", tokio::spawn(status.run(stop.clone()))));
+        tasks.push((
+            "watchdog",
+            tokio::spawn(service::watchdog(self.metrics.clone(), config.health.max_pull_age, stop.clone())),
+        ));
+        if let Some(addr) = config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
+            let endpoints = crate::http::Endpoints {
+                metrics: self.metrics.clone(),
+                store: store.clone(),
+                routing: routing.clone(),
+                max_pull_age: config.health.max_pull_age,
+            };
+            tasks.push(("metrics", tokio::spawn(crate::http::serve(listener, endpoints, stop.clone()))));
+        }
+        if let Some(retention) = config.store.retention {
+            tasks.push((
+                "retention",
+                tokio::spawn(prune_loop(store.clone(), retention, config.store.prune_interval, stop.clone())),
+            ));
+        }
+
+        let (tx, rx) = mpsc::channel(confirmer::CHANNEL_CAPACITY);
+        let confirmer = tokio::spawn(confirmer::run(client.clone(), rx, config.confirm.clone(), self.metrics.clone()));
+        let puller = Puller::new(
+            config,
+            self.config_path.display().to_string(),
+            client.clone(),
+            store.clone(),
+            tx,
+            self.metrics.clone(),
+            routing,
+            wake,
+        );
+        let mut pulling = tokio::spawn(puller.run(shutdown.clone()));
+        info!(endpoint = %config.vod.endpoint, store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");
+        notify(&[NotifyState::Ready, NotifyState::Status("started; pulling")]);
+
+        let result = loop {
+            tokio::select! {
+                ended = &mut pulling => break ended.context("the pull task failed")?,
+                Some(()) = reloads.recv() => self.reload(&routing_tx, &client, &store).await,
+            }
+        };
+        notify(&[NotifyState::Stopping, NotifyState::Status("stopping: confirming stored events, draining handlers")]);
+        stop.cancel();
+        // The puller has dropped its sender: the confirmer flushes what is left and ends.
+        confirmer.await.context("the confirmer task failed")?;
+        for (name, task) in tasks {
+            task.await.with_context(|| format!("the {name} task failed"))?;
+        }
+        info!(
+            received = self.metrics.received_total.get(),
+            confirmed = self.metrics.handles_confirmed.get(),
+            "vod-eventd stopped."
+        );
+        Ok(result?)
+    }
+
+    /// Applies a new config from the same file, or keeps the running one if it is invalid.
+    async fn reload(&mut self, routing_tx: &watch::Sender<Arc<Routing>>, client: &Arc<V2Client>, store: &Store) {
+        let path = self.config_path.display().to_string();
+        let new = match config::load(&self.config_path) {
+            Ok(new) => new,
+            Err(e) => {
+                let problems: Vec<String> = e.issues.iter().map(ToString::to_string).collect();
+                error!(config = %path, problems = %problems.join(" | "), "Reload refused: the new configuration is invalid. The running configuration stays.");
+                return;
+            }
+        };
+        let routing = match Routing::build(&new, client.clone(), store.clone(), Some(&routing_tx.borrow())) {
+            Ok(routing) => routing,
+            Err(e) => {
+                error!(config = %path, error = %format!("{e:#}"), "Reload refused: a handler could not be built. The running configuration stays.");
+                return;
+            }
+        };
+        routing_tx.send_replace(Arc::new(routing));
+        if let Err(e) = self.log.set_level(&new.log.level) {
+            warn!(error = %e, "log.level could not be applied.");
+        }
+        if new.store.max_size_mb != self.config.store.max_size_mb {
+            if let Err(e) = store.set_max_size(new.store.max_size_mb * 1024 * 1024).await {
+                warn!(error = %e, "store.max_size_mb could not be applied.");
+            }
+        }
+        let restart_only = restart_only_changes(&self.config, &new);
+        if !restart_only.is_empty() {
+            warn!(sections = %restart_only.join(", "), "These settings changed but take effect only after a restart.");
+        }
+        info!(routes = new.routes.len(), handlers = new.handlers.len(), "Configuration reloaded.");
+        self.config = new;
+    }
+}
+
+/// Sections that a reload does not apply (compared through their redacted Debug form).
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |name, a: String, b: String| {
+        if a != b {
+            changed.push(name);
+        }
+    };
+    check("[vod]", format!("{:?}", old.vod), format!("{:?}", new.vod));
+    check("store.path", format!("{:?}", old.store.path), format!("{:?}", new.store.path));
+    check("store.retention", format!("{:?}", old.store.retention), format!("{:?}", new.store.retention));
+    check("[confirm]", format!("{:?}", old.confirm), format!("{:?}", new.confirm));
+    check("[pull]", format!("{:?}", old.pull), format!("{:?}", new.pull));
+    check("[metrics]", format!("{:?}", old.metrics), format!("{:?}", new.metrics));
+    check("[health]", format!("{:?}", old.health), format!("{:?}", new.health));
+    check("[alert]", format!("{:?}", old.alert), format!("{:?}", new.alert));
+    check("log.format", old.log.format.clone(), new.log.format.clone());
+    changed
+}
+
+/// Prunes old, fully delivered events every `interval`.
+async fn prune_loop(
+    store: Store,
+    retention: std::time::Duration,
+    interval: std::time::Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let before = crate::store::now_ms() - retention.as_millis() as i64;
+        match store.prune(before, false).await {
+            Ok(0) => {}
+            Ok(n) => info!(events = n, "Pruned events past store.retention."),
+            Err(e) => warn!(error = %e, "Retention pruning failed; will try again."),
+        }
+    }
 }

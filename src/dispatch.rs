@@ -12,14 +12,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng as _;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::api::V2Client;
+use crate::config::Config;
 use crate::handler::{AnyHandler, Delivery};
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
+use crate::route::Router;
 use crate::store::{now_ms, AttemptRecord, Next, Store};
 
 /// A handler and its concurrency limit.
@@ -28,18 +31,56 @@ pub struct Lane {
     pub handler: Arc<AnyHandler>,
     /// Attempts in flight at once.
     pub permits: Arc<Semaphore>,
+    /// The limit `permits` was made with.
+    pub concurrency: usize,
 }
 
-/// Everything the dispatcher needs.
-pub struct Dispatcher {
-    /// The store.
-    pub store: Store,
+/// The part of the configuration a SIGHUP can change: routes, handlers, retry policy.
+pub struct Routing {
+    /// Which handlers an event type goes to.
+    pub router: Router,
     /// Handlers by name.
     pub lanes: BTreeMap<String, Lane>,
     /// Retry policy.
     pub policy: RetryPolicy,
     /// How often to look for deliveries scheduled by another process.
     pub poll_interval: Duration,
+}
+
+impl Routing {
+    /// Builds routing from a validated config. A handler whose concurrency is unchanged
+    /// keeps its semaphore from `previous`, so attempts in flight across a reload still
+    /// count against its limit.
+    pub fn build(
+        config: &Config,
+        client: Arc<V2Client>,
+        store: Store,
+        previous: Option<&Routing>,
+    ) -> anyhow::Result<Routing> {
+        let router = Router::new(&config.routes).map_err(anyhow::Error::msg)?;
+        let handlers = crate::handler::build_all(&config.handlers, client, store)?;
+        let lanes = handlers
+            .into_iter()
+            .map(|(name, handler)| {
+                let concurrency = config.handlers[&name].concurrency();
+                let permits = previous
+                    .and_then(|p| p.lanes.get(&name))
+                    .filter(|lane| lane.concurrency == concurrency)
+                    .map(|lane| lane.permits.clone())
+                    .unwrap_or_else(|| Arc::new(Semaphore::new(concurrency)));
+                (name, Lane { handler, permits, concurrency })
+            })
+            .collect();
+        Ok(Routing { router, lanes, policy: config.dispatch.policy(), poll_interval: config.dispatch.poll_interval })
+    }
+}
+
+/// Everything the dispatcher needs.
+pub struct Dispatcher {
+    /// The store.
+    pub store: Store,
+    /// Routes, handlers and policy; replaced on reload.
+    pub routing: watch::Receiver<Arc<Routing>>,
     /// Poked by the puller when new deliveries are stored.
     pub wake: Arc<Notify>,
     /// Counters.
@@ -48,7 +89,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Runs until `shutdown`, then drains for at most `drain_timeout`.
-    pub async fn run(self, shutdown: CancellationToken, drain_timeout: Duration) {
+    pub async fn run(mut self, shutdown: CancellationToken, drain_timeout: Duration) {
         match self.store.requeue_running().await {
             Ok(0) => {}
             Ok(n) => info!(deliveries = n, "Requeued deliveries that were running when vod-eventd last stopped."),
@@ -56,11 +97,13 @@ impl Dispatcher {
         }
         let mut tasks = JoinSet::new();
         loop {
-            let wake_at = self.claim_and_spawn(&mut tasks).await;
+            let routing = self.routing.borrow_and_update().clone();
+            let wake_at = self.claim_and_spawn(&routing, &mut tasks).await;
             let sleep = Duration::from_millis(wake_at.saturating_sub(now_ms()).max(0) as u64);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
+                _ = self.routing.changed() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
@@ -70,10 +113,10 @@ impl Dispatcher {
 
     /// Claims due deliveries for every handler with free permits and starts them; returns
     /// when (Unix ms) to look again.
-    async fn claim_and_spawn(&self, tasks: &mut JoinSet<()>) -> i64 {
+    async fn claim_and_spawn(&self, routing: &Routing, tasks: &mut JoinSet<()>) -> i64 {
         let now = now_ms();
-        let mut wake_at = now + self.poll_interval.as_millis() as i64;
-        for (name, lane) in &self.lanes {
+        let mut wake_at = now + routing.poll_interval.as_millis() as i64;
+        for (name, lane) in &routing.lanes {
             let free = lane.permits.available_permits();
             if free == 0 {
                 continue;
@@ -83,7 +126,13 @@ impl Dispatcher {
                     for delivery in claimed {
                         let permit =
                             lane.permits.clone().try_acquire_owned().expect("claimed no more than the free permits");
-                        tasks.spawn(self.attempt(name.clone(), lane.handler.clone(), delivery, permit));
+                        tasks.spawn(self.attempt(
+                            name.clone(),
+                            lane.handler.clone(),
+                            routing.policy.clone(),
+                            delivery,
+                            permit,
+                        ));
                     }
                 }
                 Err(e) => error!(error = %e, handler = %name, "Could not claim deliveries from the store; retrying."),
@@ -101,10 +150,11 @@ impl Dispatcher {
         &self,
         name: String,
         handler: Arc<AnyHandler>,
+        policy: RetryPolicy,
         d: Delivery,
         permit: OwnedSemaphorePermit,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let (store, policy, stats) = (self.store.clone(), self.policy.clone(), self.stats.clone());
+        let (store, stats) = (self.store.clone(), self.stats.clone());
         let span = tracing::info_span!("delivery", id = d.delivery_id, event = d.event_id, handler = %name, attempt = d.attempt);
         async move {
             let started_at = now_ms();

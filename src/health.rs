@@ -15,15 +15,50 @@ pub struct Health {
     started_ms: AtomicI64,
 }
 
-/// A health verdict with its reasons.
+/// A health verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
-    /// True when nothing is wrong.
-    pub healthy: bool,
-    /// What is wrong, for people.
-    pub problems: Vec<String>,
-    /// Seconds since the last successful pull (`None` before the first).
+    /// The store accepts writes.
+    pub store_ok: bool,
+    /// The latest pull succeeded.
+    pub pull_ok: bool,
+    /// A pull succeeded within `max_pull_age` (or the daemon started less than that ago).
+    pub pull_recent: bool,
+    /// Time since the last successful pull (`None` before the first).
     pub last_pull_age: Option<Duration>,
+}
+
+impl Report {
+    /// Healthy for `/healthz`: pulls succeed, recently, and the store writes.
+    pub fn healthy(&self) -> bool {
+        self.store_ok && self.pull_ok && self.pull_recent
+    }
+
+    /// Healthy enough for the systemd watchdog: the pull loop has made progress within
+    /// `max_pull_age` and the store writes (one failed pull is not a reason to restart).
+    pub fn alive(&self) -> bool {
+        self.store_ok && self.pull_recent
+    }
+
+    /// What is wrong, for people.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.store_ok {
+            problems.push(
+                "the store refuses writes (disk full, read-only or I/O errors); nothing is being confirmed".to_string(),
+            );
+        }
+        if !self.pull_ok {
+            problems.push("PullEvent is failing".to_string());
+        }
+        if !self.pull_recent {
+            problems.push(match self.last_pull_age {
+                Some(age) => format!("no successful pull for {}s", age.as_secs()),
+                None => "no successful pull yet".to_string(),
+            });
+        }
+        problems
+    }
 }
 
 impl Health {
@@ -53,29 +88,17 @@ impl Health {
         self.last_pull_ok_ms.load(Ordering::Relaxed)
     }
 
-    /// The verdict: healthy when the last pull succeeded within `max_pull_age` and the
-    /// store is writable.
+    /// The verdict now.
     pub fn report(&self, max_pull_age: Duration) -> Report {
         let now = now_ms();
         let last = self.last_pull_ok_ms();
-        let last_pull_age = (last > 0).then(|| Duration::from_millis((now - last).max(0) as u64));
-        let mut problems = Vec::new();
-        if self.store_failing.load(Ordering::Relaxed) {
-            problems.push(
-                "the store refuses writes (disk full, read-only or I/O errors); nothing is being confirmed".to_string(),
-            );
-        }
-        if self.pull_failing.load(Ordering::Relaxed) {
-            problems.push("PullEvent is failing".to_string());
-        }
         let reference = if last > 0 { last } else { self.started_ms.load(Ordering::Relaxed) };
-        if now - reference > max_pull_age.as_millis() as i64 {
-            problems.push(match last_pull_age {
-                Some(age) => format!("no successful pull for {}s", age.as_secs()),
-                None => "no successful pull yet".to_string(),
-            });
+        Report {
+            store_ok: !self.store_failing.load(Ordering::Relaxed),
+            pull_ok: !self.pull_failing.load(Ordering::Relaxed),
+            pull_recent: now - reference <= max_pull_age.as_millis() as i64,
+            last_pull_age: (last > 0).then(|| Duration::from_millis((now - last).max(0) as u64)),
         }
-        Report { healthy: problems.is_empty(), problems, last_pull_age }
     }
 }
 
@@ -85,18 +108,23 @@ mod tests {
 
     #[test]
     fn healthy_only_when_pulls_succeed_recently_and_the_store_writes() {
+        let minute = Duration::from_secs(60);
         let h = Health::default();
         h.started();
-        assert!(h.report(Duration::from_secs(60)).healthy, "a fresh daemon gets time for its first pull");
+        assert!(h.report(minute).healthy(), "a fresh daemon gets time for its first pull");
         h.pull_ok();
-        assert!(h.report(Duration::from_secs(60)).healthy);
+        assert!(h.report(minute).healthy());
         h.pull_failed();
-        assert!(!h.report(Duration::from_secs(60)).healthy);
+        let r = h.report(minute);
+        assert!(!r.healthy() && r.alive(), "one failed pull: unhealthy, but no reason to restart");
         h.pull_ok();
         h.store_writable(false);
-        let r = h.report(Duration::from_secs(60));
-        assert!(!r.healthy && r.problems[0].contains("store"));
+        let r = h.report(minute);
+        assert!(!r.healthy() && !r.alive() && r.problems()[0].contains("store"));
         h.store_writable(true);
-        assert!(!h.report(Duration::ZERO).healthy || h.report(Duration::ZERO).last_pull_age == Some(Duration::ZERO));
+        let stale = Health::default();
+        stale.started_ms.store(now_ms() - 120_000, Ordering::Relaxed);
+        let r = stale.report(minute);
+        assert!(!r.alive() && r.problems()[0].contains("no successful pull yet"), "{r:?}");
     }
 }

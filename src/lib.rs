@@ -15,7 +15,8 @@
 //! - [`retry`]: the handler retry policy.
 //! - [`daemon`]: wiring and shutdown order.
 //! - [`cli`]: the command line (daemon, history, config check, emulator, demo).
-//! - [`metrics`], [`health`]: what the pipeline did and whether it is well.
+//! - [`metrics`], [`health`], [`http`]: what the pipeline did, whether it is well, `/metrics`.
+//! - [`service`]: sd_notify, the status heartbeat and data-at-risk alarms.
 //! - [`backoff`], [`signal`], [`logging`]: small shared pieces.
 
 #![forbid(unsafe_code)]
@@ -31,10 +32,12 @@ pub mod dispatch;
 pub mod event;
 pub mod handler;
 pub mod health;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod puller;
 pub mod retry;
 pub mod route;
+pub mod service;
 pub mod signal;
 pub mod store;

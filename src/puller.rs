@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rand::SeedableRng as _;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
 
@@ -14,9 +14,9 @@ use crate::api::{ApiError, ErrorClass, PulledItem, V2Client};
 use crate::backoff;
 use crate::config::{Config, PullConfig};
 use crate::confirmer::PendingHandle;
+use crate::dispatch::Routing;
 use crate::event::ReceivedEvent;
 use crate::metrics::Metrics;
-use crate::route::Router;
 use crate::store::Store;
 
 /// How the pull loop ended, when not by shutdown.
@@ -46,8 +46,8 @@ pub struct Puller {
     pub config: PullConfig,
     /// The config file's path, for messages.
     pub config_path: String,
-    /// Which handlers each event goes to.
-    pub router: Arc<Router>,
+    /// Which handlers each event goes to (replaced on reload).
+    pub routing: watch::Receiver<Arc<Routing>>,
     /// Poked when new deliveries are stored.
     pub dispatch_wake: Arc<Notify>,
 }
@@ -62,10 +62,10 @@ impl Puller {
         store: Store,
         confirm_tx: mpsc::Sender<PendingHandle>,
         stats: Arc<Metrics>,
-        router: Arc<Router>,
+        routing: watch::Receiver<Arc<Routing>>,
         dispatch_wake: Arc<Notify>,
     ) -> Self {
-        Puller { client, store, confirm_tx, stats, config: config.pull.clone(), config_path, router, dispatch_wake }
+        Puller { client, store, confirm_tx, stats, config: config.pull.clone(), config_path, routing, dispatch_wake }
     }
 
     /// Pulls until `shutdown` is cancelled (then returns `Ok`) or the credentials are
@@ -153,11 +153,12 @@ impl Puller {
         shutdown: &CancellationToken,
         rng: &mut impl rand::Rng,
     ) -> bool {
+        let routing = self.routing.borrow().clone();
         let events: Vec<(ReceivedEvent, Vec<String>)> = items
             .iter()
             .map(|item| {
                 let event = ReceivedEvent::from_content(&item.content);
-                let handlers = self.router.handlers_for(&event.event_type);
+                let handlers = routing.router.handlers_for(&event.event_type);
                 (event, handlers)
             })
             .collect();

@@ -61,12 +61,14 @@ impl DemoArgs {
         let shutdown = CancellationToken::new();
         crate::signal::cancel_on_signals(shutdown.clone())?;
         let stats = Arc::new(Metrics::default());
-        let daemon = tokio::spawn(crate::daemon::run(
-            config.clone(),
-            config_path.clone(),
-            stats.clone(),
-            shutdown.child_token(),
-        ));
+        let daemon = crate::daemon::Daemon {
+            config: config.clone(),
+            config_path: config_path.clone(),
+            metrics: stats.clone(),
+            log: crate::logging::LogHandle::none(),
+        };
+        let (_reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+        let daemon = tokio::spawn(daemon.run(shutdown.child_token(), reloads));
 
         let store = wait_for_store(&config.store.path, &daemon).await?;
         let first_new_id = store

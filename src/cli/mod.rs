@@ -99,10 +99,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
-    crate::logging::init(&config.log.level, &config.log.format);
+    let log = crate::logging::init(&config.log.level, &config.log.format);
     runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
-        crate::signal::cancel_on_signals(shutdown.clone())?;
-        crate::daemon::run(config, config_path.to_path_buf(), Arc::new(Metrics::default()), shutdown).await
+        let reloads = crate::signal::with_reload(shutdown.clone())?;
+        let daemon = crate::daemon::Daemon {
+            config,
+            config_path: config_path.to_path_buf(),
+            metrics: Arc::new(Metrics::default()),
+            log,
+        };
+        daemon.run(shutdown, reloads).await
     })
 }

@@ -1,0 +1,133 @@
+//! Being a good systemd service: `sd_notify` messages (READY=1, STATUS= with counts,
+//! WATCHDOG=1 only while the daemon is alive, STOPPING=1), a heartbeat in the store for
+//! `vod-eventd status`, and the data-at-risk alarms: pulls stale for longer than
+//! `alert.pull_stale_after` (Tencent keeps unpulled events only 4 days) and dead
+//! deliveries that grow.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error};
+
+use crate::config::{AlertConfig, HealthConfig};
+use crate::metrics::Metrics;
+use crate::store::{now_ms, Store};
+
+/// How often STATUS= and the heartbeat are refreshed.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a still-stale pull is reported again.
+const STALE_REPEAT: Duration = Duration::from_secs(600);
+
+/// Sends states to systemd when run under it (`NOTIFY_SOCKET`); otherwise does nothing.
+pub fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        debug!(error = %e, "sd_notify failed.");
+    }
+}
+
+/// The status, heartbeat and alarm loop.
+pub struct StatusLoop {
+    /// Counters and health.
+    pub metrics: Arc<Metrics>,
+    /// The store.
+    pub store: Store,
+    /// Health thresholds.
+    pub health: HealthConfig,
+    /// Alarm thresholds.
+    pub alert: AlertConfig,
+}
+
+impl StatusLoop {
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let started = now_ms().to_string();
+        let mut ticker = tokio::time::interval(STATUS_INTERVAL.min(self.alert.check_interval));
+        let mut last_alarm_check: Option<Instant> = None;
+        let mut stale_reported: Option<Instant> = None;
+        let mut dead_seen: BTreeMap<String, i64> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let report = self.metrics.health.report(self.health.max_pull_age);
+            let counts = self.store.handler_counts().await.unwrap_or_default();
+            let (pending, dead): (i64, i64) = counts.values().fold((0, 0), |(p, d), c| (p + c.pending, d + c.dead));
+            let mut status = format!(
+                "{} events stored ({} duplicates), {} handles confirmed; deliveries: {pending} pending, {dead} dead; last pull {}",
+                self.metrics.received_total.get() - self.metrics.duplicates_total.get(),
+                self.metrics.duplicates_total.get(),
+                self.metrics.handles_confirmed.get(),
+                report.last_pull_age.map_or_else(|| "never".to_string(), |a| format!("{}s ago", a.as_secs())),
+            );
+            if !report.healthy() {
+                status.push_str(&format!("; UNHEALTHY: {}", report.problems().join("; ")));
+            }
+            notify(&[NotifyState::Status(&status)]);
+            let _ = self
+                .store
+                .put_state(vec![
+                    ("pid", std::process::id().to_string()),
+                    ("version", env!("CARGO_PKG_VERSION").to_string()),
+                    ("started_ms", started.clone()),
+                    ("heartbeat_ms", now_ms().to_string()),
+                    ("last_pull_ok_ms", self.metrics.health.last_pull_ok_ms().to_string()),
+                    ("status", status.clone()),
+                ])
+                .await;
+            if last_alarm_check.is_some_and(|t| t.elapsed() < self.alert.check_interval) {
+                continue;
+            }
+            last_alarm_check = Some(Instant::now());
+            self.check_stale_pulls(report.last_pull_age, &mut stale_reported);
+            check_dead_growth(&counts, &mut dead_seen);
+        }
+    }
+
+    fn check_stale_pulls(&self, age: Option<Duration>, reported: &mut Option<Instant>) {
+        let stale = age.is_some_and(|a| a > self.alert.pull_stale_after);
+        if !stale {
+            *reported = None;
+            return;
+        }
+        if reported.is_none_or(|t| t.elapsed() >= STALE_REPEAT) {
+            error!(
+                last_success_ago = ?age.unwrap_or_default(),
+                "No successful PullEvent for longer than alert.pull_stale_after. Tencent keeps unpulled events for 4 days: find out why pulls fail (see the warnings above) before events are lost."
+            );
+            *reported = Some(Instant::now());
+        }
+    }
+}
+
+fn check_dead_growth(counts: &BTreeMap<String, crate::store::HandlerCounts>, seen: &mut BTreeMap<String, i64>) {
+    for (handler, c) in counts {
+        let before = seen.get(handler).copied().unwrap_or(0);
+        if c.dead > before {
+            error!(handler = %handler, dead = c.dead, new = c.dead - before, "Dead deliveries are growing. Inspect them with `vod-eventd deliveries list --state dead --handler {handler}`, fix the receiver, then `vod-eventd deliveries retry --dead --handler {handler}`.");
+        }
+        seen.insert(handler.clone(), c.dead);
+    }
+}
+
+/// Pings the systemd watchdog (when `WatchdogSec=` is set) only while the daemon is alive:
+/// pulls made progress within `max_pull_age` and the store writes.
+pub async fn watchdog(metrics: Arc<Metrics>, max_pull_age: Duration, shutdown: CancellationToken) {
+    let Some(period) = sd_notify::watchdog_enabled() else { return };
+    let mut ticker = tokio::time::interval(period / 2);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let report = metrics.health.report(max_pull_age);
+        if report.alive() {
+            notify(&[NotifyState::Watchdog]);
+        } else {
+            debug!(problems = ?report.problems(), "Withholding the watchdog ping.");
+        }
+    }
+}
