@@ -19,9 +19,23 @@ pub enum EventsCommand {
     List(ListArgs),
     /// Show one stored event in full, with its deliveries and their attempts.
     Show(ShowArgs),
+    /// Delete old events (with their deliveries and attempts) whose deliveries are all
+    /// done; `--dead` also lets dead deliveries go. Pending deliveries always keep an event.
+    Purge(PurgeArgs),
     /// Deliver a stored event again (with the same webhook-id) to one handler or to every
     /// handler it went to before. The running daemon picks it up within a second.
     Replay(ReplayArgs),
+}
+
+/// `events purge` options.
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Only events received longer ago than this (`30d`, `12h`).
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    pub older_than: std::time::Duration,
+    /// Also purge events whose deliveries are dead.
+    #[arg(long)]
+    pub dead: bool,
 }
 
 /// `events replay` options.
@@ -103,6 +117,12 @@ impl EventsCommand {
                     write_details(&mut out, &row)?;
                     super::deliveries::write_event_deliveries(&mut out, &deliveries)?;
                 }
+            }
+            EventsCommand::Purge(args) => {
+                let before = crate::store::now_ms() - args.older_than.as_millis() as i64;
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let n = runtime.block_on(store.prune(before, args.dead))?;
+                writeln!(out, "purged {n} events received before {}", rfc3339(before))?;
             }
             EventsCommand::Replay(args) => {
                 find(&store, args.id)?;

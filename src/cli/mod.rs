@@ -7,6 +7,7 @@ mod demo;
 mod emulator;
 mod events;
 mod keys;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,8 @@ pub enum Command {
     /// Query the stored event history (safe while the daemon runs).
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Print the pipeline's state from the store: last pull, events by type, pending and dead deliveries.
+    Status,
     /// Inspect handler deliveries and revive dead ones.
     #[command(subcommand)]
     Deliveries(deliveries::DeliveriesCommand),
@@ -65,6 +68,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run => run_daemon(&config_path),
         Command::Config(cmd) => return cmd.run(&config_path),
         Command::Events(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
+        Command::Status => {
+            load_config(&config_path).and_then(|c| runtime().and_then(|rt| rt.block_on(status::run(&c, &config_path))))
+        }
         Command::Deliveries(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Keys(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Emulator(args) => runtime().and_then(|rt| rt.block_on(args.run())),

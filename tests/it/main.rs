@@ -6,4 +6,5 @@ mod crosscheck;
 mod handlers;
 mod pipeline;
 mod receiver;
+mod service;
 mod support;

@@ -31,6 +31,8 @@ pub struct TestDaemon {
     pub child: Option<Child>,
     /// `RUST_LOG` for the child.
     pub rust_log: String,
+    /// Extra environment for the child.
+    pub env: Vec<(String, String)>,
 }
 
 /// An emulator with test-friendly defaults: a 1 s long-poll hold.
@@ -51,18 +53,19 @@ impl TestDaemon {
 
     /// Like [`TestDaemon::start`] with a chosen `RUST_LOG`.
     pub async fn start_logged(endpoint: &str, extra: &str, rust_log: &str) -> TestDaemon {
+        Self::start_full(endpoint, extra, rust_log, &[]).await
+    }
+
+    /// Like [`TestDaemon::start`] with a chosen `RUST_LOG` and extra environment.
+    pub async fn start_full(endpoint: &str, extra: &str, rust_log: &str, env: &[(&str, &str)]) -> TestDaemon {
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("events.db");
         let config_path = dir.path().join("config.toml");
-        // `extra` starts inside [vod]; [store] goes first so `extra` may open any section.
-        let config = format!(
-            "[store]\npath = \"{}\"\n\n[vod]\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n{extra}\n",
-            db_path.display()
-        );
-        std::fs::write(&config_path, config).unwrap();
+        std::fs::write(&config_path, config_text(&db_path, endpoint, "", extra)).unwrap();
         let log_path = dir.path().join("daemon.log");
-        let mut daemon =
-            TestDaemon { _dir: dir, config_path, db_path, log_path, child: None, rust_log: rust_log.to_string() };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let rust_log = rust_log.to_string();
+        let mut daemon = TestDaemon { _dir: dir, config_path, db_path, log_path, child: None, rust_log, env };
         daemon.spawn();
         daemon
     }
@@ -74,6 +77,7 @@ impl TestDaemon {
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", &self.rust_log)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -92,10 +96,20 @@ impl TestDaemon {
 
     /// SIGTERM and wait for the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
         let mut child = self.child.take().expect("running");
-        let pid = child.id().expect("pid") as i32;
-        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
         tokio::time::timeout(Duration::from_secs(40), child.wait()).await.expect("exits after SIGTERM").unwrap()
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`, ...).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().and_then(|c| c.id()).expect("running");
+        std::process::Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
+    }
+
+    /// Replaces the config file (for reload tests); `store_extra` adds [store] keys.
+    pub fn rewrite_config(&self, endpoint: &str, store_extra: &str, extra: &str) {
+        std::fs::write(&self.config_path, config_text(&self.db_path, endpoint, store_extra, extra)).unwrap();
     }
 
     /// True while the child has not exited.
@@ -117,6 +131,20 @@ impl TestDaemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+}
+
+/// A daemon config: `extra` goes after the [vod] keys, so it may add to [vod] or open any
+/// other section.
+fn config_text(db_path: &std::path::Path, endpoint: &str, store_extra: &str, extra: &str) -> String {
+    format!(
+        "[store]\npath = \"{}\"\n{store_extra}\n[vod]\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n{extra}\n",
+        db_path.display()
+    )
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Every stored event's dedupe key (hex) with its times_seen.

@@ -1,0 +1,295 @@
+//! Running as a service: SIGTERM drains and exits 0, SIGHUP reloads (or refuses a broken
+//! config), sd_notify messages in order with a watchdog that stops when pulls do,
+//! /metrics agrees with the emulator, a full store stops confirms and recovers, and no
+//! secret reaches logs, metrics or a hook's environment even at trace level.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::net::UnixDatagram;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vod_emulator::{EmulatorConfig, DEMO_SECRET_KEY};
+
+use crate::receiver::Receiver;
+use crate::support::*;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn route_to(name: &str, url: &str) -> String {
+    format!("[[routes]]\nevents = [\"*\"]\nhandlers = [\"{name}\"]\n[handlers.{name}]\ntype = \"webhook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n")
+}
+
+fn done_webhook_ids(daemon: &TestDaemon) -> HashSet<String> {
+    daemon
+        .store()
+        .unwrap()
+        .run_sync(|c| {
+            let mut stmt = c.prepare("SELECT webhook_id FROM deliveries WHERE state = 'done'")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains_and_a_restart_reruns_nothing_done() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    receiver.set(|b| b.delay = Duration::from_millis(30));
+    let contents = emu.enqueue_generated(400);
+    let extra =
+        format!("{}concurrency = 4\n[shutdown]\ndrain_timeout = \"5s\"\n", route_to("internal", &receiver.url()));
+    let mut daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    eventually(Duration::from_secs(60), "some deliveries done", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done").is_some_and(|&n| n >= 50))
+    })
+    .await;
+
+    let asked = Instant::now();
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{status:?}\n{}", daemon.log());
+    assert!(asked.elapsed() < Duration::from_secs(10), "stopped within the drain limit: {:?}", asked.elapsed());
+    let confirmed: HashSet<String> = emu.confirmed().iter().map(|c| key_of(c)).collect();
+    let stored = stored_keys(&daemon.store().unwrap());
+    assert!(stored.keys().all(|k| confirmed.contains(k)), "every stored event was confirmed before exit");
+
+    let done_before = done_webhook_ids(&daemon);
+    daemon.spawn();
+    eventually(Duration::from_secs(120), "all 400 delivered", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&400))
+    })
+    .await;
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for r in receiver.accepted() {
+        *per_id.entry(r.headers["webhook-id"].clone()).or_default() += 1;
+    }
+    for id in &done_before {
+        assert_eq!(per_id[id], 1, "a delivery done before the restart ran again");
+    }
+    assert_eq!(per_id.len(), contents.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_new_route_and_refuses_a_broken_config() {
+    let emu = emulator(fast_emulator_config()).await;
+    let (a, b) = (Receiver::start().await, Receiver::start().await);
+    let poll = "[dispatch]\npoll_interval = \"100ms\"\n";
+    let daemon = TestDaemon::start(&emu.endpoint(), &format!("{}{poll}", route_to("a", &a.url()))).await;
+    emu.enqueue_generated(5);
+    eventually(Duration::from_secs(30), "first events at A", || a.accepted().len() == 5).await;
+
+    daemon.rewrite_config(&emu.endpoint(), "", &format!("{}{poll}", route_to("b", &b.url())));
+    daemon.signal("HUP");
+    eventually(Duration::from_secs(10), "reloaded", || daemon.log().contains("Configuration reloaded.")).await;
+    emu.enqueue_generated(5);
+    eventually(Duration::from_secs(30), "new events at B", || b.accepted().len() == 5).await;
+    assert_eq!(a.accepted().len(), 5, "the old route no longer applies");
+
+    std::fs::write(&daemon.config_path, "[vod\nthis is not toml").unwrap();
+    daemon.signal("HUP");
+    eventually(Duration::from_secs(10), "refused", || daemon.log().contains("Reload refused")).await;
+    assert!(daemon.log().contains("TOML parse error"), "the reason is logged:\n{}", daemon.log());
+    emu.enqueue_generated(5);
+    eventually(Duration::from_secs(30), "still routed to B", || b.accepted().len() == 10).await;
+    let mut daemon = daemon;
+    assert!(daemon.running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_socket_gets_ready_status_watchdog_and_stopping_and_the_watchdog_stops_with_pulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let messages: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let sink = messages.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match socket.recv(&mut buf) {
+                Ok(n) => sink.lock().unwrap().push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned())),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let seen = |what: &str| messages.lock().unwrap().iter().any(|(_, m)| m.contains(what));
+    let last_watchdog =
+        || messages.lock().unwrap().iter().rev().find(|(_, m)| m.contains("WATCHDOG=1")).map(|(t, _)| *t);
+
+    let emu = emulator(EmulatorConfig { hold: Duration::from_millis(300), ..EmulatorConfig::default() }).await;
+    let socket_env = socket_path.display().to_string();
+    let env = [("NOTIFY_SOCKET", socket_env.as_str()), ("WATCHDOG_USEC", "400000")];
+    let extra = "request_timeout = \"1s\"\n[health]\nmax_pull_age = \"2s\"\n[pull]\nbackoff_max = \"300ms\"\n";
+    let mut daemon = TestDaemon::start_full(&emu.endpoint(), extra, "vod_eventd=debug", &env).await;
+    eventually(Duration::from_secs(20), "READY, STATUS and WATCHDOG", || {
+        seen("READY=1") && seen("STATUS=") && seen("WATCHDOG=1")
+    })
+    .await;
+
+    drop(emu);
+    eventually(Duration::from_secs(20), "watchdog pings stop while pulls fail", || {
+        last_watchdog().is_some_and(|t| t.elapsed() > Duration::from_millis(1500))
+    })
+    .await;
+    assert!(daemon.terminate().await.success());
+    eventually(Duration::from_secs(5), "STOPPING", || seen("STOPPING=1")).await;
+
+    let log = messages.lock().unwrap().clone();
+    let first = |what: &str| log.iter().position(|(_, m)| m.contains(what)).unwrap();
+    assert!(first("READY=1") < first("WATCHDOG=1"), "READY before the first watchdog ping");
+    assert!(first("READY=1") <= first("STATUS="));
+    assert!(log.last().unwrap().1.contains("STOPPING=1") || first("STOPPING=1") > first("WATCHDOG=1"));
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// `name{labels} value` lines, summed over labels.
+fn metric_sums(text: &str) -> HashMap<String, f64> {
+    let mut sums = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample line: {line}"));
+        let name = series.split('{').next().unwrap().to_string();
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number in: {line}"));
+        *sums.entry(name).or_default() += value;
+    }
+    sums
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_agree_with_the_emulator() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    emu.enqueue_generated(200);
+    let port = free_port();
+    let extra = format!("{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n", route_to("internal", &receiver.url()));
+    let daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    eventually(Duration::from_secs(60), "drained and delivered", || {
+        emu.stats().queue.outstanding == 0
+            && daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&200))
+    })
+    .await;
+    let (status, text) = get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics text ends with # EOF");
+    let m = metric_sums(&text);
+    let stats = emu.stats();
+    assert_eq!(m["vod_eventd_handles_confirmed_total"], stats.queue.confirmed as f64);
+    assert_eq!(m["vod_eventd_events_received_total"], stats.queue.delivered as f64);
+    let pulls = stats.api.calls["PullEvent"] as f64;
+    assert!(
+        m["vod_eventd_pulls_total"] <= pulls && m["vod_eventd_pulls_total"] >= pulls - 1.0,
+        "{} vs {pulls}",
+        m["vod_eventd_pulls_total"]
+    );
+    assert_eq!(m["vod_eventd_deliveries_total"], 200.0);
+    assert_eq!(m["vod_eventd_deliveries_pending"], 0.0);
+    assert!(m["vod_eventd_store_bytes"] > 0.0);
+    assert_eq!(get(&format!("http://127.0.0.1:{port}/healthz")).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_confirms_nothing_unstored_reports_unhealthy_and_recovers() {
+    let emu = emulator(fast_emulator_config()).await;
+    let port = free_port();
+    let extra = format!("[pull]\nbackoff_max = \"500ms\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    // A 1 MiB cap: the store fills up long before 3,000 events are in.
+    let mut daemon = TestDaemon::start(&emu.endpoint(), "[log]\nlevel = \"info\"\n").await;
+    daemon.kill9().await;
+    daemon.rewrite_config(&emu.endpoint(), "max_size_mb = 1", &extra);
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::remove_file(format!("{}{suffix}", daemon.db_path.display())).ok();
+    }
+    daemon.spawn();
+    let contents = emu.enqueue_generated(3000);
+    eventually(Duration::from_secs(60), "the store fills up", || {
+        daemon.log().contains("Could not store pulled events")
+    })
+    .await;
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    let mut unhealthy = String::new();
+    for _ in 0..100 {
+        let (status, body) = get(&health).await;
+        if status == 503 {
+            unhealthy = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(unhealthy.contains("store refuses writes"), "healthz: {unhealthy}");
+    let stored = stored_keys(&daemon.store().unwrap());
+    for c in emu.confirmed() {
+        assert!(stored.contains_key(&key_of(&c)), "a confirm was sent for an event that is not stored");
+    }
+    assert!(emu.stats().queue.outstanding > 0);
+
+    daemon.rewrite_config(&emu.endpoint(), "max_size_mb = 256", &extra);
+    daemon.signal("HUP");
+    eventually(Duration::from_secs(120), "recovers and drains", || emu.stats().queue.outstanding == 0).await;
+    assert_eq!(stored_keys(&daemon.store().unwrap()).len(), contents.len());
+    assert_eq!(get(&health).await.0, 200, "healthy again");
+    assert!(daemon.running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_or_data_key_in_trace_logs_metrics_or_hook_environment() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    let contents = emu.enqueue_generated_type("ProcedureStateChanged", 4).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\nenv > \"{}/env.$VOD_EVENT_ROWID\"\ncat > /dev/null\n", dir.path().display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let extra = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\", \"keys\", \"hook\"]\n\
+         [handlers.internal]\ntype = \"webhook\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\n\
+         [handlers.keys]\ntype = \"drm\"\n[handlers.hook]\ntype = \"shell\"\ncommand = [\"{}\"]\nenv = [\"PATH\", \"HOME\"]\n\
+         [metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+        receiver.url(),
+        hook.display()
+    );
+    let daemon =
+        TestDaemon::start_full(&emu.endpoint(), &extra, "trace", &[("VOD_EVENTD_VOD__SECRET_KEY", DEMO_SECRET_KEY)])
+            .await;
+    eventually(Duration::from_secs(60), "all 12 deliveries done", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&12))
+    })
+    .await;
+
+    let mut secrets =
+        vec![DEMO_SECRET_KEY.to_string(), SECRET.to_string(), SECRET.trim_start_matches("whsec_").to_string()];
+    for content in &contents {
+        let v: serde_json::Value = serde_json::from_str(content).unwrap();
+        for edk in v["data"]["drm"]["edkList"].as_array().unwrap() {
+            let dk = emu.data_key(edk.as_str().unwrap()).unwrap();
+            secrets.push(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, dk));
+            secrets.push(vod_eventd::event::hex(&dk));
+        }
+    }
+    let (_, metrics) = get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    let log = daemon.log();
+    assert!(log.lines().count() > 50, "trace logging was on");
+    let envs: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("env."))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert_eq!(envs.len(), 4);
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "a secret reached the trace log");
+        assert!(!metrics.contains(secret.as_str()), "a secret reached /metrics");
+        for env in &envs {
+            assert!(!env.contains(secret.as_str()), "a secret reached a hook's environment");
+            assert!(!env.contains("VOD_EVENTD_"), "daemon settings leaked into a hook's environment");
+        }
+    }
+}
