@@ -132,7 +132,8 @@ async fn steady(per_second: usize, seconds: u64) -> String {
     while Instant::now() < end {
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
         for content in emu.enqueue_generated(per_tick) {
-            enqueued_ms.insert(ReceivedEvent::from_content(&content).dedupe_hex(), now_ms);
+            enqueued_ms
+                .insert(ReceivedEvent::from_content(&content, vod_eventd::config::ApiVersion::V2).dedupe_hex(), now_ms);
         }
         next += tick;
         tokio::time::sleep_until(next.into()).await;

@@ -173,13 +173,37 @@ fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D:
         .collect()
 }
 
+/// Which Tencent API to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiVersion {
+    /// The v2 server API (`vod.api.qcloud.com/v2/index.php`): PullEvent/ConfirmEvent.
+    #[default]
+    V2,
+    /// API 3.0 (`vod.tencentcloudapi.com`): PullEvents/ConfirmEvents, TC3-HMAC-SHA256.
+    V3,
+}
+
+impl ApiVersion {
+    /// `v2` or `v3`, as stored with each event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiVersion::V2 => "v2",
+            ApiVersion::V3 => "v3",
+        }
+    }
+}
+
 /// `[vod]`: where and how to call the API.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VodConfig {
-    /// The v2 endpoint URL.
-    #[serde(default = "default_endpoint")]
-    pub endpoint: String,
+    /// `v2` (default) or `v3`.
+    #[serde(default)]
+    pub api: ApiVersion,
+    /// The endpoint URL (default: Tencent's, for the chosen API).
+    #[serde(default)]
+    pub endpoint: Option<String>,
     /// The API SecretId.
     pub secret_id: String,
     /// The API secret key, inline.
@@ -191,9 +215,9 @@ pub struct VodConfig {
     /// The name of the systemd credential holding the secret key (`LoadCredential=`).
     #[serde(default = "default_credential")]
     pub secret_key_credential: String,
-    /// The `Region` parameter.
-    #[serde(default = "default_region")]
-    pub region: String,
+    /// v2: the `Region` parameter (default `gz`); v3: `X-TC-Region` (default: not sent).
+    #[serde(default)]
+    pub region: Option<String>,
     /// `HmacSHA256` or `HmacSHA1`.
     #[serde(default = "default_signature_method")]
     pub signature_method: String,
@@ -209,9 +233,9 @@ pub struct VodConfig {
     /// Client timeout of one API call; PullEvent holds up to 5 s, Tencent recommends 10 s.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Calls per minute allowed per action (Tencent: 1000).
-    #[serde(default = "default_rate_limit")]
-    pub rate_limit_per_minute: u32,
+    /// Calls per minute allowed per action (default: Tencent's, 1000 for v2, 6000 for v3).
+    #[serde(default)]
+    pub rate_limit_per_minute: Option<u32>,
 }
 
 /// `[store]`.
@@ -275,14 +299,8 @@ pub struct LogConfig {
     pub format: String,
 }
 
-fn default_endpoint() -> String {
-    "https://vod.api.qcloud.com/v2/index.php".into()
-}
 fn default_credential() -> String {
     "vod-secret-key".into()
-}
-fn default_region() -> String {
-    "gz".into()
 }
 fn default_signature_method() -> String {
     "HmacSHA256".into()
@@ -292,9 +310,6 @@ fn default_http_method() -> String {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
-}
-fn default_rate_limit() -> u32 {
-    1000
 }
 
 impl Default for StoreConfig {
@@ -453,6 +468,14 @@ fn one_line(message: &str) -> String {
     message.lines().map(str::trim).filter(|l| !l.is_empty() && !l.contains('|')).collect::<Vec<_>>().join(": ")
 }
 
+/// Tencent's endpoint for an API.
+pub fn default_endpoint(api: ApiVersion) -> &'static str {
+    match api {
+        ApiVersion::V2 => "https://vod.api.qcloud.com/v2/index.php",
+        ApiVersion::V3 => "https://vod.tencentcloudapi.com/",
+    }
+}
+
 /// `path.field`, unless figment already put the field at the end of the path.
 fn join_key(path: &str, field: &str) -> String {
     if path.is_empty() {
@@ -473,21 +496,18 @@ impl Config {
     fn validate(&self) -> Vec<ConfigIssue> {
         let mut issues = Vec::new();
         let mut bad = |key: &str, message: String| issues.push(ConfigIssue { key: key.into(), message, source: None });
-        match reqwest::Url::parse(&self.vod.endpoint) {
+        match reqwest::Url::parse(&self.endpoint()) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {}
-            _ => bad(
-                "vod.endpoint",
-                format!(
-                    "`{}` is not an http(s) URL such as https://vod.api.qcloud.com/v2/index.php",
-                    self.vod.endpoint
-                ),
-            ),
+            _ => {
+                let example = default_endpoint(self.vod.api);
+                bad("vod.endpoint", format!("`{}` is not an http(s) URL such as {example}", self.endpoint()));
+            }
         }
         if self.vod.secret_id.trim().is_empty() {
             bad("vod.secret_id", "is empty; set it to your API SecretId (AKID...)".into());
         }
-        if self.vod.region.trim().is_empty() {
-            bad("vod.region", "is empty; for VOD use \"gz\"".into());
+        if self.vod.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
+            bad("vod.region", "is empty; for v2 use \"gz\", for v3 e.g. \"ap-guangzhou\" or leave it out".into());
         }
         if self.signature_method().is_none() {
             bad("vod.signature_method", format!("`{}` is not HmacSHA256 or HmacSHA1", self.vod.signature_method));
@@ -498,7 +518,7 @@ impl Config {
         if self.vod.request_timeout < Duration::from_secs(1) {
             bad("vod.request_timeout", "must be at least 1s (PullEvent holds up to 5 s; 10s is recommended)".into());
         }
-        if self.vod.rate_limit_per_minute == 0 {
+        if self.vod.rate_limit_per_minute == Some(0) {
             bad("vod.rate_limit_per_minute", "must be at least 1".into());
         }
         if let Err(message) = self.secret_key() {
@@ -554,6 +574,28 @@ impl Config {
             bad("dispatch.poll_interval", "must be above zero".into());
         }
         issues
+    }
+
+    /// The endpoint: `vod.endpoint`, or Tencent's for `vod.api`.
+    pub fn endpoint(&self) -> String {
+        self.vod.endpoint.clone().unwrap_or_else(|| default_endpoint(self.vod.api).to_string())
+    }
+
+    /// The region: `vod.region`, else `gz` for v2 and none for v3.
+    pub fn region(&self) -> Option<String> {
+        match (&self.vod.region, self.vod.api) {
+            (Some(r), _) => Some(r.clone()),
+            (None, ApiVersion::V2) => Some("gz".into()),
+            (None, ApiVersion::V3) => None,
+        }
+    }
+
+    /// Calls per minute per action: `vod.rate_limit_per_minute`, else Tencent's limit.
+    pub fn rate_limit_per_minute(&self) -> u32 {
+        self.vod.rate_limit_per_minute.unwrap_or(match self.vod.api {
+            ApiVersion::V2 => 1000,
+            ApiVersion::V3 => 6000,
+        })
     }
 
     /// The signature method named by `vod.signature_method`.
@@ -614,8 +656,14 @@ mod tests {
     #[test]
     fn minimal_config_gets_documented_defaults() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.vod.endpoint, "https://vod.api.qcloud.com/v2/index.php");
-        assert_eq!(c.vod.region, "gz");
+        assert_eq!(c.endpoint(), "https://vod.api.qcloud.com/v2/index.php");
+        assert_eq!(c.region().as_deref(), Some("gz"));
+        assert_eq!(c.rate_limit_per_minute(), 1000);
+        let v3 = parse(&MINIMAL.replace("[vod]\n", "[vod]\napi = \"v3\"\n")).unwrap();
+        assert_eq!(
+            (v3.endpoint().as_str(), v3.region(), v3.rate_limit_per_minute()),
+            ("https://vod.tencentcloudapi.com/", None, 6000)
+        );
         assert_eq!(c.signature_method(), Some(SignatureMethod::HmacSha256));
         assert_eq!(c.vod.request_timeout, Duration::from_secs(10));
         assert_eq!(c.confirm.max_delay, Duration::from_secs(1));

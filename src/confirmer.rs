@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use crate::api::{ErrorClass, V2Client};
+use crate::api::{Client, ErrorClass};
 use crate::backoff;
 use crate::config::ConfirmConfig;
 use crate::metrics::Metrics;
@@ -35,7 +35,7 @@ const SAFETY_MARGIN: Duration = Duration::from_millis(500);
 
 /// Batches and confirms handles until `rx` closes, then flushes everything left.
 pub async fn run(
-    client: Arc<V2Client>,
+    client: Arc<Client>,
     mut rx: mpsc::Receiver<PendingHandle>,
     config: ConfirmConfig,
     stats: Arc<Metrics>,
@@ -76,7 +76,7 @@ async fn sleep_until(at: Option<Instant>) {
 async fn spawn_confirm(
     calls: &mut JoinSet<()>,
     permits: &Arc<Semaphore>,
-    client: &Arc<V2Client>,
+    client: &Arc<Client>,
     config: &ConfirmConfig,
     stats: &Arc<Metrics>,
     batch: Vec<PendingHandle>,
@@ -94,7 +94,7 @@ async fn spawn_confirm(
 
 /// Confirms one batch, retrying transient failures inside the handles' window and
 /// splitting a batch refused with 4000.
-async fn confirm_batch(client: &V2Client, batch: Vec<PendingHandle>, ttl: Duration, stats: &Metrics) {
+async fn confirm_batch(client: &Client, batch: Vec<PendingHandle>, ttl: Duration, stats: &Metrics) {
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut work = vec![batch];
     while let Some(mut part) = work.pop() {
@@ -105,7 +105,7 @@ async fn confirm_batch(client: &V2Client, batch: Vec<PendingHandle>, ttl: Durati
                 break;
             }
             let handles: Vec<String> = part.iter().map(|h| h.handle.clone()).collect();
-            match client.confirm_event(&handles).await {
+            match client.confirm(&handles).await {
                 Ok(()) => {
                     stats.confirm_batches.inc();
                     stats.handles_confirmed.inc_by(part.len() as u64);

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::api::{ClientSettings, V2Client};
+use crate::api::{Client, ClientSettings};
 use crate::config::{self, Config};
 use crate::confirmer;
 use crate::dispatch::{Dispatcher, Routing};
@@ -46,7 +46,7 @@ impl Daemon {
         let store = Store::open(&config.store.path, config.store.busy_timeout)
             .with_context(|| format!("store.path in {}", self.config_path.display()))?;
         store.set_max_size(config.store.max_size_mb * 1024 * 1024).await?;
-        let client = Arc::new(V2Client::new(ClientSettings::from_config(config)?)?);
+        let client = Arc::new(Client::new(ClientSettings::from_config(config)?)?);
         let (routing_tx, routing) =
             watch::channel(Arc::new(Routing::build(config, client.clone(), store.clone(), None)?));
         self.metrics.health.started();
@@ -105,7 +105,7 @@ impl Daemon {
             wake,
         );
         let mut pulling = tokio::spawn(puller.run(shutdown.clone()));
-        info!(endpoint = %config.vod.endpoint, store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");
+        info!(api = config.vod.api.as_str(), endpoint = %config.endpoint(), store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");
         notify(&[NotifyState::Ready, NotifyState::Status("started; pulling")]);
 
         let result = loop {
@@ -130,7 +130,7 @@ impl Daemon {
     }
 
     /// Applies a new config from the same file, or keeps the running one if it is invalid.
-    async fn reload(&mut self, routing_tx: &watch::Sender<Arc<Routing>>, client: &Arc<V2Client>, store: &Store) {
+    async fn reload(&mut self, routing_tx: &watch::Sender<Arc<Routing>>, client: &Arc<Client>, store: &Store) {
         let path = self.config_path.display().to_string();
         let new = match config::load(&self.config_path) {
             Ok(new) => new,

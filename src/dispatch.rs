@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::api::V2Client;
+use crate::api::Client;
 use crate::config::Config;
 use crate::handler::{AnyHandler, Delivery};
 use crate::metrics::Metrics;
@@ -53,7 +53,7 @@ impl Routing {
     /// count against its limit.
     pub fn build(
         config: &Config,
-        client: Arc<V2Client>,
+        client: Arc<Client>,
         store: Store,
         previous: Option<&Routing>,
     ) -> anyhow::Result<Routing> {

@@ -1,10 +1,13 @@
 //! What an event is once received: its exact text, a content-derived dedupe key, and the
-//! fields operators filter on. Nothing here does I/O, and nothing here rejects an event:
+//! fields operators filter on, for both APIs: v2 `{version, eventType, data}` and v3
+//! `{EventType, <Type>Event: {...}}` (stored without `EventHandle`). Nothing here does I/O, and nothing here rejects an event:
 //! odd shapes (numeric `version`, string `status`, unknown types, even non-objects) are
 //! described as well as they can be and stored as they are.
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::config::ApiVersion;
 
 /// The `event_type` recorded for content that names none.
 pub const MISSING_TYPE: &str = "<missing>";
@@ -24,11 +27,13 @@ pub struct ReceivedEvent {
     pub file_id: Option<String>,
     /// The task the event reports on, when it names one.
     pub task_id: Option<String>,
+    /// The API it came from.
+    pub api: ApiVersion,
 }
 
 impl ReceivedEvent {
-    /// Describes an `eventContent` given as JSON text.
-    pub fn from_content(content: &str) -> ReceivedEvent {
+    /// Describes an event given as JSON text.
+    pub fn from_content(content: &str, api: ApiVersion) -> ReceivedEvent {
         let parsed: Option<Value> = serde_json::from_str(content).ok();
         let dedupe_key = match &parsed {
             Some(value) => Sha256::digest(canonical_json(value).as_bytes()).into(),
@@ -40,14 +45,26 @@ impl ReceivedEvent {
             other => other,
         };
         let body = body.unwrap_or(Value::Null);
-        let data = &body["data"];
+        let (event_type, version, file_id, task_id) = match api {
+            ApiVersion::V2 => {
+                let data = &body["data"];
+                let task = ["vodTaskId", "procedureTaskId", "taskId"].iter().find_map(|k| scalar_text(&data[*k]));
+                (scalar_text(&body["eventType"]), scalar_text(&body["version"]), file_id(data), task)
+            }
+            ApiVersion::V3 => {
+                let payload = v3_payload(&body);
+                let task = ["TaskId", "ProcedureTaskId"].iter().find_map(|k| scalar_text(&payload[*k]));
+                (scalar_text(&body["EventType"]), None, v3_file_id(payload), task)
+            }
+        };
         ReceivedEvent {
             content: content.to_string(),
             dedupe_key,
-            event_type: body["eventType"].as_str().filter(|t| !t.is_empty()).unwrap_or(MISSING_TYPE).to_string(),
-            version: scalar_text(&body["version"]),
-            file_id: file_id(data),
-            task_id: ["vodTaskId", "procedureTaskId", "taskId"].iter().find_map(|k| scalar_text(&data[*k])),
+            event_type: event_type.unwrap_or_else(|| MISSING_TYPE.to_string()),
+            version,
+            file_id,
+            task_id,
+            api,
         }
     }
 
@@ -64,6 +81,23 @@ fn file_id(data: &Value) -> Option<String> {
         .or_else(|| scalar_text(&data["fileInfo"]["fileId"]))
         .or_else(|| scalar_text(&data["fileInfo"][0]["fileId"]))
         .or_else(|| scalar_text(&data["srcFileId"]))
+}
+
+/// The v3 per-type object (`FileUploadEvent`, `ProcedureStateChangeEvent`, ...): the first
+/// member that is a non-null object. Unknown and null members are ignored.
+pub fn v3_payload(body: &Value) -> &Value {
+    body.as_object()
+        .and_then(|members| members.iter().find(|(k, v)| k.as_str() != "EventHandle" && v.is_object()).map(|(_, v)| v))
+        .unwrap_or(&Value::Null)
+}
+
+/// v3: `FileId`, else the first of `FileIdSet`, else `FileInfoSet`/`FileInfo`, else `SrcFileId`.
+fn v3_file_id(payload: &Value) -> Option<String> {
+    scalar_text(&payload["FileId"])
+        .or_else(|| scalar_text(&payload["FileIdSet"][0]))
+        .or_else(|| scalar_text(&payload["FileInfoSet"][0]["FileId"]))
+        .or_else(|| scalar_text(&payload["FileInfo"]["FileId"]))
+        .or_else(|| scalar_text(&payload["SrcFileId"]))
 }
 
 /// A string or number as text; anything else (or an empty string) is `None`.
@@ -133,7 +167,7 @@ mod tests {
 
     #[test]
     fn extracts_type_file_and_task_from_every_shape() {
-        let got: Vec<_> = FIXTURES.iter().map(|f| ReceivedEvent::from_content(f)).collect();
+        let got: Vec<_> = FIXTURES.iter().map(|f| ReceivedEvent::from_content(f, ApiVersion::V2)).collect();
         let summary: Vec<_> =
             got.iter().map(|e| (e.event_type.as_str(), e.file_id.as_deref(), e.task_id.is_some())).collect();
         assert_eq!(
@@ -152,11 +186,18 @@ mod tests {
 
     #[test]
     fn dedupe_key_ignores_key_order_and_whitespace_but_not_values() {
-        let a = ReceivedEvent::from_content(r#"{"version":"4.0","eventType":"X","data":{"b":1,"a":[1,2]}}"#);
+        let a = ReceivedEvent::from_content(
+            r#"{"version":"4.0","eventType":"X","data":{"b":1,"a":[1,2]}}"#,
+            ApiVersion::V2,
+        );
         let b = ReceivedEvent::from_content(
             "{ \"data\" : {\"a\":[1, 2], \"b\":1},\n \"eventType\":\"X\", \"version\":\"4.0\"}",
+            ApiVersion::V2,
         );
-        let c = ReceivedEvent::from_content(r#"{"version":"4.0","eventType":"X","data":{"b":2,"a":[1,2]}}"#);
+        let c = ReceivedEvent::from_content(
+            r#"{"version":"4.0","eventType":"X","data":{"b":2,"a":[1,2]}}"#,
+            ApiVersion::V2,
+        );
         assert_eq!(a.dedupe_key, b.dedupe_key);
         assert_ne!(a.dedupe_key, c.dedupe_key);
         assert_eq!(
@@ -167,19 +208,39 @@ mod tests {
 
     #[test]
     fn unicode_escapes_and_raw_characters_are_one_event() {
-        let a = ReceivedEvent::from_content(r#"{"eventType":"X","data":{"fileName":"\u672a"}}"#);
-        let b = ReceivedEvent::from_content(r#"{"eventType":"X","data":{"fileName":"未"}}"#);
+        let a = ReceivedEvent::from_content(r#"{"eventType":"X","data":{"fileName":"\u672a"}}"#, ApiVersion::V2);
+        let b = ReceivedEvent::from_content(r#"{"eventType":"X","data":{"fileName":"未"}}"#, ApiVersion::V2);
         assert_eq!(a.dedupe_key, b.dedupe_key);
     }
 
     #[test]
+    fn v3_events_are_described_from_their_per_type_object() {
+        let upload = ReceivedEvent::from_content(
+            r#"{"EventType":"NewFileUpload","FileUploadEvent":{"FileId":"52","ProcedureTaskId":"p-1"},"ProcedureStateChangeEvent":null}"#,
+            ApiVersion::V3,
+        );
+        assert_eq!(
+            (upload.event_type.as_str(), upload.file_id.as_deref(), upload.task_id.as_deref()),
+            ("NewFileUpload", Some("52"), Some("p-1"))
+        );
+        let deleted = ReceivedEvent::from_content(
+            r#"{"EventType":"FileDeleted","FileDeleteEvent":{"FileIdSet":["7","8"]}}"#,
+            ApiVersion::V3,
+        );
+        assert_eq!(deleted.file_id.as_deref(), Some("7"));
+        assert_eq!(deleted.api, ApiVersion::V3);
+    }
+
+    #[test]
     fn odd_shapes_are_described_not_rejected() {
-        let numeric = ReceivedEvent::from_content(r#"{"version":4,"eventType":"Future","data":{"vodTaskId":7}}"#);
+        let numeric =
+            ReceivedEvent::from_content(r#"{"version":4,"eventType":"Future","data":{"vodTaskId":7}}"#, ApiVersion::V2);
         assert_eq!((numeric.version.as_deref(), numeric.task_id.as_deref()), (Some("4"), Some("7")));
-        let nothing = ReceivedEvent::from_content(r#"[1,2]"#);
+        let nothing = ReceivedEvent::from_content(r#"[1,2]"#, ApiVersion::V2);
         assert_eq!(nothing.event_type, MISSING_TYPE);
         let text = ReceivedEvent::from_content(
             "\"{\\\"eventType\\\":\\\"NewFileUpload\\\",\\\"data\\\":{\\\"fileId\\\":\\\"9\\\"}}\"",
+            ApiVersion::V2,
         );
         assert_eq!((text.event_type.as_str(), text.file_id.as_deref()), ("NewFileUpload", Some("9")));
     }

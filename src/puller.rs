@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
 
-use crate::api::{ApiError, ErrorClass, PulledItem, V2Client};
+use crate::api::{ApiError, Client, ErrorClass, PulledItem};
 use crate::backoff;
 use crate::config::{Config, PullConfig};
 use crate::confirmer::PendingHandle;
@@ -35,7 +35,7 @@ pub enum PullError {
 /// Everything the pull loop needs.
 pub struct Puller {
     /// The API client.
-    pub client: Arc<V2Client>,
+    pub client: Arc<Client>,
     /// The store.
     pub store: Store,
     /// Where committed handles go.
@@ -58,7 +58,7 @@ impl Puller {
     pub fn new(
         config: &Config,
         config_path: String,
-        client: Arc<V2Client>,
+        client: Arc<Client>,
         store: Store,
         confirm_tx: mpsc::Sender<PendingHandle>,
         stats: Arc<Metrics>,
@@ -80,7 +80,7 @@ impl Puller {
             let result = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                r = self.client.pull_event() => r,
+                r = self.client.pull() => r,
             };
             let received_at = Instant::now();
             match result {
@@ -157,7 +157,7 @@ impl Puller {
         let events: Vec<(ReceivedEvent, Vec<String>)> = items
             .iter()
             .map(|item| {
-                let event = ReceivedEvent::from_content(&item.content);
+                let event = ReceivedEvent::from_content(&item.content, self.client.api());
                 let handlers = routing.router.handlers_for(&event.event_type);
                 (event, handlers)
             })

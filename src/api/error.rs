@@ -7,16 +7,14 @@ use vod_protocol::codes;
 /// A failed API call. Messages never contain the secret key, the token or a signed URL.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The API answered with a non-zero `code`.
-    #[error("{action} was refused with code {code} ({desc}): {message}")]
+    /// The API refused the call (v2: non-zero `code`; v3: `Response.Error`).
+    #[error("{action} was refused with code {code}: {message}")]
     Refused {
         /// The action called.
         action: &'static str,
-        /// The v2 `code`.
-        code: i64,
-        /// `codeDesc`, if sent.
-        desc: String,
-        /// `message`.
+        /// The error code.
+        code: Code,
+        /// The message (v2: with `codeDesc`).
         message: String,
     },
     /// The HTTP status was not 200.
@@ -58,6 +56,24 @@ pub enum ApiError {
     },
 }
 
+/// An API error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Code {
+    /// A v2 numeric `code` (4100, 6000, ...).
+    V2(i64),
+    /// A v3 `Response.Error.Code` (`AuthFailure.SignatureFailure`, ...).
+    V3(String),
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Code::V2(c) => write!(f, "{c}"),
+            Code::V3(c) => f.write_str(c),
+        }
+    }
+}
+
 /// What to do about an [`ApiError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -77,18 +93,19 @@ impl ApiError {
     /// How to react.
     pub fn class(&self) -> ErrorClass {
         match self {
-            ApiError::Refused { code, .. } => match *code {
+            ApiError::Refused { code: Code::V2(code), .. } => match *code {
                 codes::AUTH_FAILURE | codes::ACCESS_DENIED | codes::PROTOCOL_NOT_SUPPORTED => ErrorClass::Auth,
                 codes::REQUEST_EXPIRED | codes::REPLAY => ErrorClass::Resign,
                 codes::QUOTA_EXCEEDED => ErrorClass::Quota,
                 codes::INVALID_PARAMETER => ErrorClass::InvalidParameter,
                 _ => ErrorClass::Transient,
             },
+            ApiError::Refused { code: Code::V3(code), .. } => v3_class(code),
             _ => ErrorClass::Transient,
         }
     }
 
-    /// A short label for logs and metrics (`4100`, `http_500`, `timeout`, ...).
+    /// A short label for logs and metrics (`4100`, `AuthFailure.SignatureFailure`, `http_500`, ...).
     pub fn label(&self) -> String {
         match self {
             ApiError::Refused { code, .. } => code.to_string(),
@@ -97,6 +114,31 @@ impl ApiError {
             ApiError::Transport { .. } => "transport".into(),
             ApiError::Malformed { .. } => "malformed".into(),
         }
+    }
+}
+
+/// How to react to a v3 error code (documented common codes; unknown ones are retried).
+fn v3_class(code: &str) -> ErrorClass {
+    let family = code.split('.').next().unwrap_or(code);
+    match (family, code) {
+        (_, "AuthFailure.SignatureExpire") => ErrorClass::Resign,
+        (
+            "AuthFailure"
+            | "UnauthorizedOperation"
+            | "IpNotInWhitelist"
+            | "IpInBlacklist"
+            | "NoSuchProduct"
+            | "NoSuchVersion"
+            | "UnsupportedRegion"
+            | "InvalidAction"
+            | "ActionOffline",
+            _,
+        ) => ErrorClass::Auth,
+        ("RequestLimitExceeded" | "LimitExceeded", _) => ErrorClass::Quota,
+        ("InvalidParameter" | "InvalidParameterValue" | "MissingParameter" | "UnknownParameter", _) => {
+            ErrorClass::InvalidParameter
+        }
+        _ => ErrorClass::Transient,
     }
 }
 
@@ -109,4 +151,28 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
         out.push('…');
     }
     out.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: Code) -> ApiError {
+        ApiError::Refused { action: "PullEvents", code, message: String::new() }
+    }
+
+    #[test]
+    fn both_apis_classify_alike() {
+        for (v2, v3, class) in [
+            (4100, "AuthFailure.SignatureFailure", ErrorClass::Auth),
+            (4500, "AuthFailure.SignatureExpire", ErrorClass::Resign),
+            (4400, "RequestLimitExceeded", ErrorClass::Quota),
+            (4000, "InvalidParameterValue.EventHandle", ErrorClass::InvalidParameter),
+            (6000, "InternalError", ErrorClass::Transient),
+            (6200, "ServiceUnavailable", ErrorClass::Transient),
+        ] {
+            assert_eq!(refused(Code::V2(v2)).class(), class, "{v2}");
+            assert_eq!(refused(Code::V3(v3.into())).class(), class, "{v3}");
+        }
+    }
 }

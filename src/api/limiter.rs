@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 
-/// DescribeDrmDataKey's own limit, calls per minute.
-pub(crate) const DRM_LIMIT_PER_MINUTE: u32 = 100;
+/// v2 DescribeDrmDataKey's own limit, calls per minute.
+pub(crate) const V2_DRM_LIMIT_PER_MINUTE: u32 = 100;
+/// v3 DescribeDrmDataKey's own limit (20 per second), calls per minute.
+pub(crate) const V3_DRM_LIMIT_PER_MINUTE: u32 = 1200;
 
 pub(crate) struct ActionLimiter {
     per_action: DefaultKeyedRateLimiter<&'static str>,
@@ -28,10 +30,10 @@ fn quota(limit_per_minute: u32) -> Quota {
 }
 
 impl ActionLimiter {
-    pub(crate) fn new(limit_per_minute: u32) -> Self {
+    pub(crate) fn new(limit_per_minute: u32, drm_limit_per_minute: u32) -> Self {
         ActionLimiter {
             per_action: DefaultKeyedRateLimiter::keyed(quota(limit_per_minute)),
-            drm: DefaultDirectRateLimiter::direct(quota(limit_per_minute.min(DRM_LIMIT_PER_MINUTE))),
+            drm: DefaultDirectRateLimiter::direct(quota(limit_per_minute.min(drm_limit_per_minute))),
         }
     }
 
@@ -53,7 +55,7 @@ mod tests {
     #[tokio::test]
     async fn never_more_than_the_limit_in_a_window() {
         // 600/min: burst 6, then one call every 60/588 s.
-        let limiter = ActionLimiter::new(600);
+        let limiter = ActionLimiter::new(600, V2_DRM_LIMIT_PER_MINUTE);
         let start = Instant::now();
         for _ in 0..26 {
             limiter.until_ready("PullEvent").await;

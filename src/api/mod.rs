@@ -1,47 +1,53 @@
-//! The v2 API client: common parameters, signing exactly as the official SDK does
-//! (`vod-protocol`), GET or POST, a client-side rate limit per action, a timeout on every
-//! call, and typed errors ([`ApiError`], [`ErrorClass`]).
+//! The VOD API clients: v2 ([`V2Client`]: PullEvent/ConfirmEvent, signed exactly as the
+//! official v2 SDK does) and API 3.0 ([`V3Client`]: PullEvents/ConfirmEvents,
+//! TC3-HMAC-SHA256), behind one [`Client`] so the rest of the daemon does not care which.
+//! Both have a client-side rate limit per action, a timeout on every call, and typed
+//! errors ([`ApiError`], [`ErrorClass`]).
 
 mod error;
 mod limiter;
+mod v2;
+mod v3;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-pub use error::{ApiError, ErrorClass};
-use rand::Rng;
+pub use error::{ApiError, Code, ErrorClass};
 use reqwest::Url;
-use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use vod_protocol::{codes, v2sign, SignatureMethod};
+use secrecy::SecretString;
+pub use v2::V2Client;
+pub use v3::V3Client;
+use vod_protocol::SignatureMethod;
 
-use crate::config::Config;
+use crate::config::{ApiVersion, Config};
 
-/// One item of a PullEvent `eventList`, as far as it could be read.
+/// One pulled event, as far as it could be read.
 #[derive(Debug, Clone)]
 pub struct PulledItem {
-    /// The `msgHandle`, when present.
+    /// The handle to confirm (`msgHandle` / `EventHandle`), when present.
     pub handle: Option<String>,
-    /// The `eventContent` JSON text as sent (or the whole item when it has none).
+    /// The event as sent: v2 `eventContent` text; v3 the event object without `EventHandle`
+    /// (the body VOD's own v3 HTTP callbacks carry). The whole item when it has no content.
     pub content: String,
 }
 
-/// How the client signs and sends.
+/// How a client signs and sends.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
+    /// Which API.
+    pub api: ApiVersion,
     /// The endpoint URL.
     pub endpoint: Url,
     /// `SecretId`.
     pub secret_id: String,
     /// The secret key.
     pub secret_key: SecretString,
-    /// `Region`.
-    pub region: String,
-    /// `SignatureMethod`.
+    /// v2 `Region` / v3 `X-TC-Region`.
+    pub region: Option<String>,
+    /// v2 `SignatureMethod`.
     pub signature_method: SignatureMethod,
-    /// POST instead of GET.
+    /// v2: POST instead of GET.
     pub post: bool,
-    /// `Token`.
+    /// STS token (`Token` / `X-TC-Token`).
     pub token: Option<SecretString>,
     /// `SubAppId`.
     pub sub_app_id: Option<u64>,
@@ -55,206 +61,95 @@ impl ClientSettings {
     /// Settings from a validated config.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         Ok(ClientSettings {
-            endpoint: Url::parse(&config.vod.endpoint)?,
+            api: config.vod.api,
+            endpoint: Url::parse(&config.endpoint())?,
             secret_id: config.vod.secret_id.clone(),
             secret_key: config.secret_key().map_err(|e| anyhow::anyhow!("vod.secret_key: {e}"))?,
-            region: config.vod.region.clone(),
+            region: config.region(),
             signature_method: config.signature_method().unwrap_or_default(),
             post: config.vod.http_method == "POST",
             token: config.vod.token.clone(),
             sub_app_id: config.vod.sub_app_id,
             timeout: config.vod.request_timeout,
-            rate_limit_per_minute: config.vod.rate_limit_per_minute,
+            rate_limit_per_minute: config.rate_limit_per_minute(),
         })
     }
-}
 
-/// The v2 client.
-pub struct V2Client {
-    http: reqwest::Client,
-    settings: ClientSettings,
-    /// `host[:port]` as the `Host` header carries it, which is what gets signed.
-    host: String,
-    limiter: limiter::ActionLimiter,
-}
-
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    code: i64,
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default, rename = "codeDesc")]
-    code_desc: Option<String>,
-    #[serde(default, rename = "eventList", borrow)]
-    event_list: Option<Vec<&'a RawValue>>,
-}
-
-#[derive(Deserialize)]
-struct RawItem<'a> {
-    #[serde(default, rename = "msgHandle")]
-    msg_handle: Option<serde_json::Value>,
-    #[serde(default, rename = "eventContent", borrow)]
-    event_content: Option<&'a RawValue>,
-}
-
-impl V2Client {
-    /// A client for `settings`.
-    pub fn new(settings: ClientSettings) -> anyhow::Result<V2Client> {
-        let host = match (settings.endpoint.host_str(), settings.endpoint.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_string(),
+    /// `host[:port]` as the `Host` header carries it, which is what both APIs sign.
+    fn host(&self) -> anyhow::Result<String> {
+        match (self.endpoint.host_str(), self.endpoint.port()) {
+            (Some(h), Some(p)) => Ok(format!("{h}:{p}")),
+            (Some(h), None) => Ok(h.to_string()),
             (None, _) => anyhow::bail!("vod.endpoint has no host"),
-        };
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+        }
+    }
+
+    fn http_client(&self) -> anyhow::Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(50))
             .user_agent(concat!("vod-eventd/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        let limiter = limiter::ActionLimiter::new(settings.rate_limit_per_minute);
-        Ok(V2Client { http, settings, host, limiter })
-    }
-
-    /// Long-polls `PullEvent`. An empty queue (`code 4000`, or `code 0` with no or an
-    /// empty `eventList`) is `Ok(vec![])`.
-    pub async fn pull_event(&self) -> Result<Vec<PulledItem>, ApiError> {
-        const ACTION: &str = "PullEvent";
-        let body = match self.call(ACTION, Vec::new()).await {
-            Err(ApiError::Refused { code: codes::INVALID_PARAMETER, message, .. }) => {
-                tracing::debug!(%message, "PullEvent answered 4000: no event waiting.");
-                return Ok(Vec::new());
-            }
-            other => other?,
-        };
-        let malformed = |detail: String| ApiError::Malformed { action: ACTION, detail, excerpt: error::excerpt(&body) };
-        let envelope: Envelope<'_> = serde_json::from_slice(&body).map_err(|e| malformed(e.to_string()))?;
-        let mut items = Vec::new();
-        for raw in envelope.event_list.unwrap_or_default() {
-            items.push(match serde_json::from_str::<RawItem<'_>>(raw.get()) {
-                Ok(RawItem { msg_handle, event_content: Some(content) }) => {
-                    PulledItem { handle: handle_text(msg_handle), content: content.get().to_string() }
-                }
-                Ok(RawItem { msg_handle, event_content: None }) => {
-                    PulledItem { handle: handle_text(msg_handle), content: raw.get().to_string() }
-                }
-                // Not even an object: keep it, it cannot be confirmed.
-                Err(_) => PulledItem { handle: None, content: raw.get().to_string() },
-            });
-        }
-        Ok(items)
-    }
-
-    /// Confirms handles (at most 16).
-    pub async fn confirm_event(&self, handles: &[String]) -> Result<(), ApiError> {
-        let params = handles.iter().enumerate().map(|(i, h)| (format!("msgHandle.{i}"), h.clone())).collect();
-        self.call("ConfirmEvent", params).await.map(drop)
-    }
-
-    /// Turns EDKs (at most 10) into data keys: `(edk, base64 dk)` pairs.
-    pub async fn describe_drm_data_key(&self, edks: &[String]) -> Result<Vec<(String, String)>, ApiError> {
-        const ACTION: &str = "DescribeDrmDataKey";
-        #[derive(Deserialize)]
-        struct Key {
-            edk: String,
-            dk: String,
-        }
-        #[derive(Deserialize)]
-        struct Data {
-            #[serde(rename = "keyList", default)]
-            key_list: Vec<Key>,
-        }
-        #[derive(Deserialize)]
-        struct Answer {
-            data: Data,
-        }
-        let params = edks.iter().enumerate().map(|(i, e)| (format!("edkList.{i}"), e.clone())).collect();
-        let body = self.call(ACTION, params).await?;
-        // The body holds data keys: never quote it in an error.
-        let answer: Answer = serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
-            action: ACTION,
-            detail: e.to_string(),
-            excerpt: "(not shown: may contain key material)".into(),
-        })?;
-        Ok(answer.data.key_list.into_iter().map(|k| (k.edk, k.dk)).collect())
-    }
-
-    /// Signs and sends one call; returns the body of a `code 0` answer.
-    pub async fn call(&self, action: &'static str, params: Vec<(String, String)>) -> Result<Vec<u8>, ApiError> {
-        self.limiter.until_ready(action).await;
-        let params = self.signed_params(action, params);
-        let request = if self.settings.post {
-            self.http.post(self.settings.endpoint.clone()).form(&params)
-        } else {
-            self.http.get(self.settings.endpoint.clone()).query(&params)
-        };
-        let response = request.send().await.map_err(|e| self.transport_error(action, e))?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| self.transport_error(action, e))?;
-        if status != reqwest::StatusCode::OK {
-            return Err(ApiError::Http { action, status: status.as_u16(), excerpt: error::excerpt(&body) });
-        }
-        let envelope: Envelope<'_> = serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
-            action,
-            detail: e.to_string(),
-            excerpt: error::excerpt(&body),
-        })?;
-        if envelope.code != codes::OK {
-            return Err(ApiError::Refused {
-                action,
-                code: envelope.code,
-                desc: envelope.code_desc.unwrap_or_default(),
-                message: envelope.message.unwrap_or_default(),
-            });
-        }
-        Ok(body.to_vec())
-    }
-
-    fn signed_params(&self, action: &str, extra: Vec<(String, String)>) -> Vec<(String, String)> {
-        let s = &self.settings;
-        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let nonce = rand::thread_rng().gen_range(1..=i64::MAX as u64);
-        let mut params = vec![
-            ("Action".to_string(), action.to_string()),
-            ("Region".to_string(), s.region.clone()),
-            ("Timestamp".to_string(), timestamp.to_string()),
-            ("Nonce".to_string(), nonce.to_string()),
-            ("SecretId".to_string(), s.secret_id.clone()),
-            ("SignatureMethod".to_string(), s.signature_method.as_str().to_string()),
-        ];
-        if let Some(token) = &s.token {
-            params.push(("Token".to_string(), token.expose_secret().to_string()));
-        }
-        if let Some(id) = s.sub_app_id {
-            params.push(("SubAppId".to_string(), id.to_string()));
-        }
-        params.extend(extra);
-        let verb = if s.post { "POST" } else { "GET" };
-        let signature = v2sign::sign(
-            s.secret_key.expose_secret().as_bytes(),
-            verb,
-            &self.host,
-            s.endpoint.path(),
-            params.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-        );
-        params.push(("Signature".to_string(), signature));
-        params
+            .build()?)
     }
 
     fn transport_error(&self, action: &'static str, e: reqwest::Error) -> ApiError {
         if e.is_timeout() {
-            ApiError::Timeout { action, timeout: self.settings.timeout }
+            ApiError::Timeout { action, timeout: self.timeout }
         } else {
-            // The URL of a GET carries the signed query (and a Token, if any): never log it.
+            // The URL of a v2 GET carries the signed query (and a Token, if any): never log it.
             ApiError::Transport { action, source: e.without_url() }
         }
     }
 }
 
-fn handle_text(value: Option<serde_json::Value>) -> Option<String> {
-    match value? {
-        serde_json::Value::String(s) if !s.is_empty() => Some(s),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// A client for either API.
+pub enum Client {
+    /// The v2 server API.
+    V2(V2Client),
+    /// API 3.0.
+    V3(V3Client),
+}
+
+impl Client {
+    /// The client `settings.api` asks for.
+    pub fn new(settings: ClientSettings) -> anyhow::Result<Client> {
+        Ok(match settings.api {
+            ApiVersion::V2 => Client::V2(V2Client::new(settings)?),
+            ApiVersion::V3 => Client::V3(V3Client::new(settings)?),
+        })
+    }
+
+    /// Which API this client speaks.
+    pub fn api(&self) -> ApiVersion {
+        match self {
+            Client::V2(_) => ApiVersion::V2,
+            Client::V3(_) => ApiVersion::V3,
+        }
+    }
+
+    /// Long-polls for events; an empty queue is `Ok(vec![])`.
+    pub async fn pull(&self) -> Result<Vec<PulledItem>, ApiError> {
+        match self {
+            Client::V2(c) => c.pull_event().await,
+            Client::V3(c) => c.pull_events().await,
+        }
+    }
+
+    /// Confirms up to 16 handles.
+    pub async fn confirm(&self, handles: &[String]) -> Result<(), ApiError> {
+        match self {
+            Client::V2(c) => c.confirm_event(handles).await,
+            Client::V3(c) => c.confirm_events(handles).await,
+        }
+    }
+
+    /// Turns up to 10 EDKs into `(edk, base64 data key)` pairs.
+    pub async fn describe_drm_data_key(&self, edks: &[String]) -> Result<Vec<(String, String)>, ApiError> {
+        match self {
+            Client::V2(c) => c.describe_drm_data_key(edks).await,
+            Client::V3(c) => c.describe_drm_data_key(edks).await,
+        }
     }
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{Delivery, Failure, Success};
-use crate::api::{ErrorClass, V2Client};
+use crate::api::{Client, ErrorClass};
 use crate::store::{NewKey, Store};
 
 /// EDKs per DescribeDrmDataKey call.
@@ -54,7 +54,7 @@ impl DrmConfig {
 /// A built DRM key fetcher.
 pub struct Drm {
     config: DrmConfig,
-    client: Arc<V2Client>,
+    client: Arc<Client>,
     store: Store,
 }
 
@@ -80,7 +80,7 @@ pub fn drm_info(body: &Value) -> DrmInfo {
 }
 
 impl Drm {
-    pub(super) fn new(config: &DrmConfig, client: Arc<V2Client>, store: Store) -> Drm {
+    pub(super) fn new(config: &DrmConfig, client: Arc<Client>, store: Store) -> Drm {
         Drm { config: config.clone(), client, store }
     }
 

@@ -16,7 +16,7 @@ use serde::Deserialize;
 pub use shell::ShellConfig;
 pub use webhook::{sign as sign_webhook, WebhookConfig};
 
-use crate::api::V2Client;
+use crate::api::Client;
 use crate::store::Store;
 
 /// `[handlers.NAME]`.
@@ -123,12 +123,7 @@ pub enum AnyHandler {
 
 impl AnyHandler {
     /// Builds a handler from its config.
-    pub fn build(
-        name: &str,
-        config: &HandlerConfig,
-        client: Arc<V2Client>,
-        store: Store,
-    ) -> anyhow::Result<AnyHandler> {
+    pub fn build(name: &str, config: &HandlerConfig, client: Arc<Client>, store: Store) -> anyhow::Result<AnyHandler> {
         Ok(match config {
             HandlerConfig::Webhook(c) => AnyHandler::Webhook(webhook::Webhook::new(name, c)?),
             HandlerConfig::Shell(c) => AnyHandler::Shell(shell::Shell::new(c)),
@@ -158,7 +153,7 @@ impl AnyHandler {
 /// Builds every configured handler.
 pub fn build_all(
     configs: &BTreeMap<String, HandlerConfig>,
-    client: Arc<V2Client>,
+    client: Arc<Client>,
     store: Store,
 ) -> anyhow::Result<BTreeMap<String, Arc<AnyHandler>>> {
     configs

@@ -88,14 +88,23 @@ pub(crate) fn insert_batch(
     let mut out = Vec::with_capacity(events.len());
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO events (dedupe_key, event_type, version, file_id, task_id, content, received_at, last_seen_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+            "INSERT INTO events (dedupe_key, event_type, version, file_id, task_id, content, received_at, last_seen_at, api)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)
              ON CONFLICT (dedupe_key) DO UPDATE SET last_seen_at = excluded.last_seen_at, times_seen = times_seen + 1
              RETURNING id, times_seen",
         )?;
         for (e, handlers) in events {
             let (id, times_seen): (i64, i64) = insert.query_row(
-                params![&e.dedupe_key[..], e.event_type, e.version, e.file_id, e.task_id, e.content, now_ms],
+                params![
+                    &e.dedupe_key[..],
+                    e.event_type,
+                    e.version,
+                    e.file_id,
+                    e.task_id,
+                    e.content,
+                    now_ms,
+                    e.api.as_str()
+                ],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             let new = times_seen == 1;
@@ -177,7 +186,7 @@ mod tests {
     }
 
     fn ev(json: &str) -> ReceivedEvent {
-        ReceivedEvent::from_content(json)
+        ReceivedEvent::from_content(json, crate::config::ApiVersion::V2)
     }
 
     #[tokio::test]

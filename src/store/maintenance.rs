@@ -141,7 +141,12 @@ mod tests {
     async fn prune_keeps_undelivered_and_dead_events() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(1)).unwrap();
-        let ev = |n: u32| ReceivedEvent::from_content(&format!(r#"{{"eventType":"X","data":{{"n":{n}}}}}"#));
+        let ev = |n: u32| {
+            ReceivedEvent::from_content(
+                &format!(r#"{{"eventType":"X","data":{{"n":{n}}}}}"#),
+                crate::config::ApiVersion::V2,
+            )
+        };
         let h = vec!["h".to_string()];
         store
             .insert_events(vec![(ev(1), vec![]), (ev(2), h.clone()), (ev(3), h.clone()), (ev(4), h.clone())])

@@ -171,5 +171,5 @@ pub fn delivery_states(store: &Store) -> std::collections::HashMap<String, i64> 
 
 /// The dedupe key (hex) the daemon computes for a content.
 pub fn key_of(content: &str) -> String {
-    vod_eventd::event::ReceivedEvent::from_content(content).dedupe_hex()
+    vod_eventd::event::ReceivedEvent::from_content(content, vod_eventd::config::ApiVersion::V2).dedupe_hex()
 }

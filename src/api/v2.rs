@@ -1,0 +1,187 @@
+//! The v2 server API: common parameters, signing exactly as `qcloudapi-sdk-python` does
+//! (`vod-protocol`), GET or POST, and the `{code, message, codeDesc}` envelope. An empty
+//! queue answers PullEvent with `code 4000`, or `code 0` and no or an empty `eventList`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use vod_protocol::{codes, v2sign};
+
+use super::error::{self, ApiError, Code};
+use super::limiter::{self, ActionLimiter};
+use super::{ClientSettings, PulledItem};
+
+/// The v2 client.
+pub struct V2Client {
+    http: reqwest::Client,
+    settings: ClientSettings,
+    /// `host[:port]` as the `Host` header carries it, which is what gets signed.
+    host: String,
+    limiter: ActionLimiter,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    code: i64,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "codeDesc")]
+    code_desc: Option<String>,
+    #[serde(default, rename = "eventList", borrow)]
+    event_list: Option<Vec<&'a RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct RawItem<'a> {
+    #[serde(default, rename = "msgHandle")]
+    msg_handle: Option<serde_json::Value>,
+    #[serde(default, rename = "eventContent", borrow)]
+    event_content: Option<&'a RawValue>,
+}
+
+impl V2Client {
+    /// A client for `settings`.
+    pub fn new(settings: ClientSettings) -> anyhow::Result<V2Client> {
+        let host = settings.host()?;
+        let http = settings.http_client()?;
+        let limiter = ActionLimiter::new(settings.rate_limit_per_minute, limiter::V2_DRM_LIMIT_PER_MINUTE);
+        Ok(V2Client { http, settings, host, limiter })
+    }
+
+    /// Long-polls `PullEvent`. An empty queue (`code 4000`, or `code 0` with no or an
+    /// empty `eventList`) is `Ok(vec![])`.
+    pub async fn pull_event(&self) -> Result<Vec<PulledItem>, ApiError> {
+        const ACTION: &str = "PullEvent";
+        let body = match self.call(ACTION, Vec::new()).await {
+            Err(ApiError::Refused { code: Code::V2(codes::INVALID_PARAMETER), message, .. }) => {
+                tracing::debug!(%message, "PullEvent answered 4000: no event waiting.");
+                return Ok(Vec::new());
+            }
+            other => other?,
+        };
+        let malformed = |detail: String| ApiError::Malformed { action: ACTION, detail, excerpt: error::excerpt(&body) };
+        let envelope: Envelope<'_> = serde_json::from_slice(&body).map_err(|e| malformed(e.to_string()))?;
+        let mut items = Vec::new();
+        for raw in envelope.event_list.unwrap_or_default() {
+            items.push(match serde_json::from_str::<RawItem<'_>>(raw.get()) {
+                Ok(RawItem { msg_handle, event_content: Some(content) }) => {
+                    PulledItem { handle: handle_text(msg_handle), content: content.get().to_string() }
+                }
+                Ok(RawItem { msg_handle, event_content: None }) => {
+                    PulledItem { handle: handle_text(msg_handle), content: raw.get().to_string() }
+                }
+                // Not even an object: keep it, it cannot be confirmed.
+                Err(_) => PulledItem { handle: None, content: raw.get().to_string() },
+            });
+        }
+        Ok(items)
+    }
+
+    /// Confirms handles (at most 16).
+    pub async fn confirm_event(&self, handles: &[String]) -> Result<(), ApiError> {
+        let params = handles.iter().enumerate().map(|(i, h)| (format!("msgHandle.{i}"), h.clone())).collect();
+        self.call("ConfirmEvent", params).await.map(drop)
+    }
+
+    /// Turns EDKs (at most 10) into data keys: `(edk, base64 dk)` pairs.
+    pub async fn describe_drm_data_key(&self, edks: &[String]) -> Result<Vec<(String, String)>, ApiError> {
+        const ACTION: &str = "DescribeDrmDataKey";
+        #[derive(Deserialize)]
+        struct Key {
+            edk: String,
+            dk: String,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            #[serde(rename = "keyList", default)]
+            key_list: Vec<Key>,
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            data: Data,
+        }
+        let params = edks.iter().enumerate().map(|(i, e)| (format!("edkList.{i}"), e.clone())).collect();
+        let body = self.call(ACTION, params).await?;
+        // The body holds data keys: never quote it in an error.
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
+            action: ACTION,
+            detail: e.to_string(),
+            excerpt: "(not shown: may contain key material)".into(),
+        })?;
+        Ok(answer.data.key_list.into_iter().map(|k| (k.edk, k.dk)).collect())
+    }
+
+    /// Signs and sends one call; returns the body of a `code 0` answer.
+    pub async fn call(&self, action: &'static str, params: Vec<(String, String)>) -> Result<Vec<u8>, ApiError> {
+        self.limiter.until_ready(action).await;
+        let params = self.signed_params(action, params);
+        let request = if self.settings.post {
+            self.http.post(self.settings.endpoint.clone()).form(&params)
+        } else {
+            self.http.get(self.settings.endpoint.clone()).query(&params)
+        };
+        let response = request.send().await.map_err(|e| self.settings.transport_error(action, e))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| self.settings.transport_error(action, e))?;
+        if status != reqwest::StatusCode::OK {
+            return Err(ApiError::Http { action, status: status.as_u16(), excerpt: error::excerpt(&body) });
+        }
+        let envelope: Envelope<'_> = serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
+            action,
+            detail: e.to_string(),
+            excerpt: error::excerpt(&body),
+        })?;
+        if envelope.code != codes::OK {
+            let desc = envelope.code_desc.filter(|d| !d.is_empty()).map(|d| format!(" ({d})")).unwrap_or_default();
+            let message = envelope.message.unwrap_or_default();
+            return Err(ApiError::Refused {
+                action,
+                code: Code::V2(envelope.code),
+                message: format!("{message}{desc}"),
+            });
+        }
+        Ok(body.to_vec())
+    }
+
+    fn signed_params(&self, action: &str, extra: Vec<(String, String)>) -> Vec<(String, String)> {
+        let s = &self.settings;
+        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let nonce = rand::thread_rng().gen_range(1..=i64::MAX as u64);
+        let mut params = vec![
+            ("Action".to_string(), action.to_string()),
+            ("Region".to_string(), s.region.clone().unwrap_or_default()),
+            ("Timestamp".to_string(), timestamp.to_string()),
+            ("Nonce".to_string(), nonce.to_string()),
+            ("SecretId".to_string(), s.secret_id.clone()),
+            ("SignatureMethod".to_string(), s.signature_method.as_str().to_string()),
+        ];
+        if let Some(token) = &s.token {
+            params.push(("Token".to_string(), token.expose_secret().to_string()));
+        }
+        if let Some(id) = s.sub_app_id {
+            params.push(("SubAppId".to_string(), id.to_string()));
+        }
+        params.extend(extra);
+        let verb = if s.post { "POST" } else { "GET" };
+        let signature = v2sign::sign(
+            s.secret_key.expose_secret().as_bytes(),
+            verb,
+            &self.host,
+            s.endpoint.path(),
+            params.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        );
+        params.push(("Signature".to_string(), signature));
+        params
+    }
+}
+
+fn handle_text(value: Option<serde_json::Value>) -> Option<String> {
+    match value? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
