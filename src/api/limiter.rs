@@ -1,39 +1,53 @@
-//! Client-side rate limits per action, so the daemon never exceeds Tencent's quotas
-//! (1000 calls/min per action for PullEvent and ConfirmEvent; DescribeDrmDataKey is
-//! documented at 100/min) and never sees a 4400 of its own making.
+//! Client-side rate limits per action, so the daemon never exceeds Tencent's quotas and
+//! never sees a quota error of its own making: v2 allows 1000 calls per minute per action
+//! (DescribeDrmDataKey 100 per minute), API 3.0 100 per second (DescribeDrmDataKey 20).
 //!
 //! GCRA (`governor`) allows `burst + rate × T` calls in any window `T`; to keep every
-//! sliding minute within `limit`, the burst is small and the steady rate is
-//! `limit - 2 × burst` per minute (one burst of margin for network jitter).
+//! sliding window within `limit`, the burst is small and the steady rate is
+//! `limit - 2 × burst` per window (one burst of margin for network jitter).
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 
-/// v2 DescribeDrmDataKey's own limit, calls per minute.
-pub(crate) const V2_DRM_LIMIT_PER_MINUTE: u32 = 100;
-/// v3 DescribeDrmDataKey's own limit (20 per second), calls per minute.
-pub(crate) const V3_DRM_LIMIT_PER_MINUTE: u32 = 1200;
+/// A number of calls allowed per window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limit {
+    pub calls: u32,
+    pub per: Duration,
+}
+
+/// v2 DescribeDrmDataKey's own limit.
+pub(crate) const V2_DRM_LIMIT: Limit = Limit { calls: 100, per: Duration::from_secs(60) };
+/// v3 DescribeDrmDataKey's own limit.
+pub(crate) const V3_DRM_LIMIT: Limit = Limit { calls: 20, per: Duration::from_secs(1) };
 
 pub(crate) struct ActionLimiter {
     per_action: DefaultKeyedRateLimiter<&'static str>,
     drm: DefaultDirectRateLimiter,
 }
 
-fn quota(limit_per_minute: u32) -> Quota {
-    let burst = (limit_per_minute / 100).max(1);
-    let steady = limit_per_minute.saturating_sub(2 * burst).max(1);
-    Quota::with_period(Duration::from_secs(60) / steady)
+fn quota(limit: Limit) -> Quota {
+    let burst = (limit.calls / 100).max(1);
+    let steady = limit.calls.saturating_sub(2 * burst).max(1);
+    Quota::with_period(limit.per / steady)
         .expect("period is non-zero")
         .allow_burst(NonZeroU32::new(burst).expect("burst >= 1"))
 }
 
 impl ActionLimiter {
-    pub(crate) fn new(limit_per_minute: u32, drm_limit_per_minute: u32) -> Self {
+    pub(crate) fn new(limit: Limit, drm_limit: Limit) -> Self {
+        // A configured limit below DescribeDrmDataKey's own applies to it too.
+        let drm_limit =
+            if limit.calls as f64 / limit.per.as_secs_f64() < drm_limit.calls as f64 / drm_limit.per.as_secs_f64() {
+                limit
+            } else {
+                drm_limit
+            };
         ActionLimiter {
-            per_action: DefaultKeyedRateLimiter::keyed(quota(limit_per_minute)),
-            drm: DefaultDirectRateLimiter::direct(quota(limit_per_minute.min(drm_limit_per_minute))),
+            per_action: DefaultKeyedRateLimiter::keyed(quota(limit)),
+            drm: DefaultDirectRateLimiter::direct(quota(drm_limit)),
         }
     }
 
@@ -55,7 +69,7 @@ mod tests {
     #[tokio::test]
     async fn never_more_than_the_limit_in_a_window() {
         // 600/min: burst 6, then one call every 60/588 s.
-        let limiter = ActionLimiter::new(600, V2_DRM_LIMIT_PER_MINUTE);
+        let limiter = ActionLimiter::new(Limit { calls: 600, per: Duration::from_secs(60) }, V2_DRM_LIMIT);
         let start = Instant::now();
         for _ in 0..26 {
             limiter.until_ready("PullEvent").await;

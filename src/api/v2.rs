@@ -47,7 +47,9 @@ impl V2Client {
     pub fn new(settings: ClientSettings) -> anyhow::Result<V2Client> {
         let host = settings.host()?;
         let http = settings.http_client()?;
-        let limiter = ActionLimiter::new(settings.rate_limit_per_minute, limiter::V2_DRM_LIMIT_PER_MINUTE);
+        let per_minute =
+            limiter::Limit { calls: settings.rate_limit_per_minute, per: std::time::Duration::from_secs(60) };
+        let limiter = ActionLimiter::new(per_minute, limiter::V2_DRM_LIMIT);
         Ok(V2Client { http, settings, host, limiter })
     }
 

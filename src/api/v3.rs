@@ -61,7 +61,12 @@ impl V3Client {
     pub fn new(settings: ClientSettings) -> anyhow::Result<V3Client> {
         let host = settings.host()?;
         let http = settings.http_client()?;
-        let limiter = ActionLimiter::new(settings.rate_limit_per_minute, limiter::V3_DRM_LIMIT_PER_MINUTE);
+        // Tencent counts API 3.0 calls per second: enforce the configured rate per second.
+        let per_second = limiter::Limit {
+            calls: (settings.rate_limit_per_minute / 60).max(1),
+            per: std::time::Duration::from_secs(1),
+        };
+        let limiter = ActionLimiter::new(per_second, limiter::V3_DRM_LIMIT);
         Ok(V3Client { http, settings, host, limiter })
     }
 

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
-use vod_emulator::{Emulator, EmulatorConfig, DEMO_SECRET_ID, DEMO_SECRET_KEY};
+use vod_emulator::{Api, Emulator, EmulatorConfig, DEMO_SECRET_ID, DEMO_SECRET_KEY};
 
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -30,6 +30,9 @@ pub struct DemoArgs {
     /// How many distinct events to feed.
     #[arg(long, default_value_t = 36)]
     pub events: usize,
+    /// The API to speak: v2 (PullEvent/ConfirmEvent) or v3 (PullEvents/ConfirmEvents, TC3).
+    #[arg(long, default_value = "v2", value_parser = super::emulator::parse_api)]
+    pub api: Api,
     /// Keep running after the feed is done (stop with Ctrl-C); add events through the
     /// emulator's control endpoint meanwhile.
     #[arg(long)]
@@ -45,15 +48,19 @@ impl DemoArgs {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create the demo directory {}", self.dir.display()))?;
         let dir = self.dir.canonicalize()?;
-        let emulator =
-            Emulator::start(EmulatorConfig { hold: Duration::from_secs(2), ..EmulatorConfig::default() }).await?;
+        let emulator = Emulator::start(EmulatorConfig {
+            hold: Duration::from_secs(2),
+            api: self.api,
+            ..EmulatorConfig::default()
+        })
+        .await?;
         let config_path = dir.join("config.toml");
         let secret = write_demo_config(&dir, &emulator)?;
         let config = crate::config::load(&config_path)?;
         crate::logging::init("warn", "text");
 
         println!("vod-eventd demo");
-        println!("  emulator:  {}", emulator.endpoint());
+        println!("  emulator:  {} (API {:?})", emulator.endpoint_for(self.api), self.api);
         println!("  config:    {}", config_path.display());
         println!("  store:     {}", config.store.path.display());
         println!();
@@ -142,7 +149,7 @@ fn write_demo_config(dir: &Path, emulator: &Emulator) -> anyhow::Result<String> 
     let sink = format!("http://{}{}", emulator.addr(), vod_emulator::EmulatorHandle::webhook_sink_path());
     let text = format!(
         "# Written by `vod-eventd demo`: the daemon pointed at an in-process emulator.\n\
-         [vod]\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n\
+         [vod]\napi = \"{api}\"\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n\
          signature_method = \"HmacSHA256\"\n\n[store]\npath = \"{store}\"\n\n[confirm]\nmax_delay = \"500ms\"\n\n\
          [log]\nlevel = \"warn\"\n\n[dispatch]\npoll_interval = \"200ms\"\n\n\
          [[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\"]\n\n\
@@ -151,7 +158,8 @@ fn write_demo_config(dir: &Path, emulator: &Emulator) -> anyhow::Result<String> 
          [handlers.internal]\ntype = \"webhook\"\nurl = \"{sink}\"\nsecret = \"{secret}\"\n\n\
          [handlers.on-upload]\ntype = \"shell\"\ncommand = [\"{hook}\"]\n\n\
          [handlers.keys]\ntype = \"drm\"\nkey_dir = \"{keys}\"\n",
-        endpoint = emulator.endpoint(),
+        api = if emulator.api() == Api::V3 { "v3" } else { "v2" },
+        endpoint = emulator.endpoint_for(emulator.api()),
         store = dir.join("events.db").display(),
         hook = hook.display(),
         keys = keys.display(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use vod_emulator::{
-    Credential, EmptyResponse, Emulator, EmulatorConfig, FaultKind, Faults, DEMO_SECRET_ID, DEMO_SECRET_KEY,
+    Api, Credential, EmptyResponse, Emulator, EmulatorConfig, FaultKind, Faults, DEMO_SECRET_ID, DEMO_SECRET_KEY,
 };
 
 /// `emulator` options.
@@ -39,6 +39,18 @@ pub struct EmulatorArgs {
     /// Enqueue this many realistic events at start.
     #[arg(long, default_value_t = 0)]
     pub generate: usize,
+    /// The event shapes to generate: v2 or v3 (both APIs are always served).
+    #[arg(long, default_value = "v2", value_parser = parse_api)]
+    pub api: Api,
+}
+
+/// `v2` or `v3`.
+pub fn parse_api(s: &str) -> Result<Api, String> {
+    match s {
+        "v2" => Ok(Api::V2),
+        "v3" => Ok(Api::V3),
+        _ => Err("expected v2 or v3".into()),
+    }
 }
 
 fn parse_empty(s: &str) -> Result<EmptyResponse, String> {
@@ -64,6 +76,7 @@ impl EmulatorArgs {
             rate_limit_per_minute: (self.rate_limit > 0).then_some(self.rate_limit),
             empty_response: self.empty,
             faults: Faults { rate: self.fault_rate, kinds: FaultKind::ALL.to_vec(), ..Faults::default() },
+            api: self.api,
             ..EmulatorConfig::default()
         };
         let emulator = Emulator::bind(self.listen, config)
@@ -72,7 +85,8 @@ impl EmulatorArgs {
         emulator.enqueue_generated(self.generate);
         let base = format!("http://{}", emulator.addr());
         println!("VOD emulator listening.");
-        println!("  endpoint:   {}   (vod.endpoint)", emulator.endpoint());
+        println!("  endpoint:   {}   (vod.endpoint, api = \"v2\")", emulator.endpoint());
+        println!("              {}   (vod.endpoint, api = \"v3\")", emulator.endpoint_v3());
         println!("  secret id:  {}", self.secret_id);
         println!("  add events: curl -X POST '{base}/_emulator/generate?count=10'");
         println!("              curl -X POST {base}/_emulator/events -d @event.json");

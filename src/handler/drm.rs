@@ -69,13 +69,39 @@ pub struct DrmInfo {
     pub definition: Option<i64>,
 }
 
-/// Finds the EDKs in an event body: v2 carries them in `data.drm.edkList`.
+/// Finds the EDKs in an event body. v2 documents them in `data.drm {edkList, keySource,
+/// definition}` of task-flow events. API 3.0 documents no place for them, so any object
+/// holding an `EdkList` (or `edkList`) array is taken, with its `KeySource` and
+/// `Definition` siblings (the emulator's v3 task-flow events carry
+/// `ProcedureStateChangeEvent.DrmInfo {Definition, KeySource, GetKeyUrl, EdkList}`).
 pub fn drm_info(body: &Value) -> DrmInfo {
-    let drm = &body["data"]["drm"];
-    DrmInfo {
-        edks: drm["edkList"].as_array().into_iter().flatten().filter_map(|e| e.as_str().map(String::from)).collect(),
-        key_source: drm["keySource"].as_str().map(String::from),
-        definition: drm["definition"].as_i64(),
+    find_drm(body).map_or_else(DrmInfo::default, |drm| {
+        let field =
+            |lower: &str, upper: &str| drm.get(lower).or_else(|| drm.get(upper)).cloned().unwrap_or(Value::Null);
+        DrmInfo {
+            edks: field("edkList", "EdkList")
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.as_str().map(String::from))
+                .collect(),
+            key_source: field("keySource", "KeySource").as_str().map(String::from),
+            definition: field("definition", "Definition").as_i64(),
+        }
+    })
+}
+
+/// The first object (depth first) with an `edkList`/`EdkList` array member.
+fn find_drm(value: &Value) -> Option<&serde_json::Map<String, Value>> {
+    match value {
+        Value::Object(map) => {
+            if ["edkList", "EdkList"].iter().any(|k| map.get(*k).is_some_and(Value::is_array)) {
+                return Some(map);
+            }
+            map.values().find_map(find_drm)
+        }
+        Value::Array(items) => items.iter().find_map(find_drm),
+        _ => None,
     }
 }
 
@@ -165,6 +191,16 @@ mod tests {
         assert_eq!(info.edks.len(), 1);
         assert_eq!((info.key_source.as_deref(), info.definition), (Some("VodBuildInKMS"), Some(10)));
         assert_eq!(drm_info(&serde_json::json!({"data": {}})), DrmInfo::default());
+        let v3 = serde_json::json!({"EventType": "ProcedureStateChanged", "ProcedureStateChangeEvent": {"TaskId": "t",
+            "DrmInfo": {"Definition": 12, "KeySource": "VodBuildInKMS", "EdkList": ["e1", "e2"]}}});
+        assert_eq!(
+            drm_info(&v3),
+            DrmInfo {
+                edks: vec!["e1".into(), "e2".into()],
+                key_source: Some("VodBuildInKMS".into()),
+                definition: Some(12)
+            }
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use drm::{key_file_name, DrmConfig};
+pub use drm::{drm_info, key_file_name, DrmConfig, DrmInfo};
 use serde::Deserialize;
 pub use shell::ShellConfig;
 pub use webhook::{sign as sign_webhook, WebhookConfig};

@@ -305,16 +305,18 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchildren() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drm_keys_are_fetched_served_raw_and_never_logged() {
-    let emu = emulator(fast_emulator_config()).await;
+both_apis!(drm_keys_are_fetched_served_raw_and_never_logged);
+
+async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api) {
+    let emu = emulator(vod_emulator::EmulatorConfig { api, ..fast_emulator_config() }).await;
     let contents = emu.enqueue_generated_type("ProcedureStateChanged", 3).unwrap();
     let key_dir = tempfile::tempdir().unwrap();
     let config = format!(
         "[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nkey_dir = \"{}\"\n",
         key_dir.path().display()
     );
-    let daemon = TestDaemon::start_logged(&emu.endpoint(), &config, "trace").await;
+    let config = format!("{}{config}", api_line(api));
+    let daemon = TestDaemon::start_logged(&emu.endpoint_for(api), &config, "trace").await;
     eventually(Duration::from_secs(30), "keys fetched", || {
         daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&3))
     })
@@ -323,8 +325,8 @@ async fn drm_keys_are_fetched_served_raw_and_never_logged() {
     let mut secrets = vec![vod_emulator::DEMO_SECRET_KEY.to_string()];
     for content in &contents {
         let v: serde_json::Value = serde_json::from_str(content).unwrap();
-        for edk in v["data"]["drm"]["edkList"].as_array().unwrap() {
-            let edk = edk.as_str().unwrap();
+        for edk in vod_eventd::handler::drm_info(&v).edks {
+            let edk = edk.as_str();
             let dk = emu.data_key(edk).unwrap();
             let out = Command::new(BIN)
                 .args(["keys", "get", "--raw", "--edk", edk, "--config"])

@@ -1,6 +1,22 @@
 //! Integration tests: the real binary against the in-tree emulator over real sockets,
 //! real SQLite files in temp dirs, and (for cross-checks) the official Python SDK.
 
+/// Runs an `async fn(Api)` test against both APIs.
+macro_rules! both_apis {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v2() {
+                super::$name(vod_emulator::Api::V2).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v3() {
+                super::$name(vod_emulator::Api::V3).await
+            }
+        }
+    )*};
+}
+
 mod cli;
 mod crosscheck;
 mod handlers;

@@ -6,15 +6,22 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use rand::Rng;
-use vod_emulator::{EmulatorConfig, FaultKind, Faults};
+use vod_emulator::{Api, EmulatorConfig, FaultKind, Faults};
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_thousand_events_are_stored_once_and_confirmed_quickly() {
-    let emu = emulator(fast_emulator_config()).await;
+both_apis!(
+    three_thousand_events_are_stored_once_and_confirmed_quickly,
+    a_redelivered_event_under_a_new_handle_stays_one_row,
+    sigkill_at_random_moments_loses_nothing,
+    ten_percent_faulty_answers_of_every_kind_still_store_everything_once,
+    empty_answers_in_every_documented_form_mean_poll_again,
+);
+
+async fn three_thousand_events_are_stored_once_and_confirmed_quickly(api: Api) {
+    let emu = emulator(EmulatorConfig { api, ..fast_emulator_config() }).await;
     let contents = emu.enqueue_generated(3000);
-    let daemon = TestDaemon::start(&emu.endpoint(), "").await;
+    let daemon = TestDaemon::for_emulator(&emu, "").await;
     eventually(Duration::from_secs(120), "emulator has every event confirmed", || emu.stats().queue.outstanding == 0)
         .await;
 
@@ -34,13 +41,12 @@ async fn three_thousand_events_are_stored_once_and_confirmed_quickly() {
     assert!(keys.values().all(|&seen| seen == 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redelivered_event_under_a_new_handle_stays_one_row() {
-    let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(1), ..fast_emulator_config() }).await;
+async fn a_redelivered_event_under_a_new_handle_stays_one_row(api: Api) {
+    let emu = emulator(EmulatorConfig { api, visibility: Duration::from_secs(1), ..fast_emulator_config() }).await;
     let content = emu.enqueue_generated(1).remove(0);
     // The daemon waits 3 s before confirming, so the 1 s handle expires, the emulator
     // refuses it and redelivers the event under a new handle.
-    let daemon = TestDaemon::start(&emu.endpoint(), "[confirm]\nmax_delay = \"3s\"\n").await;
+    let daemon = TestDaemon::for_emulator(&emu, "[confirm]\nmax_delay = \"3s\"\n").await;
     let key = key_of(&content);
     eventually(Duration::from_secs(30), "the event was seen twice", || {
         daemon.store().is_some_and(|s| stored_keys(&s).get(&key).is_some_and(|&n| n >= 2))
@@ -60,12 +66,10 @@ async fn a_redelivered_event_under_a_new_handle_stays_one_row() {
     assert!(daemon.running(), "an expired handle must not stop the daemon:\n{}", daemon.log());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_loses_nothing() {
-    let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(2), ..fast_emulator_config() }).await;
+async fn sigkill_at_random_moments_loses_nothing(api: Api) {
+    let emu = emulator(EmulatorConfig { api, visibility: Duration::from_secs(2), ..fast_emulator_config() }).await;
     let contents = emu.enqueue_generated(2000);
-    let mut daemon =
-        TestDaemon::start(&emu.endpoint(), "[confirm]\nmax_delay = \"200ms\"\nhandle_ttl = \"2s\"\n").await;
+    let mut daemon = TestDaemon::for_emulator(&emu, "[confirm]\nmax_delay = \"200ms\"\nhandle_ttl = \"2s\"\n").await;
     let mut kills = 0;
     while kills < 6 && emu.stats().queue.outstanding > 0 {
         let pause = rand::thread_rng().gen_range(300..1500);
@@ -87,11 +91,11 @@ async fn sigkill_at_random_moments_loses_nothing() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_percent_faulty_answers_of_every_kind_still_store_everything_once() {
+async fn ten_percent_faulty_answers_of_every_kind_still_store_everything_once(api: Api) {
     let faults =
         Faults { rate: 0.10, kinds: FaultKind::ALL.to_vec(), hang_for: Duration::from_secs(3), actions: Vec::new() };
-    let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(4), faults, ..fast_emulator_config() }).await;
+    let emu =
+        emulator(EmulatorConfig { api, visibility: Duration::from_secs(4), faults, ..fast_emulator_config() }).await;
     let contents = emu.enqueue_generated(2000);
     let mut daemon = TestDaemon::start(
         &emu.endpoint(),
@@ -115,7 +119,7 @@ async fn garbage_upstream_is_logged_and_retried_until_it_clears() {
     let faults = Faults { rate: 1.0, kinds: vec![FaultKind::NotJson, FaultKind::WrongShape], ..Faults::default() };
     let emu = emulator(EmulatorConfig { faults, ..fast_emulator_config() }).await;
     let contents = emu.enqueue_generated(20);
-    let mut daemon = TestDaemon::start(&emu.endpoint(), "[pull]\nbackoff_max = \"300ms\"\n").await;
+    let mut daemon = TestDaemon::for_emulator(&emu, "[pull]\nbackoff_max = \"300ms\"\n").await;
     eventually(Duration::from_secs(20), "garbage answers were retried", || emu.stats().api.faults >= 5).await;
     assert!(daemon.running());
     assert_eq!(daemon.rows(), 0);
@@ -127,19 +131,16 @@ async fn garbage_upstream_is_logged_and_retried_until_it_clears() {
     assert_eq!(daemon.rows(), contents.len() as i64);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn empty_answers_in_every_documented_form_mean_poll_again() {
+async fn empty_answers_in_every_documented_form_mean_poll_again(api: Api) {
     let emu = emulator(EmulatorConfig {
+        api,
         hold: Duration::from_millis(200),
         empty_response: vod_emulator::EmptyResponse::Rotate,
         ..EmulatorConfig::default()
     })
     .await;
-    let mut daemon = TestDaemon::start(&emu.endpoint(), "").await;
-    eventually(Duration::from_secs(20), "several empty polls", || {
-        emu.stats().api.calls.get("PullEvent").copied().unwrap_or(0) >= 6
-    })
-    .await;
+    let mut daemon = TestDaemon::for_emulator(&emu, "").await;
+    eventually(Duration::from_secs(20), "several empty polls", || pull_calls(&emu) >= 6).await;
     let contents = emu.enqueue_generated(5);
     eventually(Duration::from_secs(20), "events after empty polls", || emu.stats().queue.outstanding == 0).await;
     assert_eq!(daemon.rows(), contents.len() as i64);
@@ -152,7 +153,7 @@ async fn sigterm_confirms_what_is_stored_and_exits_zero() {
     let emu = emulator(fast_emulator_config()).await;
     emu.enqueue_generated(300);
     // A long max_delay: only the shutdown flush can confirm the last partial batch.
-    let mut daemon = TestDaemon::start(&emu.endpoint(), "[confirm]\nmax_delay = \"20s\"\n").await;
+    let mut daemon = TestDaemon::for_emulator(&emu, "[confirm]\nmax_delay = \"20s\"\n").await;
     eventually(Duration::from_secs(60), "all events stored", || daemon.rows() == 300).await;
     let status = daemon.terminate().await;
     assert!(status.success(), "exit status {status:?}\n{}", daemon.log());

@@ -51,6 +51,11 @@ impl TestDaemon {
         Self::start_logged(endpoint, extra, "vod_eventd=debug").await
     }
 
+    /// Starts a daemon speaking the API `emu` generates events for.
+    pub async fn for_emulator(emu: &Emulator, extra: &str) -> TestDaemon {
+        Self::start(&emu.endpoint_for(emu.api()), &format!("{}{extra}", api_line(emu.api()))).await
+    }
+
     /// Like [`TestDaemon::start`] with a chosen `RUST_LOG`.
     pub async fn start_logged(endpoint: &str, extra: &str, rust_log: &str) -> TestDaemon {
         Self::start_full(endpoint, extra, rust_log, &[]).await
@@ -140,6 +145,20 @@ fn config_text(db_path: &std::path::Path, endpoint: &str, store_extra: &str, ext
         "[store]\npath = \"{}\"\n{store_extra}\n[vod]\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n{extra}\n",
         db_path.display()
     )
+}
+
+/// The `[vod]` line that selects `api`.
+pub fn api_line(api: vod_emulator::Api) -> &'static str {
+    match api {
+        vod_emulator::Api::V2 => "",
+        vod_emulator::Api::V3 => "api = \"v3\"\n",
+    }
+}
+
+/// PullEvent (v2) plus PullEvents (v3) calls the emulator answered.
+pub fn pull_calls(emu: &Emulator) -> u64 {
+    let calls = emu.stats().api.calls;
+    calls.get("PullEvent").copied().unwrap_or(0) + calls.get("PullEvents").copied().unwrap_or(0)
 }
 
 /// A loopback port that was free a moment ago.

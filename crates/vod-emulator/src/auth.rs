@@ -1,6 +1,7 @@
-//! Who may call, and how often: signature verification (the same algorithm the client
-//! uses, from `vod-protocol`), Timestamp skew and Nonce reuse (4500), and a sliding
-//! one-minute window per action (4400).
+//! Who may call, and how often: v2 signature verification (the same algorithm the client
+//! uses, from `vod-protocol`), Timestamp skew and Nonce reuse (4500); API 3.0
+//! TC3-HMAC-SHA256 verification with a 5-minute skew; and a sliding window per action
+//! (v2: 1000 per minute → 4400; v3: 100 per second → RequestLimitExceeded).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -30,8 +31,6 @@ pub(crate) struct Guard {
     nonce_order: VecDeque<(Instant, (String, String))>,
     calls: HashMap<String, VecDeque<Instant>>,
 }
-
-const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// A parsed, not yet verified request.
 pub(crate) struct Request<'a> {
@@ -103,23 +102,81 @@ impl Guard {
         Ok(())
     }
 
-    /// Counts a call; refuses it when `limit` calls of `action` were made in the last minute.
-    pub fn admit(&mut self, action: &str, limit: Option<u32>) -> Result<(), Refusal> {
+    /// Counts a call; refuses it when `limit` calls of `action` were made in the last `window`.
+    pub fn admit(&mut self, action: &str, limit: Option<u32>, window: Duration) -> Result<(), Refusal> {
         let Some(limit) = limit else { return Ok(()) };
         let now = Instant::now();
-        let window = self.calls.entry(action.to_string()).or_default();
-        while window.front().is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW) {
-            window.pop_front();
+        let calls = self.calls.entry(action.to_string()).or_default();
+        while calls.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            calls.pop_front();
         }
-        if window.len() >= limit as usize {
-            return Err(Refusal::new(
-                codes::QUOTA_EXCEEDED,
-                format!("request limit of {limit} per minute for {action} exceeded"),
-            ));
+        if calls.len() >= limit as usize {
+            let message = format!("request limit of {limit} per {window:?} for {action} exceeded");
+            return Err(Refusal::new(codes::QUOTA_EXCEEDED, message));
         }
-        window.push_back(now);
+        calls.push_back(now);
         Ok(())
     }
+}
+
+/// A v3 refusal: the `Response.Error.Code` and message.
+#[derive(Debug)]
+pub(crate) struct V3Refusal {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// What a v3 request carries for verification.
+pub(crate) struct V3Request<'a> {
+    pub authorization: &'a str,
+    pub host: &'a str,
+    pub content_type: &'a str,
+    pub timestamp: &'a str,
+    pub body: &'a [u8],
+}
+
+/// The skew API 3.0 allows between `X-TC-Timestamp` and the server's clock.
+pub(crate) const V3_MAX_SKEW: Duration = Duration::from_secs(300);
+
+/// Verifies a TC3-HMAC-SHA256 request.
+pub(crate) fn verify_v3(req: &V3Request<'_>, credentials: &[Credential], now_unix: i64) -> Result<(), V3Refusal> {
+    use vod_protocol::tc3;
+    let refuse = |code, message: &str| V3Refusal { code, message: message.to_string() };
+    let auth = tc3::parse_authorization(req.authorization)
+        .ok_or_else(|| refuse("AuthFailure.InvalidAuthorization", "Authorization is not a TC3-HMAC-SHA256 header"))?;
+    let timestamp: i64 =
+        req.timestamp.parse().map_err(|_| refuse("MissingParameter", "X-TC-Timestamp is missing or not an integer"))?;
+    if (now_unix - timestamp).unsigned_abs() > V3_MAX_SKEW.as_secs() {
+        return Err(refuse(
+            "AuthFailure.SignatureExpire",
+            "the request timestamp is more than 5 minutes from the server's clock",
+        ));
+    }
+    let Some(cred) = credentials.iter().find(|c| c.secret_id == auth.secret_id) else {
+        return Err(refuse("AuthFailure.SecretIdNotFound", "the SecretId does not exist"));
+    };
+    if auth.service != "vod" || auth.date != tc3::utc_date(timestamp) || auth.signed_headers != tc3::SIGNED_HEADERS {
+        return Err(refuse(
+            "AuthFailure.SignatureFailure",
+            "the credential scope or signed headers do not match the request",
+        ));
+    }
+    let expected = tc3::Tc3Request {
+        secret_id: &auth.secret_id,
+        service: "vod",
+        host: req.host,
+        content_type: req.content_type,
+        timestamp,
+        body: req.body,
+    }
+    .signature(cred.secret_key.as_bytes());
+    if !v2sign::signatures_equal(&expected, &auth.signature) {
+        return Err(refuse(
+            "AuthFailure.SignatureFailure",
+            "The provided credentials could not be validated. Please check your signature is correct.",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -166,13 +223,41 @@ mod tests {
     }
 
     #[test]
+    fn v3_accepts_the_clients_signature_and_refuses_the_rest() {
+        let body = br#"{"EventHandles":["h"]}"#;
+        let signing = vod_protocol::tc3::Tc3Request {
+            secret_id: "AKID1",
+            service: "vod",
+            host: "127.0.0.1:9",
+            content_type: "application/json",
+            timestamp: 1000,
+            body,
+        };
+        let authorization = signing.authorization(b"key");
+        let req = V3Request {
+            authorization: &authorization,
+            host: "127.0.0.1:9",
+            content_type: "application/json",
+            timestamp: "1000",
+            body,
+        };
+        verify_v3(&req, &cred(), 1000).unwrap();
+        assert_eq!(verify_v3(&req, &cred(), 1000 + 301).unwrap_err().code, "AuthFailure.SignatureExpire");
+        let tampered = V3Request { body: br#"{"EventHandles":["x"]}"#, ..req };
+        assert_eq!(verify_v3(&tampered, &cred(), 1000).unwrap_err().code, "AuthFailure.SignatureFailure");
+        let other_host = V3Request { host: "127.0.0.1:10", ..req };
+        assert_eq!(verify_v3(&other_host, &cred(), 1000).unwrap_err().code, "AuthFailure.SignatureFailure");
+    }
+
+    #[test]
     fn rate_limit_counts_per_action() {
         let mut guard = Guard::default();
+        let minute = Duration::from_secs(60);
         for _ in 0..3 {
-            guard.admit("PullEvent", Some(3)).unwrap();
+            guard.admit("PullEvent", Some(3), minute).unwrap();
         }
-        assert_eq!(guard.admit("PullEvent", Some(3)).unwrap_err().code, codes::QUOTA_EXCEEDED);
-        guard.admit("ConfirmEvent", Some(3)).unwrap();
-        guard.admit("PullEvent", None).unwrap();
+        assert_eq!(guard.admit("PullEvent", Some(3), minute).unwrap_err().code, codes::QUOTA_EXCEEDED);
+        guard.admit("ConfirmEvent", Some(3), minute).unwrap();
+        guard.admit("PullEvent", None, minute).unwrap();
     }
 }

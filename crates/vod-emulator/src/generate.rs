@@ -1,6 +1,7 @@
-//! Realistic v2 events of every type, made from the documented samples with fresh ids, so
-//! that every generated event is distinct content (as real events are) while keeping the
-//! shapes Tencent sends, quirks included (numeric `version`, string `status`, ...).
+//! Realistic events of every documented type, for either API, made from the documented
+//! samples with fresh ids, so that every generated event is distinct content (as real
+//! events are) while keeping the shapes Tencent sends, quirks included (numeric
+//! `version`, string `status`, null per-type members in v3, ...).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +9,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use base64::Engine as _;
 use rand::Rng;
 use serde_json::Value;
+
+/// The documented sample of each v3 event type (name, JSON text, without `EventHandle`).
+pub const V3_TEMPLATES: &[(&str, &str)] = &[
+    ("NewFileUpload", include_str!("../fixtures/v3/NewFileUpload.json")),
+    ("ProcedureStateChanged", include_str!("../fixtures/v3/ProcedureStateChanged.json")),
+    ("TranscodeComplete", include_str!("../fixtures/v3/TranscodeComplete.json")),
+    ("CreateSnapshotByTimeOffsetComplete", include_str!("../fixtures/v3/CreateSnapshotByTimeOffsetComplete.json")),
+    ("FileDeleted", include_str!("../fixtures/v3/FileDeleted.json")),
+    ("PullComplete", include_str!("../fixtures/v3/PullComplete.json")),
+];
 
 /// The documented sample of each v2 event type (file name, JSON text).
 pub const TEMPLATES: &[(&str, &str)] = &[
@@ -26,10 +37,39 @@ pub const TEMPLATES: &[(&str, &str)] = &[
 ];
 
 /// Keys whose string values are file ids.
-const FILE_ID_KEYS: &[&str] = &["fileId", "srcFileId"];
+const FILE_ID_KEYS: &[&str] = &["fileId", "srcFileId", "FileId", "SrcFileId", "Vid"];
+/// Keys whose values are arrays of file ids.
+const FILE_ID_LIST_KEYS: &[&str] = &["FileIdSet"];
 /// Keys whose string values are task ids (`<prefix>-<hex>`).
-const TASK_ID_KEYS: &[&str] =
-    &["vodTaskId", "procedureTaskId", "transcodeTaskId", "porncheckTaskId", "imageSpriteTaskId"];
+const TASK_ID_KEYS: &[&str] = &[
+    "vodTaskId",
+    "procedureTaskId",
+    "transcodeTaskId",
+    "porncheckTaskId",
+    "imageSpriteTaskId",
+    "TaskId",
+    "ProcedureTaskId",
+];
+/// Keys whose values are arrays of EDKs.
+const EDK_LIST_KEYS: &[&str] = &["edkList", "EdkList"];
+
+/// Which API's event shapes to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// v2 `{version, eventType, data}`.
+    #[default]
+    V2,
+    /// v3 `{EventType, <Type>Event: {...}}`.
+    V3,
+}
+
+fn templates(api: Api) -> &'static [(&'static str, &'static str)] {
+    match api {
+        Api::V2 => TEMPLATES,
+        Api::V3 => V3_TEMPLATES,
+    }
+}
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
@@ -43,14 +83,15 @@ pub struct Generated {
 }
 
 /// Generates event `n` of a realistic mix: every template in turn.
-pub fn generate(n: u64) -> Generated {
-    let (_, text) = TEMPLATES[(n % TEMPLATES.len() as u64) as usize];
+pub fn generate(api: Api, n: u64) -> Generated {
+    let all = templates(api);
+    let (_, text) = all[(n % all.len() as u64) as usize];
     generate_from(text)
 }
 
 /// Generates an event of the named template (`"ProcedureStateChanged"`, ...), if it exists.
-pub fn generate_type(name: &str) -> Option<Generated> {
-    TEMPLATES.iter().find(|(n, _)| *n == name).map(|(_, text)| generate_from(text))
+pub fn generate_type(api: Api, name: &str) -> Option<Generated> {
+    templates(api).iter().find(|(n, _)| *n == name).map(|(_, text)| generate_from(text))
 }
 
 fn generate_from(template: &str) -> Generated {
@@ -67,6 +108,11 @@ fn collect_ids(value: &Value, ids: &mut HashMap<String, String>) {
     match value {
         Value::Object(map) => {
             for (key, v) in map {
+                if let (true, Value::Array(items)) = (FILE_ID_LIST_KEYS.contains(&key.as_str()), v) {
+                    for old in items.iter().filter_map(Value::as_str) {
+                        ids.entry(old.to_string()).or_insert_with(fresh_file_id);
+                    }
+                }
                 if let Value::String(old) = v {
                     if FILE_ID_KEYS.contains(&key.as_str()) {
                         ids.entry(old.clone()).or_insert_with(fresh_file_id);
@@ -87,7 +133,7 @@ fn rewrite(value: &mut Value, ids: &HashMap<String, String>, keys: &mut Vec<(Str
     match value {
         Value::Object(map) => {
             for (key, v) in map.iter_mut() {
-                if key == "edkList" {
+                if EDK_LIST_KEYS.contains(&key.as_str()) {
                     if let Value::Array(edks) = v {
                         for edk in edks.iter_mut() {
                             let (new_edk, dk) = fresh_key();
@@ -142,17 +188,20 @@ mod tests {
     #[test]
     fn every_template_generates_distinct_valid_events() {
         let mut seen = HashSet::new();
-        for n in 0..(TEMPLATES.len() as u64 * 50) {
-            let g = generate(n);
+        for (api, n) in [Api::V2, Api::V3]
+            .into_iter()
+            .flat_map(|api| (0..(templates(api).len() as u64 * 50)).map(move |n| (api, n)))
+        {
+            let g = generate(api, n);
             let v: Value = serde_json::from_str(&g.content).unwrap();
-            assert!(v["eventType"].is_string());
+            assert!(v["eventType"].is_string() || v["EventType"].is_string());
             assert!(seen.insert(g.content), "duplicate content for n={n}");
         }
     }
 
     #[test]
     fn ids_are_consistent_inside_one_event_and_edks_get_keys() {
-        let g = generate_type("ProcedureStateChanged").unwrap();
+        let g = generate_type(Api::V2, "ProcedureStateChanged").unwrap();
         let v: Value = serde_json::from_str(&g.content).unwrap();
         let file_id = v["data"]["fileId"].as_str().unwrap();
         assert_ne!(file_id, "5285890784246869930");

@@ -1,10 +1,12 @@
-//! An in-process emulator of Tencent Cloud VOD's v2 reliable-callback queue, faithful
-//! enough to test a consumer against: signature checks (HmacSHA1/HmacSHA256, GET/POST),
-//! stale Timestamps and reused Nonces (4500), long-poll hold that wakes on enqueue, up to
-//! 16 events per pull under fresh handles, a visibility timeout with redelivery under a
-//! new handle, strict ConfirmEvent (any bad handle → 4000, nothing confirmed), a
-//! DescribeDrmDataKey for the EDKs it issued, per-action rate limits (4400) and injected
-//! faults. Control endpoints under `/_emulator/` enqueue, generate and report.
+//! An in-process emulator of Tencent Cloud VOD's reliable-callback queue, for both APIs,
+//! faithful enough to test a consumer against. v2 (`/v2/index.php`): signature checks
+//! (HmacSHA1/HmacSHA256, GET/POST), stale Timestamps and reused Nonces (4500), 1000
+//! calls/min per action (4400). API 3.0 (POST `/` with `X-TC-Action`): TC3-HMAC-SHA256
+//! verification, 5-minute timestamp skew, 100 requests/s per action. Both share one queue:
+//! a long-poll hold that wakes on enqueue, up to 16 events per pull under fresh handles,
+//! a visibility timeout with redelivery under a new handle, strict confirms (any bad handle
+//! refuses the call, nothing confirmed), DescribeDrmDataKey for the EDKs it issued, and
+//! injected faults. Control endpoints under `/_emulator/` enqueue, generate and report.
 //!
 //! # Layout
 //! - [`queue`]: the queue rules, pure and time-injected.
@@ -19,6 +21,7 @@ mod auth;
 pub mod generate;
 pub mod queue;
 mod server;
+mod v3;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub use crate::generate::Api;
 use crate::queue::{Queue, QueueStats};
 
 /// One accepted API credential.
@@ -128,6 +132,8 @@ pub struct EmulatorConfig {
     pub empty_response: EmptyResponse,
     /// Injected faults.
     pub faults: Faults,
+    /// Which API's event shapes `generate` makes.
+    pub api: Api,
 }
 
 impl Default for EmulatorConfig {
@@ -141,6 +147,7 @@ impl Default for EmulatorConfig {
             max_clock_skew: Duration::from_secs(2 * 3600),
             empty_response: EmptyResponse::Code4000,
             faults: Faults::default(),
+            api: Api::V2,
         }
     }
 }
@@ -253,6 +260,19 @@ impl Emulator {
         format!("http://{}/v2/index.php", self.addr)
     }
 
+    /// The API 3.0 endpoint URL (`http://ADDR/`).
+    pub fn endpoint_v3(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// The endpoint for the API this emulator generates events for.
+    pub fn endpoint_for(&self, api: Api) -> String {
+        match api {
+            Api::V2 => self.endpoint(),
+            Api::V3 => self.endpoint_v3(),
+        }
+    }
+
     /// A handle that outlives borrows of `self`.
     pub fn handle(&self) -> EmulatorHandle {
         self.handle.clone()
@@ -283,13 +303,15 @@ impl EmulatorHandle {
     /// Enqueues `count` realistic events of every type in turn and returns their contents.
     pub fn enqueue_generated(&self, count: usize) -> Vec<String> {
         let first = self.shared.generated.fetch_add(count as u64, Ordering::Relaxed);
-        self.enqueue_with(count, |n| generate::generate(first + n as u64))
+        let api = self.api();
+        self.enqueue_with(count, |n| generate::generate(api, first + n as u64))
     }
 
     /// Enqueues `count` realistic events of one template (e.g. `"ProcedureStateChanged"`).
     pub fn enqueue_generated_type(&self, name: &str, count: usize) -> Option<Vec<String>> {
-        generate::generate_type(name)?;
-        Some(self.enqueue_with(count, |_| generate::generate_type(name).expect("checked")))
+        let api = self.api();
+        generate::generate_type(api, name)?;
+        Some(self.enqueue_with(count, |_| generate::generate_type(api, name).expect("checked")))
     }
 
     fn enqueue_with(&self, count: usize, make: impl Fn(usize) -> generate::Generated) -> Vec<String> {
@@ -308,6 +330,11 @@ impl EmulatorHandle {
         drop(queue);
         self.shared.enqueued.notify_waiters();
         events.into_iter().map(|g| g.content).collect()
+    }
+
+    /// Which API's event shapes are generated.
+    pub fn api(&self) -> Api {
+        self.shared.config.lock().unwrap().api
     }
 
     /// Registers a data key for an EDK, as if Tencent's KMS had issued it.

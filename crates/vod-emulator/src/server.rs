@@ -1,5 +1,7 @@
 //! The emulator's HTTP side: the v2 endpoint (`PullEvent`, `ConfirmEvent`,
-//! `DescribeDrmDataKey`) on any path, and control endpoints under `/_emulator/`.
+//! `DescribeDrmDataKey`) on any path, API 3.0 requests (recognised by `X-TC-Action`,
+//! answered in `v3`), the long poll and fault injection both share, and control
+//! endpoints under `/_emulator/`.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -23,11 +25,11 @@ use crate::{EmptyResponse, FaultKind, Faults, Shared};
 /// Largest request body accepted.
 const MAX_BODY: usize = 4 << 20;
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// Returned by the service to make hyper drop the connection without an answer.
 #[derive(Debug)]
-struct DropConnection;
+pub(crate) struct DropConnection;
 
 impl std::fmt::Display for DropConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,11 +70,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     api(shared, req).await
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    json_text(status, value.to_string())
+}
+
+/// A JSON answer. The content type is exactly `application/json`: Tencent's v3 Python SDK
+/// only looks for `Response.Error` under that type (or `text/plain`).
+pub(crate) fn json_text(status: StatusCode, body: String) -> Response<Body> {
     Response::builder()
         .status(status)
-        .header(CONTENT_TYPE, "application/json; charset=utf-8")
-        .body(Full::new(Bytes::from(value.to_string())))
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
         .expect("valid response")
 }
 
@@ -86,7 +94,7 @@ fn v2_answer(code: i64, message: &str, extra: Value) -> Response<Body> {
 
 /// The `eventList` JSON, each `eventContent` embedded as its exact enqueued text (content
 /// that is not JSON goes as a JSON string).
-fn event_list(batch: &[crate::queue::Delivery]) -> String {
+pub(crate) fn event_list(batch: &[crate::queue::Delivery]) -> String {
     let items: Vec<String> = batch
         .iter()
         .map(|d| {
@@ -104,18 +112,14 @@ fn event_list(batch: &[crate::queue::Delivery]) -> String {
 fn v2_answer_raw(code: i64, event_list: String) -> Response<Body> {
     let body =
         format!(r#"{{"code":{code},"message":"","codeDesc":"{}","eventList":{event_list}}}"#, codes::code_desc(code));
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(CONTENT_TYPE, "application/json; charset=utf-8")
-        .body(Full::new(Bytes::from(body)))
-        .expect("valid response")
+    json_text(StatusCode::OK, body)
 }
 
 fn refused(r: Refusal) -> Response<Body> {
     v2_answer(r.code, &r.message, Value::Null)
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<(hyper::http::request::Parts, Bytes), Response<Body>> {
+pub(crate) async fn read_body(req: Request<Incoming>) -> Result<(hyper::http::request::Parts, Bytes), Response<Body>> {
     let (parts, body) = req.into_parts();
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok((parts, collected.to_bytes())),
@@ -128,6 +132,9 @@ async fn api(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
         Ok(x) => x,
         Err(resp) => return Ok(resp),
     };
+    if parts.headers.contains_key("x-tc-action") {
+        return crate::v3::handle(&shared, &parts, &body).await;
+    }
     let mut params: Vec<(String, String)> =
         form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
     if parts.method == Method::POST || params.is_empty() {
@@ -145,35 +152,71 @@ async fn api(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
     let action = {
         let mut guard = shared.guard.lock().unwrap();
         let verified = auth::verify(&request, &credentials, max_skew, unix_now(), &mut guard)
-            .and_then(|action| guard.admit(&action, limit).map(|()| action));
+            .and_then(|action| guard.admit(&action, limit, V2_RATE_WINDOW).map(|()| action));
         match verified {
             Ok(action) => action,
             Err(refusal) => {
-                let mut api = shared.api.lock().unwrap();
-                match refusal.code {
-                    codes::AUTH_FAILURE => api.auth_failures += 1,
-                    codes::REPLAY => api.replays += 1,
-                    codes::QUOTA_EXCEEDED => api.rate_limited += 1,
-                    _ => {}
-                }
+                count_refusal(
+                    &shared,
+                    match refusal.code {
+                        codes::AUTH_FAILURE => Refused::Auth,
+                        codes::REPLAY => Refused::Replay,
+                        codes::QUOTA_EXCEEDED => Refused::Quota,
+                        _ => Refused::Other,
+                    },
+                );
                 return Ok(refused(refusal));
             }
         }
     };
     *shared.api.lock().unwrap().calls.entry(action.clone()).or_default() += 1;
+    with_faults(&shared, &faults, &action, Wire::V2, run_action(&shared, &action, &request)).await
+}
 
-    let fault = pick_fault(&faults, &action);
-    if let Some(kind) = fault {
-        shared.api.lock().unwrap().faults += 1;
-        // Hangs and resets lose the answer half of the time *after* the action ran, as a
-        // real network does; the other faults happen before the action.
-        let after = matches!(kind, FaultKind::Hang | FaultKind::Reset) && rand::thread_rng().gen_bool(0.5);
-        if after {
-            let _ = run_action(&shared, &action, &request).await;
-        }
-        return inject(kind, &faults).await;
+/// v2's rate-limit window.
+const V2_RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Which API an answer is shaped for.
+#[derive(Clone, Copy)]
+pub(crate) enum Wire {
+    V2,
+    V3,
+}
+
+/// Why a call was refused before its action, for the stats.
+pub(crate) enum Refused {
+    Auth,
+    Replay,
+    Quota,
+    Other,
+}
+
+pub(crate) fn count_refusal(shared: &Shared, why: Refused) {
+    let mut api = shared.api.lock().unwrap();
+    match why {
+        Refused::Auth => api.auth_failures += 1,
+        Refused::Replay => api.replays += 1,
+        Refused::Quota => api.rate_limited += 1,
+        Refused::Other => {}
     }
-    Ok(run_action(&shared, &action, &request).await)
+}
+
+/// Runs the action, unless a fault is injected. Hangs and resets lose the answer half of
+/// the time *after* the action ran, as a real network does; the other faults happen
+/// before the action.
+pub(crate) async fn with_faults(
+    shared: &Shared,
+    faults: &Faults,
+    action: &str,
+    wire: Wire,
+    run: impl std::future::Future<Output = Response<Body>>,
+) -> Result<Response<Body>, DropConnection> {
+    let Some(kind) = pick_fault(faults, action) else { return Ok(run.await) };
+    shared.api.lock().unwrap().faults += 1;
+    if matches!(kind, FaultKind::Hang | FaultKind::Reset) && rand::thread_rng().gen_bool(0.5) {
+        let _ = run.await;
+    }
+    inject(kind, faults, wire).await
 }
 
 fn pick_fault(faults: &Faults, action: &str) -> Option<FaultKind> {
@@ -190,7 +233,11 @@ fn pick_fault(faults: &Faults, action: &str) -> Option<FaultKind> {
     faults.kinds.choose(&mut rng).copied()
 }
 
-async fn inject(kind: FaultKind, faults: &Faults) -> Result<Response<Body>, DropConnection> {
+async fn inject(kind: FaultKind, faults: &Faults, wire: Wire) -> Result<Response<Body>, DropConnection> {
+    let internal = |message: &str| match wire {
+        Wire::V2 => v2_answer(codes::INTERNAL_ERROR, message, Value::Null),
+        Wire::V3 => crate::v3::error("InternalError", message),
+    };
     match kind {
         FaultKind::Http500 => Ok(Response::builder()
             .status(StatusCode::INTERNAL_SERVER_ERROR)
@@ -201,11 +248,17 @@ async fn inject(kind: FaultKind, faults: &Faults) -> Result<Response<Body>, Drop
             .status(StatusCode::OK)
             .body(Full::new(Bytes::from_static(b"<html>gateway says hello</html>")))
             .expect("valid")),
-        FaultKind::WrongShape => Ok(json_response(StatusCode::OK, &json!({"code": 0, "eventList": "not-a-list"}))),
-        FaultKind::Code6000 => Ok(v2_answer(codes::INTERNAL_ERROR, "internal error", Value::Null)),
+        FaultKind::WrongShape => Ok(json_response(
+            StatusCode::OK,
+            &match wire {
+                Wire::V2 => json!({"code": 0, "eventList": "not-a-list"}),
+                Wire::V3 => json!({"Response": {"EventSet": "not-a-list", "RequestId": "fault"}}),
+            },
+        )),
+        FaultKind::Code6000 => Ok(internal("internal error")),
         FaultKind::Hang => {
             tokio::time::sleep(faults.hang_for).await;
-            Ok(v2_answer(codes::INTERNAL_ERROR, "answered after a hang", Value::Null))
+            Ok(internal("answered after a hang"))
         }
         FaultKind::Reset => Err(DropConnection),
     }
@@ -227,10 +280,17 @@ async fn run_action(shared: &Shared, action: &str, req: &auth::Request<'_>) -> R
 /// Long poll: answers at once when events are ready, otherwise holds until one is
 /// enqueued, a handle expires (redelivery), or the hold time runs out.
 async fn pull_event(shared: &Shared) -> Response<Body> {
-    let (hold, empty) = {
-        let cfg = shared.config.lock().unwrap();
-        (cfg.hold, cfg.empty_response)
-    };
+    let batch = wait_for_batch(shared).await;
+    if batch.is_empty() {
+        return empty_answer(empty_mode(shared, "PullEvent"));
+    }
+    v2_answer_raw(codes::OK, event_list(&batch))
+}
+
+/// The long poll both APIs share: events at once when some are ready, otherwise held until
+/// one is enqueued, a handle expires (redelivery), or the hold time runs out (empty).
+pub(crate) async fn wait_for_batch(shared: &Shared) -> Vec<crate::queue::Delivery> {
+    let hold = shared.config.lock().unwrap().hold;
     let deadline = Instant::now() + hold;
     loop {
         let notified = shared.enqueued.notified();
@@ -240,13 +300,13 @@ async fn pull_event(shared: &Shared) -> Response<Body> {
             let mut queue = shared.queue.lock().unwrap();
             let batch = queue.pull(Instant::now());
             if !batch.is_empty() {
-                return v2_answer_raw(codes::OK, event_list(&batch));
+                return batch;
             }
             queue.next_expiry()
         };
         let now = Instant::now();
         if now >= deadline {
-            return empty_answer(shared, empty);
+            return Vec::new();
         }
         let wake = next_expiry.map_or(deadline, |at| at.min(deadline));
         tokio::select! {
@@ -256,14 +316,18 @@ async fn pull_event(shared: &Shared) -> Response<Body> {
     }
 }
 
-fn empty_answer(shared: &Shared, mode: EmptyResponse) -> Response<Body> {
-    let mode = match mode {
+/// How to answer an empty poll of `action` (`Rotate` cycles with the call count).
+pub(crate) fn empty_mode(shared: &Shared, action: &str) -> EmptyResponse {
+    match shared.config.lock().unwrap().empty_response {
         EmptyResponse::Rotate => {
-            let n = shared.api.lock().unwrap().calls.get("PullEvent").copied().unwrap_or(0);
+            let n = shared.api.lock().unwrap().calls.get(action).copied().unwrap_or(0);
             [EmptyResponse::Code4000, EmptyResponse::EmptyList, EmptyResponse::MissingList][(n % 3) as usize]
         }
         other => other,
-    };
+    }
+}
+
+fn empty_answer(mode: EmptyResponse) -> Response<Body> {
     match mode {
         EmptyResponse::EmptyList => v2_answer(codes::OK, "", json!({"eventList": []})),
         EmptyResponse::MissingList => v2_answer(codes::OK, "", Value::Null),
@@ -317,7 +381,7 @@ fn describe_drm_data_key(shared: &Shared, req: &auth::Request<'_>) -> Response<B
     v2_answer(codes::OK, "", json!({"data": {"keyList": list}}))
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
