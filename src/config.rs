@@ -702,6 +702,25 @@ mod tests {
         assert!(err.to_string().contains("`routes[0].handlers`: `nope` is not defined"), "{err}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_text_as_a_config_gives_a_config_or_named_issues(text in ".{0,300}") {
+            if let Err(e) = parse(&text) {
+                proptest::prop_assert!(!e.issues.is_empty());
+            }
+        }
+
+        #[test]
+        fn any_section_value_soup_is_handled(lines in proptest::collection::vec("(vod|store|confirm|pull|log|dispatch)\\.[a-z_]{1,16} = (\"[a-z0-9:/.]{0,12}\"|[0-9]{1,6}|true|\\[\\])", 0..8)) {
+            let mut text = String::from(MINIMAL);
+            for line in &lines {
+                let (section, rest) = line.split_once('.').unwrap();
+                text.push_str(&format!("[{section}]\n{rest}\n"));
+            }
+            let _ = parse(&text);
+        }
+    }
+
     #[test]
     fn every_problem_is_named_by_key() {
         let err = parse(

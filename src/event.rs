@@ -153,8 +153,56 @@ fn write_canonical(value: &Value, out: &mut String) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Arbitrary JSON values, nested a few levels, with the keys events use.
+    pub(crate) fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            let key = prop_oneof![
+                Just("eventType".to_string()),
+                Just("data".to_string()),
+                Just("fileId".to_string()),
+                Just("fileInfo".to_string()),
+                Just("EventType".to_string()),
+                Just("FileId".to_string()),
+                Just("FileIdSet".to_string()),
+                Just("TaskId".to_string()),
+                "[a-zA-Z]{1,8}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(key, inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn describing_any_text_never_panics(text in ".{0,256}") {
+            let _ = ReceivedEvent::from_content(&text, ApiVersion::V2);
+            let _ = ReceivedEvent::from_content(&text, ApiVersion::V3);
+        }
+
+        #[test]
+        fn any_json_is_described_and_its_key_is_order_independent(value in arb_json()) {
+            for api in [ApiVersion::V2, ApiVersion::V3] {
+                let a = ReceivedEvent::from_content(&value.to_string(), api);
+                let pretty = ReceivedEvent::from_content(&serde_json::to_string_pretty(&value).unwrap(), api);
+                prop_assert_eq!(a.dedupe_key, pretty.dedupe_key);
+                prop_assert!(!a.event_type.is_empty());
+            }
+        }
+    }
 
     const FIXTURES: &[&str] = &[
         include_str!("../tests/fixtures/events-v2/NewFileUpload.json"),

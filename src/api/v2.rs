@@ -64,22 +64,11 @@ impl V2Client {
             }
             other => other?,
         };
-        let malformed = |detail: String| ApiError::Malformed { action: ACTION, detail, excerpt: error::excerpt(&body) };
-        let envelope: Envelope<'_> = serde_json::from_slice(&body).map_err(|e| malformed(e.to_string()))?;
-        let mut items = Vec::new();
-        for raw in envelope.event_list.unwrap_or_default() {
-            items.push(match serde_json::from_str::<RawItem<'_>>(raw.get()) {
-                Ok(RawItem { msg_handle, event_content: Some(content) }) => {
-                    PulledItem { handle: handle_text(msg_handle), content: content.get().to_string() }
-                }
-                Ok(RawItem { msg_handle, event_content: None }) => {
-                    PulledItem { handle: handle_text(msg_handle), content: raw.get().to_string() }
-                }
-                // Not even an object: keep it, it cannot be confirmed.
-                Err(_) => PulledItem { handle: None, content: raw.get().to_string() },
-            });
-        }
-        Ok(items)
+        parse_event_list(&body).map_err(|detail| ApiError::Malformed {
+            action: ACTION,
+            detail,
+            excerpt: error::excerpt(&body),
+        })
     }
 
     /// Confirms handles (at most 16).
@@ -180,10 +169,65 @@ impl V2Client {
     }
 }
 
+/// The items of a PullEvent answer's `eventList` (none when it is absent). Items that are
+/// not `{msgHandle, eventContent}` are kept whole; only a body that is not a JSON envelope
+/// is an error.
+pub fn parse_event_list(body: &[u8]) -> Result<Vec<PulledItem>, String> {
+    let envelope: Envelope<'_> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    Ok(envelope
+        .event_list
+        .unwrap_or_default()
+        .into_iter()
+        .map(|raw| match serde_json::from_str::<RawItem<'_>>(raw.get()) {
+            Ok(RawItem { msg_handle, event_content: Some(content) }) => {
+                PulledItem { handle: handle_text(msg_handle), content: content.get().to_string() }
+            }
+            Ok(RawItem { msg_handle, event_content: None }) => {
+                PulledItem { handle: handle_text(msg_handle), content: raw.get().to_string() }
+            }
+            // Not even an object: keep it, it cannot be confirmed.
+            Err(_) => PulledItem { handle: None, content: raw.get().to_string() },
+        })
+        .collect())
+}
+
 fn handle_text(value: Option<serde_json::Value>) -> Option<String> {
     match value? {
         serde_json::Value::String(s) if !s.is_empty() => Some(s),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn documented_answers_parse() {
+        let items =
+            parse_event_list(include_bytes!("../../tests/fixtures/events-v2/_PullEvent.response.json")).unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].handle.as_deref(), Some("2bf1bc3c9a0e4c7b8c8a1f0a6d1e7a51"));
+        assert!(items[1].content.contains(r#""version": 4"#), "content kept as sent: {}", items[1].content);
+        assert!(parse_event_list(br#"{"code":0}"#).unwrap().is_empty());
+        assert!(parse_event_list(br#"{"code":0,"eventList":"x"}"#).is_err());
+        let odd = parse_event_list(br#"{"code":0,"eventList":[7,{"msgHandle":""},{"eventContent":1}]}"#).unwrap();
+        assert_eq!(odd.iter().map(|i| i.handle.is_some()).collect::<Vec<_>>(), [false, false, false]);
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_event_list(&body);
+        }
+
+        #[test]
+        fn any_event_list_items_are_kept(items in proptest::collection::vec(crate::event::tests::arb_json(), 0..8)) {
+            let body = serde_json::json!({"code": 0, "eventList": items}).to_string();
+            prop_assert_eq!(parse_event_list(body.as_bytes()).unwrap().len(), items.len());
+        }
     }
 }

@@ -74,10 +74,11 @@ impl V3Client {
     pub async fn pull_events(&self) -> Result<Vec<PulledItem>, ApiError> {
         const ACTION: &str = "PullEvents";
         let body = self.call(ACTION, json!({})).await?;
-        let malformed = |detail: String| ApiError::Malformed { action: ACTION, detail, excerpt: error::excerpt(&body) };
-        let envelope: Envelope<'_> = serde_json::from_slice(&body).map_err(|e| malformed(e.to_string()))?;
-        let events = envelope.response.and_then(|r| r.event_set).unwrap_or_default();
-        Ok(events.into_iter().map(split_handle).collect())
+        parse_event_set(&body).map_err(|detail| ApiError::Malformed {
+            action: ACTION,
+            detail,
+            excerpt: error::excerpt(&body),
+        })
     }
 
     /// Confirms handles (at most 16).
@@ -174,6 +175,13 @@ impl V3Client {
     }
 }
 
+/// The events of a PullEvents answer (none when `EventSet` is null or missing).
+pub fn parse_event_set(body: &[u8]) -> Result<Vec<PulledItem>, String> {
+    let envelope: Envelope<'_> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let events = envelope.response.and_then(|r| r.event_set).unwrap_or_default();
+    Ok(events.into_iter().map(split_handle).collect())
+}
+
 /// Takes `EventHandle` out of an event, keeping every other member exactly as sent.
 fn split_handle(raw: &RawValue) -> PulledItem {
     let Ok(mut members) = serde_json::from_str::<IndexMap<String, &RawValue>>(raw.get()) else {
@@ -188,6 +196,34 @@ fn split_handle(raw: &RawValue) -> PulledItem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn documented_answers_parse() {
+        let items = parse_event_set(include_bytes!("../../tests/fixtures/events-v3/PullEvents.response.json")).unwrap();
+        assert_eq!(
+            items.iter().map(|i| i.handle.as_deref()).collect::<Vec<_>>(),
+            [Some("EventHandle1"), Some("EventHandle2")]
+        );
+        assert!(!items[0].content.contains("EventHandle"));
+        assert!(parse_event_set(include_bytes!("../../tests/fixtures/events-v3/PullEvents.empty.json"))
+            .unwrap()
+            .is_empty());
+        assert!(parse_event_set(br#"{"Response":{"EventSet":null,"RequestId":"r"}}"#).unwrap().is_empty());
+        assert!(parse_event_set(br#"{"Response":{"RequestId":"r"}}"#).unwrap().is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = parse_event_set(&body);
+        }
+
+        #[test]
+        fn any_events_are_kept(items in proptest::collection::vec(crate::event::tests::arb_json(), 0..8)) {
+            let body = serde_json::json!({"Response": {"EventSet": items, "RequestId": "r"}}).to_string();
+            proptest::prop_assert_eq!(parse_event_set(body.as_bytes()).unwrap().len(), items.len());
+        }
+    }
 
     #[test]
     fn the_handle_is_taken_out_and_the_rest_kept_in_order() {

@@ -99,8 +99,12 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(config::load(path)?)
 }
 
+/// Store work runs on the blocking pool; a small cap keeps thread count bounded
+/// (SQLite serialises writes on one connection anyway).
+const MAX_BLOCKING_THREADS: usize = 16;
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(MAX_BLOCKING_THREADS).build()?)
 }
 
 fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
