@@ -17,6 +17,7 @@ macro_rules! both_apis {
     )*};
 }
 
+mod chaos;
 mod cli;
 mod crosscheck;
 mod handlers;
