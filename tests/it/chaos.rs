@@ -97,8 +97,8 @@ async fn all_settled(daemon: &TestDaemon, expected: i64) {
     eventually(Duration::from_secs(scale(120, 900)), "all deliveries settled", || {
         daemon.store().is_some_and(|s| {
             let states = delivery_states(&s);
-            states.get("pending").is_none()
-                && states.get("running").is_none()
+            !states.contains_key("pending")
+                && !states.contains_key("running")
                 && states.values().sum::<i64>() == expected
         })
     })
