@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng as _;
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
@@ -95,10 +95,12 @@ impl Dispatcher {
             Ok(n) => info!(deliveries = n, "Requeued deliveries that were running when vod-eventd last stopped."),
             Err(e) => error!(error = %e, "Could not requeue interrupted deliveries."),
         }
+        let (records, records_rx) = mpsc::channel(RECORD_QUEUE);
+        let recorder = tokio::spawn(record_attempts(self.store.clone(), records_rx));
         let mut tasks = JoinSet::new();
         loop {
             let routing = self.routing.borrow_and_update().clone();
-            let wake_at = self.claim_and_spawn(&routing, &mut tasks).await;
+            let wake_at = self.claim_and_spawn(&routing, &records, &mut tasks).await;
             let sleep = Duration::from_millis(wake_at.saturating_sub(now_ms()).max(0) as u64);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -109,11 +111,22 @@ impl Dispatcher {
             }
         }
         self.drain(tasks, drain_timeout).await;
+        // Every attempt task has ended: the recorder writes what is left and stops.
+        drop(records);
+        let _ = recorder.await;
+        if let Err(e) = self.store.requeue_running().await {
+            error!(error = %e, "Could not requeue interrupted deliveries; they will be requeued at the next start.");
+        }
     }
 
     /// Claims due deliveries for every handler with free permits and starts them; returns
     /// when (Unix ms) to look again.
-    async fn claim_and_spawn(&self, routing: &Routing, tasks: &mut JoinSet<()>) -> i64 {
+    async fn claim_and_spawn(
+        &self,
+        routing: &Routing,
+        records: &mpsc::Sender<AttemptRecord>,
+        tasks: &mut JoinSet<()>,
+    ) -> i64 {
         let now = now_ms();
         let mut wake_at = now + routing.poll_interval.as_millis() as i64;
         for (name, lane) in &routing.lanes {
@@ -132,6 +145,7 @@ impl Dispatcher {
                             routing.policy.clone(),
                             delivery,
                             permit,
+                            records.clone(),
                         ));
                     }
                 }
@@ -153,8 +167,9 @@ impl Dispatcher {
         policy: RetryPolicy,
         d: Delivery,
         permit: OwnedSemaphorePermit,
+        records: mpsc::Sender<AttemptRecord>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let (store, stats) = (self.store.clone(), self.stats.clone());
+        let stats = self.stats.clone();
         let span = tracing::info_span!("delivery", id = d.delivery_id, event = d.event_id, handler = %name, attempt = d.attempt);
         async move {
             let started_at = now_ms();
@@ -162,7 +177,8 @@ impl Dispatcher {
             let result = handler.handle(&d).await;
             let duration = clock.elapsed();
             let record = settle(&policy, &d, result, started_at, duration, &name, &stats);
-            finish(&store, record).await;
+            // The row stays `running` until the recorder commits, so it cannot be claimed twice.
+            let _ = records.send(record).await;
             drop(permit);
         }
         .instrument(span)
@@ -175,9 +191,6 @@ impl Dispatcher {
             warn!(in_flight, timeout = ?drain_timeout, "Handler attempts did not finish in time; stopping them. They will be retried.");
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
-        }
-        if let Err(e) = self.store.requeue_running().await {
-            error!(error = %e, "Could not requeue interrupted deliveries; they will be requeued at the next start.");
         }
     }
 }
@@ -239,12 +252,32 @@ fn settle(
     }
 }
 
-/// Records the attempt, retrying while the store refuses writes (the delivery stays
-/// `running` meanwhile, and is requeued at the next start if this never succeeds).
-async fn finish(store: &Store, record: AttemptRecord) {
+/// Attempt records waiting to be written, at most.
+const RECORD_QUEUE: usize = 1024;
+/// Attempt records written per transaction, at most.
+const RECORD_BATCH: usize = 256;
+
+/// Writes attempt records in batches until every sender is gone. A batch the store
+/// refuses is retried for a while; its deliveries stay `running` meanwhile and are
+/// requeued at the next start if it never succeeds.
+async fn record_attempts(store: Store, mut rx: mpsc::Receiver<AttemptRecord>) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < RECORD_BATCH {
+            match rx.try_recv() {
+                Ok(record) => batch.push(record),
+                Err(_) => break,
+            }
+        }
+        finish(&store, std::mem::take(&mut batch)).await;
+    }
+}
+
+async fn finish(store: &Store, records: Vec<AttemptRecord>) {
     let mut rng = rand::rngs::StdRng::from_entropy();
     for attempt in 0..8 {
-        match store.finish_attempt(record.clone()).await {
+        match store.finish_attempts(records.clone()).await {
             Ok(()) => return,
             Err(e) => {
                 error!(error = %e, "Could not record a delivery attempt; retrying.");

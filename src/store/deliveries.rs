@@ -153,7 +153,7 @@ pub struct DeliveryFilter {
 impl Store {
     /// Marks up to `limit` due deliveries of `handler` as running and returns them.
     pub async fn claim_due(&self, handler: String, limit: usize, now: i64) -> Result<Vec<Delivery>, StoreError> {
-        self.run(move |conn| {
+        self.run_bookkeeping(move |conn| {
             let tx = conn.transaction()?;
             let claimed = {
                 let mut stmt = tx.prepare_cached(
@@ -194,24 +194,33 @@ impl Store {
 
     /// Records an attempt and settles its delivery, in one transaction.
     pub async fn finish_attempt(&self, a: AttemptRecord) -> Result<(), StoreError> {
+        self.finish_attempts(vec![a]).await
+    }
+
+    /// Records several attempts and settles their deliveries, in one transaction.
+    pub async fn finish_attempts(&self, records: Vec<AttemptRecord>) -> Result<(), StoreError> {
         let now = super::now_ms();
-        self.run(move |conn| {
+        self.run_bookkeeping(move |conn| {
             let tx = conn.transaction()?;
-            let (outcome, state, next_at) = match a.next {
-                Next::Done => ("done", "done", None),
-                Next::RetryAt(at) => ("retry", "pending", Some(at)),
-                Next::Dead => ("dead", "dead", None),
-            };
-            tx.execute(
-                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, status, error, excerpt)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![a.delivery_id, a.attempt, a.started_at, a.duration_ms, outcome, a.status, a.error, a.excerpt],
-            )?;
-            tx.execute(
-                "UPDATE deliveries SET state = ?2, next_attempt_at = coalesce(?3, next_attempt_at), updated_at = ?4,
-                        last_error = ?5, last_status = ?6 WHERE id = ?1",
-                params![a.delivery_id, state, next_at, now, a.error, a.status],
-            )?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, status, error, excerpt)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                let mut settle = tx.prepare_cached(
+                    "UPDATE deliveries SET state = ?2, next_attempt_at = coalesce(?3, next_attempt_at), updated_at = ?4,
+                            last_error = ?5, last_status = ?6 WHERE id = ?1",
+                )?;
+                for a in &records {
+                    let (outcome, state, next_at) = match a.next {
+                        Next::Done => ("done", "done", None),
+                        Next::RetryAt(at) => ("retry", "pending", Some(at)),
+                        Next::Dead => ("dead", "dead", None),
+                    };
+                    insert.execute(params![a.delivery_id, a.attempt, a.started_at, a.duration_ms, outcome, a.status, a.error, a.excerpt])?;
+                    settle.execute(params![a.delivery_id, state, next_at, now, a.error, a.status])?;
+                }
+            }
             tx.commit()?;
             Ok(())
         })

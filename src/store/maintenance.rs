@@ -25,7 +25,7 @@ pub struct HandlerCounts {
 impl Store {
     /// Records the daemon's heartbeat values.
     pub async fn put_state(&self, values: Vec<(&'static str, String)>) -> Result<(), StoreError> {
-        self.run(move |conn| {
+        self.run_bookkeeping(move |conn| {
             let tx = conn.transaction()?;
             for (key, value) in &values {
                 tx.execute("INSERT INTO daemon_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", params![key, value])?;

@@ -173,6 +173,26 @@ impl Store {
         .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
+    /// Like [`Store::run`], for delivery bookkeeping (claims, attempt records, the
+    /// heartbeat): committed with `synchronous=NORMAL`, which in WAL mode survives a crash
+    /// of the process but not of the machine. Losing such a commit to a power cut can only
+    /// make a delivery run again (at-least-once, same `webhook-id`); events themselves are
+    /// always committed with `synchronous=FULL`, and a FULL commit also syncs every
+    /// NORMAL commit before it.
+    pub async fn run_bookkeeping<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run(|conn| {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let result = f(conn);
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            result
+        })
+        .await
+    }
+
     /// Runs `f` on the connection in the calling thread (for the CLI).
     pub fn run_sync<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().expect("store mutex poisoned");

@@ -191,6 +191,7 @@ pub(crate) struct Shared {
     pub(crate) api: Mutex<ApiStats>,
     pub(crate) generated: AtomicU64,
     pub(crate) webhooks: Mutex<Vec<ReceivedWebhook>>,
+    pub(crate) webhooks_received: AtomicU64,
 }
 
 /// A webhook received at `/_emulator/webhook` (a sink to point a webhook handler at).
@@ -245,6 +246,7 @@ impl Emulator {
             api: Mutex::new(ApiStats::default()),
             generated: AtomicU64::new(0),
             webhooks: Mutex::new(Vec::new()),
+            webhooks_received: AtomicU64::new(0),
         });
         let task = tokio::spawn(server::serve(listener, shared.clone()));
         Ok(Emulator { addr, handle: EmulatorHandle { shared }, task })
@@ -365,6 +367,12 @@ impl EmulatorHandle {
     /// Webhooks received at `/_emulator/webhook`, oldest first.
     pub fn webhooks(&self) -> Vec<ReceivedWebhook> {
         self.shared.webhooks.lock().unwrap().clone()
+    }
+
+    /// How many webhooks the sink has received in all (it keeps only the last
+    /// [`MAX_WEBHOOKS_KEPT`]).
+    pub fn webhook_count(&self) -> u64 {
+        self.shared.webhooks_received.load(Ordering::Relaxed)
     }
 
     /// The URL of the webhook sink.

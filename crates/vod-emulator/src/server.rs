@@ -438,6 +438,7 @@ async fn control_endpoint(
                 body: String::from_utf8_lossy(&body).into_owned(),
                 received_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
             };
+            shared.webhooks_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut kept = shared.webhooks.lock().unwrap();
             if kept.len() >= crate::MAX_WEBHOOKS_KEPT {
                 kept.remove(0);
