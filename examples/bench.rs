@@ -230,8 +230,40 @@ async fn webhook_latency(per_second: usize, seconds: u64, concurrency: usize) ->
     (latency.len(), percentile(&latency, 0.5), percentile(&latency, 0.99))
 }
 
+/// `--guard`: a short drain compared against floors recorded from BENCHMARKS.md, failing
+/// only on a gross regression (3× slower or 3× more CPU), never on noise.
+async fn guard() {
+    const EVENTS: usize = 3000;
+    let floor: f64 = std::env::var("GUARD_MIN_EVENTS_PER_SEC").ok().and_then(|v| v.parse().ok()).unwrap_or(1600.0);
+    let ceiling: f64 = std::env::var("GUARD_MAX_CPU_PER_1000").ok().and_then(|v| v.parse().ok()).unwrap_or(0.45);
+    let emu = Emulator::start(EmulatorConfig {
+        hold: Duration::from_secs(1),
+        rate_limit_per_minute: None,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    emu.enqueue_generated(EVENTS);
+    let daemon = Daemon::start(&emu.endpoint(), 10_000_000);
+    let elapsed = wait_drained(&emu, EVENTS as u64).await;
+    let (cpu, _) = daemon.usage();
+    daemon.stop();
+    let rate = EVENTS as f64 / elapsed.as_secs_f64();
+    let cpu_per_1000 = cpu / EVENTS as f64 * 1000.0;
+    println!(
+        "guard: {rate:.0} events/s (floor {floor:.0}), {cpu_per_1000:.3} CPU s per 1,000 events (ceiling {ceiling:.3})"
+    );
+    if rate < floor || cpu_per_1000 > ceiling {
+        eprintln!("guard: gross performance regression against the figures recorded in BENCHMARKS.md");
+        std::process::exit(1);
+    }
+}
+
 #[tokio::main]
 async fn main() {
+    if std::env::args().any(|a| a == "--guard") {
+        return guard().await;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let (backlog, limited_backlog, steady_secs) = if quick { (3000, 1000, 5) } else { (20_000, 4000, 20) };
     println!(
