@@ -3,12 +3,11 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 use super::events::rfc3339;
 use crate::config::Config;
-use crate::store::{AttemptRow, DeliveryFilter, DeliveryRow, Store};
+use crate::store::{AttemptRow, DeliveryFilter, DeliveryRow};
 
 /// `deliveries` subcommands.
 #[derive(Debug, Subcommand)]
@@ -50,8 +49,7 @@ pub struct RetryArgs {
 impl DeliveriesCommand {
     /// Runs the subcommand.
     pub fn run(self, config: &Config, config_path: &Path) -> anyhow::Result<()> {
-        let store = Store::open_existing(&config.store.path, config.store.busy_timeout)
-            .with_context(|| format!("store.path in {}", config_path.display()))?;
+        let store = super::open_store(config, config_path)?;
         let mut out = std::io::stdout().lock();
         match self {
             DeliveriesCommand::List(args) => {

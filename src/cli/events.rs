@@ -81,8 +81,7 @@ pub struct ShowArgs {
 impl EventsCommand {
     /// Runs the subcommand.
     pub fn run(self, config: &Config, config_path: &Path) -> anyhow::Result<()> {
-        let store = Store::open_existing(&config.store.path, config.store.busy_timeout)
-            .with_context(|| format!("store.path in {}", config_path.display()))?;
+        let store = super::open_store(config, config_path)?;
         let mut out = std::io::stdout().lock();
         match self {
             EventsCommand::List(args) => {

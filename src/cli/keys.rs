@@ -10,7 +10,6 @@ use clap::{Args, Subcommand};
 
 use super::events::rfc3339;
 use crate::config::Config;
-use crate::store::Store;
 
 /// `keys` subcommands.
 #[derive(Debug, Subcommand)]
@@ -52,8 +51,7 @@ pub struct ListArgs {
 impl KeysCommand {
     /// Runs the subcommand.
     pub fn run(self, config: &Config, config_path: &Path) -> anyhow::Result<()> {
-        let store = Store::open_existing(&config.store.path, config.store.busy_timeout)
-            .with_context(|| format!("store.path in {}", config_path.display()))?;
+        let store = super::open_store(config, config_path)?;
         let mut out = std::io::stdout().lock();
         match self {
             KeysCommand::Get(args) => {

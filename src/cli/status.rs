@@ -5,16 +5,13 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use anyhow::Context as _;
-
 use super::events::rfc3339;
 use crate::config::Config;
-use crate::store::{now_ms, Store};
+use crate::store::now_ms;
 
 /// Prints the status.
 pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
-    let store = Store::open_existing(&config.store.path, config.store.busy_timeout)
-        .with_context(|| format!("store.path in {}", config_path.display()))?;
+    let store = super::open_store(config, config_path)?;
     let state = store.state()?;
     let now = now_ms();
     let ago = |key: &str| -> String {

@@ -14,9 +14,10 @@ fn py(script: &str) -> String {
     format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn sdk_sign(input: &Value) -> String {
+/// Runs one of the tests/py scripts with `input` on stdin; returns its trimmed stdout.
+fn python_stdin(script: &str, input: &Value) -> String {
     let mut child = Command::new("python3")
-        .arg(py("v2_sign.py"))
+        .arg(py(script))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -26,10 +27,14 @@ fn sdk_sign(input: &Value) -> String {
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "v2_sign.py failed (pip install -r tests/py/requirements.txt): {}",
+        "{script} failed (pip install -r tests/py/requirements.txt): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn sdk_sign(input: &Value) -> String {
+    python_stdin("v2_sign.py", input)
 }
 
 #[test]
@@ -141,21 +146,7 @@ async fn the_official_sdk_is_accepted_by_the_emulator() {
 }
 
 fn sdk_v3_sign(input: &Value) -> String {
-    let mut child = Command::new("python3")
-        .arg(py("v3_sign.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "v3_sign.py failed (pip install -r tests/py/requirements.txt): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    python_stdin("v3_sign.py", input)
 }
 
 #[test]
