@@ -265,7 +265,7 @@ async fn main() {
         return guard().await;
     }
     let quick = std::env::args().any(|a| a == "--quick");
-    let (backlog, limited_backlog, steady_secs) = if quick { (3000, 1000, 5) } else { (20_000, 4000, 20) };
+    let (backlog, limited_backlog, steady_secs) = if quick { (3000, 1000, 5) } else { (20_000, 20_000, 20) };
     println!(
         "| scenario | events | stored+confirmed | daemon CPU per 1,000 events | peak RSS | 4400s | redeliveries |"
     );

@@ -5,6 +5,10 @@
 //! GCRA (`governor`) allows `burst + rate × T` calls in any window `T`; to keep every
 //! sliding window within `limit`, the burst is small and the steady rate is
 //! `limit - 2 × burst` per window (one burst of margin for network jitter).
+//!
+//! Pacing, not bursting, on purpose: a sliding-window budget spent in a burst drains a
+//! backlog faster, but under steady load it spends a minute's budget in seconds and then
+//! stalls — and a stalled ConfirmEvent budget lets handles pass their 30 s window.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
