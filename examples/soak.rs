@@ -141,7 +141,7 @@ async fn main() {
         s.queue.outstanding,
         s.queue.redelivered,
         s.api.faults,
-        emu.webhooks().len(),
+        emu.webhook_count(),
         status.code()
     );
 }
