@@ -8,6 +8,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::ApiVersion;
+use crate::event_types::{self, scalar_text, Role};
 
 /// The `event_type` recorded for content that names none.
 pub const MISSING_TYPE: &str = "<missing>";
@@ -23,8 +24,10 @@ pub struct ReceivedEvent {
     pub event_type: String,
     /// `version` as text (`"4.0"`, or `4` when sent as a number).
     pub version: Option<String>,
-    /// The file the event is about, when it names one.
+    /// The file the event is about, when it names one: the first of `files`.
     pub file_id: Option<String>,
+    /// Every file the event names, outputs first, each once.
+    pub files: Vec<(String, Role)>,
     /// The task the event reports on, when it names one.
     pub task_id: Option<String>,
     /// The API it came from.
@@ -45,16 +48,28 @@ impl ReceivedEvent {
             other => other,
         };
         let body = body.unwrap_or(Value::Null);
-        let (event_type, version, file_id, task_id) = match api {
+        let (event_type, version, files, task_id) = match api {
             ApiVersion::V2 => {
                 let data = &body["data"];
+                let event_type = scalar_text(&body["eventType"]);
                 let task = ["vodTaskId", "procedureTaskId", "taskId"].iter().find_map(|k| scalar_text(&data[*k]));
-                (scalar_text(&body["eventType"]), scalar_text(&body["version"]), file_id(data), task)
+                let deleted = event_type.as_deref() == Some("FileDeleted");
+                (event_type, scalar_text(&body["version"]), event_types::walk_file_ids(data, deleted), task)
             }
             ApiVersion::V3 => {
-                let payload = v3_payload(&body);
-                let task = ["TaskId", "ProcedureTaskId"].iter().find_map(|k| scalar_text(&payload[*k]));
-                (scalar_text(&body["EventType"]), None, v3_file_id(payload), task)
+                let event_type = scalar_text(&body["EventType"]);
+                let (payload, known) = v3_payload(&body, event_type.as_deref());
+                let (files, task) = match known {
+                    Some(t) => (
+                        event_types::table_file_ids(t, payload),
+                        t.task_id.iter().find_map(|k| scalar_text(&payload[*k])),
+                    ),
+                    None => (
+                        event_types::walk_file_ids(payload, false),
+                        ["TaskId", "ProcedureTaskId"].iter().find_map(|k| scalar_text(&payload[*k])),
+                    ),
+                };
+                (event_type, None, files, task)
             }
         };
         ReceivedEvent {
@@ -62,7 +77,8 @@ impl ReceivedEvent {
             dedupe_key,
             event_type: event_type.unwrap_or_else(|| MISSING_TYPE.to_string()),
             version,
-            file_id,
+            file_id: files.first().map(|(id, _)| id.clone()),
+            files,
             task_id,
             api,
         }
@@ -74,38 +90,25 @@ impl ReceivedEvent {
     }
 }
 
-/// The file id: `data.fileId`, else the first `fileInfo` entry's (an object for
-/// ClipComplete, an array for FileDeleted and ConcatComplete), else `srcFileId`.
-fn file_id(data: &Value) -> Option<String> {
-    scalar_text(&data["fileId"])
-        .or_else(|| scalar_text(&data["fileInfo"]["fileId"]))
-        .or_else(|| scalar_text(&data["fileInfo"][0]["fileId"]))
-        .or_else(|| scalar_text(&data["srcFileId"]))
-}
-
-/// The v3 per-type object (`FileUploadEvent`, `ProcedureStateChangeEvent`, ...): the first
-/// member that is a non-null object. Unknown and null members are ignored.
-pub fn v3_payload(body: &Value) -> &Value {
-    body.as_object()
-        .and_then(|members| members.iter().find(|(k, v)| k.as_str() != "EventHandle" && v.is_object()).map(|(_, v)| v))
-        .unwrap_or(&Value::Null)
-}
-
-/// v3: `FileId`, else the first of `FileIdSet`, else `FileInfoSet`/`FileInfo`, else `SrcFileId`.
-fn v3_file_id(payload: &Value) -> Option<String> {
-    scalar_text(&payload["FileId"])
-        .or_else(|| scalar_text(&payload["FileIdSet"][0]))
-        .or_else(|| scalar_text(&payload["FileInfoSet"][0]["FileId"]))
-        .or_else(|| scalar_text(&payload["FileInfo"]["FileId"]))
-        .or_else(|| scalar_text(&payload["SrcFileId"]))
-}
-
-/// A string or number as text; anything else (or an empty string) is `None`.
-fn scalar_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// The v3 per-type payload (`FileUploadEvent`, `ProcedureStateChangeEvent`, ...) and its
+/// table entry. A type the SDK model knows is read from its own member, whatever else the
+/// event holds. For any other type the payload is the one member holding a non-empty object
+/// (unknown and null members, and `{}`, are ignored); if there is no such member or there are
+/// several, the event has no payload (it is still stored as received).
+pub fn v3_payload<'a>(body: &'a Value, event_type: Option<&str>) -> (&'a Value, Option<&'static event_types::V3Type>) {
+    if let Some(t) = event_type.and_then(event_types::v3_type) {
+        if body[t.member].is_object() {
+            return (&body[t.member], Some(t));
+        }
+    }
+    let mut objects = body
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| k.as_str() != "EventHandle" && v.as_object().is_some_and(|o| !o.is_empty()));
+    match (objects.next(), objects.next()) {
+        (Some((_, payload)), None) => (payload, None),
+        _ => (&Value::Null, None),
     }
 }
 
@@ -277,6 +280,48 @@ pub(crate) mod tests {
         );
         assert_eq!(deleted.file_id.as_deref(), Some("7"));
         assert_eq!(deleted.api, ApiVersion::V3);
+    }
+
+    #[test]
+    fn the_v3_payload_is_chosen_by_event_type_not_by_member_order() {
+        let decoy = r#"{"EventType":"NewFileUpload","AigcImageCompleteEvent":{},"AigcVideoCompleteEvent":{"TaskId":"a"},"FileUploadEvent":{"FileId":"52","ProcedureTaskId":"p"}}"#;
+        let e = ReceivedEvent::from_content(decoy, ApiVersion::V3);
+        assert_eq!((e.file_id.as_deref(), e.task_id.as_deref()), (Some("52"), Some("p")));
+        let unknown_one = ReceivedEvent::from_content(
+            r#"{"EventType":"FutureThing","Empty":{},"FutureThingEvent":{"TaskId":"t","Input":{"FileId":"9"}}}"#,
+            ApiVersion::V3,
+        );
+        assert_eq!(
+            (unknown_one.task_id.as_deref(), unknown_one.files.clone()),
+            (Some("t"), vec![("9".into(), Role::Input)])
+        );
+        let ambiguous = ReceivedEvent::from_content(
+            r#"{"EventType":"FutureThing","A":{"TaskId":"a"},"B":{"TaskId":"b"}}"#,
+            ApiVersion::V3,
+        );
+        assert_eq!((ambiguous.task_id, ambiguous.file_id), (None, None));
+    }
+
+    #[test]
+    fn every_file_an_event_names_is_listed_outputs_first() {
+        let clip = ReceivedEvent::from_content(FIXTURES[3], ApiVersion::V2);
+        assert_eq!(clip.files.iter().map(|(_, r)| *r).collect::<Vec<_>>(), [Role::Output, Role::Input]);
+        let concat = ReceivedEvent::from_content(FIXTURES[4], ApiVersion::V2);
+        assert_eq!(concat.files.len(), 2);
+        let deleted = ReceivedEvent::from_content(
+            r#"{"EventType":"FileDeleted","FileDeleteEvent":{"FileIdSet":["7","8"],"FileDeleteResultInfo":[{"FileId":"7"}]}}"#,
+            ApiVersion::V3,
+        );
+        assert_eq!(deleted.files, vec![("7".into(), Role::Deleted), ("8".into(), Role::Deleted)]);
+        let split = ReceivedEvent::from_content(
+            r#"{"EventType":"SplitMediaComplete","SplitMediaCompleteEvent":{"TaskId":"t","FileInfoSet":[{"Input":{"FileId":"1"},"Output":{"FileId":"2"}},{"Input":{"FileId":"1"},"Output":{"FileId":"3"}}]}}"#,
+            ApiVersion::V3,
+        );
+        assert_eq!(
+            split.files,
+            vec![("2".into(), Role::Output), ("3".into(), Role::Output), ("1".into(), Role::Input)]
+        );
+        assert_eq!(split.file_id.as_deref(), Some("2"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`config`]: layered configuration and its validation.
 //! - [`api`]: the signed v2 client and its error classes.
 //! - [`event`]: what a received event is (dedupe key, extracted fields).
+//! - [`event_types`]: the SDK model's API 3.0 event types: payload member, task id, file paths.
 //! - [`store`]: SQLite: schema, durable batch insert, history queries.
 //! - [`puller`]: PullEvent → store → hand handles to the confirmer.
 //! - [`confirmer`]: batched ConfirmEvent inside the 30 s window.
@@ -30,6 +31,7 @@ pub mod confirmer;
 pub mod daemon;
 pub mod dispatch;
 pub mod event;
+pub mod event_types;
 pub mod handler;
 pub mod health;
 pub mod http;
