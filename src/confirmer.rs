@@ -4,6 +4,7 @@
 //! while it is still inside Tencent's 30 s window; one that cannot make it is dropped
 //! with a warning (the event will be redelivered and deduplicated). A batch refused with
 //! 4000 is split in halves until the still-valid handles go through without the bad one.
+//! Confirmed handles are recorded on their rows (see [`Store::mark_confirmed`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use crate::api::{Client, ErrorClass};
 use crate::backoff;
 use crate::config::ConfirmConfig;
 use crate::metrics::Metrics;
+use crate::store::{now_ms, Store};
 
 /// A handle whose event is committed.
 #[derive(Debug, Clone)]
@@ -25,6 +27,8 @@ pub struct PendingHandle {
     pub handle: String,
     /// When the PullEvent answer carrying it arrived.
     pub pulled_at: Instant,
+    /// The row its event is stored in.
+    pub event_id: i64,
 }
 
 /// Capacity of the channel from the puller; a full channel makes the puller wait.
@@ -36,6 +40,7 @@ const SAFETY_MARGIN: Duration = Duration::from_millis(500);
 /// Batches and confirms handles until `rx` closes, then flushes everything left.
 pub async fn run(
     client: Arc<Client>,
+    store: Store,
     mut rx: mpsc::Receiver<PendingHandle>,
     config: ConfirmConfig,
     stats: Arc<Metrics>,
@@ -59,10 +64,10 @@ pub async fn run(
             Some(_) = calls.join_next(), if !calls.is_empty() => continue,
         }
         let full = std::mem::replace(&mut batch, Vec::with_capacity(config.batch_size));
-        spawn_confirm(&mut calls, &permits, &client, &config, &stats, full).await;
+        spawn_confirm(&mut calls, &permits, &client, &store, &config, &stats, full).await;
     }
     for chunk in batch.chunks(config.batch_size) {
-        spawn_confirm(&mut calls, &permits, &client, &config, &stats, chunk.to_vec()).await;
+        spawn_confirm(&mut calls, &permits, &client, &store, &config, &stats, chunk.to_vec()).await;
     }
     while calls.join_next().await.is_some() {}
 }
@@ -77,6 +82,7 @@ async fn spawn_confirm(
     calls: &mut JoinSet<()>,
     permits: &Arc<Semaphore>,
     client: &Arc<Client>,
+    store: &Store,
     config: &ConfirmConfig,
     stats: &Arc<Metrics>,
     batch: Vec<PendingHandle>,
@@ -85,16 +91,32 @@ async fn spawn_confirm(
         return;
     }
     let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
-    let (client, stats, ttl) = (client.clone(), stats.clone(), config.handle_ttl);
+    let (client, store, stats, ttl) = (client.clone(), store.clone(), stats.clone(), config.handle_ttl);
     calls.spawn(async move {
-        confirm_batch(&client, batch, ttl, &stats).await;
+        let confirmed = confirm_batch(&client, batch, ttl, &stats).await;
         drop(permit);
+        record_confirmed(&store, confirmed).await;
     });
 }
 
+/// Records which rows had a handle confirmed, so a later identical content is known to be a
+/// new occurrence rather than a redelivery. Failing to record it is not fatal: such a
+/// content then folds into the row, as a redelivery would.
+async fn record_confirmed(store: &Store, mut ids: Vec<i64>) {
+    if ids.is_empty() {
+        return;
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    if let Err(e) = store.mark_confirmed(ids, now_ms()).await {
+        warn!(error = %e, "Could not record confirmed handles; if an identical event comes again it will be treated as a redelivery of the stored one.");
+    }
+}
+
 /// Confirms one batch, retrying transient failures inside the handles' window and
-/// splitting a batch refused with 4000.
-async fn confirm_batch(client: &Client, batch: Vec<PendingHandle>, ttl: Duration, stats: &Metrics) {
+/// splitting a batch refused with 4000. Returns the rows of the handles confirmed.
+async fn confirm_batch(client: &Client, batch: Vec<PendingHandle>, ttl: Duration, stats: &Metrics) -> Vec<i64> {
+    let mut confirmed = Vec::new();
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut work = vec![batch];
     while let Some(mut part) = work.pop() {
@@ -113,6 +135,7 @@ async fn confirm_batch(client: &Client, batch: Vec<PendingHandle>, ttl: Duration
                         stats.pull_to_confirm_seconds.observe(h.pulled_at.elapsed().as_secs_f64());
                     }
                     debug!(handles = part.len(), "Confirmed.");
+                    confirmed.extend(part.iter().map(|h| h.event_id));
                     break;
                 }
                 Err(e) if e.class() == ErrorClass::InvalidParameter => {
@@ -140,6 +163,7 @@ async fn confirm_batch(client: &Client, batch: Vec<PendingHandle>, ttl: Duration
             }
         }
     }
+    confirmed
 }
 
 /// Removes (with a warning) handles too close to the end of their window to be sent.

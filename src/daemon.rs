@@ -85,6 +85,7 @@ impl Daemon {
             };
             tasks.push(("metrics", tokio::spawn(crate::http::serve(listener, endpoints, stop.clone()))));
         }
+        tasks.push(("file index", tokio::spawn(index_older_files(store.clone(), stop.clone()))));
         if let Some(retention) = config.store.retention {
             tasks.push((
                 "retention",
@@ -93,7 +94,13 @@ impl Daemon {
         }
 
         let (tx, rx) = mpsc::channel(confirmer::CHANNEL_CAPACITY);
-        let confirmer = tokio::spawn(confirmer::run(client.clone(), rx, config.confirm.clone(), self.metrics.clone()));
+        let confirmer = tokio::spawn(confirmer::run(
+            client.clone(),
+            store.clone(),
+            rx,
+            config.confirm.clone(),
+            self.metrics.clone(),
+        ));
         let puller = Puller::new(
             config,
             self.config_path.display().to_string(),
@@ -183,6 +190,34 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     check("[alert]", format!("{:?}", old.alert), format!("{:?}", new.alert));
     check("log.format", old.log.format.clone(), new.log.format.clone());
     changed
+}
+
+/// Indexes, in short transactions, the files of events stored before the store had
+/// `event_files` (once, after an upgrade; nothing to do on a new store).
+async fn index_older_files(store: Store, stop: CancellationToken) {
+    const BATCH: u32 = 500;
+    let mut indexed = 0;
+    loop {
+        let pause = match store.backfill_files(BATCH).await {
+            Ok(0) => break,
+            Ok(n) => {
+                indexed += n;
+                // Leave the store to the puller between batches.
+                std::time::Duration::from_millis(20)
+            }
+            Err(e) => {
+                warn!(error = %e, "Indexing the files of older events failed; will try again in a minute. `events list --file-id` finds them by their primary file id meanwhile.");
+                std::time::Duration::from_secs(60)
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+    if indexed > 0 {
+        info!(events = indexed, "Indexed every file named by events stored before this version.");
+    }
 }
 
 /// Prunes old, fully delivered events every `interval`.

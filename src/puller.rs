@@ -191,7 +191,8 @@ impl Puller {
                 // The confirmer outlives this loop, so a send only fails if it died; the
                 // event is stored either way and will be redelivered and deduplicated.
                 Some(handle) => {
-                    let _ = self.confirm_tx.send(PendingHandle { handle, pulled_at: received_at }).await;
+                    let _ =
+                        self.confirm_tx.send(PendingHandle { handle, pulled_at: received_at, event_id: row.id }).await;
                 }
                 None => warn!(
                     id = row.id,

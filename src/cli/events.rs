@@ -103,8 +103,11 @@ impl EventsCommand {
             EventsCommand::Show(args) => {
                 let row = find(&store, args.id)?;
                 let deliveries = store.event_deliveries(row.id)?;
+                let files = store.event_files(row.id)?;
                 if args.json {
                     let mut line: serde_json::Value = serde_json::from_str(&json_line(&row)?)?;
+                    line["files"] =
+                        files.iter().map(|(id, role)| serde_json::json!({"file_id": id, "role": role})).collect();
                     line["deliveries"] = serde_json::to_value(
                         deliveries
                             .iter()
@@ -113,7 +116,7 @@ impl EventsCommand {
                     )?;
                     writeln!(out, "{line}")?;
                 } else {
-                    write_details(&mut out, &row)?;
+                    write_details(&mut out, &row, &files)?;
                     super::deliveries::write_event_deliveries(&mut out, &deliveries)?;
                 }
             }
@@ -179,6 +182,7 @@ fn json_line(row: &EventRow) -> anyhow::Result<String> {
         file_id: Option<&'a str>,
         task_id: Option<&'a str>,
         times_seen: i64,
+        occurrence: i64,
         version: Option<&'a str>,
         api: &'a str,
         dedupe_key: &'a str,
@@ -194,6 +198,7 @@ fn json_line(row: &EventRow) -> anyhow::Result<String> {
         file_id: row.file_id.as_deref(),
         task_id: row.task_id.as_deref(),
         times_seen: row.times_seen,
+        occurrence: row.occurrence,
         version: row.version.as_deref(),
         api: &row.api,
         dedupe_key: &row.dedupe_key,
@@ -236,16 +241,28 @@ fn write_table(out: &mut impl std::io::Write, rows: &[EventRow]) -> std::io::Res
     Ok(())
 }
 
-fn write_details(out: &mut impl std::io::Write, row: &EventRow) -> anyhow::Result<()> {
+fn write_details(out: &mut impl std::io::Write, row: &EventRow, files: &[(String, String)]) -> anyhow::Result<()> {
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     writeln!(out, "id:           {}", row.id)?;
     writeln!(out, "event type:   {}", row.event_type)?;
     writeln!(out, "version:      {}", dash(&row.version))?;
     writeln!(out, "file id:      {}", dash(&row.file_id))?;
+    if files.len() > 1 {
+        let all: Vec<String> = files.iter().map(|(id, role)| format!("{id} ({role})")).collect();
+        writeln!(out, "files:        {}", all.join(", "))?;
+    }
     writeln!(out, "task id:      {}", dash(&row.task_id))?;
     writeln!(out, "received at:  {}", rfc3339(row.received_at))?;
     writeln!(out, "last seen at: {}", rfc3339(row.last_seen_at))?;
     writeln!(out, "times seen:   {}", row.times_seen)?;
+    if row.occurrence > 1 {
+        writeln!(
+            out,
+            "occurrence:   {} (the same content came again after an earlier copy was confirmed)",
+            row.occurrence
+        )?;
+    }
+    writeln!(out, "confirmed at: {}", row.confirmed_at.map_or_else(|| "-".into(), rfc3339))?;
     writeln!(out, "dedupe key:   {}", row.dedupe_key)?;
     let pretty = serde_json::from_str::<serde_json::Value>(&row.content)
         .and_then(|v| serde_json::to_string_pretty(&v))

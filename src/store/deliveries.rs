@@ -13,19 +13,26 @@ use crate::handler::Delivery;
 /// The stable id of an event's delivery to a handler (`webhook-id`, `VOD_EVENT_ID`):
 /// derived from the content and the handler name, so it is the same on every retry and
 /// replay, even after the event row is pruned and received again.
-pub fn webhook_id(dedupe_key: &[u8], handler: &str) -> String {
+pub fn webhook_id(dedupe_key: &[u8], occurrence: i64, handler: &str) -> String {
     let mut h = Sha256::new();
     h.update(dedupe_key);
     h.update([0]);
     h.update(handler.as_bytes());
+    // The first occurrence keeps the id it had before occurrences were counted.
+    if occurrence > 1 {
+        h.update([0]);
+        h.update(occurrence.to_string().as_bytes());
+    }
     format!("msg_{}", &crate::event::hex(&h.finalize())[..32])
 }
 
-/// Inserts one pending delivery per handler for a newly stored event.
+/// Inserts one pending delivery per handler for a newly stored event (occurrence
+/// `occurrence` of its content).
 pub(crate) fn route_new_event(
     conn: &Connection,
     event_id: i64,
     dedupe_key: &[u8],
+    occurrence: i64,
     handlers: &[String],
     now: i64,
 ) -> Result<(), StoreError> {
@@ -34,7 +41,7 @@ pub(crate) fn route_new_event(
          VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
     )?;
     for handler in handlers {
-        stmt.execute(params![event_id, handler, webhook_id(dedupe_key, handler), now])?;
+        stmt.execute(params![event_id, handler, webhook_id(dedupe_key, occurrence, handler), now])?;
     }
     Ok(())
 }
@@ -303,7 +310,10 @@ impl Store {
         let now = super::now_ms();
         self.run_sync(|conn| {
             let tx = conn.transaction()?;
-            let key: Vec<u8> = tx.query_row("SELECT dedupe_key FROM events WHERE id = ?", [event_id], |r| r.get(0))?;
+            let (key, occurrence): (Vec<u8>, i64) =
+                tx.query_row("SELECT dedupe_key, occurrence FROM events WHERE id = ?", [event_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
             let handlers: Vec<String> = match handler {
                 Some(h) => vec![h.to_string()],
                 None => {
@@ -313,7 +323,7 @@ impl Store {
                     rows.collect::<Result<_, _>>()?
                 }
             };
-            route_new_event(&tx, event_id, &key, &handlers, now)?;
+            route_new_event(&tx, event_id, &key, occurrence, &handlers, now)?;
             tx.commit()?;
             Ok(handlers)
         })

@@ -5,6 +5,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{Store, StoreError};
+use crate::config::ApiVersion;
 use crate::event::ReceivedEvent;
 
 /// What happened to one event of a batch.
@@ -37,8 +38,13 @@ pub struct EventRow {
     pub received_at: i64,
     /// Latest delivery, Unix ms.
     pub last_seen_at: i64,
-    /// Deliveries seen.
+    /// Deliveries seen (redeliveries fold into the row).
     pub times_seen: i64,
+    /// Which occurrence of this content the row is (1 unless the content came again after a
+    /// handle of an earlier row was confirmed).
+    pub occurrence: i64,
+    /// When a handle of this row was first confirmed, Unix ms.
+    pub confirmed_at: Option<i64>,
     /// `eventContent` exactly as received.
     pub content: String,
 }
@@ -56,8 +62,8 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
-const COLUMNS: &str =
-    "id, dedupe_key, api, event_type, version, file_id, task_id, received_at, last_seen_at, times_seen, content";
+const COLUMNS: &str = "id, dedupe_key, api, event_type, version, file_id, task_id, received_at, last_seen_at, \
+     times_seen, content, occurrence, confirmed_at";
 
 fn row_to_event(row: &Row<'_>) -> rusqlite::Result<EventRow> {
     let key: Vec<u8> = row.get(1)?;
@@ -73,11 +79,15 @@ fn row_to_event(row: &Row<'_>) -> rusqlite::Result<EventRow> {
         last_seen_at: row.get(8)?,
         times_seen: row.get(9)?,
         content: row.get(10)?,
+        occurrence: row.get(11)?,
+        confirmed_at: row.get(12)?,
     })
 }
 
-/// Inserts a batch in one transaction; a content already stored bumps `times_seen`. A
-/// newly stored event gets a pending delivery for each of its handlers, in the same
+/// Inserts a batch in one transaction. A content already stored and not yet confirmed is a
+/// redelivery: it bumps `times_seen` of its row. A content whose latest row has had a handle
+/// confirmed is a new occurrence of it and gets a row of its own. A newly stored event gets
+/// its files indexed and a pending delivery for each of its handlers, in the same
 /// transaction, so no event is ever stored without its routing.
 pub(crate) fn insert_batch(
     conn: &mut Connection,
@@ -87,35 +97,89 @@ pub(crate) fn insert_batch(
     let tx = conn.transaction()?;
     let mut out = Vec::with_capacity(events.len());
     {
+        let mut latest = tx.prepare_cached(
+            "SELECT id, occurrence, confirmed_at IS NOT NULL FROM events WHERE dedupe_key = ?1
+             ORDER BY occurrence DESC LIMIT 1",
+        )?;
+        let mut fold =
+            tx.prepare_cached("UPDATE events SET last_seen_at = ?2, times_seen = times_seen + 1 WHERE id = ?1")?;
         let mut insert = tx.prepare_cached(
-            "INSERT INTO events (dedupe_key, event_type, version, file_id, task_id, content, received_at, last_seen_at, api)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)
-             ON CONFLICT (dedupe_key) DO UPDATE SET last_seen_at = excluded.last_seen_at, times_seen = times_seen + 1
-             RETURNING id, times_seen",
+            "INSERT INTO events (dedupe_key, occurrence, event_type, version, file_id, task_id, content, received_at, last_seen_at, api)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
         )?;
         for (e, handlers) in events {
-            let (id, times_seen): (i64, i64) = insert.query_row(
-                params![
-                    &e.dedupe_key[..],
-                    e.event_type,
-                    e.version,
-                    e.file_id,
-                    e.task_id,
-                    e.content,
-                    now_ms,
-                    e.api.as_str()
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let new = times_seen == 1;
-            if new {
-                super::deliveries::route_new_event(&tx, id, &e.dedupe_key, handlers, now_ms)?;
-            }
-            out.push(Inserted { id, new });
+            let found: Option<(i64, i64, bool)> =
+                latest.query_row([&e.dedupe_key[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+            let occurrence = match found {
+                Some((id, _, false)) => {
+                    fold.execute(params![id, now_ms])?;
+                    out.push(Inserted { id, new: false });
+                    continue;
+                }
+                Some((_, occurrence, true)) => occurrence + 1,
+                None => 1,
+            };
+            insert.execute(params![
+                &e.dedupe_key[..],
+                occurrence,
+                e.event_type,
+                e.version,
+                e.file_id,
+                e.task_id,
+                e.content,
+                now_ms,
+                e.api.as_str()
+            ])?;
+            let id = tx.last_insert_rowid();
+            index_files(&tx, id, e)?;
+            super::deliveries::route_new_event(&tx, id, &e.dedupe_key, occurrence, handlers, now_ms)?;
+            out.push(Inserted { id, new: true });
         }
     }
     tx.commit()?;
     Ok(out)
+}
+
+/// Records every file `event` names for row `id`.
+fn index_files(conn: &Connection, id: i64, event: &ReceivedEvent) -> Result<(), StoreError> {
+    let mut stmt =
+        conn.prepare_cached("INSERT OR REPLACE INTO event_files (file_id, event_id, role) VALUES (?1, ?2, ?3)")?;
+    for (file_id, role) in &event.files {
+        stmt.execute(params![file_id, id, role.as_str()])?;
+    }
+    Ok(())
+}
+
+/// `daemon_state` key: rows with a lower id may still lack their `event_files` entries
+/// (stored before that table existed).
+const BACKFILL_KEY: &str = "event_files_backfill_below";
+
+/// Indexes the files of up to `batch` older events (newest first) that were stored before
+/// `event_files` existed. Returns how many rows it read; 0 means there is nothing left.
+fn backfill_files(conn: &mut Connection, batch: u32) -> Result<usize, StoreError> {
+    let tx = conn.transaction()?;
+    let below: Option<i64> = tx
+        .query_row("SELECT CAST(value AS INTEGER) FROM daemon_state WHERE key = ?1", [BACKFILL_KEY], |r| r.get(0))
+        .optional()?;
+    let Some(below) = below else { return Ok(0) };
+    let rows: Vec<(i64, String, String)> = {
+        let mut stmt = tx.prepare("SELECT id, api, content FROM events WHERE id < ?1 ORDER BY id DESC LIMIT ?2")?;
+        let rows = stmt.query_map(params![below, batch], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (id, api, content) in &rows {
+        let api = if api == "v3" { ApiVersion::V3 } else { ApiVersion::V2 };
+        index_files(&tx, *id, &ReceivedEvent::from_content(content, api))?;
+    }
+    match rows.last() {
+        Some((lowest, _, _)) => tx.execute(
+            "UPDATE daemon_state SET value = CAST(?2 AS TEXT) WHERE key = ?1",
+            params![BACKFILL_KEY, lowest],
+        )?,
+        None => tx.execute("DELETE FROM daemon_state WHERE key = ?1", [BACKFILL_KEY])?,
+    };
+    tx.commit()?;
+    Ok(rows.len())
 }
 
 impl Store {
@@ -124,6 +188,41 @@ impl Store {
     pub async fn insert_events(&self, events: Vec<(ReceivedEvent, Vec<String>)>) -> Result<Vec<Inserted>, StoreError> {
         let now = super::now_ms();
         self.run(move |conn| insert_batch(conn, &events, now)).await
+    }
+
+    /// Records that a handle of each of these rows was confirmed (bookkeeping: losing it to a
+    /// power cut only makes a later identical content fold into the row instead of becoming
+    /// a new occurrence).
+    pub async fn mark_confirmed(&self, ids: Vec<i64>, now_ms: i64) -> Result<(), StoreError> {
+        self.run_bookkeeping(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("UPDATE events SET confirmed_at = ?2 WHERE id = ?1 AND confirmed_at IS NULL")?;
+                for id in ids {
+                    stmt.execute(params![id, now_ms])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Indexes the files of up to `batch` events stored before `event_files` existed; 0
+    /// when none are left.
+    pub async fn backfill_files(&self, batch: u32) -> Result<usize, StoreError> {
+        self.run_bookkeeping(move |conn| backfill_files(conn, batch)).await
+    }
+
+    /// Every file an event names, with its role.
+    pub fn event_files(&self, id: i64) -> Result<Vec<(String, String)>, StoreError> {
+        self.run_sync(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT file_id, role FROM event_files WHERE event_id = ? ORDER BY role DESC, file_id")?;
+            let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     /// Events matching `filter`, newest first.
@@ -139,7 +238,9 @@ impl Store {
             args.push(since.into());
         }
         if let Some(f) = &filter.file_id {
-            sql.push_str(" AND file_id = ?");
+            // Any file the event names; `file_id` too, for rows not yet indexed (see backfill_files).
+            sql.push_str(" AND (file_id = ? OR id IN (SELECT event_id FROM event_files WHERE file_id = ?))");
+            args.push(f.clone().into());
             args.push(f.clone().into());
         }
         sql.push_str(" ORDER BY received_at DESC, id DESC LIMIT ?");
@@ -209,6 +310,85 @@ mod tests {
             row.content, r#"{"eventType":"NewFileUpload","data":{"fileId":"1"}}"#,
             "first content kept as received"
         );
+    }
+
+    #[tokio::test]
+    async fn content_seen_again_after_a_confirm_is_a_new_occurrence() {
+        let (_dir, store) = store();
+        let cast = ev(r#"{"eventType":"MediaCastStatusChanged","data":{"castId":"c","status":"Working"}}"#);
+        let routed = || vec![(cast.clone(), vec!["hook".to_string()])];
+        let first = store.insert_events(routed()).await.unwrap()[0];
+        // Redelivered before any confirm: folded, handlers not routed again.
+        let again = store.insert_events(routed()).await.unwrap()[0];
+        assert_eq!((again.id, again.new), (first.id, false));
+        store.mark_confirmed(vec![first.id], 1).await.unwrap();
+        let second = store.insert_events(routed()).await.unwrap()[0];
+        assert!(second.new && second.id != first.id);
+        // Its own redelivery folds into the second row.
+        assert_eq!(store.insert_events(routed()).await.unwrap()[0], Inserted { id: second.id, new: false });
+        let rows = store.list_events(&EventFilter { limit: 10, ..Default::default() }).unwrap();
+        assert_eq!(rows.iter().map(|r| (r.occurrence, r.times_seen)).collect::<Vec<_>>(), [(2, 2), (1, 2)]);
+        assert_eq!(rows[1].confirmed_at, Some(1));
+        let deliveries =
+            store.list_deliveries(&crate::store::DeliveryFilter { limit: 10, ..Default::default() }).unwrap();
+        assert_eq!(deliveries.len(), 2, "one delivery per occurrence");
+        assert_ne!(deliveries[0].webhook_id, deliveries[1].webhook_id);
+        assert_eq!(
+            deliveries.iter().find(|d| d.event_id == first.id).unwrap().webhook_id,
+            crate::store::webhook_id(&cast.dedupe_key, 1, "hook")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_event_is_found_by_every_file_it_names() {
+        let (_dir, store) = store();
+        let split = ReceivedEvent::from_content(
+            r#"{"EventType":"SplitMediaComplete","SplitMediaCompleteEvent":{"TaskId":"t","FileInfoSet":[{"Input":{"FileId":"in"},"Output":{"FileId":"out1"}},{"Input":{"FileId":"in"},"Output":{"FileId":"out2"}}]}}"#,
+            crate::config::ApiVersion::V3,
+        );
+        let id = store.insert_events(vec![(split, vec![])]).await.unwrap()[0].id;
+        for file in ["out1", "out2", "in"] {
+            let found = store
+                .list_events(&EventFilter { file_id: Some(file.into()), limit: 10, ..Default::default() })
+                .unwrap();
+            assert_eq!(found.iter().map(|r| r.id).collect::<Vec<_>>(), [id], "{file}");
+        }
+        assert_eq!(store.get_event(id).unwrap().unwrap().file_id.as_deref(), Some("out1"));
+        assert_eq!(
+            store.event_files(id).unwrap(),
+            [("out1".into(), "output".into()), ("out2".into(), "output".into()), ("in".into(), "input".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn upgrading_keeps_every_row_and_indexes_older_events_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        // A store as the previous version left it: schema 3, an event with a delivery.
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &super::super::MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute_batch(
+                r#"INSERT INTO events (id, dedupe_key, api, event_type, file_id, content, received_at, last_seen_at)
+                   VALUES (7, x'01', 'v2', 'ClipComplete', 'out', '{"eventType":"ClipComplete","data":{"srcFileId":"src","fileInfo":{"fileId":"out"}}}', 1, 1);
+                   INSERT INTO deliveries (event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
+                   VALUES (7, 'hook', 'msg_x', 'pending', 1, 1, 1);"#,
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path, Duration::from_secs(1)).unwrap();
+        let deliveries =
+            store.list_deliveries(&crate::store::DeliveryFilter { limit: 10, ..Default::default() }).unwrap();
+        assert_eq!(deliveries.len(), 1, "rebuilding events must not cascade into deliveries");
+        let by_src = EventFilter { file_id: Some("src".into()), limit: 10, ..Default::default() };
+        assert!(store.list_events(&by_src).unwrap().is_empty(), "not indexed yet");
+        assert_eq!(store.backfill_files(100).await.unwrap(), 1);
+        assert_eq!(store.backfill_files(100).await.unwrap(), 0);
+        assert_eq!(store.list_events(&by_src).unwrap()[0].id, 7);
+        assert_eq!(store.get_event(7).unwrap().unwrap().occurrence, 1);
     }
 
     #[tokio::test]

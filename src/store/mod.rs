@@ -18,13 +18,14 @@ pub use deliveries::{webhook_id, AttemptRecord, AttemptRow, DeliveryFilter, Deli
 pub use events::{EventFilter, EventRow, Inserted};
 pub use keys::{KeyInfo, NewKey};
 pub use maintenance::HandlerCounts;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 /// Schema migrations, applied in order; `user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_events.sql"),
     include_str!("migrations/0002_deliveries.sql"),
     include_str!("migrations/0003_state.sql"),
+    include_str!("migrations/0004_occurrences_files.sql"),
 ];
 
 /// A store failure.
@@ -144,13 +145,30 @@ impl Store {
         if version > MIGRATIONS.len() {
             return Err(StoreError::TooNew { path: self.path.clone(), found: version, known: MIGRATIONS.len() });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i + 1)?;
-            tx.commit()?;
+        if version == MIGRATIONS.len() {
+            return Ok(());
         }
-        Ok(())
+        // A migration may rebuild a table (drop and rename), which must not cascade: foreign
+        // keys are off while migrations run, and checked before each one commits.
+        conn.execute_batch("PRAGMA foreign_keys = OFF;")?;
+        let result = (|| {
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+                let tx = conn.transaction()?;
+                tx.execute_batch(sql)?;
+                let broken: Option<String> = tx.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
+                if let Some(table) = broken {
+                    return Err(StoreError::Corrupt {
+                        path: self.path.clone(),
+                        detail: format!("migration {} left dangling references in {table}", i + 1),
+                    });
+                }
+                tx.pragma_update(None, "user_version", i + 1)?;
+                tx.commit()?;
+            }
+            Ok(())
+        })();
+        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+        result
     }
 
     /// The store file.
