@@ -1,8 +1,8 @@
 //! API 3.0: JSON POST to `/` with `X-TC-Action`, `X-TC-Version: 2018-07-17`,
 //! `X-TC-Timestamp`, optional `X-TC-Region` and `X-TC-Token`, signed TC3-HMAC-SHA256
 //! (`vod-protocol`). Success is `{"Response": {...}}`; failure is told by
-//! `Response.Error`, whatever the HTTP status. `EventSet` null, missing or empty means no
-//! events. Each pulled event is kept as Tencent sent it minus `EventHandle` (key order and
+//! `Response.Error`, whatever the HTTP status. An idle queue answers PullEvents with the error
+//! code `ResourceNotFound`, which means no events, as do `EventSet` null, missing or empty. Each pulled event is kept as Tencent sent it minus `EventHandle` (key order and
 //! values exact), which is the body VOD's own v3 HTTP callbacks carry.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,6 +23,10 @@ use super::{ClientSettings, PulledItem};
 pub const VERSION: &str = "2018-07-17";
 /// The signed service name.
 pub const SERVICE: &str = "vod";
+/// The PullEvents error code that means "no events": the official Go SDK lists it among
+/// PullEvents' errors, and consumers built on the official Java SDK map it to an empty
+/// `EventSet`. Only this exact code; `ResourceNotFound.*` subcodes stay errors.
+pub const IDLE_CODE: &str = "ResourceNotFound";
 /// The content type sent and signed (as Tencent's SDKs send it).
 pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
@@ -73,7 +77,11 @@ impl V3Client {
     /// Long-polls `PullEvents`.
     pub async fn pull_events(&self) -> Result<Vec<PulledItem>, ApiError> {
         const ACTION: &str = "PullEvents";
-        let body = self.call(ACTION, json!({})).await?;
+        let body = match self.call(ACTION, json!({})).await {
+            // The service's answer for an idle queue (after its hold): no events.
+            Err(ApiError::Refused { code: Code::V3(code), .. }) if code == IDLE_CODE => return Ok(Vec::new()),
+            other => other?,
+        };
         parse_event_set(&body).map_err(|detail| ApiError::Malformed {
             action: ACTION,
             detail,
@@ -188,7 +196,12 @@ fn split_handle(raw: &RawValue) -> PulledItem {
         // Not an object: keep it; it cannot be confirmed.
         return PulledItem { handle: None, content: raw.get().to_string() };
     };
-    let handle = members.shift_remove("EventHandle").and_then(|h| serde_json::from_str::<String>(h.get()).ok());
+    // The model says string; a number is taken as its text, as the v2 client does.
+    let handle = members.shift_remove("EventHandle").and_then(|h| match serde_json::from_str::<Value>(h.get()) {
+        Ok(Value::String(s)) => Some(s),
+        Ok(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    });
     let content = serde_json::to_string(&members).expect("raw JSON members serialise");
     PulledItem { handle: handle.filter(|h| !h.is_empty()), content }
 }
@@ -237,6 +250,8 @@ mod tests {
             item.content,
             r#"{"EventType":"NewFileUpload","FileUploadEvent":{"FileId":"1","Size":1.50},"Zeta":null}"#
         );
+        let numeric: Box<RawValue> = serde_json::from_str(r#"{"EventHandle":12345,"EventType":"X"}"#).unwrap();
+        assert_eq!(split_handle(&numeric).handle.as_deref(), Some("12345"));
         let not_object: Box<RawValue> = serde_json::from_str("[1]").unwrap();
         assert_eq!(split_handle(&not_object).handle, None);
     }

@@ -33,8 +33,9 @@ pub struct EmulatorArgs {
     /// Probability (0 to 1) that a call gets an injected fault.
     #[arg(long, default_value_t = 0.0)]
     pub fault_rate: f64,
-    /// How an empty long poll is answered: code4000, empty-list, missing-list, rotate.
-    #[arg(long, default_value = "code4000", value_parser = parse_empty)]
+    /// How an empty long poll is answered: idle (the service's own: v2 code 4000, v3
+    /// ResourceNotFound), empty-list, missing-list, null-list, rotate.
+    #[arg(long, default_value = "idle", value_parser = parse_empty)]
     pub empty: EmptyResponse,
     /// Enqueue this many realistic events at start.
     #[arg(long, default_value_t = 0)]
@@ -55,11 +56,12 @@ pub fn parse_api(s: &str) -> Result<Api, String> {
 
 fn parse_empty(s: &str) -> Result<EmptyResponse, String> {
     match s {
-        "code4000" => Ok(EmptyResponse::Code4000),
+        "idle" | "code4000" => Ok(EmptyResponse::Idle),
         "empty-list" => Ok(EmptyResponse::EmptyList),
         "missing-list" => Ok(EmptyResponse::MissingList),
+        "null-list" => Ok(EmptyResponse::NullList),
         "rotate" => Ok(EmptyResponse::Rotate),
-        _ => Err("expected code4000, empty-list, missing-list or rotate".into()),
+        _ => Err("expected idle, empty-list, missing-list, null-list or rotate".into()),
     }
 }
 

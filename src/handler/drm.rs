@@ -1,19 +1,21 @@
-//! The DRM key fetcher (legacy HLS encryption): for task-flow events whose
-//! `data.drm.edkList` carries EDKs, calls DescribeDrmDataKey (at most 10 EDKs per call,
-//! 100 calls/min client-side) and stores each data key once. With `key_dir`, each key is
+//! The DRM key fetcher (legacy HLS encryption): finds the EDKs of a task-flow event — v2:
+//! `data.drm.edkList`; API 3.0, whose events carry none: the `#EXT-X-KEY` URIs of the HLS
+//! playlists its results name ([`super::hls`]) — calls DescribeDrmDataKey (at most 10 EDKs per
+//! call, 100 calls/min client-side) and stores each data key once. With `key_dir`, each key is
 //! also written as `<sha256-hex of edk>.key` (16 raw bytes, mode 0600, atomic rename),
 //! ready for a key server. Data keys never reach logs, attempt records or webhooks.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{Delivery, Failure, Success};
+use super::{hls, Delivery, Failure, Success};
 use crate::api::{Client, ErrorClass};
 use crate::store::{NewKey, Store};
 
@@ -30,10 +32,31 @@ pub struct DrmConfig {
     /// Attempts in flight at once.
     #[serde(default = "default_drm_concurrency")]
     pub concurrency: usize,
+    /// API 3.0: time allowed for each playlist request.
+    #[serde(default = "default_playlist_timeout", with = "humantime_serde")]
+    pub playlist_timeout: Duration,
+    /// API 3.0: the largest playlist read.
+    #[serde(default = "default_playlist_max_bytes")]
+    pub playlist_max_bytes: usize,
+    /// API 3.0: fetch `http://` playlist URLs as they are; by default they are fetched over
+    /// HTTPS, which VOD's storage domains serve.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// API 3.0: follow redirects when fetching playlists.
+    #[serde(default)]
+    pub follow_redirects: bool,
 }
 
 fn default_drm_concurrency() -> usize {
     2
+}
+
+fn default_playlist_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_playlist_max_bytes() -> usize {
+    1 << 20
 }
 
 impl DrmConfig {
@@ -47,6 +70,12 @@ impl DrmConfig {
         if self.concurrency == 0 {
             issues.push(("concurrency".into(), "must be at least 1".into()));
         }
+        if self.playlist_timeout.is_zero() {
+            issues.push(("playlist_timeout".into(), "must be more than 0 (e.g. \"10s\")".into()));
+        }
+        if self.playlist_max_bytes == 0 {
+            issues.push(("playlist_max_bytes".into(), "must be at least 1".into()));
+        }
         issues
     }
 }
@@ -56,6 +85,8 @@ pub struct Drm {
     config: DrmConfig,
     client: Arc<Client>,
     store: Store,
+    playlists: hls::FetchSettings,
+    http: reqwest::Client,
 }
 
 /// The encryption facts of a task-flow event.
@@ -69,54 +100,56 @@ pub struct DrmInfo {
     pub definition: Option<i64>,
 }
 
-/// Finds the EDKs in an event body. v2 documents them in `data.drm {edkList, keySource,
-/// definition}` of task-flow events. API 3.0 documents no place for them, so any object
-/// holding an `EdkList` (or `edkList`) array is taken, with its `KeySource` and
-/// `Definition` siblings (the emulator's v3 task-flow events carry
-/// `ProcedureStateChangeEvent.DrmInfo {Definition, KeySource, GetKeyUrl, EdkList}`).
+/// Finds the EDKs of a v2 task-flow event: `data.drm {edkList, keySource, definition}`.
 pub fn drm_info(body: &Value) -> DrmInfo {
-    find_drm(body).map_or_else(DrmInfo::default, |drm| {
-        let field =
-            |lower: &str, upper: &str| drm.get(lower).or_else(|| drm.get(upper)).cloned().unwrap_or(Value::Null);
-        DrmInfo {
-            edks: field("edkList", "EdkList")
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.as_str().map(String::from))
-                .collect(),
-            key_source: field("keySource", "KeySource").as_str().map(String::from),
-            definition: field("definition", "Definition").as_i64(),
-        }
-    })
-}
-
-/// The first object (depth first) with an `edkList`/`EdkList` array member.
-fn find_drm(value: &Value) -> Option<&serde_json::Map<String, Value>> {
-    match value {
-        Value::Object(map) => {
-            if ["edkList", "EdkList"].iter().any(|k| map.get(*k).is_some_and(Value::is_array)) {
-                return Some(map);
-            }
-            map.values().find_map(find_drm)
-        }
-        Value::Array(items) => items.iter().find_map(find_drm),
-        _ => None,
+    let drm = &body["data"]["drm"];
+    DrmInfo {
+        edks: drm["edkList"].as_array().into_iter().flatten().filter_map(|e| e.as_str().map(String::from)).collect(),
+        key_source: drm["keySource"].as_str().map(String::from),
+        definition: drm["definition"].as_i64(),
     }
 }
 
 impl Drm {
-    pub(super) fn new(config: &DrmConfig, client: Arc<Client>, store: Store) -> Drm {
-        Drm { config: config.clone(), client, store }
+    pub(super) fn new(config: &DrmConfig, client: Arc<Client>, store: Store) -> anyhow::Result<Drm> {
+        let playlists = hls::FetchSettings {
+            timeout: config.playlist_timeout,
+            max_bytes: config.playlist_max_bytes,
+            allow_http: config.allow_http,
+            follow_redirects: config.follow_redirects,
+        };
+        let http = hls::client(&playlists)?;
+        Ok(Drm { config: config.clone(), client, store, playlists, http })
     }
 
     pub(super) async fn handle(&self, d: &Delivery) -> Result<Success, Failure> {
         let body: Value =
             serde_json::from_str(&d.body).map_err(|_| Failure::permanent("the event body is not JSON"))?;
-        let info = drm_info(&body);
+        let info = match hls::playlist_urls(&body) {
+            Some(urls) if urls.is_empty() => {
+                return Ok(Success { status: None, excerpt: Some("no HLS outputs in this task flow".into()) })
+            }
+            Some(urls) => {
+                let found = hls::edks(&self.http, &self.playlists, &urls).await.map_err(|e| match e {
+                    hls::HlsError::Fetch(m) => Failure::transient(m),
+                    hls::HlsError::Refused(m) => Failure::permanent(m),
+                })?;
+                DrmInfo {
+                    key_source: found.iter().find_map(|(_, source)| source.clone()),
+                    edks: found.into_iter().map(|(edk, _)| edk).collect(),
+                    definition: None,
+                }
+            }
+            None => drm_info(&body),
+        };
         if info.edks.is_empty() {
             return Ok(Success { status: None, excerpt: Some("no EDKs in this event".into()) });
         }
+        self.resolve(d, info).await
+    }
+
+    /// Turns EDKs into data keys (those not stored yet) and stores them.
+    async fn resolve(&self, d: &Delivery, info: DrmInfo) -> Result<Success, Failure> {
         let known = self.store.known_edks(info.edks.clone()).await.map_err(|e| Failure::transient(e.to_string()))?;
         let missing: Vec<String> = info.edks.iter().filter(|e| !known.contains(e)).cloned().collect();
         let mut fetched = Vec::new();
@@ -191,16 +224,10 @@ mod tests {
         assert_eq!(info.edks.len(), 1);
         assert_eq!((info.key_source.as_deref(), info.definition), (Some("VodBuildInKMS"), Some(10)));
         assert_eq!(drm_info(&serde_json::json!({"data": {}})), DrmInfo::default());
+        // API 3.0 events carry no EDK (their EDKs are read from playlists).
         let v3 = serde_json::json!({"EventType": "ProcedureStateChanged", "ProcedureStateChangeEvent": {"TaskId": "t",
-            "DrmInfo": {"Definition": 12, "KeySource": "VodBuildInKMS", "EdkList": ["e1", "e2"]}}});
-        assert_eq!(
-            drm_info(&v3),
-            DrmInfo {
-                edks: vec!["e1".into(), "e2".into()],
-                key_source: Some("VodBuildInKMS".into()),
-                definition: Some(12)
-            }
-        );
+            "EdkList": ["e1"]}});
+        assert_eq!(drm_info(&v3), DrmInfo::default());
     }
 
     #[test]

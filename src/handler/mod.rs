@@ -4,6 +4,7 @@
 //! outcome; retries, schedules and the dead state belong to the dispatcher.
 
 mod drm;
+mod hls;
 mod shell;
 mod webhook;
 
@@ -127,7 +128,7 @@ impl AnyHandler {
         Ok(match config {
             HandlerConfig::Webhook(c) => AnyHandler::Webhook(webhook::Webhook::new(name, c)?),
             HandlerConfig::Shell(c) => AnyHandler::Shell(shell::Shell::new(c)),
-            HandlerConfig::Drm(c) => AnyHandler::Drm(drm::Drm::new(c, client, store)),
+            HandlerConfig::Drm(c) => AnyHandler::Drm(drm::Drm::new(c, client, store)?),
         })
     }
 

@@ -46,18 +46,24 @@ pub struct Credential {
     pub secret_key: String,
 }
 
-/// How an empty long poll is answered; Tencent's own demo expects `code 4000`, and
-/// `code 0` with no or an empty `eventList` must be handled too.
+/// How an empty long poll is answered. The service's own idle answer is an error: v2
+/// `code 4000` (what Tencent's own demo expects), v3 `Response.Error.Code =
+/// "ResourceNotFound"` (in the official Go SDK's PullEvents error list; consumers built on the
+/// official Java SDK map it to an empty `EventSet`). A success with no, an empty or a null
+/// list is possible too and must be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum EmptyResponse {
-    /// `{"code": 4000, ...}`.
+    /// v2 `{"code": 4000, ...}`; v3 `{"Response": {"Error": {"Code": "ResourceNotFound", ...}}}`.
     #[default]
-    Code4000,
-    /// `{"code": 0, "eventList": []}`.
+    #[serde(alias = "code4000")]
+    Idle,
+    /// v2 `{"code": 0, "eventList": []}`; v3 `"EventSet": []`.
     EmptyList,
-    /// `{"code": 0}` without `eventList`.
+    /// v2 `{"code": 0}` without `eventList`; v3 without `EventSet`.
     MissingList,
+    /// v2 `"eventList": null`; v3 `"EventSet": null`.
+    NullList,
     /// Each of the above in turn.
     Rotate,
 }
@@ -145,7 +151,7 @@ impl Default for EmulatorConfig {
             max_batch: 16,
             rate_limit_per_minute: Some(1000),
             max_clock_skew: Duration::from_secs(2 * 3600),
-            empty_response: EmptyResponse::Code4000,
+            empty_response: EmptyResponse::Idle,
             faults: Faults::default(),
             api: Api::V2,
         }
@@ -192,6 +198,14 @@ pub(crate) struct Shared {
     pub(crate) generated: AtomicU64,
     pub(crate) webhooks: Mutex<Vec<ReceivedWebhook>>,
     pub(crate) webhooks_received: AtomicU64,
+    /// Where this emulator serves media (`http://<addr>/_media`).
+    pub(crate) media_base: String,
+    /// Playlists served under `media_base`, by path.
+    pub(crate) media: Mutex<HashMap<String, String>>,
+    /// Media requests still to answer with 503.
+    pub(crate) media_failures: AtomicU64,
+    /// Media requests received.
+    pub(crate) media_requests: AtomicU64,
 }
 
 /// A webhook received at `/_emulator/webhook` (a sink to point a webhook handler at).
@@ -247,6 +261,10 @@ impl Emulator {
             generated: AtomicU64::new(0),
             webhooks: Mutex::new(Vec::new()),
             webhooks_received: AtomicU64::new(0),
+            media_base: format!("http://{addr}{}", server::MEDIA_PREFIX),
+            media: Mutex::new(HashMap::new()),
+            media_failures: AtomicU64::new(0),
+            media_requests: AtomicU64::new(0),
         });
         let task = tokio::spawn(server::serve(listener, shared.clone()));
         Ok(Emulator { addr, handle: EmulatorHandle { shared }, task })
@@ -317,12 +335,19 @@ impl EmulatorHandle {
     }
 
     fn enqueue_with(&self, count: usize, make: impl Fn(usize) -> generate::Generated) -> Vec<String> {
-        let events: Vec<_> = (0..count).map(make).collect();
+        let mut events: Vec<_> = (0..count).map(make).collect();
         {
             let mut keys = self.shared.keys.lock().unwrap();
             events.iter().flat_map(|g| g.keys.iter()).for_each(|(edk, dk)| {
                 keys.insert(edk.clone(), *dk);
             });
+            let mut media = self.shared.media.lock().unwrap();
+            for g in &mut events {
+                for (path, text) in g.playlists.drain(..) {
+                    media.insert(path, text);
+                }
+                g.content = g.content.replace(generate::MEDIA_BASE, &self.shared.media_base);
+            }
         }
         let mut queue = self.shared.queue.lock().unwrap();
         let now = std::time::Instant::now();
@@ -332,6 +357,26 @@ impl EmulatorHandle {
         drop(queue);
         self.shared.enqueued.notify_waiters();
         events.into_iter().map(|g| g.content).collect()
+    }
+
+    /// Serves `text` at `path` (starting with `/`) under [`EmulatorHandle::media_url`].
+    pub fn add_media(&self, path: &str, text: impl Into<String>) {
+        self.shared.media.lock().unwrap().insert(path.to_string(), text.into());
+    }
+
+    /// The URL of media `path` (starting with `/`) on this emulator.
+    pub fn media_url(&self, path: &str) -> String {
+        format!("{}{path}", self.shared.media_base)
+    }
+
+    /// Answers the next `n` media requests with HTTP 503.
+    pub fn fail_media_requests(&self, n: u64) {
+        self.shared.media_failures.store(n, Ordering::Relaxed);
+    }
+
+    /// Media requests received so far (including those answered 503).
+    pub fn media_requests(&self) -> u64 {
+        self.shared.media_requests.load(Ordering::Relaxed)
     }
 
     /// Which API's event shapes are generated.

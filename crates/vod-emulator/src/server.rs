@@ -22,6 +22,9 @@ use vod_protocol::codes;
 use crate::auth::{self, Refusal};
 use crate::{EmptyResponse, FaultKind, Faults, Shared};
 
+/// Where media (HLS playlists of generated outputs) is served.
+pub(crate) const MEDIA_PREFIX: &str = "/_media";
+
 /// Largest request body accepted.
 const MAX_BODY: usize = 4 << 20;
 
@@ -67,7 +70,28 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         let control = control.to_string();
         return Ok(control_endpoint(&shared, &control, req).await.unwrap_or_else(|e| e));
     }
+    if let Some(media) = path.strip_prefix(MEDIA_PREFIX) {
+        return Ok(media_file(&shared, media));
+    }
     api(shared, req).await
+}
+
+/// A playlist of a generated output, as VOD's storage would serve it.
+fn media_file(shared: &Shared, path: &str) -> Response<Body> {
+    use std::sync::atomic::Ordering;
+    shared.media_requests.fetch_add(1, Ordering::Relaxed);
+    let fail = shared.media_failures.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
+    let text = shared.media.lock().unwrap().get(path).cloned();
+    let (status, body) = match text {
+        _ if fail => (StatusCode::SERVICE_UNAVAILABLE, String::from("unavailable")),
+        Some(text) => (StatusCode::OK, text),
+        None => (StatusCode::NOT_FOUND, String::from("no such media")),
+    };
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/vnd.apple.mpegurl")
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
 }
 
 pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
@@ -321,7 +345,8 @@ pub(crate) fn empty_mode(shared: &Shared, action: &str) -> EmptyResponse {
     match shared.config.lock().unwrap().empty_response {
         EmptyResponse::Rotate => {
             let n = shared.api.lock().unwrap().calls.get(action).copied().unwrap_or(0);
-            [EmptyResponse::Code4000, EmptyResponse::EmptyList, EmptyResponse::MissingList][(n % 3) as usize]
+            [EmptyResponse::Idle, EmptyResponse::EmptyList, EmptyResponse::MissingList, EmptyResponse::NullList]
+                [(n % 4) as usize]
         }
         other => other,
     }
@@ -331,6 +356,7 @@ fn empty_answer(mode: EmptyResponse) -> Response<Body> {
     match mode {
         EmptyResponse::EmptyList => v2_answer(codes::OK, "", json!({"eventList": []})),
         EmptyResponse::MissingList => v2_answer(codes::OK, "", Value::Null),
+        EmptyResponse::NullList => v2_answer(codes::OK, "", json!({"eventList": null})),
         _ => v2_answer(codes::INVALID_PARAMETER, "(10009)no message", Value::Null),
     }
 }

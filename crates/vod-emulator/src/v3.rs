@@ -86,12 +86,13 @@ async fn run_action(shared: &Shared, action: &str, payload: Value) -> Response<B
 async fn pull_events(shared: &Shared) -> Response<Body> {
     let batch = server::wait_for_batch(shared).await;
     if batch.is_empty() {
-        let fields = match server::empty_mode(shared, "PullEvents") {
-            EmptyResponse::EmptyList => json!({"EventSet": []}),
-            EmptyResponse::MissingList => json!({}),
-            _ => json!({"EventSet": null}),
+        return match server::empty_mode(shared, "PullEvents") {
+            EmptyResponse::EmptyList => ok(json!({"EventSet": []})),
+            EmptyResponse::MissingList => ok(json!({})),
+            EmptyResponse::NullList => ok(json!({"EventSet": null})),
+            // The message text is not documented; public consumers match "no event".
+            _ => error("ResourceNotFound", "no event"),
         };
-        return ok(fields);
     }
     let events: Vec<String> = batch.iter().map(|d| with_handle(&d.content, &d.handle)).collect();
     let body = format!(r#"{{"Response":{{"EventSet":[{}],"RequestId":"{}"}}}}"#, events.join(","), request_id());

@@ -1,0 +1,244 @@
+//! The EDKs of API 3.0 task-flow results. No v3 event carries an EDK: with legacy HLS
+//! encryption, VOD writes each one into the `#EXT-X-KEY` URIs of the playlists it makes
+//! (`getKeyUrl?fileId=…&keySource=VodBuildInKMS&edk=EDK`). This module finds the `.m3u8`
+//! outputs a `ProcedureStateChanged` event names (transcode and adaptive-streaming results),
+//! fetches them (a master playlist leads to its media playlists) with bounded size, time and
+//! count, and reads the EDKs out. Plain `http://` URLs are fetched over HTTPS and redirects
+//! are not followed unless configured.
+
+use std::time::Duration;
+
+use reqwest::Url;
+use serde_json::Value;
+
+use crate::event_types::values_at;
+
+/// Where task-flow results name their output URLs (SDK model `ProcedureTask`).
+const OUTPUT_URLS: &[&str] = &[
+    "MediaProcessResultSet[].TranscodeTask.Output.Url",
+    "MediaProcessResultSet[].AdaptiveDynamicStreamingTask.Output.Url",
+];
+/// Playlists read per event at most (masters and their media playlists together).
+pub const MAX_PLAYLISTS: usize = 32;
+
+/// How playlists are fetched.
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    /// Per request.
+    pub timeout: Duration,
+    /// Largest playlist read.
+    pub max_bytes: usize,
+    /// Fetch `http://` URLs as they are (otherwise over HTTPS).
+    pub allow_http: bool,
+    /// Follow redirects (up to 5).
+    pub follow_redirects: bool,
+}
+
+/// Why the EDKs of an event could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HlsError {
+    /// Worth retrying: the playlist host failed or was unreachable.
+    #[error("{0}")]
+    Fetch(String),
+    /// Retrying will not help.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The `.m3u8` outputs of a v3 `ProcedureStateChanged` event, if it is one.
+pub fn playlist_urls(body: &Value) -> Option<Vec<String>> {
+    let task = body.get("ProcedureStateChangeEvent").filter(|v| v.is_object())?;
+    let mut urls: Vec<String> = Vec::new();
+    for path in OUTPUT_URLS {
+        for url in values_at(task, path) {
+            let is_playlist = Url::parse(&url).is_ok_and(|u| u.path().ends_with(".m3u8"));
+            if is_playlist && !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+    }
+    Some(urls)
+}
+
+/// An HTTP client for playlists.
+pub fn client(settings: &FetchSettings) -> anyhow::Result<reqwest::Client> {
+    let redirect = match settings.follow_redirects {
+        true => reqwest::redirect::Policy::limited(5),
+        false => reqwest::redirect::Policy::none(),
+    };
+    Ok(reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.timeout)
+        .redirect(redirect)
+        .user_agent(concat!("vod-eventd/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+/// Every EDK (with its `keySource`) in the playlists at `urls` and the media playlists their
+/// masters lead to, each once, in order of appearance.
+pub async fn edks(
+    http: &reqwest::Client,
+    settings: &FetchSettings,
+    urls: &[String],
+) -> Result<Vec<(String, Option<String>)>, HlsError> {
+    let mut queue: Vec<Url> = Vec::new();
+    for url in urls {
+        queue.push(Url::parse(url).map_err(|e| HlsError::Refused(format!("output URL {url:?} is not a URL: {e}")))?);
+    }
+    let mut seen: Vec<Url> = Vec::new();
+    let mut found: Vec<(String, Option<String>)> = Vec::new();
+    while let Some(url) = queue.pop() {
+        if seen.contains(&url) {
+            continue;
+        }
+        if seen.len() == MAX_PLAYLISTS {
+            return Err(HlsError::Refused(format!("the event's outputs lead to more than {MAX_PLAYLISTS} playlists")));
+        }
+        seen.push(url.clone());
+        let text = fetch(http, settings, &url).await?;
+        let parsed = parse(&text, &url);
+        for edk in parsed.keys {
+            if !found.contains(&edk) {
+                found.push(edk);
+            }
+        }
+        queue.extend(parsed.variants.into_iter().rev());
+    }
+    Ok(found)
+}
+
+async fn fetch(http: &reqwest::Client, settings: &FetchSettings, url: &Url) -> Result<String, HlsError> {
+    let mut url = url.clone();
+    if url.scheme() == "http" && !settings.allow_http {
+        url.set_scheme("https").expect("http and https are both special schemes");
+    }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(HlsError::Refused(format!("playlist {} is not on http(s)", redact(&url))));
+    }
+    let failed = |e: reqwest::Error| HlsError::Fetch(format!("playlist {}: {}", redact(&url), e.without_url()));
+    let mut response = http.get(url.clone()).send().await.map_err(failed)?;
+    let status = response.status();
+    if status.is_redirection() {
+        return Err(HlsError::Refused(format!(
+            "playlist {} answered a redirect (HTTP {status}); set follow_redirects = true for this handler to follow it",
+            redact(&url)
+        )));
+    }
+    if !status.is_success() {
+        return Err(HlsError::Fetch(format!("playlist {} answered HTTP {status}", redact(&url))));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(failed)? {
+        if body.len() + chunk.len() > settings.max_bytes {
+            return Err(HlsError::Refused(format!(
+                "playlist {} is larger than {} bytes (playlist_max_bytes)",
+                redact(&url),
+                settings.max_bytes
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A URL for messages: scheme, host and path only (no query, no userinfo).
+fn redact(url: &Url) -> String {
+    format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or(""), url.path())
+}
+
+/// What one playlist says.
+#[derive(Debug, Default, PartialEq)]
+struct Parsed {
+    /// `(edk, keySource)` of its `#EXT-X-KEY` / `#EXT-X-SESSION-KEY` URIs.
+    keys: Vec<(String, Option<String>)>,
+    /// Media playlists a master lists (`#EXT-X-STREAM-INF`, `#EXT-X-MEDIA` and
+    /// `#EXT-X-I-FRAME-STREAM-INF` URIs), resolved against the playlist's URL.
+    variants: Vec<Url>,
+}
+
+fn parse(text: &str, base: &Url) -> Parsed {
+    let mut out = Parsed::default();
+    let mut next_is_variant = false;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(tag) = line.strip_prefix('#') {
+            let (name, attributes) = tag.split_once(':').unwrap_or((tag, ""));
+            let uri = attribute(attributes, "URI").and_then(|u| base.join(&u).ok());
+            match name {
+                "EXT-X-KEY" | "EXT-X-SESSION-KEY" => {
+                    if let Some(uri) = uri {
+                        let query = |k: &str| uri.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
+                        if let Some(edk) = query("edk").filter(|e| !e.is_empty()) {
+                            out.keys.push((edk, query("keySource")));
+                        }
+                    }
+                }
+                "EXT-X-STREAM-INF" => next_is_variant = true,
+                "EXT-X-MEDIA" | "EXT-X-I-FRAME-STREAM-INF" => out.variants.extend(uri),
+                _ => {}
+            }
+        } else if std::mem::take(&mut next_is_variant) {
+            out.variants.extend(base.join(line).ok());
+        }
+    }
+    out
+}
+
+/// The value of `name` in an attribute list (`A=1,URI="x",B=…`), quotes removed.
+fn attribute(list: &str, name: &str) -> Option<String> {
+    let mut rest = list;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let (value, after) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let (v, a) = quoted.split_once('"').unwrap_or((quoted, ""));
+                (v, a.strip_prefix(',').unwrap_or(a))
+            }
+            None => after.split_once(',').unwrap_or((after, "")),
+        };
+        if key.trim() == name {
+            return Some(value.to_string());
+        }
+        rest = after;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_edks_and_variants_as_vod_writes_them() {
+        let base = Url::parse("https://1.vod2.myqcloud.com/a/52/master.m3u8").unwrap();
+        let master = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=500000,CODECS=\"avc1.4d401e,mp4a.40.2\"\nv.f210.m3u8\n\
+                      #EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"a\",URI=\"/a/52/audio.m3u8\"\n";
+        let parsed = parse(master, &base);
+        assert!(parsed.keys.is_empty());
+        assert_eq!(
+            parsed.variants.iter().map(Url::as_str).collect::<Vec<_>>(),
+            ["https://1.vod2.myqcloud.com/a/52/v.f210.m3u8", "https://1.vod2.myqcloud.com/a/52/audio.m3u8"]
+        );
+        let media = "#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"https://getkey.example.com/getkey?fileId=52&keySource=VodBuildInKMS&edk=CiCd%2BpfV8%3D%3D\",IV=0x0\n#EXTINF:10,\ns0.ts\n";
+        assert_eq!(parse(media, &base).keys, [("CiCd+pfV8==".to_string(), Some("VodBuildInKMS".to_string()))]);
+        let plain = "#EXTM3U\n#EXT-X-KEY:METHOD=NONE\n#EXTINF:10,\ns0.ts\n";
+        assert_eq!(parse(plain, &base), Parsed::default());
+    }
+
+    #[test]
+    fn attribute_lists_with_quoted_commas() {
+        assert_eq!(attribute("A=1,CODECS=\"x,y\",URI=\"u,v\"", "URI").as_deref(), Some("u,v"));
+        assert_eq!(attribute("METHOD=NONE", "URI"), None);
+    }
+
+    #[test]
+    fn only_m3u8_outputs_of_task_flows_are_read() {
+        let body = serde_json::json!({"EventType": "ProcedureStateChanged", "ProcedureStateChangeEvent": {
+        "MediaProcessResultSet": [
+            {"TranscodeTask": {"Output": {"Url": "http://h/52/v.f230.m3u8?t=1"}}},
+            {"TranscodeTask": {"Output": {"Url": "http://h/52/v.f20.mp4"}}},
+            {"AdaptiveDynamicStreamingTask": {"Output": {"Url": "http://h/52/master.m3u8"}}}
+        ]}});
+        assert_eq!(playlist_urls(&body).unwrap(), ["http://h/52/v.f230.m3u8?t=1", "http://h/52/master.m3u8"]);
+        assert_eq!(playlist_urls(&serde_json::json!({"eventType": "ProcedureStateChanged", "data": {}})), None);
+    }
+}
