@@ -141,9 +141,10 @@ async fn fetch(http: &reqwest::Client, settings: &FetchSettings, url: &Url) -> R
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-/// A URL for messages: scheme, host and path only (no query, no userinfo).
+/// A URL for messages: scheme, host, port and path only (no query, no userinfo).
 fn redact(url: &Url) -> String {
-    format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or(""), url.path())
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!("{}://{}{port}{}", url.scheme(), url.host_str().unwrap_or(""), url.path())
 }
 
 /// What one playlist says.

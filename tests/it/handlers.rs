@@ -309,13 +309,16 @@ both_apis!(drm_keys_are_fetched_served_raw_and_never_logged);
 
 async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api) {
     let emu = emulator(vod_emulator::EmulatorConfig { api, ..fast_emulator_config() }).await;
-    let contents = emu.enqueue_generated_type("ProcedureStateChanged", 3).unwrap();
+    emu.enqueue_generated_type("ProcedureStateChanged", 3).unwrap();
+    let issued = emu.issued_keys();
+    assert!(issued.len() >= 3, "every generated task flow is encrypted");
     let key_dir = tempfile::tempdir().unwrap();
+    // API 3.0 reads EDKs from the emulator's playlists, which it serves over plain HTTP.
     let config = format!(
-        "[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nkey_dir = \"{}\"\n",
+        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nkey_dir = \"{}\"\nallow_http = true\n",
+        api_line(api),
         key_dir.path().display()
     );
-    let config = format!("{}{config}", api_line(api));
     let daemon = TestDaemon::start_logged(&emu.endpoint_for(api), &config, "trace").await;
     eventually(Duration::from_secs(30), "keys fetched", || {
         daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&3))
@@ -323,34 +326,72 @@ async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api
     .await;
 
     let mut secrets = vec![vod_emulator::DEMO_SECRET_KEY.to_string()];
-    for content in &contents {
-        let v: serde_json::Value = serde_json::from_str(content).unwrap();
-        for edk in vod_eventd::handler::drm_info(&v).edks {
-            let edk = edk.as_str();
-            let dk = emu.data_key(edk).unwrap();
-            let out = Command::new(BIN)
-                .args(["keys", "get", "--raw", "--edk", edk, "--config"])
-                .arg(&daemon.config_path)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            assert_eq!(out.stdout, dk, "keys get --raw returns the 16 raw bytes");
-            let file = key_dir.path().join(vod_eventd::handler::key_file_name(edk));
-            assert_eq!(std::fs::read(&file).unwrap(), dk);
-            secrets.push(base64::engine::general_purpose::STANDARD.encode(dk));
-            secrets.push(vod_eventd::event::hex(&dk));
-        }
+    for (edk, dk) in &issued {
+        let out = Command::new(BIN)
+            .args(["keys", "get", "--raw", "--edk", edk, "--config"])
+            .arg(&daemon.config_path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.stdout, dk, "keys get --raw returns the 16 raw bytes");
+        let file = key_dir.path().join(vod_eventd::handler::key_file_name(edk));
+        assert_eq!(std::fs::read(&file).unwrap(), dk);
+        secrets.push(base64::engine::general_purpose::STANDARD.encode(dk));
+        secrets.push(vod_eventd::event::hex(dk));
     }
     let listing =
         Command::new(BIN).args(["keys", "list", "--json", "--config"]).arg(&daemon.config_path).output().unwrap();
     let listing = String::from_utf8(listing.stdout).unwrap();
-    assert_eq!(listing.lines().count(), secrets.len() / 2);
+    assert_eq!(listing.lines().count(), issued.len());
     let log = daemon.log();
     assert!(log.lines().count() > 20, "trace logging was on");
     for secret in &secrets {
         assert!(!log.contains(secret.as_str()), "a secret or data key appeared in the trace log");
         assert!(!listing.contains(secret.as_str()), "keys list shows no key material");
     }
+}
+
+/// API 3.0: EDKs come from the playlists a task flow's results name. A playlist host that
+/// fails is retried until it answers; results without encrypted HLS are done with no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_drm_reads_playlists_retries_their_host_and_skips_plain_outputs() {
+    let emu = emulator(vod_emulator::EmulatorConfig { api: vod_emulator::Api::V3, ..fast_emulator_config() }).await;
+    emu.fail_media_requests(4);
+    emu.enqueue_generated_type("ProcedureStateChanged", 1).unwrap();
+    let encrypted = emu.issued_keys();
+    assert_eq!(encrypted.len(), 1);
+    // An HLS output without encryption, and a task flow without HLS outputs (the SDK-shaped one).
+    emu.add_media("/plain/v.f210.m3u8", "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\ns0.ts\n#EXT-X-ENDLIST\n");
+    emu.enqueue(
+        serde_json::json!({"EventType": "ProcedureStateChanged", "ProcedureStateChangeEvent": {
+            "TaskId": "1-Procedure-plain", "Status": "FINISH", "FileId": "5285890784246869999",
+            "MediaProcessResultSet": [{"Type": "Transcode", "TranscodeTask": {"Status": "SUCCESS",
+                "Output": {"Url": emu.media_url("/plain/v.f210.m3u8"), "Definition": 210}}}]}})
+        .to_string(),
+    );
+    emu.enqueue_generated_type("ProcedureStateChangeEvent", 1).unwrap();
+    let config = format!(
+        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\n{FAST_RETRIES}",
+        api_line(vod_emulator::Api::V3)
+    );
+    let daemon = TestDaemon::start(&emu.endpoint_v3(), &config).await;
+    eventually(Duration::from_secs(30), "all three task flows handled", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&3))
+    })
+    .await;
+    let store = daemon.store().unwrap();
+    assert_eq!(store.list_keys(None, 100).unwrap().len(), 1, "only the encrypted outputs had a key");
+    let (edk, dk) = &encrypted[0];
+    let out = Command::new(BIN)
+        .args(["keys", "get", "--raw", "--edk", edk, "--config"])
+        .arg(&daemon.config_path)
+        .output()
+        .unwrap();
+    assert_eq!(&out.stdout, dk);
+    let retried: i64 =
+        store.run_sync(|c| Ok(c.query_row("SELECT max(attempts) FROM deliveries", [], |r| r.get(0))?)).unwrap();
+    assert!(retried >= 2, "the failing playlist host was retried ({retried} attempts)");
+    assert!(emu.media_requests() > 4, "playlists were fetched again after the host recovered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -359,6 +359,11 @@ impl EmulatorHandle {
         events.into_iter().map(|g| g.content).collect()
     }
 
+    /// Every `(edk, data key)` this emulator has issued (generated or added).
+    pub fn issued_keys(&self) -> Vec<(String, [u8; 16])> {
+        self.shared.keys.lock().unwrap().iter().map(|(edk, dk)| (edk.clone(), *dk)).collect()
+    }
+
     /// Serves `text` at `path` (starting with `/`) under [`EmulatorHandle::media_url`].
     pub fn add_media(&self, path: &str, text: impl Into<String>) {
         self.shared.media.lock().unwrap().insert(path.to_string(), text.into());
