@@ -157,7 +157,9 @@ fn write_demo_config(dir: &Path, emulator: &Emulator) -> anyhow::Result<String> 
          [[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n\n\
          [handlers.internal]\ntype = \"webhook\"\nurl = \"{sink}\"\nsecret = \"{secret}\"\n\n\
          [handlers.on-upload]\ntype = \"shell\"\ncommand = [\"{hook}\"]\n\n\
-         [handlers.keys]\ntype = \"drm\"\nkey_dir = \"{keys}\"\n",
+         [handlers.keys]\ntype = \"drm\"\nkey_dir = \"{keys}\"\n\
+         # API 3.0 reads EDKs from the task flow's HLS playlists; the emulator serves them over plain HTTP.\n\
+         allow_http = true\n",
         api = if emulator.api() == Api::V3 { "v3" } else { "v2" },
         endpoint = emulator.endpoint_for(emulator.api()),
         store = dir.join("events.db").display(),
@@ -225,18 +227,19 @@ async fn wait_for_store(path: &Path, daemon: &tokio::task::JoinHandle<anyhow::Re
     }
 }
 
-/// Feeds `count` events of every type in small bursts, plus a redelivery of a few of
-/// them (the same content again, as Tencent does after a lost confirm). Returns how many
-/// redeliveries were fed.
+/// Feeds `count` events of every type in small bursts; every other burst also carries a
+/// second copy of its first event while the first copy is still unconfirmed, as Tencent
+/// hands an event out again when a handle expires. Returns how many redeliveries were fed.
 async fn feed(emulator: &Emulator, count: usize) -> usize {
-    let mut contents = Vec::new();
-    for chunk in (0..count).collect::<Vec<_>>().chunks(6) {
-        contents.extend(emulator.enqueue_generated(chunk.len()));
+    let mut redeliveries = 0;
+    for (i, chunk) in (0..count).collect::<Vec<_>>().chunks(6).enumerate() {
+        let first = emulator.enqueue_generated(1).remove(0);
+        if i % 2 == 0 {
+            emulator.enqueue(first);
+            redeliveries += 1;
+        }
+        emulator.enqueue_generated(chunk.len() - 1);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let again: Vec<_> = contents.iter().step_by(9).cloned().collect();
-    for content in &again {
-        emulator.enqueue(content.clone());
-    }
-    again.len()
+    redeliveries
 }

@@ -1,6 +1,7 @@
-//! Cross-checks against code nobody here wrote: the official v2 Python SDK
-//! (`qcloudapi-sdk-python`, installed by `.ci/run` from tests/py/requirements.txt)
-//! signs like we do, and is accepted by the emulator.
+//! Cross-checks against code nobody here wrote: the official Python SDKs
+//! (`qcloudapi-sdk-python` for v2, `tencentcloud-sdk-python-vod` for API 3.0, pinned in
+//! tests/py/requirements.txt and installed into the tests' own virtual environment) sign like
+//! we do, accept the emulator, and define every field the emulator's events carry.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -16,20 +17,16 @@ fn py(script: &str) -> String {
 
 /// Runs one of the tests/py scripts with `input` on stdin; returns its trimmed stdout.
 fn python_stdin(script: &str, input: &Value) -> String {
-    let mut child = Command::new("python3")
+    let mut child = Command::new(python())
         .arg(py(script))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3");
+        .expect("the tests' Python");
     child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{script} failed (pip install -r tests/py/requirements.txt): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -86,7 +83,7 @@ fn signatures_match_the_official_python_sdk() {
 }
 
 fn sdk_call(endpoint: &str, key: &str, verb: &str, method: &str, action_and_params: &[&str]) -> Value {
-    let out = Command::new("python3")
+    let out = Command::new(python())
         .arg(py("v2_client.py"))
         .args([
             "--endpoint",
@@ -176,7 +173,7 @@ fn tc3_signatures_match_the_official_python_sdk() {
 }
 
 fn sdk_v3_call(endpoint: &str, key: &str, args: &[String]) -> Value {
-    let out = Command::new("python3")
+    let out = Command::new(python())
         .arg(py("v3_client.py"))
         .args(["--endpoint", endpoint, "--secret-id", DEMO_SECRET_ID, "--secret-key", key])
         .args(args)
@@ -210,4 +207,39 @@ async fn the_official_v3_sdk_is_accepted_by_the_emulator() {
     let stale =
         call(DEMO_SECRET_KEY, vec!["ConfirmEvents".into(), "--handles".into(), "no-such-handle".into()]).await.unwrap();
     assert!(stale["Error"]["Code"].as_str().unwrap().starts_with("InvalidParameter"), "{stale}");
+}
+
+/// Runs `check_v3_fixtures.py` (the SDK model's own deserialiser) over `files`.
+fn check_against_model(files: &[std::path::PathBuf]) -> std::process::Output {
+    Command::new(python()).arg(py("check_v3_fixtures.py")).args(files).output().unwrap()
+}
+
+/// Every API 3.0 event the emulator serves has only fields of the SDK model, and the check
+/// does fail on a field the model does not have.
+#[test]
+fn every_v3_fixture_has_only_fields_of_the_sdk_model() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["crates/vod-emulator/fixtures/v3", "crates/vod-emulator/fixtures/v3/sdk", "tests/fixtures/events-v3"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 37 + 6, "{} fixtures", files.len());
+    let out = check_against_model(&files);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let original =
+        std::fs::read_to_string(root.join("crates/vod-emulator/fixtures/v3/sdk/ClipCompleteEvent.json")).unwrap();
+    let mut tampered: Value = serde_json::from_str(&original).unwrap();
+    tampered["ClipCompleteEvent"]["FileInfo"]["EdkList"] = json!(["invented"]);
+    let path = tmp.path().join("tampered.json");
+    std::fs::write(&path, tampered.to_string()).unwrap();
+    let out = check_against_model(&[path]);
+    assert!(!out.status.success(), "a field the model does not have must fail the check");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("EdkList"));
 }

@@ -52,7 +52,7 @@ fn verify_with_standardwebhooks(messages: &[crate::receiver::Recorded]) {
         .iter()
         .map(|m| json!({"headers": m.headers, "body": String::from_utf8(m.body.clone()).unwrap()}))
         .collect();
-    let mut child = Command::new("python3")
+    let mut child = Command::new(python())
         .arg(format!("{}/tests/py/verify_webhooks.py", env!("CARGO_MANIFEST_DIR")))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -66,11 +66,7 @@ fn verify_with_standardwebhooks(messages: &[crate::receiver::Recorded]) {
         .write_all(json!({"secret": SECRET, "messages": messages}).to_string().as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "standardwebhooks refused a signature (pip install -r tests/py/requirements.txt): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "standardwebhooks refused a signature: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), messages.len().to_string());
 }
 
@@ -305,7 +301,52 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchildren() {
     .await;
 }
 
-both_apis!(drm_keys_are_fetched_served_raw_and_never_logged);
+both_apis!(drm_keys_are_fetched_served_raw_and_never_logged, the_same_content_after_its_confirm_is_a_new_occurrence);
+
+/// Events have no id. A content redelivered before any of its handles was confirmed folds
+/// into its row (same webhook-id, handlers not run again); the same content arriving after
+/// a confirm is a new event (a cast going Working, Idle, Working again) with its own row,
+/// its own webhook-id, and its handlers run again.
+async fn the_same_content_after_its_confirm_is_a_new_occurrence(api: vod_emulator::Api) {
+    let emu =
+        emulator(vod_emulator::EmulatorConfig { api, visibility: Duration::from_secs(1), ..fast_emulator_config() })
+            .await;
+    let receiver = Receiver::start().await;
+    let content = emu.enqueue_generated(1).remove(0);
+    // Confirms wait 3 s, past the 1 s window: the first handle expires and the event comes
+    // back under a new handle before anything is confirmed.
+    let config = format!(
+        "{}[confirm]\nmax_delay = \"3s\"\n[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n{}{FAST_RETRIES}",
+        api_line(api),
+        webhook_section("hook", &receiver.url(), "")
+    );
+    let daemon = TestDaemon::start(&emu.endpoint_for(api), &config).await;
+    eventually(Duration::from_secs(30), "redelivered under a new handle", || emu.stats().queue.redelivered >= 1).await;
+    emu.set_visibility(Duration::from_secs(30));
+    eventually(Duration::from_secs(30), "a handle confirmed", || emu.stats().queue.confirmed == 1).await;
+    let store = daemon.store().unwrap();
+    eventually(Duration::from_secs(10), "the confirm recorded", || {
+        store.get_event(1).unwrap().is_some_and(|e| e.confirmed_at.is_some())
+    })
+    .await;
+    assert_eq!(store.count_events().unwrap(), 1, "the redelivery folded");
+    assert!(store.get_event(1).unwrap().unwrap().times_seen >= 2);
+
+    // The same content again, after the confirm: a new occurrence.
+    emu.enqueue(content.clone());
+    eventually(Duration::from_secs(30), "both occurrences delivered", || {
+        receiver.accepted().len() >= 2 && deliveries_of(&daemon, "hook").iter().all(|d| d.3 == "done")
+    })
+    .await;
+    let deliveries = deliveries_of(&daemon, "hook");
+    assert_eq!(deliveries.len(), 2, "one delivery per occurrence");
+    let ids: HashSet<String> = receiver.accepted().iter().map(|r| r.headers["webhook-id"].clone()).collect();
+    assert_eq!(ids.len(), 2, "each occurrence has its own webhook-id");
+    assert_eq!(ids, deliveries.iter().map(|d| d.1.clone()).collect::<HashSet<_>>());
+    assert!(receiver.accepted().iter().all(|r| r.body == content.as_bytes()), "both carry the content as sent");
+    let rows = store.list_events(&vod_eventd::store::EventFilter { limit: 10, ..Default::default() }).unwrap();
+    assert_eq!(rows.iter().map(|r| r.occurrence).collect::<Vec<_>>(), [2, 1]);
+}
 
 async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api) {
     let emu = emulator(vod_emulator::EmulatorConfig { api, ..fast_emulator_config() }).await;

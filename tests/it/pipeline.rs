@@ -97,8 +97,8 @@ async fn ten_percent_faulty_answers_of_every_kind_still_store_everything_once(ap
     let emu =
         emulator(EmulatorConfig { api, visibility: Duration::from_secs(4), faults, ..fast_emulator_config() }).await;
     let contents = emu.enqueue_generated(2000);
-    let mut daemon = TestDaemon::start(
-        &emu.endpoint(),
+    let mut daemon = TestDaemon::for_emulator(
+        &emu,
         "request_timeout = \"2s\"\n[confirm]\nmax_delay = \"200ms\"\nhandle_ttl = \"4s\"\n[pull]\nbackoff_max = \"1s\"\n",
     )
     .await;
@@ -112,6 +112,66 @@ async fn ten_percent_faulty_answers_of_every_kind_still_store_everything_once(ap
     assert!(daemon.running(), "faults must never stop the daemon:\n{}", daemon.log());
     let log = daemon.log();
     assert!(log.contains("malformed body"), "a non-JSON or wrong-shape answer is logged");
+}
+
+/// Every per-type member of the SDK's `EventContent` (the emulator's SDK-shaped fixtures),
+/// alone and beside the other members sent as null, is stored once with its `EventType`
+/// and task id, and `events list --file-id` finds it by every file it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_type_of_the_sdk_model_is_stored_and_found_by_each_of_its_files() {
+    let emu = emulator(EmulatorConfig { api: Api::V3, ..fast_emulator_config() }).await;
+    let members = vod_emulator::generate::V3_SDK_FIXTURES.len();
+    // Two rounds of every template: one plain, one with the other members as null.
+    let count = 2 * (members + vod_emulator::generate::V3_TEMPLATES.len());
+    let contents = emu.enqueue_generated(count);
+    let daemon = TestDaemon::for_emulator(&emu, "").await;
+    eventually(Duration::from_secs(60), "every event confirmed", || emu.stats().queue.outstanding == 0).await;
+    assert_eq!(daemon.rows(), count as i64);
+    let store = daemon.store().unwrap();
+    let rows = store.list_events(&vod_eventd::store::EventFilter { limit: 1000, ..Default::default() }).unwrap();
+    for content in &contents {
+        let v: serde_json::Value = serde_json::from_str(content).unwrap();
+        let row = rows.iter().find(|r| &r.content == content).expect("stored as sent");
+        assert_eq!(row.event_type, v["EventType"].as_str().unwrap());
+        // The payload is the one non-null object member; its task id sits at its top.
+        let payload = v.as_object().unwrap().values().find(|m| m.is_object()).unwrap();
+        let task = ["TaskId", "ProcedureTaskId"].iter().find_map(|k| payload[*k].as_str());
+        assert_eq!(row.task_id.as_deref(), task, "{content}");
+        let mut files = Vec::new();
+        file_ids(payload, &mut files);
+        for file in files {
+            let out = std::process::Command::new(BIN)
+                .args(["events", "list", "--json", "--file-id", &file, "--config"])
+                .arg(&daemon.config_path)
+                .output()
+                .unwrap();
+            let found: Vec<i64> = String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap())
+                .collect();
+            assert_eq!(found, [row.id], "--file-id {file} finds {}", row.event_type);
+        }
+    }
+}
+
+/// Every string named `*FileId`, and every string of a `FileIdSet`, anywhere in `value`.
+fn file_ids(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match v {
+                    serde_json::Value::String(s) if k.ends_with("FileId") => out.push(s.clone()),
+                    serde_json::Value::Array(items) if k == "FileIdSet" => {
+                        out.extend(items.iter().filter_map(|i| i.as_str().map(String::from)))
+                    }
+                    _ => file_ids(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| file_ids(v, out)),
+        _ => {}
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,27 +98,12 @@ async fn sighup_applies_a_new_route_and_refuses_a_broken_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_socket_gets_ready_status_watchdog_and_stopping_and_the_watchdog_stops_with_pulls() {
     let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let messages: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
-    let sink = messages.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        loop {
-            match socket.recv(&mut buf) {
-                Ok(n) => sink.lock().unwrap().push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned())),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(_) => return,
-            }
-        }
-    });
+    let (socket_env, messages) = notify_socket(dir.path());
     let seen = |what: &str| messages.lock().unwrap().iter().any(|(_, m)| m.contains(what));
     let last_watchdog =
         || messages.lock().unwrap().iter().rev().find(|(_, m)| m.contains("WATCHDOG=1")).map(|(t, _)| *t);
 
     let emu = emulator(EmulatorConfig { hold: Duration::from_millis(300), ..EmulatorConfig::default() }).await;
-    let socket_env = socket_path.display().to_string();
     let env = [("NOTIFY_SOCKET", socket_env.as_str()), ("WATCHDOG_USEC", "400000")];
     let extra = "request_timeout = \"1s\"\n[health]\nmax_pull_age = \"2s\"\n[pull]\nbackoff_max = \"300ms\"\n";
     let mut daemon = TestDaemon::start_full(&emu.endpoint(), extra, "vod_eventd=debug", &env).await;
@@ -140,6 +125,73 @@ async fn notify_socket_gets_ready_status_watchdog_and_stopping_and_the_watchdog_
     assert!(first("READY=1") < first("WATCHDOG=1"), "READY before the first watchdog ping");
     assert!(first("READY=1") <= first("STATUS="));
     assert!(log.last().unwrap().1.contains("STOPPING=1") || first("STOPPING=1") > first("WATCHDOG=1"));
+}
+
+/// Messages received on a fake `NOTIFY_SOCKET` in `dir`: (its path, what arrived when).
+fn notify_socket(dir: &std::path::Path) -> (String, Arc<Mutex<Vec<(Instant, String)>>>) {
+    let socket_path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let messages: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let sink = messages.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match socket.recv(&mut buf) {
+                Ok(n) => sink.lock().unwrap().push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned())),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return,
+            }
+        }
+    });
+    (socket_path.display().to_string(), messages)
+}
+
+/// API 3.0 answers an idle queue, after its hold, with the error `ResourceNotFound`: that is
+/// an empty pull, not a failure. For 90 s of idle queue (longer than `health.max_pull_age`),
+/// the daemon keeps one PullEvents per hold, stays healthy, keeps the watchdog fed, counts no
+/// pull error, and still confirms an event that comes afterwards at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_v3_queue_answering_resource_not_found_is_healthy_and_polled_once_per_hold() {
+    const IDLE: Duration = Duration::from_secs(90);
+    const HOLD: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let (socket_env, messages) = notify_socket(dir.path());
+    let emu = emulator(EmulatorConfig { api: vod_emulator::Api::V3, hold: HOLD, ..EmulatorConfig::default() }).await;
+    assert_eq!(emu.stats().api.calls.get("PullEvents"), None);
+    let port = free_port();
+    let env = [("NOTIFY_SOCKET", socket_env.as_str()), ("WATCHDOG_USEC", "10000000")];
+    let extra = format!("api = \"v3\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let daemon = TestDaemon::start_full(&emu.endpoint_v3(), &extra, "vod_eventd=debug", &env).await;
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    eventually(Duration::from_secs(10), "the daemon serves /healthz", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    let started = Instant::now();
+    let mut checks = 0;
+    while started.elapsed() < IDLE {
+        let (status, body) = get(&health).await;
+        assert_eq!(status, 200, "after {:?} of idle queue: {body}", started.elapsed());
+        checks += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(checks >= 60);
+    let calls = emu.stats().api.calls.get("PullEvents").copied().unwrap_or(0);
+    let holds = (IDLE.as_secs_f64() / HOLD.as_secs_f64()) as u64;
+    assert!(calls >= holds * 8 / 10 && calls <= holds * 12 / 10 + 3, "{calls} PullEvents calls for {holds} holds");
+    let recent_watchdog =
+        messages.lock().unwrap().iter().any(|(t, m)| m.contains("WATCHDOG=1") && t.elapsed() < Duration::from_secs(10));
+    assert!(recent_watchdog, "the watchdog is still fed after {IDLE:?} of idle queue");
+    let (_, metrics) = get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    let errors: Vec<&str> = metrics.lines().filter(|l| l.contains("pull_errors") && !l.starts_with('#')).collect();
+    assert!(errors.is_empty(), "an idle queue is not a pull error: {errors:?}");
+
+    emu.enqueue_generated(1);
+    eventually(Duration::from_secs(10), "the new event is confirmed", || emu.stats().queue.confirmed == 1).await;
+    let latency = emu.enqueue_to_confirm()[0];
+    assert!(latency <= Duration::from_secs(2), "enqueued to confirmed in {latency:?}");
+    assert!(!daemon.log().contains("ResourceNotFound"), "no warning about the idle answer");
 }
 
 async fn get(url: &str) -> (u16, String) {

@@ -192,3 +192,42 @@ pub fn delivery_states(store: &Store) -> std::collections::HashMap<String, i64> 
 pub fn key_of(content: &str) -> String {
     vod_eventd::event::ReceivedEvent::from_content(content, vod_eventd::config::ApiVersion::V2).dedupe_hex()
 }
+
+/// The Python that runs the cross-checks against Tencent's official SDKs and the
+/// `standardwebhooks` package: a virtual environment the tests own, made once under the
+/// target dir with the pinned `tests/py/requirements.txt` and reused while that file is
+/// unchanged. The system Python is never installed into.
+pub fn python() -> &'static std::path::Path {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let requirements_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/requirements.txt");
+        let requirements = std::fs::read_to_string(&requirements_path).unwrap();
+        let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-venv");
+        let stamp = venv.join("requirements.installed");
+        let python = venv.join("bin/python");
+        if std::fs::read_to_string(&stamp).ok().as_deref() == Some(requirements.as_str()) {
+            return python;
+        }
+        let run = |cmd: &mut std::process::Command, what: &str| {
+            let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run it: {e}"));
+            assert!(out.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        };
+        let venv_works = std::process::Command::new("python3")
+            .args(["-m", "venv", "--help"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            venv_works,
+            "python3 -m venv is missing: install Debian's python3-venv package (apt install python3-venv)"
+        );
+        run(std::process::Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv), "python3 -m venv");
+        run(
+            std::process::Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+                .arg(&requirements_path),
+            "pip install -r tests/py/requirements.txt (into the tests' own virtual environment)",
+        );
+        std::fs::write(&stamp, requirements).unwrap();
+        python
+    })
+}

@@ -291,11 +291,12 @@ fn collect_ids(value: &Value, ids: &mut HashMap<String, String>) {
                         ids.entry(old.to_string()).or_insert_with(fresh_file_id);
                     }
                 }
-                if let Value::String(old) = v {
+                // An empty id names nothing (and must not be replaced everywhere).
+                if let Some(old) = v.as_str().filter(|s| !s.is_empty()) {
                     if is_file_id_key(key) {
-                        ids.entry(old.clone()).or_insert_with(fresh_file_id);
+                        ids.entry(old.to_string()).or_insert_with(fresh_file_id);
                     } else if is_task_id_key(key) {
-                        ids.entry(old.clone()).or_insert_with(|| fresh_task_id(old));
+                        ids.entry(old.to_string()).or_insert_with(|| fresh_task_id(old));
                     }
                 }
                 collect_ids(v, ids);
