@@ -127,12 +127,15 @@ async fn notify_socket_gets_ready_status_watchdog_and_stopping_and_the_watchdog_
     assert!(log.last().unwrap().1.contains("STOPPING=1") || first("STOPPING=1") > first("WATCHDOG=1"));
 }
 
+/// What arrived on a fake `NOTIFY_SOCKET`, and when.
+type NotifyLog = Arc<Mutex<Vec<(Instant, String)>>>;
+
 /// Messages received on a fake `NOTIFY_SOCKET` in `dir`: (its path, what arrived when).
-fn notify_socket(dir: &std::path::Path) -> (String, Arc<Mutex<Vec<(Instant, String)>>>) {
+fn notify_socket(dir: &std::path::Path) -> (String, NotifyLog) {
     let socket_path = dir.join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let messages: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let messages: NotifyLog = Arc::default();
     let sink = messages.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
