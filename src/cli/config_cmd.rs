@@ -23,6 +23,11 @@ impl ConfigCommand {
                     config.endpoint(),
                     config.store.path.display()
                 );
+                for (name, handler) in &config.handlers {
+                    if let crate::handler::HandlerConfig::Drm(drm) = handler {
+                        println!("handlers.{name}: {}", drm.describe(config.vod.api));
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

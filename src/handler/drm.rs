@@ -60,6 +60,20 @@ fn default_playlist_max_bytes() -> usize {
 }
 
 impl DrmConfig {
+    /// What this handler does on `api`, for `config check`.
+    pub fn describe(&self, api: crate::config::ApiVersion) -> String {
+        match api {
+            crate::config::ApiVersion::V2 => {
+                "drm: reads the EDKs of task-flow events from data.drm.edkList, resolves them with DescribeDrmDataKey".into()
+            }
+            crate::config::ApiVersion::V3 => format!(
+                "drm: API 3.0 events carry no EDK; reads them from the #EXT-X-KEY URIs of the HLS playlists task-flow results name ({}, redirects {}), resolves them with DescribeDrmDataKey",
+                if self.allow_http { "http:// fetched as given" } else { "http:// fetched over HTTPS" },
+                if self.follow_redirects { "followed" } else { "refused" },
+            ),
+        }
+    }
+
     pub(super) fn validate(&self) -> Vec<(String, String)> {
         let mut issues = Vec::new();
         if let Some(dir) = &self.key_dir {
