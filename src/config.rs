@@ -233,6 +233,10 @@ pub struct VodConfig {
     /// Client timeout of one API call; PullEvent holds up to 5 s, Tencent recommends 10 s.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How long the server holds an empty long poll: Tencent's 5 s. Change it only for an
+    /// emulator that holds less (`request_timeout` must stay above it).
+    #[serde(default = "default_long_poll_hold", with = "humantime_serde")]
+    pub long_poll_hold: Duration,
     /// Calls per minute allowed per action (default: Tencent's, 1000 for v2, 6000 for v3).
     #[serde(default)]
     pub rate_limit_per_minute: Option<u32>,
@@ -310,6 +314,9 @@ fn default_http_method() -> String {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_long_poll_hold() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Default for StoreConfig {
@@ -505,6 +512,11 @@ impl Config {
         }
         if self.vod.secret_id.trim().is_empty() {
             bad("vod.secret_id", "is empty; set it to your API SecretId (AKID...)".into());
+        } else if let Err(e) = printable(&self.vod.secret_id) {
+            bad("vod.secret_id", e);
+        }
+        if let Some(Err(e)) = self.vod.token.as_ref().map(|t| printable(t.expose_secret())) {
+            bad("vod.token", e);
         }
         if self.vod.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
             bad("vod.region", "is empty; for v2 use \"gz\", for v3 e.g. \"ap-guangzhou\" or leave it out".into());
@@ -515,8 +527,14 @@ impl Config {
         if !matches!(self.vod.http_method.as_str(), "GET" | "POST") {
             bad("vod.http_method", format!("`{}` is not GET or POST", self.vod.http_method));
         }
-        if self.vod.request_timeout < Duration::from_secs(1) {
-            bad("vod.request_timeout", "must be at least 1s (PullEvent holds up to 5 s; 10s is recommended)".into());
+        if self.vod.request_timeout <= self.vod.long_poll_hold {
+            bad(
+                "vod.request_timeout",
+                format!(
+                    "must be above the {:?} PullEvent holds an empty long poll (vod.long_poll_hold), or every idle pull times out; 10s is recommended",
+                    self.vod.long_poll_hold
+                ),
+            );
         }
         if self.vod.rate_limit_per_minute == Some(0) {
             bad("vod.rate_limit_per_minute", "must be at least 1".into());
@@ -527,8 +545,15 @@ impl Config {
         if !(1..=MAX_CONFIRM_BATCH).contains(&self.confirm.batch_size) {
             bad("confirm.batch_size", format!("must be between 1 and {MAX_CONFIRM_BATCH}"));
         }
-        if self.confirm.max_delay >= self.confirm.handle_ttl {
-            bad("confirm.max_delay", "must be well below confirm.handle_ttl (30s), or every handle expires".into());
+        let margin = crate::confirmer::SAFETY_MARGIN;
+        if self.confirm.handle_ttl <= self.confirm.max_delay + margin {
+            bad(
+                "confirm.handle_ttl",
+                format!(
+                    "must be above confirm.max_delay plus the {margin:?} kept for sending ({:?}), or every handle is dropped unconfirmed; Tencent's window is 30s",
+                    self.confirm.max_delay + margin
+                ),
+            );
         }
         if self.confirm.concurrency == 0 {
             bad("confirm.concurrency", "must be at least 1".into());
@@ -614,6 +639,7 @@ impl Config {
             if key.expose_secret().trim().is_empty() {
                 return Err("is empty; set the API secret key, or remove it and use vod.secret_key_file".into());
             }
+            printable(key.expose_secret())?;
             return Ok(key.clone());
         }
         if let Some(file) = &self.vod.secret_key_file {
@@ -638,7 +664,20 @@ fn read_secret(path: &Path) -> Result<SecretString, String> {
     if key.is_empty() {
         return Err("the file is empty".into());
     }
+    printable(key)?;
     Ok(SecretString::from(key.to_string()))
+}
+
+/// Credentials go into signed parameters and HTTP headers, which take printable ASCII
+/// only. The message says where the bad character is, never what the value is.
+fn printable(value: &str) -> Result<(), String> {
+    match value.chars().position(|c| !c.is_ascii() || c.is_ascii_control()) {
+        None => Ok(()),
+        Some(i) => Err(format!(
+            "has a control or non-ASCII character at position {}; copy the value again from the console (Access management > API keys), without line breaks, tabs or typographic characters",
+            i + 1
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -700,6 +739,40 @@ mod tests {
     fn routes_must_name_defined_handlers() {
         let err = parse(&format!("{MINIMAL}[[routes]]\nevents = [\"*\"]\nhandlers = [\"nope\"]\n")).unwrap_err();
         assert!(err.to_string().contains("`routes[0].handlers`: `nope` is not defined"), "{err}");
+    }
+
+    #[test]
+    fn settings_that_break_at_run_time_are_named() {
+        let text = "[vod]\napi = \"v3\"\nsecret_id = \"AKID\\u0007x\"\nsecret_key = \"kéy\"\ntoken = \"t\\n\"\nrequest_timeout = \"5s\"\n\
+                    [confirm]\nmax_delay = \"1s\"\nhandle_ttl = \"1500ms\"\n\
+                    [[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\", \"gone\"]\n\
+                    [handlers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\ntimeout = \"0s\"\n";
+        let err = parse(text).unwrap_err();
+        let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        for key in [
+            "vod.secret_id",
+            "vod.secret_key",
+            "vod.token",
+            "vod.request_timeout",
+            "confirm.handle_ttl",
+            "handlers.hook.timeout",
+            "routes[0].handlers",
+        ] {
+            assert!(keys.contains(&key), "{key} not reported in {keys:?}");
+        }
+        let text = err.to_string();
+        assert!(!text.contains("kéy") && !text.contains("AKID"), "values are never echoed: {text}");
+        assert!(text.contains("position 5"), "{text}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "s3cr\x01t\n").unwrap();
+        let fig = Figment::new()
+            .merge(Toml::string("[vod]\nsecret_id = \"AKID1\"\n"))
+            .merge(Serialized::default("vod.secret_key_file", &file));
+        let err = from_figment(fig, Path::new("t")).unwrap_err().to_string();
+        assert!(err.contains("`vod.secret_key`") && err.contains("position 5"), "{err}");
+        assert!(parse(&format!("{MINIMAL}request_timeout = \"2s\"\nlong_poll_hold = \"1s\"\n")).is_ok());
     }
 
     proptest::proptest! {

@@ -133,8 +133,13 @@ impl V3Client {
             timestamp,
             body: &body,
         };
+        // `config check` refuses credentials that cannot go into a header; never panic on one.
         let mut authorization = HeaderValue::from_str(&signing.authorization(s.secret_key.expose_secret().as_bytes()))
-            .expect("the Authorization value is ASCII");
+            .map_err(|_| ApiError::Malformed {
+                action,
+                detail: "vod.secret_id is not a valid header value; run `vod-eventd config check`".into(),
+                excerpt: String::new(),
+            })?;
         authorization.set_sensitive(true);
         let mut request = self
             .http

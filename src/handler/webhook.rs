@@ -72,6 +72,9 @@ impl WebhookConfig {
         if self.concurrency == 0 {
             issues.push(("concurrency".into(), "must be at least 1".into()));
         }
+        if self.timeout.is_zero() {
+            issues.push(("timeout".into(), "must be above zero (15s is the default)".into()));
+        }
         issues
     }
 

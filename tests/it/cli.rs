@@ -94,6 +94,25 @@ fn environment_overrides_the_file_and_errors_name_the_variable() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("confirm.batch_size"));
 }
 
+#[test]
+fn settings_that_would_break_at_run_time_fail_the_check_with_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    // A SecretId pasted with a line break made v3 panic building its Authorization header.
+    let config = "[vod]\napi = \"v3\"\nendpoint = \"http://127.0.0.1:9/\"\nsecret_id = \"AKID1\\n\"\nsecret_key = \"k\"\n\
+                  request_timeout = \"3s\"\n[confirm]\nhandle_ttl = \"1s\"\n\
+                  [[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n[handlers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\ntimeout = \"0s\"\n";
+    let path = write(dir.path(), "c.toml", config);
+    for cmd in [&["config", "check", "--config", &path][..], &["run", "--config", &path][..]] {
+        let out = vod_eventd(cmd);
+        assert_eq!(out.status.code(), Some(78), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = stderr_lines(&out).join("\n");
+        for key in ["`vod.secret_id`", "`vod.request_timeout`", "`confirm.handle_ttl`", "`handlers.hook.timeout`"] {
+            assert!(text.contains(key), "{key} not named:\n{text}");
+        }
+        assert!(!text.contains("panicked"), "{text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_on_the_first_call_stop_with_the_keys_to_check() {
     let emu = emulator(EmulatorConfig {

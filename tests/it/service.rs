@@ -120,7 +120,7 @@ async fn notify_socket_gets_ready_status_watchdog_and_stopping_and_the_watchdog_
     let emu = emulator(EmulatorConfig { hold: Duration::from_millis(300), ..EmulatorConfig::default() }).await;
     let socket_env = socket_path.display().to_string();
     let env = [("NOTIFY_SOCKET", socket_env.as_str()), ("WATCHDOG_USEC", "400000")];
-    let extra = "request_timeout = \"1s\"\n[health]\nmax_pull_age = \"2s\"\n[pull]\nbackoff_max = \"300ms\"\n";
+    let extra = "request_timeout = \"1s\"\nlong_poll_hold = \"300ms\"\n[health]\nmax_pull_age = \"2s\"\n[pull]\nbackoff_max = \"300ms\"\n";
     let mut daemon = TestDaemon::start_full(&emu.endpoint(), extra, "vod_eventd=debug", &env).await;
     eventually(Duration::from_secs(20), "READY, STATUS and WATCHDOG", || {
         seen("READY=1") && seen("STATUS=") && seen("WATCHDOG=1")
