@@ -507,7 +507,10 @@ impl Config {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {}
             _ => {
                 let example = default_endpoint(self.vod.api);
-                bad("vod.endpoint", format!("`{}` is not an http(s) URL such as {example}", self.endpoint()));
+                bad(
+                    "vod.endpoint",
+                    format!("`{}` is not an http(s) URL such as {example}", crate::redact::url(&self.endpoint())),
+                );
             }
         }
         if self.vod.secret_id.trim().is_empty() {

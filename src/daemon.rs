@@ -105,7 +105,7 @@ impl Daemon {
             wake,
         );
         let mut pulling = tokio::spawn(puller.run(shutdown.clone()));
-        info!(api = config.vod.api.as_str(), endpoint = %config.endpoint(), store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");
+        info!(api = config.vod.api.as_str(), endpoint = %crate::redact::url(&config.endpoint()), store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");
         notify(&[NotifyState::Ready, NotifyState::Status("started; pulling")]);
 
         let result = loop {

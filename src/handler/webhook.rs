@@ -61,7 +61,7 @@ impl WebhookConfig {
         let mut issues = Vec::new();
         match reqwest::Url::parse(&self.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            _ => issues.push(("url".into(), format!("`{}` is not an http(s) URL", self.url))),
+            _ => issues.push(("url".into(), format!("`{}` is not an http(s) URL", crate::redact::url(&self.url)))),
         }
         if let Err(e) = self.signing_keys() {
             issues.push(("secret".into(), e));
@@ -169,7 +169,7 @@ impl Webhook {
         }
         let retryable = matches!(status.as_u16(), 408 | 429 | 300..=399 | 500..=599);
         if status.as_u16() == 410 {
-            tracing::warn!(handler = %self.name, url = %self.url, "Webhook receiver answered 410 Gone: it asks not to be sent more; the delivery is dead. Check handlers.{}.url.", self.name);
+            tracing::warn!(handler = %self.name, url = %crate::redact::url(self.url.as_str()), "Webhook receiver answered 410 Gone: it asks not to be sent more; the delivery is dead. Check handlers.{}.url.", self.name);
         }
         Err(Failure { retryable, message: format!("HTTP {status}"), status: code, excerpt: Some(excerpt), retry_after })
     }

@@ -378,3 +378,38 @@ async fn sigkill_during_dispatch_loses_no_delivery() {
     let received: HashSet<String> = receiver.accepted().iter().map(|r| r.headers["webhook-id"].clone()).collect();
     assert_eq!(received, expected, "every event reached the receiver at least once; duplicates only repeat an id");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls_reach_logs_and_records_without_userinfo_or_query() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    receiver.set(|b| b.status = 410);
+    emu.enqueue_generated(1);
+    let hook_url = format!("http://hook:HOOKPASS@{}/vod?token=QUERYTOKEN", receiver.addr);
+    let endpoint = emu.endpoint().replace("http://", "http://ops:ENDPOINTPASS@");
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\"]\n{}",
+        webhook_section("internal", &hook_url, "")
+    );
+    let daemon = TestDaemon::start_logged(&endpoint, &config, "trace").await;
+    eventually(Duration::from_secs(30), "the 410 made the delivery dead", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("dead") == Some(&1))
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the 410 warning", || daemon.log().contains("410 Gone")).await;
+    let status = Command::new(BIN).args(["status", "--config"]).arg(&daemon.config_path).output().unwrap();
+    let check = Command::new(BIN).args(["config", "check", "--config"]).arg(&daemon.config_path).output().unwrap();
+    let records = format!("{:?}", daemon.store().unwrap().event_deliveries(1).unwrap());
+    let log = daemon.log();
+    assert!(log.contains(&format!("http://***@{}/vod?***", receiver.addr)), "the URL is still recognisable:\n{log}");
+    for (what, text) in [
+        ("log", log),
+        ("status", String::from_utf8_lossy(&status.stdout).into_owned()),
+        ("config check", String::from_utf8_lossy(&check.stdout).into_owned()),
+        ("attempt records", records),
+    ] {
+        for secret in ["HOOKPASS", "QUERYTOKEN", "ENDPOINTPASS"] {
+            assert!(!text.contains(secret), "{secret} reached the {what}:\n{text}");
+        }
+    }
+}
