@@ -67,7 +67,7 @@ impl V2Client {
         parse_event_list(&body).map_err(|detail| ApiError::Malformed {
             action: ACTION,
             detail,
-            excerpt: error::excerpt(&body),
+            excerpt: error::excerpt(ACTION, &body),
         })
     }
 
@@ -96,12 +96,7 @@ impl V2Client {
         }
         let params = edks.iter().enumerate().map(|(i, e)| (format!("edkList.{i}"), e.clone())).collect();
         let body = self.call(ACTION, params).await?;
-        // The body holds data keys: never quote it in an error.
-        let answer: Answer = serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
-            action: ACTION,
-            detail: e.to_string(),
-            excerpt: "(not shown: may contain key material)".into(),
-        })?;
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| ApiError::malformed(ACTION, &e, &body))?;
         Ok(answer.data.key_list.into_iter().map(|k| (k.edk, k.dk)).collect())
     }
 
@@ -118,13 +113,10 @@ impl V2Client {
         let status = response.status();
         let body = response.bytes().await.map_err(|e| self.settings.transport_error(action, e))?;
         if status != reqwest::StatusCode::OK {
-            return Err(ApiError::Http { action, status: status.as_u16(), excerpt: error::excerpt(&body) });
+            return Err(ApiError::http(action, status.as_u16(), &body));
         }
-        let envelope: Envelope<'_> = serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
-            action,
-            detail: e.to_string(),
-            excerpt: error::excerpt(&body),
-        })?;
+        let envelope: Envelope<'_> =
+            serde_json::from_slice(&body).map_err(|e| ApiError::malformed(action, &e, &body))?;
         if envelope.code != codes::OK {
             let desc = envelope.code_desc.filter(|d| !d.is_empty()).map(|d| format!(" ({d})")).unwrap_or_default();
             let message = envelope.message.unwrap_or_default();

@@ -353,6 +353,56 @@ async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api
     }
 }
 
+both_apis!(data_keys_in_a_refused_or_misshapen_answer_are_never_quoted);
+
+async fn data_keys_in_a_refused_or_misshapen_answer_are_never_quoted(api: vod_emulator::Api) {
+    use vod_emulator::{FaultKind, Faults};
+    let emu = emulator(vod_emulator::EmulatorConfig { api, ..fast_emulator_config() }).await;
+    let contents = emu.enqueue_generated_type("ProcedureStateChanged", 1).unwrap();
+    let config = format!(
+        "{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\n{FAST_RETRIES}",
+        api_line(api)
+    );
+    let daemon = TestDaemon::start_logged(&emu.endpoint_for(api), &config, "trace").await;
+    let attempts = || {
+        daemon.store().map_or(Vec::new(), |s| {
+            s.run_sync(|c| {
+                let mut stmt = c.prepare("SELECT coalesce(error, '') FROM attempts ORDER BY id")?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .unwrap()
+        })
+    };
+    // The real answer, keys and all, first under HTTP 502, then in a shape the envelope parse refuses.
+    for (kind, until) in [(FaultKind::WrongStatus, 2), (FaultKind::MangledEnvelope, 4)] {
+        emu.set_faults(Faults {
+            rate: 1.0,
+            kinds: vec![kind],
+            actions: vec!["DescribeDrmDataKey".into()],
+            ..Faults::default()
+        });
+        eventually(Duration::from_secs(30), "failed attempts", || attempts().len() >= until).await;
+    }
+    emu.set_faults(Faults::default());
+    eventually(Duration::from_secs(30), "keys fetched once the answers are right", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&1))
+    })
+    .await;
+
+    let errors = attempts();
+    assert!(errors.iter().any(|e| e.contains("502")) && errors.iter().any(|e| e.contains("malformed")), "{errors:?}");
+    let v: serde_json::Value = serde_json::from_str(&contents[0]).unwrap();
+    let log = daemon.log();
+    for edk in vod_eventd::handler::drm_info(&v).edks {
+        let dk = emu.data_key(&edk).unwrap();
+        for secret in [base64::engine::general_purpose::STANDARD.encode(dk), vod_eventd::event::hex(&dk)] {
+            assert!(!log.contains(&secret), "a data key reached the log");
+            assert!(!errors.iter().any(|e| e.contains(&secret)), "a data key reached an attempt record");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_dispatch_loses_no_delivery() {
     let emu = emulator(fast_emulator_config()).await;

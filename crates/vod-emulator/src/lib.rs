@@ -78,10 +78,15 @@ pub enum FaultKind {
     Hang,
     /// The connection is dropped without an answer.
     Reset,
+    /// The action's real answer under HTTP 502 (asked for by name, not in [`FaultKind::ALL`]).
+    WrongStatus,
+    /// The action's real answer in a shape a generic envelope parse refuses: v2 with
+    /// `"code":"0"`, v3 with `Response` as a JSON string (asked for by name).
+    MangledEnvelope,
 }
 
 impl FaultKind {
-    /// Every kind.
+    /// Every kind that replaces the answer (the two that mangle the real one are asked for by name).
     pub const ALL: [FaultKind; 6] = [
         FaultKind::Http500,
         FaultKind::NotJson,
