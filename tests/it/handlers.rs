@@ -298,11 +298,35 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchildren() {
     })
     .await;
     let pid = std::fs::read_to_string(dir.path().join("grandchild.pid")).unwrap().trim().to_string();
-    eventually(Duration::from_secs(10), "the grandchild is gone", || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+    eventually(Duration::from_secs(10), "the grandchild is gone", || gone(&pid)).await;
+}
+
+/// The process is gone (or a zombie waiting to be reaped).
+fn gone(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_drain_kills_a_hooks_whole_process_group() {
+    let emu = emulator(fast_emulator_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = script(dir.path(), "hook.sh", "sleep 300 &\necho $! > \"$1/grandchild.pid\"\nsleep 300");
+    emu.enqueue_generated(1);
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"slow\"]\n[handlers.slow]\ntype = \"shell\"\ncommand = [\"{hook}\", \"{}\"]\n\
+         [shutdown]\ndrain_timeout = \"500ms\"\n",
+        dir.path().display()
+    );
+    let mut daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    let pid_file = dir.path().join("grandchild.pid");
+    eventually(Duration::from_secs(30), "the hook started its grandchild", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'))
     })
     .await;
+    assert!(daemon.terminate().await.success(), "{}", daemon.log());
+    let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    eventually(Duration::from_secs(10), "the grandchild is gone", || gone(&pid)).await;
 }
 
 both_apis!(drm_keys_are_fetched_served_raw_and_never_logged);
