@@ -1,7 +1,8 @@
 //! The shell hook: runs `command` as an argument vector (never through a shell) with the
 //! event body on stdin and a scrubbed environment: only the names in `env` (taken from
 //! the daemon's own environment) plus `VOD_EVENT_ID` (stable, like `webhook-id`),
-//! `VOD_EVENT_ROWID`, `VOD_EVENT_TYPE`, `VOD_FILE_ID`, `VOD_TASK_ID`, `VOD_ATTEMPT`.
+//! `VOD_EVENT_ROWID`, `VOD_EVENT_TYPE`, `VOD_FILE_ID`, `VOD_TASK_ID`, `VOD_ATTEMPT` (the
+//! type and ids percent-encoded where needed, see [`super::encode_field`]).
 //!
 //! The hook runs in its own process group. When it exits, when `timeout` passes, or when
 //! the attempt is stopped (the shutdown drain), the whole group is killed, so nothing it
@@ -98,11 +99,12 @@ impl Shell {
                 cmd.env(name, value);
             }
         }
+        let field = |value: Option<&str>| super::encode_field(value.unwrap_or("")).into_owned();
         cmd.env("VOD_EVENT_ID", &d.webhook_id)
             .env("VOD_EVENT_ROWID", d.event_id.to_string())
-            .env("VOD_EVENT_TYPE", &d.event_type)
-            .env("VOD_FILE_ID", d.file_id.as_deref().unwrap_or(""))
-            .env("VOD_TASK_ID", d.task_id.as_deref().unwrap_or(""))
+            .env("VOD_EVENT_TYPE", field(Some(&d.event_type)))
+            .env("VOD_FILE_ID", field(d.file_id.as_deref()))
+            .env("VOD_TASK_ID", field(d.task_id.as_deref()))
             .env("VOD_ATTEMPT", d.attempt.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -2,7 +2,8 @@
 //! written for VOD's plain HTTP callbacks work unchanged), signed per Standard Webhooks:
 //! `webhook-id` (stable per event and handler), `webhook-timestamp` (this attempt),
 //! `webhook-signature` (`v1,<base64 HMAC-SHA256(id.timestamp.body)>`, one per secret for
-//! rotation), plus `X-Vod-Event-Type`. Redirects are not followed.
+//! rotation), plus `X-Vod-Event-Type` (percent-encoded where a header cannot carry the
+//! type as it is, see [`super::encode_field`]). Redirects are not followed.
 //!
 //! Outcomes: 2xx done; 408, 429, 5xx, 3xx and network errors or timeouts retry (honouring
 //! `Retry-After`); 410 and other 4xx are permanent (410 is also logged as a receiver asking
@@ -149,7 +150,7 @@ impl Webhook {
             .header(CONTENT_TYPE, "application/json")
             .header("webhook-id", &d.webhook_id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("X-Vod-Event-Type", &d.event_type);
+            .header("X-Vod-Event-Type", super::encode_field(&d.event_type).as_ref());
         if !self.keys.is_empty() {
             let signatures: Vec<String> = self
                 .keys

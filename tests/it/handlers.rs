@@ -261,7 +261,8 @@ async fn hostile_payloads_reach_the_hook_byte_exact_and_execute_nothing() {
     })
     .await;
     assert_eq!(std::fs::read(dir.path().join("stdin")).unwrap(), content.as_bytes());
-    assert_eq!(std::fs::read_to_string(dir.path().join("file_id")).unwrap(), nasty);
+    // The environment carries the id percent-encoded where it holds a control character.
+    assert_eq!(std::fs::read_to_string(dir.path().join("file_id")).unwrap(), nasty.replace('\n', "%0A"));
     assert!(!pwned.exists(), "nothing in the payload was executed");
     let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
     let names: HashSet<&str> = env
@@ -276,6 +277,45 @@ async fn hostile_payloads_reach_the_hook_byte_exact_and_execute_nothing() {
         );
     }
     assert!(!env.contains(vod_emulator::DEMO_SECRET_KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_the_type_and_ids_are_encoded_for_headers_and_the_environment() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let content =
+        json!({"version": "4.0", "eventType": "New\u{1}File\nUpload", "data": {"fileId": "F\u{0}1%é", "vodTaskId": "t\r1"}})
+            .to_string();
+    emu.enqueue(content.clone());
+    let hook = script(
+        dir.path(),
+        "hook.sh",
+        "cat > /dev/null\nprintf '%s|%s|%s' \"$VOD_EVENT_TYPE\" \"$VOD_FILE_ID\" \"$VOD_TASK_ID\" > \"$1/fields\"",
+    );
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\", \"ingest\"]\n{}\
+         [handlers.ingest]\ntype = \"shell\"\ncommand = [\"{hook}\", \"{}\"]\n{FAST_RETRIES}",
+        webhook_section("internal", &receiver.url(), ""),
+        dir.path().display()
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    eventually(Duration::from_secs(30), "both deliveries done", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&2))
+    })
+    .await;
+    let accepted = receiver.accepted();
+    assert_eq!(accepted.len(), 1, "delivered at the first attempt");
+    assert_eq!(accepted[0].headers["x-vod-event-type"], "New%01File%0AUpload");
+    assert_eq!(accepted[0].body, content.as_bytes(), "the body is still exact");
+    let fields = std::fs::read_to_string(dir.path().join("fields")).unwrap();
+    assert_eq!(fields, "New%01File%0AUpload|F%001%25%C3%A9|t%0D1");
+    let attempts: i64 = daemon
+        .store()
+        .unwrap()
+        .run_sync(|c| Ok(c.query_row("SELECT count(*) FROM attempts", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(attempts, 2, "no attempt failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
