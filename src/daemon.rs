@@ -46,7 +46,9 @@ impl Daemon {
         let store = Store::open(&config.store.path, config.store.busy_timeout)
             .with_context(|| format!("store.path in {}", self.config_path.display()))?;
         store.set_max_size(config.store.max_size_mb * 1024 * 1024).await?;
-        let client = Arc::new(Client::new(ClientSettings::from_config(config)?)?);
+        let settings = ClientSettings::from_config(config)?;
+        let credentials = settings.credentials_fingerprint();
+        let client = Arc::new(Client::new(settings)?);
         let (routing_tx, routing) =
             watch::channel(Arc::new(Routing::build(config, client.clone(), store.clone(), None)?));
         self.metrics.health.started();
@@ -103,6 +105,7 @@ impl Daemon {
             self.metrics.clone(),
             routing,
             wake,
+            credentials,
         );
         let mut pulling = tokio::spawn(puller.run(shutdown.clone()));
         info!(api = config.vod.api.as_str(), endpoint = %crate::redact::url(&config.endpoint()), store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");

@@ -22,8 +22,9 @@ use crate::store::Store;
 /// How the pull loop ended, when not by shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    /// The very first call was refused for its credentials: a config problem, not an outage.
-    #[error("{source}\nThe credentials were refused on the first call: check vod.secret_id and vod.secret_key (or vod.secret_key_file) in {config}, that the key is enabled, and that this machine's clock is right.")]
+    /// The credentials were refused and have never worked against this store: a config
+    /// problem, not an outage.
+    #[error("{source}\nThese credentials were refused and have never pulled successfully into this store: check vod.secret_id and vod.secret_key (or vod.secret_key_file) in {config}, that the key is enabled, and that this machine's clock is right.")]
     CredentialsRefused {
         /// The refusal.
         source: ApiError,
@@ -50,6 +51,8 @@ pub struct Puller {
     pub routing: watch::Receiver<Arc<Routing>>,
     /// Poked when new deliveries are stored.
     pub dispatch_wake: Arc<Notify>,
+    /// The credentials' fingerprint, remembered in the store once a pull succeeds with them.
+    pub credentials: String,
 }
 
 impl Puller {
@@ -64,16 +67,23 @@ impl Puller {
         stats: Arc<Metrics>,
         routing: watch::Receiver<Arc<Routing>>,
         dispatch_wake: Arc<Notify>,
+        credentials: String,
     ) -> Self {
-        Puller { client, store, confirm_tx, stats, config: config.pull.clone(), config_path, routing, dispatch_wake }
+        let pull = config.pull.clone();
+        Puller { client, store, confirm_tx, stats, config: pull, config_path, routing, dispatch_wake, credentials }
     }
 
-    /// Pulls until `shutdown` is cancelled (then returns `Ok`) or the credentials are
-    /// refused on the very first call.
+    /// Pulls until `shutdown` is cancelled (then returns `Ok`), or until the credentials
+    /// are refused when they have never worked against this store.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), PullError> {
         let mut rng = rand::rngs::StdRng::from_entropy();
         let mut failures: u32 = 0;
-        let mut ever_succeeded = false;
+        // Unknown counts as worked: exit 78 keeps the service down, so only when sure.
+        let mut credentials_worked =
+            self.store.credentials_worked(self.credentials.clone()).await.unwrap_or_else(|e| {
+                warn!(error = %e, "Could not read whether these credentials worked before; assuming they did.");
+                true
+            });
         let mut quick_empty_streak: u32 = 0;
         loop {
             let started = Instant::now();
@@ -85,7 +95,12 @@ impl Puller {
             let received_at = Instant::now();
             match result {
                 Ok(items) => {
-                    ever_succeeded = true;
+                    if !credentials_worked {
+                        credentials_worked = true;
+                        if let Err(e) = self.store.remember_credentials(self.credentials.clone()).await {
+                            warn!(error = %e, "Could not remember in the store that these credentials work.");
+                        }
+                    }
                     failures = 0;
                     self.stats.pulls.inc();
                     self.stats.health.pull_ok();
@@ -104,7 +119,7 @@ impl Puller {
                     Metrics::error(&self.stats.pull_errors, e.label());
                     self.stats.health.pull_failed();
                     let delay = match e.class() {
-                        ErrorClass::Auth if !ever_succeeded => {
+                        ErrorClass::Auth if !credentials_worked => {
                             return Err(PullError::CredentialsRefused { source: e, config: self.config_path.clone() });
                         }
                         ErrorClass::Auth => {

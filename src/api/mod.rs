@@ -75,6 +75,18 @@ impl ClientSettings {
         })
     }
 
+    /// A fingerprint of these credentials (SecretId and key), for remembering in the store
+    /// that they once worked: an HMAC of the SecretId under the key, which reveals neither.
+    pub fn credentials_fingerprint(&self) -> String {
+        use hmac::Mac as _;
+        use secrecy::ExposeSecret as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.secret_key.expose_secret().as_bytes())
+            .expect("HMAC takes any key length");
+        mac.update(b"vod-eventd credentials\0");
+        mac.update(self.secret_id.as_bytes());
+        crate::event::hex(&mac.finalize().into_bytes()[..16])
+    }
+
     /// `host[:port]` as the `Host` header carries it, which is what both APIs sign.
     fn host(&self) -> anyhow::Result<String> {
         match (self.endpoint.host_str(), self.endpoint.port()) {

@@ -45,6 +45,29 @@ impl Store {
         })
     }
 
+    /// Whether a pull ever succeeded against this store with the credentials of this
+    /// fingerprint ([`crate::api::ClientSettings::credentials_fingerprint`]).
+    pub async fn credentials_worked(&self, fingerprint: String) -> Result<bool, StoreError> {
+        self.run(move |conn| {
+            let key = format!("pull_ok:{fingerprint}");
+            Ok(conn.query_row("SELECT 1 FROM daemon_state WHERE key = ?", [key], |_| Ok(())).optional()?.is_some())
+        })
+        .await
+    }
+
+    /// Remembers the first successful pull with these credentials (kept across restarts).
+    pub async fn remember_credentials(&self, fingerprint: String) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            let key = format!("pull_ok:{fingerprint}");
+            conn.execute(
+                "INSERT INTO daemon_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                params![key, super::now_ms().to_string()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Pending (or running) and dead deliveries per handler.
     pub async fn handler_counts(&self) -> Result<BTreeMap<String, HandlerCounts>, StoreError> {
         self.run(|conn| {

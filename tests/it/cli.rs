@@ -130,6 +130,31 @@ async fn refused_credentials_on_the_first_call_stop_with_the_keys_to_check() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_that_worked_before_are_retried_after_a_restart_not_exit_78() {
+    let emu = emulator(fast_emulator_config()).await;
+    let port = free_port();
+    let extra = format!("[pull]\nauth_retry = \"200ms\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let mut daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    emu.enqueue_generated(3);
+    eventually(Duration::from_secs(30), "a first successful pull", || daemon.rows() == 3).await;
+    daemon.kill9().await;
+
+    // Refused right after a restart (a watchdog restart, a deploy, a hiccup at Tencent).
+    let good = Credential { secret_id: DEMO_SECRET_ID.into(), secret_key: DEMO_SECRET_KEY.into() };
+    emu.set_credentials(vec![Credential { secret_key: "another-key".into(), ..good.clone() }]);
+    daemon.spawn();
+    eventually(Duration::from_secs(30), "several refusals", || emu.stats().api.auth_failures >= 5).await;
+    assert!(daemon.running(), "exited although these credentials worked before:\n{}", daemon.log());
+    assert!(daemon.log().contains("ERROR") && daemon.log().contains("credentials refused"), "{}", daemon.log());
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+
+    emu.set_credentials(vec![good]);
+    emu.enqueue_generated(2);
+    eventually(Duration::from_secs(30), "pulling again without a restart", || daemon.rows() == 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_lists_filters_and_shows_events_while_the_daemon_runs() {
     let emu = emulator(fast_emulator_config()).await;
     let contents = emu.enqueue_generated(24);

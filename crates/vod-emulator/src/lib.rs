@@ -390,6 +390,11 @@ impl EmulatorHandle {
         self.shared.config.lock().unwrap().faults = faults;
     }
 
+    /// Replaces the accepted credentials (as when a key is disabled or rotated at Tencent).
+    pub fn set_credentials(&self, credentials: Vec<Credential>) {
+        self.shared.config.lock().unwrap().credentials = credentials;
+    }
+
     /// Changes the visibility timeout for handles issued from now on.
     pub fn set_visibility(&self, visibility: Duration) {
         self.shared.config.lock().unwrap().visibility = visibility;
