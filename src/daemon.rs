@@ -52,6 +52,7 @@ impl Daemon {
         let (routing_tx, routing) =
             watch::channel(Arc::new(Routing::build(config, client.clone(), store.clone(), None)?));
         self.metrics.health.started();
+        self.metrics.health.set_refusals_limit(config.alert.pull_stale_after);
 
         // Everything but the puller and the confirmer stops on this, once the puller ends.
         let stop = CancellationToken::new();

@@ -84,9 +84,7 @@ impl Puller {
                 warn!(error = %e, "Could not read whether these credentials worked before; assuming they did.");
                 true
             });
-        let mut quick_empty_streak: u32 = 0;
         loop {
-            let started = Instant::now();
             let result = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
@@ -106,10 +104,8 @@ impl Puller {
                     self.stats.health.pull_ok();
                     self.stats.last_pull_success.set(crate::store::now_ms() / 1000);
                     if items.is_empty() {
-                        quick_empty_streak = self.note_empty(started, quick_empty_streak);
                         continue;
                     }
-                    quick_empty_streak = 0;
                     let span = info_span!("batch", events = items.len());
                     if !self.store_and_forward(items, received_at, &shutdown, &mut rng).instrument(span).await {
                         return Ok(());
@@ -117,7 +113,9 @@ impl Puller {
                 }
                 Err(e) => {
                     Metrics::error(&self.stats.pull_errors, e.label());
-                    self.stats.health.pull_failed();
+                    if e.class() != ErrorClass::InvalidParameter {
+                        self.stats.health.pull_failed();
+                    }
                     let delay = match e.class() {
                         ErrorClass::Auth if !credentials_worked => {
                             return Err(PullError::CredentialsRefused { source: e, config: self.config_path.clone() });
@@ -125,6 +123,12 @@ impl Puller {
                         ErrorClass::Auth => {
                             error!(error = %e, retry_in = ?self.config.auth_retry, "PullEvent credentials refused after working before; events wait at Tencent (kept up to 4 days). Check vod.secret_id and vod.secret_key.");
                             self.config.auth_retry
+                        }
+                        ErrorClass::InvalidParameter => {
+                            if self.stats.health.pull_refused(e.to_string()) {
+                                warn!(error = %e, "PullEvent refused a parameter; retrying. Check vod.region and vod.sub_app_id: if only refusals come for alert.pull_stale_after, the daemon reports itself unhealthy.");
+                            }
+                            backoff::delay(failures, self.config.backoff_min, self.config.backoff_max, &mut rng)
                         }
                         ErrorClass::Resign => {
                             warn!(error = %e, "PullEvent Timestamp or Nonce refused; signing again. If this repeats, check the system clock.");
@@ -142,21 +146,6 @@ impl Puller {
                 }
             }
         }
-    }
-
-    /// An empty answer that came back at once, many times in a row, is more likely a
-    /// refused parameter (4000 doubles as "no event") than an empty queue: say so once.
-    fn note_empty(&self, started: Instant, streak: u32) -> u32 {
-        const QUICK: std::time::Duration = std::time::Duration::from_millis(500);
-        const WARN_AFTER: u32 = 20;
-        if started.elapsed() >= QUICK {
-            return 0;
-        }
-        let streak = streak + 1;
-        if streak == WARN_AFTER {
-            warn!(calls = WARN_AFTER, "PullEvent keeps answering 'no event' without holding the long poll; a parameter may be refused. Check vod.region and vod.sub_app_id.");
-        }
-        streak
     }
 
     /// Stores a batch (retrying until it is stored) and then queues its handles for

@@ -53,6 +53,8 @@ pub struct ClientSettings {
     pub sub_app_id: Option<u64>,
     /// Client timeout per call.
     pub timeout: Duration,
+    /// How long the server holds an empty long poll (`vod.long_poll_hold`).
+    pub long_poll_hold: Duration,
     /// Calls per minute per action.
     pub rate_limit_per_minute: u32,
 }
@@ -71,6 +73,7 @@ impl ClientSettings {
             token: config.vod.token.clone(),
             sub_app_id: config.vod.sub_app_id,
             timeout: config.vod.request_timeout,
+            long_poll_hold: config.vod.long_poll_hold,
             rate_limit_per_minute: config.rate_limit_per_minute(),
         })
     }

@@ -1,8 +1,9 @@
 //! The v2 server API: common parameters, signing exactly as `qcloudapi-sdk-python` does
 //! (`vod-protocol`), GET or POST, and the `{code, message, codeDesc}` envelope. An empty
-//! queue answers PullEvent with `code 4000`, or `code 0` and no or an empty `eventList`.
+//! queue answers PullEvent with `code 4000`, or `code 0` and no or an empty `eventList`;
+//! a 4000 that is a refused parameter instead is told apart by [`idle_or_refused`].
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use secrecy::ExposeSecret;
@@ -53,14 +54,14 @@ impl V2Client {
         Ok(V2Client { http, settings, host, limiter })
     }
 
-    /// Long-polls `PullEvent`. An empty queue (`code 4000`, or `code 0` with no or an
-    /// empty `eventList`) is `Ok(vec![])`.
+    /// Long-polls `PullEvent`. An empty queue (`code 4000` saying so, or `code 0` with no
+    /// or an empty `eventList`) is `Ok(vec![])`; a 4000 refusing a parameter is an error.
     pub async fn pull_event(&self) -> Result<Vec<PulledItem>, ApiError> {
         const ACTION: &str = "PullEvent";
+        let started = Instant::now();
         let body = match self.call(ACTION, Vec::new()).await {
             Err(ApiError::Refused { code: Code::V2(codes::INVALID_PARAMETER), message, .. }) => {
-                tracing::debug!(%message, "PullEvent answered 4000: no event waiting.");
-                return Ok(Vec::new());
+                return idle_or_refused(message, started.elapsed(), self.settings.long_poll_hold);
             }
             other => other?,
         };
@@ -161,6 +162,30 @@ impl V2Client {
     }
 }
 
+/// What an idle queue's 4000 says (the emulator: `(10009)no message`).
+const IDLE_TEXTS: [&str; 3] = ["no message", "no event", "no msg"];
+
+/// PullEvent's 4000 is both "no event" (an idle queue, after holding the long poll) and a
+/// refused parameter (a wrong `Region` or `SubAppId`, answered at once). A message saying
+/// there is no event is idle; one naming anything else is a refusal; an empty one is idle
+/// only if the answer came after a fifth of the hold or later.
+pub fn idle_or_refused(message: String, waited: Duration, hold: Duration) -> Result<Vec<PulledItem>, ApiError> {
+    let text = message.to_ascii_lowercase();
+    // The message as Tencent sent it, without the ` (codeDesc)` the client appends.
+    let said = text.split(" (").next().unwrap_or_default().trim();
+    let idle = IDLE_TEXTS.iter().any(|t| text.contains(t)) || (said.is_empty() && waited >= hold / 5);
+    if idle {
+        tracing::debug!(%message, "PullEvent answered 4000: no event waiting.");
+        return Ok(Vec::new());
+    }
+    let message = if said.is_empty() {
+        format!("{message}, answered {waited:.1?} after the call, well before the {hold:?} long-poll hold")
+    } else {
+        message
+    };
+    Err(ApiError::Refused { action: "PullEvent", code: Code::V2(codes::INVALID_PARAMETER), message })
+}
+
 /// The items of a PullEvent answer's `eventList` (none when it is absent). Items that are
 /// not `{msgHandle, eventContent}` are kept whole; only a body that is not a JSON envelope
 /// is an error.
@@ -208,6 +233,19 @@ mod tests {
         assert!(parse_event_list(br#"{"code":0,"eventList":"x"}"#).is_err());
         let odd = parse_event_list(br#"{"code":0,"eventList":[7,{"msgHandle":""},{"eventContent":1}]}"#).unwrap();
         assert_eq!(odd.iter().map(|i| i.handle.is_some()).collect::<Vec<_>>(), [false, false, false]);
+    }
+
+    #[test]
+    fn an_idle_queue_and_a_refused_parameter_are_told_apart() {
+        let hold = Duration::from_secs(5);
+        let idle = |message: &str, waited_ms| idle_or_refused(message.into(), Duration::from_millis(waited_ms), hold);
+        assert!(idle("(10009)no message (InvalidParameter)", 3).unwrap().is_empty(), "says so");
+        assert!(idle(" (InvalidParameter)", 5000).unwrap().is_empty(), "says nothing, after the hold");
+        assert!(idle("", 1200).unwrap().is_empty());
+        let quick = idle(" (InvalidParameter)", 12).unwrap_err().to_string();
+        assert!(quick.contains("4000") && quick.contains("well before the 5s long-poll hold"), "{quick}");
+        let named = idle("(4000)SubAppId 7 is invalid (InvalidParameter)", 5000).unwrap_err();
+        assert!(named.to_string().contains("SubAppId 7"), "{named}");
     }
 
     proptest! {

@@ -192,6 +192,30 @@ async fn metrics_parse_and_agree_with_the_emulator() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_parameter_is_not_an_idle_queue() {
+    // A v2 PullEvent 4000 that refuses a wrong SubAppId looked like "no event" forever.
+    let emu = emulator(EmulatorConfig { sub_app_ids: Some(vec![1500000001]), ..fast_emulator_config() }).await;
+    let port = free_port();
+    let extra = format!(
+        "sub_app_id = 1500000002\n[alert]\npull_stale_after = \"2s\"\ncheck_interval = \"1s\"\n\
+         [pull]\nbackoff_max = \"300ms\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    let mut daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    eventually(Duration::from_secs(30), "an ERROR naming the answer and the keys", || {
+        daemon.log().lines().any(|l| {
+            l.contains("ERROR") && l.contains("SubAppId 1500000002 is not an app") && l.contains("vod.sub_app_id")
+        })
+    })
+    .await;
+    let (status, body) = get(&format!("http://127.0.0.1:{port}/healthz")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("refusal") && body.contains("vod.sub_app_id"), "{body}");
+    let calls = pull_calls(&emu);
+    eventually(Duration::from_secs(10), "still pulling", || pull_calls(&emu) >= calls + 3).await;
+    assert!(daemon.running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_confirms_nothing_unstored_reports_unhealthy_and_recovers() {
     let emu = emulator(fast_emulator_config()).await;
     let port = free_port();

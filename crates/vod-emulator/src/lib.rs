@@ -139,6 +139,9 @@ pub struct EmulatorConfig {
     pub faults: Faults,
     /// Which API's event shapes `generate` makes.
     pub api: Api,
+    /// The account's apps: a v2 call naming another `SubAppId` is refused at once with
+    /// 4000 (`None`: any `SubAppId` is accepted).
+    pub sub_app_ids: Option<Vec<u64>>,
 }
 
 impl Default for EmulatorConfig {
@@ -153,6 +156,7 @@ impl Default for EmulatorConfig {
             empty_response: EmptyResponse::Code4000,
             faults: Faults::default(),
             api: Api::V2,
+            sub_app_ids: None,
         }
     }
 }

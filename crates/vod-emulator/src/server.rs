@@ -297,6 +297,17 @@ async fn inject(
 }
 
 async fn run_action(shared: &Shared, action: &str, req: &auth::Request<'_>) -> Response<Body> {
+    let sub_app = req.params.iter().find(|(n, _)| n == "SubAppId").map(|(_, v)| v.as_str());
+    let apps = shared.config.lock().unwrap().sub_app_ids.clone();
+    if let (Some(id), Some(apps)) = (sub_app, apps) {
+        if !apps.iter().any(|app| app.to_string() == id) {
+            return v2_answer(
+                codes::INVALID_PARAMETER,
+                &format!("(4000)SubAppId {id} is not an app of this account"),
+                Value::Null,
+            );
+        }
+    }
     match action {
         "PullEvent" => pull_event(shared).await,
         "ConfirmEvent" => confirm_event(shared, req),
