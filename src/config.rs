@@ -11,7 +11,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use vod_protocol::SignatureMethod;
 
 use crate::handler::HandlerConfig;
@@ -27,7 +27,11 @@ pub const ENV_PREFIX: &str = "VOD_EVENTD_";
 pub const MAX_CONFIRM_BATCH: usize = 16;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// `Serialize` exists to find the settings a reload cannot apply ([`restart_needed`]):
+/// the fields SIGHUP applies (`routes`, `handlers`, `[dispatch]`, `log.level`,
+/// `store.max_size_mb`) are skipped, and secrets serialise as a digest.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The Tencent VOD API.
@@ -45,13 +49,13 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     /// Which handlers each event type goes to.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub routes: Vec<RouteConfig>,
     /// Named handlers.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub handlers: BTreeMap<String, HandlerConfig>,
     /// Handler retries.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub dispatch: DispatchConfig,
     /// Stopping.
     #[serde(default)]
@@ -68,7 +72,7 @@ pub struct Config {
 }
 
 /// `[metrics]`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Serve `/metrics` (Prometheus text) and `/healthz` here, e.g. `127.0.0.1:9464`.
@@ -76,7 +80,7 @@ pub struct MetricsConfig {
 }
 
 /// `[health]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Unhealthy (`/healthz` 503, no systemd watchdog ping) once the last successful pull
@@ -92,7 +96,7 @@ impl Default for HealthConfig {
 }
 
 /// `[alert]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertConfig {
     /// Log at ERROR (and say so in STATUS=) while the last successful pull is older than
@@ -151,7 +155,7 @@ impl DispatchConfig {
 }
 
 /// `[shutdown]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// How long in-flight handler attempts may take to finish after SIGTERM before they
@@ -166,6 +170,13 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// A secret as its SHA-256, so [`restart_needed`] sees it change without holding it.
+fn digest<S: serde::Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    use sha2::Digest as _;
+    let hash = secret.as_ref().map(|k| crate::event::hex(&sha2::Sha256::digest(k.expose_secret().as_bytes())));
+    hash.serialize(s)
+}
+
 fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     Vec::<String>::deserialize(d)?
         .iter()
@@ -174,7 +185,7 @@ fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D:
 }
 
 /// Which Tencent API to speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiVersion {
     /// The v2 server API (`vod.api.qcloud.com/v2/index.php`): PullEvent/ConfirmEvent.
@@ -195,7 +206,7 @@ impl ApiVersion {
 }
 
 /// `[vod]`: where and how to call the API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VodConfig {
     /// `v2` (default) or `v3`.
@@ -207,7 +218,7 @@ pub struct VodConfig {
     /// The API SecretId.
     pub secret_id: String,
     /// The API secret key, inline.
-    #[serde(default)]
+    #[serde(default, serialize_with = "digest")]
     pub secret_key: Option<SecretString>,
     /// A file holding the secret key (trailing newline ignored).
     #[serde(default)]
@@ -225,7 +236,7 @@ pub struct VodConfig {
     #[serde(default = "default_http_method")]
     pub http_method: String,
     /// An STS token (the `Token` parameter), for temporary credentials.
-    #[serde(default)]
+    #[serde(default, serialize_with = "digest")]
     pub token: Option<SecretString>,
     /// The sub-application id (`SubAppId`).
     #[serde(default)]
@@ -243,7 +254,7 @@ pub struct VodConfig {
 }
 
 /// `[store]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// The SQLite file.
@@ -259,11 +270,12 @@ pub struct StoreConfig {
     pub prune_interval: Duration,
     /// Cap the database at this many MiB (0: no cap). When full, the daemon stops pulling
     /// and confirming until there is room again (retention, or a larger cap via SIGHUP).
+    #[serde(skip_serializing)]
     pub max_size_mb: u64,
 }
 
 /// `[confirm]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfirmConfig {
     /// Flush a batch when its oldest handle was pulled this long ago.
@@ -279,7 +291,7 @@ pub struct ConfirmConfig {
 }
 
 /// `[pull]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PullConfig {
     /// First delay after a failed call; doubles up to `backoff_max`, with jitter.
@@ -294,10 +306,11 @@ pub struct PullConfig {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter (`info`, `vod_eventd=debug`); `RUST_LOG` overrides it.
+    #[serde(skip_serializing)]
     pub level: String,
     /// `text` or `json`.
     pub format: String,
@@ -399,6 +412,30 @@ impl fmt::Display for ConfigError {
         }
         Ok(())
     }
+}
+
+/// The dotted keys whose values differ between two configs, among the settings a reload
+/// cannot apply (everything but routes, handlers, `[dispatch]`, `log.level` and
+/// `store.max_size_mb`), derived from the config structure so that no key is missed.
+pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value;
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for key in keys {
+                    let path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                    diff(&path, x.get(key).unwrap_or(&Value::Null), y.get(key).unwrap_or(&Value::Null), out);
+                }
+            }
+            _ if a != b => out.push(path.to_string()),
+            _ => {}
+        }
+    }
+    let value = |c: &Config| serde_json::to_value(c).expect("the config serialises");
+    let mut changed = Vec::new();
+    diff("", &value(old), &value(new), &mut changed);
+    changed
 }
 
 /// The config file to use: `--config`, else `VOD_EVENTD_CONFIG`, else the default path.
@@ -776,6 +813,26 @@ mod tests {
         let err = from_figment(fig, Path::new("t")).unwrap_err().to_string();
         assert!(err.contains("`vod.secret_key`") && err.contains("position 5"), "{err}");
         assert!(parse(&format!("{MINIMAL}request_timeout = \"2s\"\nlong_poll_hold = \"1s\"\n")).is_ok());
+    }
+
+    #[test]
+    fn a_reload_names_every_setting_it_cannot_apply() {
+        let old = parse(MINIMAL).unwrap();
+        let reloadable = parse(&format!(
+            "{MINIMAL}[store]\nmax_size_mb = 5\n[log]\nlevel = \"debug\"\n[dispatch]\nmax_age = \"1d\"\n\
+             [[routes]]\nevents = [\"*\"]\nhandlers = [\"h\"]\n[handlers.h]\ntype = \"drm\"\n"
+        ))
+        .unwrap();
+        assert_eq!(restart_needed(&old, &reloadable), Vec::<String>::new());
+        let restart = parse(
+            "[vod]\nsecret_id = \"AKID1\"\nsecret_key = \"k2\"\n[shutdown]\ndrain_timeout = \"5s\"\n\
+             [store]\nbusy_timeout = \"1s\"\nprune_interval = \"1m\"\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            restart_needed(&old, &restart),
+            ["log.format", "shutdown.drain_timeout", "store.busy_timeout", "store.prune_interval", "vod.secret_key"]
+        );
     }
 
     proptest::proptest! {

@@ -56,9 +56,10 @@ impl StatusLoop {
             }
             let report = self.metrics.health.report(self.health.max_pull_age);
             let counts = self.store.handler_counts().await.unwrap_or_default();
-            let (pending, dead): (i64, i64) = counts.values().fold((0, 0), |(p, d), c| (p + c.pending, d + c.dead));
+            let (pending, dead, orphaned) =
+                counts.values().fold((0, 0, 0), |(p, d, o), c| (p + c.pending, d + c.dead, o + c.orphaned));
             let mut status = format!(
-                "{} events stored ({} duplicates), {} handles confirmed; deliveries: {pending} pending, {dead} dead; last pull {}",
+                "{} events stored ({} duplicates), {} handles confirmed; deliveries: {pending} pending, {dead} dead, {orphaned} orphaned; last pull {}",
                 self.metrics.received_total.get() - self.metrics.duplicates_total.get(),
                 self.metrics.duplicates_total.get(),
                 self.metrics.handles_confirmed.get(),

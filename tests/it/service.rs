@@ -96,6 +96,59 @@ async fn sighup_applies_a_new_route_and_refuses_a_broken_config() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_orphans_a_removed_handlers_deliveries_warns_of_restart_settings_and_resumes() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    receiver.set(|b| b.status = 503);
+    let port = free_port();
+    let common = format!(
+        "[dispatch]\nretry_schedule = [\"100ms\"]\npoll_interval = \"100ms\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &format!("{}{common}", route_to("a", &receiver.url()))).await;
+    emu.enqueue_generated(5);
+    eventually(Duration::from_secs(30), "every delivery attempted", || receiver.recorded().len() >= 5).await;
+
+    // `a` renamed to `b`, and two settings changed that only a restart applies.
+    let renamed = format!("{}{common}[shutdown]\ndrain_timeout = \"5s\"\n", route_to("b", &receiver.url()));
+    daemon.rewrite_config(&emu.endpoint(), "prune_interval = \"2h\"", &renamed);
+    daemon.signal("HUP");
+    eventually(Duration::from_secs(10), "reloaded", || daemon.log().contains("Configuration reloaded.")).await;
+    let log = daemon.log();
+    assert!(log.contains("Deliveries orphaned: no handler `a` is configured"), "{log}");
+    let restart = log.lines().find(|l| l.contains("only after a restart")).unwrap_or_default();
+    assert!(restart.contains("shutdown.drain_timeout") && restart.contains("store.prune_interval"), "{log}");
+
+    let status = || {
+        let out =
+            std::process::Command::new(BIN).args(["status", "--config"]).arg(&daemon.config_path).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually(Duration::from_secs(10), "status counts the orphans with the reason", || {
+        status().contains("5 orphaned: no handler named `a`")
+    })
+    .await;
+    let (_, metrics) = get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert!(metrics.contains("vod_eventd_deliveries_orphaned{handler=\"a\"} 5"), "{metrics}");
+
+    daemon.signal("HUP");
+    eventually(Duration::from_secs(10), "reloaded again", || {
+        daemon.log().matches("Configuration reloaded.").count() == 2
+    })
+    .await;
+    assert_eq!(daemon.log().matches("Deliveries orphaned").count(), 1, "logged once");
+
+    receiver.set(|b| b.status = 200);
+    daemon.rewrite_config(&emu.endpoint(), "", &format!("{}{common}", route_to("a", &receiver.url())));
+    daemon.signal("HUP");
+    eventually(Duration::from_secs(30), "the orphans resume and are delivered", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&5))
+    })
+    .await;
+    assert!(daemon.log().contains("configured again"));
+    assert!(!status().contains("orphaned: no handler"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_socket_gets_ready_status_watchdog_and_stopping_and_the_watchdog_stops_with_pulls() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
