@@ -4,7 +4,8 @@
 //! confirmer flushes every committed handle and exits when its channel closes, while
 //! the dispatcher drains in-flight handler attempts. SIGHUP reloads routes, handlers,
 //! retry policy, log level and the store size cap; an invalid new config is refused and
-//! the running one stays.
+//! the running one stays. At start and on each reload, the deliveries of handlers that
+//! are no longer configured are orphaned, and those of handlers that are back resume.
 
 use std::path::PathBuf;
 use std::sync::Arc;

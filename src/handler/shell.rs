@@ -6,10 +6,9 @@
 //!
 //! The hook runs in its own process group. When it exits, when `timeout` passes, or when
 //! the attempt is stopped (the shutdown drain), the whole group is killed, so nothing it
-//! spawned outlives the attempt. Exit 0 is done; a
-//! code in `permanent_exit_codes` is dead; anything else (other codes, signals, the
-//! timeout, a failure to start) is retried. stdout and stderr are kept up to
-//! `output_limit` bytes each in the attempt record.
+//! spawned outlives the attempt. Exit 0 is done; a code in `permanent_exit_codes` is dead;
+//! anything else (other codes, signals, the timeout, a failure to start) is retried.
+//! stdout and stderr are kept up to `output_limit` bytes each in the attempt record.
 
 use std::path::PathBuf;
 use std::process::Stdio;
