@@ -423,6 +423,10 @@ async fn data_keys_in_a_refused_or_misshapen_answer_are_never_quoted(api: vod_em
     use vod_emulator::{FaultKind, Faults};
     let emu = emulator(vod_emulator::EmulatorConfig { api, ..fast_emulator_config() }).await;
     let contents = emu.enqueue_generated_type("ProcedureStateChanged", 1).unwrap();
+    let faults =
+        |kind| Faults { rate: 1.0, kinds: vec![kind], actions: vec!["DescribeDrmDataKey".into()], ..Faults::default() };
+    // The real answer, keys and all, first under HTTP 502, then in a shape the envelope parse refuses.
+    emu.set_faults(faults(FaultKind::WrongStatus));
     let config = format!(
         "{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\n{FAST_RETRIES}",
         api_line(api)
@@ -438,16 +442,11 @@ async fn data_keys_in_a_refused_or_misshapen_answer_are_never_quoted(api: vod_em
             .unwrap()
         })
     };
-    // The real answer, keys and all, first under HTTP 502, then in a shape the envelope parse refuses.
-    for (kind, until) in [(FaultKind::WrongStatus, 2), (FaultKind::MangledEnvelope, 4)] {
-        emu.set_faults(Faults {
-            rate: 1.0,
-            kinds: vec![kind],
-            actions: vec!["DescribeDrmDataKey".into()],
-            ..Faults::default()
-        });
-        eventually(Duration::from_secs(30), "failed attempts", || attempts().len() >= until).await;
-    }
+    eventually(Duration::from_secs(30), "attempts failed by HTTP 502", || attempts().len() >= 2).await;
+    emu.set_faults(faults(FaultKind::MangledEnvelope));
+    let before = attempts().len();
+    eventually(Duration::from_secs(30), "attempts failed by a misshapen answer", || attempts().len() >= before + 2)
+        .await;
     emu.set_faults(Faults::default());
     eventually(Duration::from_secs(30), "keys fetched once the answers are right", || {
         daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&1))
