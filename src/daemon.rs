@@ -74,10 +74,6 @@ impl Daemon {
             alert: config.alert.clone(),
         };
         tasks.push(("status", tokio::spawn(status.run(stop.clone()))));
-        tasks.push((
-            "watchdog",
-            tokio::spawn(service::watchdog(self.metrics.clone(), config.health.max_pull_age, stop.clone())),
-        ));
         if let Some(addr) = config.metrics.listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -113,6 +109,11 @@ impl Daemon {
         let mut pulling = tokio::spawn(puller.run(shutdown.clone()));
         info!(api = config.vod.api.as_str(), endpoint = %crate::redact::url(&config.endpoint()), store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");
         notify(&[NotifyState::Ready, NotifyState::Status("started; pulling")]);
+        // Only after READY=1: its first ping is immediate.
+        tasks.push((
+            "watchdog",
+            tokio::spawn(service::watchdog(self.metrics.clone(), config.health.max_pull_age, stop.clone())),
+        ));
 
         let result = loop {
             tokio::select! {
