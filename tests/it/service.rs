@@ -129,6 +129,17 @@ async fn sighup_orphans_a_removed_handlers_deliveries_warns_of_restart_settings_
     .await;
     let (_, metrics) = get(&format!("http://127.0.0.1:{port}/metrics")).await;
     assert!(metrics.contains("vod_eventd_deliveries_orphaned{handler=\"a\"} 5"), "{metrics}");
+    let list = std::process::Command::new(BIN)
+        .args(["deliveries", "list", "--handler", "a", "--config"])
+        .arg(&daemon.config_path)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert_eq!(
+        list.lines().filter(|l| l.contains(" orphaned ") && l.contains("no handler named `a`")).count(),
+        5,
+        "{list}"
+    );
 
     daemon.signal("HUP");
     eventually(Duration::from_secs(10), "reloaded again", || {
