@@ -11,7 +11,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use vod_protocol::SignatureMethod;
 
 use crate::handler::HandlerConfig;
@@ -27,7 +27,11 @@ pub const ENV_PREFIX: &str = "VOD_EVENTD_";
 pub const MAX_CONFIRM_BATCH: usize = 16;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// `Serialize` exists to find the settings a reload cannot apply ([`restart_needed`]):
+/// the fields SIGHUP applies (`routes`, `handlers`, `[dispatch]`, `log.level`,
+/// `store.max_size_mb`) are skipped, and secrets serialise as a digest.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The Tencent VOD API.
@@ -45,13 +49,13 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     /// Which handlers each event type goes to.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub routes: Vec<RouteConfig>,
     /// Named handlers.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub handlers: BTreeMap<String, HandlerConfig>,
     /// Handler retries.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub dispatch: DispatchConfig,
     /// Stopping.
     #[serde(default)]
@@ -68,7 +72,7 @@ pub struct Config {
 }
 
 /// `[metrics]`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Serve `/metrics` (Prometheus text) and `/healthz` here, e.g. `127.0.0.1:9464`.
@@ -76,7 +80,7 @@ pub struct MetricsConfig {
 }
 
 /// `[health]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Unhealthy (`/healthz` 503, no systemd watchdog ping) once the last successful pull
@@ -92,7 +96,7 @@ impl Default for HealthConfig {
 }
 
 /// `[alert]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertConfig {
     /// Log at ERROR (and say so in STATUS=) while the last successful pull is older than
@@ -151,7 +155,7 @@ impl DispatchConfig {
 }
 
 /// `[shutdown]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// How long in-flight handler attempts may take to finish after SIGTERM before they
@@ -166,6 +170,13 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// A secret as its SHA-256, so [`restart_needed`] sees it change without holding it.
+fn digest<S: serde::Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    use sha2::Digest as _;
+    let hash = secret.as_ref().map(|k| crate::event::hex(&sha2::Sha256::digest(k.expose_secret().as_bytes())));
+    hash.serialize(s)
+}
+
 fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     Vec::<String>::deserialize(d)?
         .iter()
@@ -174,7 +185,7 @@ fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D:
 }
 
 /// Which Tencent API to speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiVersion {
     /// The v2 server API (`vod.api.qcloud.com/v2/index.php`): PullEvent/ConfirmEvent.
@@ -195,7 +206,7 @@ impl ApiVersion {
 }
 
 /// `[vod]`: where and how to call the API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VodConfig {
     /// `v2` (default) or `v3`.
@@ -207,7 +218,7 @@ pub struct VodConfig {
     /// The API SecretId.
     pub secret_id: String,
     /// The API secret key, inline.
-    #[serde(default)]
+    #[serde(default, serialize_with = "digest")]
     pub secret_key: Option<SecretString>,
     /// A file holding the secret key (trailing newline ignored).
     #[serde(default)]
@@ -225,7 +236,7 @@ pub struct VodConfig {
     #[serde(default = "default_http_method")]
     pub http_method: String,
     /// An STS token (the `Token` parameter), for temporary credentials.
-    #[serde(default)]
+    #[serde(default, serialize_with = "digest")]
     pub token: Option<SecretString>,
     /// The sub-application id (`SubAppId`).
     #[serde(default)]
@@ -233,13 +244,17 @@ pub struct VodConfig {
     /// Client timeout of one API call; PullEvent holds up to 5 s, Tencent recommends 10 s.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How long the server holds an empty long poll: Tencent's 5 s. Change it only for an
+    /// emulator that holds less (`request_timeout` must stay above it).
+    #[serde(default = "default_long_poll_hold", with = "humantime_serde")]
+    pub long_poll_hold: Duration,
     /// Calls per minute allowed per action (default: Tencent's, 1000 for v2, 6000 for v3).
     #[serde(default)]
     pub rate_limit_per_minute: Option<u32>,
 }
 
 /// `[store]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// The SQLite file.
@@ -255,11 +270,12 @@ pub struct StoreConfig {
     pub prune_interval: Duration,
     /// Cap the database at this many MiB (0: no cap). When full, the daemon stops pulling
     /// and confirming until there is room again (retention, or a larger cap via SIGHUP).
+    #[serde(skip_serializing)]
     pub max_size_mb: u64,
 }
 
 /// `[confirm]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfirmConfig {
     /// Flush a batch when its oldest handle was pulled this long ago.
@@ -275,7 +291,7 @@ pub struct ConfirmConfig {
 }
 
 /// `[pull]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PullConfig {
     /// First delay after a failed call; doubles up to `backoff_max`, with jitter.
@@ -290,10 +306,11 @@ pub struct PullConfig {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter (`info`, `vod_eventd=debug`); `RUST_LOG` overrides it.
+    #[serde(skip_serializing)]
     pub level: String,
     /// `text` or `json`.
     pub format: String,
@@ -310,6 +327,9 @@ fn default_http_method() -> String {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_long_poll_hold() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Default for StoreConfig {
@@ -392,6 +412,30 @@ impl fmt::Display for ConfigError {
         }
         Ok(())
     }
+}
+
+/// The dotted keys whose values differ between two configs, among the settings a reload
+/// cannot apply (everything but routes, handlers, `[dispatch]`, `log.level` and
+/// `store.max_size_mb`), derived from the config structure so that no key is missed.
+pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value;
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for key in keys {
+                    let path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                    diff(&path, x.get(key).unwrap_or(&Value::Null), y.get(key).unwrap_or(&Value::Null), out);
+                }
+            }
+            _ if a != b => out.push(path.to_string()),
+            _ => {}
+        }
+    }
+    let value = |c: &Config| serde_json::to_value(c).expect("the config serialises");
+    let mut changed = Vec::new();
+    diff("", &value(old), &value(new), &mut changed);
+    changed
 }
 
 /// The config file to use: `--config`, else `VOD_EVENTD_CONFIG`, else the default path.
@@ -500,11 +544,19 @@ impl Config {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {}
             _ => {
                 let example = default_endpoint(self.vod.api);
-                bad("vod.endpoint", format!("`{}` is not an http(s) URL such as {example}", self.endpoint()));
+                bad(
+                    "vod.endpoint",
+                    format!("`{}` is not an http(s) URL such as {example}", crate::redact::url(&self.endpoint())),
+                );
             }
         }
         if self.vod.secret_id.trim().is_empty() {
             bad("vod.secret_id", "is empty; set it to your API SecretId (AKID...)".into());
+        } else if let Err(e) = printable(&self.vod.secret_id) {
+            bad("vod.secret_id", e);
+        }
+        if let Some(Err(e)) = self.vod.token.as_ref().map(|t| printable(t.expose_secret())) {
+            bad("vod.token", e);
         }
         if self.vod.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
             bad("vod.region", "is empty; for v2 use \"gz\", for v3 e.g. \"ap-guangzhou\" or leave it out".into());
@@ -515,8 +567,14 @@ impl Config {
         if !matches!(self.vod.http_method.as_str(), "GET" | "POST") {
             bad("vod.http_method", format!("`{}` is not GET or POST", self.vod.http_method));
         }
-        if self.vod.request_timeout < Duration::from_secs(1) {
-            bad("vod.request_timeout", "must be at least 1s (PullEvent holds up to 5 s; 10s is recommended)".into());
+        if self.vod.request_timeout <= self.vod.long_poll_hold {
+            bad(
+                "vod.request_timeout",
+                format!(
+                    "must be above the {:?} PullEvent holds an empty long poll (vod.long_poll_hold), or every idle pull times out; 10s is recommended",
+                    self.vod.long_poll_hold
+                ),
+            );
         }
         if self.vod.rate_limit_per_minute == Some(0) {
             bad("vod.rate_limit_per_minute", "must be at least 1".into());
@@ -527,8 +585,15 @@ impl Config {
         if !(1..=MAX_CONFIRM_BATCH).contains(&self.confirm.batch_size) {
             bad("confirm.batch_size", format!("must be between 1 and {MAX_CONFIRM_BATCH}"));
         }
-        if self.confirm.max_delay >= self.confirm.handle_ttl {
-            bad("confirm.max_delay", "must be well below confirm.handle_ttl (30s), or every handle expires".into());
+        let margin = crate::confirmer::SAFETY_MARGIN;
+        if self.confirm.handle_ttl <= self.confirm.max_delay + margin {
+            bad(
+                "confirm.handle_ttl",
+                format!(
+                    "must be above confirm.max_delay plus the {margin:?} kept for sending ({:?}), or every handle is dropped unconfirmed; Tencent's window is 30s",
+                    self.confirm.max_delay + margin
+                ),
+            );
         }
         if self.confirm.concurrency == 0 {
             bad("confirm.concurrency", "must be at least 1".into());
@@ -614,6 +679,7 @@ impl Config {
             if key.expose_secret().trim().is_empty() {
                 return Err("is empty; set the API secret key, or remove it and use vod.secret_key_file".into());
             }
+            printable(key.expose_secret())?;
             return Ok(key.clone());
         }
         if let Some(file) = &self.vod.secret_key_file {
@@ -638,7 +704,20 @@ fn read_secret(path: &Path) -> Result<SecretString, String> {
     if key.is_empty() {
         return Err("the file is empty".into());
     }
+    printable(key)?;
     Ok(SecretString::from(key.to_string()))
+}
+
+/// Credentials go into signed parameters and HTTP headers, which take printable ASCII
+/// only. The message says where the bad character is, never what the value is.
+fn printable(value: &str) -> Result<(), String> {
+    match value.chars().position(|c| !c.is_ascii() || c.is_ascii_control()) {
+        None => Ok(()),
+        Some(i) => Err(format!(
+            "has a control or non-ASCII character at position {}; copy the value again from the console (Access management > API keys), without line breaks, tabs or typographic characters",
+            i + 1
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -702,6 +781,51 @@ mod tests {
         assert!(err.to_string().contains("`routes[0].handlers`: `nope` is not defined"), "{err}");
     }
 
+    #[test]
+    fn settings_that_break_at_run_time_are_named() {
+        let text = "[vod]\napi = \"v3\"\nsecret_id = \"AKID\\u0007x\"\nsecret_key = \"kéy\"\ntoken = \"t\\n\"\nrequest_timeout = \"5s\"\n\
+                    [confirm]\nmax_delay = \"1s\"\nhandle_ttl = \"1500ms\"\n\
+                    [[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\", \"gone\"]\n\
+                    [handlers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\ntimeout = \"0s\"\n";
+        let err = parse(text).unwrap_err();
+        let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        for key in [
+            "vod.secret_id",
+            "vod.secret_key",
+            "vod.token",
+            "vod.request_timeout",
+            "confirm.handle_ttl",
+            "handlers.hook.timeout",
+            "routes[0].handlers",
+        ] {
+            assert!(keys.contains(&key), "{key} not reported in {keys:?}");
+        }
+        let text = err.to_string();
+        assert!(!text.contains("kéy") && !text.contains("AKID"), "values are never echoed: {text}");
+        assert!(text.contains("position 5"), "{text}");
+        assert!(parse(&format!("{MINIMAL}request_timeout = \"2s\"\nlong_poll_hold = \"1s\"\n")).is_ok());
+    }
+
+    #[test]
+    fn a_reload_names_every_setting_it_cannot_apply() {
+        let old = parse(MINIMAL).unwrap();
+        let reloadable = parse(&format!(
+            "{MINIMAL}[store]\nmax_size_mb = 5\n[log]\nlevel = \"debug\"\n[dispatch]\nmax_age = \"1d\"\n\
+             [[routes]]\nevents = [\"*\"]\nhandlers = [\"h\"]\n[handlers.h]\ntype = \"drm\"\n"
+        ))
+        .unwrap();
+        assert_eq!(restart_needed(&old, &reloadable), Vec::<String>::new());
+        let restart = parse(
+            "[vod]\nsecret_id = \"AKID1\"\nsecret_key = \"k2\"\n[shutdown]\ndrain_timeout = \"5s\"\n\
+             [store]\nbusy_timeout = \"1s\"\nprune_interval = \"1m\"\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            restart_needed(&old, &restart),
+            ["log.format", "shutdown.drain_timeout", "store.busy_timeout", "store.prune_interval", "vod.secret_key"]
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn any_text_as_a_config_gives_a_config_or_named_issues(text in ".{0,300}") {
@@ -751,8 +875,11 @@ mod tests {
         let fig = Figment::new()
             .merge(Toml::string("[vod]\nsecret_id = \"AKID1\"\n"))
             .merge(Serialized::default("vod.secret_key_file", &file));
-        let c = from_figment(fig, Path::new("t")).unwrap();
+        let c = from_figment(fig.clone(), Path::new("t")).unwrap();
         assert_eq!(c.secret_key().unwrap().expose_secret(), "s3cret");
+        std::fs::write(&file, "s3cr\x01t\n").unwrap();
+        let err = from_figment(fig, Path::new("t")).unwrap_err().to_string();
+        assert!(err.contains("`vod.secret_key`") && err.contains("position 5"), "a control character: {err}");
         let fig = Figment::new()
             .merge(Toml::string("[vod]\nsecret_id = \"AKID1\"\nsecret_key_file = \"/nonexistent/key\"\n"));
         let err = from_figment(fig, Path::new("t")).unwrap_err();

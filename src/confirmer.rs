@@ -35,7 +35,7 @@ pub struct PendingHandle {
 pub const CHANNEL_CAPACITY: usize = 1024;
 
 /// Time kept in reserve before a handle's window closes, for the call to travel.
-const SAFETY_MARGIN: Duration = Duration::from_millis(500);
+pub const SAFETY_MARGIN: Duration = Duration::from_millis(500);
 
 /// Batches and confirms handles until `rx` closes, then flushes everything left.
 pub async fn run(

@@ -4,7 +4,8 @@
 //! confirmer flushes every committed handle and exits when its channel closes, while
 //! the dispatcher drains in-flight handler attempts. SIGHUP reloads routes, handlers,
 //! retry policy, log level and the store size cap; an invalid new config is refused and
-//! the running one stays.
+//! the running one stays. At start and on each reload, the deliveries of handlers that
+//! are no longer configured are orphaned, and those of handlers that are back resume.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,10 +47,14 @@ impl Daemon {
         let store = Store::open(&config.store.path, config.store.busy_timeout)
             .with_context(|| format!("store.path in {}", self.config_path.display()))?;
         store.set_max_size(config.store.max_size_mb * 1024 * 1024).await?;
-        let client = Arc::new(Client::new(ClientSettings::from_config(config)?)?);
+        let settings = ClientSettings::from_config(config)?;
+        let credentials = settings.credentials_fingerprint();
+        let client = Arc::new(Client::new(settings)?);
         let (routing_tx, routing) =
             watch::channel(Arc::new(Routing::build(config, client.clone(), store.clone(), None)?));
+        sync_orphans(&store, config, &self.config_path).await;
         self.metrics.health.started();
+        self.metrics.health.set_refusals_limit(config.alert.pull_stale_after);
 
         // Everything but the puller and the confirmer stops on this, once the puller ends.
         let stop = CancellationToken::new();
@@ -69,10 +74,6 @@ impl Daemon {
             alert: config.alert.clone(),
         };
         tasks.push(("status", tokio::spawn(status.run(stop.clone()))));
-        tasks.push((
-            "watchdog",
-            tokio::spawn(service::watchdog(self.metrics.clone(), config.health.max_pull_age, stop.clone())),
-        ));
         if let Some(addr) = config.metrics.listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -110,10 +111,16 @@ impl Daemon {
             self.metrics.clone(),
             routing,
             wake,
+            credentials,
         );
         let mut pulling = tokio::spawn(puller.run(shutdown.clone()));
-        info!(api = config.vod.api.as_str(), endpoint = %config.endpoint(), store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");
+        info!(api = config.vod.api.as_str(), endpoint = %crate::redact::url(&config.endpoint()), store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");
         notify(&[NotifyState::Ready, NotifyState::Status("started; pulling")]);
+        // Only after READY=1: its first ping is immediate.
+        tasks.push((
+            "watchdog",
+            tokio::spawn(service::watchdog(self.metrics.clone(), config.health.max_pull_age, stop.clone())),
+        ));
 
         let result = loop {
             tokio::select! {
@@ -155,6 +162,7 @@ impl Daemon {
             }
         };
         routing_tx.send_replace(Arc::new(routing));
+        sync_orphans(store, &new, &self.config_path).await;
         if let Err(e) = self.log.set_level(&new.log.level) {
             warn!(error = %e, "log.level could not be applied.");
         }
@@ -163,33 +171,32 @@ impl Daemon {
                 warn!(error = %e, "store.max_size_mb could not be applied.");
             }
         }
-        let restart_only = restart_only_changes(&self.config, &new);
+        let restart_only = config::restart_needed(&self.config, &new);
         if !restart_only.is_empty() {
-            warn!(sections = %restart_only.join(", "), "These settings changed but take effect only after a restart.");
+            warn!(settings = %restart_only.join(", "), "These settings changed but take effect only after a restart; the running values stay until then.");
         }
         info!(routes = new.routes.len(), handlers = new.handlers.len(), "Configuration reloaded.");
         self.config = new;
     }
 }
 
-/// Sections that a reload does not apply (compared through their redacted Debug form).
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    let mut check = |name, a: String, b: String| {
-        if a != b {
-            changed.push(name);
+/// Marks the deliveries of handlers that are no longer configured as orphaned, and
+/// resumes those of handlers that are back; each change is logged once.
+async fn sync_orphans(store: &Store, config: &Config, config_path: &std::path::Path) {
+    let configured = config.handlers.keys().cloned().collect();
+    match store.sync_orphans(configured, config_path.display().to_string()).await {
+        Ok(changes) => {
+            for (handler, n) in &changes.orphaned {
+                warn!(handler = %handler, deliveries = n, "Deliveries orphaned: no handler `{handler}` is configured any more (removed or renamed). They are not run and keep their events only until store.retention; they resume if [handlers.{handler}] comes back. `vod-eventd status` counts them.");
+            }
+            for (handler, n) in &changes.resumed {
+                info!(handler = %handler, deliveries = n, "Handler `{handler}` is configured again; its orphaned deliveries resume.");
+            }
         }
-    };
-    check("[vod]", format!("{:?}", old.vod), format!("{:?}", new.vod));
-    check("store.path", format!("{:?}", old.store.path), format!("{:?}", new.store.path));
-    check("store.retention", format!("{:?}", old.store.retention), format!("{:?}", new.store.retention));
-    check("[confirm]", format!("{:?}", old.confirm), format!("{:?}", new.confirm));
-    check("[pull]", format!("{:?}", old.pull), format!("{:?}", new.pull));
-    check("[metrics]", format!("{:?}", old.metrics), format!("{:?}", new.metrics));
-    check("[health]", format!("{:?}", old.health), format!("{:?}", new.health));
-    check("[alert]", format!("{:?}", old.alert), format!("{:?}", new.alert));
-    check("log.format", old.log.format.clone(), new.log.format.clone());
-    changed
+        Err(e) => {
+            warn!(error = %e, "Could not look for deliveries of handlers that are no longer configured; will look again at the next reload.")
+        }
+    }
 }
 
 /// Indexes, in short transactions, the files of events stored before the store had

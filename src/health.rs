@@ -1,7 +1,12 @@
 //! Is the daemon healthy? Pulls must be succeeding, the last successful pull recent, and
 //! the store writable. Read by `/healthz`, the systemd watchdog and STATUS= lines.
+//!
+//! A pull answered with a refused parameter (a wrong `vod.region` or `vod.sub_app_id`) is
+//! an answer, so it keeps the watchdog fed; once nothing but refusals has come for
+//! `alert.pull_stale_after`, the daemon is unhealthy and says which answer it got.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::store::now_ms;
@@ -13,6 +18,26 @@ pub struct Health {
     pull_failing: AtomicBool,
     store_failing: AtomicBool,
     started_ms: AtomicI64,
+    /// Refused pulls since the last successful one.
+    refusals: Mutex<Option<Refusals>>,
+    /// How long refusals may last before they make the daemon unhealthy (0: never).
+    refusals_limit_ms: AtomicI64,
+}
+
+#[derive(Debug, Clone)]
+struct Refusals {
+    since_ms: i64,
+    latest_ms: i64,
+    answer: String,
+}
+
+/// Pulls have been answered with nothing but a refused parameter for too long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// For how long.
+    pub duration: Duration,
+    /// The latest answer.
+    pub answer: String,
 }
 
 /// A health verdict.
@@ -26,12 +51,14 @@ pub struct Report {
     pub pull_recent: bool,
     /// Time since the last successful pull (`None` before the first).
     pub last_pull_age: Option<Duration>,
+    /// Only refusals for longer than `alert.pull_stale_after`.
+    pub refused: Option<Refused>,
 }
 
 impl Report {
     /// Healthy for `/healthz`: pulls succeed, recently, and the store writes.
     pub fn healthy(&self) -> bool {
-        self.store_ok && self.pull_ok && self.pull_recent
+        self.store_ok && self.pull_ok && self.pull_recent && self.refused.is_none()
     }
 
     /// Healthy enough for the systemd watchdog: the pull loop has made progress within
@@ -51,6 +78,13 @@ impl Report {
         if !self.pull_ok {
             problems.push("PullEvent is failing".to_string());
         }
+        if let Some(r) = &self.refused {
+            problems.push(format!(
+                "PullEvent has answered only with a refusal for {}s ({}); check vod.region and vod.sub_app_id",
+                r.duration.as_secs(),
+                r.answer
+            ));
+        }
         if !self.pull_recent {
             problems.push(match self.last_pull_age {
                 Some(age) => format!("no successful pull for {}s", age.as_secs()),
@@ -67,10 +101,28 @@ impl Health {
         self.started_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// Refusals lasting longer than this make the daemon unhealthy (`alert.pull_stale_after`).
+    pub fn set_refusals_limit(&self, limit: Duration) {
+        self.refusals_limit_ms.store(limit.as_millis() as i64, Ordering::Relaxed);
+    }
+
     /// A pull succeeded.
     pub fn pull_ok(&self) {
         self.last_pull_ok_ms.store(now_ms(), Ordering::Relaxed);
         self.pull_failing.store(false, Ordering::Relaxed);
+        *self.refusals.lock().expect("health mutex poisoned") = None;
+    }
+
+    /// A pull was answered with a refused parameter; true if this is the first since the
+    /// last success.
+    pub fn pull_refused(&self, answer: String) -> bool {
+        let now = now_ms();
+        self.pull_failing.store(false, Ordering::Relaxed);
+        let mut refusals = self.refusals.lock().expect("health mutex poisoned");
+        let since_ms = refusals.as_ref().map_or(now, |r| r.since_ms);
+        let first = refusals.is_none();
+        *refusals = Some(Refusals { since_ms, latest_ms: now, answer });
+        first
     }
 
     /// A pull failed.
@@ -92,12 +144,20 @@ impl Health {
     pub fn report(&self, max_pull_age: Duration) -> Report {
         let now = now_ms();
         let last = self.last_pull_ok_ms();
-        let reference = if last > 0 { last } else { self.started_ms.load(Ordering::Relaxed) };
+        let refusals = self.refusals.lock().expect("health mutex poisoned").clone();
+        // A refusal is an answer: the pull loop is alive.
+        let answered = refusals.as_ref().map_or(last, |r| r.latest_ms.max(last));
+        let reference = if answered > 0 { answered } else { self.started_ms.load(Ordering::Relaxed) };
+        let limit = self.refusals_limit_ms.load(Ordering::Relaxed);
+        let refused = refusals
+            .filter(|r| limit > 0 && now - r.since_ms > limit)
+            .map(|r| Refused { duration: Duration::from_millis((now - r.since_ms) as u64), answer: r.answer });
         Report {
             store_ok: !self.store_failing.load(Ordering::Relaxed),
             pull_ok: !self.pull_failing.load(Ordering::Relaxed),
             pull_recent: now - reference <= max_pull_age.as_millis() as i64,
             last_pull_age: (last > 0).then(|| Duration::from_millis((now - last).max(0) as u64)),
+            refused,
         }
     }
 }
@@ -126,5 +186,22 @@ mod tests {
         stale.started_ms.store(now_ms() - 120_000, Ordering::Relaxed);
         let r = stale.report(minute);
         assert!(!r.alive() && r.problems()[0].contains("no successful pull yet"), "{r:?}");
+    }
+
+    #[test]
+    fn refusals_keep_the_loop_alive_and_turn_unhealthy_only_after_the_limit() {
+        let minute = Duration::from_secs(60);
+        let h = Health::default();
+        h.started_ms.store(now_ms() - 120_000, Ordering::Relaxed);
+        h.set_refusals_limit(Duration::from_secs(3600));
+        assert!(h.pull_refused("4000 (Region)".into()));
+        assert!(!h.pull_refused("4000 (Region)".into()), "one streak");
+        assert!(h.report(minute).healthy() && h.report(minute).alive(), "a refusal is an answer");
+        h.refusals.lock().unwrap().as_mut().unwrap().since_ms -= 3_601_000;
+        let r = h.report(minute);
+        assert!(!r.healthy() && r.alive(), "{r:?}");
+        assert!(r.problems().iter().any(|p| p.contains("4000 (Region)") && p.contains("vod.region")), "{r:?}");
+        h.pull_ok();
+        assert!(h.report(minute).healthy(), "a success ends the streak");
     }
 }

@@ -96,6 +96,7 @@ impl Endpoints {
             let label = HandlerLabel { handler: name.clone() };
             self.metrics.deliveries_pending.get_or_create(&label).set(c.pending);
             self.metrics.deliveries_dead.get_or_create(&label).set(c.dead);
+            self.metrics.deliveries_orphaned.get_or_create(&label).set(c.orphaned);
         }
         self.metrics.store_bytes.set(self.store.size_on_disk() as i64);
     }

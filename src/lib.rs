@@ -18,7 +18,7 @@
 //! - [`cli`]: the command line (daemon, history, config check, emulator, demo).
 //! - [`metrics`], [`health`], [`http`]: what the pipeline did, whether it is well, `/metrics`.
 //! - [`service`]: sd_notify, the status heartbeat and data-at-risk alarms.
-//! - [`backoff`], [`signal`], [`logging`]: small shared pieces.
+//! - [`backoff`], [`signal`], [`logging`], [`redact`]: small shared pieces.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -38,6 +38,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod puller;
+pub mod redact;
 pub mod retry;
 pub mod route;
 pub mod service;

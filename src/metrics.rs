@@ -76,6 +76,8 @@ pub struct Metrics {
     pub deliveries_pending: Family<HandlerLabel, Gauge>,
     /// Dead deliveries per handler (set at scrape).
     pub deliveries_dead: Family<HandlerLabel, Gauge>,
+    /// Deliveries waiting for a handler that is no longer configured (set at scrape).
+    pub deliveries_orphaned: Family<HandlerLabel, Gauge>,
     /// Unix time of the last successful pull.
     pub last_pull_success: Gauge,
     /// Store file size in bytes, WAL included (set at scrape).
@@ -106,6 +108,7 @@ impl Default for Metrics {
             handler_seconds: Family::new_with_constructor(latency_histogram),
             deliveries_pending: Family::default(),
             deliveries_dead: Family::default(),
+            deliveries_orphaned: Family::default(),
             last_pull_success: Gauge::default(),
             store_bytes: Gauge::default(),
             received_total: Counter::default(),
@@ -139,6 +142,11 @@ impl Default for Metrics {
         registry.register("handler_seconds", "Handler attempt duration", m.handler_seconds.clone());
         registry.register("deliveries_pending", "Pending deliveries per handler", m.deliveries_pending.clone());
         registry.register("deliveries_dead", "Dead deliveries per handler", m.deliveries_dead.clone());
+        registry.register(
+            "deliveries_orphaned",
+            "Deliveries waiting for a handler that is no longer configured",
+            m.deliveries_orphaned.clone(),
+        );
         registry.register(
             "last_pull_success_timestamp_seconds",
             "Unix time of the last successful PullEvent",

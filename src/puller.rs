@@ -22,8 +22,9 @@ use crate::store::Store;
 /// How the pull loop ended, when not by shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    /// The very first call was refused for its credentials: a config problem, not an outage.
-    #[error("{source}\nThe credentials were refused on the first call: check vod.secret_id and vod.secret_key (or vod.secret_key_file) in {config}, that the key is enabled, and that this machine's clock is right.")]
+    /// The credentials were refused and have never worked against this store: a config
+    /// problem, not an outage.
+    #[error("{source}\nThese credentials were refused and have never pulled successfully into this store: check vod.secret_id and vod.secret_key (or vod.secret_key_file) in {config}, that the key is enabled, and that this machine's clock is right.")]
     CredentialsRefused {
         /// The refusal.
         source: ApiError,
@@ -50,6 +51,8 @@ pub struct Puller {
     pub routing: watch::Receiver<Arc<Routing>>,
     /// Poked when new deliveries are stored.
     pub dispatch_wake: Arc<Notify>,
+    /// The credentials' fingerprint, remembered in the store once a pull succeeds with them.
+    pub credentials: String,
 }
 
 impl Puller {
@@ -64,19 +67,24 @@ impl Puller {
         stats: Arc<Metrics>,
         routing: watch::Receiver<Arc<Routing>>,
         dispatch_wake: Arc<Notify>,
+        credentials: String,
     ) -> Self {
-        Puller { client, store, confirm_tx, stats, config: config.pull.clone(), config_path, routing, dispatch_wake }
+        let pull = config.pull.clone();
+        Puller { client, store, confirm_tx, stats, config: pull, config_path, routing, dispatch_wake, credentials }
     }
 
-    /// Pulls until `shutdown` is cancelled (then returns `Ok`) or the credentials are
-    /// refused on the very first call.
+    /// Pulls until `shutdown` is cancelled (then returns `Ok`), or until the credentials
+    /// are refused when they have never worked against this store.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), PullError> {
         let mut rng = rand::rngs::StdRng::from_entropy();
         let mut failures: u32 = 0;
-        let mut ever_succeeded = false;
-        let mut quick_empty_streak: u32 = 0;
+        // Unknown counts as worked: exit 78 keeps the service down, so only when sure.
+        let mut credentials_worked =
+            self.store.credentials_worked(self.credentials.clone()).await.unwrap_or_else(|e| {
+                warn!(error = %e, "Could not read whether these credentials worked before; assuming they did.");
+                true
+            });
         loop {
-            let started = Instant::now();
             let result = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
@@ -85,16 +93,19 @@ impl Puller {
             let received_at = Instant::now();
             match result {
                 Ok(items) => {
-                    ever_succeeded = true;
+                    if !credentials_worked {
+                        credentials_worked = true;
+                        if let Err(e) = self.store.remember_credentials(self.credentials.clone()).await {
+                            warn!(error = %e, "Could not remember in the store that these credentials work.");
+                        }
+                    }
                     failures = 0;
                     self.stats.pulls.inc();
                     self.stats.health.pull_ok();
                     self.stats.last_pull_success.set(crate::store::now_ms() / 1000);
                     if items.is_empty() {
-                        quick_empty_streak = self.note_empty(started, quick_empty_streak);
                         continue;
                     }
-                    quick_empty_streak = 0;
                     let span = info_span!("batch", events = items.len());
                     if !self.store_and_forward(items, received_at, &shutdown, &mut rng).instrument(span).await {
                         return Ok(());
@@ -102,14 +113,22 @@ impl Puller {
                 }
                 Err(e) => {
                     Metrics::error(&self.stats.pull_errors, e.label());
-                    self.stats.health.pull_failed();
+                    if e.class() != ErrorClass::InvalidParameter {
+                        self.stats.health.pull_failed();
+                    }
                     let delay = match e.class() {
-                        ErrorClass::Auth if !ever_succeeded => {
+                        ErrorClass::Auth if !credentials_worked => {
                             return Err(PullError::CredentialsRefused { source: e, config: self.config_path.clone() });
                         }
                         ErrorClass::Auth => {
                             error!(error = %e, retry_in = ?self.config.auth_retry, "PullEvent credentials refused after working before; events wait at Tencent (kept up to 4 days). Check vod.secret_id and vod.secret_key.");
                             self.config.auth_retry
+                        }
+                        ErrorClass::InvalidParameter => {
+                            if self.stats.health.pull_refused(e.to_string()) {
+                                warn!(error = %e, "PullEvent refused a parameter; retrying. Check vod.region and vod.sub_app_id: if only refusals come for alert.pull_stale_after, the daemon reports itself unhealthy.");
+                            }
+                            backoff::delay(failures, self.config.backoff_min, self.config.backoff_max, &mut rng)
                         }
                         ErrorClass::Resign => {
                             warn!(error = %e, "PullEvent Timestamp or Nonce refused; signing again. If this repeats, check the system clock.");
@@ -127,21 +146,6 @@ impl Puller {
                 }
             }
         }
-    }
-
-    /// An empty answer that came back at once, many times in a row, is more likely a
-    /// refused parameter (4000 doubles as "no event") than an empty queue: say so once.
-    fn note_empty(&self, started: Instant, streak: u32) -> u32 {
-        const QUICK: std::time::Duration = std::time::Duration::from_millis(500);
-        const WARN_AFTER: u32 = 20;
-        if started.elapsed() >= QUICK {
-            return 0;
-        }
-        let streak = streak + 1;
-        if streak == WARN_AFTER {
-            warn!(calls = WARN_AFTER, "PullEvent keeps answering 'no event' without holding the long poll; a parameter may be refused. Check vod.region and vod.sub_app_id.");
-        }
-        streak
     }
 
     /// Stores a batch (retrying until it is stored) and then queues its handles for

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
 use crate::config::{AlertConfig, HealthConfig};
+use crate::health::Report;
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Store};
 
@@ -55,9 +56,10 @@ impl StatusLoop {
             }
             let report = self.metrics.health.report(self.health.max_pull_age);
             let counts = self.store.handler_counts().await.unwrap_or_default();
-            let (pending, dead): (i64, i64) = counts.values().fold((0, 0), |(p, d), c| (p + c.pending, d + c.dead));
+            let (pending, dead, orphaned) =
+                counts.values().fold((0, 0, 0), |(p, d, o), c| (p + c.pending, d + c.dead, o + c.orphaned));
             let mut status = format!(
-                "{} events stored ({} duplicates), {} handles confirmed; deliveries: {pending} pending, {dead} dead; last pull {}",
+                "{} events stored ({} duplicates), {} handles confirmed; deliveries: {pending} pending, {dead} dead, {orphaned} orphaned; last pull {}",
                 self.metrics.received_total.get() - self.metrics.duplicates_total.get(),
                 self.metrics.duplicates_total.get(),
                 self.metrics.handles_confirmed.get(),
@@ -82,24 +84,33 @@ impl StatusLoop {
                 continue;
             }
             last_alarm_check = Some(Instant::now());
-            self.check_stale_pulls(report.last_pull_age, &mut stale_reported);
+            self.check_stale_pulls(&report, &mut stale_reported);
             check_dead_growth(&counts, &mut dead_seen);
         }
     }
 
-    fn check_stale_pulls(&self, age: Option<Duration>, reported: &mut Option<Instant>) {
-        let stale = age.is_some_and(|a| a > self.alert.pull_stale_after);
+    fn check_stale_pulls(&self, report: &Report, reported: &mut Option<Instant>) {
+        let age = report.last_pull_age;
+        let stale = report.refused.is_some() || age.is_some_and(|a| a > self.alert.pull_stale_after);
         if !stale {
             *reported = None;
             return;
         }
-        if reported.is_none_or(|t| t.elapsed() >= STALE_REPEAT) {
-            error!(
+        if reported.is_some_and(|t| t.elapsed() < STALE_REPEAT) {
+            return;
+        }
+        match &report.refused {
+            Some(refused) => error!(
+                answer = %refused.answer,
+                refused_for = ?refused.duration,
+                "PullEvent has answered only with a refused parameter for longer than alert.pull_stale_after, so no event is being pulled; Tencent keeps unpulled events for 4 days. Check vod.region and vod.sub_app_id (and for v3 the app's SubAppId) against the answer."
+            ),
+            None => error!(
                 last_success_ago = ?age.unwrap_or_default(),
                 "No successful PullEvent for longer than alert.pull_stale_after. Tencent keeps unpulled events for 4 days: find out why pulls fail (see the warnings above) before events are lost."
-            );
-            *reported = Some(Instant::now());
+            ),
         }
+        *reported = Some(Instant::now());
     }
 }
 

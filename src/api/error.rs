@@ -142,9 +142,33 @@ fn v3_class(code: &str) -> ErrorClass {
     }
 }
 
-/// At most `max` characters of `body`, for error messages.
-pub(crate) fn excerpt(body: &[u8]) -> String {
+/// The action whose answers carry data keys: nothing of its bodies is ever quoted.
+pub(crate) const DRM_ACTION: &str = "DescribeDrmDataKey";
+
+impl ApiError {
+    /// A non-200 answer.
+    pub(crate) fn http(action: &'static str, status: u16, body: &[u8]) -> ApiError {
+        ApiError::Http { action, status, excerpt: excerpt(action, body) }
+    }
+
+    /// A body that did not parse. serde quotes the values it trips over, so for
+    /// DescribeDrmDataKey only the kind of error and its position are kept.
+    pub(crate) fn malformed(action: &'static str, e: &serde_json::Error, body: &[u8]) -> ApiError {
+        let detail = if action == DRM_ACTION {
+            format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())
+        } else {
+            e.to_string()
+        };
+        ApiError::Malformed { action, detail, excerpt: excerpt(action, body) }
+    }
+}
+
+/// At most 200 characters of `body`, for error messages; nothing of a DescribeDrmDataKey answer.
+pub(crate) fn excerpt(action: &str, body: &[u8]) -> String {
     const MAX: usize = 200;
+    if action == DRM_ACTION {
+        return format!("({} bytes not shown: {DRM_ACTION} answers carry data keys)", body.len());
+    }
     let text = String::from_utf8_lossy(body);
     let mut out: String = text.chars().take(MAX).collect();
     if text.chars().count() > MAX {
@@ -159,6 +183,16 @@ mod tests {
 
     fn refused(code: Code) -> ApiError {
         ApiError::Refused { action: "PullEvents", code, message: String::new() }
+    }
+
+    #[test]
+    fn data_key_answers_are_never_quoted() {
+        let body = br#"{"code":"0","data":{"keyList":[{"edk":"E","dk":"DATAKEY"}]},"x":"DATAKEY"}"#;
+        let parse_error = serde_json::from_slice::<Vec<String>>(br#"["DATAKEY", 1]"#).unwrap_err();
+        for e in [ApiError::http(DRM_ACTION, 502, body), ApiError::malformed(DRM_ACTION, &parse_error, body)] {
+            assert!(!e.to_string().contains("DATAKEY"), "{e}");
+        }
+        assert!(ApiError::malformed("PullEvent", &parse_error, body).to_string().contains("DATAKEY"));
     }
 
     #[test]

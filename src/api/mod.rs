@@ -53,6 +53,8 @@ pub struct ClientSettings {
     pub sub_app_id: Option<u64>,
     /// Client timeout per call.
     pub timeout: Duration,
+    /// How long the server holds an empty long poll (`vod.long_poll_hold`).
+    pub long_poll_hold: Duration,
     /// Calls per minute per action.
     pub rate_limit_per_minute: u32,
 }
@@ -71,8 +73,21 @@ impl ClientSettings {
             token: config.vod.token.clone(),
             sub_app_id: config.vod.sub_app_id,
             timeout: config.vod.request_timeout,
+            long_poll_hold: config.vod.long_poll_hold,
             rate_limit_per_minute: config.rate_limit_per_minute(),
         })
+    }
+
+    /// A fingerprint of these credentials (SecretId and key), for remembering in the store
+    /// that they once worked: an HMAC of the SecretId under the key, which reveals neither.
+    pub fn credentials_fingerprint(&self) -> String {
+        use hmac::Mac as _;
+        use secrecy::ExposeSecret as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.secret_key.expose_secret().as_bytes())
+            .expect("HMAC takes any key length");
+        mac.update(b"vod-eventd credentials\0");
+        mac.update(self.secret_id.as_bytes());
+        crate::event::hex(&mac.finalize().into_bytes()[..16])
     }
 
     /// `host[:port]` as the `Host` header carries it, which is what both APIs sign.

@@ -1,8 +1,9 @@
 //! The v2 server API: common parameters, signing exactly as `qcloudapi-sdk-python` does
 //! (`vod-protocol`), GET or POST, and the `{code, message, codeDesc}` envelope. An empty
-//! queue answers PullEvent with `code 4000`, or `code 0` and no or an empty `eventList`.
+//! queue answers PullEvent with `code 4000`, or `code 0` and no or an empty `eventList`;
+//! a 4000 that is a refused parameter instead is told apart by [`idle_or_refused`].
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use secrecy::ExposeSecret;
@@ -53,21 +54,21 @@ impl V2Client {
         Ok(V2Client { http, settings, host, limiter })
     }
 
-    /// Long-polls `PullEvent`. An empty queue (`code 4000`, or `code 0` with no or an
-    /// empty `eventList`) is `Ok(vec![])`.
+    /// Long-polls `PullEvent`. An empty queue (`code 4000` saying so, or `code 0` with no
+    /// or an empty `eventList`) is `Ok(vec![])`; a 4000 refusing a parameter is an error.
     pub async fn pull_event(&self) -> Result<Vec<PulledItem>, ApiError> {
         const ACTION: &str = "PullEvent";
+        let started = Instant::now();
         let body = match self.call(ACTION, Vec::new()).await {
             Err(ApiError::Refused { code: Code::V2(codes::INVALID_PARAMETER), message, .. }) => {
-                tracing::debug!(%message, "PullEvent answered 4000: no event waiting.");
-                return Ok(Vec::new());
+                return idle_or_refused(message, started.elapsed(), self.settings.long_poll_hold);
             }
             other => other?,
         };
         parse_event_list(&body).map_err(|detail| ApiError::Malformed {
             action: ACTION,
             detail,
-            excerpt: error::excerpt(&body),
+            excerpt: error::excerpt(ACTION, &body),
         })
     }
 
@@ -96,12 +97,7 @@ impl V2Client {
         }
         let params = edks.iter().enumerate().map(|(i, e)| (format!("edkList.{i}"), e.clone())).collect();
         let body = self.call(ACTION, params).await?;
-        // The body holds data keys: never quote it in an error.
-        let answer: Answer = serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
-            action: ACTION,
-            detail: e.to_string(),
-            excerpt: "(not shown: may contain key material)".into(),
-        })?;
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| ApiError::malformed(ACTION, &e, &body))?;
         Ok(answer.data.key_list.into_iter().map(|k| (k.edk, k.dk)).collect())
     }
 
@@ -118,13 +114,10 @@ impl V2Client {
         let status = response.status();
         let body = response.bytes().await.map_err(|e| self.settings.transport_error(action, e))?;
         if status != reqwest::StatusCode::OK {
-            return Err(ApiError::Http { action, status: status.as_u16(), excerpt: error::excerpt(&body) });
+            return Err(ApiError::http(action, status.as_u16(), &body));
         }
-        let envelope: Envelope<'_> = serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
-            action,
-            detail: e.to_string(),
-            excerpt: error::excerpt(&body),
-        })?;
+        let envelope: Envelope<'_> =
+            serde_json::from_slice(&body).map_err(|e| ApiError::malformed(action, &e, &body))?;
         if envelope.code != codes::OK {
             let desc = envelope.code_desc.filter(|d| !d.is_empty()).map(|d| format!(" ({d})")).unwrap_or_default();
             let message = envelope.message.unwrap_or_default();
@@ -167,6 +160,23 @@ impl V2Client {
         params.push(("Signature".to_string(), signature));
         params
     }
+}
+
+/// What an idle queue's 4000 says (the emulator: `(10009)no message`).
+const IDLE_TEXTS: [&str; 3] = ["no message", "no event", "no msg"];
+
+/// PullEvent's 4000 is both "no event" (an idle queue, after holding the long poll) and a
+/// refused parameter (a wrong `Region` or `SubAppId`, answered at once). It is idle when
+/// its message says so or when the long poll was held (for a fifth of the hold or more,
+/// whatever the text, which Tencent does not document); otherwise it is a refusal.
+pub fn idle_or_refused(message: String, waited: Duration, hold: Duration) -> Result<Vec<PulledItem>, ApiError> {
+    let says_idle = IDLE_TEXTS.iter().any(|t| message.to_ascii_lowercase().contains(t));
+    if says_idle || waited >= hold / 5 {
+        tracing::debug!(%message, "PullEvent answered 4000: no event waiting.");
+        return Ok(Vec::new());
+    }
+    let message = format!("{message}, answered {waited:.1?} after the call, well before the {hold:?} long-poll hold");
+    Err(ApiError::Refused { action: "PullEvent", code: Code::V2(codes::INVALID_PARAMETER), message })
 }
 
 /// The items of a PullEvent answer's `eventList` (none when it is absent). Items that are
@@ -216,6 +226,19 @@ mod tests {
         assert!(parse_event_list(br#"{"code":0,"eventList":"x"}"#).is_err());
         let odd = parse_event_list(br#"{"code":0,"eventList":[7,{"msgHandle":""},{"eventContent":1}]}"#).unwrap();
         assert_eq!(odd.iter().map(|i| i.handle.is_some()).collect::<Vec<_>>(), [false, false, false]);
+    }
+
+    #[test]
+    fn an_idle_queue_and_a_refused_parameter_are_told_apart() {
+        let hold = Duration::from_secs(5);
+        let idle = |message: &str, waited_ms| idle_or_refused(message.into(), Duration::from_millis(waited_ms), hold);
+        assert!(idle("(10009)no message (InvalidParameter)", 3).unwrap().is_empty(), "says so");
+        assert!(idle(" (InvalidParameter)", 5000).unwrap().is_empty(), "after the hold");
+        assert!(idle("(10009)暂无消息", 1200).unwrap().is_empty(), "after most of a second, whatever the text");
+        let quick = idle(" (InvalidParameter)", 12).unwrap_err().to_string();
+        assert!(quick.contains("4000") && quick.contains("well before the 5s long-poll hold"), "{quick}");
+        let named = idle("(4000)SubAppId 7 is invalid (InvalidParameter)", 20).unwrap_err();
+        assert!(named.to_string().contains("SubAppId 7"), "{named}");
     }
 
     proptest! {

@@ -85,7 +85,7 @@ impl V3Client {
         parse_event_set(&body).map_err(|detail| ApiError::Malformed {
             action: ACTION,
             detail,
-            excerpt: error::excerpt(&body),
+            excerpt: error::excerpt(ACTION, &body),
         })
     }
 
@@ -115,12 +115,7 @@ impl V3Client {
             response: Keys,
         }
         let body = self.call(ACTION, json!({ "EdkList": edks })).await?;
-        // The body holds data keys: never quote it in an error.
-        let answer: Answer = serde_json::from_slice(&body).map_err(|e| ApiError::Malformed {
-            action: ACTION,
-            detail: e.to_string(),
-            excerpt: "(not shown: may contain key material)".into(),
-        })?;
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| ApiError::malformed(ACTION, &e, &body))?;
         Ok(answer.response.key_list.into_iter().map(|k| (k.edk, k.dk)).collect())
     }
 
@@ -141,8 +136,13 @@ impl V3Client {
             timestamp,
             body: &body,
         };
+        // `config check` refuses credentials that cannot go into a header; never panic on one.
         let mut authorization = HeaderValue::from_str(&signing.authorization(s.secret_key.expose_secret().as_bytes()))
-            .expect("the Authorization value is ASCII");
+            .map_err(|_| ApiError::Malformed {
+                action,
+                detail: "vod.secret_id is not a valid header value; run `vod-eventd config check`".into(),
+                excerpt: String::new(),
+            })?;
         authorization.set_sensitive(true);
         let mut request = self
             .http
@@ -171,14 +171,14 @@ impl V3Client {
             Ok(Envelope { response: Some(ResponseBody { error: Some(e), .. }) }) => {
                 Err(ApiError::Refused { action, code: Code::V3(e.code), message: e.message })
             }
-            _ if status != reqwest::StatusCode::OK => {
-                Err(ApiError::Http { action, status: status.as_u16(), excerpt: error::excerpt(&body) })
-            }
+            _ if status != reqwest::StatusCode::OK => Err(ApiError::http(action, status.as_u16(), &body)),
             Ok(Envelope { response: Some(_) }) => Ok(body.to_vec()),
-            Ok(Envelope { response: None }) => {
-                Err(ApiError::Malformed { action, detail: "no Response object".into(), excerpt: error::excerpt(&body) })
-            }
-            Err(e) => Err(ApiError::Malformed { action, detail: e.to_string(), excerpt: error::excerpt(&body) }),
+            Ok(Envelope { response: None }) => Err(ApiError::Malformed {
+                action,
+                detail: "no Response object".into(),
+                excerpt: error::excerpt(action, &body),
+            }),
+            Err(e) => Err(ApiError::malformed(action, &e, &body)),
         }
     }
 }

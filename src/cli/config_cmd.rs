@@ -20,7 +20,7 @@ impl ConfigCommand {
                 println!(
                     "{}: OK (endpoint {}, store {})",
                     path.display(),
-                    config.endpoint(),
+                    crate::redact::url(&config.endpoint()),
                     config.store.path.display()
                 );
                 for (name, handler) in &config.handlers {

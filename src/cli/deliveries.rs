@@ -86,17 +86,21 @@ fn write_table(out: &mut impl std::io::Write, rows: &[DeliveryRow]) -> std::io::
     )?;
     for r in rows {
         let next = if r.state == "pending" { rfc3339(r.next_attempt_at) } else { "-".into() };
+        let (state, error) = match (&r.orphaned_reason, r.state.as_str()) {
+            (Some(reason), "pending" | "running") => ("orphaned", Some(reason.as_str())),
+            _ => (r.state.as_str(), r.last_error.as_deref()),
+        };
         writeln!(
             out,
             "{:<6}  {:<6}  {:<12}  {:<8}  {:>8}  {:<24}  {:<34}  {}",
             r.id,
             r.event_id,
             r.handler,
-            r.state,
+            state,
             r.attempts,
             next,
             r.webhook_id,
-            r.last_error.as_deref().unwrap_or("-")
+            error.unwrap_or("-")
         )?;
     }
     if rows.is_empty() {

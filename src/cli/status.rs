@@ -1,6 +1,6 @@
 //! `vod-eventd status`: the pipeline's state as the store knows it — the daemon's last
-//! heartbeat and pull, events by type over 24 h, pending and dead deliveries per handler,
-//! the oldest pending delivery, and the store's size. Works whether or not the daemon runs.
+//! heartbeat and pull, events by type over 24 h, pending, dead and orphaned deliveries per
+//! handler, the oldest pending delivery, and the store's size. Works whether or not the daemon runs.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -50,6 +50,9 @@ pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         let oldest =
             c.oldest_pending_ms.map(|ms| format!(", oldest pending since {}", rfc3339(ms))).unwrap_or_default();
         writeln!(out, "  {handler:<16} {} pending, {} dead{oldest}", c.pending, c.dead)?;
+        if let Some(reason) = c.orphaned_reason.filter(|_| c.orphaned > 0) {
+            writeln!(out, "  {:<16} {} orphaned: {reason}", "", c.orphaned)?;
+        }
     }
     Ok(())
 }

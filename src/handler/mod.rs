@@ -8,11 +8,13 @@ mod hls;
 mod shell;
 mod webhook;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use drm::{drm_info, key_file_name, DrmConfig, DrmInfo};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde::Deserialize;
 pub use shell::ShellConfig;
 pub use webhook::{sign as sign_webhook, WebhookConfig};
@@ -161,6 +163,19 @@ pub fn build_all(
         .iter()
         .map(|(name, c)| Ok((name.clone(), Arc::new(AnyHandler::build(name, c, client.clone(), store.clone())?))))
         .collect()
+}
+
+/// What is percent-encoded when an event's type or ids go into a header
+/// (`X-Vod-Event-Type`) or a hook's environment (`VOD_EVENT_TYPE`, `VOD_FILE_ID`,
+/// `VOD_TASK_ID`): control characters (NUL, line breaks, ...) and `%` itself, plus every
+/// non-ASCII character (as its UTF-8 bytes). Neither a header nor the environment could
+/// carry every such value as it is; the body always carries the event exactly.
+const FIELD_ENCODED: &AsciiSet = &CONTROLS.add(b'%');
+
+/// `value` as a header or environment value: unchanged unless it holds a control
+/// character, `%` or non-ASCII, which become `%XX` (so `New\nType` is `New%0AType`).
+pub fn encode_field(value: &str) -> Cow<'_, str> {
+    utf8_percent_encode(value, FIELD_ENCODED).into()
 }
 
 /// At most `max` bytes of `text` (on a character boundary), marked when cut.

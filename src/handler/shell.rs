@@ -1,13 +1,14 @@
 //! The shell hook: runs `command` as an argument vector (never through a shell) with the
 //! event body on stdin and a scrubbed environment: only the names in `env` (taken from
 //! the daemon's own environment) plus `VOD_EVENT_ID` (stable, like `webhook-id`),
-//! `VOD_EVENT_ROWID`, `VOD_EVENT_TYPE`, `VOD_FILE_ID`, `VOD_TASK_ID`, `VOD_ATTEMPT`.
+//! `VOD_EVENT_ROWID`, `VOD_EVENT_TYPE`, `VOD_FILE_ID`, `VOD_TASK_ID`, `VOD_ATTEMPT` (the
+//! type and ids percent-encoded where needed, see [`super::encode_field`]).
 //!
-//! The hook runs in its own process group. When it exits, or when `timeout` passes, the
-//! whole group is killed, so nothing it spawned outlives the attempt. Exit 0 is done; a
-//! code in `permanent_exit_codes` is dead; anything else (other codes, signals, the
-//! timeout, a failure to start) is retried. stdout and stderr are kept up to
-//! `output_limit` bytes each in the attempt record.
+//! The hook runs in its own process group. When it exits, when `timeout` passes, or when
+//! the attempt is stopped (the shutdown drain), the whole group is killed, so nothing it
+//! spawned outlives the attempt. Exit 0 is done; a code in `permanent_exit_codes` is dead;
+//! anything else (other codes, signals, the timeout, a failure to start) is retried.
+//! stdout and stderr are kept up to `output_limit` bytes each in the attempt record.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -97,11 +98,12 @@ impl Shell {
                 cmd.env(name, value);
             }
         }
+        let field = |value: Option<&str>| super::encode_field(value.unwrap_or("")).into_owned();
         cmd.env("VOD_EVENT_ID", &d.webhook_id)
             .env("VOD_EVENT_ROWID", d.event_id.to_string())
-            .env("VOD_EVENT_TYPE", &d.event_type)
-            .env("VOD_FILE_ID", d.file_id.as_deref().unwrap_or(""))
-            .env("VOD_TASK_ID", d.task_id.as_deref().unwrap_or(""))
+            .env("VOD_EVENT_TYPE", field(Some(&d.event_type)))
+            .env("VOD_FILE_ID", field(d.file_id.as_deref()))
+            .env("VOD_TASK_ID", field(d.task_id.as_deref()))
             .env("VOD_ATTEMPT", d.attempt.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -112,7 +114,7 @@ impl Shell {
             cmd.current_dir(dir);
         }
         let mut child = cmd.spawn().map_err(|e| Failure::transient(format!("cannot start {}: {e}", c.command[0])))?;
-        let group = child.id().map(|id| Pid::from_raw(id as i32));
+        let mut group = GroupKill(child.id().map(|id| Pid::from_raw(id as i32)));
         let stdin = child.stdin.take();
         let body = d.body.clone();
         // A hook that ignores stdin closes the pipe early; that is its business.
@@ -125,10 +127,8 @@ impl Shell {
         let stderr = tokio::spawn(read_limited(child.stderr.take(), c.output_limit));
 
         let waited = tokio::time::timeout(c.timeout, child.wait()).await;
-        if let Some(group) = group {
-            // The hook is done (or out of time): nothing it started may outlive it.
-            let _ = killpg(group, Signal::SIGKILL);
-        }
+        // The hook is done (or out of time): nothing it started may outlive it.
+        group.kill();
         let status = match waited {
             Ok(status) => Some(status.map_err(|e| Failure::transient(format!("waiting for the hook failed: {e}")))?),
             Err(_) => {
@@ -155,6 +155,24 @@ impl Shell {
             }),
             None => Err(Failure { excerpt, ..Failure::transient(format!("killed by a signal ({status})")) }),
         }
+    }
+}
+
+/// The hook's process group, killed with SIGKILL by [`GroupKill::kill`] or, if the attempt
+/// is dropped first (the shutdown drain stops it), when dropped.
+struct GroupKill(Option<Pid>);
+
+impl GroupKill {
+    fn kill(&mut self) {
+        if let Some(group) = self.0.take() {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -2,7 +2,8 @@
 //! written for VOD's plain HTTP callbacks work unchanged), signed per Standard Webhooks:
 //! `webhook-id` (stable per event and handler), `webhook-timestamp` (this attempt),
 //! `webhook-signature` (`v1,<base64 HMAC-SHA256(id.timestamp.body)>`, one per secret for
-//! rotation), plus `X-Vod-Event-Type`. Redirects are not followed.
+//! rotation), plus `X-Vod-Event-Type` (percent-encoded where a header cannot carry the
+//! type as it is, see [`super::encode_field`]). Redirects are not followed.
 //!
 //! Outcomes: 2xx done; 408, 429, 5xx, 3xx and network errors or timeouts retry (honouring
 //! `Retry-After`); 410 and other 4xx are permanent (410 is also logged as a receiver asking
@@ -61,7 +62,7 @@ impl WebhookConfig {
         let mut issues = Vec::new();
         match reqwest::Url::parse(&self.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            _ => issues.push(("url".into(), format!("`{}` is not an http(s) URL", self.url))),
+            _ => issues.push(("url".into(), format!("`{}` is not an http(s) URL", crate::redact::url(&self.url)))),
         }
         if let Err(e) = self.signing_keys() {
             issues.push(("secret".into(), e));
@@ -71,6 +72,9 @@ impl WebhookConfig {
         }
         if self.concurrency == 0 {
             issues.push(("concurrency".into(), "must be at least 1".into()));
+        }
+        if self.timeout.is_zero() {
+            issues.push(("timeout".into(), "must be above zero (15s is the default)".into()));
         }
         issues
     }
@@ -146,7 +150,7 @@ impl Webhook {
             .header(CONTENT_TYPE, "application/json")
             .header("webhook-id", &d.webhook_id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("X-Vod-Event-Type", &d.event_type);
+            .header("X-Vod-Event-Type", super::encode_field(&d.event_type).as_ref());
         if !self.keys.is_empty() {
             let signatures: Vec<String> = self
                 .keys
@@ -166,7 +170,7 @@ impl Webhook {
         }
         let retryable = matches!(status.as_u16(), 408 | 429 | 300..=399 | 500..=599);
         if status.as_u16() == 410 {
-            tracing::warn!(handler = %self.name, url = %self.url, "Webhook receiver answered 410 Gone: it asks not to be sent more; the delivery is dead. Check handlers.{}.url.", self.name);
+            tracing::warn!(handler = %self.name, url = %crate::redact::url(self.url.as_str()), "Webhook receiver answered 410 Gone: it asks not to be sent more; the delivery is dead. Check handlers.{}.url.", self.name);
         }
         Err(Failure { retryable, message: format!("HTTP {status}"), status: code, excerpt: Some(excerpt), retry_after })
     }

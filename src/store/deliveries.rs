@@ -105,6 +105,8 @@ pub struct DeliveryRow {
     pub last_error: Option<String>,
     /// Last HTTP status or exit code.
     pub last_status: Option<i64>,
+    /// Why it waits for a handler that is no longer configured, if it does.
+    pub orphaned_reason: Option<String>,
 }
 
 /// An attempt as listed.
@@ -127,7 +129,7 @@ pub struct AttemptRow {
 }
 
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.event_type, d.handler, d.webhook_id, d.state, d.attempts, \
-     d.next_attempt_at, d.created_at, d.updated_at, d.last_error, d.last_status";
+     d.next_attempt_at, d.created_at, d.updated_at, d.last_error, d.last_status, d.orphaned_reason";
 
 fn row_to_delivery(r: &Row<'_>) -> rusqlite::Result<DeliveryRow> {
     Ok(DeliveryRow {
@@ -143,6 +145,7 @@ fn row_to_delivery(r: &Row<'_>) -> rusqlite::Result<DeliveryRow> {
         updated_at: r.get(9)?,
         last_error: r.get(10)?,
         last_status: r.get(11)?,
+        orphaned_reason: r.get(12)?,
     })
 }
 

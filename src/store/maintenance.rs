@@ -11,7 +11,7 @@ use super::{Store, StoreError};
 /// Events and deliveries pruned per transaction, so pruning never holds the write lock long.
 const PRUNE_BATCH: i64 = 1000;
 
-/// Pending and dead deliveries of one handler.
+/// Pending, dead and orphaned deliveries of one handler.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HandlerCounts {
     /// Pending or running.
@@ -20,6 +20,19 @@ pub struct HandlerCounts {
     pub dead: i64,
     /// The oldest pending delivery's creation, Unix ms.
     pub oldest_pending_ms: Option<i64>,
+    /// Pending, but the handler is no longer configured.
+    pub orphaned: i64,
+    /// Why, for one of them.
+    pub orphaned_reason: Option<String>,
+}
+
+/// Deliveries whose handler went away, or came back, in one [`Store::sync_orphans`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Orphans {
+    /// Newly orphaned, per handler.
+    pub orphaned: BTreeMap<String, i64>,
+    /// Orphaned before and resumed now, per handler.
+    pub resumed: BTreeMap<String, i64>,
 }
 
 impl Store {
@@ -45,18 +58,87 @@ impl Store {
         })
     }
 
-    /// Pending (or running) and dead deliveries per handler.
+    /// Whether a pull ever succeeded against this store with the credentials of this
+    /// fingerprint ([`crate::api::ClientSettings::credentials_fingerprint`]).
+    pub async fn credentials_worked(&self, fingerprint: String) -> Result<bool, StoreError> {
+        self.run(move |conn| {
+            let key = format!("pull_ok:{fingerprint}");
+            Ok(conn.query_row("SELECT 1 FROM daemon_state WHERE key = ?", [key], |_| Ok(())).optional()?.is_some())
+        })
+        .await
+    }
+
+    /// Remembers the first successful pull with these credentials (kept across restarts).
+    pub async fn remember_credentials(&self, fingerprint: String) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            let key = format!("pull_ok:{fingerprint}");
+            conn.execute(
+                "INSERT INTO daemon_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                params![key, super::now_ms().to_string()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks the pending (or running) deliveries of handlers not in `configured` as
+    /// orphaned, with the reason, and resumes orphaned deliveries of handlers that are
+    /// configured again. Orphaned deliveries are not run, are counted apart, and keep
+    /// their event only until `store.retention`.
+    pub async fn sync_orphans(&self, configured: Vec<String>, config_path: String) -> Result<Orphans, StoreError> {
+        let configured = serde_json::to_string(&configured).expect("names serialise");
+        let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            let per_handler = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<BTreeMap<String, i64>, StoreError> {
+                let mut counts = BTreeMap::new();
+                let mut stmt = tx.prepare(sql)?;
+                let mut rows = stmt.query(params)?;
+                while let Some(row) = rows.next()? {
+                    *counts.entry(row.get(0)?).or_default() += 1;
+                }
+                Ok(counts)
+            };
+            let resumed = per_handler(
+                "UPDATE deliveries SET orphaned_reason = NULL
+                 WHERE orphaned_reason IS NOT NULL AND handler IN (SELECT value FROM json_each(?1)) RETURNING handler",
+                &[&configured],
+            )?;
+            let orphaned = per_handler(
+                "UPDATE deliveries SET orphaned_reason = 'no handler named `' || handler || '` in ' || ?2 || ' since ' || ?3
+                 WHERE state IN ('pending', 'running') AND orphaned_reason IS NULL
+                   AND handler NOT IN (SELECT value FROM json_each(?1)) RETURNING handler",
+                &[&configured, &config_path, &since],
+            )?;
+            tx.commit()?;
+            Ok(Orphans { orphaned, resumed })
+        })
+        .await
+    }
+
+    /// Pending (or running), dead and orphaned deliveries per handler.
     pub async fn handler_counts(&self) -> Result<BTreeMap<String, HandlerCounts>, StoreError> {
         self.run(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT handler,
-                        sum(state IN ('pending', 'running')),
+                        sum(state IN ('pending', 'running') AND orphaned_reason IS NULL),
                         sum(state = 'dead'),
-                        min(CASE WHEN state IN ('pending', 'running') THEN created_at END)
+                        min(CASE WHEN state IN ('pending', 'running') AND orphaned_reason IS NULL THEN created_at END),
+                        sum(state IN ('pending', 'running') AND orphaned_reason IS NOT NULL),
+                        max(CASE WHEN state IN ('pending', 'running') THEN orphaned_reason END)
                  FROM deliveries WHERE state != 'done' GROUP BY handler",
             )?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get(0)?, HandlerCounts { pending: r.get(1)?, dead: r.get(2)?, oldest_pending_ms: r.get(3)? }))
+                Ok((
+                    r.get(0)?,
+                    HandlerCounts {
+                        pending: r.get(1)?,
+                        dead: r.get(2)?,
+                        oldest_pending_ms: r.get(3)?,
+                        orphaned: r.get(4)?,
+                        orphaned_reason: r.get(5)?,
+                    },
+                ))
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
@@ -96,7 +178,7 @@ impl Store {
 
     /// Deletes events received before `before_ms` whose deliveries are all done (with
     /// their deliveries and attempts); with `include_dead`, dead deliveries do not keep an
-    /// event either. Pending or running deliveries always keep it. Then returns freed
+    /// event either. Pending or running deliveries keep it, unless they are orphaned. Then returns freed
     /// pages to the file system. Returns the number of events deleted.
     pub async fn prune(&self, before_ms: i64, include_dead: bool) -> Result<usize, StoreError> {
         self.run(move |conn| {
@@ -104,7 +186,8 @@ impl Store {
             let sql = format!(
                 "DELETE FROM events WHERE id IN (
                      SELECT id FROM events e WHERE e.received_at < ?1
-                       AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state IN {keep_states})
+                       AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state IN {keep_states}
+                                       AND d.orphaned_reason IS NULL)
                      LIMIT ?2)"
             );
             let mut total = 0;
@@ -175,5 +258,38 @@ mod tests {
         assert_eq!(store.count_events().unwrap(), 1, "a pending delivery always keeps its event");
         let counts = store.handler_counts().await.unwrap();
         assert_eq!(counts["h"].pending, 1);
+    }
+
+    #[tokio::test]
+    async fn orphans_are_counted_apart_resumed_and_keep_their_event_only_until_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(1)).unwrap();
+        let ev = |n: u32| {
+            ReceivedEvent::from_content(&format!(r#"{{"eventType":"X","n":{n}}}"#), crate::config::ApiVersion::V2)
+        };
+        let routed = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        store.insert_events(vec![(ev(1), routed(&["gone", "kept"])), (ev(2), routed(&["gone"]))]).await.unwrap();
+        let orphans = store.sync_orphans(routed(&["kept"]), "c.toml".into()).await.unwrap();
+        assert_eq!(orphans.orphaned, [("gone".to_string(), 2)].into());
+        assert_eq!(store.sync_orphans(routed(&["kept"]), "c.toml".into()).await.unwrap(), Orphans::default(), "once");
+        let counts = store.handler_counts().await.unwrap();
+        assert_eq!((counts["gone"].pending, counts["gone"].orphaned, counts["kept"].pending), (0, 2, 1));
+        assert!(counts["gone"]
+            .orphaned_reason
+            .as_deref()
+            .unwrap()
+            .starts_with("no handler named `gone` in c.toml since "));
+
+        let resumed = store.sync_orphans(routed(&["gone", "kept"]), "c.toml".into()).await.unwrap();
+        assert_eq!(resumed.resumed, [("gone".to_string(), 2)].into());
+        assert_eq!(store.handler_counts().await.unwrap()["gone"].pending, 2);
+
+        store.sync_orphans(routed(&["kept"]), "c.toml".into()).await.unwrap();
+        let future = crate::store::now_ms() + 1000;
+        assert_eq!(
+            store.prune(future, false).await.unwrap(),
+            1,
+            "only the event a configured handler still waits for stays"
+        );
     }
 }

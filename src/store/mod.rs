@@ -17,7 +17,7 @@ use std::time::Duration;
 pub use deliveries::{webhook_id, AttemptRecord, AttemptRow, DeliveryFilter, DeliveryRow, Next};
 pub use events::{EventFilter, EventRow, Inserted};
 pub use keys::{KeyInfo, NewKey};
-pub use maintenance::HandlerCounts;
+pub use maintenance::{HandlerCounts, Orphans};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 /// Schema migrations, applied in order; `user_version` records how many have run.
@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_deliveries.sql"),
     include_str!("migrations/0003_state.sql"),
     include_str!("migrations/0004_occurrences_files.sql"),
+    include_str!("migrations/0006_orphaned.sql"),
 ];
 
 /// A store failure.

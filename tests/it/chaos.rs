@@ -203,7 +203,7 @@ async fn pull_answering_6000_500_garbage_hangs_and_resets_one_time_in_five(api: 
     let emu =
         emulator(EmulatorConfig { api, visibility: Duration::from_secs(3), faults, ..fast_emulator_config() }).await;
     let contents = emu.enqueue_generated(scale(500, 5000));
-    let extra = "request_timeout = \"2s\"\n[confirm]\nhandle_ttl = \"3s\"\nmax_delay = \"200ms\"\n[pull]\nbackoff_max = \"500ms\"\n";
+    let extra = "request_timeout = \"2s\"\nlong_poll_hold = \"1s\"\n[confirm]\nhandle_ttl = \"3s\"\nmax_delay = \"200ms\"\n[pull]\nbackoff_max = \"500ms\"\n";
     let mut daemon = TestDaemon::for_emulator(&emu, extra).await;
     eventually(Duration::from_secs(scale(120, 900)), "queue drained", || emu.stats().queue.outstanding == 0).await;
     assert!(emu.stats().api.faults > 0);

@@ -94,6 +94,25 @@ fn environment_overrides_the_file_and_errors_name_the_variable() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("confirm.batch_size"));
 }
 
+#[test]
+fn settings_that_would_break_at_run_time_fail_the_check_with_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    // A SecretId pasted with a line break made v3 panic building its Authorization header.
+    let config = "[vod]\napi = \"v3\"\nendpoint = \"http://127.0.0.1:9/\"\nsecret_id = \"AKID1\\n\"\nsecret_key = \"k\"\n\
+                  request_timeout = \"3s\"\n[confirm]\nhandle_ttl = \"1s\"\n\
+                  [[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n[handlers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\ntimeout = \"0s\"\n";
+    let path = write(dir.path(), "c.toml", config);
+    for cmd in [&["config", "check", "--config", &path][..], &["run", "--config", &path][..]] {
+        let out = vod_eventd(cmd);
+        assert_eq!(out.status.code(), Some(78), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = stderr_lines(&out).join("\n");
+        for key in ["`vod.secret_id`", "`vod.request_timeout`", "`confirm.handle_ttl`", "`handlers.hook.timeout`"] {
+            assert!(text.contains(key), "{key} not named:\n{text}");
+        }
+        assert!(!text.contains("panicked"), "{text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_on_the_first_call_stop_with_the_keys_to_check() {
     let emu = emulator(EmulatorConfig {
@@ -108,6 +127,31 @@ async fn refused_credentials_on_the_first_call_stop_with_the_keys_to_check() {
     let log = daemon.log();
     assert!(log.contains("4100") && log.contains("vod.secret_id") && log.contains("vod.secret_key"), "{log}");
     assert!(!log.contains(DEMO_SECRET_KEY), "the secret key must never be logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_that_worked_before_are_retried_after_a_restart_not_exit_78() {
+    let emu = emulator(fast_emulator_config()).await;
+    let port = free_port();
+    let extra = format!("[pull]\nauth_retry = \"200ms\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let mut daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    emu.enqueue_generated(3);
+    eventually(Duration::from_secs(30), "a first successful pull", || daemon.rows() == 3).await;
+    daemon.kill9().await;
+
+    // Refused right after a restart (a watchdog restart, a deploy, a hiccup at Tencent).
+    let good = Credential { secret_id: DEMO_SECRET_ID.into(), secret_key: DEMO_SECRET_KEY.into() };
+    emu.set_credentials(vec![Credential { secret_key: "another-key".into(), ..good.clone() }]);
+    daemon.spawn();
+    eventually(Duration::from_secs(30), "several refusals", || emu.stats().api.auth_failures >= 5).await;
+    assert!(daemon.running(), "exited although these credentials worked before:\n{}", daemon.log());
+    assert!(daemon.log().contains("ERROR") && daemon.log().contains("credentials refused"), "{}", daemon.log());
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+
+    emu.set_credentials(vec![good]);
+    emu.enqueue_generated(2);
+    eventually(Duration::from_secs(30), "pulling again without a restart", || daemon.rows() == 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

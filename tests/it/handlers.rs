@@ -257,7 +257,8 @@ async fn hostile_payloads_reach_the_hook_byte_exact_and_execute_nothing() {
     })
     .await;
     assert_eq!(std::fs::read(dir.path().join("stdin")).unwrap(), content.as_bytes());
-    assert_eq!(std::fs::read_to_string(dir.path().join("file_id")).unwrap(), nasty);
+    // The environment carries the id percent-encoded where it holds a control character.
+    assert_eq!(std::fs::read_to_string(dir.path().join("file_id")).unwrap(), nasty.replace('\n', "%0A"));
     assert!(!pwned.exists(), "nothing in the payload was executed");
     let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
     let names: HashSet<&str> = env
@@ -272,6 +273,45 @@ async fn hostile_payloads_reach_the_hook_byte_exact_and_execute_nothing() {
         );
     }
     assert!(!env.contains(vod_emulator::DEMO_SECRET_KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_the_type_and_ids_are_encoded_for_headers_and_the_environment() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let content =
+        json!({"version": "4.0", "eventType": "New\u{1}File\nUpload", "data": {"fileId": "F\u{0}1%é", "vodTaskId": "t\r1"}})
+            .to_string();
+    emu.enqueue(content.clone());
+    let hook = script(
+        dir.path(),
+        "hook.sh",
+        "cat > /dev/null\nprintf '%s|%s|%s' \"$VOD_EVENT_TYPE\" \"$VOD_FILE_ID\" \"$VOD_TASK_ID\" > \"$1/fields\"",
+    );
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\", \"ingest\"]\n{}\
+         [handlers.ingest]\ntype = \"shell\"\ncommand = [\"{hook}\", \"{}\"]\n{FAST_RETRIES}",
+        webhook_section("internal", &receiver.url(), ""),
+        dir.path().display()
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    eventually(Duration::from_secs(30), "both deliveries done", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&2))
+    })
+    .await;
+    let accepted = receiver.accepted();
+    assert_eq!(accepted.len(), 1, "delivered at the first attempt");
+    assert_eq!(accepted[0].headers["x-vod-event-type"], "New%01File%0AUpload");
+    assert_eq!(accepted[0].body, content.as_bytes(), "the body is still exact");
+    let fields = std::fs::read_to_string(dir.path().join("fields")).unwrap();
+    assert_eq!(fields, "New%01File%0AUpload|F%001%25%C3%A9|t%0D1");
+    let attempts: i64 = daemon
+        .store()
+        .unwrap()
+        .run_sync(|c| Ok(c.query_row("SELECT count(*) FROM attempts", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(attempts, 2, "no attempt failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,11 +334,35 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchildren() {
     })
     .await;
     let pid = std::fs::read_to_string(dir.path().join("grandchild.pid")).unwrap().trim().to_string();
-    eventually(Duration::from_secs(10), "the grandchild is gone", || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+    eventually(Duration::from_secs(10), "the grandchild is gone", || gone(&pid)).await;
+}
+
+/// The process is gone (or a zombie waiting to be reaped).
+fn gone(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_drain_kills_a_hooks_whole_process_group() {
+    let emu = emulator(fast_emulator_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = script(dir.path(), "hook.sh", "sleep 300 &\necho $! > \"$1/grandchild.pid\"\nsleep 300");
+    emu.enqueue_generated(1);
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"slow\"]\n[handlers.slow]\ntype = \"shell\"\ncommand = [\"{hook}\", \"{}\"]\n\
+         [shutdown]\ndrain_timeout = \"500ms\"\n",
+        dir.path().display()
+    );
+    let mut daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    let pid_file = dir.path().join("grandchild.pid");
+    eventually(Duration::from_secs(30), "the hook started its grandchild", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'))
     })
     .await;
+    assert!(daemon.terminate().await.success(), "{}", daemon.log());
+    let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    eventually(Duration::from_secs(10), "the grandchild is gone", || gone(&pid)).await;
 }
 
 both_apis!(drm_keys_are_fetched_served_raw_and_never_logged, the_same_content_after_its_confirm_is_a_new_occurrence);
@@ -435,6 +499,53 @@ async fn v3_drm_reads_playlists_retries_their_host_and_skips_plain_outputs() {
     assert!(emu.media_requests() > 4, "playlists were fetched again after the host recovered");
 }
 
+both_apis!(data_keys_in_a_refused_or_misshapen_answer_are_never_quoted);
+
+async fn data_keys_in_a_refused_or_misshapen_answer_are_never_quoted(api: vod_emulator::Api) {
+    use vod_emulator::{FaultKind, Faults};
+    let emu = emulator(vod_emulator::EmulatorConfig { api, ..fast_emulator_config() }).await;
+    emu.enqueue_generated_type("ProcedureStateChanged", 1).unwrap();
+    let faults =
+        |kind| Faults { rate: 1.0, kinds: vec![kind], actions: vec!["DescribeDrmDataKey".into()], ..Faults::default() };
+    // The real answer, keys and all, first under HTTP 502, then in a shape the envelope parse refuses.
+    emu.set_faults(faults(FaultKind::WrongStatus));
+    let config = format!(
+        "{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\n{FAST_RETRIES}",
+        api_line(api)
+    );
+    let daemon = TestDaemon::start_logged(&emu.endpoint_for(api), &config, "trace").await;
+    let attempts = || {
+        daemon.store().map_or(Vec::new(), |s| {
+            s.run_sync(|c| {
+                let mut stmt = c.prepare("SELECT coalesce(error, '') FROM attempts ORDER BY id")?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .unwrap()
+        })
+    };
+    eventually(Duration::from_secs(30), "attempts failed by HTTP 502", || attempts().len() >= 2).await;
+    emu.set_faults(faults(FaultKind::MangledEnvelope));
+    let before = attempts().len();
+    eventually(Duration::from_secs(30), "attempts failed by a misshapen answer", || attempts().len() >= before + 2)
+        .await;
+    emu.set_faults(Faults::default());
+    eventually(Duration::from_secs(30), "keys fetched once the answers are right", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&1))
+    })
+    .await;
+
+    let errors = attempts();
+    assert!(errors.iter().any(|e| e.contains("502")) && errors.iter().any(|e| e.contains("malformed")), "{errors:?}");
+    let log = daemon.log();
+    for (_, dk) in emu.issued_keys() {
+        for secret in [base64::engine::general_purpose::STANDARD.encode(dk), vod_eventd::event::hex(&dk)] {
+            assert!(!log.contains(&secret), "a data key reached the log");
+            assert!(!errors.iter().any(|e| e.contains(&secret)), "a data key reached an attempt record");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_dispatch_loses_no_delivery() {
     let emu = emulator(fast_emulator_config()).await;
@@ -459,4 +570,39 @@ async fn sigkill_during_dispatch_loses_no_delivery() {
     let expected: HashSet<String> = deliveries_of(&daemon, "internal").into_iter().map(|(_, id, _, _)| id).collect();
     let received: HashSet<String> = receiver.accepted().iter().map(|r| r.headers["webhook-id"].clone()).collect();
     assert_eq!(received, expected, "every event reached the receiver at least once; duplicates only repeat an id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls_reach_logs_and_records_without_userinfo_or_query() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    receiver.set(|b| b.status = 410);
+    emu.enqueue_generated(1);
+    let hook_url = format!("http://hook:HOOKPASS@{}/vod?token=QUERYTOKEN", receiver.addr);
+    let endpoint = emu.endpoint().replace("http://", "http://ops:ENDPOINTPASS@");
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\"]\n{}",
+        webhook_section("internal", &hook_url, "")
+    );
+    let daemon = TestDaemon::start_logged(&endpoint, &config, "trace").await;
+    eventually(Duration::from_secs(30), "the 410 made the delivery dead", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("dead") == Some(&1))
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the 410 warning", || daemon.log().contains("410 Gone")).await;
+    let status = Command::new(BIN).args(["status", "--config"]).arg(&daemon.config_path).output().unwrap();
+    let check = Command::new(BIN).args(["config", "check", "--config"]).arg(&daemon.config_path).output().unwrap();
+    let records = format!("{:?}", daemon.store().unwrap().event_deliveries(1).unwrap());
+    let log = daemon.log();
+    assert!(log.contains(&format!("http://***@{}/vod?***", receiver.addr)), "the URL is still recognisable:\n{log}");
+    for (what, text) in [
+        ("log", log),
+        ("status", String::from_utf8_lossy(&status.stdout).into_owned()),
+        ("config check", String::from_utf8_lossy(&check.stdout).into_owned()),
+        ("attempt records", records),
+    ] {
+        for secret in ["HOOKPASS", "QUERYTOKEN", "ENDPOINTPASS"] {
+            assert!(!text.contains(secret), "{secret} reached the {what}:\n{text}");
+        }
+    }
 }

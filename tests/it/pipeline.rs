@@ -99,7 +99,7 @@ async fn ten_percent_faulty_answers_of_every_kind_still_store_everything_once(ap
     let contents = emu.enqueue_generated(2000);
     let mut daemon = TestDaemon::for_emulator(
         &emu,
-        "request_timeout = \"2s\"\n[confirm]\nmax_delay = \"200ms\"\nhandle_ttl = \"4s\"\n[pull]\nbackoff_max = \"1s\"\n",
+        "request_timeout = \"2s\"\nlong_poll_hold = \"1s\"\n[confirm]\nmax_delay = \"200ms\"\nhandle_ttl = \"4s\"\n[pull]\nbackoff_max = \"1s\"\n",
     )
     .await;
     eventually(Duration::from_secs(180), "emulator has every event confirmed", || emu.stats().queue.outstanding == 0)

@@ -96,6 +96,70 @@ async fn sighup_applies_a_new_route_and_refuses_a_broken_config() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_orphans_a_removed_handlers_deliveries_warns_of_restart_settings_and_resumes() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    receiver.set(|b| b.status = 503);
+    let port = free_port();
+    let common = format!(
+        "[dispatch]\nretry_schedule = [\"100ms\"]\npoll_interval = \"100ms\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &format!("{}{common}", route_to("a", &receiver.url()))).await;
+    emu.enqueue_generated(5);
+    eventually(Duration::from_secs(30), "every delivery attempted", || receiver.recorded().len() >= 5).await;
+
+    // `a` renamed to `b`, and two settings changed that only a restart applies.
+    let renamed = format!("{}{common}[shutdown]\ndrain_timeout = \"5s\"\n", route_to("b", &receiver.url()));
+    daemon.rewrite_config(&emu.endpoint(), "prune_interval = \"2h\"", &renamed);
+    daemon.signal("HUP");
+    eventually(Duration::from_secs(10), "reloaded", || daemon.log().contains("Configuration reloaded.")).await;
+    let log = daemon.log();
+    assert!(log.contains("Deliveries orphaned: no handler `a` is configured"), "{log}");
+    let restart = log.lines().find(|l| l.contains("only after a restart")).unwrap_or_default();
+    assert!(restart.contains("shutdown.drain_timeout") && restart.contains("store.prune_interval"), "{log}");
+
+    let status = || {
+        let out =
+            std::process::Command::new(BIN).args(["status", "--config"]).arg(&daemon.config_path).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually(Duration::from_secs(10), "status counts the orphans with the reason", || {
+        status().contains("5 orphaned: no handler named `a`")
+    })
+    .await;
+    let (_, metrics) = get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert!(metrics.contains("vod_eventd_deliveries_orphaned{handler=\"a\"} 5"), "{metrics}");
+    let list = std::process::Command::new(BIN)
+        .args(["deliveries", "list", "--handler", "a", "--config"])
+        .arg(&daemon.config_path)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert_eq!(
+        list.lines().filter(|l| l.contains(" orphaned ") && l.contains("no handler named `a`")).count(),
+        5,
+        "{list}"
+    );
+
+    daemon.signal("HUP");
+    eventually(Duration::from_secs(10), "reloaded again", || {
+        daemon.log().matches("Configuration reloaded.").count() == 2
+    })
+    .await;
+    assert_eq!(daemon.log().matches("Deliveries orphaned").count(), 1, "logged once");
+
+    receiver.set(|b| b.status = 200);
+    daemon.rewrite_config(&emu.endpoint(), "", &format!("{}{common}", route_to("a", &receiver.url())));
+    daemon.signal("HUP");
+    eventually(Duration::from_secs(30), "the orphans resume and are delivered", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&5))
+    })
+    .await;
+    assert!(daemon.log().contains("configured again"));
+    assert!(!status().contains("orphaned: no handler"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_socket_gets_ready_status_watchdog_and_stopping_and_the_watchdog_stops_with_pulls() {
     let dir = tempfile::tempdir().unwrap();
     let (socket_env, messages) = notify_socket(dir.path());
@@ -105,7 +169,7 @@ async fn notify_socket_gets_ready_status_watchdog_and_stopping_and_the_watchdog_
 
     let emu = emulator(EmulatorConfig { hold: Duration::from_millis(300), ..EmulatorConfig::default() }).await;
     let env = [("NOTIFY_SOCKET", socket_env.as_str()), ("WATCHDOG_USEC", "400000")];
-    let extra = "request_timeout = \"1s\"\n[health]\nmax_pull_age = \"2s\"\n[pull]\nbackoff_max = \"300ms\"\n";
+    let extra = "request_timeout = \"1s\"\nlong_poll_hold = \"300ms\"\n[health]\nmax_pull_age = \"2s\"\n[pull]\nbackoff_max = \"300ms\"\n";
     let mut daemon = TestDaemon::start_full(&emu.endpoint(), extra, "vod_eventd=debug", &env).await;
     eventually(Duration::from_secs(20), "READY, STATUS and WATCHDOG", || {
         seen("READY=1") && seen("STATUS=") && seen("WATCHDOG=1")
@@ -244,6 +308,30 @@ async fn metrics_parse_and_agree_with_the_emulator() {
     assert_eq!(m["vod_eventd_deliveries_pending"], 0.0);
     assert!(m["vod_eventd_store_bytes"] > 0.0);
     assert_eq!(get(&format!("http://127.0.0.1:{port}/healthz")).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_parameter_is_not_an_idle_queue() {
+    // A v2 PullEvent 4000 that refuses a wrong SubAppId looked like "no event" forever.
+    let emu = emulator(EmulatorConfig { sub_app_ids: Some(vec![1500000001]), ..fast_emulator_config() }).await;
+    let port = free_port();
+    let extra = format!(
+        "sub_app_id = 1500000002\n[alert]\npull_stale_after = \"2s\"\ncheck_interval = \"1s\"\n\
+         [pull]\nbackoff_max = \"300ms\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    let mut daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    eventually(Duration::from_secs(30), "an ERROR naming the answer and the keys", || {
+        daemon.log().lines().any(|l| {
+            l.contains("ERROR") && l.contains("SubAppId 1500000002 is not an app") && l.contains("vod.sub_app_id")
+        })
+    })
+    .await;
+    let (status, body) = get(&format!("http://127.0.0.1:{port}/healthz")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("refusal") && body.contains("vod.sub_app_id"), "{body}");
+    let calls = pull_calls(&emu);
+    eventually(Duration::from_secs(10), "still pulling", || pull_calls(&emu) >= calls + 3).await;
+    assert!(daemon.running());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

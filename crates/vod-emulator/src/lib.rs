@@ -84,10 +84,15 @@ pub enum FaultKind {
     Hang,
     /// The connection is dropped without an answer.
     Reset,
+    /// The action's real answer under HTTP 502 (asked for by name, not in [`FaultKind::ALL`]).
+    WrongStatus,
+    /// The action's real answer in a shape a generic envelope parse refuses: v2 with
+    /// `"code":"0"`, v3 with `Response` as a JSON string (asked for by name).
+    MangledEnvelope,
 }
 
 impl FaultKind {
-    /// Every kind.
+    /// Every kind that replaces the answer (the two that mangle the real one are asked for by name).
     pub const ALL: [FaultKind; 6] = [
         FaultKind::Http500,
         FaultKind::NotJson,
@@ -140,6 +145,9 @@ pub struct EmulatorConfig {
     pub faults: Faults,
     /// Which API's event shapes `generate` makes.
     pub api: Api,
+    /// The account's apps: a v2 call naming another `SubAppId` is refused at once with
+    /// 4000 (`None`: any `SubAppId` is accepted).
+    pub sub_app_ids: Option<Vec<u64>>,
 }
 
 impl Default for EmulatorConfig {
@@ -154,6 +162,7 @@ impl Default for EmulatorConfig {
             empty_response: EmptyResponse::Idle,
             faults: Faults::default(),
             api: Api::V2,
+            sub_app_ids: None,
         }
     }
 }
@@ -433,6 +442,11 @@ impl EmulatorHandle {
     /// Replaces the fault settings.
     pub fn set_faults(&self, faults: Faults) {
         self.shared.config.lock().unwrap().faults = faults;
+    }
+
+    /// Replaces the accepted credentials (as when a key is disabled or rotated at Tencent).
+    pub fn set_credentials(&self, credentials: Vec<Credential>) {
+        self.shared.config.lock().unwrap().credentials = credentials;
     }
 
     /// Changes the visibility timeout for handles issued from now on.

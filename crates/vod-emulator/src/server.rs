@@ -237,10 +237,7 @@ pub(crate) async fn with_faults(
 ) -> Result<Response<Body>, DropConnection> {
     let Some(kind) = pick_fault(faults, action) else { return Ok(run.await) };
     shared.api.lock().unwrap().faults += 1;
-    if matches!(kind, FaultKind::Hang | FaultKind::Reset) && rand::thread_rng().gen_bool(0.5) {
-        let _ = run.await;
-    }
-    inject(kind, faults, wire).await
+    inject(kind, faults, wire, run).await
 }
 
 fn pick_fault(faults: &Faults, action: &str) -> Option<FaultKind> {
@@ -257,7 +254,37 @@ fn pick_fault(faults: &Faults, action: &str) -> Option<FaultKind> {
     faults.kinds.choose(&mut rng).copied()
 }
 
-async fn inject(kind: FaultKind, faults: &Faults, wire: Wire) -> Result<Response<Body>, DropConnection> {
+/// The real answer under a wrong status, or with its envelope in the wrong shape.
+async fn mangle(kind: FaultKind, wire: Wire, answer: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = answer.into_parts();
+    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if kind == FaultKind::WrongStatus {
+        parts.status = StatusCode::BAD_GATEWAY;
+        return Response::from_parts(parts, Full::new(bytes));
+    }
+    let mut value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let member = match wire {
+        Wire::V2 => "code",
+        Wire::V3 => "Response",
+    };
+    if let Some(v) = value.get_mut(member) {
+        *v = Value::String(v.to_string());
+    }
+    Response::from_parts(parts, Full::new(Bytes::from(value.to_string())))
+}
+
+async fn inject(
+    kind: FaultKind,
+    faults: &Faults,
+    wire: Wire,
+    run: impl std::future::Future<Output = Response<Body>>,
+) -> Result<Response<Body>, DropConnection> {
+    // Hangs and resets lose the answer half of the time after the action ran.
+    let maybe_run = |run| async move {
+        if rand::thread_rng().gen_bool(0.5) {
+            let _ = run.await;
+        }
+    };
     let internal = |message: &str| match wire {
         Wire::V2 => v2_answer(codes::INTERNAL_ERROR, message, Value::Null),
         Wire::V3 => crate::v3::error("InternalError", message),
@@ -281,14 +308,30 @@ async fn inject(kind: FaultKind, faults: &Faults, wire: Wire) -> Result<Response
         )),
         FaultKind::Code6000 => Ok(internal("internal error")),
         FaultKind::Hang => {
+            maybe_run(run).await;
             tokio::time::sleep(faults.hang_for).await;
             Ok(internal("answered after a hang"))
         }
-        FaultKind::Reset => Err(DropConnection),
+        FaultKind::Reset => {
+            maybe_run(run).await;
+            Err(DropConnection)
+        }
+        FaultKind::WrongStatus | FaultKind::MangledEnvelope => Ok(mangle(kind, wire, run.await).await),
     }
 }
 
 async fn run_action(shared: &Shared, action: &str, req: &auth::Request<'_>) -> Response<Body> {
+    let sub_app = req.params.iter().find(|(n, _)| n == "SubAppId").map(|(_, v)| v.as_str());
+    let apps = shared.config.lock().unwrap().sub_app_ids.clone();
+    if let (Some(id), Some(apps)) = (sub_app, apps) {
+        if !apps.iter().any(|app| app.to_string() == id) {
+            return v2_answer(
+                codes::INVALID_PARAMETER,
+                &format!("(4000)SubAppId {id} is not an app of this account"),
+                Value::Null,
+            );
+        }
+    }
     match action {
         "PullEvent" => pull_event(shared).await,
         "ConfirmEvent" => confirm_event(shared, req),
