@@ -39,6 +39,15 @@ pub struct DemoArgs {
     pub keep_running: bool,
 }
 
+/// How to run this binary again, as a command that works when pasted: `cargo run --release --`
+/// under cargo (which sets `CARGO_PKG_NAME` for what it runs), else the binary's own path.
+fn this_command() -> String {
+    if std::env::var_os("CARGO_PKG_NAME").is_some() {
+        return "cargo run --release --".into();
+    }
+    std::env::current_exe().map_or_else(|_| "vod-eventd".into(), |p| p.display().to_string())
+}
+
 /// Gives up if the demo has not drained by then (it takes a few seconds).
 const DEMO_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -123,11 +132,12 @@ impl DemoArgs {
         print_handler_summary(&store, &emulator, &secret, &dir)?;
         println!();
         println!("Query the history:");
-        println!("  vod-eventd events list --config {}", config_path.display());
-        println!("  vod-eventd deliveries list --config {}", config_path.display());
-        println!("  vod-eventd keys list --config {}", config_path.display());
-        println!("  vod-eventd events list --config {} --type ProcedureStateChanged --json", config_path.display());
-        println!("  vod-eventd events show --config {} {}", config_path.display(), last_id);
+        let me = this_command();
+        println!("  {me} events list --config {}", config_path.display());
+        println!("  {me} deliveries list --config {}", config_path.display());
+        println!("  {me} keys list --config {}", config_path.display());
+        println!("  {me} events list --config {} --type ProcedureStateChanged --json", config_path.display());
+        println!("  {me} events show --config {} {}", config_path.display(), last_id);
         Ok(())
     }
 }

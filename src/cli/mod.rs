@@ -84,6 +84,13 @@ pub fn run(cli: Cli) -> ExitCode {
 
 /// Prints an error for a person and picks the exit code.
 fn report(e: &anyhow::Error) -> ExitCode {
+    // `events list | head`: the reader is gone, which is not an error of ours.
+    let broken_pipe = e
+        .chain()
+        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe));
+    if broken_pipe {
+        return ExitCode::SUCCESS;
+    }
     if let Some(config_error) = e.downcast_ref::<ConfigError>() {
         eprintln!("{config_error}");
         return ExitCode::from(EXIT_CONFIG);

@@ -200,8 +200,13 @@ async fn history_lists_filters_and_shows_events_while_the_daemon_runs() {
 fn the_demo_runs_every_part_and_leaves_a_queryable_store() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
-    let out =
-        std::process::Command::new(BIN).args(["demo", "--events", "24", "--dir"]).arg(&demo_dir).output().unwrap();
+    // As a user runs the built binary (cargo, running this test, would mark it as run by cargo).
+    let out = std::process::Command::new(BIN)
+        .args(["demo", "--events", "24", "--dir"])
+        .arg(&demo_dir)
+        .env_remove("CARGO_PKG_NAME")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("24 stored rows") && stdout.contains("0 left at the emulator"), "{stdout}");
@@ -211,4 +216,50 @@ fn the_demo_runs_every_part_and_leaves_a_queryable_store() {
     let list = vod_eventd(&["events", "list", "--json", "--limit", "100", "--config", config.to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 24);
     assert!(std::fs::read_to_string(demo_dir.join("hook.log")).unwrap().lines().count() >= 4);
+    // Every command the demo suggests works as printed.
+    let suggested: Vec<&str> = stdout.lines().skip_while(|l| !l.starts_with("Query the history")).skip(1).collect();
+    assert!(suggested.len() >= 5, "{stdout}");
+    for line in suggested {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[0], BIN, "the demo names the binary it is: {line}");
+        let run = std::process::Command::new(words[0]).args(&words[1..]).output().unwrap();
+        assert!(run.status.success() && !run.stdout.is_empty(), "{line}: {}", String::from_utf8_lossy(&run.stderr));
+    }
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_listing_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let store = vod_eventd::store::Store::open(&db, Duration::from_secs(1)).unwrap();
+    let events: Vec<_> = (0..400)
+        .map(|i| {
+            let content =
+                format!(r#"{{"eventType":"NewFileUpload","data":{{"fileId":"{i}","pad":"{}"}}}}"#, "x".repeat(400));
+            (vod_eventd::event::ReceivedEvent::from_content(&content, vod_eventd::config::ApiVersion::V2), vec![])
+        })
+        .collect();
+    tokio::runtime::Runtime::new().unwrap().block_on(store.insert_events(events)).unwrap();
+    drop(store);
+    let config = write(
+        dir.path(),
+        "config.toml",
+        &format!(
+            "[store]\npath = \"{}\"\n[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n",
+            db.display()
+        ),
+    );
+    let mut child = std::process::Command::new(BIN)
+        .args(["events", "list", "--json", "--limit", "400", "--config", &config])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    // The reader is dropped here, like `head -1` exiting: the rest of the 200 KB cannot be written.
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "exit {:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no message for a closed stdout");
 }
