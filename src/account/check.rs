@@ -37,26 +37,40 @@ pub struct AccountCheck {
     pub store: Store,
 }
 
-/// What the previous check found, to log only changes.
-#[derive(Default, PartialEq)]
-enum Seen {
-    #[default]
-    Nothing,
-    Config(EventConfig),
+/// Why the latest check failed, to log only the first of a streak.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Failure {
     Denied,
-    Failed,
+    Other,
 }
 
 impl AccountCheck {
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut seen = Seen::Nothing;
+        let mut last: Option<EventConfig> = None;
+        let mut failing: Option<Failure> = None;
         loop {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 result = describe(&self.client) => result,
             };
-            seen = self.report(result, seen).await;
+            let app = app_name(self.sub_app_id);
+            let state = match result {
+                Ok(config) => {
+                    self.report_config(&app, &config, last.as_ref());
+                    failing = None;
+                    last.insert(config).summary()
+                }
+                Err(e) => {
+                    let failure = self.report_failure(&app, &e, failing);
+                    failing = Some(failure);
+                    match failure {
+                        Failure::Denied => format!("unknown: the credentials lack {DESCRIBE_PERMISSION}"),
+                        Failure::Other => format!("unknown: DescribeEventConfig failed ({})", e.label()),
+                    }
+                }
+            };
+            let _ = self.store.put_state(vec![("event_config", format!("{app}: {state}"))]).await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(self.interval) => {}
@@ -64,39 +78,20 @@ impl AccountCheck {
         }
     }
 
-    /// Logs and records what changed since `before`; returns what is seen now.
-    async fn report(&self, result: Result<EventConfig, ApiError>, before: Seen) -> Seen {
-        let app = app_name(self.sub_app_id);
-        let (now, state) = match result {
-            Ok(config) => {
-                let previous = match &before {
-                    Seen::Config(c) => Some(c),
-                    _ => None,
-                };
-                self.report_config(&app, &config, previous);
-                let state = config.summary();
-                (Seen::Config(config), state)
+    /// Logs the first failure of a streak (a missing permission, or anything else); the
+    /// last configuration read, and the health verdict drawn from it, stay.
+    fn report_failure(&self, app: &str, e: &ApiError, before: Option<Failure>) -> Failure {
+        let failure = if is_permission_denied(e) { Failure::Denied } else { Failure::Other };
+        match failure {
+            _ if before == Some(failure) => debug!(error = %e, "DescribeEventConfig failed again."),
+            Failure::Denied => {
+                warn!(app = %app, error = %e, permission = DESCRIBE_PERMISSION, "These credentials may not read the app's event configuration, so the daemon cannot tell whether events are sent to the queue at all. Grant `{DESCRIBE_PERMISSION}` to this sub-account in CAM. Pulling is not affected.")
             }
-            Err(e) if is_permission_denied(&e) => {
-                if before != Seen::Denied {
-                    warn!(app = %app, error = %e, permission = DESCRIBE_PERMISSION, "These credentials may not read the app's event configuration, so the daemon cannot tell whether events are sent to the queue at all. Grant `{DESCRIBE_PERMISSION}` to this sub-account in CAM. Pulling is not affected.");
-                }
-                (Seen::Denied, format!("unknown: the credentials lack {DESCRIBE_PERMISSION}"))
+            Failure::Other => {
+                warn!(app = %app, error = %e, retry_in = ?self.interval, "Could not read the app's event configuration (DescribeEventConfig); will try again. Pulling is not affected.")
             }
-            Err(e) => {
-                if before == Seen::Failed {
-                    debug!(error = %e, "DescribeEventConfig failed again.");
-                } else {
-                    warn!(app = %app, error = %e, retry_in = ?self.interval, "Could not read the app's event configuration (DescribeEventConfig); will try again. Pulling is not affected.");
-                }
-                (Seen::Failed, format!("unknown: DescribeEventConfig failed ({})", e.label()))
-            }
-        };
-        if !matches!(now, Seen::Config(ref c) if !c.is_pull()) {
-            self.metrics.health.set_account_problem(None);
         }
-        let _ = self.store.put_state(vec![("event_config", format!("{app}: {state}"))]).await;
-        now
+        failure
     }
 
     fn report_config(&self, app: &str, config: &EventConfig, previous: Option<&EventConfig>) {
@@ -108,8 +103,11 @@ impl AccountCheck {
                 "{app} is in {} mode: its events go to HTTP callbacks, never to the queue; run `vod-eventd account set-mode pull`",
                 config.mode
             )));
-        } else if previous.is_some_and(|p| !p.is_pull()) {
-            info!(app = %app, "The app is in PULL mode now: its events go to the queue.");
+        } else {
+            self.metrics.health.set_account_problem(None);
+            if previous.is_some_and(|p| !p.is_pull()) {
+                info!(app = %app, "The app is in PULL mode now: its events go to the queue.");
+            }
         }
         let off = config.switched_off();
         if !off.is_empty() && previous.is_none_or(|p| p.switched_off() != off) {

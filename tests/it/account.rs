@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use vod_emulator::event_config::{OFF, PUSH};
-use vod_emulator::{Api, EmulatorConfig, EventConfig};
+use vod_emulator::{Api, EmulatorConfig, EventConfig, FaultKind, Faults};
 
 use crate::support::*;
 
@@ -59,6 +59,23 @@ async fn an_app_in_push_mode_is_named_and_unhealthy_until_set_mode_pull_fixes_it
     let status = cli(&daemon.config_path, &["status"]);
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(status.contains("event config:  the default app (no vod.sub_app_id): Mode PUSH"), "{status}");
+
+    // Failed checks in between: one WARN for the streak, the verdict stays, no second ERROR.
+    let failing = Faults {
+        rate: 1.0,
+        kinds: vec![FaultKind::Code6000],
+        actions: vec!["DescribeEventConfig".into()],
+        ..Faults::default()
+    };
+    emu.set_faults(failing);
+    eventually(Duration::from_secs(30), "two failed checks", || emu.stats().api.faults >= 2).await;
+    assert_eq!(healthz(port).await.0, 503);
+    emu.set_faults(Faults::default());
+    let calls = describe_calls(&emu);
+    eventually(Duration::from_secs(30), "a check after the failures", || describe_calls(&emu) > calls + 1).await;
+    let log = daemon.log();
+    assert_eq!(lines_with(&log, "WARN", &["Could not read the app's event configuration"]), 1, "{log}");
+    assert_eq!(lines_with(&log, "ERROR", &[]), 1, "still one ERROR:\n{log}");
 
     // In PUSH mode Tencent sends events by HTTP: none is queued, none is pulled.
     emu.enqueue_generated(2);
