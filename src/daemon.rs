@@ -1,11 +1,12 @@
 //! Wiring: open the store, build the client, the routing and the handlers, and run the
 //! puller, the confirmer, the dispatcher and the service tasks (status, watchdog,
-//! metrics, retention, the event-configuration check) until shutdown. The puller stops first (no new pulls), then the
-//! confirmer flushes every committed handle and exits when its channel closes, while
-//! the dispatcher drains in-flight handler attempts. SIGHUP reloads routes, handlers,
-//! retry policy, log level and the store size cap; an invalid new config is refused and
-//! the running one stays. At start and on each reload, the deliveries of handlers that
-//! are no longer configured are orphaned, and those of handlers that are back resume.
+//! metrics, retention, the event-configuration check) until shutdown. The puller stops
+//! first (no new pulls), then the confirmer flushes every committed handle and exits when
+//! its channel closes, while the dispatcher drains in-flight handler attempts. SIGHUP
+//! reloads routes, handlers, retry policy, log level and the store size cap; an invalid
+//! new config is refused and the running one stays. At start and on each reload, the
+//! deliveries of handlers that are no longer configured are orphaned, and those of
+//! handlers that are back resume.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,5 +1,7 @@
-//! Is the daemon healthy? Pulls must be succeeding, the last successful pull recent, and
-//! the store writable. Read by `/healthz`, the systemd watchdog and STATUS= lines.
+//! Is the daemon healthy? Pulls must be succeeding, the last successful pull recent, the
+//! store writable, and the app in PULL mode (as far as the event-configuration check
+//! knows; that one does not stop the watchdog). Read by `/healthz`, the systemd watchdog
+//! and STATUS= lines.
 //!
 //! A pull answered with a refused parameter (a wrong `vod.region` or `vod.sub_app_id`) is
 //! an answer, so it keeps the watchdog fed; once nothing but refusals has come for
@@ -60,7 +62,8 @@ pub struct Report {
 }
 
 impl Report {
-    /// Healthy for `/healthz`: pulls succeed, recently, and the store writes.
+    /// Healthy for `/healthz`: pulls succeed, recently, the store writes, and the app's
+    /// events go to the queue.
     pub fn healthy(&self) -> bool {
         self.store_ok && self.pull_ok && self.pull_recent && self.refused.is_none() && self.account.is_none()
     }

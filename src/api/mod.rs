@@ -83,11 +83,12 @@ impl ClientSettings {
     /// is no API 3.0 region, and VOD needs none, so with v2 none is sent.
     pub fn for_account(config: &Config) -> anyhow::Result<Self> {
         let settings = Self::from_config(config)?;
+        let endpoint = Url::parse(&config.account_endpoint())?;
         Ok(match settings.api {
-            ApiVersion::V3 => ClientSettings { endpoint: Url::parse(&config.account_endpoint())?, ..settings },
+            ApiVersion::V3 => ClientSettings { endpoint, ..settings },
             ApiVersion::V2 => ClientSettings {
                 api: ApiVersion::V3,
-                endpoint: Url::parse(&config.account_endpoint())?,
+                endpoint,
                 region: None,
                 rate_limit_per_minute: crate::config::V3_RATE_LIMIT_PER_MINUTE,
                 ..settings

@@ -1,8 +1,8 @@
 //! API 3.0 on the emulator: `POST /` with `X-TC-Action` (`PullEvents`, `ConfirmEvents`,
-//! `DescribeDrmDataKey`, `DescribeEventConfig`, `ModifyEventConfig`), TC3-HMAC-SHA256 verified against the received `Host` and
-//! `Content-Type`, 100 requests/s per action, answers as `{"Response": {...}}` with
-//! `Response.Error` on failure. Events come from the same queue as v2; each is sent with
-//! `EventHandle` added as its first member.
+//! `DescribeDrmDataKey`, `DescribeEventConfig`, `ModifyEventConfig`), TC3-HMAC-SHA256
+//! verified against the received `Host` and `Content-Type`, 100 requests/s per action,
+//! answers as `{"Response": {...}}` with `Response.Error` on failure. Events come from the
+//! same queue as v2; each is sent with `EventHandle` added as its first member.
 
 use std::time::Duration;
 
