@@ -85,7 +85,7 @@ pub fn print_config(app: &str, config: &EventConfig) {
     let meaning = if config.is_pull() {
         "reliable callback: events go to the queue this daemon pulls"
     } else {
-        "events go to HTTP callbacks, never to the queue; `vod-eventd account set-mode pull` switches"
+        "events go to HTTP callbacks, never to the queue; `vod-eventd account set-mode pull` switches it to PULL"
     };
     println!("mode:         {} ({meaning})", config.mode);
     for switch in Switch::ALL {
