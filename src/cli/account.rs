@@ -3,7 +3,7 @@
 //! ModifyEventConfig (API 3.0, with the configured credentials whichever API pulls).
 //! The push URL and the sign key are never changed.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::{BufRead as _, IsTerminal as _, Write};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
@@ -53,14 +53,16 @@ impl AccountCommand {
         let client = V3Client::new(ClientSettings::for_account(config)?)?;
         let app = app_name(config.vod.sub_app_id);
         let current = describe(&client, &app).await?;
+        // Written with `?`: a reader that has gone (`| head`) ends the command quietly.
+        let mut out = std::io::stdout();
         match self {
             AccountCommand::Show { json: true } => {
                 let mut value = serde_json::to_value(&current)?;
                 value["SubAppId"] = json!(config.vod.sub_app_id);
-                println!("{value}");
+                writeln!(out, "{value}")?;
             }
-            AccountCommand::Show { json: false } => print_config(&app, &current),
-            AccountCommand::SetMode(args) => set_mode(&client, &app, &current, &args).await?,
+            AccountCommand::Show { json: false } => print_config(&mut out, &app, &current)?,
+            AccountCommand::SetMode(args) => set_mode(&mut out, &client, &app, &current, &args).await?,
         }
         Ok(())
     }
@@ -80,43 +82,48 @@ fn explain(e: ApiError, permission: &str) -> anyhow::Error {
 }
 
 /// The configuration, and what it means for this daemon.
-pub fn print_config(app: &str, config: &EventConfig) {
-    println!("app:          {app}");
+fn print_config(out: &mut impl Write, app: &str, config: &EventConfig) -> std::io::Result<()> {
+    writeln!(out, "app:          {app}")?;
     let meaning = if config.is_pull() {
         "reliable callback: events go to the queue this daemon pulls"
     } else {
         "events go to HTTP callbacks, never to the queue; `vod-eventd account set-mode pull` switches it to PULL"
     };
-    println!("mode:         {} ({meaning})", config.mode);
+    writeln!(out, "mode:         {} ({meaning})", config.mode)?;
     for switch in Switch::ALL {
-        println!("{:<13} {} ({})", format!("{}:", switch.name()), config.switch(switch), switch.event_type());
+        writeln!(out, "{:<13} {} ({})", format!("{}:", switch.name()), config.switch(switch), switch.event_type())?;
     }
     let url =
         if config.notification_url.is_empty() { "(none)".into() } else { crate::redact::url(&config.notification_url) };
-    println!("push URL:     {url}");
+    writeln!(out, "push URL:     {url}")?;
     let off: Vec<&str> = config.switched_off().iter().map(|s| s.event_type()).collect();
     if !off.is_empty() {
-        println!("never arrive: {}", off.join(", "));
+        writeln!(out, "never arrive: {}", off.join(", "))?;
     }
+    Ok(())
 }
 
-async fn set_mode(client: &V3Client, app: &str, current: &EventConfig, args: &SetModeArgs) -> anyhow::Result<()> {
+async fn set_mode(
+    out: &mut impl Write,
+    client: &V3Client,
+    app: &str,
+    current: &EventConfig,
+    args: &SetModeArgs,
+) -> anyhow::Result<()> {
     let Mode::Pull = args.mode;
     let changes = current.changes_for_pull(&args.enable);
     if changes.is_empty() {
-        println!("{app} is already in PULL mode with the asked switches on; nothing to change.");
+        writeln!(out, "{app} is already in PULL mode with the asked switches on; nothing to change.")?;
         return Ok(());
     }
-    println!("For {app}, ModifyEventConfig will change:");
+    writeln!(out, "For {app}, ModifyEventConfig will change:")?;
     for (field, from, to) in &changes {
         let from = if from.is_empty() { "(unset)" } else { from };
-        println!("  {field}: {from} -> {to}");
+        writeln!(out, "  {field}: {from} -> {to}")?;
     }
     if !current.is_pull() && !current.notification_url.is_empty() {
-        println!(
-            "HTTP callbacks to {} stop: events go to the queue instead.",
-            crate::redact::url(&current.notification_url)
-        );
+        let url = crate::redact::url(&current.notification_url);
+        writeln!(out, "HTTP callbacks to {url} stop: events go to the queue instead.")?;
     }
     if !confirmed(args.yes)? {
         anyhow::bail!(
@@ -124,8 +131,8 @@ async fn set_mode(client: &V3Client, app: &str, current: &EventConfig, args: &Se
         );
     }
     account::modify(client, &changes).await.map_err(|e| explain(e, MODIFY_PERMISSION))?;
-    println!("Done. Now:");
-    print_config(app, &describe(client, app).await?);
+    writeln!(out, "Done. Now:")?;
+    print_config(out, app, &describe(client, app).await?)?;
     Ok(())
 }
 
@@ -138,8 +145,9 @@ fn confirmed(yes: bool) -> anyhow::Result<bool> {
     if !stdin.is_terminal() {
         return Ok(false);
     }
-    print!("Apply? [y/N] ");
-    std::io::stdout().flush()?;
+    let mut out = std::io::stdout();
+    write!(out, "Apply? [y/N] ")?;
+    out.flush()?;
     let mut answer = String::new();
     stdin.lock().read_line(&mut answer)?;
     if matches!(answer.trim(), "y" | "Y" | "yes") {
