@@ -23,6 +23,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/vod-eventd/config.toml";
 pub const CONFIG_ENV: &str = "VOD_EVENTD_CONFIG";
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "VOD_EVENTD_";
+/// Tencent's API 3.0 limit per action (100 calls per second).
+pub const V3_RATE_LIMIT_PER_MINUTE: u32 = 6000;
 /// ConfirmEvent takes at most this many handles per call (v3 documents 16; v2 is silent).
 pub const MAX_CONFIRM_BATCH: usize = 16;
 
@@ -69,6 +71,28 @@ pub struct Config {
     /// Data-at-risk alarms.
     #[serde(default)]
     pub alert: AlertConfig,
+    /// The app's event configuration check.
+    #[serde(default)]
+    pub account: AccountConfig,
+}
+
+/// `[account]`: reading (and, on request, changing) the app's event configuration with
+/// DescribeEventConfig / ModifyEventConfig, which are API 3.0 only.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountConfig {
+    /// The API 3.0 endpoint for those calls (default: `vod.endpoint` with `api = "v3"`,
+    /// else Tencent's `https://vod.tencentcloudapi.com/`).
+    pub endpoint: Option<String>,
+    /// How often the daemon reads the event configuration (and once at start).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for AccountConfig {
+    fn default() -> Self {
+        AccountConfig { endpoint: None, check_interval: Duration::from_secs(600) }
+    }
 }
 
 /// `[metrics]`.
@@ -638,12 +662,36 @@ impl Config {
         if self.dispatch.poll_interval.is_zero() {
             bad("dispatch.poll_interval", "must be above zero".into());
         }
+        if self.account.check_interval < Duration::from_secs(1) {
+            bad("account.check_interval", "must be at least 1s".into());
+        }
+        match reqwest::Url::parse(&self.account_endpoint()) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {}
+            _ => bad(
+                "account.endpoint",
+                format!(
+                    "`{}` is not an http(s) URL such as {}",
+                    crate::redact::url(&self.account_endpoint()),
+                    default_endpoint(ApiVersion::V3)
+                ),
+            ),
+        }
         issues
     }
 
     /// The endpoint: `vod.endpoint`, or Tencent's for `vod.api`.
     pub fn endpoint(&self) -> String {
         self.vod.endpoint.clone().unwrap_or_else(|| default_endpoint(self.vod.api).to_string())
+    }
+
+    /// The API 3.0 endpoint for the account calls: `account.endpoint`, else `vod.endpoint`
+    /// with `api = "v3"`, else Tencent's.
+    pub fn account_endpoint(&self) -> String {
+        match (&self.account.endpoint, self.vod.api) {
+            (Some(endpoint), _) => endpoint.clone(),
+            (None, ApiVersion::V3) => self.endpoint(),
+            (None, ApiVersion::V2) => default_endpoint(ApiVersion::V3).to_string(),
+        }
     }
 
     /// The region: `vod.region`, else `gz` for v2 and none for v3.
@@ -659,7 +707,7 @@ impl Config {
     pub fn rate_limit_per_minute(&self) -> u32 {
         self.vod.rate_limit_per_minute.unwrap_or(match self.vod.api {
             ApiVersion::V2 => 1000,
-            ApiVersion::V3 => 6000,
+            ApiVersion::V3 => V3_RATE_LIMIT_PER_MINUTE,
         })
     }
 

@@ -1,11 +1,12 @@
 //! Wiring: open the store, build the client, the routing and the handlers, and run the
 //! puller, the confirmer, the dispatcher and the service tasks (status, watchdog,
-//! metrics, retention) until shutdown. The puller stops first (no new pulls), then the
-//! confirmer flushes every committed handle and exits when its channel closes, while
-//! the dispatcher drains in-flight handler attempts. SIGHUP reloads routes, handlers,
-//! retry policy, log level and the store size cap; an invalid new config is refused and
-//! the running one stays. At start and on each reload, the deliveries of handlers that
-//! are no longer configured are orphaned, and those of handlers that are back resume.
+//! metrics, retention, the event-configuration check) until shutdown. The puller stops
+//! first (no new pulls), then the confirmer flushes every committed handle and exits when
+//! its channel closes, while the dispatcher drains in-flight handler attempts. SIGHUP
+//! reloads routes, handlers, retry policy, log level and the store size cap; an invalid
+//! new config is refused and the running one stays. At start and on each reload, the
+//! deliveries of handlers that are no longer configured are orphaned, and those of
+//! handlers that are back resume.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +18,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::api::{Client, ClientSettings};
+use crate::account::check::AccountCheck;
+use crate::api::{Client, ClientSettings, V3Client};
 use crate::config::{self, Config};
 use crate::confirmer;
 use crate::dispatch::{Dispatcher, Routing};
@@ -87,6 +89,14 @@ impl Daemon {
             tasks.push(("metrics", tokio::spawn(crate::http::serve(listener, endpoints, stop.clone()))));
         }
         tasks.push(("file index", tokio::spawn(index_older_files(store.clone(), stop.clone()))));
+        let account = AccountCheck {
+            client: V3Client::new(ClientSettings::for_account(config)?)?,
+            sub_app_id: config.vod.sub_app_id,
+            interval: config.account.check_interval,
+            metrics: self.metrics.clone(),
+            store: store.clone(),
+        };
+        tasks.push(("event configuration check", tokio::spawn(account.run(stop.clone()))));
         if let Some(retention) = config.store.retention {
             tasks.push((
                 "retention",

@@ -1,5 +1,7 @@
-//! Is the daemon healthy? Pulls must be succeeding, the last successful pull recent, and
-//! the store writable. Read by `/healthz`, the systemd watchdog and STATUS= lines.
+//! Is the daemon healthy? Pulls must be succeeding, the last successful pull recent, the
+//! store writable, and the app in PULL mode (as far as the event-configuration check
+//! knows; that one does not stop the watchdog). Read by `/healthz`, the systemd watchdog
+//! and STATUS= lines.
 //!
 //! A pull answered with a refused parameter (a wrong `vod.region` or `vod.sub_app_id`) is
 //! an answer, so it keeps the watchdog fed; once nothing but refusals has come for
@@ -22,6 +24,8 @@ pub struct Health {
     refusals: Mutex<Option<Refusals>>,
     /// How long refusals may last before they make the daemon unhealthy (0: never).
     refusals_limit_ms: AtomicI64,
+    /// Why the app's event configuration keeps events from the queue (a mode not PULL).
+    account: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,12 +57,15 @@ pub struct Report {
     pub last_pull_age: Option<Duration>,
     /// Only refusals for longer than `alert.pull_stale_after`.
     pub refused: Option<Refused>,
+    /// The app's event configuration keeps its events from the queue.
+    pub account: Option<String>,
 }
 
 impl Report {
-    /// Healthy for `/healthz`: pulls succeed, recently, and the store writes.
+    /// Healthy for `/healthz`: pulls succeed, recently, the store writes, and the app's
+    /// events go to the queue.
     pub fn healthy(&self) -> bool {
-        self.store_ok && self.pull_ok && self.pull_recent && self.refused.is_none()
+        self.store_ok && self.pull_ok && self.pull_recent && self.refused.is_none() && self.account.is_none()
     }
 
     /// Healthy enough for the systemd watchdog: the pull loop has made progress within
@@ -84,6 +91,9 @@ impl Report {
                 r.duration.as_secs(),
                 r.answer
             ));
+        }
+        if let Some(account) = &self.account {
+            problems.push(account.clone());
         }
         if !self.pull_recent {
             problems.push(match self.last_pull_age {
@@ -125,6 +135,11 @@ impl Health {
         first
     }
 
+    /// Why the app's events do not reach the queue, or `None` once they do.
+    pub fn set_account_problem(&self, problem: Option<String>) {
+        *self.account.lock().expect("health mutex poisoned") = problem;
+    }
+
     /// A pull failed.
     pub fn pull_failed(&self) {
         self.pull_failing.store(true, Ordering::Relaxed);
@@ -158,6 +173,7 @@ impl Health {
             pull_recent: now - reference <= max_pull_age.as_millis() as i64,
             last_pull_age: (last > 0).then(|| Duration::from_millis((now - last).max(0) as u64)),
             refused,
+            account: self.account.lock().expect("health mutex poisoned").clone(),
         }
     }
 }
@@ -203,5 +219,18 @@ mod tests {
         assert!(r.problems().iter().any(|p| p.contains("4000 (Region)") && p.contains("vod.region")), "{r:?}");
         h.pull_ok();
         assert!(h.report(minute).healthy(), "a success ends the streak");
+    }
+
+    #[test]
+    fn an_app_in_push_mode_is_unhealthy_but_alive_until_it_is_pull() {
+        let minute = Duration::from_secs(60);
+        let h = Health::default();
+        h.started();
+        h.pull_ok();
+        h.set_account_problem(Some("app 1 is in PUSH mode".into()));
+        let r = h.report(minute);
+        assert!(!r.healthy() && r.alive() && r.problems() == ["app 1 is in PUSH mode"], "{r:?}");
+        h.set_account_problem(None);
+        assert!(h.report(minute).healthy());
     }
 }

@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`config`]: layered configuration and its validation.
 //! - [`api`]: the signed v2 client and its error classes.
+//! - [`account`]: the app's event configuration (PULL mode, switches) and its periodic check.
 //! - [`event`]: what a received event is (dedupe key, extracted fields).
 //! - [`event_types`]: the SDK model's API 3.0 event types: payload member, task id, file paths.
 //! - [`store`]: SQLite: schema, durable batch insert, history queries.
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod account;
 pub mod api;
 pub mod backoff;
 pub mod cli;

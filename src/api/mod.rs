@@ -78,6 +78,24 @@ impl ClientSettings {
         })
     }
 
+    /// API 3.0 settings with the same credentials, app and timeout, for the account calls
+    /// (DescribeEventConfig, ModifyEventConfig), whichever API pulls. A v2 `Region` (`gz`)
+    /// is no API 3.0 region, and VOD needs none, so with v2 none is sent.
+    pub fn for_account(config: &Config) -> anyhow::Result<Self> {
+        let settings = Self::from_config(config)?;
+        let endpoint = Url::parse(&config.account_endpoint())?;
+        Ok(match settings.api {
+            ApiVersion::V3 => ClientSettings { endpoint, ..settings },
+            ApiVersion::V2 => ClientSettings {
+                api: ApiVersion::V3,
+                endpoint,
+                region: None,
+                rate_limit_per_minute: crate::config::V3_RATE_LIMIT_PER_MINUTE,
+                ..settings
+            },
+        })
+    }
+
     /// A fingerprint of these credentials (SecretId and key), for remembering in the store
     /// that they once worked: an HMAC of the SecretId under the key, which reveals neither.
     pub fn credentials_fingerprint(&self) -> String {

@@ -1,39 +1,100 @@
-//! `vod-eventd config check`: validate the config (and read the secret) without starting.
+//! `vod-eventd config check [--online]`: validate the config (and read the secret) without
+//! starting; `--online` also reads the app's event configuration and warns about what
+//! will never arrive.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use crate::account::{self, app_name, EventConfig, DESCRIBE_PERMISSION};
+use crate::config::Config;
+
 /// `config` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate the config file and the environment overrides; exit 0 if usable, 78 if not.
-    Check,
+    Check {
+        /// Also call DescribeEventConfig with the configured credentials and warn when the
+        /// app is not in PULL mode or a route names an event type that is switched off
+        /// (exit 1 if the call fails for another reason than a missing permission).
+        #[arg(long)]
+        online: bool,
+    },
 }
 
 impl ConfigCommand {
     /// Runs the subcommand.
     pub fn run(self, path: &Path) -> ExitCode {
-        match crate::config::load(path) {
-            Ok(config) => {
-                println!(
-                    "{}: OK (endpoint {}, store {})",
-                    path.display(),
-                    crate::redact::url(&config.endpoint()),
-                    config.store.path.display()
-                );
-                for (name, handler) in &config.handlers {
-                    if let crate::handler::HandlerConfig::Drm(drm) = handler {
-                        println!("handlers.{name}: {}", drm.describe(config.vod.api));
-                    }
-                }
-                ExitCode::SUCCESS
-            }
+        let ConfigCommand::Check { online } = self;
+        let config = match crate::config::load(path) {
+            Ok(config) => config,
             Err(e) => {
                 eprintln!("{e}");
-                ExitCode::from(super::EXIT_CONFIG)
+                return ExitCode::from(super::EXIT_CONFIG);
+            }
+        };
+        println!(
+            "{}: OK (endpoint {}, store {})",
+            path.display(),
+            crate::redact::url(&config.endpoint()),
+            config.store.path.display()
+        );
+        for (name, handler) in &config.handlers {
+            if let crate::handler::HandlerConfig::Drm(drm) = handler {
+                println!("handlers.{name}: {}", drm.describe(config.vod.api));
+            }
+        }
+        if !online {
+            return ExitCode::SUCCESS;
+        }
+        match super::runtime().and_then(|rt| rt.block_on(check_online(&config))) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vod-eventd: error: {e:#}");
+                ExitCode::FAILURE
             }
         }
     }
+}
+
+async fn check_online(config: &Config) -> anyhow::Result<()> {
+    let client = crate::api::V3Client::new(crate::api::ClientSettings::for_account(config)?)?;
+    let app = app_name(config.vod.sub_app_id);
+    match account::describe(&client).await {
+        Ok(event_config) => {
+            println!("{app}: {}", event_config.summary());
+            for warning in warnings(config, &app, &event_config) {
+                println!("warning: {warning}");
+            }
+            Ok(())
+        }
+        Err(e) if account::is_permission_denied(&e) => {
+            println!("warning: {app}: cannot read the event configuration ({e}); grant `{DESCRIBE_PERMISSION}` to these credentials to have it checked");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("{app}: reading the event configuration"))),
+    }
+}
+
+/// What will not arrive: every event if the mode is not PULL; switched-off types, and
+/// each route that names one by its exact name.
+fn warnings(config: &Config, app: &str, event_config: &EventConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if !event_config.is_pull() {
+        out.push(format!(
+            "{app} is in {} mode: no event reaches the queue; `vod-eventd account set-mode pull` switches it to PULL",
+            event_config.mode
+        ));
+    }
+    for switch in event_config.switched_off() {
+        let (field, event_type, name) = (switch.field(), switch.event_type(), switch.name());
+        out.push(format!("{event_type} will never arrive: {field} is not ON for {app}"));
+        for (i, route) in config.routes.iter().enumerate() {
+            if route.events.iter().any(|pattern| pattern == event_type) {
+                out.push(format!("routes[{i}].events names {event_type}, which will never arrive ({field} is not ON); `vod-eventd account set-mode pull --enable {name}` switches it on"));
+            }
+        }
+    }
+    out
 }

@@ -160,7 +160,7 @@ fn write_demo_config(dir: &Path, emulator: &Emulator) -> anyhow::Result<String> 
     let text = format!(
         "# Written by `vod-eventd demo`: the daemon pointed at an in-process emulator.\n\
          [vod]\napi = \"{api}\"\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n\
-         signature_method = \"HmacSHA256\"\n\n[store]\npath = \"{store}\"\n\n[confirm]\nmax_delay = \"500ms\"\n\n\
+         signature_method = \"HmacSHA256\"\n\n[account]\nendpoint = \"{account}\"\n\n[store]\npath = \"{store}\"\n\n[confirm]\nmax_delay = \"500ms\"\n\n\
          [log]\nlevel = \"warn\"\n\n[dispatch]\npoll_interval = \"200ms\"\n\n\
          [[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\"]\n\n\
          [[routes]]\nevents = [\"NewFileUpload\"]\nhandlers = [\"on-upload\"]\n\n\
@@ -172,6 +172,7 @@ fn write_demo_config(dir: &Path, emulator: &Emulator) -> anyhow::Result<String> 
          allow_http = true\n",
         api = if emulator.api() == Api::V3 { "v3" } else { "v2" },
         endpoint = emulator.endpoint_for(emulator.api()),
+        account = emulator.endpoint_v3(),
         store = dir.join("events.db").display(),
         hook = hook.display(),
         keys = keys.display(),

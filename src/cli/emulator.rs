@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 use vod_emulator::{
-    Api, Credential, EmptyResponse, Emulator, EmulatorConfig, FaultKind, Faults, DEMO_SECRET_ID, DEMO_SECRET_KEY,
+    Api, Credential, EmptyResponse, Emulator, EmulatorConfig, EventConfig, FaultKind, Faults, DEMO_SECRET_ID,
+    DEMO_SECRET_KEY,
 };
 
 /// `emulator` options.
@@ -40,6 +41,10 @@ pub struct EmulatorArgs {
     /// Enqueue this many realistic events at start.
     #[arg(long, default_value_t = 0)]
     pub generate: usize,
+    /// Start every app as Tencent sets one up for plain callbacks: PUSH mode, every event
+    /// switch OFF (then try `vod-eventd account show` and `account set-mode pull`).
+    #[arg(long)]
+    pub push_mode: bool,
     /// The event shapes to generate: v2 or v3 (both APIs are always served).
     #[arg(long, default_value = "v2", value_parser = parse_api)]
     pub api: Api,
@@ -79,6 +84,7 @@ impl EmulatorArgs {
             empty_response: self.empty,
             faults: Faults { rate: self.fault_rate, kinds: FaultKind::ALL.to_vec(), ..Faults::default() },
             api: self.api,
+            event_config: if self.push_mode { EventConfig::push_all_off() } else { EventConfig::pull_all_on() },
             ..EmulatorConfig::default()
         };
         let emulator = Emulator::bind(self.listen, config)
@@ -88,7 +94,10 @@ impl EmulatorArgs {
         let base = format!("http://{}", emulator.addr());
         println!("VOD emulator listening.");
         println!("  endpoint:   {}   (vod.endpoint, api = \"v2\")", emulator.endpoint());
-        println!("              {}   (vod.endpoint, api = \"v3\")", emulator.endpoint_v3());
+        println!(
+            "              {}   (vod.endpoint, api = \"v3\"; account.endpoint, api = \"v2\")",
+            emulator.endpoint_v3()
+        );
         println!("  secret id:  {}", self.secret_id);
         println!("  add events: curl -X POST '{base}/_emulator/generate?count=10'");
         println!("              curl -X POST {base}/_emulator/events -d @event.json");

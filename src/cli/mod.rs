@@ -1,6 +1,7 @@
 //! The command line: `run` (the daemon), `events` (history), `deliveries`, `keys`,
-//! `config check`, `emulator` and `demo`. Each subcommand lives in its own file; this one parses and dispatches.
+//! `account`, `config check`, `emulator` and `demo`. Each subcommand lives in its own file; this one parses and dispatches.
 
+mod account;
 mod config_cmd;
 mod deliveries;
 mod demo;
@@ -47,6 +48,9 @@ pub enum Command {
     /// Query the stored event history (safe while the daemon runs).
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// The app's event configuration: show it, or switch the app to PULL mode.
+    #[command(subcommand)]
+    Account(account::AccountCommand),
     /// Print the pipeline's state from the store: last pull, events by type, pending and dead deliveries.
     Status,
     /// Inspect handler deliveries and revive dead ones.
@@ -70,6 +74,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Events(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Status => {
             load_config(&config_path).and_then(|c| runtime().and_then(|rt| rt.block_on(status::run(&c, &config_path))))
+        }
+        Command::Account(cmd) => {
+            load_config(&config_path).and_then(|c| runtime().and_then(|rt| rt.block_on(cmd.run(&c))))
         }
         Command::Deliveries(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Keys(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),

@@ -30,6 +30,9 @@ pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         ago("heartbeat_ms")
     )?;
     writeln!(out, "last pull ok:  {}", ago("last_pull_ok_ms"))?;
+    if let Some(event_config) = state.get("event_config") {
+        writeln!(out, "event config:  {event_config}")?;
+    }
     if let Some(status) = state.get("status") {
         writeln!(out, "last status:   {status}")?;
     }

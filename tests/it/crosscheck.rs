@@ -243,3 +243,34 @@ fn every_v3_fixture_has_only_fields_of_the_sdk_model() {
     assert!(!out.status.success(), "a field the model does not have must fail the check");
     assert!(String::from_utf8_lossy(&out.stdout).contains("EdkList"));
 }
+
+/// The official SDK reads and changes the emulator's event configuration: its
+/// DescribeEventConfigResponse gets every model field (none left null, none extra), and
+/// its ModifyEventConfigRequest changes exactly the fields it sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_v3_sdk_reads_and_changes_the_emulators_event_configuration() {
+    let fresh = vod_emulator::EventConfig::push_all_off();
+    let emu = emulator(vod_emulator::EmulatorConfig { event_config: fresh.clone(), ..fast_emulator_config() }).await;
+    let endpoint = format!("http://{}", emu.addr());
+    let call = |args: &[&str]| {
+        let (endpoint, args) = (endpoint.clone(), args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        tokio::task::spawn_blocking(move || sdk_v3_call(&endpoint, DEMO_SECRET_KEY, &args))
+    };
+    let described = call(&["DescribeEventConfig"]).await.unwrap();
+    assert!(described["RequestId"].is_string(), "{described}");
+    let mut expected = fresh.describe();
+    expected["RequestId"] = described["RequestId"].clone();
+    assert_eq!(described, expected, "the SDK prints every model field, null when not answered");
+
+    let modified = call(&["ModifyEventConfig", "--mode", "PULL", "--upload-switch", "ON"]).await.unwrap();
+    assert!(modified.get("Error").is_none() && modified["RequestId"].is_string(), "{modified}");
+    let now = call(&["DescribeEventConfig"]).await.unwrap();
+    assert_eq!(
+        (&now["Mode"], &now["UploadMediaCompleteEventSwitch"], &now["DeleteMediaCompleteEventSwitch"]),
+        (&json!("PULL"), &json!("ON"), &json!("OFF")),
+        "{now}"
+    );
+    let url_only = call(&["ModifyEventConfig", "--notification-url", "x"]).await.unwrap();
+    assert!(url_only.get("Error").is_none(), "{url_only}");
+    assert_eq!(emu.event_config(None).notification_url, "x");
+}

@@ -17,6 +17,7 @@ macro_rules! both_apis {
     )*};
 }
 
+mod account;
 mod chaos;
 mod cli;
 mod crosscheck;

@@ -139,10 +139,14 @@ impl TestDaemon {
 }
 
 /// A daemon config: `extra` goes after the [vod] keys, so it may add to [vod] or open any
-/// other section.
-fn config_text(db_path: &std::path::Path, endpoint: &str, store_extra: &str, extra: &str) -> String {
+/// other section (but [account], which is set here: the account calls go to the same
+/// emulator, which serves API 3.0 at its root; set `VOD_EVENTD_ACCOUNT__CHECK_INTERVAL` to
+/// check more often).
+pub fn config_text(db_path: &std::path::Path, endpoint: &str, store_extra: &str, extra: &str) -> String {
+    let mut account = reqwest::Url::parse(endpoint).expect("an endpoint URL");
+    account.set_path("/");
     format!(
-        "[store]\npath = \"{}\"\n{store_extra}\n[vod]\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n{extra}\n",
+        "[account]\nendpoint = \"{account}\"\n[store]\npath = \"{}\"\n{store_extra}\n[vod]\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n{extra}\n",
         db_path.display()
     )
 }

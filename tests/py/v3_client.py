@@ -14,6 +14,10 @@ Usage:
         PullEvents
         ConfirmEvents --handles H1 [H2 ...]
         DescribeDrmDataKey --edks E1 [E2 ...]
+        DescribeEventConfig
+        ModifyEventConfig [--mode PUSH|PULL] [--notification-url URL]
+            [--upload-switch ON|OFF] [--delete-switch ON|OFF]
+            [--persistence-switch ON|OFF]
 
 Exit status:
     0   Success.  stdout gets response.to_json_string(), the SDK's own
@@ -90,6 +94,9 @@ with v3_sign.py):
       ... with --sub-app-id 1500    {"EventHandles": ["H1", "H2"], "SubAppId": 1500}
     DescribeDrmDataKey --edks E1 E2 {"EdkList": ["E1", "E2"]}
       ... with --sub-app-id 1500    {"EdkList": ["E1", "E2"], "SubAppId": 1500}
+    DescribeEventConfig             {}
+    ModifyEventConfig --mode PULL --upload-switch ON
+                                    {"Mode": "PULL", "UploadMediaCompleteEventSwitch": "ON"}
   SubAppId is a JSON integer.
   GET (--method GET) sends no body.  The flattened params (EventHandles.0=H1)
   are urlencoded into the query string and signed as the canonical query.
@@ -170,6 +177,12 @@ def parse_args(argv):
     p.add_argument("--handles", nargs="+", required=True, metavar="HANDLE")
     p = sub.add_parser("DescribeDrmDataKey")
     p.add_argument("--edks", nargs="+", required=True, metavar="EDK")
+    sub.add_parser("DescribeEventConfig")
+    p = sub.add_parser("ModifyEventConfig")
+    p.add_argument("--mode", choices=["PUSH", "PULL"])
+    p.add_argument("--notification-url")
+    for switch in ("upload", "delete", "persistence"):
+        p.add_argument("--%s-switch" % switch, choices=["ON", "OFF"])
     args = ap.parse_args(argv)
 
     url = urlsplit(args.endpoint)
@@ -188,9 +201,18 @@ def build_request(args):
     elif args.action == "ConfirmEvents":
         req = models.ConfirmEventsRequest()
         req.EventHandles = args.handles
-    else:
+    elif args.action == "DescribeDrmDataKey":
         req = models.DescribeDrmDataKeyRequest()
         req.EdkList = args.edks
+    elif args.action == "DescribeEventConfig":
+        req = models.DescribeEventConfigRequest()
+    else:
+        req = models.ModifyEventConfigRequest()
+        req.Mode = args.mode
+        req.NotificationUrl = args.notification_url
+        req.UploadMediaCompleteEventSwitch = args.upload_switch
+        req.DeleteMediaCompleteEventSwitch = args.delete_switch
+        req.PersistenceCompleteEventSwitch = args.persistence_switch
     if args.sub_app_id is not None:
         req.SubAppId = args.sub_app_id
     return req

@@ -6,7 +6,9 @@
 //! a long-poll hold that wakes on enqueue, up to 16 events per pull under fresh handles,
 //! a visibility timeout with redelivery under a new handle, strict confirms (any bad handle
 //! refuses the call, nothing confirmed), DescribeDrmDataKey for the EDKs it issued, and
-//! injected faults. Control endpoints under `/_emulator/` enqueue, generate and report.
+//! injected faults. Each app has an event configuration (DescribeEventConfig /
+//! ModifyEventConfig): an app in PUSH mode pulls nothing, and event types switched off are
+//! never queued. Control endpoints under `/_emulator/` enqueue, generate and report.
 //!
 //! # Layout
 //! - [`queue`]: the queue rules, pure and time-injected.
@@ -18,6 +20,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+pub mod event_config;
 pub mod generate;
 pub mod queue;
 mod server;
@@ -34,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub use crate::event_config::EventConfig;
 pub use crate::generate::Api;
 use crate::queue::{Queue, QueueStats};
 
@@ -148,6 +152,12 @@ pub struct EmulatorConfig {
     /// The account's apps: a v2 call naming another `SubAppId` is refused at once with
     /// 4000 (`None`: any `SubAppId` is accepted).
     pub sub_app_ids: Option<Vec<u64>>,
+    /// Every app's event configuration until ModifyEventConfig (or
+    /// [`EmulatorHandle::set_event_config`]) changes it; default `PULL` with every switch on.
+    pub event_config: EventConfig,
+    /// API 3.0 actions these credentials may not call, with the error code to answer
+    /// (as a CAM policy without that action would).
+    pub denied_actions: HashMap<String, String>,
 }
 
 impl Default for EmulatorConfig {
@@ -163,6 +173,8 @@ impl Default for EmulatorConfig {
             faults: Faults::default(),
             api: Api::V2,
             sub_app_ids: None,
+            event_config: EventConfig::pull_all_on(),
+            denied_actions: HashMap::new(),
         }
     }
 }
@@ -185,6 +197,8 @@ pub struct ApiStats {
     pub rate_limited: u64,
     /// Faults injected.
     pub faults: u64,
+    /// Events not queued because the default app is in PUSH mode or their switch is off.
+    pub not_queued: u64,
 }
 
 /// Everything `/_emulator/stats` reports.
@@ -215,6 +229,17 @@ pub(crate) struct Shared {
     pub(crate) media_failures: AtomicU64,
     /// Media requests received.
     pub(crate) media_requests: AtomicU64,
+    /// Event configurations changed from `EmulatorConfig::event_config`, by `SubAppId`
+    /// (`None`: the default app).
+    pub(crate) event_configs: Mutex<HashMap<Option<u64>, EventConfig>>,
+}
+
+impl Shared {
+    /// An app's event configuration (`None`: the default app).
+    pub(crate) fn event_config(&self, app: Option<u64>) -> EventConfig {
+        let changed = self.event_configs.lock().unwrap().get(&app).cloned();
+        changed.unwrap_or_else(|| self.config.lock().unwrap().event_config.clone())
+    }
 }
 
 /// A webhook received at `/_emulator/webhook` (a sink to point a webhook handler at).
@@ -274,6 +299,7 @@ impl Emulator {
             media: Mutex::new(HashMap::new()),
             media_failures: AtomicU64::new(0),
             media_requests: AtomicU64::new(0),
+            event_configs: Mutex::new(HashMap::new()),
         });
         let task = tokio::spawn(server::serve(listener, shared.clone()));
         Ok(Emulator { addr, handle: EmulatorHandle { shared }, task })
@@ -325,11 +351,15 @@ impl EmulatorHandle {
     /// Enqueues one event given as its `eventContent` JSON text (kept byte for byte).
     pub fn enqueue(&self, content: impl Into<String>) {
         let content: String = content.into();
+        if !self.queues(&content) {
+            return;
+        }
         self.shared.queue.lock().unwrap().enqueue(Arc::from(content), std::time::Instant::now());
         self.shared.enqueued.notify_waiters();
     }
 
-    /// Enqueues `count` realistic events of every type in turn and returns their contents.
+    /// Enqueues `count` realistic events of every type in turn and returns the contents
+    /// queued (types the default app's event configuration keeps out are left out).
     pub fn enqueue_generated(&self, count: usize) -> Vec<String> {
         let first = self.shared.generated.fetch_add(count as u64, Ordering::Relaxed);
         let api = self.api();
@@ -344,7 +374,7 @@ impl EmulatorHandle {
     }
 
     fn enqueue_with(&self, count: usize, make: impl Fn(usize) -> generate::Generated) -> Vec<String> {
-        let mut events: Vec<_> = (0..count).map(make).collect();
+        let mut events: Vec<_> = (0..count).map(make).filter(|g| self.queues(&g.content)).collect();
         {
             let mut keys = self.shared.keys.lock().unwrap();
             events.iter().flat_map(|g| g.keys.iter()).for_each(|(edk, dk)| {
@@ -366,6 +396,37 @@ impl EmulatorHandle {
         drop(queue);
         self.shared.enqueued.notify_waiters();
         events.into_iter().map(|g| g.content).collect()
+    }
+
+    /// Whether the default app's event configuration lets this event into the queue
+    /// (counted in `not_queued` when not).
+    fn queues(&self, content: &str) -> bool {
+        let event_type = event_config::event_type(content).unwrap_or_default();
+        let queued = self.event_config(None).queues(&event_type);
+        if !queued {
+            self.shared.api.lock().unwrap().not_queued += 1;
+        }
+        queued
+    }
+
+    /// An app's event configuration (`None`: the default app).
+    pub fn event_config(&self, app: Option<u64>) -> EventConfig {
+        self.shared.event_config(app)
+    }
+
+    /// Replaces an app's event configuration, as the console would.
+    pub fn set_event_config(&self, app: Option<u64>, config: EventConfig) {
+        self.shared.event_configs.lock().unwrap().insert(app, config);
+    }
+
+    /// Answers API 3.0 calls of `action` with the error `code` (a CAM policy without it),
+    /// or lets them through again with `None`.
+    pub fn deny_action(&self, action: &str, code: Option<&str>) {
+        let denied = &mut self.shared.config.lock().unwrap().denied_actions;
+        match code {
+            Some(code) => denied.insert(action.to_string(), code.to_string()),
+            None => denied.remove(action),
+        };
     }
 
     /// Every `(edk, data key)` this emulator has issued (generated or added).

@@ -332,8 +332,9 @@ async fn run_action(shared: &Shared, action: &str, req: &auth::Request<'_>) -> R
             );
         }
     }
+    let app = sub_app.and_then(|id| id.parse().ok());
     match action {
-        "PullEvent" => pull_event(shared).await,
+        "PullEvent" => pull_event(shared, app).await,
         "ConfirmEvent" => confirm_event(shared, req),
         "DescribeDrmDataKey" => describe_drm_data_key(shared, req),
         other => v2_answer(
@@ -346,8 +347,8 @@ async fn run_action(shared: &Shared, action: &str, req: &auth::Request<'_>) -> R
 
 /// Long poll: answers at once when events are ready, otherwise holds until one is
 /// enqueued, a handle expires (redelivery), or the hold time runs out.
-async fn pull_event(shared: &Shared) -> Response<Body> {
-    let batch = wait_for_batch(shared).await;
+async fn pull_event(shared: &Shared, app: Option<u64>) -> Response<Body> {
+    let batch = wait_for_batch(shared, app).await;
     if batch.is_empty() {
         return empty_answer(empty_mode(shared, "PullEvent"));
     }
@@ -355,9 +356,14 @@ async fn pull_event(shared: &Shared) -> Response<Body> {
 }
 
 /// The long poll both APIs share: events at once when some are ready, otherwise held until
-/// one is enqueued, a handle expires (redelivery), or the hold time runs out (empty).
-pub(crate) async fn wait_for_batch(shared: &Shared) -> Vec<crate::queue::Delivery> {
+/// one is enqueued, a handle expires (redelivery), or the hold time runs out (empty). An
+/// app in PUSH mode gets nothing: its events go to its callback URL, never to the queue.
+pub(crate) async fn wait_for_batch(shared: &Shared, app: Option<u64>) -> Vec<crate::queue::Delivery> {
     let hold = shared.config.lock().unwrap().hold;
+    if shared.event_config(app).mode != crate::event_config::PULL {
+        tokio::time::sleep(hold).await;
+        return Vec::new();
+    }
     let deadline = Instant::now() + hold;
     loop {
         let notified = shared.enqueued.notified();

@@ -1,8 +1,8 @@
 //! API 3.0 on the emulator: `POST /` with `X-TC-Action` (`PullEvents`, `ConfirmEvents`,
-//! `DescribeDrmDataKey`), TC3-HMAC-SHA256 verified against the received `Host` and
-//! `Content-Type`, 100 requests/s per action, answers as `{"Response": {...}}` with
-//! `Response.Error` on failure. Events come from the same queue as v2; each is sent with
-//! `EventHandle` added as its first member.
+//! `DescribeDrmDataKey`, `DescribeEventConfig`, `ModifyEventConfig`), TC3-HMAC-SHA256
+//! verified against the received `Host` and `Content-Type`, 100 requests/s per action,
+//! answers as `{"Response": {...}}` with `Response.Error` on failure. Events come from the
+//! same queue as v2; each is sent with `EventHandle` added as its first member.
 
 use std::time::Duration;
 
@@ -66,6 +66,15 @@ pub(crate) async fn handle(shared: &Shared, parts: &Parts, body: &Bytes) -> Resu
         server::count_refusal(shared, Refused::Quota);
         return Ok(error("RequestLimitExceeded", &refusal.message));
     }
+    let denied = shared.config.lock().unwrap().denied_actions.get(&action).cloned();
+    if let Some(code) = denied {
+        server::count_refusal(shared, Refused::Auth);
+        // The shape of CAM's refusal text; the exact words are not documented.
+        return Ok(error(
+            &code,
+            &format!("you are not authorized to perform operation (vod:{action}); resource has no permission"),
+        ));
+    }
     *shared.api.lock().unwrap().calls.entry(action.clone()).or_default() += 1;
     let payload: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
@@ -75,16 +84,30 @@ pub(crate) async fn handle(shared: &Shared, parts: &Parts, body: &Bytes) -> Resu
 }
 
 async fn run_action(shared: &Shared, action: &str, payload: Value) -> Response<Body> {
+    let app = payload.get("SubAppId").and_then(Value::as_u64);
     match action {
-        "PullEvents" => pull_events(shared).await,
+        "PullEvents" => pull_events(shared, app).await,
         "ConfirmEvents" => confirm_events(shared, payload),
         "DescribeDrmDataKey" => describe_drm_data_key(shared, payload),
+        "DescribeEventConfig" => ok(shared.event_config(app).describe()),
+        "ModifyEventConfig" => {
+            let mut configs = shared.event_configs.lock().unwrap();
+            let mut config =
+                configs.get(&app).cloned().unwrap_or_else(|| shared.config.lock().unwrap().event_config.clone());
+            match config.modify(&payload) {
+                Ok(()) => {
+                    configs.insert(app, config);
+                    ok(json!({}))
+                }
+                Err(message) => error("InvalidParameterValue", &message),
+            }
+        }
         other => error("InvalidAction", &format!("the emulator does not support {other}")),
     }
 }
 
-async fn pull_events(shared: &Shared) -> Response<Body> {
-    let batch = server::wait_for_batch(shared).await;
+async fn pull_events(shared: &Shared, app: Option<u64>) -> Response<Body> {
+    let batch = server::wait_for_batch(shared, app).await;
     if batch.is_empty() {
         return match server::empty_mode(shared, "PullEvents") {
             EmptyResponse::EmptyList => ok(json!({"EventSet": []})),
