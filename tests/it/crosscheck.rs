@@ -3,7 +3,7 @@
 //! signs like we do, and is accepted by the emulator.
 
 use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::{json, Value};
 use vod_emulator::{DEMO_SECRET_ID, DEMO_SECRET_KEY};
@@ -16,7 +16,7 @@ fn py(script: &str) -> String {
 
 /// Runs one of the tests/py scripts with `input` on stdin; returns its trimmed stdout.
 fn python_stdin(script: &str, input: &Value) -> String {
-    let mut child = Command::new("python3")
+    let mut child = command("python3")
         .arg(py(script))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -86,7 +86,7 @@ fn signatures_match_the_official_python_sdk() {
 }
 
 fn sdk_call(endpoint: &str, key: &str, verb: &str, method: &str, action_and_params: &[&str]) -> Value {
-    let out = Command::new("python3")
+    let out = command("python3")
         .arg(py("v2_client.py"))
         .args([
             "--endpoint",
@@ -176,7 +176,7 @@ fn tc3_signatures_match_the_official_python_sdk() {
 }
 
 fn sdk_v3_call(endpoint: &str, key: &str, args: &[String]) -> Value {
-    let out = Command::new("python3")
+    let out = command("python3")
         .arg(py("v3_client.py"))
         .args(["--endpoint", endpoint, "--secret-id", DEMO_SECRET_ID, "--secret-key", key])
         .args(args)

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -52,7 +52,7 @@ fn verify_with_standardwebhooks(messages: &[crate::receiver::Recorded]) {
         .iter()
         .map(|m| json!({"headers": m.headers, "body": String::from_utf8(m.body.clone()).unwrap()}))
         .collect();
-    let mut child = Command::new("python3")
+    let mut child = command("python3")
         .arg(format!("{}/tests/py/verify_webhooks.py", env!("CARGO_MANIFEST_DIR")))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -220,7 +220,7 @@ async fn a_poison_event_dies_alone_and_replays_with_the_same_id() {
     let dead_id = receiver.recorded().iter().find(|r| r.status == 400).unwrap().headers["webhook-id"].clone();
 
     receiver.set(|b| b.poison = None);
-    let out = Command::new(BIN)
+    let out = cli()
         .args(["events", "replay", "--config"])
         .arg(&daemon.config_path)
         .arg(event_id.to_string())
@@ -328,7 +328,7 @@ async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api
         for edk in vod_eventd::handler::drm_info(&v).edks {
             let edk = edk.as_str();
             let dk = emu.data_key(edk).unwrap();
-            let out = Command::new(BIN)
+            let out = cli()
                 .args(["keys", "get", "--raw", "--edk", edk, "--config"])
                 .arg(&daemon.config_path)
                 .output()
@@ -341,8 +341,7 @@ async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api
             secrets.push(vod_eventd::event::hex(&dk));
         }
     }
-    let listing =
-        Command::new(BIN).args(["keys", "list", "--json", "--config"]).arg(&daemon.config_path).output().unwrap();
+    let listing = cli().args(["keys", "list", "--json", "--config"]).arg(&daemon.config_path).output().unwrap();
     let listing = String::from_utf8(listing.stdout).unwrap();
     assert_eq!(listing.lines().count(), secrets.len() / 2);
     let log = daemon.log();
