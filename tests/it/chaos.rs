@@ -386,11 +386,11 @@ async fn upstream_faults_one_call_in_five_on_every_action(api: vod_emulator::Api
         handlers.config("concurrency = 4")
     );
     let mut daemon = TestDaemon::for_emulator(&emu, &extra).await;
-    // Load for the whole time: 20 events a second.
+    // Load for the whole time: 10 events a second.
     let mut contents = Vec::new();
     let end = Instant::now() + duration;
     while Instant::now() < end {
-        contents.extend(emu.enqueue_generated(10));
+        contents.extend(emu.enqueue_generated(5));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eventually(Duration::from_secs(scale(120, 600)), "queue drained", || emu.stats().queue.outstanding == 0).await;
