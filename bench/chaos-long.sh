@@ -29,7 +29,7 @@ wall=$((SECONDS - start))
 
 echo "| scenario | events | kills, outage or faults | stored | confirmed | lost | duplicates at receivers | redeliveries | wall time |"
 echo "|---|---:|---|---:|---:|---:|---:|---:|---:|"
-jq -rs 'sort_by(.scenario)[]
+jq -rs 'sort_by(.scenario | ascii_downcase)[]
     | "| \(.scenario) | \(.events) | \(.faults) | \(.stored) | \(.confirmed) | \(.lost) | \(.duplicates) | \(.redeliveries) | \(.wall_s) s |"' \
     "$summary"
 echo
