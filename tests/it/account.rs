@@ -5,7 +5,7 @@
 //! and pull on; `account show --json` is the emulator's state, and `set-mode` without
 //! `--yes` and without a terminal changes nothing.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use vod_emulator::event_config::{OFF, PUSH};
@@ -27,7 +27,7 @@ fn lines_with(log: &str, level: &str, words: &[&str]) -> usize {
 
 /// Runs the binary with stdin from /dev/null (no terminal).
 fn cli(config: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(BIN).args(args).arg("--config").arg(config).stdin(Stdio::null()).output().unwrap()
+    crate::support::cli().args(args).arg("--config").arg(config).stdin(Stdio::null()).output().unwrap()
 }
 
 async fn healthz(port: u16) -> (u16, String) {

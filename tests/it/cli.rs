@@ -9,7 +9,7 @@ use vod_emulator::{Credential, EmulatorConfig, DEMO_SECRET_ID, DEMO_SECRET_KEY};
 use crate::support::*;
 
 fn vod_eventd(args: &[&str]) -> Output {
-    std::process::Command::new(BIN).args(args).env_remove("VOD_EVENTD_CONFIG").output().unwrap()
+    cli().args(args).output().unwrap()
 }
 
 fn stderr_lines(out: &Output) -> Vec<String> {
@@ -39,11 +39,7 @@ fn malformed_config_gives_one_line_naming_the_file_and_exit_78() {
 fn missing_secret_names_the_keys_to_set() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "c.toml", "[vod]\nsecret_id = \"AKID1\"\n");
-    let out = std::process::Command::new(BIN)
-        .args(["run", "--config", &path])
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .output()
-        .unwrap();
+    let out = cli().args(["run", "--config", &path]).output().unwrap();
     assert_eq!(out.status.code(), Some(78));
     let lines = stderr_lines(&out);
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -57,11 +53,7 @@ fn a_systemd_credential_supplies_the_secret() {
     std::fs::create_dir(&creds).unwrap();
     std::fs::write(creds.join("vod-secret-key"), "from-credential\n").unwrap();
     let path = write(dir.path(), "c.toml", "[vod]\nsecret_id = \"AKID1\"\n");
-    let out = std::process::Command::new(BIN)
-        .args(["config", "check", "--config", &path])
-        .env("CREDENTIALS_DIRECTORY", &creds)
-        .output()
-        .unwrap();
+    let out = cli().args(["config", "check", "--config", &path]).env("CREDENTIALS_DIRECTORY", &creds).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("from-credential"));
 }
@@ -85,7 +77,7 @@ fn unusable_store_path_gives_one_line_naming_store_path() {
 fn environment_overrides_the_file_and_errors_name_the_variable() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "c.toml", "[vod]\nsecret_id = \"AKID1\"\nsecret_key = \"k\"\n");
-    let out = std::process::Command::new(BIN)
+    let out = cli()
         .args(["config", "check", "--config", &path])
         .env("VOD_EVENTD_CONFIRM__BATCH_SIZE", "99")
         .output()
@@ -200,13 +192,8 @@ async fn history_lists_filters_and_shows_events_while_the_daemon_runs() {
 fn the_demo_runs_every_part_and_leaves_a_queryable_store() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
-    // As a user runs the built binary (cargo, running this test, would mark it as run by cargo).
-    let out = std::process::Command::new(BIN)
-        .args(["demo", "--events", "24", "--dir"])
-        .arg(&demo_dir)
-        .env_remove("CARGO_PKG_NAME")
-        .output()
-        .unwrap();
+    // As a user runs the built binary: cli() passes no CARGO_PKG_NAME, so the demo names its own path.
+    let out = cli().args(["demo", "--events", "24", "--dir"]).arg(&demo_dir).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("24 stored rows") && stdout.contains("0 left at the emulator"), "{stdout}");
@@ -222,7 +209,7 @@ fn the_demo_runs_every_part_and_leaves_a_queryable_store() {
     for line in suggested {
         let words: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(words[0], BIN, "the demo names the binary it is: {line}");
-        let run = std::process::Command::new(words[0]).args(&words[1..]).output().unwrap();
+        let run = command(words[0]).args(&words[1..]).output().unwrap();
         assert!(run.status.success() && !run.stdout.is_empty(), "{line}: {}", String::from_utf8_lossy(&run.stderr));
     }
 }
@@ -249,7 +236,7 @@ fn a_reader_that_goes_away_ends_the_listing_quietly() {
             db.display()
         ),
     );
-    let mut child = std::process::Command::new(BIN)
+    let mut child = cli()
         .args(["events", "list", "--json", "--limit", "400", "--config", &config])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -4,7 +4,7 @@
 //! we do, accept the emulator, and define every field the emulator's events carry.
 
 use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::{json, Value};
 use vod_emulator::{DEMO_SECRET_ID, DEMO_SECRET_KEY};
@@ -17,7 +17,7 @@ fn py(script: &str) -> String {
 
 /// Runs one of the tests/py scripts with `input` on stdin; returns its trimmed stdout.
 fn python_stdin(script: &str, input: &Value) -> String {
-    let mut child = Command::new(python())
+    let mut child = command(python())
         .arg(py(script))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -83,7 +83,7 @@ fn signatures_match_the_official_python_sdk() {
 }
 
 fn sdk_call(endpoint: &str, key: &str, verb: &str, method: &str, action_and_params: &[&str]) -> Value {
-    let out = Command::new(python())
+    let out = command(python())
         .arg(py("v2_client.py"))
         .args([
             "--endpoint",
@@ -173,7 +173,7 @@ fn tc3_signatures_match_the_official_python_sdk() {
 }
 
 fn sdk_v3_call(endpoint: &str, key: &str, args: &[String]) -> Value {
-    let out = Command::new(python())
+    let out = command(python())
         .arg(py("v3_client.py"))
         .args(["--endpoint", endpoint, "--secret-id", DEMO_SECRET_ID, "--secret-key", key])
         .args(args)
@@ -211,7 +211,7 @@ async fn the_official_v3_sdk_is_accepted_by_the_emulator() {
 
 /// Runs `check_v3_fixtures.py` (the SDK model's own deserialiser) over `files`.
 fn check_against_model(files: &[std::path::PathBuf]) -> std::process::Output {
-    Command::new(python()).arg(py("check_v3_fixtures.py")).args(files).output().unwrap()
+    command(python()).arg(py("check_v3_fixtures.py")).args(files).output().unwrap()
 }
 
 /// Every API 3.0 event the emulator serves has only fields of the SDK model, and the check

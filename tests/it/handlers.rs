@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -52,7 +52,7 @@ fn verify_with_standardwebhooks(messages: &[crate::receiver::Recorded]) {
         .iter()
         .map(|m| json!({"headers": m.headers, "body": String::from_utf8(m.body.clone()).unwrap()}))
         .collect();
-    let mut child = Command::new(python())
+    let mut child = command(python())
         .arg(format!("{}/tests/py/verify_webhooks.py", env!("CARGO_MANIFEST_DIR")))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -216,7 +216,7 @@ async fn a_poison_event_dies_alone_and_replays_with_the_same_id() {
     let dead_id = receiver.recorded().iter().find(|r| r.status == 400).unwrap().headers["webhook-id"].clone();
 
     receiver.set(|b| b.poison = None);
-    let out = Command::new(BIN)
+    let out = cli()
         .args(["events", "replay", "--config"])
         .arg(&daemon.config_path)
         .arg(event_id.to_string())
@@ -432,11 +432,8 @@ async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api
 
     let mut secrets = vec![vod_emulator::DEMO_SECRET_KEY.to_string()];
     for (edk, dk) in &issued {
-        let out = Command::new(BIN)
-            .args(["keys", "get", "--raw", "--edk", edk, "--config"])
-            .arg(&daemon.config_path)
-            .output()
-            .unwrap();
+        let out =
+            cli().args(["keys", "get", "--raw", "--edk", edk, "--config"]).arg(&daemon.config_path).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.stdout, dk, "keys get --raw returns the 16 raw bytes");
         let file = key_dir.path().join(vod_eventd::handler::key_file_name(edk));
@@ -444,8 +441,7 @@ async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api
         secrets.push(base64::engine::general_purpose::STANDARD.encode(dk));
         secrets.push(vod_eventd::event::hex(dk));
     }
-    let listing =
-        Command::new(BIN).args(["keys", "list", "--json", "--config"]).arg(&daemon.config_path).output().unwrap();
+    let listing = cli().args(["keys", "list", "--json", "--config"]).arg(&daemon.config_path).output().unwrap();
     let listing = String::from_utf8(listing.stdout).unwrap();
     assert_eq!(listing.lines().count(), issued.len());
     let log = daemon.log();
@@ -487,11 +483,7 @@ async fn v3_drm_reads_playlists_retries_their_host_and_skips_plain_outputs() {
     let store = daemon.store().unwrap();
     assert_eq!(store.list_keys(None, 100).unwrap().len(), 1, "only the encrypted outputs had a key");
     let (edk, dk) = &encrypted[0];
-    let out = Command::new(BIN)
-        .args(["keys", "get", "--raw", "--edk", edk, "--config"])
-        .arg(&daemon.config_path)
-        .output()
-        .unwrap();
+    let out = cli().args(["keys", "get", "--raw", "--edk", edk, "--config"]).arg(&daemon.config_path).output().unwrap();
     assert_eq!(&out.stdout, dk);
     let retried: i64 =
         store.run_sync(|c| Ok(c.query_row("SELECT max(attempts) FROM deliveries", [], |r| r.get(0))?)).unwrap();
@@ -590,8 +582,8 @@ async fn urls_reach_logs_and_records_without_userinfo_or_query() {
     })
     .await;
     eventually(Duration::from_secs(10), "the 410 warning", || daemon.log().contains("410 Gone")).await;
-    let status = Command::new(BIN).args(["status", "--config"]).arg(&daemon.config_path).output().unwrap();
-    let check = Command::new(BIN).args(["config", "check", "--config"]).arg(&daemon.config_path).output().unwrap();
+    let status = cli().args(["status", "--config"]).arg(&daemon.config_path).output().unwrap();
+    let check = cli().args(["config", "check", "--config"]).arg(&daemon.config_path).output().unwrap();
     let records = format!("{:?}", daemon.store().unwrap().event_deliveries(1).unwrap());
     let log = daemon.log();
     assert!(log.contains(&format!("http://***@{}/vod?***", receiver.addr)), "the URL is still recognisable:\n{log}");

@@ -140,7 +140,7 @@ async fn every_event_type_of_the_sdk_model_is_stored_and_found_by_each_of_its_fi
         let mut files = Vec::new();
         file_ids(payload, &mut files);
         for file in files {
-            let out = std::process::Command::new(BIN)
+            let out = cli()
                 .args(["events", "list", "--json", "--file-id", &file, "--config"])
                 .arg(&daemon.config_path)
                 .output()

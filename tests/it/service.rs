@@ -119,8 +119,7 @@ async fn sighup_orphans_a_removed_handlers_deliveries_warns_of_restart_settings_
     assert!(restart.contains("shutdown.drain_timeout") && restart.contains("store.prune_interval"), "{log}");
 
     let status = || {
-        let out =
-            std::process::Command::new(BIN).args(["status", "--config"]).arg(&daemon.config_path).output().unwrap();
+        let out = cli().args(["status", "--config"]).arg(&daemon.config_path).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     eventually(Duration::from_secs(10), "status counts the orphans with the reason", || {
@@ -129,11 +128,8 @@ async fn sighup_orphans_a_removed_handlers_deliveries_warns_of_restart_settings_
     .await;
     let (_, metrics) = get(&format!("http://127.0.0.1:{port}/metrics")).await;
     assert!(metrics.contains("vod_eventd_deliveries_orphaned{handler=\"a\"} 5"), "{metrics}");
-    let list = std::process::Command::new(BIN)
-        .args(["deliveries", "list", "--handler", "a", "--config"])
-        .arg(&daemon.config_path)
-        .output()
-        .unwrap();
+    let list =
+        cli().args(["deliveries", "list", "--handler", "a", "--config"]).arg(&daemon.config_path).output().unwrap();
     let list = String::from_utf8_lossy(&list.stdout);
     assert_eq!(
         list.lines().filter(|l| l.contains(" orphaned ") && l.contains("no handler named `a`")).count(),

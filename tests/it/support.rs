@@ -1,6 +1,7 @@
 //! Test support: the real `vod-eventd` binary as a child process, pointed at an
 //! in-process emulator on a port from the OS, with its store in a temp dir.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -11,6 +12,28 @@ use vod_eventd::store::Store;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_vod-eventd");
+
+/// The only variables a child of the tests inherits from the test process.
+const INHERITED: [&str; 2] = ["PATH", "HOME"];
+
+/// A command for any child the tests start: an empty environment plus PATH and HOME, so
+/// no variable of the caller's shell (a `VOD_EVENTD_*` config key, a proxy, a log level)
+/// reaches it; whatever else it needs, the test sets.
+pub fn command(program: impl AsRef<OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    cmd.env_clear();
+    for name in INHERITED {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
+    cmd
+}
+
+/// The binary under test, for a CLI call, with [`command`]'s environment.
+pub fn cli() -> std::process::Command {
+    command(BIN)
+}
 
 /// Waits until `cond` holds, checking every 50 ms; panics with `what` after `limit`.
 pub async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut cond: F) {
@@ -78,7 +101,7 @@ impl TestDaemon {
     /// (Re)starts the child process; its stderr is appended to the log file.
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
-        let child = Command::new(BIN)
+        let child = Command::from(cli())
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", &self.rust_log)
@@ -109,7 +132,7 @@ impl TestDaemon {
     /// Sends a signal (`"HUP"`, `"TERM"`, ...).
     pub fn signal(&self, name: &str) {
         let pid = self.child.as_ref().and_then(|c| c.id()).expect("running");
-        std::process::Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
+        command("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
     }
 
     /// Replaces the config file (for reload tests); `store_extra` adds [store] keys.
@@ -234,4 +257,40 @@ pub fn python() -> &'static std::path::Path {
         std::fs::write(&stamp, requirements).unwrap();
         python
     })
+}
+
+/// The variable the leak test sets in a test process: were it to reach a daemon, the
+/// daemon would keep its store there instead of at the path in its config file.
+const LEAK_PROBE: &str = "VOD_EVENTD_STORE__PATH";
+
+#[test]
+fn no_vod_eventd_variable_of_the_test_process_reaches_a_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let leaked = dir.path().join("leaked.db");
+    // A test process of its own, so the variable is set in no other test's process.
+    let inner = "support::a_daemon_ignores_the_test_process_environment";
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", inner, "--ignored", "--test-threads", "1"])
+        .env(LEAK_PROBE, &leaked)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1 passed"), "the inner test did not run: {stdout}");
+    assert!(!leaked.exists(), "a daemon kept its store at the path of the test process's {LEAK_PROBE}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by no_vod_eventd_variable_of_the_test_process_reaches_a_daemon, with the variable set"]
+async fn a_daemon_ignores_the_test_process_environment() {
+    let leaked = PathBuf::from(std::env::var_os(LEAK_PROBE).expect("run with the probe variable set"));
+    let emu = emulator(fast_emulator_config()).await;
+    emu.enqueue_generated(5);
+    let daemon = TestDaemon::for_emulator(&emu, "").await;
+    eventually(Duration::from_secs(30), "events stored, at either path", || daemon.rows() == 5 || leaked.exists())
+        .await;
+    assert!(!leaked.exists(), "the daemon took its store path from {LEAK_PROBE}");
+    let out = cli().args(["events", "list", "--json", "--config"]).arg(&daemon.config_path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5, "the CLI reads the daemon's store too");
 }
