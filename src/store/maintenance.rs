@@ -153,7 +153,7 @@ mod tests {
             .await
             .unwrap();
         // ev(2) delivered, ev(3) dead, ev(4) still pending.
-        let claimed = store.claim_due("h".into(), 3, crate::store::now_ms()).await.unwrap();
+        let claimed = store.claim_due("h".into(), 3, crate::store::now_ms(), Duration::from_secs(60)).await.unwrap();
         for (d, next) in claimed.iter().zip([Next::Done, Next::Dead]) {
             let record = AttemptRecord {
                 delivery_id: d.delivery_id,

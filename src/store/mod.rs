@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_events.sql"),
     include_str!("migrations/0002_deliveries.sql"),
     include_str!("migrations/0003_state.sql"),
+    include_str!("migrations/0005_leases.sql"),
 ];
 
 /// A store failure.

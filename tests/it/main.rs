@@ -24,4 +24,5 @@ mod handlers;
 mod pipeline;
 mod receiver;
 mod service;
+mod store_trouble;
 mod support;
