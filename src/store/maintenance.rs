@@ -11,6 +11,14 @@ use super::{Store, StoreError};
 /// Events and deliveries pruned per transaction, so pruning never holds the write lock long.
 const PRUNE_BATCH: i64 = 1000;
 
+/// The per-handler counts; `state != 'done'` is exactly the partial index's condition,
+/// which is what lets SQLite use it.
+const HANDLER_COUNTS: &str = "SELECT handler,
+        sum(state IN ('pending', 'running')),
+        sum(state = 'dead'),
+        min(CASE WHEN state IN ('pending', 'running') THEN created_at END)
+ FROM deliveries WHERE state != 'done' GROUP BY handler";
+
 /// Pending and dead deliveries of one handler.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HandlerCounts {
@@ -45,16 +53,11 @@ impl Store {
         })
     }
 
-    /// Pending (or running) and dead deliveries per handler.
+    /// Pending (or running) and dead deliveries per handler. Reads only the rows that
+    /// are not done (the partial index `deliveries_not_done`), whatever the history.
     pub async fn handler_counts(&self) -> Result<BTreeMap<String, HandlerCounts>, StoreError> {
         self.run(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT handler,
-                        sum(state IN ('pending', 'running')),
-                        sum(state = 'dead'),
-                        min(CASE WHEN state IN ('pending', 'running') THEN created_at END)
-                 FROM deliveries WHERE state != 'done' GROUP BY handler",
-            )?;
+            let mut stmt = conn.prepare_cached(HANDLER_COUNTS)?;
             let rows = stmt.query_map([], |r| {
                 Ok((r.get(0)?, HandlerCounts { pending: r.get(1)?, dead: r.get(2)?, oldest_pending_ms: r.get(3)? }))
             })?;
@@ -133,6 +136,8 @@ impl Store {
 mod tests {
     use std::time::Duration;
 
+    use rusqlite::StatementStatus;
+
     use super::*;
     use crate::event::ReceivedEvent;
     use crate::store::{AttemptRecord, Next};
@@ -175,5 +180,30 @@ mod tests {
         assert_eq!(store.count_events().unwrap(), 1, "a pending delivery always keeps its event");
         let counts = store.handler_counts().await.unwrap();
         assert_eq!(counts["h"].pending, 1);
+    }
+
+    #[tokio::test]
+    async fn handler_counts_read_only_the_rows_not_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(1)).unwrap();
+        let steps = store
+            .run_sync(|c| {
+                c.execute_batch(
+                    "INSERT INTO events (id, dedupe_key, event_type, content, received_at, last_seen_at)
+                         VALUES (1, x'00', 'X', '{}', 0, 0);
+                     WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000)
+                     INSERT INTO deliveries (event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
+                         SELECT 1, 'h' || (i % 3), 'w', CASE WHEN i % 10000 = 0 THEN 'dead' WHEN i % 5000 = 0 THEN 'pending' ELSE 'done' END, 0, i, 0 FROM n;
+                     ANALYZE;",
+                )?;
+                let mut stmt = c.prepare(HANDLER_COUNTS)?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?.count();
+                assert_eq!(rows, 3);
+                Ok(stmt.get_status(StatementStatus::VmStep))
+            })
+            .unwrap();
+        assert!(steps < 500, "{steps} VM steps for 10 rows not done among 50,000");
+        let counts = store.handler_counts().await.unwrap();
+        assert_eq!(counts.values().map(|c| (c.pending, c.dead)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)), (5, 5));
     }
 }
