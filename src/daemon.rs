@@ -68,7 +68,7 @@ impl Daemon {
             health: config.health.clone(),
             alert: config.alert.clone(),
         };
-        tasks.push(("status", tokio::spawn(status.run(stop.clone()))));
+        tasks.push(("status", tokio::spawn(status.clone().run(stop.clone()))));
         tasks.push((
             "watchdog",
             tokio::spawn(service::watchdog(self.metrics.clone(), config.health.max_pull_age, stop.clone())),
@@ -121,6 +121,7 @@ impl Daemon {
         for (name, task) in tasks {
             task.await.with_context(|| format!("the {name} task failed"))?;
         }
+        status.write_final().await;
         info!(
             received = self.metrics.received_total.get(),
             confirmed = self.metrics.handles_confirmed.get(),

@@ -24,5 +24,6 @@ mod handlers;
 mod pipeline;
 mod receiver;
 mod service;
+mod store_lifecycle;
 mod store_trouble;
 mod support;
