@@ -256,6 +256,9 @@ pub struct StoreConfig {
     /// Cap the database at this many MiB (0: no cap). When full, the daemon stops pulling
     /// and confirming until there is room again (retention, or a larger cap via SIGHUP).
     pub max_size_mb: u64,
+    /// Run SQLite's integrity check (`vod-eventd store check`) before READY=1. It reads
+    /// the whole file, so start-up then takes time in proportion to the store's size.
+    pub check_at_start: bool,
 }
 
 /// `[confirm]`.
@@ -320,6 +323,7 @@ impl Default for StoreConfig {
             retention: None,
             prune_interval: Duration::from_secs(3600),
             max_size_mb: 0,
+            check_at_start: false,
         }
     }
 }

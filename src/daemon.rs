@@ -45,6 +45,13 @@ impl Daemon {
         let config = &self.config;
         let store = Store::open(&config.store.path, config.store.busy_timeout)
             .with_context(|| format!("store.path in {}", self.config_path.display()))?;
+        if config.store.check_at_start {
+            info!(store = %store.path().display(), "Checking the store's integrity (store.check_at_start); this reads the whole file.");
+            let checked = store.clone();
+            tokio::task::spawn_blocking(move || checked.check_integrity())
+                .await?
+                .with_context(|| format!("store.check_at_start in {}", self.config_path.display()))?;
+        }
         store.set_max_size(config.store.max_size_mb * 1024 * 1024).await?;
         let client = Arc::new(Client::new(ClientSettings::from_config(config)?)?);
         let (routing_tx, routing) =

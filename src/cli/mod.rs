@@ -1,4 +1,4 @@
-//! The command line: `run` (the daemon), `events` (history), `deliveries`, `keys`,
+//! The command line: `run` (the daemon), `events` (history), `status`, `store check`, `deliveries`, `keys`,
 //! `config check`, `emulator` and `demo`. Each subcommand lives in its own file; this one parses and dispatches.
 
 mod config_cmd;
@@ -8,6 +8,7 @@ mod emulator;
 mod events;
 mod keys;
 mod status;
+mod store_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,9 @@ pub enum Command {
     Events(events::EventsCommand),
     /// Print the pipeline's state from the store: last pull, events by type, pending and dead deliveries.
     Status,
+    /// Check the store (`store check`: SQLite's integrity check, which reads the whole file).
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
     /// Inspect handler deliveries and revive dead ones.
     #[command(subcommand)]
     Deliveries(deliveries::DeliveriesCommand),
@@ -71,6 +75,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status => {
             load_config(&config_path).and_then(|c| runtime().and_then(|rt| rt.block_on(status::run(&c, &config_path))))
         }
+        Command::Store(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Deliveries(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Keys(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Emulator(args) => runtime().and_then(|rt| rt.block_on(args.run())),
