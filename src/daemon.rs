@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use sd_notify::NotifyState;
@@ -95,7 +96,13 @@ impl Daemon {
         if let Some(retention) = config.store.retention {
             tasks.push((
                 "retention",
-                tokio::spawn(prune_loop(store.clone(), retention, config.store.prune_interval, stop.clone())),
+                tokio::spawn(prune_loop(
+                    store.clone(),
+                    self.metrics.clone(),
+                    retention,
+                    config.store.prune_interval,
+                    stop.clone(),
+                )),
             ));
         }
 
@@ -193,23 +200,37 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     changed
 }
 
-/// Prunes old, fully delivered events every `interval`.
+/// The first retention run waits this long after start (or `store.prune_interval`, if
+/// shorter), and for a successful pull, so start-up never shares the store with a prune.
+const FIRST_PRUNE_DELAY: Duration = Duration::from_secs(300);
+/// Pause between pruning steps, with the store's connection free for the pipeline.
+const PRUNE_PAUSE: Duration = Duration::from_millis(20);
+
+/// Prunes old, fully delivered events every `interval`, in short steps (see
+/// [`Store::prune`]), stopping between steps at shutdown.
 async fn prune_loop(
     store: Store,
-    retention: std::time::Duration,
-    interval: std::time::Duration,
+    metrics: Arc<Metrics>,
+    retention: Duration,
+    interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(interval);
+    let settle = interval.min(FIRST_PRUNE_DELAY);
+    let mut wait = settle;
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => {}
+        if !crate::backoff::sleep_or_cancel(wait, &stop).await {
+            return;
         }
+        if metrics.health.last_pull_ok_ms() == 0 {
+            wait = settle; // Start-up has not settled: no pull has succeeded yet.
+            continue;
+        }
+        wait = interval;
         let before = crate::store::now_ms() - retention.as_millis() as i64;
-        match store.prune(before, false).await {
+        let started = std::time::Instant::now();
+        match store.prune(before, false, PRUNE_PAUSE, &stop).await {
             Ok(0) => {}
-            Ok(n) => info!(events = n, "Pruned events past store.retention."),
+            Ok(n) => info!(events = n, took = ?started.elapsed(), "Pruned events past store.retention."),
             Err(e) => warn!(error = %e, "Retention pruning failed; will try again."),
         }
     }

@@ -1,15 +1,62 @@
 //! Keeping the store healthy and bounded: the daemon's heartbeat (`daemon_state`),
-//! retention pruning with incremental vacuum, the size cap, and the figures `status` and
-//! `/metrics` report.
+//! retention pruning with incremental vacuum (in short steps that leave the connection
+//! to the pipeline in between), the size cap, and the figures `status` and `/metrics`
+//! report.
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, OptionalExtension};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError};
 
-/// Events and deliveries pruned per transaction, so pruning never holds the write lock long.
-const PRUNE_BATCH: i64 = 1000;
+/// Events looked at (and at most deleted, with their deliveries and attempts) per
+/// pruning transaction, so pruning never holds the connection or the write lock long.
+pub const PRUNE_BATCH: i64 = 1000;
+/// Pages given back to the file system per incremental-vacuum step (4 MiB at the
+/// default page size; about 15 ms).
+pub const VACUUM_PAGES: i64 = 1024;
+
+/// What one pruning step did.
+struct PruneStep {
+    deleted: usize,
+    /// The id to continue after, if older events may remain.
+    next: Option<i64>,
+}
+
+/// Looks at the next [`PRUNE_BATCH`] events by id after `cursor` and deletes those that
+/// retention lets go. Ids grow with `received_at`, so once a batch reaches an event
+/// received at or after `before_ms`, nothing further is old enough. Walking by id means
+/// events kept (pending or dead deliveries) are looked at once per run, not once per batch.
+fn prune_step(conn: &mut Connection, cursor: i64, before_ms: i64, include_dead: bool) -> Result<PruneStep, StoreError> {
+    let keep_states = if include_dead { "('pending', 'running')" } else { "('pending', 'running', 'dead')" };
+    let tx = conn.transaction()?;
+    let (last_id, last_received): (Option<i64>, Option<i64>) = tx
+        .query_row(
+            "SELECT id, received_at FROM events WHERE id IN
+             (SELECT max(id) FROM (SELECT id FROM events WHERE id > ?1 ORDER BY id LIMIT ?2))",
+            params![cursor, PRUNE_BATCH],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .unwrap_or((None, None));
+    let Some(last_id) = last_id else {
+        return Ok(PruneStep { deleted: 0, next: None });
+    };
+    let deleted = tx.execute(
+        &format!(
+            // `+received_at`: walk the id range, never the received_at index (all of it is old).
+            "DELETE FROM events WHERE id > ?1 AND id <= ?2 AND +received_at < ?3
+               AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.state IN {keep_states})"
+        ),
+        params![cursor, last_id, before_ms],
+    )?;
+    tx.commit()?;
+    let more = last_received.is_some_and(|at| at < before_ms);
+    Ok(PruneStep { deleted, next: more.then_some(last_id) })
+}
 
 /// The per-handler counts; `state != 'done'` is exactly the partial index's condition,
 /// which is what lets SQLite use it.
@@ -101,27 +148,48 @@ impl Store {
     /// their deliveries and attempts); with `include_dead`, dead deliveries do not keep an
     /// event either. Pending or running deliveries always keep it. Then returns freed
     /// pages to the file system. Returns the number of events deleted.
-    pub async fn prune(&self, before_ms: i64, include_dead: bool) -> Result<usize, StoreError> {
-        self.run(move |conn| {
-            let keep_states = if include_dead { "('pending', 'running')" } else { "('pending', 'running', 'dead')" };
-            let sql = format!(
-                "DELETE FROM events WHERE id IN (
-                     SELECT id FROM events e WHERE e.received_at < ?1
-                       AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state IN {keep_states})
-                     LIMIT ?2)"
-            );
-            let mut total = 0;
-            loop {
-                let n = conn.execute(&sql, params![before_ms, PRUNE_BATCH])?;
-                total += n;
-                if (n as i64) < PRUNE_BATCH {
-                    break;
-                }
+    ///
+    /// Works in short steps, each its own transaction on at most [`PRUNE_BATCH`] events
+    /// or [`VACUUM_PAGES`] pages, and waits `pause` between steps with the connection
+    /// released, so the daemon's commits never wait for more than one step. Stops early
+    /// (having deleted what it had) when `stop` is cancelled.
+    pub async fn prune(
+        &self,
+        before_ms: i64,
+        include_dead: bool,
+        pause: Duration,
+        stop: &CancellationToken,
+    ) -> Result<usize, StoreError> {
+        let mut cursor = 0;
+        let mut total = 0;
+        loop {
+            let step = self.run_bookkeeping(move |conn| prune_step(conn, cursor, before_ms, include_dead)).await?;
+            total += step.deleted;
+            match step.next {
+                Some(next) if !stop.is_cancelled() => cursor = next,
+                _ => break,
             }
-            conn.execute_batch("PRAGMA incremental_vacuum;")?;
-            Ok(total)
-        })
-        .await
+            tokio::time::sleep(pause).await;
+        }
+        let mut free_pages = i64::MAX;
+        while !stop.is_cancelled() {
+            let left = self
+                .run(|conn| {
+                    // Each step of the statement frees one page: step it to the end.
+                    let mut stmt = conn.prepare_cached(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
+                    let mut rows = stmt.query([])?;
+                    while rows.next()?.is_some() {}
+                    Ok(conn.query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))?)
+                })
+                .await?;
+            // Done, or a file without auto_vacuum (created by hand), where nothing moves.
+            if left == 0 || left >= free_pages {
+                break;
+            }
+            free_pages = left;
+            tokio::time::sleep(pause).await;
+        }
+        Ok(total)
     }
 
     /// The oldest event's receive time, if any.
@@ -134,8 +202,6 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use rusqlite::StatementStatus;
 
     use super::*;
@@ -174,9 +240,14 @@ mod tests {
         }
         store.requeue_running().await.unwrap();
         let future = crate::store::now_ms() + 1000;
-        assert_eq!(store.prune(future, false).await.unwrap(), 2, "the routeless and the delivered event go");
+        let (pause, stop) = (Duration::ZERO, CancellationToken::new());
+        assert_eq!(
+            store.prune(future, false, pause, &stop).await.unwrap(),
+            2,
+            "the routeless and the delivered event go"
+        );
         assert_eq!(store.count_events().unwrap(), 2);
-        assert_eq!(store.prune(future, true).await.unwrap(), 1, "with --dead, the dead one goes too");
+        assert_eq!(store.prune(future, true, pause, &stop).await.unwrap(), 1, "with --dead, the dead one goes too");
         assert_eq!(store.count_events().unwrap(), 1, "a pending delivery always keeps its event");
         let counts = store.handler_counts().await.unwrap();
         assert_eq!(counts["h"].pending, 1);
@@ -205,5 +276,34 @@ mod tests {
         assert!(steps < 500, "{steps} VM steps for 10 rows not done among 50,000");
         let counts = store.handler_counts().await.unwrap();
         assert_eq!(counts.values().map(|c| (c.pending, c.dead)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)), (5, 5));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_prune_leaves_the_connection_to_commits_between_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(5)).unwrap();
+        store
+            .run_sync(|c| {
+                Ok(c.execute_batch(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000)
+                     INSERT INTO events (dedupe_key, event_type, content, received_at, last_seen_at)
+                         SELECT randomblob(32), 'X', '{}', i, i FROM n;",
+                )?)
+            })
+            .unwrap();
+        let pruner = store.clone();
+        let pruning = tokio::spawn(async move {
+            pruner.prune(crate::store::now_ms(), false, Duration::from_millis(5), &CancellationToken::new()).await
+        });
+        while store.count_events().unwrap() == 30_000 {
+            tokio::task::yield_now().await;
+        }
+        let event = ReceivedEvent::from_content(r#"{"eventType":"New"}"#, crate::config::ApiVersion::V2);
+        store.insert_events(vec![(event, vec![])]).await.unwrap();
+        assert!(!pruning.is_finished(), "a commit had to wait for the whole prune");
+        assert_eq!(pruning.await.unwrap().unwrap(), 30_000);
+        assert_eq!(store.count_events().unwrap(), 1);
+        let free: i64 = store.run_sync(|c| Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(free, 0, "every freed page went back to the file system");
     }
 }

@@ -86,3 +86,32 @@ async fn start_up_skips_the_full_check_which_store_check_and_check_at_start_run(
 fn lines_with(text: &str, what: &str) -> usize {
     text.lines().filter(|l| l.contains(what)).count()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_prune_waits_until_start_up_has_settled() {
+    let emu = emulator(fast_emulator_config()).await;
+    let mut daemon = TestDaemon::start(&emu.endpoint(), "").await;
+    eventually(Duration::from_secs(30), "store created", || daemon.store().is_some()).await;
+    daemon.kill9().await;
+    // 20,000 events long past retention, with nothing left to deliver.
+    daemon
+        .store()
+        .unwrap()
+        .run_sync(|c| {
+            Ok(c.execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+                 INSERT INTO events (dedupe_key, event_type, content, received_at, last_seen_at)
+                     SELECT randomblob(32), 'Old', '{}', i, i FROM n;",
+            )?)
+        })
+        .unwrap();
+    emu.enqueue_generated(1);
+    daemon.rewrite_config(&emu.endpoint(), "retention = \"1d\"\nprune_interval = \"1s\"", "");
+    daemon.spawn();
+    eventually(Duration::from_secs(60), "pruned", || daemon.log().contains("Pruned events past store.retention."))
+        .await;
+    let log = daemon.log();
+    let stored = log.find("Event stored.").expect("the new event is stored");
+    assert!(stored < log.find("Pruned events").unwrap(), "the first prune started before the first pull was stored");
+    assert_eq!(daemon.rows(), 1);
+}
