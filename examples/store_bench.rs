@@ -282,7 +282,9 @@ async fn prune_under_load(emu: &Emulator, dir: &Path, db: &Path, route: &str, ge
         })
         .unwrap()
         .into_iter()
-        .filter_map(|(key, at)| enqueued_ms.get(&key).filter(|&&e| (prune_start..=prune_end).contains(&e)).map(|e| (at - e) as f64))
+        .filter_map(|(key, at)| {
+            enqueued_ms.get(&key).filter(|&&e| (prune_start..=prune_end).contains(&e)).map(|e| (at - e) as f64)
+        })
         .collect();
     during.sort_by(f64::total_cmp);
     println!("# {}", line.trim());

@@ -128,14 +128,18 @@ impl Dispatcher {
         loop {
             let routing = self.routing.borrow_and_update().clone();
             if Instant::now() >= retry_at {
-                match self.step(&routing, &records, &mut tasks, &mut next_sweep).await {
-                    Ok(wake_at) => {
-                        outage.succeeded();
-                        retry_at =
-                            Instant::now() + Duration::from_millis(wake_at.saturating_sub(now_ms()).max(0) as u64);
+                retry_at = if self.stats.health.store_failing(StoreWriter::Record) {
+                    // Outcomes cannot be written: start nothing whose outcome would only queue up.
+                    Instant::now() + routing.poll_interval
+                } else {
+                    match self.step(&routing, &records, &mut tasks, &mut next_sweep).await {
+                        Ok(wake_at) => {
+                            outage.succeeded();
+                            Instant::now() + Duration::from_millis(wake_at.saturating_sub(now_ms()).max(0) as u64)
+                        }
+                        Err(e) => Instant::now() + outage.failed(&e),
                     }
-                    Err(e) => retry_at = Instant::now() + outage.failed(&e),
-                }
+                };
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -189,10 +193,6 @@ impl Dispatcher {
     ) -> Result<i64, StoreError> {
         let now = now_ms();
         let mut wake_at = now + routing.poll_interval.as_millis() as i64;
-        if self.stats.health.store_failing(StoreWriter::Record) {
-            // Outcomes cannot be written: start nothing whose outcome would only queue up.
-            return Ok(wake_at);
-        }
         for (name, lane) in &routing.lanes {
             let free = lane.permits.available_permits();
             if free == 0 {

@@ -146,8 +146,8 @@ impl Store {
 
     /// Deletes events received before `before_ms` whose deliveries are all done (with
     /// their deliveries and attempts); with `include_dead`, dead deliveries do not keep an
-    /// event either. Pending or running deliveries always keep it. Then returns freed
-    /// pages to the file system. Returns the number of events deleted.
+    /// event either. Pending or running deliveries always keep it. Freed pages go back to
+    /// the file system as it goes. Returns the number of events deleted.
     ///
     /// Works in short steps, each its own transaction on at most [`PRUNE_BATCH`] events
     /// or [`VACUUM_PAGES`] pages, and waits `pause` between steps with the connection
@@ -165,12 +165,19 @@ impl Store {
         loop {
             let step = self.run_bookkeeping(move |conn| prune_step(conn, cursor, before_ms, include_dead)).await?;
             total += step.deleted;
+            tokio::time::sleep(pause).await;
+            // Vacuum while the free list is short: moving a page searches the free list,
+            // so vacuuming after a large prune would cost time per page in proportion to it.
+            self.vacuum(pause, stop).await?;
             match step.next {
                 Some(next) if !stop.is_cancelled() => cursor = next,
-                _ => break,
+                _ => return Ok(total),
             }
-            tokio::time::sleep(pause).await;
         }
+    }
+
+    /// Gives free pages back to the file system, [`VACUUM_PAGES`] per step.
+    async fn vacuum(&self, pause: Duration, stop: &CancellationToken) -> Result<(), StoreError> {
         let mut free_pages = i64::MAX;
         while !stop.is_cancelled() {
             let left = self
@@ -184,12 +191,12 @@ impl Store {
                 .await?;
             // Done, or a file without auto_vacuum (created by hand), where nothing moves.
             if left == 0 || left >= free_pages {
-                break;
+                return Ok(());
             }
             free_pages = left;
             tokio::time::sleep(pause).await;
         }
-        Ok(total)
+        Ok(())
     }
 
     /// The oldest event's receive time, if any.
