@@ -41,7 +41,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 struct Daemon {
     child: Child,
     log: PathBuf,
-    notify: UnixDatagram,
+    notify: Option<UnixDatagram>,
 }
 
 impl Daemon {
@@ -71,15 +71,17 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Daemon { child, log, notify }
+        Daemon { child, log, notify: Some(notify) }
     }
 
-    /// Waits for READY=1.
-    fn ready(&self, limit: Duration) -> Duration {
+    /// Waits for READY=1, then closes the socket: a datagram socket nobody reads fills
+    /// up (10 messages by default) and would then block the daemon's next sd_notify.
+    fn ready(&mut self, limit: Duration) -> Duration {
         let start = Instant::now();
         let mut buf = [0u8; 4096];
+        let notify = self.notify.take().expect("ready() once");
         while start.elapsed() < limit {
-            if let Ok(n) = self.notify.recv(&mut buf) {
+            if let Ok(n) = notify.recv(&mut buf) {
                 if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
                     return start.elapsed();
                 }
@@ -108,7 +110,8 @@ async fn outage() {
         "max_size_mb = 2\n[dispatch]\nretry_schedule = [\"10ms\"]\n[[routes]]\nevents = [\"*\"]\nhandlers = [\"down\"]\n\
          [handlers.down]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{dead_port}/\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"
     );
-    let daemon = Daemon::start(dir.path(), &emu.endpoint(), &dir.path().join("events.db"), &extra);
+    let mut daemon = Daemon::start(dir.path(), &emu.endpoint(), &dir.path().join("events.db"), &extra);
+    daemon.ready(Duration::from_secs(60));
     emu.enqueue_generated(3000);
     let start = Instant::now();
     while !daemon.log().contains("Could not store pulled events") {
@@ -198,7 +201,7 @@ async fn big(events: i64, pad: usize, dir: &Path) {
     let route = sink_route(&emu);
 
     for (what, extra) in [("default", ""), ("store.check_at_start = true", "check_at_start = true\n")] {
-        let daemon = Daemon::start(dir, &emu.endpoint(), &db, &format!("{extra}{route}"));
+        let mut daemon = Daemon::start(dir, &emu.endpoint(), &db, &format!("{extra}{route}"));
         let ready = daemon.ready(Duration::from_secs(1800));
         daemon.stop();
         println!("| start to READY=1, {what} | {:.2} GB | {:.2} s |", file_gb(&db), ready.as_secs_f64());
@@ -210,7 +213,7 @@ async fn big(events: i64, pad: usize, dir: &Path) {
         if !index {
             Connection::open(&db).unwrap().execute_batch("DROP INDEX deliveries_not_done;").unwrap();
         }
-        let daemon = Daemon::start(dir, &emu.endpoint(), &db, &metrics);
+        let mut daemon = Daemon::start(dir, &emu.endpoint(), &db, &metrics);
         daemon.ready(Duration::from_secs(60));
         let mut times = Vec::new();
         for _ in 0..20 {
@@ -238,7 +241,7 @@ async fn big(events: i64, pad: usize, dir: &Path) {
 /// three quarters of the store.
 async fn prune_under_load(emu: &Emulator, dir: &Path, db: &Path, route: &str, generated: i64) {
     let extra = format!("retention = \"30d\"\nprune_interval = \"15s\"\n{route}");
-    let daemon = Daemon::start(dir, &emu.endpoint(), db, &extra);
+    let mut daemon = Daemon::start(dir, &emu.endpoint(), db, &extra);
     daemon.ready(Duration::from_secs(60));
     let started = Instant::now();
     let mut enqueued_ms: HashMap<String, i64> = HashMap::new();
