@@ -296,6 +296,9 @@ pub struct StoreConfig {
     /// and confirming until there is room again (retention, or a larger cap via SIGHUP).
     #[serde(skip_serializing)]
     pub max_size_mb: u64,
+    /// Run SQLite's integrity check (`vod-eventd store check`) before READY=1. It reads
+    /// the whole file, so start-up then takes time in proportion to the store's size.
+    pub check_at_start: bool,
 }
 
 /// `[confirm]`.
@@ -364,6 +367,7 @@ impl Default for StoreConfig {
             retention: None,
             prune_interval: Duration::from_secs(3600),
             max_size_mb: 0,
+            check_at_start: false,
         }
     }
 }

@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use sd_notify::NotifyState;
@@ -48,6 +49,13 @@ impl Daemon {
         let config = &self.config;
         let store = Store::open(&config.store.path, config.store.busy_timeout)
             .with_context(|| format!("store.path in {}", self.config_path.display()))?;
+        if config.store.check_at_start {
+            info!(store = %store.path().display(), "Checking the store's integrity (store.check_at_start); this reads the whole file.");
+            let checked = store.clone();
+            tokio::task::spawn_blocking(move || checked.check_integrity())
+                .await?
+                .with_context(|| format!("store.check_at_start in {}", self.config_path.display()))?;
+        }
         store.set_max_size(config.store.max_size_mb * 1024 * 1024).await?;
         let settings = ClientSettings::from_config(config)?;
         let credentials = settings.credentials_fingerprint();
@@ -75,7 +83,7 @@ impl Daemon {
             health: config.health.clone(),
             alert: config.alert.clone(),
         };
-        tasks.push(("status", tokio::spawn(status.run(stop.clone()))));
+        tasks.push(("status", tokio::spawn(status.clone().run(stop.clone()))));
         if let Some(addr) = config.metrics.listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -100,7 +108,13 @@ impl Daemon {
         if let Some(retention) = config.store.retention {
             tasks.push((
                 "retention",
-                tokio::spawn(prune_loop(store.clone(), retention, config.store.prune_interval, stop.clone())),
+                tokio::spawn(prune_loop(
+                    store.clone(),
+                    self.metrics.clone(),
+                    retention,
+                    config.store.prune_interval,
+                    stop.clone(),
+                )),
             ));
         }
 
@@ -145,6 +159,7 @@ impl Daemon {
         for (name, task) in tasks {
             task.await.with_context(|| format!("the {name} task failed"))?;
         }
+        status.write_final().await;
         info!(
             received = self.metrics.received_total.get(),
             confirmed = self.metrics.handles_confirmed.get(),
@@ -237,23 +252,37 @@ async fn index_older_files(store: Store, stop: CancellationToken) {
     }
 }
 
-/// Prunes old, fully delivered events every `interval`.
+/// The first retention run waits this long after start (or `store.prune_interval`, if
+/// shorter), and for a successful pull, so start-up never shares the store with a prune.
+const FIRST_PRUNE_DELAY: Duration = Duration::from_secs(300);
+/// Pause between pruning steps, with the store's connection free for the pipeline.
+const PRUNE_PAUSE: Duration = Duration::from_millis(20);
+
+/// Prunes old, fully delivered events every `interval`, in short steps (see
+/// [`Store::prune`]), stopping between steps at shutdown.
 async fn prune_loop(
     store: Store,
-    retention: std::time::Duration,
-    interval: std::time::Duration,
+    metrics: Arc<Metrics>,
+    retention: Duration,
+    interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(interval);
+    let settle = interval.min(FIRST_PRUNE_DELAY);
+    let mut wait = settle;
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => {}
+        if !crate::backoff::sleep_or_cancel(wait, &stop).await {
+            return;
         }
+        if metrics.health.last_pull_ok_ms() == 0 {
+            wait = settle; // Start-up has not settled: no pull has succeeded yet.
+            continue;
+        }
+        wait = interval;
         let before = crate::store::now_ms() - retention.as_millis() as i64;
-        match store.prune(before, false).await {
+        let started = std::time::Instant::now();
+        match store.prune(before, false, PRUNE_PAUSE, &stop).await {
             Ok(0) => {}
-            Ok(n) => info!(events = n, "Pruned events past store.retention."),
+            Ok(n) => info!(events = n, took = ?started.elapsed(), "Pruned events past store.retention."),
             Err(e) => warn!(error = %e, "Retention pruning failed; will try again."),
         }
     }

@@ -4,6 +4,12 @@
 //! failing delivery is rescheduled by the retry policy and does not hold back others:
 //! there is no head-of-line blocking. Every attempt is recorded with its outcome.
 //!
+//! A claim leases the delivery for the handler's attempt timeout plus [`LEASE_MARGIN`];
+//! every [`SWEEP_INTERVAL`] the dispatcher returns rows whose lease passed to pending.
+//! While the store refuses writes, claims back off (one ERROR, one INFO on recovery) and
+//! finished outcomes wait in a bounded queue until they can be written; a full queue
+//! holds the handlers' permits, so no new attempt starts meanwhile.
+//!
 //! On shutdown it stops claiming, gives in-flight attempts `drain_timeout`, then stops
 //! them; whatever was still running is put back to pending (and retried later).
 
@@ -20,10 +26,20 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::api::Client;
 use crate::config::Config;
 use crate::handler::{AnyHandler, Delivery};
+use crate::health::StoreWriter;
 use crate::metrics::Metrics;
+use crate::outage::Outage;
 use crate::retry::RetryPolicy;
 use crate::route::Router;
-use crate::store::{now_ms, AttemptRecord, Next, Store};
+use crate::store::{now_ms, AttemptRecord, Next, Store, StoreError};
+
+/// A lease outlasts the handler's attempt timeout by this much, so only an attempt whose
+/// outcome was lost (not a slow one) is ever swept back to pending.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(120);
+/// How often expired leases are looked for.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How long, at shutdown, outcomes still queued may take to be written.
+const RECORD_FLUSH: Duration = Duration::from_secs(5);
 
 /// A handler and its concurrency limit.
 pub struct Lane {
@@ -33,6 +49,8 @@ pub struct Lane {
     pub permits: Arc<Semaphore>,
     /// The limit `permits` was made with.
     pub concurrency: usize,
+    /// How long a claimed delivery stays leased.
+    pub lease: Duration,
 }
 
 /// The part of the configuration a SIGHUP can change: routes, handlers, retry policy.
@@ -63,12 +81,13 @@ impl Routing {
             .into_iter()
             .map(|(name, handler)| {
                 let concurrency = config.handlers[&name].concurrency();
+                let lease = config.handlers[&name].attempt_timeout() + LEASE_MARGIN;
                 let permits = previous
                     .and_then(|p| p.lanes.get(&name))
                     .filter(|lane| lane.concurrency == concurrency)
                     .map(|lane| lane.permits.clone())
                     .unwrap_or_else(|| Arc::new(Semaphore::new(concurrency)));
-                (name, Lane { handler, permits, concurrency })
+                (name, Lane { handler, permits, concurrency, lease })
             })
             .collect();
         Ok(Routing { router, lanes, policy: config.dispatch.policy(), poll_interval: config.dispatch.poll_interval })
@@ -96,27 +115,72 @@ impl Dispatcher {
             Err(e) => error!(error = %e, "Could not requeue interrupted deliveries."),
         }
         let (records, records_rx) = mpsc::channel(RECORD_QUEUE);
-        let recorder = tokio::spawn(record_attempts(self.store.clone(), records_rx));
+        let mut recorder = tokio::spawn(record_attempts(self.store.clone(), records_rx, self.stats.clone()));
         let mut tasks = JoinSet::new();
+        let mut outage = Outage::new(
+            StoreWriter::Dispatch,
+            "Cannot claim deliveries: the store refuses writes. Handlers are paused and claims retried with backoff until it accepts them (/healthz says so). Free disk space, or raise store.max_size_mb and send SIGHUP.",
+            self.stats.clone(),
+        );
+        // No claims before this while the store refuses writes, whatever wakes the loop.
+        let mut retry_at = Instant::now();
+        let mut next_sweep = Instant::now();
         loop {
             let routing = self.routing.borrow_and_update().clone();
-            let wake_at = self.claim_and_spawn(&routing, &records, &mut tasks).await;
-            let sleep = Duration::from_millis(wake_at.saturating_sub(now_ms()).max(0) as u64);
+            if Instant::now() >= retry_at {
+                retry_at = if self.stats.health.store_failing(StoreWriter::Record) {
+                    // Outcomes cannot be written: start nothing whose outcome would only queue up.
+                    Instant::now() + routing.poll_interval
+                } else {
+                    match self.step(&routing, &records, &mut tasks, &mut next_sweep).await {
+                        Ok(wake_at) => {
+                            outage.succeeded();
+                            Instant::now() + Duration::from_millis(wake_at.saturating_sub(now_ms()).max(0) as u64)
+                        }
+                        Err(e) => Instant::now() + outage.failed(&e),
+                    }
+                };
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
                 _ = self.routing.changed() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                _ = tokio::time::sleep(sleep) => {}
+                _ = tokio::time::sleep_until(retry_at.into()) => {}
+            }
+            if !outage.ongoing() {
+                retry_at = Instant::now();
             }
         }
         self.drain(tasks, drain_timeout).await;
         // Every attempt task has ended: the recorder writes what is left and stops.
         drop(records);
-        let _ = recorder.await;
+        if tokio::time::timeout(RECORD_FLUSH, &mut recorder).await.is_err() {
+            recorder.abort();
+            error!("Some attempt outcomes could not be written before exit: the store refuses writes. Their deliveries stay running and are retried after the next start.");
+        }
         if let Err(e) = self.store.requeue_running().await {
             error!(error = %e, "Could not requeue interrupted deliveries; they will be requeued at the next start.");
         }
+    }
+
+    /// Sweeps expired leases when due, then claims and starts due deliveries; returns
+    /// when (Unix ms) to look again.
+    async fn step(
+        &self,
+        routing: &Routing,
+        records: &mpsc::Sender<AttemptRecord>,
+        tasks: &mut JoinSet<()>,
+        next_sweep: &mut Instant,
+    ) -> Result<i64, StoreError> {
+        if Instant::now() >= *next_sweep {
+            let swept = self.store.sweep_expired_leases(now_ms()).await?;
+            if swept > 0 {
+                warn!(deliveries = swept, "Returned deliveries whose lease passed without a recorded outcome to pending; they will be attempted again.");
+            }
+            *next_sweep = Instant::now() + SWEEP_INTERVAL;
+        }
+        self.claim_and_spawn(routing, records, tasks).await
     }
 
     /// Claims due deliveries for every handler with free permits and starts them; returns
@@ -126,7 +190,7 @@ impl Dispatcher {
         routing: &Routing,
         records: &mpsc::Sender<AttemptRecord>,
         tasks: &mut JoinSet<()>,
-    ) -> i64 {
+    ) -> Result<i64, StoreError> {
         let now = now_ms();
         let mut wake_at = now + routing.poll_interval.as_millis() as i64;
         for (name, lane) in &routing.lanes {
@@ -134,30 +198,24 @@ impl Dispatcher {
             if free == 0 {
                 continue;
             }
-            match self.store.claim_due(name.clone(), free, now).await {
-                Ok(claimed) => {
-                    for delivery in claimed {
-                        let permit =
-                            lane.permits.clone().try_acquire_owned().expect("claimed no more than the free permits");
-                        tasks.spawn(self.attempt(
-                            name.clone(),
-                            lane.handler.clone(),
-                            routing.policy.clone(),
-                            delivery,
-                            permit,
-                            records.clone(),
-                        ));
-                    }
-                }
-                Err(e) => error!(error = %e, handler = %name, "Could not claim deliveries from the store; retrying."),
+            for delivery in self.store.claim_due(name.clone(), free, now, lane.lease).await? {
+                let permit = lane.permits.clone().try_acquire_owned().expect("claimed no more than the free permits");
+                tasks.spawn(self.attempt(
+                    name.clone(),
+                    lane.handler.clone(),
+                    routing.policy.clone(),
+                    delivery,
+                    permit,
+                    records.clone(),
+                ));
             }
             if lane.permits.available_permits() > 0 {
-                if let Ok(Some(due)) = self.store.next_due(name.clone()).await {
+                if let Some(due) = self.store.next_due(name.clone()).await? {
                     wake_at = wake_at.min(due);
                 }
             }
         }
-        wake_at
+        Ok(wake_at)
     }
 
     fn attempt(
@@ -257,38 +315,83 @@ const RECORD_QUEUE: usize = 1024;
 /// Attempt records written per transaction, at most.
 const RECORD_BATCH: usize = 256;
 
-/// Writes attempt records in batches until every sender is gone. A batch the store
-/// refuses is retried for a while; its deliveries stay `running` meanwhile and are
-/// requeued at the next start if it never succeeds.
-async fn record_attempts(store: Store, mut rx: mpsc::Receiver<AttemptRecord>) {
+/// Writes attempt records in batches until every sender is gone. While the store
+/// refuses a batch, it is kept and retried with backoff (never dropped); the channel
+/// then fills, and attempt tasks wait to hand over their outcome while holding their
+/// permits, so memory stays bounded and no new attempts start.
+async fn record_attempts(store: Store, mut rx: mpsc::Receiver<AttemptRecord>, stats: Arc<Metrics>) {
+    let mut outage = Outage::new(
+        StoreWriter::Record,
+        "Cannot record handler outcomes: the store refuses writes. The outcomes are kept and written once it accepts them; meanwhile no new attempts start. Free disk space, or raise store.max_size_mb and send SIGHUP.",
+        stats,
+    );
     let mut batch = Vec::with_capacity(RECORD_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
+    loop {
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(record) => batch.push(record),
+                None => return,
+            }
+        }
         while batch.len() < RECORD_BATCH {
             match rx.try_recv() {
                 Ok(record) => batch.push(record),
                 Err(_) => break,
             }
         }
-        finish(&store, std::mem::take(&mut batch)).await;
+        match store.finish_attempts(batch.clone()).await {
+            Ok(()) => {
+                outage.succeeded();
+                batch.clear();
+            }
+            Err(e) => tokio::time::sleep(outage.failed(&e)).await,
+        }
     }
 }
 
-async fn finish(store: &Store, records: Vec<AttemptRecord>) {
-    let mut rng = rand::rngs::StdRng::from_entropy();
-    for attempt in 0..8 {
-        match store.finish_attempts(records.clone()).await {
-            Ok(()) => return,
-            Err(e) => {
-                error!(error = %e, "Could not record a delivery attempt; retrying.");
-                tokio::time::sleep(crate::backoff::delay(
-                    attempt,
-                    Duration::from_millis(200),
-                    Duration::from_secs(10),
-                    &mut rng,
-                ))
-                .await;
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The old recorder gave up after 8 refused tries (about 33 s) and left the delivery
+    /// `running` until the next start. Now the outcome waits, however long the store
+    /// refuses writes, and is written once it accepts them.
+    #[tokio::test(start_paused = true)]
+    async fn an_outcome_waits_out_any_number_of_refused_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        let store = Store::open(&path, Duration::from_millis(1)).unwrap();
+        let event = crate::event::ReceivedEvent::from_content(r#"{"eventType":"X"}"#, crate::config::ApiVersion::V2);
+        store.insert_events(vec![(event, vec!["h".into()])]).await.unwrap();
+        let claimed = store.claim_due("h".into(), 1, now_ms(), Duration::from_secs(600)).await.unwrap();
+
+        // Another connection holds the write lock: every write of the recorder is refused.
+        let blocker = rusqlite::Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let stats = Arc::new(Metrics::default());
+        let (tx, rx) = mpsc::channel(RECORD_QUEUE);
+        let recorder = tokio::spawn(record_attempts(store.clone(), rx, stats.clone()));
+        let record = AttemptRecord {
+            delivery_id: claimed[0].delivery_id,
+            attempt: 1,
+            started_at: 0,
+            duration_ms: 1,
+            status: Some(200),
+            error: None,
+            excerpt: None,
+            next: Next::Done,
+        };
+        tx.send(record).await.unwrap();
+        while stats.store_failures.get() < 12 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        assert!(!stats.health.report(Duration::from_secs(3600)).store_ok, "health says the store refuses writes");
+        blocker.execute_batch("COMMIT").unwrap();
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(60), recorder).await.unwrap().unwrap();
+        let state: String =
+            store.run_sync(|c| Ok(c.query_row("SELECT state FROM deliveries", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(state, "done");
+        assert!(stats.health.report(Duration::from_secs(3600)).store_ok);
     }
 }

@@ -7,7 +7,7 @@
 //! an answer, so it keeps the watchdog fed; once nothing but refusals has come for
 //! `alert.pull_stale_after`, the daemon is unhealthy and says which answer it got.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,7 +18,8 @@ use crate::store::now_ms;
 pub struct Health {
     last_pull_ok_ms: AtomicI64,
     pull_failing: AtomicBool,
-    store_failing: AtomicBool,
+    /// One bit per [`StoreWriter`] whose latest write failed.
+    store_failing: AtomicU8,
     started_ms: AtomicI64,
     /// Refused pulls since the last successful one.
     refusals: Mutex<Option<Refusals>>,
@@ -44,11 +45,25 @@ pub struct Refused {
     pub answer: String,
 }
 
+/// Who writes to the store. Each reports its own success or failure, so one writer's
+/// success never hides another's failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreWriter {
+    /// The puller storing pulled events.
+    Pull = 1,
+    /// The dispatcher claiming deliveries.
+    Dispatch = 2,
+    /// The dispatcher's recorder writing attempt outcomes.
+    Record = 4,
+}
+
 /// A health verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     /// The store accepts writes.
     pub store_ok: bool,
+    /// The store accepts pulled events (false: nothing is being confirmed).
+    pub events_ok: bool,
     /// The latest pull succeeded.
     pub pull_ok: bool,
     /// A pull succeeded within `max_pull_age` (or the daemon started less than that ago).
@@ -77,9 +92,14 @@ impl Report {
     /// What is wrong, for people.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if !self.store_ok {
+        if !self.events_ok {
             problems.push(
                 "the store refuses writes (disk full, read-only or I/O errors); nothing is being confirmed".to_string(),
+            );
+        } else if !self.store_ok {
+            problems.push(
+                "the store refuses delivery writes (disk full, read-only or I/O errors); handlers are paused"
+                    .to_string(),
             );
         }
         if !self.pull_ok {
@@ -145,9 +165,18 @@ impl Health {
         self.pull_failing.store(true, Ordering::Relaxed);
     }
 
-    /// The store accepted (true) or refused (false) a write.
-    pub fn store_writable(&self, ok: bool) {
-        self.store_failing.store(!ok, Ordering::Relaxed);
+    /// The store accepted (true) or refused (false) a write by `writer`.
+    pub fn store_writable(&self, writer: StoreWriter, ok: bool) {
+        if ok {
+            self.store_failing.fetch_and(!(writer as u8), Ordering::Relaxed);
+        } else {
+            self.store_failing.fetch_or(writer as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// True while the latest write by `writer` failed.
+    pub fn store_failing(&self, writer: StoreWriter) -> bool {
+        self.store_failing.load(Ordering::Relaxed) & writer as u8 != 0
     }
 
     /// Unix ms of the last successful pull, 0 if none.
@@ -167,8 +196,10 @@ impl Health {
         let refused = refusals
             .filter(|r| limit > 0 && now - r.since_ms > limit)
             .map(|r| Refused { duration: Duration::from_millis((now - r.since_ms) as u64), answer: r.answer });
+        let store_failing = self.store_failing.load(Ordering::Relaxed);
         Report {
-            store_ok: !self.store_failing.load(Ordering::Relaxed),
+            store_ok: store_failing == 0,
+            events_ok: store_failing & StoreWriter::Pull as u8 == 0,
             pull_ok: !self.pull_failing.load(Ordering::Relaxed),
             pull_recent: now - reference <= max_pull_age.as_millis() as i64,
             last_pull_age: (last > 0).then(|| Duration::from_millis((now - last).max(0) as u64)),
@@ -194,10 +225,18 @@ mod tests {
         let r = h.report(minute);
         assert!(!r.healthy() && r.alive(), "one failed pull: unhealthy, but no reason to restart");
         h.pull_ok();
-        h.store_writable(false);
+        h.store_writable(StoreWriter::Pull, false);
+        h.store_writable(StoreWriter::Dispatch, false);
         let r = h.report(minute);
-        assert!(!r.healthy() && !r.alive() && r.problems()[0].contains("store"));
-        h.store_writable(true);
+        assert!(!r.healthy() && !r.alive() && r.problems()[0].contains("nothing is being confirmed"));
+        h.store_writable(StoreWriter::Pull, true);
+        let r = h.report(minute);
+        assert!(
+            !r.healthy() && r.problems()[0].contains("handlers are paused"),
+            "one writer's success hides no other's failure"
+        );
+        h.store_writable(StoreWriter::Dispatch, true);
+        assert!(h.report(minute).healthy());
         let stale = Health::default();
         stale.started_ms.store(now_ms() - 120_000, Ordering::Relaxed);
         let r = stale.report(minute);

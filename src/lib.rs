@@ -19,6 +19,7 @@
 //! - [`cli`]: the command line (daemon, history, config check, emulator, demo).
 //! - [`metrics`], [`health`], [`http`]: what the pipeline did, whether it is well, `/metrics`.
 //! - [`service`]: sd_notify, the status heartbeat and data-at-risk alarms.
+//! - [`outage`]: reporting and backing off while the store refuses writes.
 //! - [`backoff`], [`signal`], [`logging`], [`redact`]: small shared pieces.
 
 #![forbid(unsafe_code)]
@@ -39,6 +40,7 @@ pub mod health;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod outage;
 pub mod puller;
 pub mod redact;
 pub mod retry;

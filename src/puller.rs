@@ -16,6 +16,7 @@ use crate::config::{Config, PullConfig};
 use crate::confirmer::PendingHandle;
 use crate::dispatch::Routing;
 use crate::event::ReceivedEvent;
+use crate::health::StoreWriter;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -172,7 +173,7 @@ impl Puller {
                 Ok(inserted) => break inserted,
                 Err(e) => {
                     self.stats.store_failures.inc();
-                    self.stats.health.store_writable(false);
+                    self.stats.health.store_writable(StoreWriter::Pull, false);
                     error!(error = %e, events = events.len(), "Could not store pulled events; not confirming them and not pulling more until the store accepts writes. They stay at Tencent and are redelivered.");
                     let delay = backoff::delay(attempt, self.config.backoff_min, self.config.backoff_max, rng);
                     attempt = attempt.saturating_add(1);
@@ -182,7 +183,7 @@ impl Puller {
                 }
             }
         };
-        self.stats.health.store_writable(true);
+        self.stats.health.store_writable(StoreWriter::Pull, true);
         for ((event, _), row) in events.iter().zip(&inserted) {
             self.stats.event(&event.event_type, row.new);
         }

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use crate::config::{AlertConfig, HealthConfig};
 use crate::health::Report;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, Store};
+use crate::store::{now_ms, HandlerCounts, Store};
 
 /// How often STATUS= and the heartbeat are refreshed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -30,6 +30,7 @@ pub fn notify(states: &[NotifyState<'_>]) {
 }
 
 /// The status, heartbeat and alarm loop.
+#[derive(Clone)]
 pub struct StatusLoop {
     /// Counters and health.
     pub metrics: Arc<Metrics>,
@@ -56,18 +57,7 @@ impl StatusLoop {
             }
             let report = self.metrics.health.report(self.health.max_pull_age);
             let counts = self.store.handler_counts().await.unwrap_or_default();
-            let (pending, dead, orphaned) =
-                counts.values().fold((0, 0, 0), |(p, d, o), c| (p + c.pending, d + c.dead, o + c.orphaned));
-            let mut status = format!(
-                "{} events stored ({} duplicates), {} handles confirmed; deliveries: {pending} pending, {dead} dead, {orphaned} orphaned; last pull {}",
-                self.metrics.received_total.get() - self.metrics.duplicates_total.get(),
-                self.metrics.duplicates_total.get(),
-                self.metrics.handles_confirmed.get(),
-                report.last_pull_age.map_or_else(|| "never".to_string(), |a| format!("{}s ago", a.as_secs())),
-            );
-            if !report.healthy() {
-                status.push_str(&format!("; UNHEALTHY: {}", report.problems().join("; ")));
-            }
+            let status = self.status_line(&report, &counts);
             notify(&[NotifyState::Status(&status)]);
             let _ = self
                 .store
@@ -76,8 +66,9 @@ impl StatusLoop {
                     ("version", env!("CARGO_PKG_VERSION").to_string()),
                     ("started_ms", started.clone()),
                     ("heartbeat_ms", now_ms().to_string()),
+                    ("stopped_ms", "0".to_string()),
                     ("last_pull_ok_ms", self.metrics.health.last_pull_ok_ms().to_string()),
-                    ("status", status.clone()),
+                    ("status", status),
                 ])
                 .await;
             if last_alarm_check.is_some_and(|t| t.elapsed() < self.alert.check_interval) {
@@ -87,6 +78,37 @@ impl StatusLoop {
             self.check_stale_pulls(&report, &mut stale_reported);
             check_dead_growth(&counts, &mut dead_seen);
         }
+    }
+
+    /// Writes the state at exit, once every task has ended (handles confirmed,
+    /// deliveries drained), so `status` says the daemon stopped, when, and with the final
+    /// counts rather than those of its last heartbeat.
+    pub async fn write_final(&self) {
+        let report = self.metrics.health.report(self.health.max_pull_age);
+        let counts = self.store.handler_counts().await.unwrap_or_default();
+        let status = self.status_line(&report, &counts);
+        let now = now_ms().to_string();
+        let state = vec![("heartbeat_ms", now.clone()), ("stopped_ms", now), ("status", status)];
+        if let Err(e) = self.store.put_state(state).await {
+            warn!(error = %e, "Could not write the final status; `vod-eventd status` shows the last heartbeat.");
+        }
+    }
+
+    /// The STATUS= line (also kept in the store for `vod-eventd status`).
+    fn status_line(&self, report: &Report, counts: &BTreeMap<String, HandlerCounts>) -> String {
+        let (pending, dead, orphaned) =
+            counts.values().fold((0, 0, 0), |(p, d, o), c| (p + c.pending, d + c.dead, o + c.orphaned));
+        let mut status = format!(
+            "{} events stored ({} duplicates), {} handles confirmed; deliveries: {pending} pending, {dead} dead, {orphaned} orphaned; last pull {}",
+            self.metrics.received_total.get() - self.metrics.duplicates_total.get(),
+            self.metrics.duplicates_total.get(),
+            self.metrics.handles_confirmed.get(),
+            report.last_pull_age.map_or_else(|| "never".to_string(), |a| format!("{}s ago", a.as_secs())),
+        );
+        if !report.healthy() {
+            status.push_str(&format!("; UNHEALTHY: {}", report.problems().join("; ")));
+        }
+        status
     }
 
     fn check_stale_pulls(&self, report: &Report, reported: &mut Option<Instant>) {
@@ -114,7 +136,7 @@ impl StatusLoop {
     }
 }
 
-fn check_dead_growth(counts: &BTreeMap<String, crate::store::HandlerCounts>, seen: &mut BTreeMap<String, i64>) {
+fn check_dead_growth(counts: &BTreeMap<String, HandlerCounts>, seen: &mut BTreeMap<String, i64>) {
     for (handler, c) in counts {
         let before = seen.get(handler).copied().unwrap_or(0);
         if c.dead > before {

@@ -123,7 +123,12 @@ impl EventsCommand {
             EventsCommand::Purge(args) => {
                 let before = crate::store::now_ms() - args.older_than.as_millis() as i64;
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                let n = runtime.block_on(store.prune(before, args.dead))?;
+                let n = runtime.block_on(store.prune(
+                    before,
+                    args.dead,
+                    std::time::Duration::ZERO,
+                    &tokio_util::sync::CancellationToken::new(),
+                ))?;
                 writeln!(out, "purged {n} events received before {}", rfc3339(before))?;
             }
             EventsCommand::Replay(args) => {

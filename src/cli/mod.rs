@@ -1,4 +1,4 @@
-//! The command line: `run` (the daemon), `events` (history), `deliveries`, `keys`,
+//! The command line: `run` (the daemon), `events` (history), `status`, `store check`, `deliveries`, `keys`,
 //! `account`, `config check`, `emulator` and `demo`. Each subcommand lives in its own file; this one parses and dispatches.
 
 mod account;
@@ -9,6 +9,7 @@ mod emulator;
 mod events;
 mod keys;
 mod status;
+mod store_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,9 @@ pub enum Command {
     Account(account::AccountCommand),
     /// Print the pipeline's state from the store: last pull, events by type, pending and dead deliveries.
     Status,
+    /// Check the store (`store check`: SQLite's integrity check, which reads the whole file).
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
     /// Inspect handler deliveries and revive dead ones.
     #[command(subcommand)]
     Deliveries(deliveries::DeliveriesCommand),
@@ -78,6 +82,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Account(cmd) => {
             load_config(&config_path).and_then(|c| runtime().and_then(|rt| rt.block_on(cmd.run(&c))))
         }
+        Command::Store(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Deliveries(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Keys(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Emulator(args) => runtime().and_then(|rt| rt.block_on(args.run())),

@@ -1,6 +1,7 @@
 //! `vod-eventd status`: the pipeline's state as the store knows it — the daemon's last
 //! heartbeat and pull, events by type over 24 h, pending, dead and orphaned deliveries per
-//! handler, the oldest pending delivery, and the store's size. Works whether or not the daemon runs.
+//! handler, the oldest pending delivery, and the store's size. Works whether or not the daemon runs;
+//! after a clean stop it says when the daemon stopped and shows its final status line.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -14,27 +15,28 @@ pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     let store = super::open_store(config, config_path)?;
     let state = store.state()?;
     let now = now_ms();
+    let ms = |key: &str| state.get(key).and_then(|v| v.parse::<i64>().ok()).filter(|&ms| ms > 0);
     let ago = |key: &str| -> String {
-        match state.get(key).and_then(|v| v.parse::<i64>().ok()).filter(|&ms| ms > 0) {
+        match ms(key) {
             Some(ms) => format!("{} ({}s ago)", rfc3339(ms), (now - ms) / 1000),
             None => "never".into(),
         }
     };
+    let (pid, version) = (state.get("pid").map_or("-", |s| s), state.get("version").map_or("-", |s| s));
     let mut out = std::io::stdout().lock();
     writeln!(out, "store:         {} ({:.1} MiB)", store.path().display(), store.size_on_disk() as f64 / 1048576.0)?;
-    writeln!(
-        out,
-        "daemon:        pid {} version {}, last heartbeat {}",
-        state.get("pid").map_or("-", |s| s),
-        state.get("version").map_or("-", |s| s),
-        ago("heartbeat_ms")
-    )?;
+    let stopped = ms("stopped_ms").is_some();
+    if stopped {
+        writeln!(out, "daemon:        stopped at {} (pid {pid} version {version})", ago("stopped_ms"))?;
+    } else {
+        writeln!(out, "daemon:        pid {pid} version {version}, last heartbeat {}", ago("heartbeat_ms"))?;
+    }
     writeln!(out, "last pull ok:  {}", ago("last_pull_ok_ms"))?;
     if let Some(event_config) = state.get("event_config") {
         writeln!(out, "event config:  {event_config}")?;
     }
     if let Some(status) = state.get("status") {
-        writeln!(out, "last status:   {status}")?;
+        writeln!(out, "{}   {status}", if stopped { "final status:" } else { "last status: " })?;
     }
     writeln!(out, "events (24 h):")?;
     let by_type = store.events_by_type_since(now - 86_400_000)?;

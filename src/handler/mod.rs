@@ -22,6 +22,9 @@ pub use webhook::{sign as sign_webhook, WebhookConfig};
 use crate::api::Client;
 use crate::store::Store;
 
+/// See [`HandlerConfig::attempt_timeout`].
+pub const DRM_ATTEMPT_BOUND: Duration = Duration::from_secs(300);
+
 /// `[handlers.NAME]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -41,6 +44,17 @@ impl HandlerConfig {
             HandlerConfig::Webhook(c) => c.concurrency,
             HandlerConfig::Shell(c) => c.concurrency,
             HandlerConfig::Drm(c) => c.concurrency,
+        }
+    }
+
+    /// The longest one attempt can take. DRM attempts have no timeout of their own: each
+    /// DescribeDrmDataKey call times out after `vod.request_timeout`, and an event needs
+    /// a few, paced by the rate limit; [`DRM_ATTEMPT_BOUND`] is far above that.
+    pub fn attempt_timeout(&self) -> Duration {
+        match self {
+            HandlerConfig::Webhook(c) => c.timeout,
+            HandlerConfig::Shell(c) => c.timeout,
+            HandlerConfig::Drm(_) => DRM_ATTEMPT_BOUND,
         }
     }
 

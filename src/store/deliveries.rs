@@ -1,7 +1,11 @@
 //! The `deliveries` and `attempts` tables: the durable outbox the dispatcher works from.
 //! A delivery is claimed (`pending` → `running`) before its attempt and settled
 //! (`done`, `dead`, or `pending` again with a later `next_attempt_at`) in the same
-//! transaction that records the attempt. Rows left `running` by a crash are requeued.
+//! transaction that records the attempt. A claim carries a lease: a `running` row whose
+//! lease passed without an outcome is returned to `pending` by [`Store::sweep_expired_leases`],
+//! and rows left `running` by a crash are requeued at the next start. An outcome only
+//! settles its delivery while no later attempt has claimed it, so a late outcome never
+//! overrides a newer one; it is recorded in `attempts` either way.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
@@ -161,18 +165,26 @@ pub struct DeliveryFilter {
 }
 
 impl Store {
-    /// Marks up to `limit` due deliveries of `handler` as running and returns them.
-    pub async fn claim_due(&self, handler: String, limit: usize, now: i64) -> Result<Vec<Delivery>, StoreError> {
+    /// Marks up to `limit` due deliveries of `handler` as running, leased until
+    /// `now + lease`, and returns them.
+    pub async fn claim_due(
+        &self,
+        handler: String,
+        limit: usize,
+        now: i64,
+        lease: std::time::Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let lease_until = now.saturating_add(lease.as_millis() as i64);
         self.run_bookkeeping(move |conn| {
             let tx = conn.transaction()?;
             let claimed = {
                 let mut stmt = tx.prepare_cached(
-                    "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?1
+                    "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?1, lease_until = ?4
                      WHERE id IN (SELECT id FROM deliveries WHERE handler = ?2 AND state = 'pending' AND next_attempt_at <= ?1
                                   ORDER BY next_attempt_at, id LIMIT ?3)
                      RETURNING id",
                 )?;
-                let ids = stmt.query_map(params![now, handler, limit as i64], |r| r.get::<_, i64>(0))?;
+                let ids = stmt.query_map(params![now, handler, limit as i64, lease_until], |r| r.get::<_, i64>(0))?;
                 let ids: Vec<i64> = ids.collect::<Result<_, _>>()?;
                 let mut load = tx.prepare_cached(
                     "SELECT d.id, d.event_id, d.webhook_id, d.attempts, e.event_type, e.file_id, e.task_id, e.content, d.created_at
@@ -207,7 +219,9 @@ impl Store {
         self.finish_attempts(vec![a]).await
     }
 
-    /// Records several attempts and settles their deliveries, in one transaction.
+    /// Records several attempts and settles their deliveries, in one transaction. A
+    /// delivery is settled only if this attempt is still its latest claim (it may have
+    /// been swept back to `pending`, but not claimed again).
     pub async fn finish_attempts(&self, records: Vec<AttemptRecord>) -> Result<(), StoreError> {
         let now = super::now_ms();
         self.run_bookkeeping(move |conn| {
@@ -219,7 +233,8 @@ impl Store {
                 )?;
                 let mut settle = tx.prepare_cached(
                     "UPDATE deliveries SET state = ?2, next_attempt_at = coalesce(?3, next_attempt_at), updated_at = ?4,
-                            last_error = ?5, last_status = ?6 WHERE id = ?1",
+                            last_error = ?5, last_status = ?6, lease_until = NULL
+                     WHERE id = ?1 AND attempts = ?7 AND state IN ('running', 'pending')",
                 )?;
                 for a in &records {
                     let (outcome, state, next_at) = match a.next {
@@ -228,7 +243,7 @@ impl Store {
                         Next::Dead => ("dead", "dead", None),
                     };
                     insert.execute(params![a.delivery_id, a.attempt, a.started_at, a.duration_ms, outcome, a.status, a.error, a.excerpt])?;
-                    settle.execute(params![a.delivery_id, state, next_at, now, a.error, a.status])?;
+                    settle.execute(params![a.delivery_id, state, next_at, now, a.error, a.status, a.attempt])?;
                 }
             }
             tx.commit()?;
@@ -242,8 +257,31 @@ impl Store {
     pub async fn requeue_running(&self) -> Result<usize, StoreError> {
         self.run(|conn| {
             Ok(conn.execute(
-                "UPDATE deliveries SET state = 'pending', attempts = max(attempts - 1, 0) WHERE state = 'running'",
+                "UPDATE deliveries SET state = 'pending', attempts = max(attempts - 1, 0), lease_until = NULL
+                 WHERE state = 'running'",
                 [],
+            )?)
+        })
+        .await
+    }
+
+    /// Returns `running` deliveries whose lease passed before `now` to `pending`, due at
+    /// once; the lost attempt still counts. Only reads unless there is something to
+    /// sweep. Returns how many.
+    pub async fn sweep_expired_leases(&self, now: i64) -> Result<usize, StoreError> {
+        self.run_bookkeeping(move |conn| {
+            let expired: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM deliveries WHERE state = 'running' AND lease_until < ?1)",
+                [now],
+                |r| r.get(0),
+            )?;
+            if !expired {
+                return Ok(0);
+            }
+            Ok(conn.execute(
+                "UPDATE deliveries SET state = 'pending', lease_until = NULL, updated_at = ?1
+                 WHERE state = 'running' AND lease_until < ?1",
+                [now],
             )?)
         })
         .await
@@ -342,5 +380,73 @@ impl Store {
                 params![now, handler],
             )?)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::now_ms;
+
+    async fn one_pending(dir: &tempfile::TempDir) -> Store {
+        let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(1)).unwrap();
+        let event = crate::event::ReceivedEvent::from_content(r#"{"eventType":"X"}"#, crate::config::ApiVersion::V2);
+        store.insert_events(vec![(event, vec!["h".into()])]).await.unwrap();
+        store
+    }
+
+    fn record(delivery_id: i64, attempt: u32, next: Next) -> AttemptRecord {
+        AttemptRecord {
+            delivery_id,
+            attempt,
+            started_at: 0,
+            duration_ms: 1,
+            status: None,
+            error: None,
+            excerpt: None,
+            next,
+        }
+    }
+
+    fn state(store: &Store) -> (String, i64) {
+        store
+            .run_sync(
+                |c| Ok(c.query_row("SELECT state, attempts FROM deliveries", [], |r| Ok((r.get(0)?, r.get(1)?)))?),
+            )
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_returns_the_delivery_to_pending_and_a_late_outcome_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = one_pending(&dir).await;
+        let now = now_ms();
+        let claimed = store.claim_due("h".into(), 1, now, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(store.sweep_expired_leases(now + 59_000).await.unwrap(), 0, "the lease holds");
+        assert_eq!(store.sweep_expired_leases(now + 61_000).await.unwrap(), 1);
+        assert_eq!(state(&store), ("pending".into(), 1), "swept, and the lost attempt still counts");
+        // The outcome arrives after the sweep but before a new claim: it settles the delivery.
+        store.finish_attempt(record(claimed[0].delivery_id, 1, Next::Done)).await.unwrap();
+        assert_eq!(state(&store), ("done".into(), 1));
+    }
+
+    #[tokio::test]
+    async fn a_late_outcome_never_settles_a_newer_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = one_pending(&dir).await;
+        let now = now_ms();
+        let first = store.claim_due("h".into(), 1, now, Duration::from_millis(1)).await.unwrap();
+        store.sweep_expired_leases(now + 10).await.unwrap();
+        let second = store.claim_due("h".into(), 1, now + 10, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(second[0].attempt, 2);
+        store.finish_attempt(record(first[0].delivery_id, 1, Next::Dead)).await.unwrap();
+        assert_eq!(state(&store), ("running".into(), 2), "the stale outcome is recorded, not applied");
+        store.finish_attempt(record(second[0].delivery_id, 2, Next::Done)).await.unwrap();
+        assert_eq!(state(&store), ("done".into(), 2));
+        let outcomes: i64 =
+            store.run_sync(|c| Ok(c.query_row("SELECT count(*) FROM attempts", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(outcomes, 2, "both attempts are in the history");
     }
 }

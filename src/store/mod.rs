@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_deliveries.sql"),
     include_str!("migrations/0003_state.sql"),
     include_str!("migrations/0004_occurrences_files.sql"),
+    include_str!("migrations/0005_leases.sql"),
     include_str!("migrations/0006_orphaned.sql"),
 ];
 
@@ -84,21 +85,26 @@ impl Store {
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
         create_private(path).map_err(|e| StoreError::Open { path: path.into(), source: e })?;
         let conn = Connection::open(path).map_err(|e| StoreError::Open { path: path.into(), source: e })?;
-        let store = Self::setup(conn, path, busy_timeout, true)?;
-        store.check_integrity()?;
-        Ok(store)
+        Self::setup(conn, path, busy_timeout, true)
     }
 
-    /// `PRAGMA quick_check`: a damaged file is refused before anything is confirmed.
-    fn check_integrity(&self) -> Result<(), StoreError> {
+    /// `PRAGMA quick_check`: reads every page, so it takes time in proportion to the
+    /// file (minutes for many GB). Not part of opening: a file SQLite cannot open at all
+    /// is refused there, and a damaged page elsewhere fails the query that reads it. Run
+    /// by `vod-eventd store check`, and before start-up with `store.check_at_start`.
+    pub fn check_integrity(&self) -> Result<(), StoreError> {
         let corrupt = |detail: String| StoreError::Corrupt { path: self.path.clone(), detail };
-        let verdict: String = self
-            .run_sync(|c| Ok(c.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?))
+        let problems: Vec<String> = self
+            .run_sync(|c| {
+                let mut stmt = c.prepare("PRAGMA quick_check(10)")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
             .map_err(|e| corrupt(e.to_string()))?;
-        if verdict == "ok" {
+        if problems.len() == 1 && problems[0] == "ok" {
             Ok(())
         } else {
-            Err(corrupt(verdict))
+            Err(corrupt(problems.join("; ")))
         }
     }
 

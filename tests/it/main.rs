@@ -25,4 +25,6 @@ mod handlers;
 mod pipeline;
 mod receiver;
 mod service;
+mod store_lifecycle;
+mod store_trouble;
 mod support;
