@@ -87,7 +87,7 @@ impl Store {
     }
 
     /// `PRAGMA quick_check`: reads every page, so it takes time in proportion to the
-    /// file (minutes for many GB). Not part of opening: a file SQLite cannot open at all
+    /// file (1 to 3 s per GB from the page cache, BENCHMARKS.md; more from disk). Not part of opening: a file SQLite cannot open at all
     /// is refused there, and a damaged page elsewhere fails the query that reads it. Run
     /// by `vod-eventd store check`, and before start-up with `store.check_at_start`.
     pub fn check_integrity(&self) -> Result<(), StoreError> {
@@ -144,19 +144,26 @@ impl Store {
         Ok(store)
     }
 
+    /// Applies the migrations this file lacks. Each step reads `user_version` inside an
+    /// immediate (write-locked) transaction, so a CLI command and the daemon opening the
+    /// same new file at once never both apply the same migration.
     fn migrate(&mut self) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().expect("store mutex poisoned");
-        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > MIGRATIONS.len() {
-            return Err(StoreError::TooNew { path: self.path.clone(), found: version, known: MIGRATIONS.len() });
+        loop {
+            let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if version > MIGRATIONS.len() {
+                return Err(StoreError::TooNew { path: self.path.clone(), found: version, known: MIGRATIONS.len() });
+            }
+            if version == MIGRATIONS.len() {
+                return Ok(());
+            }
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if tx.query_row("PRAGMA user_version", [], |r| r.get::<_, usize>(0))? == version {
+                tx.execute_batch(MIGRATIONS[version])?;
+                tx.pragma_update(None, "user_version", version + 1)?;
+                tx.commit()?;
+            }
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i + 1)?;
-            tx.commit()?;
-        }
-        Ok(())
     }
 
     /// The store file.
