@@ -83,7 +83,6 @@ impl Daemon {
             health: config.health.clone(),
             alert: config.alert.clone(),
         };
-        tasks.push(("status", tokio::spawn(status.clone().run(stop.clone()))));
         if let Some(addr) = config.metrics.listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -140,7 +139,8 @@ impl Daemon {
         let mut pulling = tokio::spawn(puller.run(shutdown.clone()));
         info!(api = config.vod.api.as_str(), endpoint = %crate::redact::url(&config.endpoint()), store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");
         notify(&[NotifyState::Ready, NotifyState::Status("started; pulling")]);
-        // Only after READY=1: its first ping is immediate.
+        // Started after READY=1, so no STATUS= or watchdog ping can come before it.
+        tasks.push(("status", tokio::spawn(status.clone().run(stop.clone()))));
         tasks.push((
             "watchdog",
             tokio::spawn(service::watchdog(self.metrics.clone(), config.health.max_pull_age, stop.clone())),

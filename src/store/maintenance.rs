@@ -4,7 +4,6 @@
 //! report.
 
 use std::collections::BTreeMap;
-
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};

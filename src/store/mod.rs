@@ -89,7 +89,7 @@ impl Store {
     }
 
     /// `PRAGMA quick_check`: reads every page, so it takes time in proportion to the
-    /// file (minutes for many GB). Not part of opening: a file SQLite cannot open at all
+    /// file (1 to 3 s per GB from the page cache, BENCHMARKS.md; more from disk). Not part of opening: a file SQLite cannot open at all
     /// is refused there, and a damaged page elsewhere fails the query that reads it. Run
     /// by `vod-eventd store check`, and before start-up with `store.check_at_start`.
     pub fn check_integrity(&self) -> Result<(), StoreError> {
@@ -146,34 +146,18 @@ impl Store {
         Ok(store)
     }
 
+    /// Applies the migrations this file lacks. Each step reads `user_version` inside an
+    /// immediate (write-locked) transaction, so a CLI command and the daemon opening the
+    /// same new file at once never both apply the same migration. A migration may rebuild a
+    /// table (drop and rename), which must not cascade: foreign keys are off while
+    /// migrations run, and checked before each one commits.
     fn migrate(&mut self) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().expect("store mutex poisoned");
-        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > MIGRATIONS.len() {
-            return Err(StoreError::TooNew { path: self.path.clone(), found: version, known: MIGRATIONS.len() });
-        }
-        if version == MIGRATIONS.len() {
+        if conn.query_row("PRAGMA user_version", [], |r| r.get::<_, usize>(0))? == MIGRATIONS.len() {
             return Ok(());
         }
-        // A migration may rebuild a table (drop and rename), which must not cascade: foreign
-        // keys are off while migrations run, and checked before each one commits.
         conn.execute_batch("PRAGMA foreign_keys = OFF;")?;
-        let result = (|| {
-            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-                let tx = conn.transaction()?;
-                tx.execute_batch(sql)?;
-                let broken: Option<String> = tx.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
-                if let Some(table) = broken {
-                    return Err(StoreError::Corrupt {
-                        path: self.path.clone(),
-                        detail: format!("migration {} left dangling references in {table}", i + 1),
-                    });
-                }
-                tx.pragma_update(None, "user_version", i + 1)?;
-                tx.commit()?;
-            }
-            Ok(())
-        })();
+        let result = apply_migrations(&mut conn, &self.path);
         conn.execute_batch("PRAGMA foreign_keys = ON;")?;
         result
     }
@@ -222,6 +206,32 @@ impl Store {
     pub fn run_sync<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().expect("store mutex poisoned");
         f(&mut conn)
+    }
+}
+
+/// The migration loop of [`Store::migrate`], run with foreign keys off.
+fn apply_migrations(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    loop {
+        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::TooNew { path: path.into(), found: version, known: MIGRATIONS.len() });
+        }
+        if version == MIGRATIONS.len() {
+            return Ok(());
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if tx.query_row("PRAGMA user_version", [], |r| r.get::<_, usize>(0))? == version {
+            tx.execute_batch(MIGRATIONS[version])?;
+            let broken: Option<String> = tx.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
+            if let Some(table) = broken {
+                return Err(StoreError::Corrupt {
+                    path: path.into(),
+                    detail: format!("migration {} left dangling references in {table}", version + 1),
+                });
+            }
+            tx.pragma_update(None, "user_version", version + 1)?;
+            tx.commit()?;
+        }
     }
 }
 
