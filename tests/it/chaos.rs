@@ -472,11 +472,17 @@ async fn duplicates_inside_one_batch_and_across_batches() {
     let receiver = Receiver::start().await;
     let a = r#"{"version":"4.0","eventType":"NewFileUpload","data":{"fileId":"DUP-A"}}"#;
     let b = r#"{"version":"4.0","eventType":"NewFileUpload","data":{"fileId":"DUP-B"}}"#;
-    // A twice in the same pull, B once; A again (with other whitespace) in a later pull.
+    // A twice in the same pull, B once; A again (with other whitespace) in a later pull, before
+    // any handle of A is confirmed (confirms wait 5 s): a redelivery, folded. (The same content
+    // after a confirm is a new occurrence: handlers::the_same_content_after_its_confirm_….)
     emu.enqueue(a);
     emu.enqueue(a);
     emu.enqueue(b);
-    let extra = format!("{}{}{FAST_RETRIES}", route_all(&["internal"]), webhook("internal", &receiver, ""));
+    let extra = format!(
+        "[confirm]\nmax_delay = \"5s\"\n{}{}{FAST_RETRIES}",
+        route_all(&["internal"]),
+        webhook("internal", &receiver, "")
+    );
     let daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
     eventually(Duration::from_secs(20), "first batch stored", || daemon.rows() == 2).await;
     emu.enqueue(a.replace(',', ", "));

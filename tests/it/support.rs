@@ -193,15 +193,21 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Every stored event's dedupe key (hex) with its times_seen.
+/// Every stored event's dedupe key (hex) with its times_seen. Panics if a content has more
+/// than one row: none of the tests using this sends a content again after its confirm, so a
+/// second occurrence would be a redelivery stored twice.
 pub fn stored_keys(store: &Store) -> std::collections::HashMap<String, i64> {
-    store
+    let rows: Vec<(String, i64)> = store
         .run_sync(|c| {
             let mut stmt = c.prepare("SELECT dedupe_key, times_seen FROM events")?;
             let rows = stmt.query_map([], |r| Ok((vod_eventd::event::hex(&r.get::<_, Vec<u8>>(0)?), r.get(1)?)))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
-        .unwrap()
+        .unwrap();
+    let count = rows.len();
+    let keys: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+    assert_eq!(keys.len(), count, "a content is stored in more than one row");
+    keys
 }
 
 /// Number of deliveries in each state.
