@@ -122,6 +122,14 @@ impl Default for Metrics {
             m.events_received.clone(),
         );
         registry.register("events_duplicate", "Events received that were already stored", m.events_duplicate.clone());
+        registry.register(
+            "build",
+            "The running build: version and git commit",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("VOD_EVENTD_COMMIT")),
+            ]),
+        );
         registry.register("pulls", "PullEvent calls that succeeded", m.pulls.clone());
         registry.register("pull_errors", "PullEvent calls that failed, by code", m.pull_errors.clone());
         registry.register("confirm_batches", "ConfirmEvent calls that succeeded", m.confirm_batches.clone());

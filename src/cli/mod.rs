@@ -1,5 +1,5 @@
 //! The command line: `run` (the daemon), `events` (history), `status`, `store check`, `deliveries`, `keys`,
-//! `account`, `config check`, `emulator` and `demo`. Each subcommand lives in its own file; this one parses and dispatches.
+//! `account`, `config check`, `emulator`, `demo`, `completions` and `man`. Each subcommand lives in its own file; this one parses and dispatches.
 
 mod account;
 mod config_cmd;
@@ -26,9 +26,13 @@ use crate::puller::PullError;
 /// restart into the same mistake.
 pub const EXIT_CONFIG: u8 = 78;
 
+/// The version line: the crate version, the git commit and the build date.
+pub const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("VOD_EVENTD_COMMIT"), ", built ", env!("VOD_EVENTD_BUILD_DATE"), ")");
+
 /// vod-eventd: Tencent Cloud VOD reliable-callback events, stored once and confirmed safely.
 #[derive(Debug, Parser)]
-#[command(name = "vod-eventd", version, about, long_about = None)]
+#[command(name = "vod-eventd", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// Config file [default: $VOD_EVENTD_CONFIG, else /etc/vod-eventd/config.toml].
     #[arg(long, short, global = true, value_name = "PATH")]
@@ -67,6 +71,13 @@ pub enum Command {
     Emulator(emulator::EmulatorArgs),
     /// Run the emulator and the daemon together on a demo config and watch events arrive.
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (e.g. `vod-eventd completions bash > /etc/bash_completion.d/vod-eventd`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff; e.g. `vod-eventd man | man -l -`).
+    Man,
 }
 
 /// Runs the parsed command line.
@@ -87,6 +98,18 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keys(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Emulator(args) => runtime().and_then(|rt| rt.block_on(args.run())),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(args.run())),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "vod-eventd",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout().lock())
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

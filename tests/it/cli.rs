@@ -250,3 +250,23 @@ fn a_reader_that_goes_away_ends_the_listing_quietly() {
     assert!(out.status.success(), "exit {:?}", out.status);
     assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no message for a closed stdout");
 }
+
+#[test]
+fn version_names_the_commit_and_completions_and_man_page_are_generated() {
+    let version = String::from_utf8(vod_eventd(&["--version"]).stdout).unwrap();
+    let inside =
+        version.split_once('(').and_then(|(_, rest)| rest.split_once(", built ")).expect("(commit, built date)");
+    let commit = inside.0;
+    assert!(commit == "unknown" || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{version}");
+    assert!(inside.1.trim_end().trim_end_matches(')').len() == "2026-11-25".len(), "{version}");
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef vod-eventd"), ("fish", "complete -c vod-eventd")]
+    {
+        let out = vod_eventd(&["completions", shell]);
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && script.contains(marker), "{shell}: {script:.200}");
+        assert!(script.contains("deliveries") && script.contains("config"), "{shell} completes subcommands and flags");
+    }
+    let man = String::from_utf8(vod_eventd(&["man"]).stdout).unwrap();
+    assert!(man.contains(".TH vod-eventd 1") && man.contains(".SH NAME") && man.contains("deliveries"), "{man:.300}");
+    assert!(man.contains(version.trim().trim_start_matches("vod-eventd ")), "the man page carries the version line");
+}

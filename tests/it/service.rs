@@ -290,6 +290,11 @@ async fn metrics_parse_and_agree_with_the_emulator() {
     let (status, text) = get(&format!("http://127.0.0.1:{port}/metrics")).await;
     assert_eq!(status, 200);
     assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics text ends with # EOF");
+    let build = text.lines().find(|l| l.starts_with("vod_eventd_build_info{")).expect("a build_info series");
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))) && build.contains("commit=\""),
+        "{build}"
+    );
     let m = metric_sums(&text);
     let stats = emu.stats();
     assert_eq!(m["vod_eventd_handles_confirmed_total"], stats.queue.confirmed as f64);
