@@ -1,6 +1,8 @@
 //! Build facts for `--version` and the `vod_eventd_build_info` metric: the git commit the
 //! binary was built from (`unknown` outside a git checkout, e.g. from a source tarball) and
-//! the build date (UTC; `SOURCE_DATE_EPOCH` when set, for reproducible builds).
+//! the build date (UTC; `SOURCE_DATE_EPOCH` when set, for reproducible builds). The names stay
+//! outside the `VOD_EVENTD_` prefix: cargo also sets them when it runs the binary, and the
+//! config loader reads every `VOD_EVENTD_*` variable as a setting.
 
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,8 +24,8 @@ fn main() {
         .ok()
         .and_then(|s| s.parse::<i64>().ok())
         .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64));
-    println!("cargo:rustc-env=VOD_EVENTD_COMMIT={commit}");
-    println!("cargo:rustc-env=VOD_EVENTD_BUILD_DATE={}", civil_date(epoch.div_euclid(86_400)));
+    println!("cargo:rustc-env=VOD_BUILD_COMMIT={commit}");
+    println!("cargo:rustc-env=VOD_BUILD_DATE={}", civil_date(epoch.div_euclid(86_400)));
 }
 
 /// `YYYY-MM-DD` of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).

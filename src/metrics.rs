@@ -127,7 +127,7 @@ impl Default for Metrics {
             "The running build: version and git commit",
             prometheus_client::metrics::info::Info::new(vec![
                 ("version", env!("CARGO_PKG_VERSION")),
-                ("commit", env!("VOD_EVENTD_COMMIT")),
+                ("commit", env!("VOD_BUILD_COMMIT")),
             ]),
         );
         registry.register("pulls", "PullEvent calls that succeeded", m.pulls.clone());

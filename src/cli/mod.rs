@@ -28,7 +28,7 @@ pub const EXIT_CONFIG: u8 = 78;
 
 /// The version line: the crate version, the git commit and the build date.
 pub const VERSION: &str =
-    concat!(env!("CARGO_PKG_VERSION"), " (", env!("VOD_EVENTD_COMMIT"), ", built ", env!("VOD_EVENTD_BUILD_DATE"), ")");
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("VOD_BUILD_COMMIT"), ", built ", env!("VOD_BUILD_DATE"), ")");
 
 /// vod-eventd: Tencent Cloud VOD reliable-callback events, stored once and confirmed safely.
 #[derive(Debug, Parser)]

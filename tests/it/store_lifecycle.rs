@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::support::*;
 
 fn vod_eventd(args: &[&str], config: &std::path::Path) -> Output {
-    std::process::Command::new(BIN).args(args).arg("--config").arg(config).output().unwrap()
+    cli().args(args).arg("--config").arg(config).output().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
