@@ -141,10 +141,9 @@ async fn fetch(http: &reqwest::Client, settings: &FetchSettings, url: &Url) -> R
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-/// A URL for messages: scheme, host, port and path only (no query, no userinfo).
+/// A URL for messages (userinfo and query hidden).
 fn redact(url: &Url) -> String {
-    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
-    format!("{}://{}{port}{}", url.scheme(), url.host_str().unwrap_or(""), url.path())
+    crate::redact::url(url.as_str())
 }
 
 /// What one playlist says.
