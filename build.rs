@@ -25,19 +25,5 @@ fn main() {
         .and_then(|s| s.parse::<i64>().ok())
         .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64));
     println!("cargo:rustc-env=VOD_BUILD_COMMIT={commit}");
-    println!("cargo:rustc-env=VOD_BUILD_DATE={}", civil_date(epoch.div_euclid(86_400)));
-}
-
-/// `YYYY-MM-DD` of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil_date(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    println!("cargo:rustc-env=VOD_BUILD_DATE={}", vod_protocol::tc3::utc_date(epoch));
 }
