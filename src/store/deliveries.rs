@@ -384,7 +384,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -397,7 +397,8 @@ mod tests {
         store
     }
 
-    fn record(delivery_id: i64, attempt: u32, next: Next) -> AttemptRecord {
+    /// An attempt's outcome as tests record it.
+    pub(crate) fn record(delivery_id: i64, attempt: u32, next: Next) -> AttemptRecord {
         AttemptRecord {
             delivery_id,
             attempt,

@@ -296,7 +296,7 @@ mod tests {
 
     use super::*;
     use crate::event::ReceivedEvent;
-    use crate::store::{AttemptRecord, Next};
+    use crate::store::Next;
 
     #[tokio::test]
     async fn prune_keeps_undelivered_and_dead_events() {
@@ -316,17 +316,7 @@ mod tests {
         // ev(2) delivered, ev(3) dead, ev(4) still pending.
         let claimed = store.claim_due("h".into(), 3, crate::store::now_ms(), Duration::from_secs(60)).await.unwrap();
         for (d, next) in claimed.iter().zip([Next::Done, Next::Dead]) {
-            let record = AttemptRecord {
-                delivery_id: d.delivery_id,
-                attempt: 1,
-                started_at: 0,
-                duration_ms: 1,
-                status: None,
-                error: None,
-                excerpt: None,
-                next,
-            };
-            store.finish_attempt(record).await.unwrap();
+            store.finish_attempt(crate::store::deliveries::tests::record(d.delivery_id, 1, next)).await.unwrap();
         }
         store.requeue_running().await.unwrap();
         let future = crate::store::now_ms() + 1000;
