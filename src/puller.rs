@@ -163,7 +163,7 @@ impl Puller {
             .iter()
             .map(|item| {
                 let event = ReceivedEvent::from_content(&item.content, self.client.api());
-                let handlers = routing.router.handlers_for(&event.event_type);
+                let handlers = routing.router.handlers_for(&event.event_type, &event.source);
                 (event, handlers)
             })
             .collect();

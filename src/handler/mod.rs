@@ -89,6 +89,10 @@ pub struct Delivery {
     pub task_id: Option<String>,
     /// The event body to hand on (the `eventContent` as received).
     pub body: String,
+    /// The source the event was pulled from.
+    pub source: String,
+    /// The app (`SubAppId`) it was pulled from; `None`: the default app.
+    pub sub_app_id: Option<u64>,
 }
 
 /// A successful attempt.
