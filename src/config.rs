@@ -384,7 +384,7 @@ fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D:
 }
 
 /// Which Tencent API to speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiVersion {
     /// The v2 server API (`vod.api.qcloud.com/v2/index.php`): PullEvent/ConfirmEvent.

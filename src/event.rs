@@ -95,7 +95,7 @@ impl ReceivedEvent {
     /// the source: identical contents from two sources are two events. The default source
     /// keeps the bare content hash, so stores written before sources existed keep folding
     /// redeliveries into their rows.
-    pub fn from_source(mut self, source: &str, sub_app_id: Option<u64>) -> ReceivedEvent {
+    pub fn with_source(mut self, source: &str, sub_app_id: Option<u64>) -> ReceivedEvent {
         if source != DEFAULT_SOURCE {
             let mut mixed = Sha256::new();
             mixed.update(b"vod-eventd source\0");

@@ -357,7 +357,7 @@ mod tests {
     async fn the_same_content_from_two_sources_is_two_events_with_their_own_deliveries() {
         let (_dir, store) = store();
         let content = r#"{"eventType":"NewFileUpload","data":{"fileId":"1"}}"#;
-        let from = |source: &str, app| (ev(content).from_source(source, app), vec!["hook".to_string()]);
+        let from = |source: &str, app| (ev(content).with_source(source, app), vec!["hook".to_string()]);
         let rows = store.insert_events(vec![from("a", Some(1)), from("b", Some(2)), from("a", Some(1))]).await.unwrap();
         assert_eq!(rows.iter().map(|r| r.new).collect::<Vec<_>>(), [true, true, false]);
         assert_eq!(rows[2].id, rows[0].id, "a redelivery within a source folds");
@@ -368,7 +368,7 @@ mod tests {
             store.list_deliveries(&crate::store::DeliveryFilter { limit: 10, ..Default::default() }).unwrap();
         assert_eq!(deliveries.len(), 2);
         assert_ne!(deliveries[0].webhook_id, deliveries[1].webhook_id, "receivers must not fold them");
-        let default = ev(content).from_source(crate::config::DEFAULT_SOURCE, None);
+        let default = ev(content).with_source(crate::config::DEFAULT_SOURCE, None);
         assert_eq!(default.dedupe_key, ev(content).dedupe_key, "the default source keeps the content hash");
     }
 
