@@ -472,6 +472,11 @@ async fn control_endpoint(
     let bad = |msg: String| json_response(StatusCode::BAD_REQUEST, &json!({"error": msg}));
     let method = req.method().clone();
     let (parts, body) = read_body(req).await?;
+    // `?app=SUBAPPID` puts events in that app's queue (default: the default app's).
+    let app: Option<u64> = match q("app") {
+        Some(a) => Some(a.parse().map_err(|_| bad("app must be a SubAppId".into()))?),
+        None => None,
+    };
     let response = match (method, what) {
         (Method::GET, "stats") => {
             json_response(StatusCode::OK, &serde_json::to_value(handle.stats()).expect("serialisable"))
@@ -486,7 +491,6 @@ async fn control_endpoint(
                 Value::Array(items) => items,
                 one => vec![one],
             };
-            let app = q("app").map(|a| a.parse().map_err(|_| bad("app must be a SubAppId".into()))).transpose()?;
             for event in &events {
                 handle.enqueue_to(app, event.to_string());
             }
@@ -495,7 +499,6 @@ async fn control_endpoint(
         (Method::POST, "generate") => {
             let count: usize =
                 q("count").unwrap_or_else(|| "1".into()).parse().map_err(|_| bad("count must be a number".into()))?;
-            let app = q("app").map(|a| a.parse().map_err(|_| bad("app must be a SubAppId".into()))).transpose()?;
             let generated = match q("type") {
                 Some(t) => handle
                     .enqueue_generated_type(&t, count)
