@@ -74,6 +74,181 @@ pub struct Config {
     /// The app's event configuration check.
     #[serde(default)]
     pub account: AccountConfig,
+    /// Where events are pulled from: `[[sources]]` entries, `"all"` (every enabled app of
+    /// the account, found with DescribeSubAppIds), or nothing (`[vod]` alone is the one
+    /// source, named [`DEFAULT_SOURCE`]).
+    #[serde(default)]
+    pub sources: SourcesSetting,
+    /// `sources = "all"`: how apps are discovered.
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+}
+
+/// The name of the one source a config without `[[sources]]` has. Events stored before
+/// sources existed belong to it, and its dedupe keys are the content hashes alone, as
+/// they were then.
+pub const DEFAULT_SOURCE: &str = "default";
+
+/// `sources`: a list of `[[sources]]`, `"all"`, or unset.
+#[derive(Debug, Clone, Default, Serialize)]
+pub enum SourcesSetting {
+    /// `[vod]` alone is the one source, [`DEFAULT_SOURCE`].
+    #[default]
+    Vod,
+    /// `[[sources]]` entries.
+    List(Vec<SourceConfig>),
+    /// `sources = "all"`: every enabled app of the `[vod]` account.
+    All,
+}
+
+impl<'de> Deserialize<'de> for SourcesSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SourcesSetting;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"all\" or [[sources]] entries")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SourcesSetting, E> {
+                match v {
+                    "all" => Ok(SourcesSetting::All),
+                    other => Err(E::custom(format!(
+                        "`{other}` is not \"all\"; write sources = \"all\" or [[sources]] entries with name and sub_app_id"
+                    ))),
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SourcesSetting, A::Error> {
+                let mut list = Vec::new();
+                while let Some(source) = seq.next_element::<SourceConfig>()? {
+                    list.push(source);
+                }
+                Ok(SourcesSetting::List(list))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// One `[[sources]]` entry: an app (`sub_app_id`) of an account. Every key left out is
+/// taken from `[vod]`, except that a source with its own `secret_id` takes no key or token
+/// from `[vod]`, and one with another `api` and no `endpoint` gets Tencent's endpoint for it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Recorded with each event, in metrics labels, headers and routes: letters, digits,
+    /// `.`, `_` and `-`, starting with a letter or digit, at most 64 characters.
+    pub name: String,
+    /// The app (`SubAppId`); unset: `vod.sub_app_id`.
+    #[serde(default)]
+    pub sub_app_id: Option<u64>,
+    /// `v2` or `v3`.
+    #[serde(default)]
+    pub api: Option<ApiVersion>,
+    /// The endpoint URL.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The API SecretId of another account or key.
+    #[serde(default)]
+    pub secret_id: Option<String>,
+    /// Its secret key, inline.
+    #[serde(default, serialize_with = "digest")]
+    pub secret_key: Option<SecretString>,
+    /// A file holding its secret key.
+    #[serde(default)]
+    pub secret_key_file: Option<PathBuf>,
+    /// The systemd credential holding its secret key.
+    #[serde(default)]
+    pub secret_key_credential: Option<String>,
+    /// An STS token for its credentials.
+    #[serde(default, serialize_with = "digest")]
+    pub token: Option<SecretString>,
+}
+
+/// `[discovery]`: with `sources = "all"`, every app DescribeSubAppIds lists with Status
+/// `On` is a source named `app-<SubAppId>`; apps that turn `Off`, `Destroying` or
+/// `Destroyed` (or disappear) are retired once their handles in flight are confirmed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// How often the list of apps is read again.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig { refresh_interval: Duration::from_secs(300) }
+    }
+}
+
+/// A source as it runs: its name and its complete `[vod]` settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Source {
+    /// The source's name.
+    pub name: String,
+    /// `[vod]` with the source's own keys applied.
+    pub vod: VodConfig,
+}
+
+impl Source {
+    /// The name of a source discovered for an app.
+    pub fn discovered_name(sub_app_id: u64) -> String {
+        format!("app-{sub_app_id}")
+    }
+
+    /// What identifies the queue it pulls: the SecretId and the app.
+    pub fn queue_key(&self) -> (String, Option<u64>) {
+        (self.vod.secret_id.clone(), self.vod.sub_app_id)
+    }
+}
+
+/// True for a usable source name (see [`SourceConfig::name`]).
+pub fn valid_source_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl SourceConfig {
+    /// `[vod]` with this source's keys applied.
+    pub fn resolve(&self, vod: &VodConfig) -> VodConfig {
+        let mut out = vod.clone();
+        if let Some(api) = self.api {
+            if api != vod.api && self.endpoint.is_none() {
+                out.endpoint = None;
+            }
+            out.api = api;
+        }
+        if self.endpoint.is_some() {
+            out.endpoint = self.endpoint.clone();
+        }
+        if self.region.is_some() {
+            out.region = self.region.clone();
+        }
+        if self.sub_app_id.is_some() {
+            out.sub_app_id = self.sub_app_id;
+        }
+        if let Some(id) = &self.secret_id {
+            out.secret_id = id.clone();
+            out.secret_key = None;
+            out.secret_key_file = None;
+            out.token = None;
+            out.secret_key_credential = String::new();
+        }
+        if self.secret_key.is_some() || self.secret_key_file.is_some() || self.secret_key_credential.is_some() {
+            out.secret_key = self.secret_key.clone();
+            out.secret_key_file = self.secret_key_file.clone();
+            out.secret_key_credential = self.secret_key_credential.clone().unwrap_or_default();
+        }
+        if self.token.is_some() {
+            out.token = self.token.clone();
+        }
+        out
+    }
 }
 
 /// `[account]`: reading (and, on request, changing) the app's event configuration with
@@ -209,7 +384,7 @@ fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D:
 }
 
 /// Which Tencent API to speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiVersion {
     /// The v2 server API (`vod.api.qcloud.com/v2/index.php`): PullEvent/ConfirmEvent.
@@ -568,47 +743,12 @@ impl Config {
     fn validate(&self) -> Vec<ConfigIssue> {
         let mut issues = Vec::new();
         let mut bad = |key: &str, message: String| issues.push(ConfigIssue { key: key.into(), message, source: None });
-        match reqwest::Url::parse(&self.endpoint()) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {}
-            _ => {
-                let example = default_endpoint(self.vod.api);
-                bad(
-                    "vod.endpoint",
-                    format!("`{}` is not an http(s) URL such as {example}", crate::redact::url(&self.endpoint())),
-                );
-            }
+        match &self.sources {
+            SourcesSetting::List(_) => self.validate_sources(&mut bad),
+            _ => validate_vod("vod", &self.vod, &mut bad),
         }
-        if self.vod.secret_id.trim().is_empty() {
-            bad("vod.secret_id", "is empty; set it to your API SecretId (AKID...)".into());
-        } else if let Err(e) = printable(&self.vod.secret_id) {
-            bad("vod.secret_id", e);
-        }
-        if let Some(Err(e)) = self.vod.token.as_ref().map(|t| printable(t.expose_secret())) {
-            bad("vod.token", e);
-        }
-        if self.vod.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
-            bad("vod.region", "is empty; for v2 use \"gz\", for v3 e.g. \"ap-guangzhou\" or leave it out".into());
-        }
-        if self.signature_method().is_none() {
-            bad("vod.signature_method", format!("`{}` is not HmacSHA256 or HmacSHA1", self.vod.signature_method));
-        }
-        if !matches!(self.vod.http_method.as_str(), "GET" | "POST") {
-            bad("vod.http_method", format!("`{}` is not GET or POST", self.vod.http_method));
-        }
-        if self.vod.request_timeout <= self.vod.long_poll_hold {
-            bad(
-                "vod.request_timeout",
-                format!(
-                    "must be above the {:?} PullEvent holds an empty long poll (vod.long_poll_hold), or every idle pull times out; 10s is recommended",
-                    self.vod.long_poll_hold
-                ),
-            );
-        }
-        if self.vod.rate_limit_per_minute == Some(0) {
-            bad("vod.rate_limit_per_minute", "must be at least 1".into());
-        }
-        if let Err(message) = self.secret_key() {
-            bad("vod.secret_key", message);
+        if matches!(self.sources, SourcesSetting::All) && self.discovery.refresh_interval < Duration::from_secs(1) {
+            bad("discovery.refresh_interval", "must be at least 1s".into());
         }
         if !(1..=MAX_CONFIRM_BATCH).contains(&self.confirm.batch_size) {
             bad("confirm.batch_size", format!("must be between 1 and {MAX_CONFIRM_BATCH}"));
@@ -685,7 +825,59 @@ impl Config {
 
     /// The endpoint: `vod.endpoint`, or Tencent's for `vod.api`.
     pub fn endpoint(&self) -> String {
-        self.vod.endpoint.clone().unwrap_or_else(|| default_endpoint(self.vod.api).to_string())
+        self.vod.endpoint()
+    }
+
+    /// The configured sources: the `[[sources]]` entries resolved against `[vod]`, or
+    /// `[vod]` alone as [`DEFAULT_SOURCE`]. With `sources = "all"`, none: they are
+    /// discovered at run time.
+    pub fn sources(&self) -> Vec<Source> {
+        match &self.sources {
+            SourcesSetting::Vod => vec![Source { name: DEFAULT_SOURCE.into(), vod: self.vod.clone() }],
+            SourcesSetting::List(list) => {
+                list.iter().map(|s| Source { name: s.name.clone(), vod: s.resolve(&self.vod) }).collect()
+            }
+            SourcesSetting::All => Vec::new(),
+        }
+    }
+
+    /// The problems of the `[[sources]]` entries: names, duplicates, and each resolved
+    /// source's own settings (keyed `sources[i].KEY`).
+    fn validate_sources(&self, bad: &mut impl FnMut(&str, String)) {
+        let SourcesSetting::List(list) = &self.sources else { return };
+        if list.is_empty() {
+            bad("sources", "is empty; add [[sources]] entries, or remove it to pull [vod] alone".into());
+        }
+        let mut names = std::collections::BTreeMap::new();
+        let mut queues = std::collections::BTreeMap::new();
+        for (i, (entry, source)) in list.iter().zip(self.sources()).enumerate() {
+            let key = format!("sources[{i}]");
+            if !valid_source_name(&entry.name) {
+                bad(&format!("{key}.name"), format!("`{}` is not a valid name: use letters, digits, `.`, `_` and `-`, starting with a letter or digit, at most 64 characters (e.g. \"prod-eu\")", entry.name));
+            }
+            if let Some(first) = names.insert(entry.name.clone(), i) {
+                bad(
+                    &format!("{key}.name"),
+                    format!("`{}` is already the name of sources[{first}]; give each source its own name", entry.name),
+                );
+            }
+            if entry.secret_id.is_some()
+                && entry.secret_key.is_none()
+                && entry.secret_key_file.is_none()
+                && entry.secret_key_credential.is_none()
+            {
+                bad(&format!("{key}.secret_key"), format!("{key} sets its own secret_id, so it needs its own secret_key, secret_key_file or secret_key_credential ([vod]'s key belongs to another SecretId)"));
+                continue;
+            }
+            if let Some(first) = queues.insert(source.queue_key(), i) {
+                let app = source
+                    .vod
+                    .sub_app_id
+                    .map_or_else(|| "the default app".to_string(), |id| format!("sub_app_id {id}"));
+                bad(&format!("{key}.sub_app_id"), format!("sources[{first}] already pulls {app} with the same secret_id: two pullers on one queue would confirm each other's handles; remove one or change its sub_app_id"));
+            }
+            validate_vod(&key, &source.vod, bad);
+        }
     }
 
     /// The API 3.0 endpoint for the account calls: `account.endpoint`, else `vod.endpoint`
@@ -700,53 +892,131 @@ impl Config {
 
     /// The region: `vod.region`, else `gz` for v2 and none for v3.
     pub fn region(&self) -> Option<String> {
-        match (&self.vod.region, self.vod.api) {
+        self.vod.region()
+    }
+
+    /// Calls per minute per action: `vod.rate_limit_per_minute`, else Tencent's limit.
+    pub fn rate_limit_per_minute(&self) -> u32 {
+        self.vod.rate_limit_per_minute()
+    }
+
+    /// The signature method named by `vod.signature_method`.
+    pub fn signature_method(&self) -> Option<SignatureMethod> {
+        self.vod.signature_method()
+    }
+
+    /// The secret key: `vod.secret_key`, else `vod.secret_key_file`, else the systemd
+    /// credential `vod.secret_key_credential` in `$CREDENTIALS_DIRECTORY`.
+    pub fn secret_key(&self) -> Result<SecretString, String> {
+        self.vod.secret_key()
+    }
+}
+
+impl VodConfig {
+    /// The endpoint: `endpoint`, or Tencent's for `api`.
+    pub fn endpoint(&self) -> String {
+        self.endpoint.clone().unwrap_or_else(|| default_endpoint(self.api).to_string())
+    }
+
+    /// The region: `region`, else `gz` for v2 and none for v3.
+    pub fn region(&self) -> Option<String> {
+        match (&self.region, self.api) {
             (Some(r), _) => Some(r.clone()),
             (None, ApiVersion::V2) => Some("gz".into()),
             (None, ApiVersion::V3) => None,
         }
     }
 
-    /// Calls per minute per action: `vod.rate_limit_per_minute`, else Tencent's limit.
+    /// Calls per minute per action: `rate_limit_per_minute`, else Tencent's limit.
     pub fn rate_limit_per_minute(&self) -> u32 {
-        self.vod.rate_limit_per_minute.unwrap_or(match self.vod.api {
+        self.rate_limit_per_minute.unwrap_or(match self.api {
             ApiVersion::V2 => 1000,
             ApiVersion::V3 => V3_RATE_LIMIT_PER_MINUTE,
         })
     }
 
-    /// The signature method named by `vod.signature_method`.
+    /// The signature method named by `signature_method`.
     pub fn signature_method(&self) -> Option<SignatureMethod> {
-        match self.vod.signature_method.as_str() {
+        match self.signature_method.as_str() {
             "HmacSHA256" => Some(SignatureMethod::HmacSha256),
             "HmacSHA1" => Some(SignatureMethod::HmacSha1),
             _ => None,
         }
     }
 
-    /// The secret key: `vod.secret_key`, else `vod.secret_key_file`, else the systemd
-    /// credential `vod.secret_key_credential` in `$CREDENTIALS_DIRECTORY`.
+    /// The secret key: `secret_key`, else `secret_key_file`, else the systemd credential
+    /// `secret_key_credential` in `$CREDENTIALS_DIRECTORY`.
     pub fn secret_key(&self) -> Result<SecretString, String> {
-        if let Some(key) = &self.vod.secret_key {
+        if let Some(key) = &self.secret_key {
             if key.expose_secret().trim().is_empty() {
                 return Err("is empty; set the API secret key, or remove it and use vod.secret_key_file".into());
             }
             printable(key.expose_secret())?;
             return Ok(key.clone());
         }
-        if let Some(file) = &self.vod.secret_key_file {
+        if let Some(file) = &self.secret_key_file {
             return read_secret(file).map_err(|e| format!("vod.secret_key_file {}: {e}", file.display()));
         }
         if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-            let file = Path::new(&dir).join(&self.vod.secret_key_credential);
-            if file.exists() {
+            let file = Path::new(&dir).join(&self.secret_key_credential);
+            if !self.secret_key_credential.is_empty() && file.exists() {
                 return read_secret(&file).map_err(|e| format!("systemd credential {}: {e}", file.display()));
             }
         }
         Err(format!(
             "no secret key: set vod.secret_key or vod.secret_key_file, or load the systemd credential `{}` (LoadCredential={}:/path/to/key)",
-            self.vod.secret_key_credential, self.vod.secret_key_credential
+            self.secret_key_credential, self.secret_key_credential
         ))
+    }
+}
+
+/// The problems of one source's API settings (`[vod]`, or a resolved `[[sources]]` entry),
+/// keyed `PREFIX.KEY`.
+fn validate_vod(prefix: &str, vod: &VodConfig, bad: &mut impl FnMut(&str, String)) {
+    match reqwest::Url::parse(&vod.endpoint()) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {}
+        _ => {
+            let example = default_endpoint(vod.api);
+            bad(
+                &format!("{prefix}.endpoint"),
+                format!("`{}` is not an http(s) URL such as {example}", crate::redact::url(&vod.endpoint())),
+            );
+        }
+    }
+    if vod.secret_id.trim().is_empty() {
+        bad(&format!("{prefix}.secret_id"), "is empty; set it to your API SecretId (AKID...)".into());
+    } else if let Err(e) = printable(&vod.secret_id) {
+        bad(&format!("{prefix}.secret_id"), e);
+    }
+    if let Some(Err(e)) = vod.token.as_ref().map(|t| printable(t.expose_secret())) {
+        bad(&format!("{prefix}.token"), e);
+    }
+    if vod.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
+        bad(
+            &format!("{prefix}.region"),
+            "is empty; for v2 use \"gz\", for v3 e.g. \"ap-guangzhou\" or leave it out".into(),
+        );
+    }
+    if vod.signature_method().is_none() {
+        bad(&format!("{prefix}.signature_method"), format!("`{}` is not HmacSHA256 or HmacSHA1", vod.signature_method));
+    }
+    if !matches!(vod.http_method.as_str(), "GET" | "POST") {
+        bad(&format!("{prefix}.http_method"), format!("`{}` is not GET or POST", vod.http_method));
+    }
+    if vod.request_timeout <= vod.long_poll_hold {
+        bad(
+                &format!("{prefix}.request_timeout"),
+                format!(
+                    "must be above the {:?} PullEvent holds an empty long poll (vod.long_poll_hold), or every idle pull times out; 10s is recommended",
+                    vod.long_poll_hold
+                ),
+            );
+    }
+    if vod.rate_limit_per_minute == Some(0) {
+        bad(&format!("{prefix}.rate_limit_per_minute"), "must be at least 1".into());
+    }
+    if let Err(message) = vod.secret_key() {
+        bad(&format!("{prefix}.secret_key"), message);
     }
 }
 
@@ -936,6 +1206,55 @@ mod tests {
             .merge(Toml::string("[vod]\nsecret_id = \"AKID1\"\nsecret_key_file = \"/nonexistent/key\"\n"));
         let err = from_figment(fig, Path::new("t")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/key"), "{err}");
+    }
+
+    #[test]
+    fn sources_take_unset_keys_from_vod_and_vod_alone_is_the_default_source() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.sources().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), [DEFAULT_SOURCE]);
+        let c = parse(&format!(
+            "{MINIMAL}sub_app_id = 1\n[[sources]]\nname = \"prod-a\"\nsub_app_id = 10\n\
+             [[sources]]\nname = \"prod-b\"\napi = \"v3\"\n\
+             [[sources]]\nname = \"other\"\nsecret_id = \"AKID2\"\nsecret_key = \"k2\"\nsub_app_id = 10\n"
+        ))
+        .unwrap();
+        let sources = c.sources();
+        assert_eq!(sources.iter().map(|s| s.vod.sub_app_id).collect::<Vec<_>>(), [Some(10), Some(1), Some(10)]);
+        assert_eq!(
+            sources[1].vod.endpoint(),
+            "https://vod.tencentcloudapi.com/",
+            "another api: Tencent's endpoint for it"
+        );
+        assert_eq!(sources[1].vod.secret_key().unwrap().expose_secret(), "k");
+        assert_eq!(
+            (sources[2].vod.secret_id.as_str(), sources[2].vod.secret_key().unwrap().expose_secret()),
+            ("AKID2", "k2")
+        );
+        assert!(matches!(parse(&format!("sources = \"all\"\n{MINIMAL}")).unwrap().sources, SourcesSetting::All));
+    }
+
+    #[test]
+    fn source_mistakes_are_named_with_the_fix() {
+        let err = parse(&format!(
+            "{MINIMAL}[[sources]]\nname = \"a\"\nsub_app_id = 1\n[[sources]]\nname = \"a\"\nsub_app_id = 2\n\
+             [[sources]]\nname = \"b c\"\nsub_app_id = 1\n[[sources]]\nname = \"d\"\nsecret_id = \"AKID9\"\n\
+             [[sources]]\nname = \"e\"\nsub_app_id = 3\nregion = \"\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "`sources[1].name`: `a` is already the name of sources[0]",
+            "`sources[2].name`: `b c` is not a valid name",
+            "`sources[2].sub_app_id`: sources[0] already pulls sub_app_id 1 with the same secret_id",
+            "`sources[3].secret_key`: sources[3] sets its own secret_id",
+            "`sources[4].region`: is empty",
+        ] {
+            assert!(err.contains(expected), "{expected} not in {err}");
+        }
+        let err = parse(&format!("sources = \"some\"\n{MINIMAL}")).unwrap_err().to_string();
+        assert!(err.contains("`sources`") && err.contains("is not \"all\""), "{err}");
+        let err = parse(&format!("{MINIMAL}[[sources]]\nname = \"a\"\nsecretid = \"x\"\n")).unwrap_err().to_string();
+        assert!(err.contains("sources") && err.contains("secretid"), "{err}");
     }
 
     #[test]

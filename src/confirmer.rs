@@ -5,6 +5,9 @@
 //! with a warning (the event will be redelivered and deduplicated). A batch refused with
 //! 4000 is split in halves until the still-valid handles go through without the bad one.
 //! Confirmed handles are recorded on their rows (see [`Store::mark_confirmed`]).
+//!
+//! There is one confirmer per source, with that source's client: a handle is only ever
+//! confirmed under the `SubAppId` (and credentials) it was pulled with.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,7 +47,9 @@ pub async fn run(
     mut rx: mpsc::Receiver<PendingHandle>,
     config: ConfirmConfig,
     stats: Arc<Metrics>,
+    source: String,
 ) {
+    let source: Arc<str> = source.into();
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut calls = JoinSet::new();
     let mut batch: Vec<PendingHandle> = Vec::with_capacity(config.batch_size);
@@ -64,10 +69,10 @@ pub async fn run(
             Some(_) = calls.join_next(), if !calls.is_empty() => continue,
         }
         let full = std::mem::replace(&mut batch, Vec::with_capacity(config.batch_size));
-        spawn_confirm(&mut calls, &permits, &client, &store, &config, &stats, full).await;
+        spawn_confirm(&mut calls, &permits, (&client, &store, &stats, &source), &config, full).await;
     }
     for chunk in batch.chunks(config.batch_size) {
-        spawn_confirm(&mut calls, &permits, &client, &store, &config, &stats, chunk.to_vec()).await;
+        spawn_confirm(&mut calls, &permits, (&client, &store, &stats, &source), &config, chunk.to_vec()).await;
     }
     while calls.join_next().await.is_some() {}
 }
@@ -81,10 +86,8 @@ async fn sleep_until(at: Option<Instant>) {
 async fn spawn_confirm(
     calls: &mut JoinSet<()>,
     permits: &Arc<Semaphore>,
-    client: &Arc<Client>,
-    store: &Store,
+    (client, store, stats, source): (&Arc<Client>, &Store, &Arc<Metrics>, &Arc<str>),
     config: &ConfirmConfig,
-    stats: &Arc<Metrics>,
     batch: Vec<PendingHandle>,
 ) {
     if batch.is_empty() {
@@ -92,8 +95,9 @@ async fn spawn_confirm(
     }
     let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
     let (client, store, stats, ttl) = (client.clone(), store.clone(), stats.clone(), config.handle_ttl);
+    let source = source.clone();
     calls.spawn(async move {
-        let confirmed = confirm_batch(&client, batch, ttl, &stats).await;
+        let confirmed = confirm_batch(&client, batch, ttl, &stats, &source).await;
         drop(permit);
         record_confirmed(&store, confirmed).await;
     });
@@ -115,22 +119,27 @@ async fn record_confirmed(store: &Store, mut ids: Vec<i64>) {
 
 /// Confirms one batch, retrying transient failures inside the handles' window and
 /// splitting a batch refused with 4000. Returns the rows of the handles confirmed.
-async fn confirm_batch(client: &Client, batch: Vec<PendingHandle>, ttl: Duration, stats: &Metrics) -> Vec<i64> {
+async fn confirm_batch(
+    client: &Client,
+    batch: Vec<PendingHandle>,
+    ttl: Duration,
+    stats: &Metrics,
+    source: &str,
+) -> Vec<i64> {
     let mut confirmed = Vec::new();
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut work = vec![batch];
     while let Some(mut part) = work.pop() {
         let mut attempt: u32 = 0;
         loop {
-            drop_expired(&mut part, ttl, stats);
+            drop_expired(&mut part, ttl, stats, source);
             if part.is_empty() {
                 break;
             }
             let handles: Vec<String> = part.iter().map(|h| h.handle.clone()).collect();
             match client.confirm(&handles).await {
                 Ok(()) => {
-                    stats.confirm_batches.inc();
-                    stats.handles_confirmed.inc_by(part.len() as u64);
+                    stats.confirmed(source, part.len() as u64);
                     for h in &part {
                         stats.pull_to_confirm_seconds.observe(h.pulled_at.elapsed().as_secs_f64());
                     }
@@ -139,10 +148,10 @@ async fn confirm_batch(client: &Client, batch: Vec<PendingHandle>, ttl: Duration
                     break;
                 }
                 Err(e) if e.class() == ErrorClass::InvalidParameter => {
-                    Metrics::error(&stats.confirm_failures, e.label());
+                    Metrics::error(&stats.confirm_failures, source, e.label());
                     if part.len() == 1 {
-                        stats.handles_expired.inc();
-                        warn!(error = %e, "ConfirmEvent refused a handle as invalid or expired; its event is stored and will be redelivered and deduplicated.");
+                        stats.expired(source, 1);
+                        warn!(error = %e, source, "ConfirmEvent refused a handle as invalid or expired; its event is stored and will be redelivered and deduplicated.");
                     } else {
                         debug!(error = %e, handles = part.len(), "ConfirmEvent refused the batch; splitting it to find the bad handle.");
                         let second = part.split_off(part.len() / 2);
@@ -152,12 +161,12 @@ async fn confirm_batch(client: &Client, batch: Vec<PendingHandle>, ttl: Duration
                     break;
                 }
                 Err(e) => {
-                    Metrics::error(&stats.confirm_failures, e.label());
+                    Metrics::error(&stats.confirm_failures, source, e.label());
                     let delay = backoff::delay(attempt, Duration::from_millis(100), Duration::from_secs(5), &mut rng);
                     attempt += 1;
                     let oldest = part.iter().map(|h| h.pulled_at).min().expect("non-empty");
                     let remaining = (oldest + ttl).saturating_duration_since(Instant::now());
-                    warn!(error = %e, code = %e.label(), handles = part.len(), window_left = ?remaining, "ConfirmEvent failed; retrying inside the confirm window.");
+                    warn!(error = %e, code = %e.label(), source, handles = part.len(), window_left = ?remaining, "ConfirmEvent failed; retrying inside the confirm window.");
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -167,13 +176,13 @@ async fn confirm_batch(client: &Client, batch: Vec<PendingHandle>, ttl: Duration
 }
 
 /// Removes (with a warning) handles too close to the end of their window to be sent.
-fn drop_expired(part: &mut Vec<PendingHandle>, ttl: Duration, stats: &Metrics) {
+fn drop_expired(part: &mut Vec<PendingHandle>, ttl: Duration, stats: &Metrics, source: &str) {
     let now = Instant::now();
     let before = part.len();
     part.retain(|h| h.pulled_at + ttl > now + SAFETY_MARGIN);
     let dropped = before - part.len();
     if dropped > 0 {
-        stats.handles_expired.inc_by(dropped as u64);
-        warn!(handles = dropped, "Dropped handles whose confirm window has passed; their events are stored and will be redelivered and deduplicated.");
+        stats.expired(source, dropped as u64);
+        warn!(handles = dropped, source, "Dropped handles whose confirm window has passed; their events are stored and will be redelivered and deduplicated.");
     }
 }

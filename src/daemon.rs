@@ -1,13 +1,20 @@
-//! Wiring: open the store, build the client, the routing and the handlers, and run the
-//! puller, the confirmer, the dispatcher and the service tasks (status, watchdog,
-//! metrics, retention, the event-configuration check) until shutdown. The puller stops
-//! first (no new pulls), then the confirmer flushes every committed handle and exits when
-//! its channel closes, while the dispatcher drains in-flight handler attempts. SIGHUP
-//! reloads routes, handlers, retry policy, log level and the store size cap; an invalid
-//! new config is refused and the running one stays. At start and on each reload, the
-//! deliveries of handlers that are no longer configured are orphaned, and those of
-//! handlers that are back resume.
+//! Wiring: open the store, build the routing and the handlers, and run, for each source, a
+//! client, a puller, a confirmer and an event-configuration check, plus the dispatcher and
+//! the service tasks (status, watchdog, metrics, retention) until shutdown. The pullers
+//! stop first (no new pulls), then each confirmer flushes every committed handle of its
+//! source and exits when its channel closes, while the dispatcher drains in-flight handler
+//! attempts. SIGHUP reloads routes, handlers, retry policy, log level, the store size cap
+//! and the `[[sources]]` list; an invalid new config is refused and the running one stays.
+//! At start and on each reload, the deliveries of handlers that are no longer configured
+//! are orphaned, and those of handlers that are back resume.
+//!
+//! Sources come and go through one path ([`Sources::reconcile`]): added ones start, removed
+//! (or, with `sources = "all"`, disabled) ones stop pulling and have their handles in
+//! flight confirmed before their client goes, changed ones do both. A source whose
+//! credentials are refused on first contact only makes the daemon unhealthy, naming it;
+//! the daemon exits (78) only when every source was refused on first contact.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,13 +27,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::account::check::AccountCheck;
-use crate::api::{Client, ClientSettings, V3Client};
-use crate::config::{self, Config};
+use crate::api::{Client, ClientSettings, Clients, LimiterPool, V3Client};
+use crate::config::{self, Config, Source, SourcesSetting};
 use crate::confirmer;
 use crate::dispatch::{Dispatcher, Routing};
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
-use crate::puller::Puller;
+use crate::puller::{Contact, PullError, Puller};
 use crate::service::{self, notify, StatusLoop};
 use crate::store::Store;
 
@@ -57,16 +64,13 @@ impl Daemon {
                 .with_context(|| format!("store.check_at_start in {}", self.config_path.display()))?;
         }
         store.set_max_size(config.store.max_size_mb * 1024 * 1024).await?;
-        let settings = ClientSettings::from_config(config)?;
-        let credentials = settings.credentials_fingerprint();
-        let client = Arc::new(Client::new(settings)?);
+        let clients = Arc::new(Clients::default());
         let (routing_tx, routing) =
-            watch::channel(Arc::new(Routing::build(config, client.clone(), store.clone(), None)?));
+            watch::channel(Arc::new(Routing::build(config, clients.clone(), store.clone(), None)?));
         sync_orphans(&store, config, &self.config_path).await;
-        self.metrics.health.started();
         self.metrics.health.set_refusals_limit(config.alert.pull_stale_after);
 
-        // Everything but the puller and the confirmer stops on this, once the puller ends.
+        // Everything but the pullers and the confirmers stops on this, once the pullers end.
         let stop = CancellationToken::new();
         let mut tasks: Vec<(&str, JoinHandle<()>)> = Vec::new();
         let wake = Arc::new(Notify::new());
@@ -96,14 +100,6 @@ impl Daemon {
             tasks.push(("metrics", tokio::spawn(crate::http::serve(listener, endpoints, stop.clone()))));
         }
         tasks.push(("file index", tokio::spawn(index_older_files(store.clone(), stop.clone()))));
-        let account = AccountCheck {
-            client: V3Client::new(ClientSettings::for_account(config)?)?,
-            sub_app_id: config.vod.sub_app_id,
-            interval: config.account.check_interval,
-            metrics: self.metrics.clone(),
-            store: store.clone(),
-        };
-        tasks.push(("event configuration check", tokio::spawn(account.run(stop.clone()))));
         if let Some(retention) = config.store.retention {
             tasks.push((
                 "retention",
@@ -117,27 +113,31 @@ impl Daemon {
             ));
         }
 
-        let (tx, rx) = mpsc::channel(confirmer::CHANNEL_CAPACITY);
-        let confirmer = tokio::spawn(confirmer::run(
-            client.clone(),
-            store.clone(),
-            rx,
-            config.confirm.clone(),
-            self.metrics.clone(),
-        ));
-        let puller = Puller::new(
-            config,
-            self.config_path.display().to_string(),
-            client.clone(),
-            store.clone(),
-            tx,
-            self.metrics.clone(),
+        let (contact_tx, mut contact_rx) = mpsc::channel(CONTACT_CAPACITY);
+        let mut sources = Sources {
+            running: BTreeMap::new(),
+            limiters: LimiterPool::default(),
+            clients,
+            store: store.clone(),
+            metrics: self.metrics.clone(),
             routing,
             wake,
-            credentials,
-        );
-        let mut pulling = tokio::spawn(puller.run(shutdown.clone()));
-        info!(api = config.vod.api.as_str(), endpoint = %crate::redact::url(&config.endpoint()), store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");
+            contact: contact_tx,
+            config_path: self.config_path.display().to_string(),
+            shutdown: shutdown.clone(),
+        };
+        let discovery = match config.sources {
+            SourcesSetting::All => Some(Discovery::new(config)?),
+            _ => None,
+        };
+        let initial = match &discovery {
+            Some(d) => {
+                d.sources(config).await.context("sources = \"all\": DescribeSubAppIds with the [vod] credentials")?
+            }
+            None => config.sources(),
+        };
+        sources.reconcile(config, initial).await?;
+        info!(sources = %sources.names().join(", "), store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");
         notify(&[NotifyState::Ready, NotifyState::Status("started; pulling")]);
         // Started after READY=1, so no STATUS= or watchdog ping can come before it.
         tasks.push(("status", tokio::spawn(status.clone().run(stop.clone()))));
@@ -146,30 +146,50 @@ impl Daemon {
             tokio::spawn(service::watchdog(self.metrics.clone(), config.health.max_pull_age, stop.clone())),
         ));
 
-        let result = loop {
+        let mut first_contact = FirstContact::default();
+        let mut refresh = tokio::time::interval(self.config.discovery.refresh_interval);
+        refresh.tick().await;
+        let result: Result<(), PullError> = loop {
             tokio::select! {
-                ended = &mut pulling => break ended.context("the pull task failed")?,
-                Some(()) = reloads.recv() => self.reload(&routing_tx, &client, &store).await,
+                _ = shutdown.cancelled() => break Ok(()),
+                Some(contact) = contact_rx.recv() => {
+                    if let Some(all_refused) = first_contact.record(contact, sources.running.len()) {
+                        break Err(all_refused);
+                    }
+                }
+                Some(()) = reloads.recv() => self.reload(&routing_tx, &mut sources, discovery.is_some()).await,
+                _ = refresh.tick(), if discovery.is_some() => {
+                    let d = discovery.as_ref().expect("checked");
+                    match d.sources(&self.config).await {
+                        Ok(found) => {
+                            if let Err(e) = sources.reconcile(&self.config, found).await {
+                                warn!(error = %format!("{e:#}"), "A discovered app could not be started; will try again at the next refresh.");
+                            }
+                        }
+                        Err(e) => warn!(error = %format!("{e:#}"), "DescribeSubAppIds failed; the running sources stay, and the list is read again at the next refresh."),
+                    }
+                }
             }
         };
         notify(&[NotifyState::Stopping, NotifyState::Status("stopping: confirming stored events, draining handlers")]);
+        // Each puller stops and drops its sender: its confirmer flushes what is left and ends.
+        sources.stop_all().await?;
         stop.cancel();
-        // The puller has dropped its sender: the confirmer flushes what is left and ends.
-        confirmer.await.context("the confirmer task failed")?;
         for (name, task) in tasks {
             task.await.with_context(|| format!("the {name} task failed"))?;
         }
         status.write_final().await;
         info!(
             received = self.metrics.received_total.get(),
-            confirmed = self.metrics.handles_confirmed.get(),
+            confirmed = self.metrics.confirmed_total.get(),
             "vod-eventd stopped."
         );
         Ok(result?)
     }
 
     /// Applies a new config from the same file, or keeps the running one if it is invalid.
-    async fn reload(&mut self, routing_tx: &watch::Sender<Arc<Routing>>, client: &Arc<Client>, store: &Store) {
+    async fn reload(&mut self, routing_tx: &watch::Sender<Arc<Routing>>, sources: &mut Sources, discovering: bool) {
+        let store = &sources.store.clone();
         let path = self.config_path.display().to_string();
         let new = match config::load(&self.config_path) {
             Ok(new) => new,
@@ -179,7 +199,7 @@ impl Daemon {
                 return;
             }
         };
-        let routing = match Routing::build(&new, client.clone(), store.clone(), Some(&routing_tx.borrow())) {
+        let routing = match Routing::build(&new, sources.clients.clone(), store.clone(), Some(&routing_tx.borrow())) {
             Ok(routing) => routing,
             Err(e) => {
                 error!(config = %path, error = %format!("{e:#}"), "Reload refused: a handler could not be built. The running configuration stays.");
@@ -187,6 +207,12 @@ impl Daemon {
             }
         };
         routing_tx.send_replace(Arc::new(routing));
+        // `sources = "all"` is applied by discovery; a list is applied here.
+        if !discovering && !matches!(new.sources, SourcesSetting::All) {
+            if let Err(e) = sources.reconcile(&new, new.sources()).await {
+                error!(config = %path, error = %format!("{e:#}"), "A source of the new configuration could not be started; the others run.");
+            }
+        }
         sync_orphans(store, &new, &self.config_path).await;
         if let Err(e) = self.log.set_level(&new.log.level) {
             warn!(error = %e, "log.level could not be applied.");
@@ -196,12 +222,195 @@ impl Daemon {
                 warn!(error = %e, "store.max_size_mb could not be applied.");
             }
         }
-        let restart_only = config::restart_needed(&self.config, &new);
+        let restart_only: Vec<String> = config::restart_needed(&self.config, &new)
+            .into_iter()
+            .filter(|key| discovering || !key.starts_with("sources"))
+            .collect();
         if !restart_only.is_empty() {
             warn!(settings = %restart_only.join(", "), "These settings changed but take effect only after a restart; the running values stay until then.");
         }
         info!(routes = new.routes.len(), handlers = new.handlers.len(), "Configuration reloaded.");
         self.config = new;
+    }
+}
+
+/// Capacity of the channel the pullers report their first contact on (one message each).
+const CONTACT_CAPACITY: usize = 64;
+
+/// How the sources' first contacts went: the daemon gives up only when every source was
+/// refused and none has worked.
+#[derive(Default)]
+struct FirstContact {
+    worked: BTreeSet<String>,
+    refused: BTreeSet<String>,
+}
+
+impl FirstContact {
+    /// Records one report; returns the refusal to exit with once every one of `running`
+    /// sources has been refused.
+    fn record(&mut self, contact: Contact, running: usize) -> Option<PullError> {
+        match contact {
+            Contact::Worked { source } => {
+                self.worked.insert(source);
+                None
+            }
+            Contact::Refused { source, error } => {
+                self.refused.insert(source.clone());
+                if self.worked.is_empty() && self.refused.len() >= running {
+                    return Some(error);
+                }
+                error!(source = %source, error = %error, "This source's credentials are refused; it pulls nothing until they are fixed (retrying every pull.auth_retry). The other sources keep running; /healthz names it.");
+                None
+            }
+        }
+    }
+}
+
+/// A running source: its pull loop, its confirmer and its event-configuration check.
+struct RunningSource {
+    source: Source,
+    cancel: CancellationToken,
+    pulling: JoinHandle<Result<(), PullError>>,
+    confirming: JoinHandle<()>,
+    checking: JoinHandle<()>,
+}
+
+/// The running sources and what starting one needs.
+struct Sources {
+    running: BTreeMap<String, RunningSource>,
+    limiters: LimiterPool,
+    clients: Arc<Clients>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    routing: watch::Receiver<Arc<Routing>>,
+    wake: Arc<Notify>,
+    contact: mpsc::Sender<Contact>,
+    config_path: String,
+    shutdown: CancellationToken,
+}
+
+impl Sources {
+    fn names(&self) -> Vec<String> {
+        self.running.keys().cloned().collect()
+    }
+
+    /// Makes the running sources `desired`: starts the new ones, stops the ones no longer
+    /// wanted (confirming their handles in flight first), and restarts the changed ones.
+    async fn reconcile(&mut self, config: &Config, desired: Vec<Source>) -> anyhow::Result<()> {
+        let wanted: BTreeMap<String, Source> = desired.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let same = |a: &Source, b: &Source| serde_json::to_value(a).ok() == serde_json::to_value(b).ok();
+        let gone: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(name, r)| wanted.get(*name).is_none_or(|w| !same(w, &r.source)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            let running = self.running.remove(&name).expect("listed above");
+            info!(source = %name, "Stopping a source: no new pulls; its handles in flight are confirmed first.");
+            self.stop(running).await?;
+            self.clients.remove(&name);
+            self.metrics.health.remove_source(&name);
+        }
+        let mut failed = Vec::new();
+        for (name, source) in wanted {
+            if self.running.contains_key(&name) {
+                continue;
+            }
+            match self.start(config, source) {
+                Ok(running) => {
+                    info!(source = %name, sub_app_id = ?running.source.vod.sub_app_id, api = running.source.vod.api.as_str(), endpoint = %crate::redact::url(&running.source.vod.endpoint()), "Source started.");
+                    self.running.insert(name, running);
+                }
+                Err(e) => failed.push(format!("{name}: {e:#}")),
+            }
+        }
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(anyhow::anyhow!("sources not started: {}", failed.join("; "))),
+        }
+    }
+
+    fn start(&self, config: &Config, source: Source) -> anyhow::Result<RunningSource> {
+        let name = source.name.clone();
+        let settings = ClientSettings::from_vod(&source.vod).with_context(|| format!("source {name}"))?;
+        let credentials = settings.credentials_fingerprint();
+        let client = Arc::new(Client::shared(settings, &self.limiters)?);
+        self.clients.insert(&name, client.clone());
+        let (tx, rx) = mpsc::channel(confirmer::CHANNEL_CAPACITY);
+        let confirming = tokio::spawn(confirmer::run(
+            client.clone(),
+            self.store.clone(),
+            rx,
+            config.confirm.clone(),
+            self.metrics.clone(),
+            name.clone(),
+        ));
+        let puller = Puller::new(
+            config,
+            self.config_path.clone(),
+            client,
+            self.store.clone(),
+            tx,
+            self.metrics.clone(),
+            self.routing.clone(),
+            self.wake.clone(),
+            credentials,
+        )
+        .for_source(&name, self.contact.clone());
+        let cancel = self.shutdown.child_token();
+        let pulling = tokio::spawn(puller.run(cancel.clone()));
+        let state_key =
+            if name == config::DEFAULT_SOURCE { "event_config".to_string() } else { format!("event_config.{name}") };
+        let account = AccountCheck {
+            client: V3Client::new(ClientSettings::for_account_of(config, &source.vod)?)?,
+            sub_app_id: source.vod.sub_app_id,
+            interval: config.account.check_interval,
+            health: self.metrics.health.source(&name),
+            store: self.store.clone(),
+            state_key,
+        };
+        let checking = tokio::spawn(account.run(cancel.clone()));
+        Ok(RunningSource { source, cancel, pulling, confirming, checking })
+    }
+
+    /// Stops pulling, then waits for the confirmer to confirm every handle in flight.
+    async fn stop(&self, running: RunningSource) -> anyhow::Result<()> {
+        let name = running.source.name;
+        running.cancel.cancel();
+        let _ = running.pulling.await.with_context(|| format!("the pull task of source {name} failed"))?;
+        running.confirming.await.with_context(|| format!("the confirmer of source {name} failed"))?;
+        running.checking.await.with_context(|| format!("the event configuration check of source {name} failed"))?;
+        Ok(())
+    }
+
+    async fn stop_all(&mut self) -> anyhow::Result<()> {
+        for running in self.running.values() {
+            running.cancel.cancel();
+        }
+        for (_, running) in std::mem::take(&mut self.running) {
+            self.stop(running).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `sources = "all"`: the account's apps, read with the `[vod]` credentials.
+struct Discovery {
+    client: V3Client,
+}
+
+impl Discovery {
+    fn new(config: &Config) -> anyhow::Result<Discovery> {
+        let mut settings = ClientSettings::for_account(config)?;
+        // DescribeSubAppIds lists the account's apps; it takes no SubAppId.
+        settings.sub_app_id = None;
+        Ok(Discovery { client: V3Client::new(settings)? })
+    }
+
+    async fn sources(&self, config: &Config) -> anyhow::Result<Vec<Source>> {
+        let apps = crate::discovery::list_apps(&self.client).await?;
+        Ok(crate::discovery::sources_for(config, &apps))
     }
 }
 

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::api::Client;
+use crate::api::Clients;
 use crate::config::Config;
 use crate::handler::{AnyHandler, Delivery};
 use crate::health::StoreWriter;
@@ -71,12 +71,12 @@ impl Routing {
     /// count against its limit.
     pub fn build(
         config: &Config,
-        client: Arc<Client>,
+        clients: Arc<Clients>,
         store: Store,
         previous: Option<&Routing>,
     ) -> anyhow::Result<Routing> {
         let router = Router::new(&config.routes).map_err(anyhow::Error::msg)?;
-        let handlers = crate::handler::build_all(&config.handlers, client, store)?;
+        let handlers = crate::handler::build_all(&config.handlers, clients, store)?;
         let lanes = handlers
             .into_iter()
             .map(|(name, handler)| {

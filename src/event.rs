@@ -7,7 +7,7 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::ApiVersion;
+use crate::config::{ApiVersion, DEFAULT_SOURCE};
 use crate::event_types::{self, scalar_text, Role};
 
 /// The `event_type` recorded for content that names none.
@@ -18,7 +18,8 @@ pub const MISSING_TYPE: &str = "<missing>";
 pub struct ReceivedEvent {
     /// The `eventContent` exactly as Tencent sent it.
     pub content: String,
-    /// SHA-256 of the canonical form of `content` (keys sorted, no whitespace).
+    /// SHA-256 of the canonical form of `content` (keys sorted, no whitespace); for a source
+    /// other than the default one, mixed with the source's name (see [`ReceivedEvent::from_source`]).
     pub dedupe_key: [u8; 32],
     /// `eventType`, or [`MISSING_TYPE`].
     pub event_type: String,
@@ -32,6 +33,10 @@ pub struct ReceivedEvent {
     pub task_id: Option<String>,
     /// The API it came from.
     pub api: ApiVersion,
+    /// The source it was pulled from ([`DEFAULT_SOURCE`] until [`ReceivedEvent::from_source`]).
+    pub source: String,
+    /// The app (`SubAppId`) it was pulled from; `None`: the default app.
+    pub sub_app_id: Option<u64>,
 }
 
 impl ReceivedEvent {
@@ -81,7 +86,27 @@ impl ReceivedEvent {
             files,
             task_id,
             api,
+            source: DEFAULT_SOURCE.to_string(),
+            sub_app_id: None,
         }
+    }
+
+    /// Records the source and app the event was pulled from. The dedupe key then includes
+    /// the source: identical contents from two sources are two events. The default source
+    /// keeps the bare content hash, so stores written before sources existed keep folding
+    /// redeliveries into their rows.
+    pub fn with_source(mut self, source: &str, sub_app_id: Option<u64>) -> ReceivedEvent {
+        if source != DEFAULT_SOURCE {
+            let mut mixed = Sha256::new();
+            mixed.update(b"vod-eventd source\0");
+            mixed.update(source.as_bytes());
+            mixed.update([0]);
+            mixed.update(self.dedupe_key);
+            self.dedupe_key = mixed.finalize().into();
+        }
+        self.source = source.to_string();
+        self.sub_app_id = sub_app_id;
+        self
     }
 
     /// The dedupe key in lower-case hex.

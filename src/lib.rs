@@ -9,9 +9,10 @@
 //! - [`event`]: what a received event is (dedupe key, extracted fields).
 //! - [`event_types`]: the SDK model's API 3.0 event types: payload member, task id, file paths.
 //! - [`store`]: SQLite: schema, durable batch insert, history queries.
-//! - [`puller`]: PullEvent → store → hand handles to the confirmer.
+//! - [`puller`]: PullEvent → store → hand handles to the confirmer (one per source).
+//! - [`discovery`]: `sources = "all"`: the account's enabled apps via DescribeSubAppIds.
 //! - [`confirmer`]: batched ConfirmEvent inside the 30 s window.
-//! - [`route`]: which handlers an event type goes to.
+//! - [`route`]: which handlers an event goes to, by type and source.
 //! - [`dispatch`]: runs due deliveries from the store, with retries and a dead state.
 //! - [`handler`]: the webhook, shell and DRM-key handlers.
 //! - [`retry`]: the handler retry policy.
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod confirmer;
 pub mod daemon;
+pub mod discovery;
 pub mod dispatch;
 pub mod event;
 pub mod event_types;

@@ -1,7 +1,8 @@
 //! What the pipeline did, as Prometheus metrics (`prometheus-client`): counters the tasks
 //! bump as they work, and gauges filled from the store when `/metrics` is scraped. The
 //! demo, the STATUS= line and the logs read the same counters, so there is one source.
-//! Labels are event types, handler names and error codes: bounded sets, never ids.
+//! Labels are event types, source names, handler names and error codes: bounded sets,
+//! never ids. Pull and confirm metrics carry the `source` label.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,11 +18,20 @@ pub struct TypeLabel {
     pub event_type: String,
 }
 
-/// `code` label (a v2 code, `http_500`, `timeout`, ...).
+/// `source` and `code` labels (a v2 code, `http_500`, `timeout`, ...).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
+    /// The source's name.
+    pub source: String,
     /// The error code.
     pub code: String,
+}
+
+/// `source` label: a configured source's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// The source's name.
+    pub source: String,
 }
 
 /// `handler` label.
@@ -52,18 +62,18 @@ pub struct Metrics {
     pub events_received: Family<TypeLabel, Counter>,
     /// Events that were already stored, by type.
     pub events_duplicate: Family<TypeLabel, Counter>,
-    /// PullEvent calls that succeeded.
-    pub pulls: Counter,
+    /// PullEvent calls that succeeded, by source.
+    pub pulls: Family<SourceLabel, Counter>,
     /// PullEvent failures by code.
     pub pull_errors: Family<CodeLabel, Counter>,
-    /// ConfirmEvent calls that succeeded.
-    pub confirm_batches: Counter,
+    /// ConfirmEvent calls that succeeded, by source.
+    pub confirm_batches: Family<SourceLabel, Counter>,
     /// ConfirmEvent failures by code.
     pub confirm_failures: Family<CodeLabel, Counter>,
-    /// Handles confirmed.
-    pub handles_confirmed: Counter,
-    /// Handles dropped because their confirm window passed (the event is redelivered).
-    pub handles_expired: Counter,
+    /// Handles confirmed, by source.
+    pub handles_confirmed: Family<SourceLabel, Counter>,
+    /// Handles dropped because their confirm window passed (the event is redelivered), by source.
+    pub handles_expired: Family<SourceLabel, Counter>,
     /// Seconds from a pull's answer to the confirm of its handles.
     pub pull_to_confirm_seconds: Histogram,
     /// Store commits that failed.
@@ -78,14 +88,16 @@ pub struct Metrics {
     pub deliveries_dead: Family<HandlerLabel, Gauge>,
     /// Deliveries waiting for a handler that is no longer configured (set at scrape).
     pub deliveries_orphaned: Family<HandlerLabel, Gauge>,
-    /// Unix time of the last successful pull.
-    pub last_pull_success: Gauge,
+    /// Unix time of the last successful pull, by source.
+    pub last_pull_success: Family<SourceLabel, Gauge>,
     /// Store file size in bytes, WAL included (set at scrape).
     pub store_bytes: Gauge,
     /// All events received (for STATUS= and the demo; Prometheus gets the per-type family).
     pub received_total: Counter,
     /// All duplicates received (likewise).
     pub duplicates_total: Counter,
+    /// All handles confirmed (likewise).
+    pub confirmed_total: Counter,
     /// Health flags.
     pub health: crate::health::Health,
 }
@@ -96,12 +108,12 @@ impl Default for Metrics {
         let m = Metrics {
             events_received: Family::default(),
             events_duplicate: Family::default(),
-            pulls: Counter::default(),
+            pulls: Family::default(),
             pull_errors: Family::default(),
-            confirm_batches: Counter::default(),
+            confirm_batches: Family::default(),
             confirm_failures: Family::default(),
-            handles_confirmed: Counter::default(),
-            handles_expired: Counter::default(),
+            handles_confirmed: Family::default(),
+            handles_expired: Family::default(),
             pull_to_confirm_seconds: latency_histogram(),
             store_failures: Counter::default(),
             deliveries: Family::default(),
@@ -109,10 +121,11 @@ impl Default for Metrics {
             deliveries_pending: Family::default(),
             deliveries_dead: Family::default(),
             deliveries_orphaned: Family::default(),
-            last_pull_success: Gauge::default(),
+            last_pull_success: Family::default(),
             store_bytes: Gauge::default(),
             received_total: Counter::default(),
             duplicates_total: Counter::default(),
+            confirmed_total: Counter::default(),
             health: crate::health::Health::default(),
             registry: Registry::default(),
         };
@@ -177,9 +190,28 @@ impl Metrics {
         }
     }
 
-    /// Counts an API failure under `family`.
-    pub fn error(family: &Family<CodeLabel, Counter>, code: String) {
-        family.get_or_create(&CodeLabel { code }).inc();
+    /// Counts an API failure of `source` under `family`.
+    pub fn error(family: &Family<CodeLabel, Counter>, source: &str, code: String) {
+        family.get_or_create(&CodeLabel { source: source.to_string(), code }).inc();
+    }
+
+    /// Counts handles of `source` confirmed.
+    pub fn confirmed(&self, source: &str, n: u64) {
+        self.confirm_batches.get_or_create(&SourceLabel { source: source.to_string() }).inc();
+        self.handles_confirmed.get_or_create(&SourceLabel { source: source.to_string() }).inc_by(n);
+        self.confirmed_total.inc_by(n);
+    }
+
+    /// Counts handles of `source` dropped after their window.
+    pub fn expired(&self, source: &str, n: u64) {
+        self.handles_expired.get_or_create(&SourceLabel { source: source.to_string() }).inc_by(n);
+    }
+
+    /// Counts a successful pull of `source`.
+    pub fn pulled(&self, source: &str) {
+        let label = SourceLabel { source: source.to_string() };
+        self.pulls.get_or_create(&label).inc();
+        self.last_pull_success.get_or_create(&label).set(crate::store::now_ms() / 1000);
     }
 
     /// Counts a handler attempt.

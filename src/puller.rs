@@ -1,6 +1,11 @@
 //! The pull loop: long-poll PullEvent, store each batch in one durable transaction, and
 //! only then hand the batch's handles to the confirmer. A batch that cannot be stored is
 //! retried and never confirmed until it is; while it is failing, nothing more is pulled.
+//!
+//! There is one pull loop per source; each event is stored with its source's name and
+//! `SubAppId`. A source whose credentials are refused on first contact reports it once
+//! ([`Contact`]) and keeps retrying every `pull.auth_retry`: the daemon decides whether
+//! that ends it (every source refused) or only makes it unhealthy, naming the source.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +21,7 @@ use crate::config::{Config, PullConfig};
 use crate::confirmer::PendingHandle;
 use crate::dispatch::Routing;
 use crate::event::ReceivedEvent;
-use crate::health::StoreWriter;
+use crate::health::{SourceHealth, StoreWriter};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -34,8 +39,33 @@ pub enum PullError {
     },
 }
 
+/// How a source's first contact went, reported once per pull loop.
+#[derive(Debug)]
+pub enum Contact {
+    /// A pull succeeded.
+    Worked {
+        /// The source.
+        source: String,
+    },
+    /// The credentials were refused and have never worked against this store.
+    Refused {
+        /// The source.
+        source: String,
+        /// The refusal, with the fix.
+        error: PullError,
+    },
+}
+
 /// Everything the pull loop needs.
 pub struct Puller {
+    /// The source's name, stored with each event.
+    pub source: String,
+    /// The source's app, stored with each event.
+    pub sub_app_id: Option<u64>,
+    /// The source's health.
+    pub health: Arc<SourceHealth>,
+    /// Where the first contact's outcome is reported.
+    pub contact: mpsc::Sender<Contact>,
     /// The API client.
     pub client: Arc<Client>,
     /// The store.
@@ -71,12 +101,40 @@ impl Puller {
         credentials: String,
     ) -> Self {
         let pull = config.pull.clone();
-        Puller { client, store, confirm_tx, stats, config: pull, config_path, routing, dispatch_wake, credentials }
+        let health = stats.health.source(crate::config::DEFAULT_SOURCE);
+        let (contact, _) = mpsc::channel(1);
+        Puller {
+            source: crate::config::DEFAULT_SOURCE.into(),
+            sub_app_id: client.sub_app_id(),
+            health,
+            contact,
+            client,
+            store,
+            confirm_tx,
+            stats,
+            config: pull,
+            config_path,
+            routing,
+            dispatch_wake,
+            credentials,
+        }
     }
 
-    /// Pulls until `shutdown` is cancelled (then returns `Ok`), or until the credentials
-    /// are refused when they have never worked against this store.
+    /// The same loop for source `name`, reporting its first contact on `contact`.
+    pub fn for_source(self, name: &str, contact: mpsc::Sender<Contact>) -> Self {
+        self.stats.health.remove_source(&self.source);
+        Puller { health: self.stats.health.source(name), source: name.to_string(), contact, ..self }
+    }
+
+    async fn report(&self, contact: Contact) {
+        // The daemon outlives its pull loops; a closed channel only means it is stopping.
+        let _ = self.contact.send(contact).await;
+    }
+
+    /// Pulls until `shutdown` is cancelled. Refused credentials that never worked against
+    /// this store are reported on `contact` (once) and retried every `pull.auth_retry`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), PullError> {
+        let mut reported = false;
         let mut rng = rand::rngs::StdRng::from_entropy();
         let mut failures: u32 = 0;
         // Unknown counts as worked: exit 78 keeps the service down, so only when sure.
@@ -94,6 +152,10 @@ impl Puller {
             let received_at = Instant::now();
             match result {
                 Ok(items) => {
+                    if !reported {
+                        reported = true;
+                        self.report(Contact::Worked { source: self.source.clone() }).await;
+                    }
                     if !credentials_worked {
                         credentials_worked = true;
                         if let Err(e) = self.store.remember_credentials(self.credentials.clone()).await {
@@ -101,9 +163,8 @@ impl Puller {
                         }
                     }
                     failures = 0;
-                    self.stats.pulls.inc();
-                    self.stats.health.pull_ok();
-                    self.stats.last_pull_success.set(crate::store::now_ms() / 1000);
+                    self.stats.pulled(&self.source);
+                    self.health.pull_ok();
                     if items.is_empty() {
                         continue;
                     }
@@ -113,20 +174,30 @@ impl Puller {
                     }
                 }
                 Err(e) => {
-                    Metrics::error(&self.stats.pull_errors, e.label());
-                    if e.class() != ErrorClass::InvalidParameter {
-                        self.stats.health.pull_failed();
+                    Metrics::error(&self.stats.pull_errors, &self.source, e.label());
+                    if !matches!(e.class(), ErrorClass::InvalidParameter | ErrorClass::Auth) {
+                        self.health.pull_failed();
                     }
                     let delay = match e.class() {
                         ErrorClass::Auth if !credentials_worked => {
-                            return Err(PullError::CredentialsRefused { source: e, config: self.config_path.clone() });
+                            let first = self.health.credentials_refused(e.label());
+                            if !reported {
+                                reported = true;
+                                let error =
+                                    PullError::CredentialsRefused { source: e, config: self.config_path.clone() };
+                                self.report(Contact::Refused { source: self.source.clone(), error }).await;
+                            } else if first {
+                                error!(error = %e, source = %self.source, "PullEvent credentials refused; this source pulls nothing until they are fixed. The other sources keep running.");
+                            }
+                            self.config.auth_retry
                         }
                         ErrorClass::Auth => {
-                            error!(error = %e, retry_in = ?self.config.auth_retry, "PullEvent credentials refused after working before; events wait at Tencent (kept up to 4 days). Check vod.secret_id and vod.secret_key.");
+                            self.health.credentials_refused(e.label());
+                            error!(error = %e, source = %self.source, retry_in = ?self.config.auth_retry, "PullEvent credentials refused after working before; events wait at Tencent (kept up to 4 days). Check the source's secret_id and secret_key.");
                             self.config.auth_retry
                         }
                         ErrorClass::InvalidParameter => {
-                            if self.stats.health.pull_refused(e.to_string()) {
+                            if self.health.pull_refused(e.to_string()) {
                                 warn!(error = %e, "PullEvent refused a parameter; retrying. Check vod.region and vod.sub_app_id: if only refusals come for alert.pull_stale_after, the daemon reports itself unhealthy.");
                             }
                             backoff::delay(failures, self.config.backoff_min, self.config.backoff_max, &mut rng)
@@ -162,8 +233,9 @@ impl Puller {
         let events: Vec<(ReceivedEvent, Vec<String>)> = items
             .iter()
             .map(|item| {
-                let event = ReceivedEvent::from_content(&item.content, self.client.api());
-                let handlers = routing.router.handlers_for(&event.event_type);
+                let event = ReceivedEvent::from_content(&item.content, self.client.api())
+                    .with_source(&self.source, self.sub_app_id);
+                let handlers = routing.router.handlers_for(&event.event_type, &event.source);
                 (event, handlers)
             })
             .collect();

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use crate::config::{AlertConfig, HealthConfig};
-use crate::health::Report;
+use crate::health::{Report, SourceReport};
 use crate::metrics::Metrics;
 use crate::store::{now_ms, HandlerCounts, Store};
 
@@ -48,7 +48,7 @@ impl StatusLoop {
         let started = now_ms().to_string();
         let mut ticker = tokio::time::interval(STATUS_INTERVAL.min(self.alert.check_interval));
         let mut last_alarm_check: Option<Instant> = None;
-        let mut stale_reported: Option<Instant> = None;
+        let mut stale_reported: BTreeMap<String, Instant> = BTreeMap::new();
         let mut dead_seen: BTreeMap<String, i64> = BTreeMap::new();
         loop {
             tokio::select! {
@@ -102,38 +102,63 @@ impl StatusLoop {
             "{} events stored ({} duplicates), {} handles confirmed; deliveries: {pending} pending, {dead} dead, {orphaned} orphaned; last pull {}",
             self.metrics.received_total.get() - self.metrics.duplicates_total.get(),
             self.metrics.duplicates_total.get(),
-            self.metrics.handles_confirmed.get(),
-            report.last_pull_age.map_or_else(|| "never".to_string(), |a| format!("{}s ago", a.as_secs())),
+            self.metrics.confirmed_total.get(),
+            pull_age(report.last_pull_age()),
         );
+        if report.sources.len() > 1 {
+            let each: Vec<String> = report
+                .sources
+                .iter()
+                .map(|s| {
+                    let verdict = if s.healthy() { "ok" } else { "UNHEALTHY" };
+                    format!("{} {verdict} (last pull {})", s.name, pull_age(s.last_pull_age))
+                })
+                .collect();
+            status.push_str(&format!("; sources: {}", each.join(", ")));
+        }
         if !report.healthy() {
             status.push_str(&format!("; UNHEALTHY: {}", report.problems().join("; ")));
         }
         status
     }
 
-    fn check_stale_pulls(&self, report: &Report, reported: &mut Option<Instant>) {
+    fn check_stale_pulls(&self, report: &Report, reported: &mut BTreeMap<String, Instant>) {
+        reported.retain(|name, _| report.sources.iter().any(|s| &s.name == name));
+        for source in &report.sources {
+            self.check_stale_source(source, reported);
+        }
+    }
+
+    fn check_stale_source(&self, report: &SourceReport, reported: &mut BTreeMap<String, Instant>) {
         let age = report.last_pull_age;
         let stale = report.refused.is_some() || age.is_some_and(|a| a > self.alert.pull_stale_after);
         if !stale {
-            *reported = None;
+            reported.remove(&report.name);
             return;
         }
-        if reported.is_some_and(|t| t.elapsed() < STALE_REPEAT) {
+        if reported.get(&report.name).is_some_and(|t| t.elapsed() < STALE_REPEAT) {
             return;
         }
+        let source = &report.name;
         match &report.refused {
             Some(refused) => error!(
+                source,
                 answer = %refused.answer,
                 refused_for = ?refused.duration,
                 "PullEvent has answered only with a refused parameter for longer than alert.pull_stale_after, so no event is being pulled; Tencent keeps unpulled events for 4 days. Check vod.region and vod.sub_app_id (and for v3 the app's SubAppId) against the answer."
             ),
             None => error!(
+                source,
                 last_success_ago = ?age.unwrap_or_default(),
                 "No successful PullEvent for longer than alert.pull_stale_after. Tencent keeps unpulled events for 4 days: find out why pulls fail (see the warnings above) before events are lost."
             ),
         }
-        *reported = Some(Instant::now());
+        reported.insert(report.name.clone(), Instant::now());
     }
+}
+
+fn pull_age(age: Option<Duration>) -> String {
+    age.map_or_else(|| "never".to_string(), |a| format!("{}s ago", a.as_secs()))
 }
 
 fn check_dead_growth(counts: &BTreeMap<String, HandlerCounts>, seen: &mut BTreeMap<String, i64>) {

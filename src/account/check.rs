@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{app_name, describe, is_permission_denied, EventConfig, DESCRIBE_PERMISSION};
 use crate::api::{ApiError, V3Client};
-use crate::metrics::Metrics;
+use crate::health::SourceHealth;
 use crate::store::Store;
 
 /// The check loop.
@@ -31,8 +31,11 @@ pub struct AccountCheck {
     pub sub_app_id: Option<u64>,
     /// `account.check_interval`.
     pub interval: Duration,
-    /// Health, where a mode that is not PULL makes the daemon unhealthy.
-    pub metrics: Arc<Metrics>,
+    /// The source's health, where a mode that is not PULL makes the daemon unhealthy.
+    pub health: Arc<SourceHealth>,
+    /// The `daemon_state` key its finding is kept under for `status` (`event_config`,
+    /// `event_config.SOURCE` for a source other than the default one).
+    pub state_key: String,
     /// For `status`.
     pub store: Store,
 }
@@ -70,7 +73,7 @@ impl AccountCheck {
                     }
                 }
             };
-            let _ = self.store.put_state(vec![("event_config", format!("{app}: {state}"))]).await;
+            let _ = self.store.put_state(vec![(self.state_key.clone(), format!("{app}: {state}"))]).await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(self.interval) => {}
@@ -99,12 +102,12 @@ impl AccountCheck {
             if previous.is_none_or(|p| p.mode != config.mode) {
                 error!(app = %app, mode = %config.mode, "The app delivers events by HTTP callback (Mode = \"{}\"), not through the reliable-callback queue, so PullEvents gets nothing and no event reaches this daemon. Switch {app} to reliable callback with `vod-eventd account set-mode pull` (or in the VOD console: event notification settings, reliable callback).", config.mode);
             }
-            self.metrics.health.set_account_problem(Some(format!(
+            self.health.set_account_problem(Some(format!(
                 "{app} is in {} mode: its events go to HTTP callbacks, never to the queue; run `vod-eventd account set-mode pull`",
                 config.mode
             )));
         } else {
-            self.metrics.health.set_account_problem(None);
+            self.health.set_account_problem(None);
             if previous.is_some_and(|p| !p.is_pull()) {
                 info!(app = %app, "The app is in PULL mode now: its events go to the queue.");
             }

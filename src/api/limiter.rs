@@ -6,11 +6,19 @@
 //! sliding window within `limit`, the burst is small and the steady rate is
 //! `limit - 2 × burst` per window (one burst of margin for network jitter).
 //!
+//! One limiter per credential (SecretId) and API, shared by every source that uses it
+//! ([`LimiterPool`]): Tencent documents these limits per account and action and says
+//! nothing of a split per app (sub-application) [UNCONFIRMED], so two apps pulled with one
+//! key are assumed to spend one budget. The first source built for a credential sets its
+//! rate (`rate_limit_per_minute`).
+//!
 //! Pacing, not bursting, on purpose: a sliding-window budget spent in a burst drains a
 //! backlog faster, but under steady load it spends a minute's budget in seconds and then
 //! stalls — and a stalled ConfirmEvent budget lets handles pass their 30 s window.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
@@ -61,6 +69,37 @@ impl ActionLimiter {
         } else {
             self.per_action.until_key_ready(&action).await;
         }
+    }
+}
+
+/// The limiter a client for `settings` uses when it shares none: v2 counts calls per
+/// minute, API 3.0 per second.
+pub(crate) fn for_settings(settings: &super::ClientSettings) -> ActionLimiter {
+    match settings.api {
+        crate::config::ApiVersion::V2 => ActionLimiter::new(
+            Limit { calls: settings.rate_limit_per_minute, per: Duration::from_secs(60) },
+            V2_DRM_LIMIT,
+        ),
+        crate::config::ApiVersion::V3 => ActionLimiter::new(
+            Limit { calls: (settings.rate_limit_per_minute / 60).max(1), per: Duration::from_secs(1) },
+            V3_DRM_LIMIT,
+        ),
+    }
+}
+
+/// The limiters of the daemon's clients, one per (SecretId, API), shared by every source
+/// using that credential.
+#[derive(Default)]
+pub struct LimiterPool {
+    limiters: Mutex<HashMap<(String, crate::config::ApiVersion), Arc<ActionLimiter>>>,
+}
+
+impl LimiterPool {
+    /// The limiter for the credential and API of `settings`.
+    pub(crate) fn get(&self, settings: &super::ClientSettings) -> Arc<ActionLimiter> {
+        let key = (settings.secret_id.clone(), settings.api);
+        let mut limiters = self.limiters.lock().expect("limiter pool mutex poisoned");
+        limiters.entry(key).or_insert_with(|| Arc::new(for_settings(settings))).clone()
     }
 }
 

@@ -6,6 +6,8 @@
 
 mod error;
 mod limiter;
+
+pub use limiter::LimiterPool;
 mod v2;
 mod v3;
 
@@ -18,7 +20,7 @@ pub use v2::V2Client;
 pub use v3::V3Client;
 use vod_protocol::SignatureMethod;
 
-use crate::config::{ApiVersion, Config};
+use crate::config::{ApiVersion, Config, VodConfig};
 
 /// One pulled event, as far as it could be read.
 #[derive(Debug, Clone)]
@@ -60,21 +62,26 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
-    /// Settings from a validated config.
+    /// Settings from a validated config (`[vod]`).
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        Self::from_vod(&config.vod)
+    }
+
+    /// Settings for one source (`[vod]`, or a resolved `[[sources]]` entry).
+    pub fn from_vod(vod: &VodConfig) -> anyhow::Result<Self> {
         Ok(ClientSettings {
-            api: config.vod.api,
-            endpoint: Url::parse(&config.endpoint())?,
-            secret_id: config.vod.secret_id.clone(),
-            secret_key: config.secret_key().map_err(|e| anyhow::anyhow!("vod.secret_key: {e}"))?,
-            region: config.region(),
-            signature_method: config.signature_method().unwrap_or_default(),
-            post: config.vod.http_method == "POST",
-            token: config.vod.token.clone(),
-            sub_app_id: config.vod.sub_app_id,
-            timeout: config.vod.request_timeout,
-            long_poll_hold: config.vod.long_poll_hold,
-            rate_limit_per_minute: config.rate_limit_per_minute(),
+            api: vod.api,
+            endpoint: Url::parse(&vod.endpoint())?,
+            secret_id: vod.secret_id.clone(),
+            secret_key: vod.secret_key().map_err(|e| anyhow::anyhow!("secret_key: {e}"))?,
+            region: vod.region(),
+            signature_method: vod.signature_method().unwrap_or_default(),
+            post: vod.http_method == "POST",
+            token: vod.token.clone(),
+            sub_app_id: vod.sub_app_id,
+            timeout: vod.request_timeout,
+            long_poll_hold: vod.long_poll_hold,
+            rate_limit_per_minute: vod.rate_limit_per_minute(),
         })
     }
 
@@ -82,8 +89,19 @@ impl ClientSettings {
     /// (DescribeEventConfig, ModifyEventConfig), whichever API pulls. A v2 `Region` (`gz`)
     /// is no API 3.0 region, and VOD needs none, so with v2 none is sent.
     pub fn for_account(config: &Config) -> anyhow::Result<Self> {
-        let settings = Self::from_config(config)?;
-        let endpoint = Url::parse(&config.account_endpoint())?;
+        Self::for_account_of(config, &config.vod)
+    }
+
+    /// Like [`ClientSettings::for_account`], for one source: `account.endpoint`, else the
+    /// source's endpoint when it speaks API 3.0, else Tencent's.
+    pub fn for_account_of(config: &Config, vod: &VodConfig) -> anyhow::Result<Self> {
+        let settings = Self::from_vod(vod)?;
+        let endpoint = match (&config.account.endpoint, vod.api) {
+            (Some(endpoint), _) => endpoint.clone(),
+            (None, ApiVersion::V3) => vod.endpoint(),
+            (None, ApiVersion::V2) => crate::config::default_endpoint(ApiVersion::V3).to_string(),
+        };
+        let endpoint = Url::parse(&endpoint)?;
         Ok(match settings.api {
             ApiVersion::V3 => ClientSettings { endpoint, ..settings },
             ApiVersion::V2 => ClientSettings {
@@ -137,6 +155,31 @@ impl ClientSettings {
     }
 }
 
+/// The clients of the running sources, by source name, for handlers that call the API
+/// about an event: DRM keys are fetched with the event's own source, so under its
+/// `SubAppId` and credentials. Sources come and go (discovery, reload), hence the lock.
+#[derive(Default)]
+pub struct Clients {
+    by_source: std::sync::RwLock<std::collections::BTreeMap<String, std::sync::Arc<Client>>>,
+}
+
+impl Clients {
+    /// Registers (or replaces) the client of a source.
+    pub fn insert(&self, source: &str, client: std::sync::Arc<Client>) {
+        self.by_source.write().expect("clients lock poisoned").insert(source.to_string(), client);
+    }
+
+    /// Forgets a retired source's client.
+    pub fn remove(&self, source: &str) {
+        self.by_source.write().expect("clients lock poisoned").remove(source);
+    }
+
+    /// The client of a running source.
+    pub fn get(&self, source: &str) -> Option<std::sync::Arc<Client>> {
+        self.by_source.read().expect("clients lock poisoned").get(source).cloned()
+    }
+}
+
 /// A client for either API.
 pub enum Client {
     /// The v2 server API.
@@ -152,6 +195,24 @@ impl Client {
             ApiVersion::V2 => Client::V2(V2Client::new(settings)?),
             ApiVersion::V3 => Client::V3(V3Client::new(settings)?),
         })
+    }
+
+    /// A client for `settings` whose rate limit is shared, through `pool`, with every other
+    /// client of the same SecretId and API.
+    pub fn shared(settings: ClientSettings, pool: &LimiterPool) -> anyhow::Result<Client> {
+        let limiter = pool.get(&settings);
+        Ok(match settings.api {
+            ApiVersion::V2 => Client::V2(V2Client::with_limiter(settings, limiter)?),
+            ApiVersion::V3 => Client::V3(V3Client::with_limiter(settings, limiter)?),
+        })
+    }
+
+    /// The app (`SubAppId`) this client calls for.
+    pub fn sub_app_id(&self) -> Option<u64> {
+        match self {
+            Client::V2(c) => c.sub_app_id(),
+            Client::V3(c) => c.sub_app_id(),
+        }
     }
 
     /// Which API this client speaks.

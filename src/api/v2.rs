@@ -3,6 +3,7 @@
 //! queue answers PullEvent with `code 4000`, or `code 0` and no or an empty `eventList`;
 //! a 4000 that is a refused parameter instead is told apart by [`idle_or_refused`].
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
@@ -21,7 +22,7 @@ pub struct V2Client {
     settings: ClientSettings,
     /// `host[:port]` as the `Host` header carries it, which is what gets signed.
     host: String,
-    limiter: ActionLimiter,
+    limiter: Arc<ActionLimiter>,
 }
 
 #[derive(Deserialize)]
@@ -46,11 +47,14 @@ struct RawItem<'a> {
 impl V2Client {
     /// A client for `settings`.
     pub fn new(settings: ClientSettings) -> anyhow::Result<V2Client> {
+        let limiter = Arc::new(limiter::for_settings(&settings));
+        Self::with_limiter(settings, limiter)
+    }
+
+    /// A client for `settings` spending the budget of `limiter` (shared with other sources).
+    pub(crate) fn with_limiter(settings: ClientSettings, limiter: Arc<ActionLimiter>) -> anyhow::Result<V2Client> {
         let host = settings.host()?;
         let http = settings.http_client()?;
-        let per_minute =
-            limiter::Limit { calls: settings.rate_limit_per_minute, per: std::time::Duration::from_secs(60) };
-        let limiter = ActionLimiter::new(per_minute, limiter::V2_DRM_LIMIT);
         Ok(V2Client { http, settings, host, limiter })
     }
 
@@ -70,6 +74,11 @@ impl V2Client {
             detail,
             excerpt: error::excerpt(ACTION, &body),
         })
+    }
+
+    /// The app (`SubAppId`) it calls for.
+    pub fn sub_app_id(&self) -> Option<u64> {
+        self.settings.sub_app_id
     }
 
     /// Confirms handles (at most 16).

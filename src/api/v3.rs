@@ -5,6 +5,7 @@
 //! code `ResourceNotFound`, which means no events, as do `EventSet` null, missing or empty. Each pulled event is kept as Tencent sent it minus `EventHandle` (key order and
 //! values exact), which is the body VOD's own v3 HTTP callbacks carry.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use indexmap::IndexMap;
@@ -35,7 +36,7 @@ pub struct V3Client {
     http: reqwest::Client,
     settings: ClientSettings,
     host: String,
-    limiter: ActionLimiter,
+    limiter: Arc<ActionLimiter>,
 }
 
 #[derive(Deserialize)]
@@ -63,14 +64,15 @@ struct ErrorBody {
 impl V3Client {
     /// A client for `settings`.
     pub fn new(settings: ClientSettings) -> anyhow::Result<V3Client> {
+        // Tencent counts API 3.0 calls per second: the configured rate is enforced per second.
+        let limiter = Arc::new(limiter::for_settings(&settings));
+        Self::with_limiter(settings, limiter)
+    }
+
+    /// A client for `settings` spending the budget of `limiter` (shared with other sources).
+    pub(crate) fn with_limiter(settings: ClientSettings, limiter: Arc<ActionLimiter>) -> anyhow::Result<V3Client> {
         let host = settings.host()?;
         let http = settings.http_client()?;
-        // Tencent counts API 3.0 calls per second: enforce the configured rate per second.
-        let per_second = limiter::Limit {
-            calls: (settings.rate_limit_per_minute / 60).max(1),
-            per: std::time::Duration::from_secs(1),
-        };
-        let limiter = ActionLimiter::new(per_second, limiter::V3_DRM_LIMIT);
         Ok(V3Client { http, settings, host, limiter })
     }
 
@@ -87,6 +89,11 @@ impl V3Client {
             detail,
             excerpt: error::excerpt(ACTION, &body),
         })
+    }
+
+    /// The app (`SubAppId`) it calls for.
+    pub fn sub_app_id(&self) -> Option<u64> {
+        self.settings.sub_app_id
     }
 
     /// Confirms handles (at most 16).

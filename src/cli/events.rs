@@ -60,6 +60,9 @@ pub struct ListArgs {
     /// Only events about this file id.
     #[arg(long, value_name = "ID")]
     pub file_id: Option<String>,
+    /// Only events pulled from this source (a `[[sources]]` name; `default` without them).
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
     /// At most this many events.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
@@ -89,6 +92,7 @@ impl EventsCommand {
                     event_type: args.event_type,
                     since_ms: args.since.as_deref().map(parse_since).transpose()?,
                     file_id: args.file_id,
+                    source: args.source,
                     limit: args.limit,
                 };
                 let rows = store.list_events(&filter)?;
@@ -191,6 +195,8 @@ fn json_line(row: &EventRow) -> anyhow::Result<String> {
         version: Option<&'a str>,
         api: &'a str,
         dedupe_key: &'a str,
+        source: &'a str,
+        sub_app_id: Option<i64>,
         content: Box<RawValue>,
     }
     let content = RawValue::from_string(row.content.clone())
@@ -207,18 +213,21 @@ fn json_line(row: &EventRow) -> anyhow::Result<String> {
         version: row.version.as_deref(),
         api: &row.api,
         dedupe_key: &row.dedupe_key,
+        source: &row.source,
+        sub_app_id: row.sub_app_id,
         content,
     })?)
 }
 
 fn write_table(out: &mut impl std::io::Write, rows: &[EventRow]) -> std::io::Result<()> {
-    let header = ["ID", "RECEIVED (UTC)", "TYPE", "FILE ID", "TASK ID", "SEEN"];
-    let cells: Vec<[String; 6]> = rows
+    let header = ["ID", "RECEIVED (UTC)", "SOURCE", "TYPE", "FILE ID", "TASK ID", "SEEN"];
+    let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
             [
                 r.id.to_string(),
                 rfc3339(r.received_at),
+                r.source.clone(),
                 r.event_type.clone(),
                 r.file_id.clone().unwrap_or_else(|| "-".into()),
                 r.task_id.clone().unwrap_or_else(|| "-".into()),
@@ -257,6 +266,8 @@ fn write_details(out: &mut impl std::io::Write, row: &EventRow, files: &[(String
         writeln!(out, "files:        {}", all.join(", "))?;
     }
     writeln!(out, "task id:      {}", dash(&row.task_id))?;
+    let app = row.sub_app_id.map_or_else(|| "the default app".to_string(), |id| format!("SubAppId {id}"));
+    writeln!(out, "source:       {} ({app})", row.source)?;
     writeln!(out, "received at:  {}", rfc3339(row.received_at))?;
     writeln!(out, "last seen at: {}", rfc3339(row.last_seen_at))?;
     writeln!(out, "times seen:   {}", row.times_seen)?;

@@ -16,7 +16,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{hls, Delivery, Failure, Success};
-use crate::api::{Client, ErrorClass};
+use crate::api::{Clients, ErrorClass};
 use crate::store::{NewKey, Store};
 
 /// EDKs per DescribeDrmDataKey call.
@@ -97,7 +97,7 @@ impl DrmConfig {
 /// A built DRM key fetcher.
 pub struct Drm {
     config: DrmConfig,
-    client: Arc<Client>,
+    clients: Arc<Clients>,
     store: Store,
     playlists: hls::FetchSettings,
     http: reqwest::Client,
@@ -125,7 +125,7 @@ pub fn drm_info(body: &Value) -> DrmInfo {
 }
 
 impl Drm {
-    pub(super) fn new(config: &DrmConfig, client: Arc<Client>, store: Store) -> anyhow::Result<Drm> {
+    pub(super) fn new(config: &DrmConfig, clients: Arc<Clients>, store: Store) -> anyhow::Result<Drm> {
         let playlists = hls::FetchSettings {
             timeout: config.playlist_timeout,
             max_bytes: config.playlist_max_bytes,
@@ -133,7 +133,7 @@ impl Drm {
             follow_redirects: config.follow_redirects,
         };
         let http = hls::client(&playlists)?;
-        Ok(Drm { config: config.clone(), client, store, playlists, http })
+        Ok(Drm { config: config.clone(), clients, store, playlists, http })
     }
 
     pub(super) async fn handle(&self, d: &Delivery) -> Result<Success, Failure> {
@@ -167,8 +167,17 @@ impl Drm {
         let known = self.store.known_edks(info.edks.clone()).await.map_err(|e| Failure::transient(e.to_string()))?;
         let missing: Vec<String> = info.edks.iter().filter(|e| !known.contains(e)).cloned().collect();
         let mut fetched = Vec::new();
+        // Under the event's own app and credentials: a key of one app is not another's.
+        let client = || {
+            self.clients.get(&d.source).ok_or_else(|| {
+                Failure::transient(format!(
+                    "source {} is not running, so its DRM keys cannot be fetched; configure it again and the delivery resumes",
+                    d.source
+                ))
+            })
+        };
         for chunk in missing.chunks(EDKS_PER_CALL) {
-            let pairs = self.client.describe_drm_data_key(chunk).await.map_err(|e| Failure {
+            let pairs = client()?.describe_drm_data_key(chunk).await.map_err(|e| Failure {
                 retryable: e.class() != ErrorClass::InvalidParameter,
                 ..Failure::transient(e.to_string())
             })?;

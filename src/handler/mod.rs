@@ -19,7 +19,7 @@ use serde::Deserialize;
 pub use shell::ShellConfig;
 pub use webhook::{sign as sign_webhook, WebhookConfig};
 
-use crate::api::Client;
+use crate::api::Clients;
 use crate::store::Store;
 
 /// See [`HandlerConfig::attempt_timeout`].
@@ -89,6 +89,10 @@ pub struct Delivery {
     pub task_id: Option<String>,
     /// The event body to hand on (the `eventContent` as received).
     pub body: String,
+    /// The source the event was pulled from.
+    pub source: String,
+    /// The app (`SubAppId`) it was pulled from; `None`: the default app.
+    pub sub_app_id: Option<u64>,
 }
 
 /// A successful attempt.
@@ -140,11 +144,16 @@ pub enum AnyHandler {
 
 impl AnyHandler {
     /// Builds a handler from its config.
-    pub fn build(name: &str, config: &HandlerConfig, client: Arc<Client>, store: Store) -> anyhow::Result<AnyHandler> {
+    pub fn build(
+        name: &str,
+        config: &HandlerConfig,
+        clients: Arc<Clients>,
+        store: Store,
+    ) -> anyhow::Result<AnyHandler> {
         Ok(match config {
             HandlerConfig::Webhook(c) => AnyHandler::Webhook(webhook::Webhook::new(name, c)?),
             HandlerConfig::Shell(c) => AnyHandler::Shell(shell::Shell::new(c)),
-            HandlerConfig::Drm(c) => AnyHandler::Drm(drm::Drm::new(c, client, store)?),
+            HandlerConfig::Drm(c) => AnyHandler::Drm(drm::Drm::new(c, clients, store)?),
         })
     }
 
@@ -170,12 +179,12 @@ impl AnyHandler {
 /// Builds every configured handler.
 pub fn build_all(
     configs: &BTreeMap<String, HandlerConfig>,
-    client: Arc<Client>,
+    clients: Arc<Clients>,
     store: Store,
 ) -> anyhow::Result<BTreeMap<String, Arc<AnyHandler>>> {
     configs
         .iter()
-        .map(|(name, c)| Ok((name.clone(), Arc::new(AnyHandler::build(name, c, client.clone(), store.clone())?))))
+        .map(|(name, c)| Ok((name.clone(), Arc::new(AnyHandler::build(name, c, clients.clone(), store.clone())?))))
         .collect()
 }
 

@@ -1,7 +1,8 @@
 //! The shell hook: runs `command` as an argument vector (never through a shell) with the
 //! event body on stdin and a scrubbed environment: only the names in `env` (taken from
 //! the daemon's own environment) plus `VOD_EVENT_ID` (stable, like `webhook-id`),
-//! `VOD_EVENT_ROWID`, `VOD_EVENT_TYPE`, `VOD_FILE_ID`, `VOD_TASK_ID`, `VOD_ATTEMPT` (the
+//! `VOD_EVENT_ROWID`, `VOD_EVENT_TYPE`, `VOD_FILE_ID`, `VOD_TASK_ID`, `VOD_ATTEMPT`, `VOD_SOURCE` and
+//! `VOD_SUB_APP_ID` (the source the event was pulled from and its app, empty for the default app) (the
 //! type and ids percent-encoded where needed, see [`super::encode_field`]).
 //!
 //! The hook runs in its own process group. When it exits, when `timeout` passes, or when
@@ -105,6 +106,8 @@ impl Shell {
             .env("VOD_FILE_ID", field(d.file_id.as_deref()))
             .env("VOD_TASK_ID", field(d.task_id.as_deref()))
             .env("VOD_ATTEMPT", d.attempt.to_string())
+            .env("VOD_SOURCE", &d.source)
+            .env("VOD_SUB_APP_ID", d.sub_app_id.map(|id| id.to_string()).unwrap_or_default())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -2,7 +2,8 @@
 //! written for VOD's plain HTTP callbacks work unchanged), signed per Standard Webhooks:
 //! `webhook-id` (stable per event and handler), `webhook-timestamp` (this attempt),
 //! `webhook-signature` (`v1,<base64 HMAC-SHA256(id.timestamp.body)>`, one per secret for
-//! rotation), plus `X-Vod-Event-Type` (percent-encoded where a header cannot carry the
+//! rotation), plus `X-Vod-Source` and `X-Vod-Sub-App-Id` (the source and its app, empty for
+//! the default app) and `X-Vod-Event-Type` (percent-encoded where a header cannot carry the
 //! type as it is, see [`super::encode_field`]). Redirects are not followed.
 //!
 //! Outcomes: 2xx done; 408, 429, 5xx, 3xx and network errors or timeouts retry (honouring
@@ -150,7 +151,9 @@ impl Webhook {
             .header(CONTENT_TYPE, "application/json")
             .header("webhook-id", &d.webhook_id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("X-Vod-Event-Type", super::encode_field(&d.event_type).as_ref());
+            .header("X-Vod-Event-Type", super::encode_field(&d.event_type).as_ref())
+            .header("X-Vod-Source", d.source.as_str())
+            .header("X-Vod-Sub-App-Id", d.sub_app_id.map(|id| id.to_string()).unwrap_or_default());
         if !self.keys.is_empty() {
             let signatures: Vec<String> = self
                 .keys

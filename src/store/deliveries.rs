@@ -187,7 +187,8 @@ impl Store {
                 let ids = stmt.query_map(params![now, handler, limit as i64, lease_until], |r| r.get::<_, i64>(0))?;
                 let ids: Vec<i64> = ids.collect::<Result<_, _>>()?;
                 let mut load = tx.prepare_cached(
-                    "SELECT d.id, d.event_id, d.webhook_id, d.attempts, e.event_type, e.file_id, e.task_id, e.content, d.created_at
+                    "SELECT d.id, d.event_id, d.webhook_id, d.attempts, e.event_type, e.file_id, e.task_id, e.content, d.created_at,
+                            e.source, e.sub_app_id
                      FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?",
                 )?;
                 ids.iter()
@@ -203,6 +204,8 @@ impl Store {
                                 task_id: r.get(6)?,
                                 body: r.get(7)?,
                                 created_at: r.get(8)?,
+                                source: r.get(9)?,
+                                sub_app_id: r.get::<_, Option<i64>>(10)?.map(|id| id as u64),
                             })
                         })
                     })

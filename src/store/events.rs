@@ -45,6 +45,10 @@ pub struct EventRow {
     pub occurrence: i64,
     /// When a handle of this row was first confirmed, Unix ms.
     pub confirmed_at: Option<i64>,
+    /// The source it was pulled from.
+    pub source: String,
+    /// The app (`SubAppId`) it was pulled from; none: the default app.
+    pub sub_app_id: Option<i64>,
     /// `eventContent` exactly as received.
     pub content: String,
 }
@@ -58,12 +62,14 @@ pub struct EventFilter {
     pub since_ms: Option<i64>,
     /// Exact file id.
     pub file_id: Option<String>,
+    /// Exact source name.
+    pub source: Option<String>,
     /// At most this many rows, newest first.
     pub limit: u32,
 }
 
 const COLUMNS: &str = "id, dedupe_key, api, event_type, version, file_id, task_id, received_at, last_seen_at, \
-     times_seen, content, occurrence, confirmed_at";
+     times_seen, content, occurrence, confirmed_at, source, sub_app_id";
 
 fn row_to_event(row: &Row<'_>) -> rusqlite::Result<EventRow> {
     let key: Vec<u8> = row.get(1)?;
@@ -81,6 +87,8 @@ fn row_to_event(row: &Row<'_>) -> rusqlite::Result<EventRow> {
         content: row.get(10)?,
         occurrence: row.get(11)?,
         confirmed_at: row.get(12)?,
+        source: row.get(13)?,
+        sub_app_id: row.get(14)?,
     })
 }
 
@@ -104,8 +112,8 @@ pub(crate) fn insert_batch(
         let mut fold =
             tx.prepare_cached("UPDATE events SET last_seen_at = ?2, times_seen = times_seen + 1 WHERE id = ?1")?;
         let mut insert = tx.prepare_cached(
-            "INSERT INTO events (dedupe_key, occurrence, event_type, version, file_id, task_id, content, received_at, last_seen_at, api)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
+            "INSERT INTO events (dedupe_key, occurrence, event_type, version, file_id, task_id, content, received_at, last_seen_at, api, source, sub_app_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11)",
         )?;
         for (e, handlers) in events {
             let found: Option<(i64, i64, bool)> =
@@ -128,7 +136,9 @@ pub(crate) fn insert_batch(
                 e.task_id,
                 e.content,
                 now_ms,
-                e.api.as_str()
+                e.api.as_str(),
+                e.source,
+                e.sub_app_id.map(|id| id as i64)
             ])?;
             let id = tx.last_insert_rowid();
             index_files(&tx, id, e)?;
@@ -232,6 +242,10 @@ impl Store {
         if let Some(t) = &filter.event_type {
             sql.push_str(" AND event_type = ?");
             args.push(t.clone().into());
+        }
+        if let Some(source) = &filter.source {
+            sql.push_str(" AND source = ?");
+            args.push(source.clone().into());
         }
         if let Some(since) = filter.since_ms {
             sql.push_str(" AND received_at >= ?");
@@ -337,6 +351,25 @@ mod tests {
             deliveries.iter().find(|d| d.event_id == first.id).unwrap().webhook_id,
             crate::store::webhook_id(&cast.dedupe_key, 1, "hook")
         );
+    }
+
+    #[tokio::test]
+    async fn the_same_content_from_two_sources_is_two_events_with_their_own_deliveries() {
+        let (_dir, store) = store();
+        let content = r#"{"eventType":"NewFileUpload","data":{"fileId":"1"}}"#;
+        let from = |source: &str, app| (ev(content).with_source(source, app), vec!["hook".to_string()]);
+        let rows = store.insert_events(vec![from("a", Some(1)), from("b", Some(2)), from("a", Some(1))]).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.new).collect::<Vec<_>>(), [true, true, false]);
+        assert_eq!(rows[2].id, rows[0].id, "a redelivery within a source folds");
+        let stored =
+            store.list_events(&EventFilter { source: Some("b".into()), limit: 10, ..Default::default() }).unwrap();
+        assert_eq!(stored.iter().map(|r| (r.id, r.sub_app_id)).collect::<Vec<_>>(), [(rows[1].id, Some(2))]);
+        let deliveries =
+            store.list_deliveries(&crate::store::DeliveryFilter { limit: 10, ..Default::default() }).unwrap();
+        assert_eq!(deliveries.len(), 2);
+        assert_ne!(deliveries[0].webhook_id, deliveries[1].webhook_id, "receivers must not fold them");
+        let default = ev(content).with_source(crate::config::DEFAULT_SOURCE, None);
+        assert_eq!(default.dedupe_key, ev(content).dedupe_key, "the default source keeps the content hash");
     }
 
     #[tokio::test]

@@ -94,7 +94,8 @@ pub struct Orphans {
 
 impl Store {
     /// Records the daemon's heartbeat values.
-    pub async fn put_state(&self, values: Vec<(&'static str, String)>) -> Result<(), StoreError> {
+    pub async fn put_state<K: Into<String>>(&self, values: Vec<(K, String)>) -> Result<(), StoreError> {
+        let values: Vec<(String, String)> = values.into_iter().map(|(k, v)| (k.into(), v)).collect();
         self.run_bookkeeping(move |conn| {
             let tx = conn.transaction()?;
             for (key, value) in &values {

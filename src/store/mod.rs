@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_occurrences_files.sql"),
     include_str!("migrations/0005_leases.sql"),
     include_str!("migrations/0006_orphaned.sql"),
+    include_str!("migrations/0007_sources.sql"),
 ];
 
 /// A store failure.

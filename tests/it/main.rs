@@ -25,6 +25,7 @@ mod handlers;
 mod pipeline;
 mod receiver;
 mod service;
+mod sources;
 mod store_lifecycle;
 mod store_trouble;
 mod support;

@@ -2,7 +2,11 @@
 //! faithful enough to test a consumer against. v2 (`/v2/index.php`): signature checks
 //! (HmacSHA1/HmacSHA256, GET/POST), stale Timestamps and reused Nonces (4500), 1000
 //! calls/min per action (4400). API 3.0 (POST `/` with `X-TC-Action`): TC3-HMAC-SHA256
-//! verification, 5-minute timestamp skew, 100 requests/s per action. Both share one queue:
+//! verification, 5-minute timestamp skew, 100 requests/s per action. Both share one queue
+//! per app (`SubAppId`; none is the default app): a handle is only valid under the app it
+//! was pulled from, so confirming it under another is refused as an invalid handle (and
+//! counted in `cross_app_confirms`). DescribeSubAppIds (API 3.0) lists the apps, field for
+//! field as the official SDK's `SubAppIdInfo`. Each queue has
 //! a long-poll hold that wakes on enqueue, up to 16 events per pull under fresh handles,
 //! a visibility timeout with redelivery under a new handle, strict confirms (any bad handle
 //! refuses the call, nothing confirmed), DescribeDrmDataKey for the EDKs it issued, and
@@ -26,7 +30,7 @@ pub mod queue;
 mod server;
 mod v3;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -199,6 +203,42 @@ pub struct ApiStats {
     pub faults: u64,
     /// Events not queued because the default app is in PUSH mode or their switch is off.
     pub not_queued: u64,
+    /// Handles refused because they were confirmed under another app than the one that
+    /// pulled them.
+    pub cross_app_confirms: u64,
+}
+
+/// One app (sub-application) of the account, as DescribeSubAppIds describes it: the
+/// official SDK's `SubAppIdInfo` (`SubAppId`, `SubAppIdName`, `Description`, `CreateTime`,
+/// `Status`, the deprecated `Name`, `Mode`, `StorageRegions`, `Tags`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    /// `SubAppId`.
+    pub sub_app_id: u64,
+    /// `SubAppIdName` (also sent as the deprecated `Name`).
+    pub name: String,
+    /// `Description`.
+    pub description: String,
+    /// `CreateTime`, ISO 8601.
+    pub create_time: String,
+    /// `Status`: `On`, `Off`, `Destroying` or `Destroyed`.
+    pub status: String,
+    /// `Tags` as (`TagKey`, `TagValue`).
+    pub tags: Vec<(String, String)>,
+}
+
+impl App {
+    /// An enabled app with a name and no tags.
+    pub fn new(sub_app_id: u64, name: impl Into<String>) -> App {
+        App {
+            sub_app_id,
+            name: name.into(),
+            description: String::new(),
+            create_time: "2024-01-01T00:00:00Z".into(),
+            status: "On".into(),
+            tags: Vec::new(),
+        }
+    }
 }
 
 /// Everything `/_emulator/stats` reports.
@@ -213,7 +253,10 @@ pub struct Stats {
 
 pub(crate) struct Shared {
     pub(crate) config: Mutex<EmulatorConfig>,
-    pub(crate) queue: Mutex<Queue>,
+    /// One queue per app (`None`: the default app, called without `SubAppId`).
+    pub(crate) queues: Mutex<HashMap<Option<u64>, Queue>>,
+    /// The account's apps, for DescribeSubAppIds and the `sub_app_ids` check.
+    pub(crate) apps: Mutex<BTreeMap<u64, App>>,
     pub(crate) enqueued: Notify,
     pub(crate) keys: Mutex<HashMap<String, [u8; 16]>>,
     pub(crate) guard: Mutex<auth::Guard>,
@@ -235,6 +278,34 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Runs `f` on an app's queue (made on first use).
+    pub(crate) fn with_queue<T>(&self, app: Option<u64>, f: impl FnOnce(&mut Queue) -> T) -> T {
+        let (visibility, max_batch) = {
+            let config = self.config.lock().unwrap();
+            (config.visibility, config.max_batch)
+        };
+        let mut queues = self.queues.lock().unwrap();
+        f(queues.entry(app).or_insert_with(|| Queue::new(visibility, max_batch)))
+    }
+
+    /// Confirms handles under `app`. A handle another app's queue holds is refused like any
+    /// invalid handle, and counted in `cross_app_confirms`.
+    pub(crate) fn confirm(&self, app: Option<u64>, handles: &[String]) -> Result<(), queue::ConfirmRefused> {
+        let result = self.with_queue(app, |q| q.confirm(std::time::Instant::now(), handles));
+        if result.is_err() {
+            let queues = self.queues.lock().unwrap();
+            let cross = handles.iter().filter(|h| queues.iter().any(|(a, q)| *a != app && q.holds(h))).count();
+            drop(queues);
+            self.api.lock().unwrap().cross_app_confirms += cross as u64;
+        }
+        result
+    }
+
+    /// False when the emulator knows the account's apps (`sub_app_ids`) and `id` is none of them.
+    pub(crate) fn known_app(&self, id: u64) -> bool {
+        self.config.lock().unwrap().sub_app_ids.is_none() || self.apps.lock().unwrap().contains_key(&id)
+    }
+
     /// An app's event configuration (`None`: the default app).
     pub(crate) fn event_config(&self, app: Option<u64>) -> EventConfig {
         let changed = self.event_configs.lock().unwrap().get(&app).cloned();
@@ -286,7 +357,10 @@ impl Emulator {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::new(config.visibility, config.max_batch)),
+            queues: Mutex::new(HashMap::new()),
+            apps: Mutex::new(
+                config.sub_app_ids.iter().flatten().map(|&id| (id, App::new(id, format!("app {id}")))).collect(),
+            ),
             config: Mutex::new(config),
             enqueued: Notify::new(),
             keys: Mutex::new(HashMap::new()),
@@ -348,33 +422,49 @@ impl Drop for Emulator {
 }
 
 impl EmulatorHandle {
-    /// Enqueues one event given as its `eventContent` JSON text (kept byte for byte).
+    /// Enqueues one event given as its `eventContent` JSON text (kept byte for byte) in the
+    /// default app's queue.
     pub fn enqueue(&self, content: impl Into<String>) {
+        self.enqueue_to(None, content)
+    }
+
+    /// Enqueues one event in an app's queue (`None`: the default app).
+    pub fn enqueue_to(&self, app: Option<u64>, content: impl Into<String>) {
         let content: String = content.into();
-        if !self.queues(&content) {
+        if !self.queues(app, &content) {
             return;
         }
-        self.shared.queue.lock().unwrap().enqueue(Arc::from(content), std::time::Instant::now());
+        self.shared.with_queue(app, |q| q.enqueue(Arc::from(content), std::time::Instant::now()));
         self.shared.enqueued.notify_waiters();
     }
 
     /// Enqueues `count` realistic events of every type in turn and returns the contents
     /// queued (types the default app's event configuration keeps out are left out).
     pub fn enqueue_generated(&self, count: usize) -> Vec<String> {
+        self.enqueue_generated_to(None, count)
+    }
+
+    /// Like [`EmulatorHandle::enqueue_generated`], in an app's queue, with events of the
+    /// API `api` (whatever the emulator's `api`).
+    pub fn enqueue_generated_as(&self, app: Option<u64>, api: Api, count: usize) -> Vec<String> {
         let first = self.shared.generated.fetch_add(count as u64, Ordering::Relaxed);
-        let api = self.api();
-        self.enqueue_with(count, |n| generate::generate(api, first + n as u64))
+        self.enqueue_with(app, count, |n| generate::generate(api, first + n as u64))
+    }
+
+    /// Like [`EmulatorHandle::enqueue_generated`], in an app's queue.
+    pub fn enqueue_generated_to(&self, app: Option<u64>, count: usize) -> Vec<String> {
+        self.enqueue_generated_as(app, self.api(), count)
     }
 
     /// Enqueues `count` realistic events of one template (e.g. `"ProcedureStateChanged"`).
     pub fn enqueue_generated_type(&self, name: &str, count: usize) -> Option<Vec<String>> {
         let api = self.api();
         generate::generate_type(api, name)?;
-        Some(self.enqueue_with(count, |_| generate::generate_type(api, name).expect("checked")))
+        Some(self.enqueue_with(None, count, |_| generate::generate_type(api, name).expect("checked")))
     }
 
-    fn enqueue_with(&self, count: usize, make: impl Fn(usize) -> generate::Generated) -> Vec<String> {
-        let mut events: Vec<_> = (0..count).map(make).filter(|g| self.queues(&g.content)).collect();
+    fn enqueue_with(&self, app: Option<u64>, count: usize, make: impl Fn(usize) -> generate::Generated) -> Vec<String> {
+        let mut events: Vec<_> = (0..count).map(make).filter(|g| self.queues(app, &g.content)).collect();
         {
             let mut keys = self.shared.keys.lock().unwrap();
             events.iter().flat_map(|g| g.keys.iter()).for_each(|(edk, dk)| {
@@ -388,21 +478,21 @@ impl EmulatorHandle {
                 g.content = g.content.replace(generate::MEDIA_BASE, &self.shared.media_base);
             }
         }
-        let mut queue = self.shared.queue.lock().unwrap();
         let now = std::time::Instant::now();
-        for g in &events {
-            queue.enqueue(Arc::from(g.content.as_str()), now);
-        }
-        drop(queue);
+        self.shared.with_queue(app, |queue| {
+            for g in &events {
+                queue.enqueue(Arc::from(g.content.as_str()), now);
+            }
+        });
         self.shared.enqueued.notify_waiters();
         events.into_iter().map(|g| g.content).collect()
     }
 
-    /// Whether the default app's event configuration lets this event into the queue
-    /// (counted in `not_queued` when not).
-    fn queues(&self, content: &str) -> bool {
+    /// Whether the app's event configuration lets this event into its queue (counted in
+    /// `not_queued` when not).
+    fn queues(&self, app: Option<u64>, content: &str) -> bool {
         let event_type = event_config::event_type(content).unwrap_or_default();
-        let queued = self.event_config(None).queues(&event_type);
+        let queued = self.event_config(app).queues(&event_type);
         if !queued {
             self.shared.api.lock().unwrap().not_queued += 1;
         }
@@ -469,19 +559,47 @@ impl EmulatorHandle {
         self.shared.keys.lock().unwrap().get(edk).copied()
     }
 
-    /// Current counters.
+    /// Current counters, the queues of every app added up.
     pub fn stats(&self) -> Stats {
-        Stats { queue: self.shared.queue.lock().unwrap().stats(), api: self.shared.api.lock().unwrap().clone() }
+        let mut queue = QueueStats::default();
+        self.shared.queues.lock().unwrap().values().for_each(|q| queue.add(&q.stats()));
+        Stats { queue, api: self.shared.api.lock().unwrap().clone() }
     }
 
-    /// The content of every event confirmed so far.
+    /// One app's queue counters (`None`: the default app).
+    pub fn stats_for(&self, app: Option<u64>) -> QueueStats {
+        self.shared.with_queue(app, |q| q.stats())
+    }
+
+    /// The content of every event confirmed so far, in every app.
     pub fn confirmed(&self) -> Vec<Arc<str>> {
-        self.shared.queue.lock().unwrap().confirmed()
+        self.shared.queues.lock().unwrap().values().flat_map(|q| q.confirmed()).collect()
+    }
+
+    /// The content of every event confirmed so far in one app, in confirm order.
+    pub fn confirmed_in(&self, app: Option<u64>) -> Vec<Arc<str>> {
+        self.shared.with_queue(app, |q| q.confirmed())
     }
 
     /// For every confirmed event, the time from its enqueue to its confirm.
     pub fn enqueue_to_confirm(&self) -> Vec<Duration> {
-        self.shared.queue.lock().unwrap().enqueue_to_confirm()
+        self.shared.queues.lock().unwrap().values().flat_map(|q| q.enqueue_to_confirm()).collect()
+    }
+
+    /// Adds (or replaces) an app of the account.
+    pub fn add_app(&self, app: App) {
+        self.shared.apps.lock().unwrap().insert(app.sub_app_id, app);
+    }
+
+    /// Changes an app's `Status` (`On`, `Off`, `Destroying`, `Destroyed`); false if unknown.
+    pub fn set_app_status(&self, sub_app_id: u64, status: &str) -> bool {
+        let mut apps = self.shared.apps.lock().unwrap();
+        apps.get_mut(&sub_app_id).map(|a| a.status = status.to_string()).is_some()
+    }
+
+    /// The account's apps, by `SubAppId`.
+    pub fn apps(&self) -> Vec<App> {
+        self.shared.apps.lock().unwrap().values().cloned().collect()
     }
 
     /// Webhooks received at `/_emulator/webhook`, oldest first.
@@ -513,7 +631,7 @@ impl EmulatorHandle {
     /// Changes the visibility timeout for handles issued from now on.
     pub fn set_visibility(&self, visibility: Duration) {
         self.shared.config.lock().unwrap().visibility = visibility;
-        self.shared.queue.lock().unwrap().set_visibility(visibility);
+        self.shared.queues.lock().unwrap().values_mut().for_each(|q| q.set_visibility(visibility));
     }
 }
 

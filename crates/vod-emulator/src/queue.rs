@@ -50,6 +50,21 @@ pub struct QueueStats {
     pub max_confirm_latency_ms: u64,
 }
 
+impl QueueStats {
+    /// Adds another queue's counters to these (the latency is the larger of the two).
+    pub fn add(&mut self, other: &QueueStats) {
+        self.enqueued += other.enqueued;
+        self.delivered += other.delivered;
+        self.redelivered += other.redelivered;
+        self.confirmed += other.confirmed;
+        self.outstanding += other.outstanding;
+        self.in_flight += other.in_flight;
+        self.expired_handles += other.expired_handles;
+        self.confirms_refused += other.confirms_refused;
+        self.max_confirm_latency_ms = self.max_confirm_latency_ms.max(other.max_confirm_latency_ms);
+    }
+}
+
 struct InFlight {
     event: u64,
     pulled_at: Instant,
@@ -161,6 +176,11 @@ impl Queue {
             }
         }
         Ok(())
+    }
+
+    /// True if `handle` is in flight here (live or not yet expired by a pull or confirm).
+    pub fn holds(&self, handle: &str) -> bool {
+        self.in_flight.contains_key(handle)
     }
 
     /// Counters, with the gauges filled in.

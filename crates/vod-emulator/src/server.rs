@@ -322,9 +322,8 @@ async fn inject(
 
 async fn run_action(shared: &Shared, action: &str, req: &auth::Request<'_>) -> Response<Body> {
     let sub_app = req.params.iter().find(|(n, _)| n == "SubAppId").map(|(_, v)| v.as_str());
-    let apps = shared.config.lock().unwrap().sub_app_ids.clone();
-    if let (Some(id), Some(apps)) = (sub_app, apps) {
-        if !apps.iter().any(|app| app.to_string() == id) {
+    if let Some(id) = sub_app {
+        if !id.parse().is_ok_and(|id| shared.known_app(id)) {
             return v2_answer(
                 codes::INVALID_PARAMETER,
                 &format!("(4000)SubAppId {id} is not an app of this account"),
@@ -335,7 +334,7 @@ async fn run_action(shared: &Shared, action: &str, req: &auth::Request<'_>) -> R
     let app = sub_app.and_then(|id| id.parse().ok());
     match action {
         "PullEvent" => pull_event(shared, app).await,
-        "ConfirmEvent" => confirm_event(shared, req),
+        "ConfirmEvent" => confirm_event(shared, app, req),
         "DescribeDrmDataKey" => describe_drm_data_key(shared, req),
         other => v2_answer(
             codes::INVALID_PARAMETER,
@@ -370,12 +369,12 @@ pub(crate) async fn wait_for_batch(shared: &Shared, app: Option<u64>) -> Vec<cra
         tokio::pin!(notified);
         notified.as_mut().enable();
         let next_expiry = {
-            let mut queue = shared.queue.lock().unwrap();
-            let batch = queue.pull(Instant::now());
+            let (batch, next_expiry) =
+                shared.with_queue(app, |queue| (queue.pull(Instant::now()), queue.next_expiry()));
             if !batch.is_empty() {
                 return batch;
             }
-            queue.next_expiry()
+            next_expiry
         };
         let now = Instant::now();
         if now >= deadline {
@@ -425,12 +424,12 @@ fn indexed(req: &auth::Request<'_>, name: &str) -> Vec<String> {
     items.into_iter().map(|(_, v)| v).collect()
 }
 
-fn confirm_event(shared: &Shared, req: &auth::Request<'_>) -> Response<Body> {
+fn confirm_event(shared: &Shared, app: Option<u64>, req: &auth::Request<'_>) -> Response<Body> {
     let handles = indexed(req, "msgHandle");
     if handles.is_empty() {
         return v2_answer(codes::INVALID_PARAMETER, "(4000)msgHandle.n is required", Value::Null);
     }
-    match shared.queue.lock().unwrap().confirm(Instant::now(), &handles) {
+    match shared.confirm(app, &handles) {
         Ok(()) => v2_answer(codes::OK, "", Value::Null),
         Err(refused) => v2_answer(
             codes::INVALID_PARAMETER,
@@ -473,6 +472,11 @@ async fn control_endpoint(
     let bad = |msg: String| json_response(StatusCode::BAD_REQUEST, &json!({"error": msg}));
     let method = req.method().clone();
     let (parts, body) = read_body(req).await?;
+    // `?app=SUBAPPID` puts events in that app's queue (default: the default app's).
+    let app: Option<u64> = match q("app") {
+        Some(a) => Some(a.parse().map_err(|_| bad("app must be a SubAppId".into()))?),
+        None => None,
+    };
     let response = match (method, what) {
         (Method::GET, "stats") => {
             json_response(StatusCode::OK, &serde_json::to_value(handle.stats()).expect("serialisable"))
@@ -488,7 +492,7 @@ async fn control_endpoint(
                 one => vec![one],
             };
             for event in &events {
-                handle.enqueue(event.to_string());
+                handle.enqueue_to(app, event.to_string());
             }
             json_response(StatusCode::OK, &json!({"enqueued": events.len()}))
         }
@@ -499,7 +503,7 @@ async fn control_endpoint(
                 Some(t) => handle
                     .enqueue_generated_type(&t, count)
                     .ok_or_else(|| bad(format!("unknown event template {t}")))?,
-                None => handle.enqueue_generated(count),
+                None => handle.enqueue_generated_to(app, count),
             };
             json_response(StatusCode::OK, &json!({"enqueued": generated.len()}))
         }

@@ -1,5 +1,5 @@
 //! API 3.0 on the emulator: `POST /` with `X-TC-Action` (`PullEvents`, `ConfirmEvents`,
-//! `DescribeDrmDataKey`, `DescribeEventConfig`, `ModifyEventConfig`), TC3-HMAC-SHA256
+//! `DescribeDrmDataKey`, `DescribeEventConfig`, `ModifyEventConfig`, `DescribeSubAppIds`), TC3-HMAC-SHA256
 //! verified against the received `Host` and `Content-Type`, 100 requests/s per action,
 //! answers as `{"Response": {...}}` with `Response.Error` on failure. Events come from the
 //! same queue as v2; each is sent with `EventHandle` added as its first member.
@@ -85,9 +85,14 @@ pub(crate) async fn handle(shared: &Shared, parts: &Parts, body: &Bytes) -> Resu
 
 async fn run_action(shared: &Shared, action: &str, payload: Value) -> Response<Body> {
     let app = payload.get("SubAppId").and_then(Value::as_u64);
+    if app.is_some_and(|id| !shared.known_app(id)) {
+        // VOD's error code for a SubAppId it does not know (the official SDK's errorcodes.py).
+        return error("InvalidParameterValue.SubAppId", "SubAppId is not an app of this account");
+    }
     match action {
         "PullEvents" => pull_events(shared, app).await,
-        "ConfirmEvents" => confirm_events(shared, payload),
+        "ConfirmEvents" => confirm_events(shared, app, payload),
+        "DescribeSubAppIds" => describe_sub_app_ids(shared, &payload),
         "DescribeDrmDataKey" => describe_drm_data_key(shared, payload),
         "DescribeEventConfig" => ok(shared.event_config(app).describe()),
         "ModifyEventConfig" => {
@@ -138,16 +143,61 @@ fn string_list(payload: &Value, name: &str) -> Option<Vec<String>> {
     Vec::<String>::deserialize(payload.get(name)?).ok()
 }
 
-fn confirm_events(shared: &Shared, payload: Value) -> Response<Body> {
+fn confirm_events(shared: &Shared, app: Option<u64>, payload: Value) -> Response<Body> {
     let Some(handles) = string_list(&payload, "EventHandles").filter(|h| !h.is_empty() && h.len() <= 16) else {
         return error("InvalidParameter", "EventHandles must list 1 to 16 handles");
     };
-    match shared.queue.lock().unwrap().confirm(std::time::Instant::now(), &handles) {
+    match shared.confirm(app, &handles) {
         Ok(()) => ok(json!({})),
         Err(refused) => {
             error("InvalidParameter", &format!("invalid or expired EventHandle: {}", refused.bad_handles.join(",")))
         }
     }
+}
+
+/// DescribeSubAppIds as the official SDK models it: request `Name`, `Tags`
+/// (`[{TagKey, TagValue}]`), `Offset` (default 0), `Limit` (default and at most 200);
+/// answer `SubAppIdInfoSet` (each a `SubAppIdInfo`) and `TotalCount`.
+fn describe_sub_app_ids(shared: &Shared, payload: &Value) -> Response<Body> {
+    const MAX_LIMIT: u64 = 200;
+    let offset = payload.get("Offset").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let limit = payload.get("Limit").and_then(Value::as_u64).unwrap_or(MAX_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return error("InvalidParameterValue", "Limit must be 1 to 200");
+    }
+    let name = payload.get("Name").and_then(Value::as_str);
+    let tags: Vec<(String, String)> = payload
+        .get("Tags")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|t| (t["TagKey"].as_str().unwrap_or("").to_string(), t["TagValue"].as_str().unwrap_or("").to_string()))
+        .collect();
+    let apps = shared.apps.lock().unwrap();
+    let matching: Vec<&crate::App> = apps
+        .values()
+        .filter(|a| name.is_none_or(|n| a.name == n))
+        .filter(|a| tags.iter().all(|t| a.tags.contains(t)))
+        .collect();
+    let set: Vec<Value> = matching
+        .iter()
+        .skip(offset)
+        .take(limit as usize)
+        .map(|a| {
+            json!({
+                "SubAppId": a.sub_app_id,
+                "SubAppIdName": a.name,
+                "Description": a.description,
+                "CreateTime": a.create_time,
+                "Status": a.status,
+                "Name": a.name,
+                "Mode": "fileid",
+                "StorageRegions": ["ap-guangzhou"],
+                "Tags": a.tags.iter().map(|(k, v)| json!({"TagKey": k, "TagValue": v})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    ok(json!({"SubAppIdInfoSet": set, "TotalCount": matching.len()}))
 }
 
 fn describe_drm_data_key(shared: &Shared, payload: Value) -> Response<Body> {

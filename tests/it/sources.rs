@@ -1,0 +1,231 @@
+//! Several sources in one daemon: three apps (two on one credential, one on another,
+//! mixing v2 and v3) pulled at once, each event stored once with its source and confirmed
+//! under its own app (the emulator refuses cross-app confirms and counts them), routes by
+//! source, one source's refused credentials leaving the others running, the same content
+//! in two apps as two events, discovery of apps with `sources = "all"`, and SIGKILL.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use vod_emulator::{Api, App, Credential, Emulator, EmulatorConfig, DEMO_SECRET_ID, DEMO_SECRET_KEY};
+
+use crate::receiver::Receiver;
+use crate::support::{delivery_states, emulator, eventually, fast_emulator_config, free_port, TestDaemon};
+
+const PROD_A: u64 = 1500000101;
+const PROD_B: u64 = 1500000102;
+const OTHER: u64 = 1500000201;
+const OTHER_ID: &str = "AKIDsecondACCOUNTemulator00000000000";
+const OTHER_KEY: &str = "second-account-emulator-key";
+
+fn two_accounts() -> EmulatorConfig {
+    EmulatorConfig {
+        credentials: vec![
+            Credential { secret_id: DEMO_SECRET_ID.into(), secret_key: DEMO_SECRET_KEY.into() },
+            Credential { secret_id: OTHER_ID.into(), secret_key: OTHER_KEY.into() },
+        ],
+        sub_app_ids: Some(vec![PROD_A, PROD_B, OTHER]),
+        ..fast_emulator_config()
+    }
+}
+
+/// `[[sources]]`: prod-a (v2, [vod]'s credential), prod-b (v3, same credential), other
+/// (v2, another credential); webhooks to `url` only for `prod-*`.
+fn three_sources(emu: &Emulator, url: &str) -> String {
+    format!(
+        "[[sources]]\nname = \"prod-a\"\nsub_app_id = {PROD_A}\n\
+         [[sources]]\nname = \"prod-b\"\nsub_app_id = {PROD_B}\napi = \"v3\"\nendpoint = \"{v3}\"\n\
+         [[sources]]\nname = \"other\"\nsub_app_id = {OTHER}\nsecret_id = \"{OTHER_ID}\"\nsecret_key = \"{OTHER_KEY}\"\n\
+         [[routes]]\nevents = [\"*\"]\nsources = [\"prod-*\"]\nhandlers = [\"hook\"]\n\
+         [handlers.hook]\ntype = \"webhook\"\nurl = \"{url}\"\nconcurrency = 8\n",
+        v3 = emu.endpoint_v3()
+    )
+}
+
+/// Stored rows per (source, sub_app_id).
+fn rows_by_source(daemon: &TestDaemon) -> HashMap<(String, Option<i64>), i64> {
+    let Some(store) = daemon.store() else { return HashMap::new() };
+    store
+        .run_sync(|c| {
+            let mut stmt = c.prepare("SELECT source, sub_app_id, count(*) FROM events GROUP BY source, sub_app_id")?;
+            let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .unwrap()
+}
+
+fn expected(n: i64) -> HashMap<(String, Option<i64>), i64> {
+    [("prod-a", PROD_A), ("prod-b", PROD_B), ("other", OTHER)]
+        .into_iter()
+        .map(|(name, app)| ((name.to_string(), Some(app as i64)), n))
+        .collect()
+}
+
+fn enqueue_everywhere(emu: &Emulator, each: usize) {
+    emu.enqueue_generated_as(Some(PROD_A), Api::V2, each);
+    emu.enqueue_generated_as(Some(PROD_B), Api::V3, each);
+    emu.enqueue_generated_as(Some(OTHER), Api::V2, each);
+}
+
+fn all_confirmed(emu: &Emulator, each: u64) -> bool {
+    [PROD_A, PROD_B, OTHER].iter().all(|app| {
+        let s = emu.stats_for(Some(*app));
+        s.confirmed == each && s.outstanding == 0
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sources_store_confirm_and_route_every_event_under_its_own_app() {
+    let emu = emulator(two_accounts()).await;
+    let receiver = Receiver::start().await;
+    enqueue_everywhere(&emu, 1000);
+    let daemon = TestDaemon::start(&emu.endpoint(), &three_sources(&emu, &receiver.url())).await;
+    eventually(Duration::from_secs(240), "3,000 events confirmed, each in its own app", || all_confirmed(&emu, 1000))
+        .await;
+    assert_eq!(emu.stats().api.cross_app_confirms, 0, "no handle was confirmed under another app");
+    assert_eq!(emu.stats().queue.confirms_refused, 0);
+    eventually(Duration::from_secs(30), "each event stored once, with its source", || {
+        rows_by_source(&daemon) == expected(1000)
+    })
+    .await;
+    eventually(Duration::from_secs(120), "prod-* events delivered", || {
+        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&2000))
+    })
+    .await;
+    assert_eq!(delivery_states(&daemon.store().unwrap()).values().sum::<i64>(), 2000, "other is routed nowhere");
+    let mut by_header: HashMap<(String, String), usize> = HashMap::new();
+    for r in receiver.accepted() {
+        let header = |name: &str| r.headers.get(name).cloned().unwrap_or_default();
+        *by_header.entry((header("x-vod-source"), header("x-vod-sub-app-id"))).or_default() += 1;
+    }
+    let a = (String::from("prod-a"), PROD_A.to_string());
+    let b = (String::from("prod-b"), PROD_B.to_string());
+    assert!(by_header[&a] >= 1000 && by_header[&b] >= 1000 && by_header.len() == 2, "{by_header:?}");
+    let out = crate::support::cli()
+        .args(["events", "list", "--json", "--limit", "5000", "--source", "prod-b", "--config"])
+        .arg(&daemon.config_path)
+        .output()
+        .unwrap();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1000);
+    assert!(lines.iter().all(|l| l["source"] == "prod-b" && l["sub_app_id"] == PROD_B), "{:?}", lines[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_with_refused_credentials_leaves_the_others_running_and_is_named_by_healthz() {
+    let emu = emulator(EmulatorConfig {
+        credentials: vec![Credential { secret_id: DEMO_SECRET_ID.into(), secret_key: DEMO_SECRET_KEY.into() }],
+        ..two_accounts()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    enqueue_everywhere(&emu, 50);
+    let port = free_port();
+    let extra = format!("{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n", three_sources(&emu, &receiver.url()));
+    let mut daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    eventually(Duration::from_secs(60), "prod-a and prod-b drained", || {
+        [PROD_A, PROD_B].iter().all(|app| emu.stats_for(Some(*app)).confirmed == 50)
+    })
+    .await;
+    assert_eq!(emu.stats_for(Some(OTHER)).confirmed, 0);
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let mut last = (0, String::new());
+    eventually(Duration::from_secs(30), "/healthz names the refused source", || {
+        last = futures_lite_get(&url);
+        last.0 == 503 && last.1.contains("source other: its credentials are refused")
+    })
+    .await;
+    assert!(!last.1.contains("source prod-a") && !last.1.contains("source prod-b"), "{}", last.1);
+    assert!(daemon.running(), "one refused source does not stop the daemon");
+    emu.enqueue_generated_as(Some(PROD_A), Api::V2, 5);
+    eventually(Duration::from_secs(30), "prod-a keeps flowing", || emu.stats_for(Some(PROD_A)).confirmed == 55).await;
+    assert!(!daemon.log().contains(OTHER_KEY), "secrets never in logs");
+    assert!(daemon.terminate().await.success());
+}
+
+/// A blocking GET (the condition closures of `eventually` are synchronous).
+fn futures_lite_get(url: &str) -> (u16, String) {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            match reqwest::get(&url).await {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                Err(_) => (0, String::new()),
+            }
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_content_in_two_apps_is_two_events_and_two_deliveries() {
+    let emu = emulator(two_accounts()).await;
+    let receiver = Receiver::start().await;
+    let content = r#"{"version":"4.0","eventType":"NewFileUpload","data":{"fileId":"5285890781763144364"}}"#;
+    emu.enqueue_to(Some(PROD_A), content);
+    emu.enqueue_to(Some(OTHER), content);
+    let extra = three_sources(&emu, &receiver.url()).replace("sources = [\"prod-*\"]\n", "");
+    let daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    eventually(Duration::from_secs(30), "both confirmed", || {
+        emu.stats_for(Some(PROD_A)).confirmed == 1 && emu.stats_for(Some(OTHER)).confirmed == 1
+    })
+    .await;
+    eventually(Duration::from_secs(30), "two rows, two deliveries done", || {
+        daemon.rows() == 2 && daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&2))
+    })
+    .await;
+    let ids: std::collections::HashSet<String> =
+        receiver.accepted().iter().map(|r| r.headers["webhook-id"].clone()).collect();
+    assert_eq!(ids.len(), 2, "two webhook-ids: a receiver must not fold them");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_pulls_an_app_added_while_running_and_retires_a_disabled_one() {
+    const FIRST: u64 = 1500000301;
+    const LATER: u64 = 1500000302;
+    let emu = emulator(EmulatorConfig { sub_app_ids: Some(vec![FIRST]), ..fast_emulator_config() }).await;
+    emu.enqueue_generated_to(Some(FIRST), 5);
+    let extra = "[discovery]\nrefresh_interval = \"1s\"\n";
+    let env = [("VOD_EVENTD_SOURCES", "all")];
+    let daemon = TestDaemon::start_full(&emu.endpoint(), extra, "vod_eventd=debug", &env).await;
+    eventually(Duration::from_secs(30), "the first app drained", || emu.stats_for(Some(FIRST)).confirmed == 5).await;
+    emu.add_app(App::new(LATER, "later"));
+    emu.enqueue_generated_to(Some(LATER), 5);
+    eventually(Duration::from_secs(30), "an app added while running is pulled", || {
+        emu.stats_for(Some(LATER)).confirmed == 5
+    })
+    .await;
+    assert!(emu.set_app_status(FIRST, "Off"));
+    eventually(Duration::from_secs(30), "a disabled app is retired", || {
+        daemon.log().contains("Stopping a source") && daemon.log().contains("app-1500000301")
+    })
+    .await;
+    let pulls_before = emu.stats_for(Some(FIRST)).delivered;
+    emu.enqueue_generated_to(Some(FIRST), 3);
+    emu.enqueue_generated_to(Some(LATER), 3);
+    eventually(Duration::from_secs(30), "the other app keeps flowing", || emu.stats_for(Some(LATER)).confirmed == 8)
+        .await;
+    assert_eq!(emu.stats_for(Some(FIRST)).delivered, pulls_before, "nothing pulled from the retired app");
+    let rows = rows_by_source(&daemon);
+    assert_eq!(rows.get(&("app-1500000301".to_string(), Some(FIRST as i64))), Some(&5), "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_three_sources_loses_nothing_and_confirms_nothing_under_the_wrong_app() {
+    let emu = emulator(two_accounts()).await;
+    let receiver = Receiver::start().await;
+    enqueue_everywhere(&emu, 300);
+    let mut daemon = TestDaemon::start(&emu.endpoint(), &three_sources(&emu, &receiver.url())).await;
+    eventually(Duration::from_secs(60), "some events stored", || daemon.rows() >= 200).await;
+    daemon.kill9().await;
+    daemon.spawn();
+    eventually(Duration::from_secs(180), "every event confirmed after the restart", || all_confirmed(&emu, 300)).await;
+    assert_eq!(emu.stats().api.cross_app_confirms, 0);
+    eventually(Duration::from_secs(30), "each stored once with its source", || {
+        rows_by_source(&daemon) == expected(300)
+    })
+    .await;
+}
