@@ -1290,7 +1290,10 @@ mod tests {
         ] {
             assert!(err.contains(expected), "{expected} not in {err}");
         }
-        assert!(!err.contains("sources[2]") && !err.contains("sources[3]"), "another api or SecretId: its own limiter: {err}");
+        assert!(
+            !err.contains("sources[2]") && !err.contains("sources[3]"),
+            "another api or SecretId: its own limiter: {err}"
+        );
         let c = parse(&format!(
             "{MINIMAL}[[sources]]\nname = \"a\"\nsub_app_id = 1\nrate_limit_per_minute = 300\n\
              [[sources]]\nname = \"b\"\nsub_app_id = 2\nrate_limit_per_minute = 300\n"

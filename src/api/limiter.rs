@@ -125,8 +125,10 @@ mod tests {
     fn one_limiter_per_secret_id_and_api_rebuilt_when_the_rate_changes() {
         let vod = |extra: &str| {
             let text = format!("[vod]\nsecret_id = \"AKID1\"\nsecret_key = \"k\"\n{extra}");
-            let config: crate::config::Config =
-                figment::Figment::new().merge(<figment::providers::Toml as figment::providers::Format>::string(&text)).extract().unwrap();
+            let config: crate::config::Config = figment::Figment::new()
+                .merge(<figment::providers::Toml as figment::providers::Format>::string(&text))
+                .extract()
+                .unwrap();
             super::super::ClientSettings::from_vod(&config.vod).unwrap()
         };
         let pool = LimiterPool::default();

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use vod_emulator::{Api, App, Credential, Emulator, EmulatorConfig, DEMO_SECRET_ID, DEMO_SECRET_KEY};
+use vod_emulator::{
+    Api, App, Credential, Emulator, EmulatorConfig, FaultKind, Faults, DEMO_SECRET_ID, DEMO_SECRET_KEY,
+};
 
 use crate::receiver::Receiver;
 use crate::support::{delivery_states, emulator, eventually, fast_emulator_config, free_port, TestDaemon};
@@ -228,4 +230,93 @@ async fn sigkill_with_three_sources_loses_nothing_and_confirms_nothing_under_the
         rows_by_source(&daemon) == expected(300)
     })
     .await;
+}
+
+/// `sources = "all"` with a `/healthz` listener and a 1 s refresh; returns the daemon and
+/// its `/healthz` URL.
+async fn discovering(emu: &Emulator, extra: &str) -> (TestDaemon, String) {
+    let port = free_port();
+    let extra = format!(
+        "{extra}[discovery]\nrefresh_interval = \"1s\"\n[pull]\nbackoff_max = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    let env = [("VOD_EVENTD_SOURCES", "all")];
+    let daemon = TestDaemon::start_full(&emu.endpoint(), &extra, "vod_eventd=debug", &env).await;
+    (daemon, format!("http://127.0.0.1:{port}/healthz"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_with_no_app_on_is_unhealthy_saying_so_until_an_app_turns_on() {
+    const APP: u64 = 1500000401;
+    let emu = emulator(EmulatorConfig { sub_app_ids: Some(vec![APP]), ..fast_emulator_config() }).await;
+    assert!(emu.set_app_status(APP, "Off"));
+    emu.enqueue_generated_to(Some(APP), 3);
+    let (mut daemon, healthz) = discovering(&emu, "").await;
+    let mut last = (0, String::new());
+    eventually(Duration::from_secs(30), "/healthz says no app is on", || {
+        last = futures_lite_get(&healthz);
+        last.0 == 503
+    })
+    .await;
+    assert_eq!(last.1, "unhealthy: no sources: DescribeSubAppIds listed no app with Status On\n");
+    assert!(daemon.running(), "no app on is no reason to exit");
+    assert_eq!(emu.stats_for(Some(APP)).delivered, 0, "an app that is off is not pulled");
+    assert!(emu.set_app_status(APP, "On"));
+    eventually(Duration::from_secs(30), "the app turned on is pulled", || emu.stats_for(Some(APP)).confirmed == 3)
+        .await;
+    eventually(Duration::from_secs(30), "/healthz healthy again", || futures_lite_get(&healthz).0 == 200).await;
+    assert!(daemon.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_refused_at_start_exits_78_naming_the_keys_and_a_failure_is_retried() {
+    const APP: u64 = 1500000501;
+    // Refused credentials: exit 78, naming the keys to fix; the secret never logged.
+    let emu = emulator(EmulatorConfig {
+        credentials: vec![Credential { secret_id: DEMO_SECRET_ID.into(), secret_key: "another-key".into() }],
+        sub_app_ids: Some(vec![APP]),
+        ..fast_emulator_config()
+    })
+    .await;
+    let (mut daemon, _) = discovering(&emu, "").await;
+    let status =
+        tokio::time::timeout(Duration::from_secs(20), daemon.child.as_mut().unwrap().wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(78), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(
+        log.contains("sources = \"all\"") && log.contains("DescribeSubAppIds refused the [vod] credentials"),
+        "{log}"
+    );
+    assert!(log.contains("vod.secret_id") && log.contains("vod.secret_key"), "{log}");
+    assert!(!log.contains(DEMO_SECRET_KEY), "the secret key must never be logged");
+
+    // A missing CAM permission: exit 78, naming the permission.
+    let emu = emulator(EmulatorConfig { sub_app_ids: Some(vec![APP]), ..fast_emulator_config() }).await;
+    emu.deny_action("DescribeSubAppIds", Some("UnauthorizedOperation"));
+    let (mut daemon, _) = discovering(&emu, "").await;
+    let status =
+        tokio::time::timeout(Duration::from_secs(20), daemon.child.as_mut().unwrap().wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(78), "{}", daemon.log());
+    assert!(daemon.log().contains("grant vod:DescribeSubAppIds"), "{}", daemon.log());
+
+    // Any other failure: retried with backoff, unhealthy meanwhile, pulled once it answers.
+    emu.deny_action("DescribeSubAppIds", None);
+    emu.set_faults(Faults {
+        rate: 1.0,
+        kinds: vec![FaultKind::Http500],
+        actions: vec!["DescribeSubAppIds".into()],
+        ..Faults::default()
+    });
+    emu.enqueue_generated_to(Some(APP), 3);
+    let (mut daemon, healthz) = discovering(&emu, "").await;
+    eventually(Duration::from_secs(30), "DescribeSubAppIds retried", || emu.stats().api.faults >= 3).await;
+    let (code, body) = futures_lite_get(&healthz);
+    assert!(code == 503 && body.contains("no sources yet: DescribeSubAppIds failed"), "{code} {body}");
+    assert!(daemon.running(), "a failure that may pass is retried, not an exit");
+    emu.set_faults(Faults::default());
+    eventually(Duration::from_secs(30), "the app is pulled once DescribeSubAppIds answers", || {
+        emu.stats_for(Some(APP)).confirmed == 3
+    })
+    .await;
+    eventually(Duration::from_secs(30), "/healthz healthy", || futures_lite_get(&healthz).0 == 200).await;
+    assert!(daemon.terminate().await.success());
 }
