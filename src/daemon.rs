@@ -366,15 +366,13 @@ impl Sources {
         .for_source(&name, self.contact.clone());
         let cancel = self.shutdown.child_token();
         let pulling = tokio::spawn(puller.run(cancel.clone()));
-        let state_key =
-            if name == config::DEFAULT_SOURCE { "event_config".to_string() } else { format!("event_config.{name}") };
         let account = AccountCheck {
             client: V3Client::new(ClientSettings::for_account_of(config, &source.vod)?)?,
             sub_app_id: source.vod.sub_app_id,
             interval: config.account.check_interval,
             health: self.metrics.health.source(&name),
             store: self.store.clone(),
-            state_key,
+            state_key: crate::account::check::state_key(&name),
         };
         let checking = tokio::spawn(account.run(cancel.clone()));
         Ok(RunningSource { source, cancel, pulling, confirming, checking })

@@ -115,7 +115,7 @@ async fn three_sources_store_confirm_and_route_every_event_under_its_own_app() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_source_with_refused_credentials_leaves_the_others_running_and_is_named_by_healthz() {
+async fn one_source_with_refused_credentials_leaves_the_others_running_and_is_named_by_healthz_and_status() {
     let emu = emulator(EmulatorConfig {
         credentials: vec![Credential { secret_id: DEMO_SECRET_ID.into(), secret_key: DEMO_SECRET_KEY.into() }],
         ..two_accounts()
@@ -124,7 +124,10 @@ async fn one_source_with_refused_credentials_leaves_the_others_running_and_is_na
     let receiver = Receiver::start().await;
     enqueue_everywhere(&emu, 50);
     let port = free_port();
-    let extra = format!("{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n", three_sources(&emu, &receiver.url()));
+    let extra = format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n[alert]\ncheck_interval = \"1s\"\n",
+        three_sources(&emu, &receiver.url())
+    );
     let mut daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
     eventually(Duration::from_secs(60), "prod-a and prod-b drained", || {
         [PROD_A, PROD_B].iter().all(|app| emu.stats_for(Some(*app)).confirmed == 50)
@@ -139,6 +142,23 @@ async fn one_source_with_refused_credentials_leaves_the_others_running_and_is_na
     })
     .await;
     assert!(!last.1.contains("source prod-a") && !last.1.contains("source prod-b"), "{}", last.1);
+    // `status` shows each source's pull health and event configuration.
+    let mut status = String::new();
+    eventually(Duration::from_secs(30), "status shows every source", || {
+        let out = crate::support::cli().args(["status", "--config"]).arg(&daemon.config_path).output().unwrap();
+        status = String::from_utf8_lossy(&out.stdout).into_owned();
+        status.contains("  other\n    last pull ok:  never\n    health:        UNHEALTHY: its credentials are refused")
+            && status.contains(&format!(
+                "event config:  app {OTHER} (vod.sub_app_id): unknown: DescribeEventConfig failed (AuthFailure"
+            ))
+            && status.matches("    health:        ok\n").count() == 2
+    })
+    .await;
+    for (name, app) in [("prod-a", PROD_A), ("prod-b", PROD_B)] {
+        let section = status.split(&format!("  {name}\n")).nth(1).unwrap_or_default();
+        let expected = format!("    event config:  app {app} (vod.sub_app_id): Mode PULL");
+        assert!(section.lines().nth(2).is_some_and(|l| l.starts_with(&expected)), "{expected} in {status}");
+    }
     assert!(daemon.running(), "one refused source does not stop the daemon");
     emu.enqueue_generated_as(Some(PROD_A), Api::V2, 5);
     eventually(Duration::from_secs(30), "prod-a keeps flowing", || emu.stats_for(Some(PROD_A)).confirmed == 55).await;
