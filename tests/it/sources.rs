@@ -340,3 +340,75 @@ async fn discovery_refused_at_start_exits_78_naming_the_keys_and_a_failure_is_re
     eventually(Duration::from_secs(30), "/healthz healthy", || futures_lite_get(&healthz).0 == 200).await;
     assert!(daemon.terminate().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_removes_and_changes_sources_confirming_the_removed_ones_handles_first() {
+    // Tencent rotates a key as a new SecretId with its own key.
+    const ROTATED_ID: &str = "AKIDrotatedKEYemulator000000000000000";
+    const ROTATED_KEY: &str = "rotated-emulator-key";
+    let emu = emulator(two_accounts()).await;
+    // Handles wait up to 20 s for their confirm: at the reload they are still in flight.
+    let common = "[confirm]\nmax_delay = \"20s\"\n";
+    let before = format!(
+        "{common}[[sources]]\nname = \"prod-a\"\nsub_app_id = {PROD_A}\n\
+         [[sources]]\nname = \"prod-b\"\nsub_app_id = {PROD_B}\n"
+    );
+    let mut daemon = TestDaemon::start(&emu.endpoint(), &before).await;
+    emu.enqueue_generated_to(Some(PROD_A), 10);
+    emu.enqueue_generated_to(Some(PROD_B), 10);
+    let rows = |a, b, other| {
+        let mut rows = HashMap::new();
+        for (name, app, n) in [("prod-a", PROD_A, a), ("prod-b", PROD_B, b), ("other", OTHER, other)] {
+            if n > 0 {
+                rows.insert((name.to_string(), Some(app as i64)), n);
+            }
+        }
+        rows
+    };
+    eventually(Duration::from_secs(30), "both sources' events stored", || rows_by_source(&daemon) == rows(10, 10, 0))
+        .await;
+    assert_eq!(emu.stats_for(Some(PROD_B)).confirmed, 0, "prod-b's handles are in flight at the reload");
+
+    // prod-b removed, other added, prod-a with a new key.
+    let after = format!(
+        "{common}[[sources]]\nname = \"prod-a\"\nsub_app_id = {PROD_A}\nsecret_id = \"{ROTATED_ID}\"\nsecret_key = \"{ROTATED_KEY}\"\n\
+         [[sources]]\nname = \"other\"\nsub_app_id = {OTHER}\nsecret_id = \"{OTHER_ID}\"\nsecret_key = \"{OTHER_KEY}\"\n"
+    );
+    // As in a real rotation, the new key works before the old one is revoked.
+    let rotated = Credential { secret_id: ROTATED_ID.into(), secret_key: ROTATED_KEY.into() };
+    let other = Credential { secret_id: OTHER_ID.into(), secret_key: OTHER_KEY.into() };
+    let old = Credential { secret_id: DEMO_SECRET_ID.into(), secret_key: DEMO_SECRET_KEY.into() };
+    emu.set_credentials(vec![old, rotated.clone(), other.clone()]);
+    daemon.rewrite_config(&emu.endpoint(), "", &after);
+    daemon.signal("HUP");
+    eventually(Duration::from_secs(30), "reloaded", || daemon.log().contains("Configuration reloaded.")).await;
+    let b = emu.stats_for(Some(PROD_B));
+    assert!(b.confirmed == 10 && b.outstanding == 0, "prod-b confirmed its handles before it went: {b:?}");
+    assert_eq!(emu.stats_for(Some(PROD_A)).confirmed, 10, "the changed prod-a confirmed its handles before restarting");
+    let log = daemon.log();
+    assert!(log.contains("Stopping a source") && log.contains("prod-b"), "{log}");
+
+    // The old key revoked: prod-a pulls with the new one, other is pulled, prod-b is not.
+    emu.set_credentials(vec![rotated, other]);
+    let b_pulled = emu.stats_for(Some(PROD_B)).delivered;
+    emu.enqueue_generated_to(Some(PROD_A), 5);
+    emu.enqueue_generated_to(Some(OTHER), 5);
+    emu.enqueue_generated_to(Some(PROD_B), 3);
+    eventually(Duration::from_secs(30), "prod-a (new key) and other stored", || {
+        rows_by_source(&daemon) == rows(15, 10, 5)
+    })
+    .await;
+    assert_eq!(emu.stats_for(Some(PROD_B)).delivered, b_pulled, "nothing pulled from the removed source");
+    assert!(daemon.terminate().await.success());
+    for (app, confirmed) in [(PROD_A, 15), (OTHER, 5)] {
+        let s = emu.stats_for(Some(app));
+        assert!(s.confirmed == confirmed && s.in_flight == 0, "app {app}: {s:?}");
+    }
+    assert_eq!(emu.stats().api.cross_app_confirms, 0);
+    assert_eq!(emu.stats().queue.confirms_refused, 0);
+    let log = daemon.log();
+    assert!(
+        !log.contains(ROTATED_KEY) && !log.contains(OTHER_KEY) && !log.contains(DEMO_SECRET_KEY),
+        "secrets never in logs"
+    );
+}
