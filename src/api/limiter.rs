@@ -89,12 +89,15 @@ pub(crate) fn for_settings(settings: &super::ClientSettings) -> ActionLimiter {
     }
 }
 
+/// A limiter's key in the pool: the SecretId and the API.
+type LimiterKey = (String, crate::config::ApiVersion);
+
 /// The limiters of the daemon's clients, one per (SecretId, API), shared by every source
 /// using that credential.
 #[derive(Default)]
 pub struct LimiterPool {
     /// By (SecretId, API): the rate it was built for, and the limiter.
-    limiters: Mutex<HashMap<(String, crate::config::ApiVersion), (u32, Arc<ActionLimiter>)>>,
+    limiters: Mutex<HashMap<LimiterKey, (u32, Arc<ActionLimiter>)>>,
 }
 
 impl LimiterPool {
