@@ -1257,39 +1257,40 @@ mod tests {
         assert!(matches!(parse(&format!("sources = \"all\"\n{MINIMAL}")).unwrap().sources, SourcesSetting::All));
     }
 
+    /// The refusal of `MINIMAL` plus `text`, checked to contain each of `expected`.
+    fn refused_with(text: &str, expected: &[&str]) -> String {
+        let err = parse(&format!("{MINIMAL}{text}")).unwrap_err().to_string();
+        for expected in expected {
+            assert!(err.contains(expected), "{expected} not in {err}");
+        }
+        err
+    }
+
     #[test]
     fn source_mistakes_are_named_with_the_fix() {
-        let err = parse(&format!(
-            "{MINIMAL}[[sources]]\nname = \"a\"\nsub_app_id = 1\n[[sources]]\nname = \"a\"\nsub_app_id = 2\n\
+        refused_with(
+            "[[sources]]\nname = \"a\"\nsub_app_id = 1\n[[sources]]\nname = \"a\"\nsub_app_id = 2\n\
              [[sources]]\nname = \"b c\"\nsub_app_id = 1\n[[sources]]\nname = \"d\"\nsecret_id = \"AKID9\"\n\
-             [[sources]]\nname = \"e\"\nsub_app_id = 3\nregion = \"\"\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        for expected in [
-            "`sources[1].name`: `a` is already the name of sources[0]",
-            "`sources[2].name`: `b c` is not a valid name",
-            "`sources[2].sub_app_id`: sources[0] already pulls sub_app_id 1 with the same secret_id",
-            "`sources[3].secret_key`: sources[3] sets its own secret_id",
-            "`sources[4].region`: is empty",
-        ] {
-            assert!(err.contains(expected), "{expected} not in {err}");
-        }
+             [[sources]]\nname = \"e\"\nsub_app_id = 3\nregion = \"\"\n",
+            &[
+                "`sources[1].name`: `a` is already the name of sources[0]",
+                "`sources[2].name`: `b c` is not a valid name",
+                "`sources[2].sub_app_id`: sources[0] already pulls sub_app_id 1 with the same secret_id",
+                "`sources[3].secret_key`: sources[3] sets its own secret_id",
+                "`sources[4].region`: is empty",
+            ],
+        );
         // One SecretId and API share one limiter: their rates must agree.
-        let err = parse(&format!(
-            "{MINIMAL}rate_limit_per_minute = 600\n[[sources]]\nname = \"a\"\nsub_app_id = 1\n\
+        let err = refused_with(
+            "rate_limit_per_minute = 600\n[[sources]]\nname = \"a\"\nsub_app_id = 1\n\
              [[sources]]\nname = \"b\"\nsub_app_id = 2\nrate_limit_per_minute = 300\n\
              [[sources]]\nname = \"c\"\nsub_app_id = 3\napi = \"v3\"\nrate_limit_per_minute = 300\n\
-             [[sources]]\nname = \"d\"\nsub_app_id = 4\nsecret_id = \"AKID2\"\nsecret_key = \"k2\"\nrate_limit_per_minute = 300\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        for expected in [
-            "`sources[1].rate_limit_per_minute`: 300 (sources[1].rate_limit_per_minute) differs from the 600 of sources[0] (vod.rate_limit_per_minute), which uses the same secret_id and api",
-            "give them the same value (or set vod.rate_limit_per_minute once",
-        ] {
-            assert!(err.contains(expected), "{expected} not in {err}");
-        }
+             [[sources]]\nname = \"d\"\nsub_app_id = 4\nsecret_id = \"AKID2\"\nsecret_key = \"k2\"\nrate_limit_per_minute = 300\n",
+            &[
+                "`sources[1].rate_limit_per_minute`: 300 (sources[1].rate_limit_per_minute) differs from the 600 of sources[0] (vod.rate_limit_per_minute), which uses the same secret_id and api",
+                "give them the same value (or set vod.rate_limit_per_minute once",
+            ],
+        );
         assert!(
             !err.contains("sources[2]") && !err.contains("sources[3]"),
             "another api or SecretId: its own limiter: {err}"
