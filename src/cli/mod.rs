@@ -131,7 +131,7 @@ fn report(e: &anyhow::Error) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     eprintln!("vod-eventd: error: {e:#}");
-    if e.downcast_ref::<PullError>().is_some() {
+    if e.downcast_ref::<PullError>().is_some() || e.downcast_ref::<crate::discovery::Refused>().is_some() {
         return ExitCode::from(EXIT_CONFIG);
     }
     ExitCode::FAILURE

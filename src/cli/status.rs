@@ -1,13 +1,16 @@
 //! `vod-eventd status`: the pipeline's state as the store knows it — the daemon's last
-//! heartbeat and pull, events by type over 24 h, pending, dead and orphaned deliveries per
-//! handler, the oldest pending delivery, and the store's size. Works whether or not the daemon runs;
-//! after a clean stop it says when the daemon stopped and shows its final status line.
+//! heartbeat and pull, each source's pull health and event configuration, events by type
+//! over 24 h, pending, dead and orphaned deliveries per handler, the oldest pending
+//! delivery, and the store's size. Works whether or not the daemon runs; after a clean stop
+//! it says when the daemon stopped and shows its final status line.
 
 use std::io::Write as _;
 use std::path::Path;
 
 use super::events::rfc3339;
-use crate::config::Config;
+use crate::account::check::state_key;
+use crate::config::{Config, DEFAULT_SOURCE};
+use crate::service::{health_key, last_pull_key, SOURCES_KEY};
 use crate::store::now_ms;
 
 /// Prints the status.
@@ -32,8 +35,26 @@ pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         writeln!(out, "daemon:        pid {pid} version {version}, last heartbeat {}", ago("heartbeat_ms"))?;
     }
     writeln!(out, "last pull ok:  {}", ago("last_pull_ok_ms"))?;
-    if let Some(event_config) = state.get("event_config") {
-        writeln!(out, "event config:  {event_config}")?;
+    // The sources of the daemon's last heartbeat; a store written before sources existed
+    // has only the default one.
+    let sources: Vec<&str> = match state.get(SOURCES_KEY) {
+        Some(list) => list.split(',').filter(|s| !s.is_empty()).collect(),
+        None => vec![DEFAULT_SOURCE],
+    };
+    if sources == [DEFAULT_SOURCE] {
+        if let Some(event_config) = state.get(&state_key(DEFAULT_SOURCE)) {
+            writeln!(out, "event config:  {event_config}")?;
+        }
+    } else {
+        writeln!(out, "sources:{}", if sources.is_empty() { "       (none)" } else { "" })?;
+        for name in sources {
+            let health = state.get(&health_key(name)).map_or("-", |s| s.as_str());
+            writeln!(out, "  {name}")?;
+            writeln!(out, "    last pull ok:  {}", ago(&last_pull_key(name)))?;
+            writeln!(out, "    health:        {health}")?;
+            let event_config = state.get(&state_key(name)).map_or("not read yet", |s| s.as_str());
+            writeln!(out, "    event config:  {event_config}")?;
+        }
     }
     if let Some(status) = state.get("status") {
         writeln!(out, "{}   {status}", if stopped { "final status:" } else { "last status: " })?;

@@ -199,6 +199,11 @@ fn the_demo_runs_every_part_and_leaves_a_queryable_store() {
     assert!(stdout.contains("24 stored rows") && stdout.contains("0 left at the emulator"), "{stdout}");
     assert!(stdout.contains("received 24 requests, 24 with a valid Standard Webhooks signature"), "{stdout}");
     assert!(stdout.contains("2 DRM data keys stored"), "{stdout}");
+    // Two apps, each pulled as its own source and confirmed under its own app.
+    for app in ["main       app 1500000001: 12 stored rows", "second     app 1500000002: 12 stored rows"] {
+        assert!(stdout.contains(app), "{app} in {stdout}");
+    }
+    assert!(stdout.contains(" second  NewFileUpload "), "every type reaches both apps: {stdout}");
     let config = demo_dir.join("config.toml");
     let list = vod_eventd(&["events", "list", "--json", "--limit", "100", "--config", config.to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 24);
