@@ -21,12 +21,18 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    // Rebuild when HEAD moves. In a linked worktree `.git` is a file, so the paths come from
-    // git: a path named here that does not exist would make cargo rebuild on every build.
+    // Rebuild when HEAD moves: HEAD itself (a checkout, a detached commit) and the branch it
+    // names. The paths come from git, since in a linked worktree `.git` is a file (a path named
+    // here that does not exist makes cargo rebuild every time), and only the current branch's
+    // ref is watched, not all of refs/heads, which every worktree's commits touch.
     println!("cargo:rerun-if-changed=build.rs");
     if let (Some(git_dir), Some(common_dir)) = (git(&["--git-dir"]), git(&["--git-common-dir"])) {
         println!("cargo:rerun-if-changed={git_dir}/HEAD");
-        println!("cargo:rerun-if-changed={common_dir}/refs/heads");
+        let branch = git(&["--symbolic-full-name", "HEAD"]).filter(|r| r.starts_with("refs/"));
+        let watched = branch.iter().map(|r| format!("{common_dir}/{r}")).chain([format!("{common_dir}/packed-refs")]);
+        for path in watched.filter(|p| std::path::Path::new(p).exists()) {
+            println!("cargo:rerun-if-changed={path}");
+        }
     }
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     let commit = git(&["--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());

@@ -13,7 +13,7 @@ use super::sparkline::{scale, sparkline, Charset};
 use crate::account::check::state_key;
 use crate::config::{Config, DEFAULT_SOURCE};
 use crate::service::{health_key, last_pull_key, SOURCES_KEY};
-use crate::store::{now_ms, Hourly, Store};
+use crate::store::{now_ms, Hourly, Store, HOURS};
 
 /// Prints the status.
 pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
@@ -97,7 +97,7 @@ fn hour_by_hour(out: &mut impl std::io::Write, store: &Store, config: &Config, n
     line(out, "events received", &store.events_per_hour(now)?)?;
     let mut failures = store.failures_per_hour(now)?;
     for name in config.handlers.keys() {
-        failures.entry(name.clone()).or_insert([0; crate::store::HOURS]);
+        failures.entry(name.clone()).or_insert([0; HOURS]);
     }
     for (handler, hourly) in &failures {
         line(out, &format!("failed attempts {handler}"), hourly)?;
