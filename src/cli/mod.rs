@@ -8,6 +8,7 @@ mod demo;
 mod emulator;
 mod events;
 mod keys;
+mod sparkline;
 mod status;
 mod store_cmd;
 
@@ -56,7 +57,8 @@ pub enum Command {
     /// The app's event configuration: show it, or switch the app to PULL mode.
     #[command(subcommand)]
     Account(account::AccountCommand),
-    /// Print the pipeline's state from the store: last pull, events by type, pending and dead deliveries.
+    /// Print the pipeline's state from the store: last pull, events by type, the last 24 hours
+    /// hour by hour (events, failed attempts per handler), pending and dead deliveries.
     Status,
     /// Check the store (`store check`: SQLite's integrity check, which reads the whole file).
     #[command(subcommand)]

@@ -5,6 +5,7 @@
 //! only used from `spawn_blocking`; the CLI opens its own connection, which WAL allows
 //! while the daemon runs.
 
+mod activity;
 mod deliveries;
 mod events;
 mod keys;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use activity::{Hourly, HOURS};
 pub use deliveries::{webhook_id, AttemptRecord, AttemptRow, DeliveryFilter, DeliveryRow, Next};
 pub use events::{EventFilter, EventRow, Inserted};
 pub use keys::{KeyInfo, NewKey};
@@ -29,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_leases.sql"),
     include_str!("migrations/0006_orphaned.sql"),
     include_str!("migrations/0007_sources.sql"),
+    include_str!("migrations/0008_failed_attempts.sql"),
 ];
 
 /// A store failure.
