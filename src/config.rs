@@ -336,6 +336,10 @@ pub struct DispatchConfig {
     /// How often to look for deliveries scheduled from outside (`events replay`, `deliveries retry`).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How long the dispatcher gathers finished attempts and free permits before writing
+    /// the outcomes and the next claims in one transaction (group commit).
+    #[serde(with = "humantime_serde")]
+    pub batch_window: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -345,6 +349,7 @@ impl Default for DispatchConfig {
             max_age: Duration::from_secs(3 * 86400),
             max_retry_after: Duration::from_secs(3600),
             poll_interval: Duration::from_secs(1),
+            batch_window: Duration::from_millis(20),
         }
     }
 }
@@ -812,6 +817,12 @@ impl Config {
         }
         if self.dispatch.poll_interval.is_zero() {
             bad("dispatch.poll_interval", "must be above zero".into());
+        }
+        if self.dispatch.batch_window > Duration::from_secs(1) {
+            bad(
+                "dispatch.batch_window",
+                "must be at most 1s (20ms is the default; 0 writes every outcome at once)".into(),
+            );
         }
         if self.account.check_interval < Duration::from_secs(1) {
             bad("account.check_interval", "must be at least 1s".into());

@@ -4,16 +4,24 @@
 //! failing delivery is rescheduled by the retry policy and does not hold back others:
 //! there is no head-of-line blocking. Every attempt is recorded with its outcome.
 //!
+//! Group commit: finished attempts hand their outcomes to the dispatcher's loop, which
+//! writes them and claims new deliveries for every handler's free permits in one
+//! transaction, at most once per `dispatch.batch_window` while work keeps arriving
+//! (at once after a quiet spell). A busy outbox therefore costs one transaction per window,
+//! not two per delivery. An outcome is written after its attempt finished and before its
+//! delivery can be claimed again (the row stays `running` until then); a crash in between
+//! runs the attempt again with the same `webhook-id` (at-least-once).
+//!
 //! A claim leases the delivery for the handler's attempt timeout plus [`LEASE_MARGIN`];
 //! every [`SWEEP_INTERVAL`] the dispatcher returns rows whose lease passed to pending.
-//! While the store refuses writes, claims back off (one ERROR, one INFO on recovery) and
-//! finished outcomes wait in a bounded queue until they can be written; a full queue
-//! holds the handlers' permits, so no new attempt starts meanwhile.
+//! While the store refuses writes, the loop backs off (one ERROR, one INFO on recovery)
+//! and keeps the outcomes it holds until they can be written; its bounded queue then
+//! fills and holds the handlers' permits, so no new attempt starts meanwhile.
 //!
 //! On shutdown it stops claiming, gives in-flight attempts `drain_timeout`, then stops
 //! them; whatever was still running is put back to pending (and retried later).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::outage::Outage;
 use crate::retry::RetryPolicy;
 use crate::route::Router;
-use crate::store::{now_ms, AttemptRecord, Next, Store, StoreError};
+use crate::store::{now_ms, AttemptRecord, Next, Store, StoreError, Want};
 
 /// A lease outlasts the handler's attempt timeout by this much, so only an attempt whose
 /// outcome was lost (not a slow one) is ever swept back to pending.
@@ -63,6 +71,8 @@ pub struct Routing {
     pub policy: RetryPolicy,
     /// How often to look for deliveries scheduled by another process.
     pub poll_interval: Duration,
+    /// How long to gather outcomes and free permits into one transaction.
+    pub batch_window: Duration,
 }
 
 impl Routing {
@@ -90,7 +100,13 @@ impl Routing {
                 (name, Lane { handler, permits, concurrency, lease })
             })
             .collect();
-        Ok(Routing { router, lanes, policy: config.dispatch.policy(), poll_interval: config.dispatch.poll_interval })
+        Ok(Routing {
+            router,
+            lanes,
+            policy: config.dispatch.policy(),
+            poll_interval: config.dispatch.poll_interval,
+            batch_window: config.dispatch.batch_window,
+        })
     }
 }
 
@@ -106,6 +122,43 @@ pub struct Dispatcher {
     pub stats: Arc<Metrics>,
 }
 
+/// What one step found.
+struct Stepped {
+    /// When to step again if nothing happens before.
+    wake_at: Instant,
+    /// When the earliest pending delivery comes due, if any is pending.
+    due_at: Option<Instant>,
+    /// The handlers that claimed all they asked for: more may be due.
+    filled: BTreeSet<String>,
+    /// The store's `data_version` as the step read it.
+    data_version: i64,
+}
+
+/// When expired leases are looked for: every [`SWEEP_INTERVAL`] while this dispatcher may
+/// hold leases (until its longest lease has passed since its last claim), then not at all.
+#[derive(Default)]
+struct Sweeps {
+    next: Option<Instant>,
+    until: Option<Instant>,
+}
+
+impl Sweeps {
+    fn due(&self) -> bool {
+        self.next.is_some_and(|next| Instant::now() >= next)
+    }
+
+    fn claimed(&mut self, lease: Duration) {
+        let until = Instant::now() + lease + SWEEP_INTERVAL;
+        self.until = Some(self.until.map_or(until, |u| u.max(until)));
+        self.next.get_or_insert(Instant::now() + SWEEP_INTERVAL);
+    }
+
+    fn swept(&mut self) {
+        let next = Instant::now() + SWEEP_INTERVAL;
+        self.next = self.until.filter(|until| next <= *until + SWEEP_INTERVAL).map(|_| next);
+    }
+}
+
 impl Dispatcher {
     /// Runs until `shutdown`, then drains for at most `drain_timeout`.
     pub async fn run(mut self, shutdown: CancellationToken, drain_timeout: Duration) {
@@ -114,108 +167,186 @@ impl Dispatcher {
             Ok(n) => info!(deliveries = n, "Requeued deliveries that were running when vod-eventd last stopped."),
             Err(e) => error!(error = %e, "Could not requeue interrupted deliveries."),
         }
-        let (records, records_rx) = mpsc::channel(RECORD_QUEUE);
-        let mut recorder = tokio::spawn(record_attempts(self.store.clone(), records_rx, self.stats.clone()));
+        let (records, mut finished) = mpsc::channel(RECORD_QUEUE);
+        // Outcomes received and not yet written (at most RECORD_BATCH).
+        let mut outcomes: Vec<AttemptRecord> = Vec::new();
         let mut tasks = JoinSet::new();
         let mut outage = Outage::new(
             StoreWriter::Dispatch,
-            "Cannot claim deliveries: the store refuses writes. Handlers are paused and claims retried with backoff until it accepts them (/healthz says so). Free disk space, or raise store.max_size_mb and send SIGHUP.",
+            "Cannot record handler outcomes or claim deliveries: the store refuses writes. The outcomes are kept and written once it accepts them; meanwhile no new attempts start (/healthz says so). Free disk space, or raise store.max_size_mb and send SIGHUP.",
             self.stats.clone(),
         );
-        // No claims before this while the store refuses writes, whatever wakes the loop.
-        let mut retry_at = Instant::now();
-        let mut next_sweep = Instant::now();
+        // The next store step, never earlier than this; pushed back while the store refuses writes.
+        let mut step_at = Instant::now();
+        let mut last_step = Instant::now();
+        // Something to do at the next step beyond polling: outcomes, new deliveries, a retry
+        // coming due. A poll alone only looks at the store if another process wrote to it.
+        let mut work = true;
+        // When the earliest pending delivery comes due (as of the last step).
+        let mut due_at: Option<Instant> = None;
+        let mut seen_version = None;
+        let mut sweeps = Sweeps::default();
+        // Handlers that may have due deliveries beyond what they could claim.
+        let mut backlog = BTreeSet::new();
         loop {
             let routing = self.routing.borrow_and_update().clone();
-            if Instant::now() >= retry_at {
-                retry_at = if self.stats.health.store_failing(StoreWriter::Record) {
-                    // Outcomes cannot be written: start nothing whose outcome would only queue up.
-                    Instant::now() + routing.poll_interval
-                } else {
-                    match self.step(&routing, &records, &mut tasks, &mut next_sweep).await {
-                        Ok(wake_at) => {
-                            outage.succeeded();
-                            Instant::now() + Duration::from_millis(wake_at.saturating_sub(now_ms()).max(0) as u64)
-                        }
-                        Err(e) => Instant::now() + outage.failed(&e),
+            if due_at.is_some_and(|due| Instant::now() >= due) {
+                work = true;
+            }
+            if Instant::now() >= step_at && !work && !sweeps.due() {
+                // A poll: step only if the CLI (or anything else) changed the store meanwhile.
+                let version = self.store.data_version();
+                work = version.is_none() || version != seen_version;
+                seen_version = version;
+                if !work {
+                    let poll = Instant::now() + routing.poll_interval;
+                    step_at = due_at.map_or(poll, |due| due.min(poll));
+                }
+            }
+            if Instant::now() >= step_at {
+                last_step = Instant::now();
+                step_at = match self.step(&routing, &mut outcomes, &records, &mut tasks, &mut sweeps).await {
+                    Ok(stepped) => {
+                        outage.succeeded();
+                        backlog = stepped.filled;
+                        due_at = stepped.due_at;
+                        work = false;
+                        seen_version = Some(stepped.data_version);
+                        stepped.wake_at
                     }
+                    Err(e) => Instant::now() + outage.failed(&e),
                 };
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => {}
-                _ = self.routing.changed() => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                _ = tokio::time::sleep_until(retry_at.into()) => {}
+                _ = self.wake.notified() => {
+                    backlog.extend(routing.lanes.keys().cloned());
+                    work = true;
+                }
+                _ = self.routing.changed() => work = true,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => work = true,
+                Some(record) = finished.recv(), if outcomes.len() < RECORD_BATCH => {
+                    outcomes.push(record);
+                    work = true;
+                }
+                _ = tokio::time::sleep_until(step_at.into()) => {}
             }
-            if !outage.ongoing() {
-                retry_at = Instant::now();
+            if !outage.ongoing() && work {
+                // Something happened. Step at once if a handler with due work has half its
+                // permits free, or many outcomes wait; otherwise gather for one window after
+                // the last step (at once after a quiet spell).
+                let starved = routing.lanes.iter().any(|(name, lane)| {
+                    backlog.contains(name) && lane.permits.available_permits() * 2 >= lane.concurrency
+                });
+                let gathered = if starved || outcomes.len() >= RECORD_BATCH / 2 {
+                    Instant::now()
+                } else {
+                    (last_step + routing.batch_window).max(Instant::now())
+                };
+                step_at = step_at.min(gathered);
             }
         }
         self.drain(tasks, drain_timeout).await;
-        // Every attempt task has ended: the recorder writes what is left and stops.
+        // Every attempt task has ended: write what they left.
         drop(records);
-        if tokio::time::timeout(RECORD_FLUSH, &mut recorder).await.is_err() {
-            recorder.abort();
-            error!("Some attempt outcomes could not be written before exit: the store refuses writes. Their deliveries stay running and are retried after the next start.");
+        while let Some(record) = finished.recv().await {
+            outcomes.push(record);
         }
+        self.flush(outcomes).await;
         if let Err(e) = self.store.requeue_running().await {
             error!(error = %e, "Could not requeue interrupted deliveries; they will be requeued at the next start.");
         }
     }
 
-    /// Sweeps expired leases when due, then claims and starts due deliveries; returns
-    /// when (Unix ms) to look again.
+    /// One group commit: sweeps expired leases when due, writes `outcomes` and claims due
+    /// deliveries for every handler with free permits in one transaction, and starts them.
+    /// On error `outcomes` is kept.
     async fn step(
         &self,
         routing: &Routing,
+        outcomes: &mut Vec<AttemptRecord>,
         records: &mpsc::Sender<AttemptRecord>,
         tasks: &mut JoinSet<()>,
-        next_sweep: &mut Instant,
-    ) -> Result<i64, StoreError> {
-        if Instant::now() >= *next_sweep {
+        sweeps: &mut Sweeps,
+    ) -> Result<Stepped, StoreError> {
+        if sweeps.due() {
             let swept = self.store.sweep_expired_leases(now_ms()).await?;
             if swept > 0 {
                 warn!(deliveries = swept, "Returned deliveries whose lease passed without a recorded outcome to pending; they will be attempted again.");
             }
-            *next_sweep = Instant::now() + SWEEP_INTERVAL;
+            sweeps.swept();
         }
-        self.claim_and_spawn(routing, records, tasks).await
+        // Each handler with free permits asks for as many deliveries.
+        let lanes: Vec<(&String, &Lane, usize)> = routing
+            .lanes
+            .iter()
+            .map(|(name, lane)| (name, lane, lane.permits.available_permits()))
+            .filter(|(_, _, free)| *free > 0)
+            .collect();
+        let wants = lanes
+            .iter()
+            .map(|(name, lane, free)| Want { handler: name.to_string(), limit: *free, lease: lane.lease })
+            .collect();
+        let now = now_ms();
+        let batch: Arc<[AttemptRecord]> = std::mem::take(outcomes).into();
+        let claimed = match self.store.settle_and_claim(batch.clone(), wants, now).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                *outcomes = batch.to_vec();
+                return Err(e);
+            }
+        };
+        let mut counts = vec![0; lanes.len()];
+        if let Some(lease) = claimed.deliveries.iter().map(|(i, _)| lanes[*i].1.lease).max() {
+            sweeps.claimed(lease);
+        }
+        for (i, delivery) in claimed.deliveries {
+            counts[i] += 1;
+            let (name, lane, _) = lanes[i];
+            let permit = lane.permits.clone().try_acquire_owned().expect("claimed no more than the free permits");
+            tasks.spawn(self.attempt(
+                name.clone(),
+                lane.handler.clone(),
+                routing.policy.clone(),
+                delivery,
+                permit,
+                records.clone(),
+            ));
+        }
+        let poll = now + routing.poll_interval.as_millis() as i64;
+        let wake_at = claimed.next_due.map_or(poll, |due| due.clamp(now, poll));
+        let filled: BTreeSet<String> = lanes
+            .iter()
+            .zip(counts)
+            .filter(|((_, _, free), n)| n == free)
+            .map(|((name, _, _), _)| name.to_string())
+            .collect();
+        let at = |ms: i64| Instant::now() + Duration::from_millis(ms.saturating_sub(now).max(0) as u64);
+        Ok(Stepped {
+            wake_at: at(wake_at),
+            due_at: claimed.next_due.map(at),
+            filled,
+            data_version: claimed.data_version,
+        })
     }
 
-    /// Claims due deliveries for every handler with free permits and starts them; returns
-    /// when (Unix ms) to look again.
-    async fn claim_and_spawn(
-        &self,
-        routing: &Routing,
-        records: &mpsc::Sender<AttemptRecord>,
-        tasks: &mut JoinSet<()>,
-    ) -> Result<i64, StoreError> {
-        let now = now_ms();
-        let mut wake_at = now + routing.poll_interval.as_millis() as i64;
-        for (name, lane) in &routing.lanes {
-            let free = lane.permits.available_permits();
-            if free == 0 {
-                continue;
-            }
-            for delivery in self.store.claim_due(name.clone(), free, now, lane.lease).await? {
-                let permit = lane.permits.clone().try_acquire_owned().expect("claimed no more than the free permits");
-                tasks.spawn(self.attempt(
-                    name.clone(),
-                    lane.handler.clone(),
-                    routing.policy.clone(),
-                    delivery,
-                    permit,
-                    records.clone(),
-                ));
-            }
-            if lane.permits.available_permits() > 0 {
-                if let Some(due) = self.store.next_due(name.clone()).await? {
-                    wake_at = wake_at.min(due);
+    /// Writes the outcomes left at shutdown, retrying for at most [`RECORD_FLUSH`].
+    async fn flush(&self, outcomes: Vec<AttemptRecord>) {
+        if outcomes.is_empty() {
+            return;
+        }
+        let outcomes: Arc<[AttemptRecord]> = outcomes.into();
+        let deadline = Instant::now() + RECORD_FLUSH;
+        loop {
+            match self.store.settle_and_claim(outcomes.clone(), Vec::new(), now_ms()).await {
+                Ok(_) => return,
+                Err(_) if Instant::now() + FLUSH_RETRY < deadline => tokio::time::sleep(FLUSH_RETRY).await,
+                Err(e) => {
+                    error!(error = %e, "Some attempt outcomes could not be written before exit: the store refuses writes. Their deliveries stay running and are retried after the next start.");
+                    return;
                 }
             }
         }
-        Ok(wake_at)
     }
 
     fn attempt(
@@ -235,7 +366,7 @@ impl Dispatcher {
             let result = handler.handle(&d).await;
             let duration = clock.elapsed();
             let record = settle(&policy, &d, result, started_at, duration, &name, &stats);
-            // The row stays `running` until the recorder commits, so it cannot be claimed twice.
+            // The row stays `running` until its outcome is committed, so it cannot be claimed twice.
             let _ = records.send(record).await;
             drop(permit);
         }
@@ -310,88 +441,79 @@ fn settle(
     }
 }
 
-/// Attempt records waiting to be written, at most.
+/// Outcomes waiting to be written, at most (the channel from attempts to the loop).
 const RECORD_QUEUE: usize = 1024;
-/// Attempt records written per transaction, at most.
+/// Outcomes written per transaction, at most.
 const RECORD_BATCH: usize = 256;
-
-/// Writes attempt records in batches until every sender is gone. While the store
-/// refuses a batch, it is kept and retried with backoff (never dropped); the channel
-/// then fills, and attempt tasks wait to hand over their outcome while holding their
-/// permits, so memory stays bounded and no new attempts start.
-async fn record_attempts(store: Store, mut rx: mpsc::Receiver<AttemptRecord>, stats: Arc<Metrics>) {
-    let mut outage = Outage::new(
-        StoreWriter::Record,
-        "Cannot record handler outcomes: the store refuses writes. The outcomes are kept and written once it accepts them; meanwhile no new attempts start. Free disk space, or raise store.max_size_mb and send SIGHUP.",
-        stats,
-    );
-    let mut batch = Vec::with_capacity(RECORD_BATCH);
-    loop {
-        if batch.is_empty() {
-            match rx.recv().await {
-                Some(record) => batch.push(record),
-                None => return,
-            }
-        }
-        while batch.len() < RECORD_BATCH {
-            match rx.try_recv() {
-                Ok(record) => batch.push(record),
-                Err(_) => break,
-            }
-        }
-        match store.finish_attempts(batch.clone()).await {
-            Ok(()) => {
-                outage.succeeded();
-                batch.clear();
-            }
-            Err(e) => tokio::time::sleep(outage.failed(&e)).await,
-        }
-    }
-}
+/// Pause between tries to write the last outcomes at shutdown.
+const FLUSH_RETRY: Duration = Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {
+    use figment::providers::{Format as _, Toml};
+
     use super::*;
 
-    /// The old recorder gave up after 8 refused tries (about 33 s) and left the delivery
-    /// `running` until the next start. Now the outcome waits, however long the store
-    /// refuses writes, and is written once it accepts them.
-    #[tokio::test(start_paused = true)]
-    async fn an_outcome_waits_out_any_number_of_refused_writes() {
+    async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// An outcome finished while the store refuses writes is kept (the old recorder gave up
+    /// after 8 refused tries and left the delivery `running` until the next start), nothing
+    /// new starts meanwhile, and it is written once the store accepts writes again.
+    #[tokio::test]
+    async fn an_outcome_waits_out_refused_writes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.db");
+        let go = dir.path().join("go");
+        let toml = format!(
+            "[vod]\nsecret_id = \"id\"\nsecret_key = \"key\"\n[store]\npath = \"{}\"\n\
+             [[routes]]\nevents = [\"*\"]\nhandlers = [\"h\"]\n\
+             [handlers.h]\ntype = \"shell\"\ncommand = [\"sh\", \"-c\", \"while [ ! -e {} ]; do sleep 0.01; done\"]\n",
+            path.display(),
+            go.display()
+        );
+        let config = crate::config::from_figment(figment::Figment::from(Toml::string(&toml)), &path).unwrap();
         let store = Store::open(&path, Duration::from_millis(1)).unwrap();
-        let event = crate::event::ReceivedEvent::from_content(r#"{"eventType":"X"}"#, crate::config::ApiVersion::V2);
-        store.insert_events(vec![(event, vec!["h".into()])]).await.unwrap();
-        let claimed = store.claim_due("h".into(), 1, now_ms(), Duration::from_secs(600)).await.unwrap();
+        let routing = Routing::build(&config, Arc::default(), store.clone(), None).unwrap();
+        let event = |body: &str| crate::event::ReceivedEvent::from_content(body, crate::config::ApiVersion::V2);
+        store.insert_events(vec![(event(r#"{"eventType":"X"}"#), vec!["h".into()])]).await.unwrap();
+        let stats = Arc::new(Metrics::default());
+        let (_routing_tx, routing_rx) = watch::channel(Arc::new(routing));
+        let wake = Arc::new(Notify::new());
+        let dispatcher =
+            Dispatcher { store: store.clone(), routing: routing_rx, wake: wake.clone(), stats: stats.clone() };
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(dispatcher.run(shutdown.clone(), Duration::from_secs(5)));
+        let states = || -> Vec<String> {
+            store
+                .run_sync(|c| {
+                    let mut stmt = c.prepare("SELECT state FROM deliveries ORDER BY id")?;
+                    let rows = stmt.query_map([], |r| r.get(0))?;
+                    Ok(rows.collect::<Result<_, _>>()?)
+                })
+                .unwrap()
+        };
+        wait_for("the delivery to start", || states() == ["running"]).await;
 
-        // Another connection holds the write lock: every write of the recorder is refused.
+        // Another connection holds the write lock: every write of the dispatcher is refused.
         let blocker = rusqlite::Connection::open(&path).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let stats = Arc::new(Metrics::default());
-        let (tx, rx) = mpsc::channel(RECORD_QUEUE);
-        let recorder = tokio::spawn(record_attempts(store.clone(), rx, stats.clone()));
-        let record = AttemptRecord {
-            delivery_id: claimed[0].delivery_id,
-            attempt: 1,
-            started_at: 0,
-            duration_ms: 1,
-            status: Some(200),
-            error: None,
-            excerpt: None,
-            next: Next::Done,
-        };
-        tx.send(record).await.unwrap();
-        while stats.store_failures.get() < 12 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        std::fs::write(&go, "").unwrap();
+        wait_for("three refused writes", || stats.store_failures.get() >= 3).await;
         assert!(!stats.health.report(Duration::from_secs(3600)).store_ok, "health says the store refuses writes");
+        assert_eq!(states(), ["running"], "the outcome is not written yet");
         blocker.execute_batch("COMMIT").unwrap();
-        drop(tx);
-        tokio::time::timeout(Duration::from_secs(60), recorder).await.unwrap().unwrap();
-        let state: String =
-            store.run_sync(|c| Ok(c.query_row("SELECT state FROM deliveries", [], |r| r.get(0))?)).unwrap();
-        assert_eq!(state, "done");
+        wait_for("the outcome to be written", || states() == ["done"]).await;
         assert!(stats.health.report(Duration::from_secs(3600)).store_ok);
+        let attempts: i64 =
+            store.run_sync(|c| Ok(c.query_row("SELECT count(*) FROM attempts", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(attempts, 1, "one attempt, recorded once");
+        shutdown.cancel();
+        run.await.unwrap();
     }
 }

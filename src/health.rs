@@ -68,10 +68,8 @@ pub struct Refused {
 pub enum StoreWriter {
     /// The puller storing pulled events.
     Pull = 1,
-    /// The dispatcher claiming deliveries.
+    /// The dispatcher writing attempt outcomes and claiming deliveries.
     Dispatch = 2,
-    /// The dispatcher's recorder writing attempt outcomes.
-    Record = 4,
 }
 
 /// A health verdict.

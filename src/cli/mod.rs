@@ -161,7 +161,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let log = crate::logging::init(&config.log.level, &config.log.format);
-    runtime()?.block_on(async {
+    // One thread runs every task: the daemon waits on the network and the store, and its
+    // tasks hand work to each other constantly; on one thread that costs no cross-thread
+    // wake-ups (a quarter less CPU per event than the multi-threaded runtime, BENCHMARKS.md).
+    // Store queries run on the blocking pool, never on this thread.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()?;
+    runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let reloads = crate::signal::with_reload(shutdown.clone())?;
         let daemon = crate::daemon::Daemon {

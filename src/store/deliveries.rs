@@ -7,7 +7,9 @@
 //! settles its delivery while no later attempt has claimed it, so a late outcome never
 //! overrides a newer one; it is recorded in `attempts` either way.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, Row};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -48,6 +50,91 @@ pub(crate) fn route_new_event(
         stmt.execute(params![event_id, handler, webhook_id(dedupe_key, occurrence, handler), now])?;
     }
     Ok(())
+}
+
+/// Records `outcomes` and settles their deliveries (see [`Store::settle_and_claim`]).
+fn settle(tx: &Connection, outcomes: &[AttemptRecord], now: i64) -> Result<(), StoreError> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, status, error, excerpt)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut update = tx.prepare_cached(
+        "UPDATE deliveries SET state = ?2, next_attempt_at = coalesce(?3, next_attempt_at), updated_at = ?4,
+                last_error = ?5, last_status = ?6, lease_until = NULL
+         WHERE id = ?1 AND attempts = ?7 AND state IN ('running', 'pending')",
+    )?;
+    for a in outcomes {
+        let (outcome, state, next_at) = match a.next {
+            Next::Done => ("done", "done", None),
+            Next::RetryAt(at) => ("retry", "pending", Some(at)),
+            Next::Dead => ("dead", "dead", None),
+        };
+        insert.execute(params![
+            a.delivery_id,
+            a.attempt,
+            a.started_at,
+            a.duration_ms,
+            outcome,
+            a.status,
+            a.error,
+            a.excerpt
+        ])?;
+        update.execute(params![a.delivery_id, state, next_at, now, a.error, a.status, a.attempt])?;
+    }
+    Ok(())
+}
+
+/// Claims due deliveries for each want (see [`Store::settle_and_claim`]).
+fn claim(tx: &Connection, wants: &[Want], now: i64) -> Result<Claimed, StoreError> {
+    let mut claimed = Claimed::default();
+    let mut mark = tx.prepare_cached(
+        "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?1, lease_until = ?4
+         WHERE id IN (SELECT id FROM deliveries WHERE handler = ?2 AND state = 'pending' AND next_attempt_at <= ?1
+                      ORDER BY next_attempt_at, id LIMIT ?3)
+         RETURNING id",
+    )?;
+    let mut load = tx.prepare_cached(
+        "SELECT d.id, d.event_id, d.webhook_id, d.attempts, e.event_type, e.file_id, e.task_id, e.content, d.created_at,
+                e.source, e.sub_app_id
+         FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?",
+    )?;
+    let mut next_due =
+        tx.prepare_cached("SELECT min(next_attempt_at) FROM deliveries WHERE handler = ? AND state = 'pending'")?;
+    for (i, want) in wants.iter().enumerate() {
+        if want.limit == 0 {
+            continue;
+        }
+        let lease_until = now.saturating_add(want.lease.as_millis() as i64);
+        let ids = mark.query_map(params![now, want.handler, want.limit as i64, lease_until], |r| r.get::<_, i64>(0))?;
+        let ids: Vec<i64> = ids.collect::<Result<_, _>>()?;
+        if ids.len() < want.limit {
+            if let Some(due) = next_due.query_row([&want.handler], |r| r.get::<_, Option<i64>>(0))? {
+                claimed.next_due = Some(claimed.next_due.map_or(due, |d| d.min(due)));
+            }
+        }
+        for id in ids {
+            let delivery = load.query_row([id], |r| {
+                Ok(Delivery {
+                    delivery_id: r.get(0)?,
+                    event_id: r.get(1)?,
+                    webhook_id: r.get(2)?,
+                    attempt: r.get(3)?,
+                    event_type: r.get(4)?,
+                    file_id: r.get(5)?,
+                    task_id: r.get(6)?,
+                    body: r.get(7)?,
+                    created_at: r.get(8)?,
+                    source: r.get(9)?,
+                    sub_app_id: r.get::<_, Option<i64>>(10)?.map(|id| id as u64),
+                })
+            })?;
+            claimed.deliveries.push((i, delivery));
+        }
+    }
+    Ok(claimed)
 }
 
 /// How an attempt ended, for [`Store::finish_attempt`].
@@ -164,6 +251,30 @@ pub struct DeliveryFilter {
     pub limit: u32,
 }
 
+/// What the dispatcher asks of one handler in [`Store::settle_and_claim`].
+#[derive(Debug, Clone)]
+pub struct Want {
+    /// The handler.
+    pub handler: String,
+    /// Claim at most this many (its free permits).
+    pub limit: usize,
+    /// How long a claimed delivery stays leased.
+    pub lease: std::time::Duration,
+}
+
+/// What [`Store::settle_and_claim`] claimed.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The claimed deliveries, each with the index of its [`Want`].
+    pub deliveries: Vec<(usize, Delivery)>,
+    /// The earliest `next_attempt_at` (Unix ms) of a pending delivery of a handler whose
+    /// want was not filled, if any: when to look again.
+    pub next_due: Option<i64>,
+    /// `PRAGMA data_version` as this transaction read the store: a later value means another
+    /// connection (the CLI) committed since, perhaps scheduling deliveries.
+    pub data_version: i64,
+}
+
 impl Store {
     /// Marks up to `limit` due deliveries of `handler` as running, leased until
     /// `now + lease`, and returns them.
@@ -174,47 +285,8 @@ impl Store {
         now: i64,
         lease: std::time::Duration,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let lease_until = now.saturating_add(lease.as_millis() as i64);
-        self.run_bookkeeping(move |conn| {
-            let tx = conn.transaction()?;
-            let claimed = {
-                let mut stmt = tx.prepare_cached(
-                    "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?1, lease_until = ?4
-                     WHERE id IN (SELECT id FROM deliveries WHERE handler = ?2 AND state = 'pending' AND next_attempt_at <= ?1
-                                  ORDER BY next_attempt_at, id LIMIT ?3)
-                     RETURNING id",
-                )?;
-                let ids = stmt.query_map(params![now, handler, limit as i64, lease_until], |r| r.get::<_, i64>(0))?;
-                let ids: Vec<i64> = ids.collect::<Result<_, _>>()?;
-                let mut load = tx.prepare_cached(
-                    "SELECT d.id, d.event_id, d.webhook_id, d.attempts, e.event_type, e.file_id, e.task_id, e.content, d.created_at,
-                            e.source, e.sub_app_id
-                     FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?",
-                )?;
-                ids.iter()
-                    .map(|id| {
-                        load.query_row([id], |r| {
-                            Ok(Delivery {
-                                delivery_id: r.get(0)?,
-                                event_id: r.get(1)?,
-                                webhook_id: r.get(2)?,
-                                attempt: r.get(3)?,
-                                event_type: r.get(4)?,
-                                file_id: r.get(5)?,
-                                task_id: r.get(6)?,
-                                body: r.get(7)?,
-                                created_at: r.get(8)?,
-                                source: r.get(9)?,
-                                sub_app_id: r.get::<_, Option<i64>>(10)?.map(|id| id as u64),
-                            })
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-            };
-            tx.commit()?;
-            Ok(claimed)
-        })
-        .await
+        let claimed = self.settle_and_claim(Arc::from([]), vec![Want { handler, limit, lease }], now).await?;
+        Ok(claimed.deliveries.into_iter().map(|(_, d)| d).collect())
     }
 
     /// Records an attempt and settles its delivery, in one transaction.
@@ -222,35 +294,32 @@ impl Store {
         self.finish_attempts(vec![a]).await
     }
 
-    /// Records several attempts and settles their deliveries, in one transaction. A
-    /// delivery is settled only if this attempt is still its latest claim (it may have
-    /// been swept back to `pending`, but not claimed again).
+    /// Records several attempts and settles their deliveries, in one transaction.
     pub async fn finish_attempts(&self, records: Vec<AttemptRecord>) -> Result<(), StoreError> {
-        let now = super::now_ms();
+        self.settle_and_claim(records.into(), Vec::new(), super::now_ms()).await.map(drop)
+    }
+
+    /// The dispatcher's group commit: records finished attempts and settles their
+    /// deliveries, then claims due deliveries for every handler in `wants` (leased until
+    /// `now + lease`), all in one transaction with bookkeeping durability. A delivery is
+    /// settled only if the attempt is still its latest claim (it may have been swept back
+    /// to `pending`, but not claimed again); the attempt is recorded either way. If the
+    /// transaction fails, nothing of it happened: the caller keeps the outcomes and tries
+    /// again.
+    pub async fn settle_and_claim(
+        &self,
+        outcomes: Arc<[AttemptRecord]>,
+        wants: Vec<Want>,
+        now: i64,
+    ) -> Result<Claimed, StoreError> {
         self.run_bookkeeping(move |conn| {
             let tx = conn.transaction()?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, status, error, excerpt)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?;
-                let mut settle = tx.prepare_cached(
-                    "UPDATE deliveries SET state = ?2, next_attempt_at = coalesce(?3, next_attempt_at), updated_at = ?4,
-                            last_error = ?5, last_status = ?6, lease_until = NULL
-                     WHERE id = ?1 AND attempts = ?7 AND state IN ('running', 'pending')",
-                )?;
-                for a in &records {
-                    let (outcome, state, next_at) = match a.next {
-                        Next::Done => ("done", "done", None),
-                        Next::RetryAt(at) => ("retry", "pending", Some(at)),
-                        Next::Dead => ("dead", "dead", None),
-                    };
-                    insert.execute(params![a.delivery_id, a.attempt, a.started_at, a.duration_ms, outcome, a.status, a.error, a.excerpt])?;
-                    settle.execute(params![a.delivery_id, state, next_at, now, a.error, a.status, a.attempt])?;
-                }
-            }
+            // First, so that it names the state this transaction reads (see `Claimed`).
+            let data_version = tx.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?;
+            settle(&tx, &outcomes, now)?;
+            let claimed = Claimed { data_version, ..claim(&tx, &wants, now)? };
             tx.commit()?;
-            Ok(())
+            Ok(claimed)
         })
         .await
     }
@@ -286,21 +355,6 @@ impl Store {
                  WHERE state = 'running' AND lease_until < ?1",
                 [now],
             )?)
-        })
-        .await
-    }
-
-    /// The earliest `next_attempt_at` of a pending delivery of `handler`.
-    pub async fn next_due(&self, handler: String) -> Result<Option<i64>, StoreError> {
-        self.run(move |conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT min(next_attempt_at) FROM deliveries WHERE handler = ? AND state = 'pending'",
-                    [handler],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .flatten())
         })
         .await
     }

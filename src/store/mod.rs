@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use activity::{Hourly, HOURS};
-pub use deliveries::{webhook_id, AttemptRecord, AttemptRow, DeliveryFilter, DeliveryRow, Next};
+pub use deliveries::{webhook_id, AttemptRecord, AttemptRow, Claimed, DeliveryFilter, DeliveryRow, Next, Want};
 pub use events::{EventFilter, EventRow, Inserted};
 pub use keys::{KeyInfo, NewKey};
 pub use maintenance::{HandlerCounts, Orphans};
@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_orphaned.sql"),
     include_str!("migrations/0007_sources.sql"),
     include_str!("migrations/0008_failed_attempts.sql"),
+    include_str!("migrations/0009_outbox_indexes.sql"),
 ];
 
 /// A store failure.
@@ -204,6 +205,15 @@ impl Store {
             result
         })
         .await
+    }
+
+    /// `PRAGMA data_version`: changes whenever another connection (the CLI, another
+    /// process) commits to the file. Runs on the calling thread, and only if the connection
+    /// is free at once (it costs microseconds and no disk read); `None` if it is busy.
+    pub fn data_version(&self) -> Option<i64> {
+        let conn = self.conn.try_lock().ok()?;
+        let version = conn.prepare_cached("PRAGMA data_version").and_then(|mut s| s.query_row([], |r| r.get(0)));
+        version.ok()
     }
 
     /// Runs `f` on the connection in the calling thread (for the CLI).
