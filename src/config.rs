@@ -776,7 +776,7 @@ impl Config {
             bad("log.level", format!("`{}` is not a valid filter: {e}", self.log.level));
         }
         if let Err(e) = Router::new(&self.routes) {
-            bad("routes", e);
+            bad(&e.key, e.message);
         }
         for (i, route) in self.routes.iter().enumerate() {
             for name in route.handlers.iter().filter(|h| !self.handlers.contains_key(*h)) {

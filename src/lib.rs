@@ -12,7 +12,8 @@
 //! - [`puller`]: PullEvent → store → hand handles to the confirmer (one per source).
 //! - [`discovery`]: `sources = "all"`: the account's enabled apps via DescribeSubAppIds.
 //! - [`confirmer`]: batched ConfirmEvent inside the 30 s window.
-//! - [`route`]: which handlers an event goes to, by type and source.
+//! - [`route`]: which handlers an event goes to, by type, source and filter.
+//! - [`filter`]: route filters, CEL expressions over an event.
 //! - [`dispatch`]: runs due deliveries from the store, with retries and a dead state.
 //! - [`handler`]: the webhook, shell and DRM-key handlers.
 //! - [`retry`]: the handler retry policy.
@@ -37,6 +38,7 @@ pub mod discovery;
 pub mod dispatch;
 pub mod event;
 pub mod event_types;
+pub mod filter;
 pub mod handler;
 pub mod health;
 pub mod http;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use deliveries::{webhook_id, AttemptRecord, AttemptRow, DeliveryFilter, DeliveryRow, Next};
-pub use events::{EventFilter, EventRow, Inserted};
+pub use events::{EventFilter, EventRow, Inserted, RouteFn};
 pub use keys::{KeyInfo, NewKey};
 pub use maintenance::{HandlerCounts, Orphans};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};

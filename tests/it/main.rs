@@ -21,6 +21,7 @@ mod account;
 mod chaos;
 mod cli;
 mod crosscheck;
+mod filters;
 mod handlers;
 mod pipeline;
 mod receiver;
