@@ -7,6 +7,7 @@
 
 mod deliveries;
 mod events;
+mod handlers;
 mod keys;
 mod maintenance;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 pub use deliveries::{webhook_id, AttemptRecord, AttemptRow, DeliveryFilter, DeliveryRow, Next};
 pub use events::{EventFilter, EventRow, Inserted, RouteFn};
+pub use handlers::{HandlerOverview, RECENT_ATTEMPTS};
 pub use keys::{KeyInfo, NewKey};
 pub use maintenance::{HandlerCounts, Orphans};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};

@@ -23,6 +23,7 @@ mod cli;
 mod crosscheck;
 mod filters;
 mod handlers;
+mod operator;
 mod pipeline;
 mod receiver;
 mod service;
