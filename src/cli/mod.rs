@@ -9,6 +9,7 @@ mod emulator;
 mod events;
 mod handlers;
 mod keys;
+mod ranges;
 mod status;
 mod store_cmd;
 

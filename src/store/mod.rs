@@ -10,6 +10,7 @@ mod events;
 mod handlers;
 mod keys;
 mod maintenance;
+mod ranges;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ pub use events::{EventFilter, EventRow, Inserted, RouteFn};
 pub use handlers::{HandlerOverview, RECENT_ATTEMPTS};
 pub use keys::{KeyInfo, NewKey};
 pub use maintenance::{HandlerCounts, Orphans};
+pub use ranges::{Range, RangeJob, RANGE_BATCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 /// Schema migrations, applied in order; `user_version` records how many have run.
@@ -31,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_leases.sql"),
     include_str!("migrations/0006_orphaned.sql"),
     include_str!("migrations/0007_sources.sql"),
+    include_str!("migrations/0008_replay_alerts.sql"),
 ];
 
 /// A store failure.

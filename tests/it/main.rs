@@ -25,6 +25,7 @@ mod filters;
 mod handlers;
 mod operator;
 mod pipeline;
+mod ranges;
 mod receiver;
 mod service;
 mod sources;
