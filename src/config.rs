@@ -852,7 +852,12 @@ impl Config {
         let mut queues = std::collections::BTreeMap::new();
         for (i, (entry, source)) in list.iter().zip(self.sources()).enumerate() {
             let key = format!("sources[{i}]");
-            if !valid_source_name(&entry.name) {
+            if entry.name == crate::alerts::ALERT_SOURCE {
+                bad(
+                    &format!("{key}.name"),
+                    format!("`{}` is reserved for the daemon's own alert events; choose another name", entry.name),
+                );
+            } else if !valid_source_name(&entry.name) {
                 bad(&format!("{key}.name"), format!("`{}` is not a valid name: use letters, digits, `.`, `_` and `-`, starting with a letter or digit, at most 64 characters (e.g. \"prod-eu\")", entry.name));
             }
             if let Some(first) = names.insert(entry.name.clone(), i) {

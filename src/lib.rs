@@ -21,6 +21,7 @@
 //! - [`cli`]: the command line (daemon, history, config check, emulator, demo).
 //! - [`metrics`], [`health`], [`http`]: what the pipeline did, whether it is well, `/metrics`.
 //! - [`service`]: sd_notify, the status heartbeat and data-at-risk alarms.
+//! - [`alerts`]: the daemon's own happenings stored and routed as `vod-eventd.*` events.
 //! - [`outage`]: reporting and backing off while the store refuses writes.
 //! - [`backoff`], [`signal`], [`logging`], [`redact`]: small shared pieces.
 
@@ -28,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod account;
+pub mod alerts;
 pub mod api;
 pub mod backoff;
 pub mod cli;

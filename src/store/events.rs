@@ -112,6 +112,18 @@ pub(crate) fn insert_batch(
     now_ms: i64,
 ) -> Result<Vec<(Inserted, Routed)>, StoreError> {
     let tx = conn.transaction()?;
+    let out = insert_rows(&tx, events, route, now_ms)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// [`insert_batch`] inside the caller's transaction.
+pub(crate) fn insert_rows(
+    tx: &Connection,
+    events: &[ReceivedEvent],
+    route: &mut dyn FnMut(usize, &ReceivedEvent) -> Routed,
+    now_ms: i64,
+) -> Result<Vec<(Inserted, Routed)>, StoreError> {
     let mut out = Vec::with_capacity(events.len());
     {
         let mut latest = tx.prepare_cached(
@@ -150,13 +162,12 @@ pub(crate) fn insert_batch(
                 e.sub_app_id.map(|id| id as i64)
             ])?;
             let id = tx.last_insert_rowid();
-            index_files(&tx, id, e)?;
+            index_files(tx, id, e)?;
             let routed = route(i, e);
-            super::deliveries::route_new_event(&tx, id, &e.dedupe_key, occurrence, &routed.handlers, now_ms)?;
+            super::deliveries::route_new_event(tx, id, &e.dedupe_key, occurrence, &routed.handlers, now_ms)?;
             out.push((Inserted { id, new: true }, routed));
         }
     }
-    tx.commit()?;
     Ok(out)
 }
 

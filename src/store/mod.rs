@@ -5,6 +5,7 @@
 //! only used from `spawn_blocking`; the CLI opens its own connection, which WAL allows
 //! while the daemon runs.
 
+mod alerts;
 mod deliveries;
 mod events;
 mod handlers;

@@ -58,3 +58,105 @@ async fn handlers_list_shows_backlog_last_success_and_last_error_while_the_daemo
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("HANDLER") && table.lines().count() == 4, "{table}");
 }
+
+/// The alert bodies `receiver` accepted.
+fn alerts_received(receiver: &Receiver) -> Vec<Value> {
+    receiver
+        .accepted()
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap())
+        .filter(|b| b["type"].as_str().is_some_and(|t| t.starts_with("vod-eventd.")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_delivery_raises_an_alert_event_routed_to_the_alert_webhook_but_an_alert_delivery_does_not() {
+    let emu = emulator(fast_emulator_config()).await;
+    let (bad, pager, bad_pager) = (Receiver::start().await, Receiver::start().await, Receiver::start().await);
+    bad.set(|b| b.status = 400);
+    bad_pager.set(|b| b.status = 400);
+    let config = format!(
+        "[dispatch]\npoll_interval = \"100ms\"\n\
+         [[routes]]\nevents = [\"NewFileUpload\"]\nsources = [\"default\"]\nhandlers = [\"bad\"]\n\
+         [[routes]]\nevents = [\"FileDeleted\"]\nhandlers = [\"late\"]\n\
+         [[routes]]\nevents = [\"vod-eventd.*\"]\nhandlers = [\"pager\", \"bad_pager\"]\n{}{}{}{}",
+        webhook("bad", &bad.url()),
+        webhook("late", &bad.url()),
+        webhook("pager", &pager.url()),
+        webhook("bad_pager", &bad_pager.url())
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    emu.enqueue_generated_type("NewFileUpload", 1).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the pager gets the alert and the failing alert route's delivery is dead",
+        || {
+            !alerts_received(&pager).is_empty()
+                && daemon.store().is_some_and(|s| {
+                    s.run_sync(|c| {
+                        Ok(c.query_row(
+                            "SELECT count(*) FROM deliveries WHERE handler = 'bad_pager' AND state = 'dead'",
+                            [],
+                            |r| r.get::<_, i64>(0),
+                        )?)
+                    })
+                    .unwrap()
+                        == 1
+                })
+        },
+    )
+    .await;
+    // A later dead delivery: once its alert arrives, the look that saw the alert route's
+    // own dead delivery has passed.
+    emu.enqueue_generated_type("FileDeleted", 1).unwrap();
+    eventually(Duration::from_secs(30), "the alert about handler late", || {
+        alerts_received(&pager).iter().any(|a| a["handler"] == "late")
+    })
+    .await;
+    let alerts = alerts_received(&pager);
+    let about: Vec<&str> = alerts.iter().map(|a| a["handler"].as_str().unwrap()).collect();
+    assert_eq!(about, ["bad", "late"], "none about the alert route's own dead delivery: {alerts:?}");
+    let first = &alerts[0];
+    assert_eq!(first["type"], "vod-eventd.delivery.dead");
+    assert_eq!(first["deliveries"], 1);
+    assert_eq!(first["delivery"]["event_type"], "NewFileUpload");
+    assert!(first["delivery"]["error"].as_str().unwrap().contains("400"), "{first}");
+    assert!(first["message"].as_str().unwrap().contains("deliveries retry --dead --handler bad"), "{first}");
+    assert!(first["time"].as_str().unwrap().ends_with('Z'), "{first}");
+    let request = pager.accepted().into_iter().next().unwrap();
+    assert_eq!(request.headers.get("x-vod-source").map(String::as_str), Some("vod-eventd"), "{:?}", request.headers);
+
+    let out = cli()
+        .args(["events", "list", "--source", "vod-eventd", "--json", "--config"])
+        .arg(&daemon.config_path)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2, "alerts are stored events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_raise_an_alert_event_without_the_secret() {
+    let emu = emulator(fast_emulator_config()).await;
+    let pager = Receiver::start().await;
+    let config = format!(
+        "[pull]\nauth_retry = \"200ms\"\n[dispatch]\npoll_interval = \"100ms\"\n\
+         [[routes]]\nevents = [\"vod-eventd.*\"]\nhandlers = [\"pager\"]\n{}",
+        webhook("pager", &pager.url())
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    emu.enqueue_generated(2);
+    eventually(Duration::from_secs(30), "a first successful pull", || daemon.rows() == 2).await;
+    emu.set_credentials(vec![vod_emulator::Credential {
+        secret_id: vod_emulator::DEMO_SECRET_ID.into(),
+        secret_key: "another-key".into(),
+    }]);
+    eventually(Duration::from_secs(30), "the credentials alert", || {
+        alerts_received(&pager).iter().any(|a| a["type"] == "vod-eventd.credentials.refused")
+    })
+    .await;
+    let alert = alerts_received(&pager).into_iter().find(|a| a["type"] == "vod-eventd.credentials.refused").unwrap();
+    assert_eq!(alert["source"], "default");
+    assert!(alert["message"].as_str().unwrap().contains("secret_key"), "{alert}");
+    let text = alert.to_string();
+    assert!(!text.contains(vod_emulator::DEMO_SECRET_KEY), "{text}");
+}
