@@ -1097,7 +1097,8 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let c = parse(&format!("{}\n{uncommented}", &example[..start])).unwrap();
-        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes.len(), 4);
+        assert!(c.routes[2].when.is_some(), "the filter example compiles");
         assert_eq!(c.handlers.len(), 3);
         assert_eq!(c.dispatch.retry_schedule, crate::retry::default_schedule());
     }
@@ -1243,7 +1244,7 @@ mod tests {
         let err = parse(&format!(
             "{MINIMAL}[[sources]]\nname = \"a\"\nsub_app_id = 1\n[[sources]]\nname = \"a\"\nsub_app_id = 2\n\
              [[sources]]\nname = \"b c\"\nsub_app_id = 1\n[[sources]]\nname = \"d\"\nsecret_id = \"AKID9\"\n\
-             [[sources]]\nname = \"e\"\nsub_app_id = 3\nregion = \"\"\n"
+             [[sources]]\nname = \"e\"\nsub_app_id = 3\nregion = \"\"\n[[sources]]\nname = \"vod-eventd\"\nsub_app_id = 4\n"
         ))
         .unwrap_err()
         .to_string();
@@ -1253,6 +1254,7 @@ mod tests {
             "`sources[2].sub_app_id`: sources[0] already pulls sub_app_id 1 with the same secret_id",
             "`sources[3].secret_key`: sources[3] sets its own secret_id",
             "`sources[4].region`: is empty",
+            "`sources[5].name`: `vod-eventd` is reserved for the daemon's own alert events",
         ] {
             assert!(err.contains(expected), "{expected} not in {err}");
         }
