@@ -9,6 +9,7 @@
 //! - Loop protection: a delivery of an alert event that goes dead raises no alert, so an
 //!   alert route's own failures never feed themselves.
 //! - Bodies carry the type, the time, the subject and a message; never a secret.
+//! - An alert that no route takes is not stored.
 //!
 //! [`AlertLoop`] watches the health flags and the dead deliveries once a second, and
 //! stores what it finds; an alert the store refuses is kept (at most

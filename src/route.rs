@@ -2,6 +2,9 @@
 //! from and by an optional filter over its content (`when`, see [`crate::filter`]).
 //! Patterns are exact names or globs (`"*"`, `"*Complete"`, `"prod-*"`); a route
 //! without `sources` takes every source. One event may go to several handlers, each once.
+//! The daemon's own alert events (source [`ALERT_SOURCE`]) only go to routes with an event
+//! pattern that names their prefix (`"vod-eventd.*"`, `"vod-eventd.delivery.dead"`): a
+//! catch-all `"*"` keeps getting Tencent's events only.
 //! A filter that cannot be evaluated for an event does not match it; the first such
 //! failure of each route is logged (one line per route, not per event), and every one
 //! is returned to the caller to count.
@@ -13,8 +16,12 @@ use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 use tracing::warn;
 
+use crate::alerts::ALERT_SOURCE;
 use crate::event::ReceivedEvent;
 use crate::filter::{EventView, Filter};
+
+/// The prefix an event pattern starts with to select alert events.
+const ALERT_PREFIX: &str = "vod-eventd.";
 
 /// One `[[routes]]` entry.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -42,6 +49,8 @@ pub struct Router {
 #[derive(Debug, Clone)]
 struct Route {
     events: Vec<GlobMatcher>,
+    /// The patterns that select alert events (those starting with [`ALERT_PREFIX`]).
+    alert_events: Vec<GlobMatcher>,
     /// `None`: every source.
     sources: Option<Vec<GlobMatcher>>,
     handlers: Vec<String>,
@@ -89,8 +98,11 @@ impl Router {
                 key: format!("routes[{i}].when"),
                 message: format!("{e}; see https://github.com/google/cel-spec for the syntax"),
             })?;
+            let alert_patterns: Vec<String> =
+                route.events.iter().filter(|p| p.starts_with(ALERT_PREFIX)).cloned().collect();
             compiled.push(Route {
                 events: compile(&route.events, &format!("routes[{i}].events"))?,
+                alert_events: compile(&alert_patterns, &format!("routes[{i}].events"))?,
                 sources: route.sources.as_deref().map(|s| compile(s, &format!("routes[{i}].sources"))).transpose()?,
                 handlers: route.handlers.clone(),
                 when,
@@ -141,8 +153,9 @@ impl Router {
 
 impl Route {
     fn selects(&self, event_type: &str, source: &str) -> bool {
+        let events = if source == ALERT_SOURCE { &self.alert_events } else { &self.events };
         self.sources.as_ref().is_none_or(|s| s.iter().any(|m| m.is_match(source)))
-            && self.events.iter().any(|m| m.is_match(event_type))
+            && events.iter().any(|m| m.is_match(event_type))
     }
 }
 
@@ -195,6 +208,13 @@ mod tests {
     fn a_bad_glob_is_named() {
         let err = Router::new(&[route(&["[oops"], &["x"])]).unwrap_err();
         assert!(err.key == "routes[0].events" && err.message.contains("[oops"), "{err}");
+    }
+
+    #[test]
+    fn alert_events_only_go_to_routes_that_name_them() {
+        let router = Router::new(&[route(&["*"], &["all"]), route(&["vod-eventd.*"], &["pager"])]).unwrap();
+        assert_eq!(router.handlers_for("vod-eventd.delivery.dead", ALERT_SOURCE), ["pager"]);
+        assert_eq!(router.handlers_for("NewFileUpload", "default"), ["all"]);
     }
 
     #[test]

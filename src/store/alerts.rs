@@ -1,6 +1,8 @@
 //! Storing alerts (see [`crate::alerts`]): the hold-back per kind and subject in
 //! `alert_log`, and the alert event with its deliveries, in one transaction; and the
-//! dead-delivery alerts, which skip deliveries of alert events (loop protection).
+//! dead-delivery alerts, which skip deliveries of alert events (loop protection). An alert
+//! that no route takes is not stored: without an alert route the store holds Tencent's
+//! events alone, as before.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,10 +14,15 @@ use super::events::{insert_rows, RouteFn};
 use super::{Store, StoreError};
 use crate::alerts::{Alert, AlertKind, ALERT_HOLD, ALERT_SOURCE};
 
-/// Stores `alert` unless one of its kind and subject was stored less than [`ALERT_HOLD`]
-/// ago (then it only counts as held back). Returns true if it was stored and routed to
-/// at least one handler.
+/// Stores `alert` if a route takes it, unless one of its kind and subject was stored less
+/// than [`ALERT_HOLD`] ago (then it only counts as held back). Returns true if it was
+/// stored (and so routed to at least one handler).
 fn raise(conn: &Connection, alert: &Alert, route: &RouteFn, now: i64) -> Result<bool, StoreError> {
+    // Routed before anything else: an alert no route takes is not stored at all.
+    let routed = route(&alert.event(0));
+    if routed.handlers.is_empty() {
+        return Ok(false);
+    }
     let kind = alert.kind.event_type();
     let last: Option<(i64, i64)> = conn
         .prepare_cached("SELECT last_at, held_back FROM alert_log WHERE kind = ?1 AND subject = ?2")?
@@ -34,8 +41,8 @@ fn raise(conn: &Connection, alert: &Alert, route: &RouteFn, now: i64) -> Result<
         params![kind, alert.subject, now],
     )?;
     let event = alert.event(last.map_or(0, |(_, held)| held));
-    let stored = insert_rows(conn, &[event], &mut |_, e| route(e), now)?;
-    Ok(stored.iter().any(|(row, routed)| row.new && !routed.handlers.is_empty()))
+    let stored = insert_rows(conn, &[event], &mut |_, _| routed.clone(), now)?;
+    Ok(stored.iter().any(|(row, _)| row.new))
 }
 
 /// One alert per handler for the deliveries among `ids` that are dead and not deliveries
@@ -80,8 +87,8 @@ fn dead_alerts(conn: &Connection, ids: &[i64]) -> Result<Vec<Alert>, StoreError>
 }
 
 impl Store {
-    /// Stores an alert event, routed by `route`, unless one of its kind and subject was
-    /// stored in the last minute. Returns true if it went to at least one handler.
+    /// Stores an alert event, routed by `route`, if a route takes it and none of its kind
+    /// and subject was stored in the last minute. Returns true if it was stored.
     pub async fn raise_alert(&self, alert: Alert, route: Arc<RouteFn>) -> Result<bool, StoreError> {
         self.run(move |conn| {
             let tx = conn.transaction()?;
@@ -193,5 +200,10 @@ mod tests {
         assert!(last.contains(r#""held_back":1"#), "{last}");
         let dead = store.dead_since(0, 10).await.unwrap();
         assert_eq!(dead.len(), 2);
+
+        let before = alerts(&store).len();
+        let nowhere: Arc<RouteFn> = Arc::new(|_| Routed::default());
+        assert!(!store.raise_alert(Alert::new(AlertKind::PullsStale, "default", "stale"), nowhere).await.unwrap());
+        assert_eq!(alerts(&store).len(), before, "an alert no route takes is not stored");
     }
 }
