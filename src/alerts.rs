@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::config::ApiVersion;
 use crate::dispatch::Routing;
@@ -130,6 +130,10 @@ impl Alert {
     }
 }
 
+fn alert_type(pending: &VecDeque<Alert>) -> &'static str {
+    pending.front().map_or("", |a| a.kind.event_type())
+}
+
 fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -222,7 +226,10 @@ impl AlertLoop {
                         self.wake.notify_one();
                     }
                 }
-                Err(_) => return,
+                Err(e) => {
+                    debug!(error = %e, kind = alert_type(&seen.pending), "Could not store an alert; keeping it until the store accepts writes.");
+                    return;
+                }
             }
         }
     }

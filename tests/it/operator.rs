@@ -160,3 +160,69 @@ async fn refused_credentials_raise_an_alert_event_without_the_secret() {
     let text = alert.to_string();
     assert!(!text.contains(vod_emulator::DEMO_SECRET_KEY), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refused_writes_raises_an_alert_once_it_accepts_them_again() {
+    let emu = emulator(fast_emulator_config()).await;
+    let pager = Receiver::start().await;
+    let config = format!(
+        "[pull]\nbackoff_max = \"300ms\"\n[dispatch]\npoll_interval = \"100ms\"\n\
+         [[routes]]\nevents = [\"vod-eventd.store.*\"]\nhandlers = [\"pager\"]\n{}",
+        webhook("pager", &pager.url())
+    );
+    // A short busy timeout: a held write lock makes the daemon's commits fail.
+    let mut daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    daemon.kill9().await;
+    daemon.rewrite_config(&emu.endpoint(), "busy_timeout = \"10ms\"", &config);
+    daemon.spawn();
+    emu.enqueue_generated(2);
+    eventually(Duration::from_secs(30), "first events stored", || daemon.rows() == 2).await;
+
+    let blocker = rusqlite::Connection::open(&daemon.db_path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    emu.enqueue_generated(2);
+    eventually(Duration::from_secs(30), "the alert kept while the store refuses writes", || {
+        daemon.log().contains("Could not store an alert; keeping it until the store accepts writes.")
+    })
+    .await;
+    assert!(daemon.log().contains("Could not store pulled events"));
+    assert!(alerts_received(&pager).is_empty(), "nothing can be stored while the store refuses writes");
+    blocker.execute_batch("COMMIT").unwrap();
+    drop(blocker);
+    eventually(Duration::from_secs(30), "the store alert", || {
+        alerts_received(&pager).iter().any(|a| a["type"] == "vod-eventd.store.refusing_writes")
+    })
+    .await;
+    let alert = alerts_received(&pager).remove(0);
+    assert_eq!(alert["store"], "store");
+    assert!(alert["message"].as_str().unwrap().contains("store.max_size_mb"), "{alert}");
+    eventually(Duration::from_secs(30), "the events stored after all", || daemon.rows() == 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_pulls_raise_an_alert_event() {
+    let emu = emulator(fast_emulator_config()).await;
+    let pager = Receiver::start().await;
+    let config = format!(
+        "[pull]\nbackoff_max = \"300ms\"\n[alert]\npull_stale_after = \"2s\"\n[dispatch]\npoll_interval = \"100ms\"\n\
+         [[routes]]\nevents = [\"vod-eventd.pulls.stale\"]\nhandlers = [\"pager\"]\n{}",
+        webhook("pager", &pager.url())
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    emu.enqueue_generated(1);
+    eventually(Duration::from_secs(30), "a first successful pull", || daemon.rows() == 1).await;
+    let pulls = vec!["PullEvent".to_string(), "PullEvents".to_string()];
+    emu.set_faults(vod_emulator::Faults {
+        rate: 1.0,
+        kinds: vec![vod_emulator::FaultKind::Http500],
+        actions: pulls,
+        ..Default::default()
+    });
+    eventually(Duration::from_secs(30), "the stale alert", || {
+        alerts_received(&pager).iter().any(|a| a["type"] == "vod-eventd.pulls.stale")
+    })
+    .await;
+    let alert = alerts_received(&pager).remove(0);
+    assert_eq!(alert["source"], "default");
+    assert!(alert["last_pull_seconds_ago"].as_u64().unwrap() >= 2, "{alert}");
+}
