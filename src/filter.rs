@@ -152,3 +152,21 @@ mod tests {
         assert_eq!((err.line, err.column), (1, 5), "{err}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+        #[test]
+        fn any_text_compiles_or_gives_a_position(text in "[a-z.()\\[\\]{}\"'=!<>&|+*/%?:, 0-9\\n-]{0,40}") {
+            match Filter::compile(&text) {
+                Ok(_) => {}
+                Err(e) => prop_assert!(e.line >= 1 && e.column >= 1),
+            }
+        }
+    }
+}

@@ -91,10 +91,10 @@ impl RangeRun<'_> {
         self.report(&job, job.done - before, out)
     }
 
-    fn report(&self, job: &RangeJob, now: i64, out: &mut impl Write) -> anyhow::Result<()> {
+    fn report(&self, job: &RangeJob, this_run: i64, out: &mut impl Write) -> anyhow::Result<()> {
         writeln!(
             out,
-            "{now} {} scheduled by this run ({} of {} in job {}, in batches of {RANGE_BATCH}); the running daemon delivers them within a second",
+            "{this_run} {} scheduled by this run ({} of {} in job {}, in batches of {RANGE_BATCH}); the running daemon delivers them within a second",
             self.noun, job.done, job.total, job.id
         )?;
         Ok(())
