@@ -165,6 +165,10 @@ pub struct SourceConfig {
     /// An STS token for its credentials.
     #[serde(default, serialize_with = "digest")]
     pub token: Option<SecretString>,
+    /// Calls per minute per action. The sources of one SecretId and API share one limiter,
+    /// so they must agree on it (a config where they differ is refused).
+    #[serde(default)]
+    pub rate_limit_per_minute: Option<u32>,
 }
 
 /// `[discovery]`: with `sources = "all"`, every app DescribeSubAppIds lists with Status
@@ -246,6 +250,9 @@ impl SourceConfig {
         }
         if self.token.is_some() {
             out.token = self.token.clone();
+        }
+        if self.rate_limit_per_minute.is_some() {
+            out.rate_limit_per_minute = self.rate_limit_per_minute;
         }
         out
     }
@@ -850,6 +857,7 @@ impl Config {
         }
         let mut names = std::collections::BTreeMap::new();
         let mut queues = std::collections::BTreeMap::new();
+        let mut limits = std::collections::HashMap::new();
         for (i, (entry, source)) in list.iter().zip(self.sources()).enumerate() {
             let key = format!("sources[{i}]");
             if entry.name == crate::alerts::ALERT_SOURCE {
@@ -880,6 +888,22 @@ impl Config {
                     .sub_app_id
                     .map_or_else(|| "the default app".to_string(), |id| format!("sub_app_id {id}"));
                 bad(&format!("{key}.sub_app_id"), format!("sources[{first}] already pulls {app} with the same secret_id: two pullers on one queue would confirm each other's handles; remove one or change its sub_app_id"));
+            }
+            let limit = source.vod.rate_limit_per_minute();
+            let limiter = (source.vod.secret_id.clone(), source.vod.api);
+            match limits.get(&limiter) {
+                Some(&(first, first_limit)) if first_limit != limit => {
+                    let origin = |j: usize| match (list[j].rate_limit_per_minute, self.vod.rate_limit_per_minute) {
+                        (Some(_), _) => format!("sources[{j}].rate_limit_per_minute"),
+                        (None, Some(_)) => "vod.rate_limit_per_minute".to_string(),
+                        (None, None) => format!("Tencent's default for {}", source.vod.api.as_str()),
+                    };
+                    bad(&format!("{key}.rate_limit_per_minute"), format!("{limit} ({}) differs from the {first_limit} of sources[{first}] ({}), which uses the same secret_id and api: the sources of one SecretId share one rate limit per action, so give them the same value (or set vod.rate_limit_per_minute once and remove the per-source values)", origin(i), origin(first)));
+                }
+                Some(_) => {}
+                None => {
+                    limits.insert(limiter, (i, limit));
+                }
             }
             validate_vod(&key, &source.vod, bad);
         }
@@ -1239,25 +1263,51 @@ mod tests {
         assert!(matches!(parse(&format!("sources = \"all\"\n{MINIMAL}")).unwrap().sources, SourcesSetting::All));
     }
 
-    #[test]
-    fn source_mistakes_are_named_with_the_fix() {
-        let err = parse(&format!(
-            "{MINIMAL}[[sources]]\nname = \"a\"\nsub_app_id = 1\n[[sources]]\nname = \"a\"\nsub_app_id = 2\n\
-             [[sources]]\nname = \"b c\"\nsub_app_id = 1\n[[sources]]\nname = \"d\"\nsecret_id = \"AKID9\"\n\
-             [[sources]]\nname = \"e\"\nsub_app_id = 3\nregion = \"\"\n[[sources]]\nname = \"vod-eventd\"\nsub_app_id = 4\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        for expected in [
-            "`sources[1].name`: `a` is already the name of sources[0]",
-            "`sources[2].name`: `b c` is not a valid name",
-            "`sources[2].sub_app_id`: sources[0] already pulls sub_app_id 1 with the same secret_id",
-            "`sources[3].secret_key`: sources[3] sets its own secret_id",
-            "`sources[4].region`: is empty",
-            "`sources[5].name`: `vod-eventd` is reserved for the daemon's own alert events",
-        ] {
+    /// The refusal of `MINIMAL` plus `text`, checked to contain each of `expected`.
+    fn refused_with(text: &str, expected: &[&str]) -> String {
+        let err = parse(&format!("{MINIMAL}{text}")).unwrap_err().to_string();
+        for expected in expected {
             assert!(err.contains(expected), "{expected} not in {err}");
         }
+        err
+    }
+
+    #[test]
+    fn source_mistakes_are_named_with_the_fix() {
+        refused_with(
+            "[[sources]]\nname = \"a\"\nsub_app_id = 1\n[[sources]]\nname = \"a\"\nsub_app_id = 2\n\
+             [[sources]]\nname = \"b c\"\nsub_app_id = 1\n[[sources]]\nname = \"d\"\nsecret_id = \"AKID9\"\n\
+             [[sources]]\nname = \"e\"\nsub_app_id = 3\nregion = \"\"\n[[sources]]\nname = \"vod-eventd\"\nsub_app_id = 4\n",
+            &[
+                "`sources[5].name`: `vod-eventd` is reserved for the daemon's own alert events",
+                "`sources[1].name`: `a` is already the name of sources[0]",
+                "`sources[2].name`: `b c` is not a valid name",
+                "`sources[2].sub_app_id`: sources[0] already pulls sub_app_id 1 with the same secret_id",
+                "`sources[3].secret_key`: sources[3] sets its own secret_id",
+                "`sources[4].region`: is empty",
+            ],
+        );
+        // One SecretId and API share one limiter: their rates must agree.
+        let err = refused_with(
+            "rate_limit_per_minute = 600\n[[sources]]\nname = \"a\"\nsub_app_id = 1\n\
+             [[sources]]\nname = \"b\"\nsub_app_id = 2\nrate_limit_per_minute = 300\n\
+             [[sources]]\nname = \"c\"\nsub_app_id = 3\napi = \"v3\"\nrate_limit_per_minute = 300\n\
+             [[sources]]\nname = \"d\"\nsub_app_id = 4\nsecret_id = \"AKID2\"\nsecret_key = \"k2\"\nrate_limit_per_minute = 300\n",
+            &[
+                "`sources[1].rate_limit_per_minute`: 300 (sources[1].rate_limit_per_minute) differs from the 600 of sources[0] (vod.rate_limit_per_minute), which uses the same secret_id and api",
+                "give them the same value (or set vod.rate_limit_per_minute once",
+            ],
+        );
+        assert!(
+            !err.contains("sources[2]") && !err.contains("sources[3]"),
+            "another api or SecretId: its own limiter: {err}"
+        );
+        let c = parse(&format!(
+            "{MINIMAL}[[sources]]\nname = \"a\"\nsub_app_id = 1\nrate_limit_per_minute = 300\n\
+             [[sources]]\nname = \"b\"\nsub_app_id = 2\nrate_limit_per_minute = 300\n"
+        ))
+        .unwrap();
+        assert!(c.sources().iter().all(|s| s.vod.rate_limit_per_minute() == 300));
         let err = parse(&format!("sources = \"some\"\n{MINIMAL}")).unwrap_err().to_string();
         assert!(err.contains("`sources`") && err.contains("is not \"all\""), "{err}");
         let err = parse(&format!("{MINIMAL}[[sources]]\nname = \"a\"\nsecretid = \"x\"\n")).unwrap_err().to_string();

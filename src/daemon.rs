@@ -136,17 +136,18 @@ impl Daemon {
             config_path: self.config_path.display().to_string(),
             shutdown: shutdown.clone(),
         };
-        let discovery = match config.sources {
-            SourcesSetting::All => Some(Discovery::new(config)?),
+        let mut discovery = match config.sources {
+            SourcesSetting::All => Some(Discovery::new(config, self.config_path.display().to_string())?),
             _ => None,
         };
-        let initial = match &discovery {
-            Some(d) => {
-                d.sources(config).await.context("sources = \"all\": DescribeSubAppIds with the [vod] credentials")?
-            }
-            None => config.sources(),
+        // With discovery, the first list decides the sources; until one is read, none run.
+        let (initial, mut next_refresh) = match &mut discovery {
+            Some(d) => d.refresh(&self.config, &self.metrics).await?,
+            None => (Some(config.sources()), config.discovery.refresh_interval),
         };
-        sources.reconcile(config, initial).await?;
+        if let Some(initial) = initial {
+            sources.reconcile(config, initial).await?;
+        }
         info!(sources = %sources.names().join(", "), store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");
         notify(&[NotifyState::Ready, NotifyState::Status("started; pulling")]);
         // Started after READY=1, so no STATUS= or watchdog ping can come before it.
@@ -157,27 +158,32 @@ impl Daemon {
         ));
 
         let mut first_contact = FirstContact::default();
-        let mut refresh = tokio::time::interval(self.config.discovery.refresh_interval);
-        refresh.tick().await;
-        let result: Result<(), PullError> = loop {
+        let refresh = tokio::time::sleep(next_refresh);
+        tokio::pin!(refresh);
+        let result: anyhow::Result<()> = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
                 Some(contact) = contact_rx.recv() => {
                     if let Some(all_refused) = first_contact.record(contact, sources.running.len()) {
-                        break Err(all_refused);
+                        break Err(all_refused.into());
                     }
                 }
                 Some(()) = reloads.recv() => self.reload(&routing_tx, &mut sources, discovery.is_some()).await,
-                _ = refresh.tick(), if discovery.is_some() => {
-                    let d = discovery.as_ref().expect("checked");
-                    match d.sources(&self.config).await {
-                        Ok(found) => {
-                            if let Err(e) = sources.reconcile(&self.config, found).await {
-                                warn!(error = %format!("{e:#}"), "A discovered app could not be started; will try again at the next refresh.");
-                            }
+                _ = &mut refresh, if discovery.is_some() => {
+                    let d = discovery.as_mut().expect("checked");
+                    let found = match d.refresh(&self.config, &self.metrics).await {
+                        Ok((found, next)) => {
+                            next_refresh = next;
+                            found
                         }
-                        Err(e) => warn!(error = %format!("{e:#}"), "DescribeSubAppIds failed; the running sources stay, and the list is read again at the next refresh."),
+                        Err(refused) => break Err(refused),
+                    };
+                    if let Some(found) = found {
+                        if let Err(e) = sources.reconcile(&self.config, found).await {
+                            warn!(error = %format!("{e:#}"), "A discovered app could not be started; will try again at the next refresh.");
+                        }
                     }
+                    refresh.as_mut().reset(tokio::time::Instant::now() + next_refresh);
                 }
             }
         };
@@ -194,7 +200,7 @@ impl Daemon {
             confirmed = self.metrics.confirmed_total.get(),
             "vod-eventd stopped."
         );
-        Ok(result?)
+        result
     }
 
     /// Applies a new config from the same file, or keeps the running one if it is invalid.
@@ -370,15 +376,13 @@ impl Sources {
         .for_source(&name, self.contact.clone());
         let cancel = self.shutdown.child_token();
         let pulling = tokio::spawn(puller.run(cancel.clone()));
-        let state_key =
-            if name == config::DEFAULT_SOURCE { "event_config".to_string() } else { format!("event_config.{name}") };
         let account = AccountCheck {
             client: V3Client::new(ClientSettings::for_account_of(config, &source.vod)?)?,
             sub_app_id: source.vod.sub_app_id,
             interval: config.account.check_interval,
             health: self.metrics.health.source(&name),
             store: self.store.clone(),
-            state_key,
+            state_key: crate::account::check::state_key(&name),
         };
         let checking = tokio::spawn(account.run(cancel.clone()));
         Ok(RunningSource { source, cancel, pulling, confirming, checking })
@@ -408,19 +412,61 @@ impl Sources {
 /// `sources = "all"`: the account's apps, read with the `[vod]` credentials.
 struct Discovery {
     client: V3Client,
+    /// The config file, for messages.
+    config_path: String,
+    /// A list has been read since start.
+    listed: bool,
+    /// Failed reads in a row.
+    failures: u32,
 }
 
 impl Discovery {
-    fn new(config: &Config) -> anyhow::Result<Discovery> {
+    fn new(config: &Config, config_path: String) -> anyhow::Result<Discovery> {
         let mut settings = ClientSettings::for_account(config)?;
         // DescribeSubAppIds lists the account's apps; it takes no SubAppId.
         settings.sub_app_id = None;
-        Ok(Discovery { client: V3Client::new(settings)? })
+        Ok(Discovery { client: V3Client::new(settings)?, config_path, listed: false, failures: 0 })
     }
 
-    async fn sources(&self, config: &Config) -> anyhow::Result<Vec<Source>> {
-        let apps = crate::discovery::list_apps(&self.client).await?;
-        Ok(crate::discovery::sources_for(config, &apps))
+    /// Reads the list of apps: the sources for it (`None` if it could not be read) and
+    /// when to read it again, `discovery.refresh_interval` later, or sooner with backoff
+    /// while no list has been read. Refused credentials before any list was read are a
+    /// config problem: the error to exit (78) with.
+    async fn refresh(&mut self, config: &Config, metrics: &Metrics) -> anyhow::Result<(Option<Vec<Source>>, Duration)> {
+        let interval = config.discovery.refresh_interval;
+        let e = match crate::discovery::list_apps(&self.client).await {
+            Ok(apps) => {
+                self.listed = true;
+                self.failures = 0;
+                let found = crate::discovery::sources_for(config, &apps);
+                if found.is_empty() {
+                    warn!(apps = apps.len(), "sources = \"all\": DescribeSubAppIds listed no app with Status On, so nothing is pulled; the list is read again every discovery.refresh_interval. Turn an app on in the VOD console, or list apps as [[sources]] entries.");
+                }
+                metrics.health.set_no_sources(found.is_empty().then(|| crate::discovery::NO_APP.to_string()));
+                return Ok((Some(found), interval));
+            }
+            Err(e) => e,
+        };
+        if !self.listed {
+            if let Some(refused) = crate::discovery::refusal(&e, &self.config_path) {
+                return Err(refused.into());
+            }
+            let delay = crate::backoff::delay(
+                self.failures,
+                config.pull.backoff_min,
+                config.pull.backoff_max,
+                &mut rand::thread_rng(),
+            )
+            .min(interval);
+            self.failures = self.failures.saturating_add(1);
+            warn!(error = %e, retry_in = ?delay, "sources = \"all\": DescribeSubAppIds failed before any list of apps was read; nothing is pulled until it answers. Retrying.");
+            metrics
+                .health
+                .set_no_sources(Some(format!("no sources yet: DescribeSubAppIds failed ({}); retrying", e.label())));
+            return Ok((None, delay));
+        }
+        warn!(error = %e, "DescribeSubAppIds failed; the running sources stay, and the list is read again at the next refresh.");
+        Ok((None, interval))
     }
 }
 

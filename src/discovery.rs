@@ -2,12 +2,44 @@
 //! `[vod]` credentials. Every app whose `Status` is `On` is a source named
 //! `app-<SubAppId>`; `Off`, `Destroying` and `Destroyed` apps (the SDK model's other
 //! values) are not pulled, so an app that turns off is retired at the next refresh.
+//!
+//! At start, a refusal of the credentials (or of the CAM permission) is a config problem:
+//! the daemon exits 78 ([`Refused`]); any other failure is retried with backoff while the
+//! daemon runs without sources and reports itself unhealthy.
 
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::{ApiError, V3Client};
+use crate::api::{ApiError, ErrorClass, V3Client};
 use crate::config::{Config, Source};
+
+/// The CAM permission discovery needs.
+pub const PERMISSION: &str = "vod:DescribeSubAppIds";
+
+/// What `/healthz` says while discovery found no app to pull.
+pub const NO_APP: &str = "no sources: DescribeSubAppIds listed no app with Status On";
+
+/// DescribeSubAppIds refused the `[vod]` credentials before any list of apps was read: a
+/// config problem, so the daemon exits 78.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    message: String,
+}
+
+/// The refusal to exit with if `e` refuses the credentials or the permission, with the fix
+/// (`config` is the config file, for the message).
+pub fn refusal(e: &ApiError, config: &str) -> Option<Refused> {
+    if e.class() != ErrorClass::Auth {
+        return None;
+    }
+    let message = if crate::account::is_permission_denied(e) {
+        format!("sources = \"all\": {e}\nThe [vod] credentials (vod.secret_id) may not list the account's apps: grant {PERMISSION} to this sub-account in CAM, or list the apps as [[sources]] entries in {config} instead of sources = \"all\".")
+    } else {
+        format!("sources = \"all\": {e}\nDescribeSubAppIds refused the [vod] credentials: check vod.secret_id and vod.secret_key (or vod.secret_key_file) in {config}, that the key is enabled, and that this machine's clock is right.")
+    };
+    Some(Refused { message })
+}
 
 /// DescribeSubAppIds answers at most this many apps per call (the SDK model's `Limit` maximum).
 const PAGE: u64 = 200;

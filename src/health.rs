@@ -2,7 +2,8 @@
 //! succeeding, the last successful pull recent, the credentials accepted and the app in
 //! PULL mode (as far as the event-configuration check knows; that one does not stop the
 //! watchdog). One unhealthy source makes the daemon unhealthy, naming the source; the
-//! others keep running. Read by `/healthz`, the systemd watchdog
+//! others keep running. No source at all (`sources = "all"` found no enabled app, or could
+//! not list them yet) is unhealthy too, with the reason. Read by `/healthz`, the systemd watchdog
 //! and STATUS= lines.
 //!
 //! A pull answered with a refused parameter (a wrong `vod.region` or `vod.sub_app_id`) is
@@ -26,6 +27,8 @@ pub struct Health {
     refusals_limit_ms: AtomicI64,
     /// Each running source's pull health, by name.
     sources: Mutex<BTreeMap<String, Arc<SourceHealth>>>,
+    /// Why there is no source to pull (`sources = "all"` found none, or could not list them).
+    no_sources: Mutex<Option<String>>,
 }
 
 /// One source's pull health.
@@ -80,6 +83,8 @@ pub struct Report {
     pub events_ok: bool,
     /// Each source's verdict, by name.
     pub sources: Vec<SourceReport>,
+    /// Why there is no source to pull, if that is so.
+    pub no_sources: Option<String>,
 }
 
 /// One source's verdict.
@@ -142,7 +147,7 @@ impl SourceReport {
 impl Report {
     /// Healthy for `/healthz`: the store writes and every source is healthy.
     pub fn healthy(&self) -> bool {
-        self.store_ok && self.sources.iter().all(SourceReport::healthy)
+        self.store_ok && self.no_sources.is_none() && self.sources.iter().all(SourceReport::healthy)
     }
 
     /// Healthy enough for the systemd watchdog: the store writes and every source's pull
@@ -170,6 +175,7 @@ impl Report {
                     .to_string(),
             );
         }
+        problems.extend(self.no_sources.clone());
         for source in &self.sources {
             problems.extend(source.problems().into_iter().map(|p| format!("source {}: {p}", source.name)));
         }
@@ -269,6 +275,11 @@ impl Health {
             .clone()
     }
 
+    /// Why the daemon has no source to pull, or `None` once it has some.
+    pub fn set_no_sources(&self, why: Option<String>) {
+        *self.no_sources.lock().expect("health mutex poisoned") = why;
+    }
+
     /// Forgets a retired source.
     pub fn remove_source(&self, name: &str) {
         self.sources.lock().expect("health mutex poisoned").remove(name);
@@ -302,7 +313,12 @@ impl Health {
             sources.iter().map(|(name, s)| s.report(name, max_pull_age, limit)).collect()
         };
         let store_failing = self.store_failing.load(Ordering::Relaxed);
-        Report { store_ok: store_failing == 0, events_ok: store_failing & StoreWriter::Pull as u8 == 0, sources }
+        Report {
+            store_ok: store_failing == 0,
+            events_ok: store_failing & StoreWriter::Pull as u8 == 0,
+            sources,
+            no_sources: self.no_sources.lock().expect("health mutex poisoned").clone(),
+        }
     }
 }
 
@@ -374,6 +390,17 @@ mod tests {
         assert!(health.report(minute).healthy());
         health.remove_source("other");
         assert_eq!(health.report(minute).sources.len(), 1);
+    }
+
+    #[test]
+    fn no_sources_is_unhealthy_with_the_reason_but_restarts_nothing() {
+        let minute = Duration::from_secs(60);
+        let health = Health::default();
+        health.set_no_sources(Some("no sources: none".into()));
+        let r = health.report(minute);
+        assert!(!r.healthy() && r.alive() && r.problems() == ["no sources: none"], "{r:?}");
+        health.set_no_sources(None);
+        assert!(health.report(minute).healthy());
     }
 
     #[test]

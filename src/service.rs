@@ -1,8 +1,8 @@
 //! Being a good systemd service: `sd_notify` messages (READY=1, STATUS= with counts,
 //! WATCHDOG=1 only while the daemon is alive, STOPPING=1), a heartbeat in the store for
-//! `vod-eventd status`, and the data-at-risk alarms: pulls stale for longer than
-//! `alert.pull_stale_after` (Tencent keeps unpulled events only 4 days) and dead
-//! deliveries that grow.
+//! `vod-eventd status` (with each source's pull health), and the data-at-risk alarms:
+//! pulls stale for longer than `alert.pull_stale_after` (Tencent keeps unpulled events only
+//! 4 days) and dead deliveries that grow.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -59,18 +59,17 @@ impl StatusLoop {
             let counts = self.store.handler_counts().await.unwrap_or_default();
             let status = self.status_line(&report, &counts);
             notify(&[NotifyState::Status(&status)]);
-            let _ = self
-                .store
-                .put_state(vec![
-                    ("pid", std::process::id().to_string()),
-                    ("version", env!("CARGO_PKG_VERSION").to_string()),
-                    ("started_ms", started.clone()),
-                    ("heartbeat_ms", now_ms().to_string()),
-                    ("stopped_ms", "0".to_string()),
-                    ("last_pull_ok_ms", self.metrics.health.last_pull_ok_ms().to_string()),
-                    ("status", status),
-                ])
-                .await;
+            let mut state: Vec<(String, String)> = vec![
+                ("pid".into(), std::process::id().to_string()),
+                ("version".into(), env!("CARGO_PKG_VERSION").to_string()),
+                ("started_ms".into(), started.clone()),
+                ("heartbeat_ms".into(), now_ms().to_string()),
+                ("stopped_ms".into(), "0".to_string()),
+                ("last_pull_ok_ms".into(), self.metrics.health.last_pull_ok_ms().to_string()),
+                ("status".into(), status),
+            ];
+            state.extend(source_state(&report));
+            let _ = self.store.put_state(state).await;
             if last_alarm_check.is_some_and(|t| t.elapsed() < self.alert.check_interval) {
                 continue;
             }
@@ -88,7 +87,9 @@ impl StatusLoop {
         let counts = self.store.handler_counts().await.unwrap_or_default();
         let status = self.status_line(&report, &counts);
         let now = now_ms().to_string();
-        let state = vec![("heartbeat_ms", now.clone()), ("stopped_ms", now), ("status", status)];
+        let mut state: Vec<(String, String)> =
+            vec![("heartbeat_ms".into(), now.clone()), ("stopped_ms".into(), now), ("status".into(), status)];
+        state.extend(source_state(&report));
         if let Err(e) = self.store.put_state(state).await {
             warn!(error = %e, "Could not write the final status; `vod-eventd status` shows the last heartbeat.");
         }
@@ -155,6 +156,34 @@ impl StatusLoop {
         }
         reported.insert(report.name.clone(), Instant::now());
     }
+}
+
+/// The `daemon_state` key listing the running sources (comma-separated), for `status`.
+pub const SOURCES_KEY: &str = "sources";
+
+/// The `daemon_state` key of a source's last successful pull (unix ms, 0: none yet).
+pub fn last_pull_key(source: &str) -> String {
+    format!("last_pull_ok_ms.{source}")
+}
+
+/// The `daemon_state` key of a source's health verdict (`ok`, or `UNHEALTHY:` and its problems).
+pub fn health_key(source: &str) -> String {
+    format!("health.{source}")
+}
+
+/// Each source's pull health for `status`: which sources run, and for each its last
+/// successful pull and its verdict.
+fn source_state(report: &Report) -> Vec<(String, String)> {
+    let names: Vec<&str> = report.sources.iter().map(|s| s.name.as_str()).collect();
+    let mut state = vec![(SOURCES_KEY.to_string(), names.join(","))];
+    for source in &report.sources {
+        let last = source.last_pull_age.map_or(0, |age| now_ms() - age.as_millis() as i64);
+        let verdict =
+            if source.healthy() { "ok".to_string() } else { format!("UNHEALTHY: {}", source.problems().join("; ")) };
+        state.push((last_pull_key(&source.name), last.to_string()));
+        state.push((health_key(&source.name), verdict));
+    }
+    state
 }
 
 fn pull_age(age: Option<Duration>) -> String {

@@ -40,6 +40,15 @@ pub struct AccountCheck {
     pub store: Store,
 }
 
+/// The `daemon_state` key a source's event configuration is kept under: `event_config`
+/// for the default source (as before sources existed), `event_config.NAME` for the others.
+pub fn state_key(source: &str) -> String {
+    match source {
+        crate::config::DEFAULT_SOURCE => "event_config".to_string(),
+        name => format!("event_config.{name}"),
+    }
+}
+
 /// Why the latest check failed, to log only the first of a streak.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Failure {

@@ -9,8 +9,10 @@
 //! One limiter per credential (SecretId) and API, shared by every source that uses it
 //! ([`LimiterPool`]): Tencent documents these limits per account and action and says
 //! nothing of a split per app (sub-application) [UNCONFIRMED], so two apps pulled with one
-//! key are assumed to spend one budget. The first source built for a credential sets its
-//! rate (`rate_limit_per_minute`).
+//! key are assumed to spend one budget. The sources of one credential and API must agree on
+//! `rate_limit_per_minute` (the config check refuses a config where they differ), so the
+//! shared rate is theirs; a reload that changes it restarts every source using it, and the
+//! first one started again gets a new limiter at the new rate.
 //!
 //! Pacing, not bursting, on purpose: a sliding-window budget spent in a burst drains a
 //! backlog faster, but under steady load it spends a minute's budget in seconds and then
@@ -87,19 +89,32 @@ pub(crate) fn for_settings(settings: &super::ClientSettings) -> ActionLimiter {
     }
 }
 
+/// A limiter's key in the pool: the SecretId and the API.
+type LimiterKey = (String, crate::config::ApiVersion);
+
 /// The limiters of the daemon's clients, one per (SecretId, API), shared by every source
 /// using that credential.
 #[derive(Default)]
 pub struct LimiterPool {
-    limiters: Mutex<HashMap<(String, crate::config::ApiVersion), Arc<ActionLimiter>>>,
+    /// By (SecretId, API): the rate it was built for, and the limiter.
+    limiters: Mutex<HashMap<LimiterKey, (u32, Arc<ActionLimiter>)>>,
 }
 
 impl LimiterPool {
-    /// The limiter for the credential and API of `settings`.
+    /// The limiter for the credential and API of `settings`: the shared one, or a new one
+    /// if there is none yet or it was built for another rate (a reload changed it).
     pub(crate) fn get(&self, settings: &super::ClientSettings) -> Arc<ActionLimiter> {
         let key = (settings.secret_id.clone(), settings.api);
+        let rate = settings.rate_limit_per_minute;
         let mut limiters = self.limiters.lock().expect("limiter pool mutex poisoned");
-        limiters.entry(key).or_insert_with(|| Arc::new(for_settings(settings))).clone()
+        match limiters.get(&key) {
+            Some((built_for, limiter)) if *built_for == rate => limiter.clone(),
+            _ => {
+                let limiter = Arc::new(for_settings(settings));
+                limiters.insert(key, (rate, limiter.clone()));
+                limiter
+            }
+        }
     }
 }
 
@@ -108,6 +123,25 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+
+    #[test]
+    fn one_limiter_per_secret_id_and_api_rebuilt_when_the_rate_changes() {
+        let vod = |extra: &str| {
+            let text = format!("[vod]\nsecret_id = \"AKID1\"\nsecret_key = \"k\"\n{extra}");
+            let config: crate::config::Config = figment::Figment::new()
+                .merge(<figment::providers::Toml as figment::providers::Format>::string(&text))
+                .extract()
+                .unwrap();
+            super::super::ClientSettings::from_vod(&config.vod).unwrap()
+        };
+        let pool = LimiterPool::default();
+        let first = pool.get(&vod("sub_app_id = 1\n"));
+        assert!(Arc::ptr_eq(&first, &pool.get(&vod("sub_app_id = 2\n"))), "two apps, one credential: shared");
+        assert!(!Arc::ptr_eq(&first, &pool.get(&vod("api = \"v3\"\n"))), "another API: its own");
+        let slower = pool.get(&vod("rate_limit_per_minute = 300\n"));
+        assert!(!Arc::ptr_eq(&first, &slower), "a new rate (a reload): a new limiter");
+        assert!(Arc::ptr_eq(&slower, &pool.get(&vod("sub_app_id = 3\nrate_limit_per_minute = 300\n"))));
+    }
 
     #[tokio::test]
     async fn never_more_than_the_limit_in_a_window() {

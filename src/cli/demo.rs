@@ -1,7 +1,8 @@
 //! `vod-eventd demo`: the embedded default. Starts the emulator and the daemon in one
 //! process with a demo config under `./vod-eventd-demo/`, feeds a realistic mix of events
-//! (redeliveries included), prints each one as it is stored, and ends when the emulator
-//! has every event confirmed and every handler delivery is settled. All three handlers
+//! (redeliveries included) into two apps pulled as two `[[sources]]`, prints each one as it
+//! is stored, with its source, and ends when the emulator has every event confirmed and
+//! every handler delivery is settled. All three handlers
 //! run: a webhook to the emulator's built-in sink (signatures checked), a shell hook for
 //! uploads, and the DRM key fetcher for task-flow events. The printed config works with
 //! `events list`, `deliveries list` and `keys list` afterwards.
@@ -48,6 +49,9 @@ fn this_command() -> String {
     std::env::current_exe().map_or_else(|_| "vod-eventd".into(), |p| p.display().to_string())
 }
 
+/// The demo account's two apps, each pulled as a source of its own: (source name, SubAppId).
+const APPS: [(&str, u64); 2] = [("main", 1500000001), ("second", 1500000002)];
+
 /// Gives up if the demo has not drained by then (it takes a few seconds).
 const DEMO_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -60,6 +64,7 @@ impl DemoArgs {
         let emulator = Emulator::start(EmulatorConfig {
             hold: Duration::from_secs(2),
             api: self.api,
+            sub_app_ids: Some(APPS.iter().map(|(_, app)| *app).collect()),
             ..EmulatorConfig::default()
         })
         .await?;
@@ -70,6 +75,8 @@ impl DemoArgs {
 
         println!("vod-eventd demo");
         println!("  emulator:  {} (API {:?})", emulator.endpoint_for(self.api), self.api);
+        let apps: Vec<String> = APPS.iter().map(|(name, app)| format!("{name} (app {app})")).collect();
+        println!("  sources:   {}", apps.join(", "));
         println!("  config:    {}", config_path.display());
         println!("  store:     {}", config.store.path.display());
         println!();
@@ -96,8 +103,9 @@ impl DemoArgs {
             for row in store.events_after(last_id, 100)? {
                 last_id = row.id;
                 println!(
-                    "  stored #{:<4} {:<36} file {:<20} task {}",
+                    "  stored #{:<4} {:<7} {:<36} file {:<20} task {}",
                     row.id,
+                    row.source,
                     row.event_type,
                     row.file_id.as_deref().unwrap_or("-"),
                     row.task_id.as_deref().unwrap_or("-")
@@ -129,11 +137,13 @@ impl DemoArgs {
             s.queue.max_confirm_latency_ms,
             s.queue.outstanding
         );
+        print_source_summary(&store, &emulator, first_new_id)?;
         print_handler_summary(&store, &emulator, &secret, &dir)?;
         println!();
         println!("Query the history:");
         let me = this_command();
         println!("  {me} events list --config {}", config_path.display());
+        println!("  {me} events list --config {} --source {}", config_path.display(), APPS[1].0);
         println!("  {me} deliveries list --config {}", config_path.display());
         println!("  {me} keys list --config {}", config_path.display());
         println!("  {me} events list --config {} --type ProcedureStateChanged --json", config_path.display());
@@ -150,7 +160,7 @@ fn write_demo_config(dir: &Path, emulator: &Emulator) -> anyhow::Result<String> 
         &hook,
         "#!/bin/sh\n# The demo's shell hook: the event JSON arrives on stdin, ids in VOD_* variables.\n\
          bytes=$(wc -c)\n\
-         echo \"$VOD_EVENT_TYPE file=$VOD_FILE_ID id=$VOD_EVENT_ID attempt=$VOD_ATTEMPT bytes=$bytes\" >> \"$(dirname \"$0\")/hook.log\"\n",
+         echo \"$VOD_SOURCE $VOD_EVENT_TYPE file=$VOD_FILE_ID id=$VOD_EVENT_ID attempt=$VOD_ATTEMPT bytes=$bytes\" >> \"$(dirname \"$0\")/hook.log\"\n",
     )?;
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
     let keys = dir.join("keys");
@@ -160,7 +170,9 @@ fn write_demo_config(dir: &Path, emulator: &Emulator) -> anyhow::Result<String> 
     let text = format!(
         "# Written by `vod-eventd demo`: the daemon pointed at an in-process emulator.\n\
          [vod]\napi = \"{api}\"\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n\
-         signature_method = \"HmacSHA256\"\n\n[account]\nendpoint = \"{account}\"\n\n[store]\npath = \"{store}\"\n\n[confirm]\nmax_delay = \"500ms\"\n\n\
+         signature_method = \"HmacSHA256\"\n\n\
+         # Two apps of the account, each pulled as a source of its own (the rest comes from [vod]).\n\
+         [[sources]]\nname = \"{main}\"\nsub_app_id = {main_app}\n\n[[sources]]\nname = \"{second}\"\nsub_app_id = {second_app}\n\n[account]\nendpoint = \"{account}\"\n\n[store]\npath = \"{store}\"\n\n[confirm]\nmax_delay = \"500ms\"\n\n\
          [log]\nlevel = \"warn\"\n\n[dispatch]\npoll_interval = \"200ms\"\n\n\
          [[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\"]\n\n\
          [[routes]]\nevents = [\"NewFileUpload\"]\nhandlers = [\"on-upload\"]\n\n\
@@ -171,6 +183,10 @@ fn write_demo_config(dir: &Path, emulator: &Emulator) -> anyhow::Result<String> 
          # API 3.0 reads EDKs from the task flow's HLS playlists; the emulator serves them over plain HTTP.\n\
          allow_http = true\n",
         api = if emulator.api() == Api::V3 { "v3" } else { "v2" },
+        main = APPS[0].0,
+        main_app = APPS[0].1,
+        second = APPS[1].0,
+        second_app = APPS[1].1,
         endpoint = emulator.endpoint_for(emulator.api()),
         account = emulator.endpoint_v3(),
         store = dir.join("events.db").display(),
@@ -189,6 +205,23 @@ fn deliveries_settled(store: &Store) -> anyhow::Result<bool> {
             r.get::<_, i64>(0)
         })?)
     })? == 0)
+}
+
+/// Rows stored and handles confirmed in this run, per source.
+fn print_source_summary(store: &Store, emulator: &Emulator, first_new_id: i64) -> anyhow::Result<()> {
+    let rows: std::collections::HashMap<String, i64> = store.run_sync(|c| {
+        let mut stmt = c.prepare("SELECT source, count(*) FROM events WHERE id > ?1 GROUP BY source")?;
+        let rows = stmt.query_map([first_new_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    })?;
+    println!();
+    println!("Sources:");
+    for (name, app) in APPS {
+        let confirmed = emulator.stats_for(Some(app)).confirmed;
+        let stored = rows.get(name).copied().unwrap_or(0);
+        println!("  {name:<10} app {app}: {stored} stored rows, {confirmed} handles confirmed under its own app");
+    }
+    Ok(())
 }
 
 fn print_handler_summary(store: &Store, emulator: &Emulator, secret: &str, dir: &Path) -> anyhow::Result<()> {
@@ -238,18 +271,21 @@ async fn wait_for_store(path: &Path, daemon: &tokio::task::JoinHandle<anyhow::Re
     }
 }
 
-/// Feeds `count` events of every type in small bursts; every other burst also carries a
-/// second copy of its first event while the first copy is still unconfirmed, as Tencent
-/// hands an event out again when a handle expires. Returns how many redeliveries were fed.
+/// Feeds `count` events of every type in small bursts, into both apps; every
+/// other pair of bursts also carries a second copy of its first event while the first copy
+/// is still unconfirmed, as Tencent hands an event out again when a handle expires.
+/// Returns how many redeliveries were fed.
 async fn feed(emulator: &Emulator, count: usize) -> usize {
     let mut redeliveries = 0;
     for (i, chunk) in (0..count).collect::<Vec<_>>().chunks(6).enumerate() {
-        let first = emulator.enqueue_generated(1).remove(0);
-        if i % 2 == 0 {
-            emulator.enqueue(first);
+        // Bursts 0, 3, 4 to one app and 1, 2, 5 to the other: each app gets every event type.
+        let app = Some(APPS[(i + i / 2) % 2].1);
+        let first = emulator.enqueue_generated_to(app, 1).remove(0);
+        if (i / 2) % 2 == 0 {
+            emulator.enqueue_to(app, first);
             redeliveries += 1;
         }
-        emulator.enqueue_generated(chunk.len() - 1);
+        emulator.enqueue_generated_to(app, chunk.len() - 1);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     redeliveries

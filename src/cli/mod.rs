@@ -10,6 +10,7 @@ mod events;
 mod handlers;
 mod keys;
 mod ranges;
+mod sparkline;
 mod status;
 mod store_cmd;
 
@@ -58,7 +59,8 @@ pub enum Command {
     /// The app's event configuration: show it, or switch the app to PULL mode.
     #[command(subcommand)]
     Account(account::AccountCommand),
-    /// Print the pipeline's state from the store: last pull, events by type, pending and dead deliveries.
+    /// Print the pipeline's state from the store: last pull, events by type, the last 24 hours
+    /// hour by hour (events, failed attempts per handler), pending and dead deliveries.
     Status,
     /// Check the store (`store check`: SQLite's integrity check, which reads the whole file).
     #[command(subcommand)]
@@ -137,7 +139,7 @@ fn report(e: &anyhow::Error) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     eprintln!("vod-eventd: error: {e:#}");
-    if e.downcast_ref::<PullError>().is_some() {
+    if e.downcast_ref::<PullError>().is_some() || e.downcast_ref::<crate::discovery::Refused>().is_some() {
         return ExitCode::from(EXIT_CONFIG);
     }
     ExitCode::FAILURE

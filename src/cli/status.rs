@@ -1,14 +1,19 @@
 //! `vod-eventd status`: the pipeline's state as the store knows it — the daemon's last
-//! heartbeat and pull, events by type over 24 h, pending, dead and orphaned deliveries per
-//! handler, the oldest pending delivery, and the store's size. Works whether or not the daemon runs;
-//! after a clean stop it says when the daemon stopped and shows its final status line.
+//! heartbeat and pull, each source's pull health and event configuration, events by type
+//! over 24 h, sparklines of events and of failed attempts per handler hour by hour over 24 h,
+//! pending, dead and orphaned deliveries per handler, the oldest pending delivery, and the
+//! store's size. Works whether or not the daemon runs; after a clean stop it says when the
+//! daemon stopped and shows its final status line.
 
 use std::io::Write as _;
 use std::path::Path;
 
 use super::events::rfc3339;
-use crate::config::Config;
-use crate::store::now_ms;
+use super::sparkline::{scale, sparkline, Charset};
+use crate::account::check::state_key;
+use crate::config::{Config, DEFAULT_SOURCE};
+use crate::service::{health_key, last_pull_key, SOURCES_KEY};
+use crate::store::{now_ms, Hourly, Store, HOURS};
 
 /// Prints the status.
 pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
@@ -32,8 +37,26 @@ pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         writeln!(out, "daemon:        pid {pid} version {version}, last heartbeat {}", ago("heartbeat_ms"))?;
     }
     writeln!(out, "last pull ok:  {}", ago("last_pull_ok_ms"))?;
-    if let Some(event_config) = state.get("event_config") {
-        writeln!(out, "event config:  {event_config}")?;
+    // The sources of the daemon's last heartbeat; a store written before sources existed
+    // has only the default one.
+    let sources: Vec<&str> = match state.get(SOURCES_KEY) {
+        Some(list) => list.split(',').filter(|s| !s.is_empty()).collect(),
+        None => vec![DEFAULT_SOURCE],
+    };
+    if sources == [DEFAULT_SOURCE] {
+        if let Some(event_config) = state.get(&state_key(DEFAULT_SOURCE)) {
+            writeln!(out, "event config:  {event_config}")?;
+        }
+    } else {
+        writeln!(out, "sources:{}", if sources.is_empty() { "       (none)" } else { "" })?;
+        for name in sources {
+            let health = state.get(&health_key(name)).map_or("-", |s| s.as_str());
+            writeln!(out, "  {name}")?;
+            writeln!(out, "    last pull ok:  {}", ago(&last_pull_key(name)))?;
+            writeln!(out, "    health:        {health}")?;
+            let event_config = state.get(&state_key(name)).map_or("not read yet", |s| s.as_str());
+            writeln!(out, "    event config:  {event_config}")?;
+        }
     }
     if let Some(status) = state.get("status") {
         writeln!(out, "{}   {status}", if stopped { "final status:" } else { "last status: " })?;
@@ -46,6 +69,7 @@ pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     for (event_type, n) in by_type {
         writeln!(out, "  {event_type:<36} {n}")?;
     }
+    hour_by_hour(&mut out, &store, config, now)?;
     writeln!(out, "deliveries:")?;
     let counts = store.handler_counts().await?;
     if counts.is_empty() {
@@ -58,6 +82,25 @@ pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         if let Some(reason) = c.orphaned_reason.filter(|_| c.orphaned > 0) {
             writeln!(out, "  {:<16} {} orphaned: {reason}", "", c.orphaned)?;
         }
+    }
+    Ok(())
+}
+
+/// The last 24 hours as sparklines: events received, and failed attempts of every handler
+/// that is configured or failed in that time.
+fn hour_by_hour(out: &mut impl std::io::Write, store: &Store, config: &Config, now: i64) -> anyhow::Result<()> {
+    let charset = Charset::from_locale(|name| std::env::var(name).ok());
+    let line = |out: &mut dyn std::io::Write, label: &str, hourly: &Hourly| {
+        writeln!(out, "  {label:<26} {}  {}", sparkline(hourly, charset), scale(hourly))
+    };
+    writeln!(out, "last 24 h, hour by hour (oldest left, this hour right):")?;
+    line(out, "events received", &store.events_per_hour(now)?)?;
+    let mut failures = store.failures_per_hour(now)?;
+    for name in config.handlers.keys() {
+        failures.entry(name.clone()).or_insert([0; HOURS]);
+    }
+    for (handler, hourly) in &failures {
+        line(out, &format!("failed attempts {handler}"), hourly)?;
     }
     Ok(())
 }

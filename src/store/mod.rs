@@ -5,6 +5,7 @@
 //! only used from `spawn_blocking`; the CLI opens its own connection, which WAL allows
 //! while the daemon runs.
 
+mod activity;
 mod alerts;
 mod deliveries;
 mod events;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use activity::{Hourly, HOURS};
 pub use deliveries::{webhook_id, AttemptRecord, AttemptRow, DeliveryFilter, DeliveryRow, Next};
 pub use events::{EventFilter, EventRow, Inserted, RouteFn};
 pub use handlers::{HandlerOverview, RECENT_ATTEMPTS};
@@ -34,7 +36,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_leases.sql"),
     include_str!("migrations/0006_orphaned.sql"),
     include_str!("migrations/0007_sources.sql"),
-    include_str!("migrations/0008_replay_alerts.sql"),
+    include_str!("migrations/0008_failed_attempts.sql"),
+    include_str!("migrations/0009_replay_alerts.sql"),
 ];
 
 /// A store failure.

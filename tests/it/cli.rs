@@ -199,6 +199,11 @@ fn the_demo_runs_every_part_and_leaves_a_queryable_store() {
     assert!(stdout.contains("24 stored rows") && stdout.contains("0 left at the emulator"), "{stdout}");
     assert!(stdout.contains("received 24 requests, 24 with a valid Standard Webhooks signature"), "{stdout}");
     assert!(stdout.contains("2 DRM data keys stored"), "{stdout}");
+    // Two apps, each pulled as its own source and confirmed under its own app.
+    for app in ["main       app 1500000001: 12 stored rows", "second     app 1500000002: 12 stored rows"] {
+        assert!(stdout.contains(app), "{app} in {stdout}");
+    }
+    assert!(stdout.contains(" second  NewFileUpload "), "every type reaches both apps: {stdout}");
     let config = demo_dir.join("config.toml");
     let list = vod_eventd(&["events", "list", "--json", "--limit", "100", "--config", config.to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 24);
@@ -269,4 +274,71 @@ fn version_names_the_commit_and_completions_and_man_page_are_generated() {
     let man = String::from_utf8(vod_eventd(&["man"]).stdout).unwrap();
     assert!(man.contains(".TH vod-eventd 1") && man.contains(".SH NAME") && man.contains("deliveries"), "{man:.300}");
     assert!(man.contains(version.trim().trim_start_matches("vod-eventd ")), "the man page carries the version line");
+}
+
+/// The `status` line whose label is `label`: its sparkline and its scale.
+fn sparkline_of(status: &str, label: &str) -> (Vec<char>, String) {
+    let line = status.lines().find(|l| l.trim_start().starts_with(&format!("{label} "))).unwrap_or_else(|| {
+        panic!("no `{label}` line in:\n{status}");
+    });
+    let rest = line.trim_start()[label.len()..].trim_start();
+    let (spark, scale) = rest.split_once("  ").unwrap_or_else(|| panic!("no scale after the sparkline: {line}"));
+    (spark.chars().collect(), scale.trim().to_string())
+}
+
+#[test]
+fn status_draws_the_last_24_hours_hour_by_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let store = vod_eventd::store::Store::open(&db, Duration::from_secs(1)).unwrap();
+    let (now, min) = (vod_eventd::store::now_ms(), 60_000);
+    // Received 10 min ago (4), 2 h 30 min ago (2), 23 h 30 min ago (1) and 2 days ago (1, outside).
+    let received = [10, 10, 10, 10, 150, 150, 1410, 2880].map(|m| now - m * min);
+    store
+        .run_sync(|c| {
+            for (i, at) in received.iter().enumerate() {
+                c.execute(
+                    "INSERT INTO events (id, dedupe_key, event_type, content, received_at, last_seen_at)
+                     VALUES (?1, ?2, 'NewFileUpload', '{}', ?3, ?3)",
+                    rusqlite::params![i as i64 + 1, vec![i as u8], at],
+                )?;
+            }
+            // `hook` failed twice 40 min ago (a retry, then dead) and once 5 h 10 min ago, and
+            // succeeded once; `quiet` is configured and never failed.
+            c.execute_batch(&format!(
+                "INSERT INTO deliveries (id, event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
+                     VALUES (1, 1, 'hook', 'w1', 'dead', 0, 0, 0), (2, 2, 'hook', 'w2', 'done', 0, 0, 0);
+                 INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome) VALUES
+                     (1, 1, {a}, 5, 'retry'), (1, 2, {a}, 5, 'dead'), (2, 1, {b}, 5, 'retry'), (2, 2, {a}, 5, 'done');",
+                a = now - 40 * min,
+                b = now - 310 * min,
+            ))?;
+            Ok(())
+        })
+        .unwrap();
+    drop(store);
+    let extra = "[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\", \"quiet\"]\n\
+                 [handlers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n\
+                 [handlers.quiet]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n";
+    let config = write(dir.path(), "config.toml", &config_text(&db, "http://127.0.0.1:9/", "", extra));
+
+    let out = cli().args(["status", "--config", &config]).env("LANG", "C.UTF-8").output().unwrap();
+    let status = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{status}{}", String::from_utf8_lossy(&out.stderr));
+    let (events, scale) = sparkline_of(&status, "events received");
+    assert_eq!(events.len(), 24, "{status}");
+    let mut expected = ['·'; 24];
+    (expected[0], expected[21], expected[23]) = ('▂', '▄', '█');
+    assert_eq!(events, expected, "oldest hour left, this hour right:\n{status}");
+    assert_eq!(scale, "max 4/h, 7 in all");
+    let (hook, scale) = sparkline_of(&status, "failed attempts hook");
+    let mut expected = ['·'; 24];
+    (expected[18], expected[23]) = ('▄', '█');
+    assert_eq!((hook, scale.as_str()), (expected.to_vec(), "max 2/h, 3 in all"), "{status}");
+    assert_eq!(sparkline_of(&status, "failed attempts quiet"), (vec!['·'; 24], "none".into()), "{status}");
+
+    // Without a UTF-8 locale (none is set here), plain ASCII.
+    let out = cli().args(["status", "--config", &config]).output().unwrap();
+    let (events, _) = sparkline_of(&String::from_utf8(out.stdout).unwrap(), "events received");
+    assert_eq!(events.iter().collect::<String>(), format!(",{}~.#", ".".repeat(20)));
 }

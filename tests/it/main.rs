@@ -20,6 +20,7 @@ macro_rules! both_apis {
 mod account;
 mod chaos;
 mod cli;
+mod contrib;
 mod crosscheck;
 mod filters;
 mod handlers;

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use vod_emulator::{Api, App, Credential, Emulator, EmulatorConfig, DEMO_SECRET_ID, DEMO_SECRET_KEY};
+use vod_emulator::{
+    Api, App, Credential, Emulator, EmulatorConfig, FaultKind, Faults, DEMO_SECRET_ID, DEMO_SECRET_KEY,
+};
 
 use crate::receiver::Receiver;
 use crate::support::{delivery_states, emulator, eventually, fast_emulator_config, free_port, TestDaemon};
@@ -113,7 +115,7 @@ async fn three_sources_store_confirm_and_route_every_event_under_its_own_app() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_source_with_refused_credentials_leaves_the_others_running_and_is_named_by_healthz() {
+async fn one_source_with_refused_credentials_leaves_the_others_running_and_is_named_by_healthz_and_status() {
     let emu = emulator(EmulatorConfig {
         credentials: vec![Credential { secret_id: DEMO_SECRET_ID.into(), secret_key: DEMO_SECRET_KEY.into() }],
         ..two_accounts()
@@ -122,7 +124,10 @@ async fn one_source_with_refused_credentials_leaves_the_others_running_and_is_na
     let receiver = Receiver::start().await;
     enqueue_everywhere(&emu, 50);
     let port = free_port();
-    let extra = format!("{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n", three_sources(&emu, &receiver.url()));
+    let extra = format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n[alert]\ncheck_interval = \"1s\"\n",
+        three_sources(&emu, &receiver.url())
+    );
     let mut daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
     eventually(Duration::from_secs(60), "prod-a and prod-b drained", || {
         [PROD_A, PROD_B].iter().all(|app| emu.stats_for(Some(*app)).confirmed == 50)
@@ -137,6 +142,23 @@ async fn one_source_with_refused_credentials_leaves_the_others_running_and_is_na
     })
     .await;
     assert!(!last.1.contains("source prod-a") && !last.1.contains("source prod-b"), "{}", last.1);
+    // `status` shows each source's pull health and event configuration.
+    let mut status = String::new();
+    eventually(Duration::from_secs(30), "status shows every source", || {
+        let out = crate::support::cli().args(["status", "--config"]).arg(&daemon.config_path).output().unwrap();
+        status = String::from_utf8_lossy(&out.stdout).into_owned();
+        status.contains("  other\n    last pull ok:  never\n    health:        UNHEALTHY: its credentials are refused")
+            && status.contains(&format!(
+                "event config:  app {OTHER} (vod.sub_app_id): unknown: DescribeEventConfig failed (AuthFailure"
+            ))
+            && status.matches("    health:        ok\n").count() == 2
+    })
+    .await;
+    for (name, app) in [("prod-a", PROD_A), ("prod-b", PROD_B)] {
+        let section = status.split(&format!("  {name}\n")).nth(1).unwrap_or_default();
+        let expected = format!("    event config:  app {app} (vod.sub_app_id): Mode PULL");
+        assert!(section.lines().nth(2).is_some_and(|l| l.starts_with(&expected)), "{expected} in {status}");
+    }
     assert!(daemon.running(), "one refused source does not stop the daemon");
     emu.enqueue_generated_as(Some(PROD_A), Api::V2, 5);
     eventually(Duration::from_secs(30), "prod-a keeps flowing", || emu.stats_for(Some(PROD_A)).confirmed == 55).await;
@@ -228,4 +250,165 @@ async fn sigkill_with_three_sources_loses_nothing_and_confirms_nothing_under_the
         rows_by_source(&daemon) == expected(300)
     })
     .await;
+}
+
+/// `sources = "all"` with a `/healthz` listener and a 1 s refresh; returns the daemon and
+/// its `/healthz` URL.
+async fn discovering(emu: &Emulator, extra: &str) -> (TestDaemon, String) {
+    let port = free_port();
+    let extra = format!(
+        "{extra}[discovery]\nrefresh_interval = \"1s\"\n[pull]\nbackoff_max = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    let env = [("VOD_EVENTD_SOURCES", "all")];
+    let daemon = TestDaemon::start_full(&emu.endpoint(), &extra, "vod_eventd=debug", &env).await;
+    (daemon, format!("http://127.0.0.1:{port}/healthz"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_with_no_app_on_is_unhealthy_saying_so_until_an_app_turns_on() {
+    const APP: u64 = 1500000401;
+    let emu = emulator(EmulatorConfig { sub_app_ids: Some(vec![APP]), ..fast_emulator_config() }).await;
+    assert!(emu.set_app_status(APP, "Off"));
+    emu.enqueue_generated_to(Some(APP), 3);
+    let (mut daemon, healthz) = discovering(&emu, "").await;
+    let mut last = (0, String::new());
+    eventually(Duration::from_secs(30), "/healthz says no app is on", || {
+        last = futures_lite_get(&healthz);
+        last.0 == 503
+    })
+    .await;
+    assert_eq!(last.1, "unhealthy: no sources: DescribeSubAppIds listed no app with Status On\n");
+    assert!(daemon.running(), "no app on is no reason to exit");
+    assert_eq!(emu.stats_for(Some(APP)).delivered, 0, "an app that is off is not pulled");
+    assert!(emu.set_app_status(APP, "On"));
+    eventually(Duration::from_secs(30), "the app turned on is pulled", || emu.stats_for(Some(APP)).confirmed == 3)
+        .await;
+    eventually(Duration::from_secs(30), "/healthz healthy again", || futures_lite_get(&healthz).0 == 200).await;
+    assert!(daemon.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_refused_at_start_exits_78_naming_the_keys_and_a_failure_is_retried() {
+    const APP: u64 = 1500000501;
+    // Refused credentials: exit 78, naming the keys to fix; the secret never logged.
+    let emu = emulator(EmulatorConfig {
+        credentials: vec![Credential { secret_id: DEMO_SECRET_ID.into(), secret_key: "another-key".into() }],
+        sub_app_ids: Some(vec![APP]),
+        ..fast_emulator_config()
+    })
+    .await;
+    let (mut daemon, _) = discovering(&emu, "").await;
+    let status =
+        tokio::time::timeout(Duration::from_secs(20), daemon.child.as_mut().unwrap().wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(78), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(
+        log.contains("sources = \"all\"") && log.contains("DescribeSubAppIds refused the [vod] credentials"),
+        "{log}"
+    );
+    assert!(log.contains("vod.secret_id") && log.contains("vod.secret_key"), "{log}");
+    assert!(!log.contains(DEMO_SECRET_KEY), "the secret key must never be logged");
+
+    // A missing CAM permission: exit 78, naming the permission.
+    let emu = emulator(EmulatorConfig { sub_app_ids: Some(vec![APP]), ..fast_emulator_config() }).await;
+    emu.deny_action("DescribeSubAppIds", Some("UnauthorizedOperation"));
+    let (mut daemon, _) = discovering(&emu, "").await;
+    let status =
+        tokio::time::timeout(Duration::from_secs(20), daemon.child.as_mut().unwrap().wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(78), "{}", daemon.log());
+    assert!(daemon.log().contains("grant vod:DescribeSubAppIds"), "{}", daemon.log());
+
+    // Any other failure: retried with backoff, unhealthy meanwhile, pulled once it answers.
+    emu.deny_action("DescribeSubAppIds", None);
+    emu.set_faults(Faults {
+        rate: 1.0,
+        kinds: vec![FaultKind::Http500],
+        actions: vec!["DescribeSubAppIds".into()],
+        ..Faults::default()
+    });
+    emu.enqueue_generated_to(Some(APP), 3);
+    let (mut daemon, healthz) = discovering(&emu, "").await;
+    eventually(Duration::from_secs(30), "DescribeSubAppIds retried", || emu.stats().api.faults >= 3).await;
+    let (code, body) = futures_lite_get(&healthz);
+    assert!(code == 503 && body.contains("no sources yet: DescribeSubAppIds failed"), "{code} {body}");
+    assert!(daemon.running(), "a failure that may pass is retried, not an exit");
+    emu.set_faults(Faults::default());
+    eventually(Duration::from_secs(30), "the app is pulled once DescribeSubAppIds answers", || {
+        emu.stats_for(Some(APP)).confirmed == 3
+    })
+    .await;
+    eventually(Duration::from_secs(30), "/healthz healthy", || futures_lite_get(&healthz).0 == 200).await;
+    assert!(daemon.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_removes_and_changes_sources_confirming_the_removed_ones_handles_first() {
+    // Tencent rotates a key as a new SecretId with its own key.
+    const ROTATED_ID: &str = "AKIDrotatedKEYemulator000000000000000";
+    const ROTATED_KEY: &str = "rotated-emulator-key";
+    let emu = emulator(two_accounts()).await;
+    // Handles wait up to 20 s for their confirm: at the reload they are still in flight.
+    let common = "[confirm]\nmax_delay = \"20s\"\n";
+    let before = format!(
+        "{common}[[sources]]\nname = \"prod-a\"\nsub_app_id = {PROD_A}\n\
+         [[sources]]\nname = \"prod-b\"\nsub_app_id = {PROD_B}\n"
+    );
+    let mut daemon = TestDaemon::start(&emu.endpoint(), &before).await;
+    emu.enqueue_generated_to(Some(PROD_A), 10);
+    emu.enqueue_generated_to(Some(PROD_B), 10);
+    let rows = |a, b, other| {
+        let mut rows = HashMap::new();
+        for (name, app, n) in [("prod-a", PROD_A, a), ("prod-b", PROD_B, b), ("other", OTHER, other)] {
+            if n > 0 {
+                rows.insert((name.to_string(), Some(app as i64)), n);
+            }
+        }
+        rows
+    };
+    eventually(Duration::from_secs(30), "both sources' events stored", || rows_by_source(&daemon) == rows(10, 10, 0))
+        .await;
+    assert_eq!(emu.stats_for(Some(PROD_B)).confirmed, 0, "prod-b's handles are in flight at the reload");
+
+    // prod-b removed, other added, prod-a with a new key.
+    let after = format!(
+        "{common}[[sources]]\nname = \"prod-a\"\nsub_app_id = {PROD_A}\nsecret_id = \"{ROTATED_ID}\"\nsecret_key = \"{ROTATED_KEY}\"\n\
+         [[sources]]\nname = \"other\"\nsub_app_id = {OTHER}\nsecret_id = \"{OTHER_ID}\"\nsecret_key = \"{OTHER_KEY}\"\n"
+    );
+    // As in a real rotation, the new key works before the old one is revoked.
+    let rotated = Credential { secret_id: ROTATED_ID.into(), secret_key: ROTATED_KEY.into() };
+    let other = Credential { secret_id: OTHER_ID.into(), secret_key: OTHER_KEY.into() };
+    let old = Credential { secret_id: DEMO_SECRET_ID.into(), secret_key: DEMO_SECRET_KEY.into() };
+    emu.set_credentials(vec![old, rotated.clone(), other.clone()]);
+    daemon.rewrite_config(&emu.endpoint(), "", &after);
+    daemon.signal("HUP");
+    eventually(Duration::from_secs(30), "reloaded", || daemon.log().contains("Configuration reloaded.")).await;
+    let b = emu.stats_for(Some(PROD_B));
+    assert!(b.confirmed == 10 && b.outstanding == 0, "prod-b confirmed its handles before it went: {b:?}");
+    assert_eq!(emu.stats_for(Some(PROD_A)).confirmed, 10, "the changed prod-a confirmed its handles before restarting");
+    let log = daemon.log();
+    assert!(log.contains("Stopping a source") && log.contains("prod-b"), "{log}");
+
+    // The old key revoked: prod-a pulls with the new one, other is pulled, prod-b is not.
+    emu.set_credentials(vec![rotated, other]);
+    let b_pulled = emu.stats_for(Some(PROD_B)).delivered;
+    emu.enqueue_generated_to(Some(PROD_A), 5);
+    emu.enqueue_generated_to(Some(OTHER), 5);
+    emu.enqueue_generated_to(Some(PROD_B), 3);
+    eventually(Duration::from_secs(30), "prod-a (new key) and other stored", || {
+        rows_by_source(&daemon) == rows(15, 10, 5)
+    })
+    .await;
+    assert_eq!(emu.stats_for(Some(PROD_B)).delivered, b_pulled, "nothing pulled from the removed source");
+    assert!(daemon.terminate().await.success());
+    for (app, confirmed) in [(PROD_A, 15), (OTHER, 5)] {
+        let s = emu.stats_for(Some(app));
+        assert!(s.confirmed == confirmed && s.in_flight == 0, "app {app}: {s:?}");
+    }
+    assert_eq!(emu.stats().api.cross_app_confirms, 0);
+    assert_eq!(emu.stats().queue.confirms_refused, 0);
+    let log = daemon.log();
+    assert!(
+        !log.contains(ROTATED_KEY) && !log.contains(OTHER_KEY) && !log.contains(DEMO_SECRET_KEY),
+        "secrets never in logs"
+    );
 }
