@@ -788,7 +788,7 @@ impl Config {
             bad("log.level", format!("`{}` is not a valid filter: {e}", self.log.level));
         }
         if let Err(e) = Router::new(&self.routes) {
-            bad("routes", e);
+            bad(&e.key, e.message);
         }
         for (i, route) in self.routes.iter().enumerate() {
             for name in route.handlers.iter().filter(|h| !self.handlers.contains_key(*h)) {
@@ -871,7 +871,12 @@ impl Config {
         let mut limits = std::collections::HashMap::new();
         for (i, (entry, source)) in list.iter().zip(self.sources()).enumerate() {
             let key = format!("sources[{i}]");
-            if !valid_source_name(&entry.name) {
+            if entry.name == crate::alerts::ALERT_SOURCE {
+                bad(
+                    &format!("{key}.name"),
+                    format!("`{}` is reserved for the daemon's own alert events; choose another name", entry.name),
+                );
+            } else if !valid_source_name(&entry.name) {
                 bad(&format!("{key}.name"), format!("`{}` is not a valid name: use letters, digits, `.`, `_` and `-`, starting with a letter or digit, at most 64 characters (e.g. \"prod-eu\")", entry.name));
             }
             if let Some(first) = names.insert(entry.name.clone(), i) {
@@ -1127,7 +1132,8 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let c = parse(&format!("{}\n{uncommented}", &example[..start])).unwrap();
-        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes.len(), 4);
+        assert!(c.routes[2].when.is_some(), "the filter example compiles");
         assert_eq!(c.handlers.len(), 3);
         assert_eq!(c.dispatch.retry_schedule, crate::retry::default_schedule());
     }
@@ -1282,8 +1288,9 @@ mod tests {
         refused_with(
             "[[sources]]\nname = \"a\"\nsub_app_id = 1\n[[sources]]\nname = \"a\"\nsub_app_id = 2\n\
              [[sources]]\nname = \"b c\"\nsub_app_id = 1\n[[sources]]\nname = \"d\"\nsecret_id = \"AKID9\"\n\
-             [[sources]]\nname = \"e\"\nsub_app_id = 3\nregion = \"\"\n",
+             [[sources]]\nname = \"e\"\nsub_app_id = 3\nregion = \"\"\n[[sources]]\nname = \"vod-eventd\"\nsub_app_id = 4\n",
             &[
+                "`sources[5].name`: `vod-eventd` is reserved for the daemon's own alert events",
                 "`sources[1].name`: `a` is already the name of sources[0]",
                 "`sources[2].name`: `b c` is not a valid name",
                 "`sources[2].sub_app_id`: sources[0] already pulls sub_app_id 1 with the same secret_id",

@@ -6,7 +6,8 @@
 //! attempts. SIGHUP reloads routes, handlers, retry policy, log level, the store size cap
 //! and the `[[sources]]` list; an invalid new config is refused and the running one stays.
 //! At start and on each reload, the deliveries of handlers that are no longer configured
-//! are orphaned, and those of handlers that are back resume.
+//! are orphaned, and those of handlers that are back resume. The alert task stores the
+//! daemon's own happenings as `vod-eventd.*` events, routed like any other.
 //!
 //! Sources come and go through one path ([`Sources::reconcile`]): added ones start, removed
 //! (or, with `sources = "all"`, disabled) ones stop pulling and have their handles in
@@ -100,6 +101,15 @@ impl Daemon {
             tasks.push(("metrics", tokio::spawn(crate::http::serve(listener, endpoints, stop.clone()))));
         }
         tasks.push(("file index", tokio::spawn(index_older_files(store.clone(), stop.clone()))));
+        let alerts = crate::alerts::AlertLoop {
+            store: store.clone(),
+            metrics: self.metrics.clone(),
+            routing: routing.clone(),
+            wake: wake.clone(),
+            max_pull_age: config.health.max_pull_age,
+            pull_stale_after: config.alert.pull_stale_after,
+        };
+        tasks.push(("alerts", tokio::spawn(alerts.run(stop.clone()))));
         if let Some(retention) = config.store.retention {
             tasks.push((
                 "retention",

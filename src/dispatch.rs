@@ -425,6 +425,7 @@ fn settle(
                 }
                 None => {
                     stats.attempt(handler, "dead", duration.as_secs_f64());
+                    stats.dead_outcomes.inc();
                     let why = if failure.retryable { "retries exhausted" } else { "permanent failure" };
                     error!(error = %failure.message, webhook_id = %d.webhook_id, "Delivery is dead ({why}); see `vod-eventd deliveries list --state dead --handler {handler}`, then `deliveries retry --dead` once fixed.");
                     Next::Dead

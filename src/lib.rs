@@ -12,7 +12,8 @@
 //! - [`puller`]: PullEvent → store → hand handles to the confirmer (one per source).
 //! - [`discovery`]: `sources = "all"`: the account's enabled apps via DescribeSubAppIds.
 //! - [`confirmer`]: batched ConfirmEvent inside the 30 s window.
-//! - [`route`]: which handlers an event goes to, by type and source.
+//! - [`route`]: which handlers an event goes to, by type, source and filter.
+//! - [`filter`]: route filters, CEL expressions over an event.
 //! - [`dispatch`]: runs due deliveries from the store, with retries and a dead state.
 //! - [`handler`]: the webhook, shell and DRM-key handlers.
 //! - [`retry`]: the handler retry policy.
@@ -20,6 +21,7 @@
 //! - [`cli`]: the command line (daemon, history, config check, emulator, demo).
 //! - [`metrics`], [`health`], [`http`]: what the pipeline did, whether it is well, `/metrics`.
 //! - [`service`]: sd_notify, the status heartbeat and data-at-risk alarms.
+//! - [`alerts`]: the daemon's own happenings stored and routed as `vod-eventd.*` events.
 //! - [`outage`]: reporting and backing off while the store refuses writes.
 //! - [`backoff`], [`signal`], [`logging`], [`redact`]: small shared pieces.
 
@@ -27,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod account;
+pub mod alerts;
 pub mod api;
 pub mod backoff;
 pub mod cli;
@@ -37,6 +40,7 @@ pub mod discovery;
 pub mod dispatch;
 pub mod event;
 pub mod event_types;
+pub mod filter;
 pub mod handler;
 pub mod health;
 pub mod http;

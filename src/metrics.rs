@@ -41,6 +41,13 @@ pub struct HandlerLabel {
     pub handler: String,
 }
 
+/// `route` label: `routes[i]`, a route's place in the config.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// The route.
+    pub route: String,
+}
+
 /// `handler` and `outcome` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -78,6 +85,11 @@ pub struct Metrics {
     pub pull_to_confirm_seconds: Histogram,
     /// Store commits that failed.
     pub store_failures: Counter,
+    /// Attempt outcomes that made a delivery dead (not exported: it tells the alert task
+    /// when to look for dead deliveries).
+    pub dead_outcomes: Counter,
+    /// Events for which a route's `when` filter could not be evaluated, by route.
+    pub route_filter_errors: Family<RouteLabel, Counter>,
     /// Handler attempts by outcome.
     pub deliveries: Family<OutcomeLabel, Counter>,
     /// Handler attempt duration, by handler.
@@ -116,6 +128,8 @@ impl Default for Metrics {
             handles_expired: Family::default(),
             pull_to_confirm_seconds: latency_histogram(),
             store_failures: Counter::default(),
+            dead_outcomes: Counter::default(),
+            route_filter_errors: Family::default(),
             deliveries: Family::default(),
             handler_seconds: Family::new_with_constructor(latency_histogram),
             deliveries_pending: Family::default(),
@@ -159,6 +173,11 @@ impl Default for Metrics {
             m.pull_to_confirm_seconds.clone(),
         );
         registry.register("store_failures", "Store commits that failed", m.store_failures.clone());
+        registry.register(
+            "route_filter_errors",
+            "Events for which a route's `when` filter could not be evaluated (the route did not take them)",
+            m.route_filter_errors.clone(),
+        );
         registry.register("deliveries", "Handler attempts by handler and outcome", m.deliveries.clone());
         registry.register("handler_seconds", "Handler attempt duration", m.handler_seconds.clone());
         registry.register("deliveries_pending", "Pending deliveries per handler", m.deliveries_pending.clone());
@@ -212,6 +231,11 @@ impl Metrics {
         let label = SourceLabel { source: source.to_string() };
         self.pulls.get_or_create(&label).inc();
         self.last_pull_success.get_or_create(&label).set(crate::store::now_ms() / 1000);
+    }
+
+    /// Counts an event whose `route` filter could not be evaluated.
+    pub fn route_filter_error(&self, route: String) {
+        self.route_filter_errors.get_or_create(&RouteLabel { route }).inc();
     }
 
     /// Counts a handler attempt.

@@ -230,19 +230,17 @@ impl Puller {
         rng: &mut impl rand::Rng,
     ) -> bool {
         let routing = self.routing.borrow().clone();
-        let events: Vec<(ReceivedEvent, Vec<String>)> = items
+        let route: Arc<crate::store::RouteFn> = Arc::new(move |event| routing.router.route(event));
+        let events: Vec<ReceivedEvent> = items
             .iter()
             .map(|item| {
-                let event = ReceivedEvent::from_content(&item.content, self.client.api())
-                    .with_source(&self.source, self.sub_app_id);
-                let handlers = routing.router.handlers_for(&event.event_type, &event.source);
-                (event, handlers)
+                ReceivedEvent::from_content(&item.content, self.client.api()).with_source(&self.source, self.sub_app_id)
             })
             .collect();
         let mut attempt: u32 = 0;
-        let inserted = loop {
-            match self.store.insert_events(events.clone()).await {
-                Ok(inserted) => break inserted,
+        let stored = loop {
+            match self.store.insert_routed(events.clone(), route.clone()).await {
+                Ok(stored) => break stored,
                 Err(e) => {
                     self.stats.store_failures.inc();
                     self.stats.health.store_writable(StoreWriter::Pull, false);
@@ -256,13 +254,19 @@ impl Puller {
             }
         };
         self.stats.health.store_writable(StoreWriter::Pull, true);
-        for ((event, _), row) in events.iter().zip(&inserted) {
+        let mut routed_any = false;
+        for (event, (row, routed)) in events.iter().zip(stored.iter()) {
             self.stats.event(&event.event_type, row.new);
+            routed_any |= !routed.handlers.is_empty();
+            for route in &routed.filter_errors {
+                self.stats.route_filter_error(route.clone());
+            }
         }
-        if inserted.iter().zip(&events).any(|(row, (_, handlers))| row.new && !handlers.is_empty()) {
+        if routed_any {
             self.dispatch_wake.notify_one();
         }
-        for ((item, (event, _)), row) in items.into_iter().zip(&events).zip(&inserted) {
+        let inserted: Vec<_> = stored.into_iter().map(|(row, _)| row).collect();
+        for ((item, event), row) in items.into_iter().zip(&events).zip(&inserted) {
             debug!(id = row.id, new = row.new, event_type = %event.event_type, "Event stored.");
             match item.handle {
                 // The confirmer outlives this loop, so a send only fails if it died; the

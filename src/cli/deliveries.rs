@@ -14,7 +14,9 @@ use crate::store::{AttemptRow, DeliveryFilter, DeliveryRow};
 pub enum DeliveriesCommand {
     /// List deliveries, most recently changed first.
     List(ListArgs),
-    /// Make dead deliveries pending again (due now).
+    /// Make dead deliveries pending again (due now); or, with --state, --since and --until,
+    /// the dead or done deliveries that settled in a time range, in batches (an interrupted
+    /// run resumes when run again with the same arguments).
     Retry(RetryArgs),
 }
 
@@ -38,12 +40,28 @@ pub struct ListArgs {
 /// `deliveries retry` options.
 #[derive(Debug, Args)]
 pub struct RetryArgs {
-    /// Retry dead deliveries (required: says what is being retried).
-    #[arg(long, required = true)]
+    /// Retry every dead delivery (or a range with --state, --since and --until).
+    #[arg(long, required_unless_present = "state", conflicts_with = "state")]
     pub dead: bool,
+    /// Retry the deliveries in this state (dead or done) that settled in the range.
+    #[arg(long, value_parser = ["dead", "done"], requires_all = ["since", "until"])]
+    pub state: Option<String>,
+    /// Deliveries that settled at or after this time: `2h` (ago), `now` or RFC 3339.
+    #[arg(long, value_name = "WHEN", requires = "state")]
+    pub since: Option<String>,
+    /// Deliveries that settled before this time: `now`, `30m` (ago) or RFC 3339.
+    #[arg(long, value_name = "WHEN", requires = "state")]
+    pub until: Option<String>,
     /// Only this handler's.
     #[arg(long, value_name = "NAME")]
     pub handler: Option<String>,
+    /// Count what would be retried, and change nothing.
+    #[arg(long, requires = "state")]
+    pub dry_run: bool,
+    /// Start over a range retry that ran (or was interrupted) with the same arguments,
+    /// instead of resuming it.
+    #[arg(long, requires = "state")]
+    pub restart: bool,
 }
 
 impl DeliveriesCommand {
@@ -65,6 +83,23 @@ impl DeliveriesCommand {
                 } else {
                     write_table(&mut out, &rows)?;
                 }
+            }
+            DeliveriesCommand::Retry(RetryArgs {
+                state: Some(state), since, until, handler, dry_run, restart, ..
+            }) => {
+                let (since, until) = (since.unwrap_or_default(), until.unwrap_or_default());
+                let key = serde_json::json!({"state": state, "since": since, "until": until, "handler": handler});
+                super::ranges::RangeRun {
+                    noun: format!("{state} deliveries"),
+                    range: crate::store::Range::Retry { state, handler },
+                    args: key.to_string(),
+                    since: &since,
+                    until: &until,
+                    dry_run,
+                    restart,
+                    verb: "retry".into(),
+                }
+                .run(&store, &mut out)?;
             }
             DeliveriesCommand::Retry(args) => {
                 let n = store.retry_dead(args.handler.as_deref())?;

@@ -2,7 +2,7 @@
 //! lets this run beside the daemon). Human tables by default, one JSON object per line
 //! with `--json`.
 
-use std::io::Write as _;
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -23,7 +23,9 @@ pub enum EventsCommand {
     /// done; `--dead` also lets dead deliveries go. Pending deliveries always keep an event.
     Purge(PurgeArgs),
     /// Deliver a stored event again (with the same webhook-id) to one handler or to every
-    /// handler it went to before. The running daemon picks it up within a second.
+    /// handler it went to before; or, with --since and --until, every event received in a
+    /// time range to one handler, in batches (an interrupted run resumes when run again with
+    /// the same arguments). The running daemon picks them up within a second.
     Replay(ReplayArgs),
 }
 
@@ -41,11 +43,35 @@ pub struct PurgeArgs {
 /// `events replay` options.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// The event id.
-    pub id: i64,
-    /// Only this handler (default: every handler the event was delivered to).
+    /// The event id (or a range with --since and --until).
+    #[arg(required_unless_present = "since", conflicts_with = "since")]
+    pub id: Option<i64>,
+    /// Only this handler (default: every handler the event was delivered to; required
+    /// with a range).
     #[arg(long, value_name = "NAME")]
     pub handler: Option<String>,
+    /// Events received at or after this time: `2h` (ago), `now` or RFC 3339.
+    #[arg(long, value_name = "WHEN", requires_all = ["until", "handler"])]
+    pub since: Option<String>,
+    /// Events received before this time: `now`, `30m` (ago) or RFC 3339.
+    #[arg(long, value_name = "WHEN", requires = "since")]
+    pub until: Option<String>,
+    /// Only this event type.
+    #[arg(long = "type", value_name = "T", requires = "since")]
+    pub event_type: Option<String>,
+    /// Only events about this file id.
+    #[arg(long, value_name = "ID", requires = "since")]
+    pub file_id: Option<String>,
+    /// Only events pulled from this source.
+    #[arg(long, value_name = "NAME", requires = "since")]
+    pub source: Option<String>,
+    /// Count what would be replayed, and change nothing.
+    #[arg(long, requires = "since")]
+    pub dry_run: bool,
+    /// Start over a range replay that ran (or was interrupted) with the same arguments,
+    /// instead of resuming it; what it replayed before is replayed again.
+    #[arg(long, requires = "since")]
+    pub restart: bool,
 }
 
 /// `events list` options.
@@ -136,7 +162,6 @@ impl EventsCommand {
                 writeln!(out, "purged {n} events received before {}", rfc3339(before))?;
             }
             EventsCommand::Replay(args) => {
-                find(&store, args.id)?;
                 if let Some(h) = &args.handler {
                     let known: Vec<&str> = config.handlers.keys().map(String::as_str).collect();
                     anyhow::ensure!(
@@ -146,17 +171,45 @@ impl EventsCommand {
                         known.join(", ")
                     );
                 }
-                let handlers = store.replay(args.id, args.handler.as_deref())?;
+                let Some(id) = args.id else { return replay_range(&store, args, &mut out) };
+                find(&store, id)?;
+                let handlers = store.replay(id, args.handler.as_deref())?;
                 anyhow::ensure!(
                     !handlers.is_empty(),
-                    "event {} was never routed to a handler; name one with --handler",
-                    args.id
+                    "event {id} was never routed to a handler; name one with --handler"
                 );
-                writeln!(out, "event {} scheduled for delivery to: {}", args.id, handlers.join(", "))?;
+                writeln!(out, "event {id} scheduled for delivery to: {}", handlers.join(", "))?;
             }
         }
         Ok(())
     }
+}
+
+/// `events replay --since --until --handler`.
+fn replay_range(store: &Store, args: ReplayArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let (since, until) = (args.since.unwrap_or_default(), args.until.unwrap_or_default());
+    let handler = args.handler.unwrap_or_default();
+    let key = serde_json::json!({
+        "since": since, "until": until, "type": args.event_type, "file_id": args.file_id,
+        "source": args.source, "handler": handler,
+    });
+    let range = crate::store::Range::Replay {
+        event_type: args.event_type,
+        file_id: args.file_id,
+        source: args.source,
+        handler: handler.clone(),
+    };
+    super::ranges::RangeRun {
+        range,
+        args: key.to_string(),
+        since: &since,
+        until: &until,
+        dry_run: args.dry_run,
+        restart: args.restart,
+        verb: format!("replay to {handler}"),
+        noun: "events".into(),
+    }
+    .run(store, out)
 }
 
 fn find(store: &Store, id: i64) -> anyhow::Result<EventRow> {
@@ -165,12 +218,20 @@ fn find(store: &Store, id: i64) -> anyhow::Result<EventRow> {
 
 /// `2h` (ago) or an RFC 3339 time, as Unix ms.
 fn parse_since(text: &str) -> anyhow::Result<i64> {
+    parse_time("--since", text)
+}
+
+/// `now`, `2h` (ago) or an RFC 3339 time, as Unix ms; `flag` names the option in errors.
+pub(super) fn parse_time(flag: &str, text: &str) -> anyhow::Result<i64> {
+    if text == "now" {
+        return Ok(crate::store::now_ms());
+    }
     if let Ok(ago) = humantime::parse_duration(text) {
         return Ok(crate::store::now_ms() - ago.as_millis() as i64);
     }
     chrono::DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_millis()).map_err(|_| {
         anyhow::anyhow!(
-            "--since `{text}` is neither a duration like 2h or 30m nor an RFC 3339 time like 2026-11-24T08:00:00Z"
+            "{flag} `{text}` is neither `now`, a duration like 2h or 30m (ago) nor an RFC 3339 time like 2026-11-24T08:00:00Z"
         )
     })
 }

@@ -1,4 +1,4 @@
-//! The command line: `run` (the daemon), `events` (history), `status`, `store check`, `deliveries`, `keys`,
+//! The command line: `run` (the daemon), `events` (history), `status`, `store check`, `deliveries`, `handlers`, `keys`,
 //! `account`, `config check`, `emulator`, `demo`, `completions` and `man`. Each subcommand lives in its own file; this one parses and dispatches.
 
 mod account;
@@ -7,7 +7,9 @@ mod deliveries;
 mod demo;
 mod emulator;
 mod events;
+mod handlers;
 mod keys;
+mod ranges;
 mod sparkline;
 mod status;
 mod store_cmd;
@@ -66,6 +68,9 @@ pub enum Command {
     /// Inspect handler deliveries and revive dead ones.
     #[command(subcommand)]
     Deliveries(deliveries::DeliveriesCommand),
+    /// Handlers: state, backlog, last success and last error.
+    #[command(subcommand)]
+    Handlers(handlers::HandlersCommand),
     /// DRM data keys fetched by the `drm` handler.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -97,6 +102,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Store(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Deliveries(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
+        Command::Handlers(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Keys(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Emulator(args) => runtime().and_then(|rt| rt.block_on(args.run())),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(args.run())),

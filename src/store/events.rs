@@ -1,12 +1,15 @@
 //! The `events` table: idempotent batch insert (one transaction per pulled batch) and the
 //! queries the history CLI shares with the daemon.
 
+use std::sync::Arc;
+
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{Store, StoreError};
 use crate::config::ApiVersion;
 use crate::event::ReceivedEvent;
+use crate::route::Routed;
 
 /// What happened to one event of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +95,11 @@ fn row_to_event(row: &Row<'_>) -> rusqlite::Result<EventRow> {
     })
 }
 
+/// Routes a newly stored event: its handlers, and the routes whose filter could not be
+/// evaluated for it. Called once per new event, inside the transaction that stores it;
+/// never for a redelivery.
+pub type RouteFn = dyn Fn(&ReceivedEvent) -> Routed + Send + Sync;
+
 /// Inserts a batch in one transaction. A content already stored and not yet confirmed is a
 /// redelivery: it bumps `times_seen` of its row. A content whose latest row has had a handle
 /// confirmed is a new occurrence of it and gets a row of its own. A newly stored event gets
@@ -99,10 +107,23 @@ fn row_to_event(row: &Row<'_>) -> rusqlite::Result<EventRow> {
 /// transaction, so no event is ever stored without its routing.
 pub(crate) fn insert_batch(
     conn: &mut Connection,
-    events: &[(ReceivedEvent, Vec<String>)],
+    events: &[ReceivedEvent],
+    route: &mut dyn FnMut(usize, &ReceivedEvent) -> Routed,
     now_ms: i64,
-) -> Result<Vec<Inserted>, StoreError> {
+) -> Result<Vec<(Inserted, Routed)>, StoreError> {
     let tx = conn.transaction()?;
+    let out = insert_rows(&tx, events, route, now_ms)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// [`insert_batch`] inside the caller's transaction.
+pub(crate) fn insert_rows(
+    tx: &Connection,
+    events: &[ReceivedEvent],
+    route: &mut dyn FnMut(usize, &ReceivedEvent) -> Routed,
+    now_ms: i64,
+) -> Result<Vec<(Inserted, Routed)>, StoreError> {
     let mut out = Vec::with_capacity(events.len());
     {
         let mut latest = tx.prepare_cached(
@@ -115,13 +136,13 @@ pub(crate) fn insert_batch(
             "INSERT INTO events (dedupe_key, occurrence, event_type, version, file_id, task_id, content, received_at, last_seen_at, api, source, sub_app_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11)",
         )?;
-        for (e, handlers) in events {
+        for (i, e) in events.iter().enumerate() {
             let found: Option<(i64, i64, bool)> =
                 latest.query_row([&e.dedupe_key[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
             let occurrence = match found {
                 Some((id, _, false)) => {
                     fold.execute(params![id, now_ms])?;
-                    out.push(Inserted { id, new: false });
+                    out.push((Inserted { id, new: false }, Routed::default()));
                     continue;
                 }
                 Some((_, occurrence, true)) => occurrence + 1,
@@ -141,12 +162,12 @@ pub(crate) fn insert_batch(
                 e.sub_app_id.map(|id| id as i64)
             ])?;
             let id = tx.last_insert_rowid();
-            index_files(&tx, id, e)?;
-            super::deliveries::route_new_event(&tx, id, &e.dedupe_key, occurrence, handlers, now_ms)?;
-            out.push(Inserted { id, new: true });
+            index_files(tx, id, e)?;
+            let routed = route(i, e);
+            super::deliveries::route_new_event(tx, id, &e.dedupe_key, occurrence, &routed.handlers, now_ms)?;
+            out.push((Inserted { id, new: true }, routed));
         }
     }
-    tx.commit()?;
     Ok(out)
 }
 
@@ -197,7 +218,24 @@ impl Store {
     /// returns once the commit is on disk.
     pub async fn insert_events(&self, events: Vec<(ReceivedEvent, Vec<String>)>) -> Result<Vec<Inserted>, StoreError> {
         let now = super::now_ms();
-        self.run(move |conn| insert_batch(conn, &events, now)).await
+        self.run(move |conn| {
+            let (events, handlers): (Vec<ReceivedEvent>, Vec<Vec<String>>) = events.into_iter().unzip();
+            let mut route = |i: usize, _: &ReceivedEvent| Routed { handlers: handlers[i].clone(), ..Routed::default() };
+            Ok(insert_batch(conn, &events, &mut route, now)?.into_iter().map(|(row, _)| row).collect())
+        })
+        .await
+    }
+
+    /// Stores a pulled batch durably, routing each newly stored event with `route` in the
+    /// same transaction (a redelivery is not routed again); returns once the commit is on
+    /// disk, with each event's row and routing.
+    pub async fn insert_routed(
+        &self,
+        events: Vec<ReceivedEvent>,
+        route: Arc<RouteFn>,
+    ) -> Result<Vec<(Inserted, Routed)>, StoreError> {
+        let now = super::now_ms();
+        self.run(move |conn| insert_batch(conn, &events, &mut |_, e| route(e), now)).await
     }
 
     /// Records that a handle of each of these rows was confirmed (bookkeeping: losing it to a

@@ -6,10 +6,13 @@
 //! while the daemon runs.
 
 mod activity;
+mod alerts;
 mod deliveries;
 mod events;
+mod handlers;
 mod keys;
 mod maintenance;
+mod ranges;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,9 +20,11 @@ use std::time::Duration;
 
 pub use activity::{Hourly, HOURS};
 pub use deliveries::{webhook_id, AttemptRecord, AttemptRow, Claimed, DeliveryFilter, DeliveryRow, Next, Want};
-pub use events::{EventFilter, EventRow, Inserted};
+pub use events::{EventFilter, EventRow, Inserted, RouteFn};
+pub use handlers::{HandlerOverview, RECENT_ATTEMPTS};
 pub use keys::{KeyInfo, NewKey};
 pub use maintenance::{HandlerCounts, Orphans};
+pub use ranges::{Range, RangeJob, RANGE_BATCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 /// Schema migrations, applied in order; `user_version` records how many have run.
@@ -32,7 +37,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_orphaned.sql"),
     include_str!("migrations/0007_sources.sql"),
     include_str!("migrations/0008_failed_attempts.sql"),
-    include_str!("migrations/0009_outbox_indexes.sql"),
+    include_str!("migrations/0009_replay_alerts.sql"),
+    include_str!("migrations/0010_outbox_indexes.sql"),
 ];
 
 /// A store failure.

@@ -1,0 +1,213 @@
+//! Per-handler overview for `handlers list`: deliveries pending, in flight and dead, the
+//! last success and the last error. Every query is bounded whatever the history: counts
+//! read the partial index `deliveries_not_done`, the set of handlers is found by index
+//! seeks, and the last success and error come from the newest [`RECENT_ATTEMPTS`]
+//! attempts, else from one index seek per handler.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::{Store, StoreError};
+
+/// How many of the newest attempts are read for the last success and error.
+pub const RECENT_ATTEMPTS: i64 = 20_000;
+
+/// One handler's line in `handlers list`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HandlerOverview {
+    /// The handler name.
+    pub handler: String,
+    /// `active` (a paused state comes with pausing).
+    pub state: String,
+    /// Whether the config names it (deliveries may outlive a removed handler).
+    pub configured: bool,
+    /// Deliveries waiting for their (next) attempt.
+    pub pending: i64,
+    /// Deliveries being attempted now.
+    pub running: i64,
+    /// Deliveries given up on.
+    pub dead: i64,
+    /// When a delivery last succeeded, Unix ms.
+    pub last_success_at: Option<i64>,
+    /// When an attempt last failed, Unix ms.
+    pub last_error_at: Option<i64>,
+    /// That failure's error.
+    pub last_error: Option<String>,
+}
+
+/// Every handler that has deliveries, by index seeks on `deliveries_handler` (one per handler).
+const HANDLER_NAMES: &str = "WITH RECURSIVE h(name) AS (
+        SELECT min(handler) FROM deliveries
+        UNION ALL SELECT (SELECT min(handler) FROM deliveries WHERE handler > h.name) FROM h WHERE h.name IS NOT NULL)
+    SELECT name FROM h WHERE name IS NOT NULL";
+
+fn overview(conn: &Connection, configured: &[String]) -> Result<Vec<HandlerOverview>, StoreError> {
+    let mut rows: BTreeMap<String, HandlerOverview> = BTreeMap::new();
+    fn entry<'a>(rows: &'a mut BTreeMap<String, HandlerOverview>, name: &str) -> &'a mut HandlerOverview {
+        rows.entry(name.to_string()).or_insert_with(|| HandlerOverview {
+            handler: name.to_string(),
+            state: "active".into(),
+            ..Default::default()
+        })
+    }
+    for name in configured {
+        entry(&mut rows, name).configured = true;
+    }
+    let names: Vec<String> = conn.prepare(HANDLER_NAMES)?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    for name in &names {
+        entry(&mut rows, name);
+    }
+    let mut counts =
+        conn.prepare("SELECT handler, state, count(*) FROM deliveries WHERE state != 'done' GROUP BY handler, state")?;
+    let counted =
+        counts.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+    for row in counted {
+        let (name, state, n) = row?;
+        let line = entry(&mut rows, &name);
+        match state.as_str() {
+            "pending" => line.pending = n,
+            "running" => line.running = n,
+            _ => line.dead = n,
+        }
+    }
+    recent_outcomes(conn, &mut rows)?;
+    for line in rows.values_mut() {
+        older_outcomes(conn, line)?;
+    }
+    Ok(rows.into_values().collect())
+}
+
+/// The last success and failure of each handler among the newest attempts.
+fn recent_outcomes(conn: &Connection, rows: &mut BTreeMap<String, HandlerOverview>) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT d.handler, a.outcome, a.started_at + a.duration_ms, a.error
+         FROM (SELECT delivery_id, outcome, started_at, duration_ms, error FROM attempts ORDER BY id DESC LIMIT ?1) a
+         JOIN deliveries d ON d.id = a.delivery_id",
+    )?;
+    let found = stmt.query_map([RECENT_ATTEMPTS], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<String>>(3)?))
+    })?;
+    for row in found {
+        let (name, outcome, at, error) = row?;
+        let Some(line) = rows.get_mut(&name) else { continue };
+        if outcome == "done" {
+            line.last_success_at = Some(line.last_success_at.map_or(at, |t| t.max(at)));
+        } else if line.last_error_at.is_none_or(|t| at > t) {
+            line.last_error_at = Some(at);
+            line.last_error = error;
+        }
+    }
+    Ok(())
+}
+
+/// For a handler with no success or failure among the newest attempts: its newest done
+/// (dead) delivery, found by walking `deliveries_handler` back from its newest row.
+fn older_outcomes(conn: &Connection, line: &mut HandlerOverview) -> Result<(), StoreError> {
+    const LATEST: &str = "SELECT updated_at, last_error FROM deliveries
+         WHERE handler = ?1 AND state = ?2 ORDER BY id DESC LIMIT 1";
+    if line.last_success_at.is_none() {
+        line.last_success_at =
+            conn.prepare_cached(LATEST)?.query_row(params![line.handler, "done"], |r| r.get(0)).optional()?;
+    }
+    if line.last_error_at.is_none() {
+        let dead: Option<(i64, Option<String>)> = conn
+            .prepare_cached(LATEST)?
+            .query_row(params![line.handler, "dead"], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((at, error)) = dead {
+            line.last_error_at = Some(at);
+            line.last_error = error;
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// One line per handler: those `configured`, and any other that has deliveries.
+    pub fn handler_overview(&self, configured: &[String]) -> Result<Vec<HandlerOverview>, StoreError> {
+        self.run_sync(|conn| overview(conn, configured))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::deliveries::tests::record;
+    use crate::store::{now_ms, AttemptRecord, Next};
+
+    #[tokio::test]
+    async fn counts_last_success_and_last_error_per_handler() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(1)).unwrap();
+        let event = |n: u32| {
+            crate::event::ReceivedEvent::from_content(
+                &format!(r#"{{"eventType":"X","n":{n}}}"#),
+                crate::config::ApiVersion::V2,
+            )
+        };
+        let both = vec!["ok".to_string(), "bad".to_string()];
+        store.insert_events((0..3).map(|n| (event(n), both.clone())).collect()).await.unwrap();
+        store.insert_events(vec![(event(9), vec!["gone".into()])]).await.unwrap();
+        let now = now_ms();
+        let ok = store.claim_due("ok".into(), 2, now, Duration::from_secs(60)).await.unwrap();
+        store.finish_attempt(record(ok[0].delivery_id, 1, Next::Done)).await.unwrap();
+        let bad = store.claim_due("bad".into(), 1, now, Duration::from_secs(60)).await.unwrap();
+        let failure = AttemptRecord { error: Some("HTTP 500".into()), ..record(bad[0].delivery_id, 1, Next::Dead) };
+        store.finish_attempt(failure).await.unwrap();
+
+        let lines = store.handler_overview(&["ok".into(), "bad".into(), "idle".into()]).unwrap();
+        let names: Vec<&str> = lines.iter().map(|l| l.handler.as_str()).collect();
+        assert_eq!(names, ["bad", "gone", "idle", "ok"]);
+        let line = |name: &str| lines.iter().find(|l| l.handler == name).unwrap().clone();
+        let ok = line("ok");
+        assert_eq!((ok.pending, ok.running, ok.dead, ok.configured), (1, 1, 0, true));
+        assert!(ok.last_success_at.is_some() && ok.last_error.is_none());
+        let bad = line("bad");
+        assert_eq!((bad.pending, bad.dead), (2, 1));
+        assert_eq!(bad.last_error.as_deref(), Some("HTTP 500"));
+        assert!(bad.last_success_at.is_none());
+        assert_eq!((line("gone").configured, line("gone").pending), (false, 1));
+        assert_eq!(
+            line("idle"),
+            HandlerOverview { handler: "idle".into(), state: "active".into(), configured: true, ..Default::default() }
+        );
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// `cargo test --release --lib store::handlers::bench -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement: builds a store of a million deliveries"]
+    fn overview_of_a_million_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(1)).unwrap();
+        store
+            .run_sync(|c| {
+                c.execute_batch(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 250000)
+                     INSERT INTO events (dedupe_key, event_type, content, received_at, last_seen_at)
+                       SELECT randomblob(32), 'X', '{}', i, i FROM n;
+                     INSERT INTO deliveries (event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
+                       SELECT e.id, 'h' || h.k, 'msg', CASE WHEN e.id % 100 = 0 THEN 'dead' WHEN e.id % 50 = 1 THEN 'pending' ELSE 'done' END,
+                              e.id, e.id, e.id
+                       FROM events e, (SELECT 1 AS k UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4) h;
+                     INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome)
+                       SELECT id, 1, updated_at, 1, CASE state WHEN 'dead' THEN 'dead' ELSE 'done' END FROM deliveries WHERE id > 900000;",
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let start = Instant::now();
+        let lines = store.handler_overview(&["h1".into()]).unwrap();
+        println!("{} handlers in {:?}: {lines:?}", lines.len(), start.elapsed());
+    }
+}
