@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use activity::{Hourly, HOURS};
-pub use deliveries::{webhook_id, AttemptRecord, AttemptRow, Claimed, DeliveryFilter, DeliveryRow, Next, Want};
+pub use deliveries::{
+    webhook_id, AlertWith, AttemptRecord, AttemptRow, BreakerStep, Claimed, DeliveryFilter, DeliveryRow, Next, Want,
+};
 pub use events::{EventFilter, EventRow, Inserted, RouteFn};
 pub use handlers::{HandlerOverview, Paused, RECENT_ATTEMPTS};
 pub use keys::{KeyInfo, NewKey};
