@@ -257,6 +257,9 @@ mod tests {
             headers: BTreeMap::new(),
             header_files: BTreeMap::new(),
             concurrency: 1,
+            pause_after: 0,
+            probe_interval: std::time::Duration::from_secs(30),
+            rate: None,
         };
         assert!(config("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").validate().is_empty());
         let issues = config("whsec_not base64!").validate();
