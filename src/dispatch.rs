@@ -158,9 +158,9 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(rate: Rate, batch_window: Duration) -> Bucket {
+    fn new(rate: Rate, batch_window: Duration, now: Instant) -> Bucket {
         let burst = (batch_window.as_nanos() / rate.interval().as_nanos().max(1)).max(1) as u32;
-        Bucket { rate, burst, tat: Instant::now() }
+        Bucket { rate, burst, tat: now }
     }
 
     /// How many attempts may start now.
@@ -430,7 +430,7 @@ impl Dispatcher {
                     Some(rate) => control
                         .buckets
                         .entry(name.clone())
-                        .or_insert_with(|| Bucket::new(rate, routing.batch_window))
+                        .or_insert_with(|| Bucket::new(rate, routing.batch_window, clock))
                         .available(clock),
                     None => free,
                 };
@@ -632,6 +632,43 @@ mod tests {
     use figment::providers::{Format as _, Toml};
 
     use super::*;
+
+    #[test]
+    fn the_bucket_spaces_attempts_at_the_rate() {
+        let rate = Rate { count: 20, per: Duration::from_secs(1) };
+        let start = Instant::now();
+        let mut bucket = Bucket::new(rate, Duration::from_millis(20), start);
+        assert_eq!(bucket.available(start), 1);
+        bucket.take(1, start);
+        assert_eq!(bucket.available(start), 0);
+        assert_eq!(bucket.next_at(start), start + Duration::from_millis(50));
+        assert_eq!(bucket.available(start + Duration::from_millis(50)), 1);
+        // A higher rate bursts one batch window's worth.
+        let fast = Bucket::new(Rate { count: 1000, per: Duration::from_secs(1) }, Duration::from_millis(20), start);
+        assert_eq!(fast.available(start), 20);
+    }
+
+    #[test]
+    fn the_breaker_trips_at_pause_after_and_a_success_resets_it() {
+        let mut b = Breakers::default();
+        for _ in 0..4 {
+            b.outcome("h", false, 5);
+        }
+        b.outcome("h", true, 5);
+        for _ in 0..4 {
+            b.outcome("h", false, 5);
+        }
+        assert!(b.next.is_empty(), "4 in a row after a success");
+        b.outcome("h", false, 5);
+        assert_eq!(b.next.get("h"), Some(&false), "trips at 5");
+        b.stepped([("h".to_string(), "breaker".to_string())].into());
+        b.outcome("h", false, 5);
+        assert!(b.next.is_empty(), "a failed probe keeps it paused");
+        b.outcome("h", true, 5);
+        assert_eq!(b.next.get("h"), Some(&true), "a success resumes");
+        b.outcome("other", false, 0);
+        assert!(!b.next.contains_key("other"), "pause_after 0 is off");
+    }
 
     async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -285,6 +285,54 @@ mod tests {
 }
 
 #[cfg(test)]
+mod pause_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::{now_ms, Want};
+
+    /// A pause committed before a claim is honoured by it; resuming shifts the age of the
+    /// handler's waiting deliveries by the time paused, and leaves other handlers alone.
+    #[tokio::test]
+    async fn a_paused_handler_claims_nothing_and_does_not_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(1)).unwrap();
+        let event = crate::event::ReceivedEvent::from_content(r#"{"eventType":"X"}"#, crate::config::ApiVersion::V2);
+        store.insert_events(vec![(event, vec!["a".into(), "b".into()])]).await.unwrap();
+        let created = |h: &str| -> i64 {
+            store
+                .run_sync(
+                    |c| Ok(c.query_row("SELECT created_at FROM deliveries WHERE handler = ?", [h], |r| r.get(0))?),
+                )
+                .unwrap()
+        };
+        store.run_sync(|c| Ok(c.execute("UPDATE deliveries SET created_at = created_at - 10000", [])?)).unwrap();
+        let (a0, b0) = (created("a"), created("b"));
+        assert!(store.pause_handler("a", Some("why")).unwrap());
+        assert!(!store.pause_handler("a", None).unwrap(), "paused already");
+        let lease = Duration::from_secs(60);
+        let claimed = store
+            .settle_and_claim(
+                Vec::new().into(),
+                vec![Want::new("a".into(), 5, lease), Want::new("b".into(), 0, lease)],
+                now_ms(),
+            )
+            .await
+            .unwrap();
+        assert!(claimed.deliveries.is_empty());
+        assert_eq!(claimed.paused.get(&0).map(String::as_str), Some("operator"));
+        assert_eq!(claimed.next_due, None, "a paused handler's due deliveries wake nobody");
+        store.run_sync(|c| Ok(c.execute("UPDATE handler_state SET paused_at = paused_at - 5000", [])?)).unwrap();
+        let paused_for = store.resume_handler("a").unwrap().unwrap();
+        assert!(paused_for >= 5000, "{paused_for}");
+        assert!(created("a") >= a0 + 5000 && created("a") <= a0 + 6000, "{} vs {a0}", created("a"));
+        assert_eq!(created("b"), b0);
+        assert_eq!(store.resume_handler("a").unwrap(), None);
+        assert_eq!(store.claim_due("a".into(), 5, now_ms(), lease).await.unwrap().len(), 1);
+    }
+}
+
+#[cfg(test)]
 mod bench {
     use std::time::{Duration, Instant};
 
