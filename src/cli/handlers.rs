@@ -68,10 +68,11 @@ impl HandlersCommand {
             }
             HandlersCommand::Pause(args) => {
                 known(config, &args.name)?;
-                if store.pause_handler(&args.name, args.reason.as_deref())? {
-                    writeln!(out, "Paused handler {}: its deliveries wait, and running daemons start none within a second. Resume with `vod-eventd handlers resume {}`.", args.name, args.name)?;
-                } else {
-                    writeln!(out, "Handler {} was paused already; it stays paused.", args.name)?;
+                let name = &args.name;
+                match store.pause_handler(name, args.reason.as_deref())?.as_deref() {
+                    None => writeln!(out, "Paused handler {name}: its deliveries wait, and running daemons start none within a second. Resume with `vod-eventd handlers resume {name}`.")?,
+                    Some("breaker") => writeln!(out, "Handler {name} was paused by its breaker; it is now paused by hand, without probes, until `vod-eventd handlers resume {name}`.")?,
+                    Some(_) => writeln!(out, "Handler {name} was paused already; it stays paused (reason updated).")?,
                 }
             }
             HandlersCommand::Resume(args) => {

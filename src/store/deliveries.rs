@@ -97,7 +97,7 @@ fn breaker(tx: &Connection, want: &Want, now: i64) -> Result<bool, StoreError> {
         None => return Ok(false),
         Some(BreakerStep::Trip { reason, alert }) => {
             let probe_at = now.saturating_add(want.probe_interval.as_millis() as i64);
-            (alert, super::handlers::pause(tx, &want.handler, Some(reason), "breaker", now, Some(probe_at))?)
+            (alert, super::handlers::pause(tx, &want.handler, Some(reason), "breaker", now, Some(probe_at))?.is_none())
         }
         Some(BreakerStep::Recovered { alert }) => {
             (alert, super::handlers::resume(tx, &want.handler, Some("breaker"), now)?.is_some())

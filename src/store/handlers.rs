@@ -168,7 +168,7 @@ pub(crate) fn paused(conn: &Connection, handler: &str) -> Result<Option<Paused>,
 }
 
 /// Pauses `handler` unless it is paused already (an operator's pause replaces the breaker's,
-/// keeping its start). Returns true if it was not paused before.
+/// or an earlier operator's reason, keeping its start). Returns who paused it before, if anyone.
 pub(crate) fn pause(
     conn: &Connection,
     handler: &str,
@@ -176,7 +176,7 @@ pub(crate) fn pause(
     by: &str,
     now: i64,
     probe_at: Option<i64>,
-) -> Result<bool, StoreError> {
+) -> Result<Option<String>, StoreError> {
     let before = paused(conn, handler)?;
     conn.prepare_cached(
         "INSERT INTO handler_state (handler, paused_at, reason, paused_by, probe_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -185,7 +185,7 @@ pub(crate) fn pause(
          WHERE excluded.paused_by = 'operator'",
     )?
     .execute(params![handler, now, reason, by, probe_at])?;
-    Ok(before.is_none())
+    Ok(before.map(|p| p.paused_by))
 }
 
 /// Resumes `handler` if it is paused (by `only_by`, if given): deletes its pause and moves
@@ -211,8 +211,8 @@ pub(crate) fn resume(
 }
 
 impl Store {
-    /// Pauses `handler` by hand (see [`pause`]); true if it was not paused before.
-    pub fn pause_handler(&self, handler: &str, reason: Option<&str>) -> Result<bool, StoreError> {
+    /// Pauses `handler` by hand (see [`pause`]); who paused it before, if anyone.
+    pub fn pause_handler(&self, handler: &str, reason: Option<&str>) -> Result<Option<String>, StoreError> {
         self.run_sync(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let new = pause(&tx, handler, reason, "operator", super::now_ms(), None)?;
@@ -308,8 +308,8 @@ mod pause_tests {
         };
         store.run_sync(|c| Ok(c.execute("UPDATE deliveries SET created_at = created_at - 10000", [])?)).unwrap();
         let (a0, b0) = (created("a"), created("b"));
-        assert!(store.pause_handler("a", Some("why")).unwrap());
-        assert!(!store.pause_handler("a", None).unwrap(), "paused already");
+        assert_eq!(store.pause_handler("a", Some("why")).unwrap(), None);
+        assert_eq!(store.pause_handler("a", None).unwrap().as_deref(), Some("operator"), "paused already");
         let lease = Duration::from_secs(60);
         let claimed = store
             .settle_and_claim(
