@@ -58,6 +58,10 @@ pub enum AlertKind {
     CredentialsRefused,
     /// The store refuses writes.
     StoreRefusingWrites,
+    /// A handler's breaker paused it.
+    HandlerPaused,
+    /// A handler's breaker resumed it after a successful probe.
+    HandlerResumed,
 }
 
 impl AlertKind {
@@ -68,13 +72,15 @@ impl AlertKind {
             AlertKind::PullsStale => "vod-eventd.pulls.stale",
             AlertKind::CredentialsRefused => "vod-eventd.credentials.refused",
             AlertKind::StoreRefusingWrites => "vod-eventd.store.refusing_writes",
+            AlertKind::HandlerPaused => "vod-eventd.handler.paused",
+            AlertKind::HandlerResumed => "vod-eventd.handler.resumed",
         }
     }
 
     /// The body member naming the subject.
     fn subject_key(self) -> &'static str {
         match self {
-            AlertKind::DeliveryDead => "handler",
+            AlertKind::DeliveryDead | AlertKind::HandlerPaused | AlertKind::HandlerResumed => "handler",
             AlertKind::PullsStale | AlertKind::CredentialsRefused => "source",
             AlertKind::StoreRefusingWrites => "store",
         }

@@ -1139,6 +1139,23 @@ mod tests {
     }
 
     #[test]
+    fn a_handler_rate_must_look_like_a_rate() {
+        let handler = |extra: &str| {
+            format!("{MINIMAL}[[routes]]\nevents = [\"*\"]\nhandlers = [\"h\"]\n[handlers.h]\ntype = \"shell\"\ncommand = [\"true\"]\n{extra}\n")
+        };
+        for bad in ["50", "50/h", "0/s", "x/s"] {
+            let err = parse(&handler(&format!("rate = \"{bad}\""))).unwrap_err();
+            assert!(err.to_string().contains("`handlers.h.rate`: must look like 50/s or 300/m"), "{bad}: {err}");
+        }
+        let config = parse(&handler("rate = \"300/m\"\npause_after = 20\nprobe_interval = \"1s\"")).unwrap();
+        let h = &config.handlers["h"];
+        assert_eq!(h.rate(), Some(crate::handler::Rate { count: 300, per: Duration::from_secs(60) }));
+        assert_eq!(h.breaker(), (20, Duration::from_secs(1)));
+        let err = parse(&handler("probe_interval = \"0s\"")).unwrap_err();
+        assert!(err.to_string().contains("`handlers.h.probe_interval`: must be at least 10ms"), "{err}");
+    }
+
+    #[test]
     fn routes_must_name_defined_handlers() {
         let err = parse(&format!("{MINIMAL}[[routes]]\nevents = [\"*\"]\nhandlers = [\"nope\"]\n")).unwrap_err();
         assert!(err.to_string().contains("`routes[0].handlers`: `nope` is not defined"), "{err}");

@@ -18,6 +18,16 @@
 //! and keeps the outcomes it holds until they can be written; its bounded queue then
 //! fills and holds the handlers' permits, so no new attempt starts meanwhile.
 //!
+//! Operator controls per handler. A paused handler (`handlers pause`, or its breaker) is
+//! left out of the claim inside the step's transaction, so a pause committed before a step
+//! is honoured by it; the CLI's commit changes `data_version`, so the next idle poll steps.
+//! The breaker counts failed attempts in a row per handler from the outcomes it receives
+//! (a success resets it); at `pause_after` the step pauses the handler and raises
+//! `vod-eventd.handler.paused`; the store then hands out one probe every `probe_interval`,
+//! and a success resumes it. A `rate` is a GCRA limiter per handler in this loop: a want
+//! asks for no more than the limiter allows now, so claimed rows never wait leased while
+//! throttled, and the loop steps again when the next attempt may start.
+//!
 //! On shutdown it stops claiming, gives in-flight attempts `drain_timeout`, then stops
 //! them; whatever was still running is put back to pending (and retried later).
 
@@ -31,15 +41,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::alerts::{Alert, AlertKind};
 use crate::api::Clients;
 use crate::config::Config;
-use crate::handler::{AnyHandler, Delivery};
+use crate::handler::{AnyHandler, Delivery, Rate};
 use crate::health::StoreWriter;
 use crate::metrics::Metrics;
 use crate::outage::Outage;
 use crate::retry::RetryPolicy;
 use crate::route::Router;
-use crate::store::{now_ms, AttemptRecord, Next, Store, StoreError, Want};
+use crate::store::{now_ms, AttemptRecord, BreakerStep, Next, RouteFn, Store, StoreError, Want};
 
 /// A lease outlasts the handler's attempt timeout by this much, so only an attempt whose
 /// outcome was lost (not a slow one) is ever swept back to pending.
@@ -59,6 +70,12 @@ pub struct Lane {
     pub concurrency: usize,
     /// How long a claimed delivery stays leased.
     pub lease: Duration,
+    /// Failed attempts in a row that pause it (0: never).
+    pub pause_after: u32,
+    /// While paused by its breaker, one probe this often.
+    pub probe_interval: Duration,
+    /// Attempts started at most, per period.
+    pub rate: Option<Rate>,
 }
 
 /// The part of the configuration a SIGHUP can change: routes, handlers, retry policy.
@@ -97,7 +114,9 @@ impl Routing {
                     .filter(|lane| lane.concurrency == concurrency)
                     .map(|lane| lane.permits.clone())
                     .unwrap_or_else(|| Arc::new(Semaphore::new(concurrency)));
-                (name, Lane { handler, permits, concurrency, lease })
+                let (pause_after, probe_interval) = config.handlers[&name].breaker();
+                let rate = config.handlers[&name].rate();
+                (name, Lane { handler, permits, concurrency, lease, pause_after, probe_interval, rate })
             })
             .collect();
         Ok(Routing {
@@ -120,6 +139,119 @@ pub struct Dispatcher {
     pub wake: Arc<Notify>,
     /// Counters.
     pub stats: Arc<Metrics>,
+}
+
+/// A finished attempt, as the attempt task hands it to the loop.
+struct Finished {
+    handler: String,
+    ok: bool,
+    record: AttemptRecord,
+}
+
+/// A GCRA limiter for one handler's `rate`: attempts at least `rate.interval()` apart, in
+/// bursts of at most `burst` (one batch window's worth, at least 1).
+struct Bucket {
+    rate: Rate,
+    burst: u32,
+    /// When the next attempt would be due at the full rate.
+    tat: Instant,
+}
+
+impl Bucket {
+    fn new(rate: Rate, batch_window: Duration, now: Instant) -> Bucket {
+        let burst = (batch_window.as_nanos() / rate.interval().as_nanos().max(1)).max(1) as u32;
+        Bucket { rate, burst, tat: now }
+    }
+
+    /// How many attempts may start now.
+    fn available(&self, now: Instant) -> usize {
+        let interval = self.rate.interval();
+        let horizon = now + interval * self.burst;
+        let from = self.tat.max(now);
+        (horizon.saturating_duration_since(from).as_nanos() / interval.as_nanos().max(1)) as usize
+    }
+
+    fn take(&mut self, n: usize, now: Instant) {
+        self.tat = self.tat.max(now) + self.rate.interval() * n as u32;
+    }
+
+    /// When the next attempt may start.
+    fn next_at(&self, now: Instant) -> Instant {
+        let ready = self.tat.max(now) + self.rate.interval();
+        ready.checked_sub(self.rate.interval() * self.burst).unwrap_or(now).max(now)
+    }
+}
+
+/// The breaker's view in the loop: failures in a row, who paused which handler (as of the
+/// last step), and the changes for the next step.
+#[derive(Default)]
+struct Breakers {
+    failures: BTreeMap<String, u32>,
+    paused: BTreeMap<String, String>,
+    next: BTreeMap<String, bool>,
+}
+
+impl Breakers {
+    /// Counts an outcome; `pause_after` 0 is off.
+    fn outcome(&mut self, handler: &str, ok: bool, pause_after: u32) {
+        let breaker_paused = self.paused.get(handler).is_some_and(|by| by == "breaker");
+        if ok {
+            self.failures.remove(handler);
+            if breaker_paused {
+                self.next.insert(handler.to_string(), true);
+            } else {
+                self.next.remove(handler);
+            }
+            return;
+        }
+        let n = self.failures.entry(handler.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        if pause_after > 0 && *n >= pause_after && !self.paused.contains_key(handler) {
+            self.next.insert(handler.to_string(), false);
+        } else if breaker_paused {
+            // A failed probe keeps it paused, even after a success came in the same window.
+            self.next.remove(handler);
+        }
+    }
+
+    /// The step for `handler`: the change the next step writes, with its alert.
+    fn step(&self, handler: &str, lane: &Lane, route: &Arc<RouteFn>) -> Option<BreakerStep> {
+        let recovered = *self.next.get(handler)?;
+        let with = |alert: Alert| Some((alert, route.clone()));
+        Some(if recovered {
+            BreakerStep::Recovered {
+                alert: with(Alert::new(
+                    AlertKind::HandlerResumed,
+                    handler,
+                    format!("Handler {handler} is resumed: a probe delivery succeeded after its breaker paused it."),
+                )),
+            }
+        } else {
+            let n = self.failures.get(handler).copied().unwrap_or(0);
+            let reason = format!("{n} failed attempts in a row (pause_after = {})", lane.pause_after);
+            BreakerStep::Trip {
+                alert: with(Alert::new(AlertKind::HandlerPaused, handler, format!("Handler {handler} is paused by its breaker after {reason}; one delivery is tried every {:?} and the first success resumes it. Its deliveries wait and do not age meanwhile. See `vod-eventd handlers list`; resume by hand with `vod-eventd handlers resume {handler}`.", lane.probe_interval))),
+                reason,
+            }
+        })
+    }
+
+    /// The step wrote its changes and read the pauses.
+    fn stepped(&mut self, paused: BTreeMap<String, String>) {
+        for (handler, recovered) in std::mem::take(&mut self.next) {
+            if !recovered {
+                self.failures.remove(&handler);
+            }
+        }
+        self.paused = paused;
+    }
+}
+
+/// The loop's per-handler controls: rate limiters and breakers.
+#[derive(Default)]
+struct Control {
+    buckets: BTreeMap<String, Bucket>,
+    breakers: Breakers,
 }
 
 /// What one step found.
@@ -188,6 +320,7 @@ impl Dispatcher {
         let mut sweeps = Sweeps::default();
         // Handlers that may have due deliveries beyond what they could claim.
         let mut backlog = BTreeSet::new();
+        let mut control = Control::default();
         loop {
             let routing = self.routing.borrow_and_update().clone();
             if due_at.is_some_and(|due| Instant::now() >= due) {
@@ -205,17 +338,18 @@ impl Dispatcher {
             }
             if Instant::now() >= step_at {
                 last_step = Instant::now();
-                step_at = match self.step(&routing, &mut outcomes, &records, &mut tasks, &mut sweeps).await {
-                    Ok(stepped) => {
-                        outage.succeeded();
-                        backlog = stepped.filled;
-                        due_at = stepped.due_at;
-                        work = false;
-                        seen_version = Some(stepped.data_version);
-                        stepped.wake_at
-                    }
-                    Err(e) => Instant::now() + outage.failed(&e),
-                };
+                step_at =
+                    match self.step(&routing, &mut outcomes, &records, &mut tasks, &mut sweeps, &mut control).await {
+                        Ok(stepped) => {
+                            outage.succeeded();
+                            backlog = stepped.filled;
+                            due_at = stepped.due_at;
+                            work = false;
+                            seen_version = Some(stepped.data_version);
+                            stepped.wake_at
+                        }
+                        Err(e) => Instant::now() + outage.failed(&e),
+                    };
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -225,8 +359,10 @@ impl Dispatcher {
                 }
                 _ = self.routing.changed() => work = true,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => work = true,
-                Some(record) = finished.recv(), if outcomes.len() < RECORD_BATCH => {
-                    outcomes.push(record);
+                Some(done) = finished.recv(), if outcomes.len() < RECORD_BATCH => {
+                    let pause_after = routing.lanes.get(&done.handler).map_or(0, |lane| lane.pause_after);
+                    control.breakers.outcome(&done.handler, done.ok, pause_after);
+                    outcomes.push(done.record);
                     work = true;
                 }
                 _ = tokio::time::sleep_until(step_at.into()) => {}
@@ -249,8 +385,8 @@ impl Dispatcher {
         self.drain(tasks, drain_timeout).await;
         // Every attempt task has ended: write what they left.
         drop(records);
-        while let Some(record) = finished.recv().await {
-            outcomes.push(record);
+        while let Some(done) = finished.recv().await {
+            outcomes.push(done.record);
         }
         self.flush(outcomes).await;
         if let Err(e) = self.store.requeue_running().await {
@@ -263,11 +399,12 @@ impl Dispatcher {
     /// On error `outcomes` is kept.
     async fn step(
         &self,
-        routing: &Routing,
+        routing: &Arc<Routing>,
         outcomes: &mut Vec<AttemptRecord>,
-        records: &mpsc::Sender<AttemptRecord>,
+        records: &mpsc::Sender<Finished>,
         tasks: &mut JoinSet<()>,
         sweeps: &mut Sweeps,
+        control: &mut Control,
     ) -> Result<Stepped, StoreError> {
         if sweeps.due() {
             let swept = self.store.sweep_expired_leases(now_ms()).await?;
@@ -276,16 +413,39 @@ impl Dispatcher {
             }
             sweeps.swept();
         }
-        // Each handler with free permits asks for as many deliveries.
-        let lanes: Vec<(&String, &Lane, usize)> = routing
+        // Each handler asks for as many deliveries as it has free permits, and its rate
+        // allows; every handler asks, if only to learn whether it is paused.
+        let clock = Instant::now();
+        let route: Arc<RouteFn> = {
+            let routing = routing.clone();
+            Arc::new(move |event| routing.router.route(event))
+        };
+        control.buckets.retain(|name, bucket| routing.lanes.get(name).and_then(|l| l.rate) == Some(bucket.rate));
+        let lanes: Vec<(&String, &Lane, usize, usize)> = routing
             .lanes
             .iter()
-            .map(|(name, lane)| (name, lane, lane.permits.available_permits()))
-            .filter(|(_, _, free)| *free > 0)
+            .map(|(name, lane)| {
+                let free = lane.permits.available_permits();
+                let allowed = match lane.rate {
+                    Some(rate) => control
+                        .buckets
+                        .entry(name.clone())
+                        .or_insert_with(|| Bucket::new(rate, routing.batch_window, clock))
+                        .available(clock),
+                    None => free,
+                };
+                (name, lane, free, free.min(allowed))
+            })
             .collect();
         let wants = lanes
             .iter()
-            .map(|(name, lane, free)| Want { handler: name.to_string(), limit: *free, lease: lane.lease })
+            .map(|(name, lane, _, limit)| Want {
+                handler: name.to_string(),
+                limit: *limit,
+                lease: lane.lease,
+                probe_interval: lane.probe_interval,
+                breaker: control.breakers.step(name, lane, &route),
+            })
             .collect();
         let now = now_ms();
         let batch: Arc<[AttemptRecord]> = std::mem::take(outcomes).into();
@@ -300,9 +460,10 @@ impl Dispatcher {
         if let Some(lease) = claimed.deliveries.iter().map(|(i, _)| lanes[*i].1.lease).max() {
             sweeps.claimed(lease);
         }
+        control.breakers.stepped(claimed.paused.iter().map(|(i, by)| (lanes[*i].0.clone(), by.clone())).collect());
         for (i, delivery) in claimed.deliveries {
             counts[i] += 1;
-            let (name, lane, _) = lanes[i];
+            let (name, lane, _, _) = lanes[i];
             let permit = lane.permits.clone().try_acquire_owned().expect("claimed no more than the free permits");
             tasks.spawn(self.attempt(
                 name.clone(),
@@ -313,18 +474,34 @@ impl Dispatcher {
                 records.clone(),
             ));
         }
+        // A handler that claimed all its permits may have more due; one held back by its
+        // rate is stepped for when its limiter allows the next attempt.
+        let mut refill: Option<Instant> = None;
+        let mut filled = BTreeSet::new();
+        for ((name, _, free, limit), n) in lanes.iter().zip(counts) {
+            if let Some(bucket) = control.buckets.get_mut(*name) {
+                bucket.take(n, clock);
+                if n == *limit && limit < free {
+                    let next = bucket.next_at(Instant::now());
+                    refill = Some(refill.map_or(next, |r| r.min(next)));
+                    continue;
+                }
+            }
+            if n == *free && *free > 0 {
+                filled.insert(name.to_string());
+            }
+        }
         let poll = now + routing.poll_interval.as_millis() as i64;
         let wake_at = claimed.next_due.map_or(poll, |due| due.clamp(now, poll));
-        let filled: BTreeSet<String> = lanes
-            .iter()
-            .zip(counts)
-            .filter(|((_, _, free), n)| n == free)
-            .map(|((name, _, _), _)| name.to_string())
-            .collect();
         let at = |ms: i64| Instant::now() + Duration::from_millis(ms.saturating_sub(now).max(0) as u64);
+        let due_at = match (claimed.next_due.map(at), refill) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let due_at = if claimed.alerted { Some(Instant::now()) } else { due_at };
         Ok(Stepped {
-            wake_at: at(wake_at),
-            due_at: claimed.next_due.map(at),
+            wake_at: due_at.map_or(at(wake_at), |due| due.min(at(wake_at))),
+            due_at,
             filled,
             data_version: claimed.data_version,
         })
@@ -356,7 +533,7 @@ impl Dispatcher {
         policy: RetryPolicy,
         d: Delivery,
         permit: OwnedSemaphorePermit,
-        records: mpsc::Sender<AttemptRecord>,
+        records: mpsc::Sender<Finished>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let stats = self.stats.clone();
         let span = tracing::info_span!("delivery", id = d.delivery_id, event = d.event_id, handler = %name, attempt = d.attempt);
@@ -365,9 +542,10 @@ impl Dispatcher {
             let clock = Instant::now();
             let result = handler.handle(&d).await;
             let duration = clock.elapsed();
+            let ok = result.is_ok();
             let record = settle(&policy, &d, result, started_at, duration, &name, &stats);
             // The row stays `running` until its outcome is committed, so it cannot be claimed twice.
-            let _ = records.send(record).await;
+            let _ = records.send(Finished { handler: name, ok, record }).await;
             drop(permit);
         }
         .instrument(span)
@@ -454,6 +632,43 @@ mod tests {
     use figment::providers::{Format as _, Toml};
 
     use super::*;
+
+    #[test]
+    fn the_bucket_spaces_attempts_at_the_rate() {
+        let rate = Rate { count: 20, per: Duration::from_secs(1) };
+        let start = Instant::now();
+        let mut bucket = Bucket::new(rate, Duration::from_millis(20), start);
+        assert_eq!(bucket.available(start), 1);
+        bucket.take(1, start);
+        assert_eq!(bucket.available(start), 0);
+        assert_eq!(bucket.next_at(start), start + Duration::from_millis(50));
+        assert_eq!(bucket.available(start + Duration::from_millis(50)), 1);
+        // A higher rate bursts one batch window's worth.
+        let fast = Bucket::new(Rate { count: 1000, per: Duration::from_secs(1) }, Duration::from_millis(20), start);
+        assert_eq!(fast.available(start), 20);
+    }
+
+    #[test]
+    fn the_breaker_trips_at_pause_after_and_a_success_resets_it() {
+        let mut b = Breakers::default();
+        for _ in 0..4 {
+            b.outcome("h", false, 5);
+        }
+        b.outcome("h", true, 5);
+        for _ in 0..4 {
+            b.outcome("h", false, 5);
+        }
+        assert!(b.next.is_empty(), "4 in a row after a success");
+        b.outcome("h", false, 5);
+        assert_eq!(b.next.get("h"), Some(&false), "trips at 5");
+        b.stepped([("h".to_string(), "breaker".to_string())].into());
+        b.outcome("h", false, 5);
+        assert!(b.next.is_empty(), "a failed probe keeps it paused");
+        b.outcome("h", true, 5);
+        assert_eq!(b.next.get("h"), Some(&true), "a success resumes");
+        b.outcome("other", false, 0);
+        assert!(!b.next.contains_key("other"), "pause_after 0 is off");
+    }
 
     async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);

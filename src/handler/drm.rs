@@ -32,6 +32,15 @@ pub struct DrmConfig {
     /// Attempts in flight at once.
     #[serde(default = "default_drm_concurrency")]
     pub concurrency: usize,
+    /// Pause after this many failed attempts in a row (0: never); see `probe_interval`.
+    #[serde(default)]
+    pub pause_after: u32,
+    /// While paused by `pause_after`, attempt one delivery this often; a success resumes.
+    #[serde(default = "super::default_probe_interval", with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// Attempts started at most, per second or minute: `50/s`, `300/m` (none: no limit).
+    #[serde(default)]
+    pub rate: Option<String>,
     /// API 3.0: time allowed for each playlist request.
     #[serde(default = "default_playlist_timeout", with = "humantime_serde")]
     pub playlist_timeout: Duration,

@@ -47,6 +47,25 @@ impl HandlerConfig {
         }
     }
 
+    /// Failed attempts in a row that pause it (0: never), and how often it is then probed.
+    pub fn breaker(&self) -> (u32, Duration) {
+        match self {
+            HandlerConfig::Webhook(c) => (c.pause_after, c.probe_interval),
+            HandlerConfig::Shell(c) => (c.pause_after, c.probe_interval),
+            HandlerConfig::Drm(c) => (c.pause_after, c.probe_interval),
+        }
+    }
+
+    /// Its `rate`, if set and well-formed.
+    pub fn rate(&self) -> Option<Rate> {
+        let text = match self {
+            HandlerConfig::Webhook(c) => &c.rate,
+            HandlerConfig::Shell(c) => &c.rate,
+            HandlerConfig::Drm(c) => &c.rate,
+        };
+        text.as_deref().and_then(Rate::parse)
+    }
+
     /// The longest one attempt can take. DRM attempts have no timeout of their own: each
     /// DescribeDrmDataKey call times out after `vod.request_timeout`, and an event needs
     /// a few, paced by the rate limit; [`DRM_ATTEMPT_BOUND`] is far above that.
@@ -60,11 +79,57 @@ impl HandlerConfig {
 
     /// Problems with this handler's settings, as (key suffix, message).
     pub fn validate(&self) -> Vec<(String, String)> {
-        match self {
+        let mut issues = match self {
             HandlerConfig::Webhook(c) => c.validate(),
             HandlerConfig::Shell(c) => c.validate(),
             HandlerConfig::Drm(c) => c.validate(),
+        };
+        let rate = match self {
+            HandlerConfig::Webhook(c) => &c.rate,
+            HandlerConfig::Shell(c) => &c.rate,
+            HandlerConfig::Drm(c) => &c.rate,
+        };
+        let (_, probe_interval) = self.breaker();
+        if rate.as_deref().is_some_and(|r| Rate::parse(r).is_none()) {
+            issues.push(("rate".into(), "must look like 50/s or 300/m".into()));
         }
+        if probe_interval < Duration::from_millis(10) {
+            issues.push(("probe_interval".into(), "must be at least 10ms (30s is the default)".into()));
+        }
+        issues
+    }
+}
+
+/// The default `probe_interval`.
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A handler's `rate`: at most `count` attempts start per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Attempts.
+    pub count: u32,
+    /// Per this long (a second or a minute).
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Parses `50/s` or `300/m` (at least 1, at most 1,000,000).
+    pub fn parse(text: &str) -> Option<Rate> {
+        let (count, unit) = text.trim().split_once('/')?;
+        let count: u32 = count.trim().parse().ok().filter(|n| (1..=1_000_000).contains(n))?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            _ => return None,
+        };
+        Some(Rate { count, per })
+    }
+
+    /// The time between two attempts at the full rate.
+    pub fn interval(self) -> Duration {
+        self.per / self.count
     }
 }
 

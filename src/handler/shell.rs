@@ -49,6 +49,15 @@ pub struct ShellConfig {
     /// Hooks running at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Pause after this many failed attempts in a row (0: never); see `probe_interval`.
+    #[serde(default)]
+    pub pause_after: u32,
+    /// While paused by `pause_after`, attempt one delivery this often; a success resumes.
+    #[serde(default = "super::default_probe_interval", with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// Attempts started at most, per second or minute: `50/s`, `300/m` (none: no limit).
+    #[serde(default)]
+    pub rate: Option<String>,
 }
 
 fn default_timeout() -> Duration {

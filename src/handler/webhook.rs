@@ -52,6 +52,15 @@ pub struct WebhookConfig {
     /// Attempts in flight at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Pause after this many failed attempts in a row (0: never); see `probe_interval`.
+    #[serde(default)]
+    pub pause_after: u32,
+    /// While paused by `pause_after`, attempt one delivery this often; a success resumes.
+    #[serde(default = "super::default_probe_interval", with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// Attempts started at most, per second or minute: `50/s`, `300/m` (none: no limit).
+    #[serde(default)]
+    pub rate: Option<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -248,6 +257,9 @@ mod tests {
             headers: BTreeMap::new(),
             header_files: BTreeMap::new(),
             concurrency: 1,
+            pause_after: 0,
+            probe_interval: std::time::Duration::from_secs(30),
+            rate: None,
         };
         assert!(config("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").validate().is_empty());
         let issues = config("whsec_not base64!").validate();

@@ -17,7 +17,7 @@ use crate::alerts::{Alert, AlertKind, ALERT_HOLD, ALERT_SOURCE};
 /// Stores `alert` if a route takes it, unless one of its kind and subject was stored less
 /// than [`ALERT_HOLD`] ago (then it only counts as held back). Returns true if it was
 /// stored (and so routed to at least one handler).
-fn raise(conn: &Connection, alert: &Alert, route: &RouteFn, now: i64) -> Result<bool, StoreError> {
+pub(super) fn raise(conn: &Connection, alert: &Alert, route: &RouteFn, now: i64) -> Result<bool, StoreError> {
     // Routed before anything else: an alert no route takes is not stored at all.
     let routed = route(&alert.event(0));
     if routed.handlers.is_empty() {

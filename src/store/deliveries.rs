@@ -6,6 +6,10 @@
 //! and rows left `running` by a crash are requeued at the next start. An outcome only
 //! settles its delivery while no later attempt has claimed it, so a late outcome never
 //! overrides a newer one; it is recorded in `attempts` either way.
+//!
+//! A paused handler (see [`super::handlers`]) gets nothing claimed, in the same transaction
+//! that reads its pause, so a pause committed before a step is always honoured; a handler
+//! paused by its breaker gets one probe delivery claimed each `probe_interval`.
 
 use std::sync::Arc;
 
@@ -87,9 +91,60 @@ fn settle(tx: &Connection, outcomes: &[AttemptRecord], now: i64) -> Result<(), S
     Ok(())
 }
 
+/// Writes a want's breaker change; true if it raised an alert.
+fn breaker(tx: &Connection, want: &Want, now: i64) -> Result<bool, StoreError> {
+    let (alert, changed) = match &want.breaker {
+        None => return Ok(false),
+        Some(BreakerStep::Trip { reason, alert }) => {
+            let probe_at = now.saturating_add(want.probe_interval.as_millis() as i64);
+            (alert, super::handlers::pause(tx, &want.handler, Some(reason), "breaker", now, Some(probe_at))?.is_none())
+        }
+        Some(BreakerStep::Recovered { alert }) => {
+            (alert, super::handlers::resume(tx, &want.handler, Some("breaker"), now)?.is_some())
+        }
+    };
+    match alert {
+        Some((alert, route)) if changed => super::alerts::raise(tx, alert, &**route, now),
+        _ => Ok(false),
+    }
+}
+
+/// How many of `want` to claim now given its pause, recording the pause in `claimed`, and
+/// moving a breaker's next probe on when one is claimed; with how long it has been paused
+/// (a probe's age leaves that out, as resuming would).
+fn claimable(
+    tx: &Connection,
+    i: usize,
+    want: &Want,
+    now: i64,
+    claimed: &mut Claimed,
+) -> Result<(usize, i64), StoreError> {
+    let Some(p) = super::handlers::paused(tx, &want.handler)? else {
+        return Ok((want.limit, 0));
+    };
+    let paused_for = now.saturating_sub(p.paused_at).max(0);
+    claimed.paused.insert(i, p.paused_by.clone());
+    let probe_at = p.probe_at.unwrap_or(now);
+    if p.paused_by != "breaker" {
+        return Ok((0, paused_for));
+    }
+    if probe_at > now || want.limit == 0 {
+        claimed.next_due = Some(claimed.next_due.map_or(probe_at, |d| d.min(probe_at)));
+        return Ok((0, paused_for));
+    }
+    let next = now.saturating_add(want.probe_interval.as_millis() as i64);
+    tx.prepare_cached("UPDATE handler_state SET probe_at = ?2 WHERE handler = ?1")?
+        .execute(params![want.handler, next])?;
+    claimed.next_due = Some(claimed.next_due.map_or(next, |d| d.min(next)));
+    Ok((1, paused_for))
+}
+
 /// Claims due deliveries for each want (see [`Store::settle_and_claim`]).
 fn claim(tx: &Connection, wants: &[Want], now: i64) -> Result<Claimed, StoreError> {
     let mut claimed = Claimed::default();
+    for want in wants {
+        claimed.alerted |= breaker(tx, want, now)?;
+    }
     let mut mark = tx.prepare_cached(
         "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?1, lease_until = ?4
          WHERE id IN (SELECT id FROM deliveries WHERE handler = ?2 AND state = 'pending' AND next_attempt_at <= ?1
@@ -104,13 +159,14 @@ fn claim(tx: &Connection, wants: &[Want], now: i64) -> Result<Claimed, StoreErro
     let mut next_due =
         tx.prepare_cached("SELECT min(next_attempt_at) FROM deliveries WHERE handler = ? AND state = 'pending'")?;
     for (i, want) in wants.iter().enumerate() {
-        if want.limit == 0 {
+        let (limit, paused_for) = claimable(tx, i, want, now, &mut claimed)?;
+        if limit == 0 {
             continue;
         }
         let lease_until = now.saturating_add(want.lease.as_millis() as i64);
-        let ids = mark.query_map(params![now, want.handler, want.limit as i64, lease_until], |r| r.get::<_, i64>(0))?;
+        let ids = mark.query_map(params![now, want.handler, limit as i64, lease_until], |r| r.get::<_, i64>(0))?;
         let ids: Vec<i64> = ids.collect::<Result<_, _>>()?;
-        if ids.len() < want.limit {
+        if ids.len() < limit && !claimed.paused.contains_key(&i) {
             if let Some(due) = next_due.query_row([&want.handler], |r| r.get::<_, Option<i64>>(0))? {
                 claimed.next_due = Some(claimed.next_due.map_or(due, |d| d.min(due)));
             }
@@ -126,7 +182,7 @@ fn claim(tx: &Connection, wants: &[Want], now: i64) -> Result<Claimed, StoreErro
                     file_id: r.get(5)?,
                     task_id: r.get(6)?,
                     body: r.get(7)?,
-                    created_at: r.get(8)?,
+                    created_at: r.get::<_, i64>(8)?.saturating_add(paused_for).min(now),
                     source: r.get(9)?,
                     sub_app_id: r.get::<_, Option<i64>>(10)?.map(|id| id as u64),
                 })
@@ -252,14 +308,48 @@ pub struct DeliveryFilter {
 }
 
 /// What the dispatcher asks of one handler in [`Store::settle_and_claim`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Want {
     /// The handler.
     pub handler: String,
-    /// Claim at most this many (its free permits).
+    /// Claim at most this many (its free permits, fewer while its rate limit allows fewer;
+    /// 0 to learn only whether it is paused).
     pub limit: usize,
     /// How long a claimed delivery stays leased.
     pub lease: std::time::Duration,
+    /// While paused by its breaker, one delivery is claimed as a probe this often.
+    pub probe_interval: std::time::Duration,
+    /// A breaker change to write before claiming.
+    pub breaker: Option<BreakerStep>,
+}
+
+impl Want {
+    /// A want with no breaker.
+    pub fn new(handler: String, limit: usize, lease: std::time::Duration) -> Want {
+        Want { handler, limit, lease, probe_interval: std::time::Duration::ZERO, breaker: None }
+    }
+}
+
+/// An alert to raise with a breaker change, and how to route it.
+pub type AlertWith = Option<(crate::alerts::Alert, Arc<super::RouteFn>)>;
+
+/// A change of a handler's breaker, written in the step's transaction.
+#[derive(Clone)]
+pub enum BreakerStep {
+    /// Too many attempts failed in a row: pause the handler (unless paused already), first
+    /// probe after `probe_interval`, and raise the alert if it was not paused.
+    Trip {
+        /// Shown by `handlers list`.
+        reason: String,
+        /// `vod-eventd.handler.paused`.
+        alert: AlertWith,
+    },
+    /// An attempt succeeded: resume the handler if its breaker paused it, and raise the
+    /// alert if it did.
+    Recovered {
+        /// `vod-eventd.handler.resumed`.
+        alert: AlertWith,
+    },
 }
 
 /// What [`Store::settle_and_claim`] claimed.
@@ -273,6 +363,10 @@ pub struct Claimed {
     /// `PRAGMA data_version` as this transaction read the store: a later value means another
     /// connection (the CLI) committed since, perhaps scheduling deliveries.
     pub data_version: i64,
+    /// The wants (by index) whose handler is paused, with who paused it.
+    pub paused: std::collections::BTreeMap<usize, String>,
+    /// A breaker change raised an alert (new deliveries to claim).
+    pub alerted: bool,
 }
 
 impl Store {
@@ -285,7 +379,7 @@ impl Store {
         now: i64,
         lease: std::time::Duration,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let claimed = self.settle_and_claim(Arc::from([]), vec![Want { handler, limit, lease }], now).await?;
+        let claimed = self.settle_and_claim(Arc::from([]), vec![Want::new(handler, limit, lease)], now).await?;
         Ok(claimed.deliveries.into_iter().map(|(_, d)| d).collect())
     }
 

@@ -3,6 +3,11 @@
 //! read the partial index `deliveries_not_done`, the set of handlers is found by index
 //! seeks, and the last success and error come from the newest [`RECENT_ATTEMPTS`]
 //! attempts, else from one index seek per handler.
+//!
+//! Pausing: a row in `handler_state` while a handler is paused, by the operator
+//! (`handlers pause`) or by its breaker. Resuming deletes it and moves the `created_at` of
+//! the handler's deliveries not yet done forward by the time they spent paused, so that
+//! `dispatch.max_age` counts only time while not paused.
 
 use std::collections::BTreeMap;
 
@@ -19,8 +24,17 @@ pub const RECENT_ATTEMPTS: i64 = 20_000;
 pub struct HandlerOverview {
     /// The handler name.
     pub handler: String,
-    /// `active` (a paused state comes with pausing).
+    /// `active` or `paused`.
     pub state: String,
+    /// Who paused it: `operator` or `breaker`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_by: Option<String>,
+    /// When it was paused, Unix ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<i64>,
+    /// Why, as given to `handlers pause --reason` or by the breaker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Whether the config names it (deliveries may outlive a removed handler).
     pub configured: bool,
     /// Deliveries waiting for their (next) attempt.
@@ -71,6 +85,16 @@ fn overview(conn: &Connection, configured: &[String]) -> Result<Vec<HandlerOverv
             "running" => line.running = n,
             _ => line.dead = n,
         }
+    }
+    let mut paused = conn.prepare("SELECT handler, paused_by, paused_at, reason FROM handler_state")?;
+    let found = paused.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<String>>(3)?))
+    })?;
+    for row in found {
+        let (name, by, at, reason) = row?;
+        let line = entry(&mut rows, &name);
+        line.state = "paused".into();
+        (line.paused_by, line.paused_at, line.reason) = (Some(by), Some(at), reason);
     }
     recent_outcomes(conn, &mut rows)?;
     for line in rows.values_mut() {
@@ -124,7 +148,89 @@ fn older_outcomes(conn: &Connection, line: &mut HandlerOverview) -> Result<(), S
     Ok(())
 }
 
+/// A paused handler, as `handler_state` holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paused {
+    /// `operator` or `breaker`.
+    pub paused_by: String,
+    /// When, Unix ms.
+    pub paused_at: i64,
+    /// When the breaker claims its next probe, Unix ms (breaker pauses only).
+    pub probe_at: Option<i64>,
+}
+
+/// The handler's pause, if it is paused.
+pub(crate) fn paused(conn: &Connection, handler: &str) -> Result<Option<Paused>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT paused_by, paused_at, probe_at FROM handler_state WHERE handler = ?1")?
+        .query_row([handler], |r| Ok(Paused { paused_by: r.get(0)?, paused_at: r.get(1)?, probe_at: r.get(2)? }))
+        .optional()?)
+}
+
+/// Pauses `handler` unless it is paused already (an operator's pause replaces the breaker's,
+/// or an earlier operator's reason, keeping its start). Returns who paused it before, if anyone.
+pub(crate) fn pause(
+    conn: &Connection,
+    handler: &str,
+    reason: Option<&str>,
+    by: &str,
+    now: i64,
+    probe_at: Option<i64>,
+) -> Result<Option<String>, StoreError> {
+    let before = paused(conn, handler)?;
+    conn.prepare_cached(
+        "INSERT INTO handler_state (handler, paused_at, reason, paused_by, probe_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (handler) DO UPDATE SET reason = excluded.reason, paused_by = excluded.paused_by,
+             probe_at = excluded.probe_at
+         WHERE excluded.paused_by = 'operator'",
+    )?
+    .execute(params![handler, now, reason, by, probe_at])?;
+    Ok(before.map(|p| p.paused_by))
+}
+
+/// Resumes `handler` if it is paused (by `only_by`, if given): deletes its pause and moves
+/// the `created_at` of its deliveries not done forward by the time they spent paused (at
+/// most to `now`). Returns how long it was paused, ms, if it was.
+pub(crate) fn resume(
+    conn: &Connection,
+    handler: &str,
+    only_by: Option<&str>,
+    now: i64,
+) -> Result<Option<i64>, StoreError> {
+    let Some(p) = paused(conn, handler)?.filter(|p| only_by.is_none_or(|by| by == p.paused_by)) else {
+        return Ok(None);
+    };
+    conn.prepare_cached("DELETE FROM handler_state WHERE handler = ?1")?.execute([handler])?;
+    let paused_for = now.saturating_sub(p.paused_at).max(0);
+    conn.prepare_cached(
+        "UPDATE deliveries SET created_at = min(created_at + ?2, ?3)
+         WHERE handler = ?1 AND state IN ('pending', 'running')",
+    )?
+    .execute(params![handler, paused_for, now])?;
+    Ok(Some(paused_for))
+}
+
 impl Store {
+    /// Pauses `handler` by hand (see [`pause`]); who paused it before, if anyone.
+    pub fn pause_handler(&self, handler: &str, reason: Option<&str>) -> Result<Option<String>, StoreError> {
+        self.run_sync(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let new = pause(&tx, handler, reason, "operator", super::now_ms(), None)?;
+            tx.commit()?;
+            Ok(new)
+        })
+    }
+
+    /// Resumes `handler`, however it was paused (see [`resume`]); how long it was paused, ms.
+    pub fn resume_handler(&self, handler: &str) -> Result<Option<i64>, StoreError> {
+        self.run_sync(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let was = resume(&tx, handler, None, super::now_ms())?;
+            tx.commit()?;
+            Ok(was)
+        })
+    }
+
     /// One line per handler: those `configured`, and any other that has deliveries.
     pub fn handler_overview(&self, configured: &[String]) -> Result<Vec<HandlerOverview>, StoreError> {
         self.run_sync(|conn| overview(conn, configured))
@@ -175,6 +281,54 @@ mod tests {
             line("idle"),
             HandlerOverview { handler: "idle".into(), state: "active".into(), configured: true, ..Default::default() }
         );
+    }
+}
+
+#[cfg(test)]
+mod pause_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::{now_ms, Want};
+
+    /// A pause committed before a claim is honoured by it; resuming shifts the age of the
+    /// handler's waiting deliveries by the time paused, and leaves other handlers alone.
+    #[tokio::test]
+    async fn a_paused_handler_claims_nothing_and_does_not_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(1)).unwrap();
+        let event = crate::event::ReceivedEvent::from_content(r#"{"eventType":"X"}"#, crate::config::ApiVersion::V2);
+        store.insert_events(vec![(event, vec!["a".into(), "b".into()])]).await.unwrap();
+        let created = |h: &str| -> i64 {
+            store
+                .run_sync(
+                    |c| Ok(c.query_row("SELECT created_at FROM deliveries WHERE handler = ?", [h], |r| r.get(0))?),
+                )
+                .unwrap()
+        };
+        store.run_sync(|c| Ok(c.execute("UPDATE deliveries SET created_at = created_at - 10000", [])?)).unwrap();
+        let (a0, b0) = (created("a"), created("b"));
+        assert_eq!(store.pause_handler("a", Some("why")).unwrap(), None);
+        assert_eq!(store.pause_handler("a", None).unwrap().as_deref(), Some("operator"), "paused already");
+        let lease = Duration::from_secs(60);
+        let claimed = store
+            .settle_and_claim(
+                Vec::new().into(),
+                vec![Want::new("a".into(), 5, lease), Want::new("b".into(), 0, lease)],
+                now_ms(),
+            )
+            .await
+            .unwrap();
+        assert!(claimed.deliveries.is_empty());
+        assert_eq!(claimed.paused.get(&0).map(String::as_str), Some("operator"));
+        assert_eq!(claimed.next_due, None, "a paused handler's due deliveries wake nobody");
+        store.run_sync(|c| Ok(c.execute("UPDATE handler_state SET paused_at = paused_at - 5000", [])?)).unwrap();
+        let paused_for = store.resume_handler("a").unwrap().unwrap();
+        assert!(paused_for >= 5000, "{paused_for}");
+        assert!(created("a") >= a0 + 5000 && created("a") <= a0 + 6000, "{} vs {a0}", created("a"));
+        assert_eq!(created("b"), b0);
+        assert_eq!(store.resume_handler("a").unwrap(), None);
+        assert_eq!(store.claim_due("a".into(), 5, now_ms(), lease).await.unwrap().len(), 1);
     }
 }
 

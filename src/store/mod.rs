@@ -19,9 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use activity::{Hourly, HOURS};
-pub use deliveries::{webhook_id, AttemptRecord, AttemptRow, Claimed, DeliveryFilter, DeliveryRow, Next, Want};
+pub use deliveries::{
+    webhook_id, AlertWith, AttemptRecord, AttemptRow, BreakerStep, Claimed, DeliveryFilter, DeliveryRow, Next, Want,
+};
 pub use events::{EventFilter, EventRow, Inserted, RouteFn};
-pub use handlers::{HandlerOverview, RECENT_ATTEMPTS};
+pub use handlers::{HandlerOverview, Paused, RECENT_ATTEMPTS};
 pub use keys::{KeyInfo, NewKey};
 pub use maintenance::{HandlerCounts, Orphans};
 pub use ranges::{Range, RangeJob, RANGE_BATCH};
@@ -39,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_failed_attempts.sql"),
     include_str!("migrations/0009_replay_alerts.sql"),
     include_str!("migrations/0010_outbox_indexes.sql"),
+    include_str!("migrations/0011_handler_state.sql"),
 ];
 
 /// A store failure.

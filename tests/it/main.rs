@@ -21,6 +21,7 @@ mod account;
 mod chaos;
 mod cli;
 mod contrib;
+mod controls;
 mod crosscheck;
 mod filters;
 mod handlers;
