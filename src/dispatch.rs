@@ -148,10 +148,14 @@ struct Finished {
     record: AttemptRecord,
 }
 
-/// A GCRA limiter for one handler's `rate`: attempts at least `rate.interval()` apart, in
-/// bursts of at most `burst` (one batch window's worth, at least 1).
+/// A GCRA limiter for one handler's `rate`: attempts at least one interval apart, in
+/// bursts of at most `burst` (one batch window's worth, at least 1). The interval is the
+/// rate's plus 2 %: requests reach the receiver with some jitter, and paced at exactly the
+/// rate, `rate + 1` of them could land in one of its seconds.
 struct Bucket {
+    /// The configured rate (a reload that changes it starts a new bucket).
     rate: Rate,
+    interval: Duration,
     burst: u32,
     /// When the next attempt would be due at the full rate.
     tat: Instant,
@@ -159,26 +163,26 @@ struct Bucket {
 
 impl Bucket {
     fn new(rate: Rate, batch_window: Duration, now: Instant) -> Bucket {
-        let burst = (batch_window.as_nanos() / rate.interval().as_nanos().max(1)).max(1) as u32;
-        Bucket { rate, burst, tat: now }
+        let interval = rate.interval() + rate.interval() / 50;
+        let burst = (batch_window.as_nanos() / interval.as_nanos().max(1)).max(1) as u32;
+        Bucket { rate, interval, burst, tat: now }
     }
 
     /// How many attempts may start now.
     fn available(&self, now: Instant) -> usize {
-        let interval = self.rate.interval();
-        let horizon = now + interval * self.burst;
+        let horizon = now + self.interval * self.burst;
         let from = self.tat.max(now);
-        (horizon.saturating_duration_since(from).as_nanos() / interval.as_nanos().max(1)) as usize
+        (horizon.saturating_duration_since(from).as_nanos() / self.interval.as_nanos().max(1)) as usize
     }
 
     fn take(&mut self, n: usize, now: Instant) {
-        self.tat = self.tat.max(now) + self.rate.interval() * n as u32;
+        self.tat = self.tat.max(now) + self.interval * n as u32;
     }
 
     /// When the next attempt may start.
     fn next_at(&self, now: Instant) -> Instant {
-        let ready = self.tat.max(now) + self.rate.interval();
-        ready.checked_sub(self.rate.interval() * self.burst).unwrap_or(now).max(now)
+        let ready = self.tat.max(now) + self.interval;
+        ready.checked_sub(self.interval * self.burst).unwrap_or(now).max(now)
     }
 }
 
@@ -641,11 +645,13 @@ mod tests {
         assert_eq!(bucket.available(start), 1);
         bucket.take(1, start);
         assert_eq!(bucket.available(start), 0);
-        assert_eq!(bucket.next_at(start), start + Duration::from_millis(50));
-        assert_eq!(bucket.available(start + Duration::from_millis(50)), 1);
-        // A higher rate bursts one batch window's worth.
+        // 50 ms at 20/s, plus the 2 % margin.
+        assert_eq!(bucket.next_at(start), start + Duration::from_millis(51));
+        assert_eq!(bucket.available(start + Duration::from_millis(50)), 0);
+        assert_eq!(bucket.available(start + Duration::from_millis(51)), 1);
+        // A higher rate bursts one batch window's worth (20 ms / 1.02 ms).
         let fast = Bucket::new(Rate { count: 1000, per: Duration::from_secs(1) }, Duration::from_millis(20), start);
-        assert_eq!(fast.available(start), 20);
+        assert_eq!(fast.available(start), 19);
     }
 
     #[test]

@@ -141,20 +141,29 @@ async fn the_breaker_pauses_a_failing_handler_probes_and_resumes_and_nothing_goe
     assert_eq!(states_of(&daemon, "steady").get("dead"), None);
 }
 
-/// The issue asks for 2,000 events; 200 keep CI at about 10 s and test the same bound.
-const RATE_BACKLOG: usize = 200;
+/// The issue asks for 2,000 events (100 s at 20/s): that is the long form (`CHAOS_LONG=1`, as
+/// bench/chaos-long.sh sets); 200 keep CI at about 10 s and test the same bound.
+fn rate_backlog() -> usize {
+    if std::env::var_os("CHAOS_LONG").is_some() {
+        2000
+    } else {
+        200
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_20_per_second_holds_in_every_sliding_second() {
+    let backlog = rate_backlog();
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
-    emu.enqueue_generated(RATE_BACKLOG);
+    emu.enqueue_generated(backlog);
     let config = format!(
         "[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n{}",
         webhook("hook", &receiver.url(), "rate = \"20/s\"\nconcurrency = 8")
     );
     let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
-    eventually(Duration::from_secs(60), "the backlog delivered", || receiver.accepted().len() == RATE_BACKLOG).await;
+    let deadline = Duration::from_secs(backlog as u64 / 20 + 50);
+    eventually(deadline, "the backlog delivered", || receiver.accepted().len() == backlog).await;
     let times: Vec<Instant> = receiver.recorded().iter().map(|r| r.at).collect();
     let mut most = 0;
     for (i, start) in times.iter().enumerate() {
@@ -163,9 +172,10 @@ async fn rate_20_per_second_holds_in_every_sliding_second() {
     }
     assert!(most <= 20, "{most} requests within one second at rate 20/s");
     let span = *times.last().unwrap() - times[0];
-    assert!(span >= Duration::from_millis(9000), "{RATE_BACKLOG} requests in {span:?}: the rate did not bind");
+    let least = Duration::from_millis((backlog as u64 / 20 - 1) * 1000);
+    assert!(span >= least, "{backlog} requests in {span:?}: the rate did not bind");
     eventually(Duration::from_secs(10), "every outcome written", || {
-        states_of(&daemon, "hook").get("done").copied() == Some(RATE_BACKLOG as i64)
+        states_of(&daemon, "hook").get("done").copied() == Some(backlog as i64)
     })
     .await;
 }
