@@ -230,12 +230,32 @@ async fn webhook_latency(per_second: usize, seconds: u64, concurrency: usize) ->
     (latency.len(), percentile(&latency, 0.5), percentile(&latency, 0.99))
 }
 
-/// `--guard`: a short drain compared against floors recorded from BENCHMARKS.md, failing
-/// only on a gross regression (3× slower or 3× more CPU), never on noise.
+/// `--guard`: two short drains compared against floors recorded from BENCHMARKS.md,
+/// failing only on a gross regression (3× slower or 3× more CPU), never on noise: store and
+/// confirm only, then the same with every event forwarded to a webhook (the outbox's group
+/// commit).
 async fn guard() {
+    let env = |name: &str, default: f64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let floor = env("GUARD_MIN_EVENTS_PER_SEC", 1600.0);
+    let ceiling = env("GUARD_MAX_CPU_PER_1000", 0.45);
+    let (rate, cpu) = guard_drain(false).await;
+    println!("guard: {rate:.0} events/s (floor {floor:.0}), {cpu:.3} CPU s per 1,000 events (ceiling {ceiling:.3})");
+    let webhook_floor = env("GUARD_WEBHOOK_MIN_EVENTS_PER_SEC", 0.0);
+    let webhook_ceiling = env("GUARD_WEBHOOK_MAX_CPU_PER_1000", f64::INFINITY);
+    let (webhook_rate, webhook_cpu) = guard_drain(true).await;
+    println!(
+        "guard, with a webhook: {webhook_rate:.0} events/s (floor {webhook_floor:.0}), {webhook_cpu:.3} CPU s per 1,000 events (ceiling {webhook_ceiling:.3})"
+    );
+    if rate < floor || cpu > ceiling || webhook_rate < webhook_floor || webhook_cpu > webhook_ceiling {
+        eprintln!("guard: gross performance regression against the figures recorded in BENCHMARKS.md");
+        std::process::exit(1);
+    }
+}
+
+/// A 3,000-event drain (startup included) until every event is confirmed, and with
+/// `webhook` also delivered to the sink; returns events/s and CPU s per 1,000 events.
+async fn guard_drain(webhook: bool) -> (f64, f64) {
     const EVENTS: usize = 3000;
-    let floor: f64 = std::env::var("GUARD_MIN_EVENTS_PER_SEC").ok().and_then(|v| v.parse().ok()).unwrap_or(1600.0);
-    let ceiling: f64 = std::env::var("GUARD_MAX_CPU_PER_1000").ok().and_then(|v| v.parse().ok()).unwrap_or(0.45);
     let emu = Emulator::start(EmulatorConfig {
         hold: Duration::from_secs(1),
         rate_limit_per_minute: None,
@@ -244,19 +264,20 @@ async fn guard() {
     .await
     .unwrap();
     emu.enqueue_generated(EVENTS);
-    let daemon = Daemon::start(&emu.endpoint(), 10_000_000);
-    let elapsed = wait_drained(&emu, EVENTS as u64).await;
+    let extra = if webhook { webhook_route(&emu, 16) } else { String::new() };
+    let daemon = Daemon::start_with(&emu.endpoint(), 10_000_000, &extra);
+    let mut elapsed = wait_drained(&emu, EVENTS as u64).await;
+    if webhook {
+        let started = std::time::Instant::now() - elapsed;
+        while emu.webhook_count() < EVENTS as u64 {
+            assert!(started.elapsed() < Duration::from_secs(120), "the webhook guard did not drain");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        elapsed = started.elapsed();
+    }
     let (cpu, _) = daemon.usage();
     daemon.stop();
-    let rate = EVENTS as f64 / elapsed.as_secs_f64();
-    let cpu_per_1000 = cpu / EVENTS as f64 * 1000.0;
-    println!(
-        "guard: {rate:.0} events/s (floor {floor:.0}), {cpu_per_1000:.3} CPU s per 1,000 events (ceiling {ceiling:.3})"
-    );
-    if rate < floor || cpu_per_1000 > ceiling {
-        eprintln!("guard: gross performance regression against the figures recorded in BENCHMARKS.md");
-        std::process::exit(1);
-    }
+    (EVENTS as f64 / elapsed.as_secs_f64(), cpu / EVENTS as f64 * 1000.0)
 }
 
 #[tokio::main]
