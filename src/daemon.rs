@@ -379,6 +379,7 @@ impl Sources {
         let account = AccountCheck {
             client: V3Client::new(ClientSettings::for_account_of(config, &source.vod)?)?,
             sub_app_id: source.vod.sub_app_id,
+            source: name.clone(),
             interval: config.account.check_interval,
             health: self.metrics.health.source(&name),
             store: self.store.clone(),

@@ -27,8 +27,10 @@ use crate::store::Store;
 pub struct AccountCheck {
     /// An API 3.0 client with the configured credentials.
     pub client: V3Client,
-    /// `vod.sub_app_id`.
+    /// The source's app (`vod.sub_app_id` or `sources[i].sub_app_id`).
     pub sub_app_id: Option<u64>,
+    /// The source's name, for messages.
+    pub source: String,
     /// `account.check_interval`.
     pub interval: Duration,
     /// The source's health, where a mode that is not PULL makes the daemon unhealthy.
@@ -66,7 +68,7 @@ impl AccountCheck {
                 _ = shutdown.cancelled() => return,
                 result = describe(&self.client) => result,
             };
-            let app = app_name(self.sub_app_id);
+            let app = app_name(self.sub_app_id, &self.source);
             let state = match result {
                 Ok(config) => {
                     self.report_config(&app, &config, last.as_ref());

@@ -141,10 +141,12 @@ fn or_none(s: &str) -> &str {
 }
 
 /// How the app is named to people.
-pub fn app_name(sub_app_id: Option<u64>) -> String {
-    match sub_app_id {
-        Some(id) => format!("app {id} (vod.sub_app_id)"),
-        None => "the default app (no vod.sub_app_id)".into(),
+pub fn app_name(sub_app_id: Option<u64>, source: &str) -> String {
+    match (sub_app_id, source) {
+        (Some(id), crate::config::DEFAULT_SOURCE) => format!("app {id} (vod.sub_app_id)"),
+        (None, crate::config::DEFAULT_SOURCE) => "the default app (no vod.sub_app_id)".into(),
+        (Some(id), name) => format!("app {id} (source {name})"),
+        (None, name) => format!("the default app (source {name}, no sub_app_id)"),
     }
 }
 

@@ -51,7 +51,7 @@ impl AccountCommand {
     /// Runs the subcommand.
     pub async fn run(self, config: &Config) -> anyhow::Result<()> {
         let client = V3Client::new(ClientSettings::for_account(config)?)?;
-        let app = app_name(config.vod.sub_app_id);
+        let app = app_name(config.vod.sub_app_id, crate::config::DEFAULT_SOURCE);
         let current = describe(&client, &app).await?;
         // Written with `?`: a reader that has gone (`| head`) ends the command quietly.
         let mut out = std::io::stdout();

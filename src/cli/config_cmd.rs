@@ -60,7 +60,7 @@ impl ConfigCommand {
 
 async fn check_online(config: &Config) -> anyhow::Result<()> {
     let client = crate::api::V3Client::new(crate::api::ClientSettings::for_account(config)?)?;
-    let app = app_name(config.vod.sub_app_id);
+    let app = app_name(config.vod.sub_app_id, crate::config::DEFAULT_SOURCE);
     match account::describe(&client).await {
         Ok(event_config) => {
             println!("{app}: {}", event_config.summary());

@@ -149,14 +149,14 @@ async fn one_source_with_refused_credentials_leaves_the_others_running_and_is_na
         status = String::from_utf8_lossy(&out.stdout).into_owned();
         status.contains("  other\n    last pull ok:  never\n    health:        UNHEALTHY: its credentials are refused")
             && status.contains(&format!(
-                "event config:  app {OTHER} (vod.sub_app_id): unknown: DescribeEventConfig failed (AuthFailure"
+                "event config:  app {OTHER} (source other): unknown: DescribeEventConfig failed (AuthFailure"
             ))
             && status.matches("    health:        ok\n").count() == 2
     })
     .await;
     for (name, app) in [("prod-a", PROD_A), ("prod-b", PROD_B)] {
         let section = status.split(&format!("  {name}\n")).nth(1).unwrap_or_default();
-        let expected = format!("    event config:  app {app} (vod.sub_app_id): Mode PULL");
+        let expected = format!("    event config:  app {app} (source {name}): Mode PULL");
         assert!(section.lines().nth(2).is_some_and(|l| l.starts_with(&expected)), "{expected} in {status}");
     }
     assert!(daemon.running(), "one refused source does not stop the daemon");
