@@ -144,7 +144,6 @@ pub struct Dispatcher {
 /// A finished attempt, as the attempt task hands it to the loop.
 struct Finished {
     handler: String,
-    ok: bool,
     record: AttemptRecord,
 }
 
@@ -365,7 +364,7 @@ impl Dispatcher {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => work = true,
                 Some(done) = finished.recv(), if outcomes.len() < RECORD_BATCH => {
                     let pause_after = routing.lanes.get(&done.handler).map_or(0, |lane| lane.pause_after);
-                    control.breakers.outcome(&done.handler, done.ok, pause_after);
+                    control.breakers.outcome(&done.handler, done.record.next == Next::Done, pause_after);
                     outcomes.push(done.record);
                     work = true;
                 }
@@ -546,10 +545,9 @@ impl Dispatcher {
             let clock = Instant::now();
             let result = handler.handle(&d).await;
             let duration = clock.elapsed();
-            let ok = result.is_ok();
             let record = settle(&policy, &d, result, started_at, duration, &name, &stats);
             // The row stays `running` until its outcome is committed, so it cannot be claimed twice.
-            let _ = records.send(Finished { handler: name, ok, record }).await;
+            let _ = records.send(Finished { handler: name, record }).await;
             drop(permit);
         }
         .instrument(span)
