@@ -4,7 +4,8 @@
 //! while it is still inside Tencent's 30 s window; one that cannot make it is dropped
 //! with a warning (the event will be redelivered and deduplicated). A batch refused with
 //! 4000 is split in halves until the still-valid handles go through without the bad one.
-//! Confirmed handles are recorded on their rows (see [`Store::mark_confirmed`]).
+//! Confirmed handles are recorded on their rows, through the store writer
+//! ([`crate::ingest`], in its next transaction).
 //!
 //! There is one confirmer per source, with that source's client: a handle is only ever
 //! confirmed under the `SubAppId` (and credentials) it was pulled with.
@@ -20,8 +21,9 @@ use tracing::{debug, warn};
 use crate::api::{Client, ErrorClass};
 use crate::backoff;
 use crate::config::ConfirmConfig;
+use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, Store};
+use crate::store::now_ms;
 
 /// A handle whose event is committed.
 #[derive(Debug, Clone)]
@@ -43,7 +45,7 @@ pub const SAFETY_MARGIN: Duration = Duration::from_millis(500);
 /// Batches and confirms handles until `rx` closes, then flushes everything left.
 pub async fn run(
     client: Arc<Client>,
-    store: Store,
+    ingest: Ingest,
     mut rx: mpsc::Receiver<PendingHandle>,
     config: ConfirmConfig,
     stats: Arc<Metrics>,
@@ -69,10 +71,10 @@ pub async fn run(
             Some(_) = calls.join_next(), if !calls.is_empty() => continue,
         }
         let full = std::mem::replace(&mut batch, Vec::with_capacity(config.batch_size));
-        spawn_confirm(&mut calls, &permits, (&client, &store, &stats, &source), &config, full).await;
+        spawn_confirm(&mut calls, &permits, (&client, &ingest, &stats, &source), &config, full).await;
     }
     for chunk in batch.chunks(config.batch_size) {
-        spawn_confirm(&mut calls, &permits, (&client, &store, &stats, &source), &config, chunk.to_vec()).await;
+        spawn_confirm(&mut calls, &permits, (&client, &ingest, &stats, &source), &config, chunk.to_vec()).await;
     }
     while calls.join_next().await.is_some() {}
 }
@@ -86,7 +88,7 @@ async fn sleep_until(at: Option<Instant>) {
 async fn spawn_confirm(
     calls: &mut JoinSet<()>,
     permits: &Arc<Semaphore>,
-    (client, store, stats, source): (&Arc<Client>, &Store, &Arc<Metrics>, &Arc<str>),
+    (client, ingest, stats, source): (&Arc<Client>, &Ingest, &Arc<Metrics>, &Arc<str>),
     config: &ConfirmConfig,
     batch: Vec<PendingHandle>,
 ) {
@@ -94,27 +96,25 @@ async fn spawn_confirm(
         return;
     }
     let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
-    let (client, store, stats, ttl) = (client.clone(), store.clone(), stats.clone(), config.handle_ttl);
+    let (client, ingest, stats, ttl) = (client.clone(), ingest.clone(), stats.clone(), config.handle_ttl);
     let source = source.clone();
     calls.spawn(async move {
         let confirmed = confirm_batch(&client, batch, ttl, &stats, &source).await;
         drop(permit);
-        record_confirmed(&store, confirmed).await;
+        record_confirmed(&ingest, confirmed).await;
     });
 }
 
 /// Records which rows had a handle confirmed, so a later identical content is known to be a
 /// new occurrence rather than a redelivery. Failing to record it is not fatal: such a
 /// content then folds into the row, as a redelivery would.
-async fn record_confirmed(store: &Store, mut ids: Vec<i64>) {
+async fn record_confirmed(ingest: &Ingest, mut ids: Vec<i64>) {
     if ids.is_empty() {
         return;
     }
     ids.sort_unstable();
     ids.dedup();
-    if let Err(e) = store.mark_confirmed(ids, now_ms()).await {
-        warn!(error = %e, "Could not record confirmed handles; if an identical event comes again it will be treated as a redelivery of the stored one.");
-    }
+    ingest.confirmed(ids, now_ms()).await;
 }
 
 /// Confirms one batch, retrying transient failures inside the handles' window and

@@ -32,6 +32,7 @@ use crate::api::{Client, ClientSettings, Clients, LimiterPool, V3Client};
 use crate::config::{self, Config, Source, SourcesSetting};
 use crate::confirmer;
 use crate::dispatch::{Dispatcher, Routing};
+use crate::ingest::Ingest;
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 use crate::puller::{Contact, PullError, Puller};
@@ -123,12 +124,16 @@ impl Daemon {
             ));
         }
 
+        // Ends once the sources (its only senders) are gone, after their last commits and
+        // confirmations; `shutdown` only cuts short its retries while the store refuses writes.
+        let (ingest, ingesting) = Ingest::start(store.clone(), self.metrics.clone(), &config.pull, shutdown.clone());
         let (contact_tx, mut contact_rx) = mpsc::channel(CONTACT_CAPACITY);
         let mut sources = Sources {
             running: BTreeMap::new(),
             limiters: LimiterPool::default(),
             clients,
             store: store.clone(),
+            ingest,
             metrics: self.metrics.clone(),
             routing,
             wake,
@@ -190,6 +195,8 @@ impl Daemon {
         notify(&[NotifyState::Stopping, NotifyState::Status("stopping: confirming stored events, draining handlers")]);
         // Each puller stops and drops its sender: its confirmer flushes what is left and ends.
         sources.stop_all().await?;
+        drop(sources);
+        ingesting.await.context("the store writer failed")?;
         stop.cancel();
         for (name, task) in tasks {
             task.await.with_context(|| format!("the {name} task failed"))?;
@@ -297,6 +304,7 @@ struct Sources {
     limiters: LimiterPool,
     clients: Arc<Clients>,
     store: Store,
+    ingest: Ingest,
     metrics: Arc<Metrics>,
     routing: watch::Receiver<Arc<Routing>>,
     wake: Arc<Notify>,
@@ -356,7 +364,7 @@ impl Sources {
         let (tx, rx) = mpsc::channel(confirmer::CHANNEL_CAPACITY);
         let confirming = tokio::spawn(confirmer::run(
             client.clone(),
-            self.store.clone(),
+            self.ingest.clone(),
             rx,
             config.confirm.clone(),
             self.metrics.clone(),
@@ -367,6 +375,7 @@ impl Sources {
             self.config_path.clone(),
             client,
             self.store.clone(),
+            self.ingest.clone(),
             tx,
             self.metrics.clone(),
             self.routing.clone(),

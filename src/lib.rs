@@ -44,6 +44,7 @@ pub mod filter;
 pub mod handler;
 pub mod health;
 pub mod http;
+pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod outage;

@@ -26,13 +26,27 @@ pub struct Outage {
     metrics: Arc<Metrics>,
     since: Option<Instant>,
     failures: u32,
+    delays: (Duration, Duration),
     rng: rand::rngs::StdRng,
 }
 
 impl Outage {
     /// No outage yet. `consequence` is logged once when writes start failing.
     pub fn new(writer: StoreWriter, consequence: &'static str, metrics: Arc<Metrics>) -> Outage {
-        Outage { writer, consequence, metrics, since: None, failures: 0, rng: rand::rngs::StdRng::from_entropy() }
+        Outage {
+            writer,
+            consequence,
+            metrics,
+            since: None,
+            failures: 0,
+            delays: (MIN_DELAY, MAX_DELAY),
+            rng: rand::rngs::StdRng::from_entropy(),
+        }
+    }
+
+    /// Backs off from `min` up to `max` instead of the defaults.
+    pub fn with_delays(self, min: Duration, max: Duration) -> Outage {
+        Outage { delays: (min, max), ..self }
     }
 
     /// True while the latest write failed.
@@ -49,7 +63,7 @@ impl Outage {
         self.metrics.store_failures.inc();
         self.metrics.health.store_writable(self.writer, false);
         self.failures = self.failures.saturating_add(1);
-        crate::backoff::delay(self.failures - 1, MIN_DELAY, MAX_DELAY, &mut self.rng)
+        crate::backoff::delay(self.failures - 1, self.delays.0, self.delays.1, &mut self.rng)
     }
 
     /// A write succeeded.

@@ -1,6 +1,9 @@
-//! The pull loop: long-poll PullEvent, store each batch in one durable transaction, and
-//! only then hand the batch's handles to the confirmer. A batch that cannot be stored is
-//! retried and never confirmed until it is; while it is failing, nothing more is pulled.
+//! The pull loop: long-poll PullEvent, hand each batch to the store writer
+//! ([`crate::ingest`], which commits several pulls per durable transaction), and only
+//! once it is committed hand the batch's handles to the confirmer. Pulling goes on while
+//! up to [`IN_FLIGHT`] batches wait for their commit; a batch that cannot be stored is
+//! retried by the writer and never confirmed until it is, and while it is failing nothing
+//! more is pulled.
 //!
 //! There is one pull loop per source; each event is stored with its source's name and
 //! `SubAppId`. A source whose credentials are refused on first contact reports it once
@@ -11,7 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rand::SeedableRng as _;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
 
@@ -21,9 +25,14 @@ use crate::config::{Config, PullConfig};
 use crate::confirmer::PendingHandle;
 use crate::dispatch::Routing;
 use crate::event::ReceivedEvent;
-use crate::health::{SourceHealth, StoreWriter};
+use crate::health::SourceHealth;
+use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Batch, Store};
+
+/// Pulled batches of one source waiting for their commit: pulling goes on while they
+/// commit (so several pulls share one transaction) and stops while this many wait.
+pub const IN_FLIGHT: usize = 4;
 
 /// How the pull loop ended, when not by shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +77,10 @@ pub struct Puller {
     pub contact: mpsc::Sender<Contact>,
     /// The API client.
     pub client: Arc<Client>,
-    /// The store.
+    /// The store (for the credentials' record).
     pub store: Store,
+    /// The store writer.
+    pub ingest: Ingest,
     /// Where committed handles go.
     pub confirm_tx: mpsc::Sender<PendingHandle>,
     /// Counters.
@@ -94,6 +105,7 @@ impl Puller {
         config_path: String,
         client: Arc<Client>,
         store: Store,
+        ingest: Ingest,
         confirm_tx: mpsc::Sender<PendingHandle>,
         stats: Arc<Metrics>,
         routing: watch::Receiver<Arc<Routing>>,
@@ -110,6 +122,7 @@ impl Puller {
             contact,
             client,
             store,
+            ingest,
             confirm_tx,
             stats,
             config: pull,
@@ -131,8 +144,10 @@ impl Puller {
         let _ = self.contact.send(contact).await;
     }
 
-    /// Pulls until `shutdown` is cancelled. Refused credentials that never worked against
-    /// this store are reported on `contact` (once) and retried every `pull.auth_retry`.
+    /// Pulls until `shutdown` is cancelled, then waits for the batches handed over to be
+    /// committed and their handles queued for confirmation. Refused credentials that never
+    /// worked against this store are reported on `contact` (once) and retried every
+    /// `pull.auth_retry`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), PullError> {
         let mut reported = false;
         let mut rng = rand::rngs::StdRng::from_entropy();
@@ -143,10 +158,18 @@ impl Puller {
                 warn!(error = %e, "Could not read whether these credentials worked before; assuming they did.");
                 true
             });
+        let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+        let mut committing = JoinSet::new();
         loop {
+            while committing.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                permit = in_flight.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
             let result = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => break,
                 r = self.client.pull() => r,
             };
             let received_at = Instant::now();
@@ -169,9 +192,8 @@ impl Puller {
                         continue;
                     }
                     let span = info_span!("batch", events = items.len());
-                    if !self.store_and_forward(items, received_at, &shutdown, &mut rng).instrument(span).await {
-                        return Ok(());
-                    }
+                    let Some(forward) = self.hand_over(items, received_at, permit, &shutdown).await else { break };
+                    committing.spawn(forward.instrument(span));
                 }
                 Err(e) => {
                     Metrics::error(&self.stats.pull_errors, &self.source, e.label());
@@ -213,74 +235,85 @@ impl Puller {
                     };
                     failures = failures.saturating_add(1);
                     if !backoff::sleep_or_cancel(delay, &shutdown).await {
-                        return Ok(());
+                        break;
                     }
                 }
             }
         }
+        while committing.join_next().await.is_some() {}
+        Ok(())
     }
 
-    /// Stores a batch (retrying until it is stored) and then queues its handles for
-    /// confirmation. Returns false when shutdown interrupted a failing store.
-    async fn store_and_forward(
+    /// Hands a pulled batch to the store writer; returns the task that waits for its commit
+    /// and then queues its handles for confirmation (holding `permit` until then). None if
+    /// shutdown came first or the writer has stopped: the batch is not confirmed, and
+    /// Tencent redelivers it.
+    async fn hand_over(
         &self,
         items: Vec<PulledItem>,
         received_at: Instant,
+        permit: OwnedSemaphorePermit,
         shutdown: &CancellationToken,
-        rng: &mut impl rand::Rng,
-    ) -> bool {
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let routing = self.routing.borrow().clone();
         let route: Arc<crate::store::RouteFn> = Arc::new(move |event| routing.router.route(event));
-        let events: Vec<ReceivedEvent> = items
+        let events: Arc<[ReceivedEvent]> = items
             .iter()
             .map(|item| {
                 ReceivedEvent::from_content(&item.content, self.client.api()).with_source(&self.source, self.sub_app_id)
             })
             .collect();
-        let mut attempt: u32 = 0;
-        let stored = loop {
-            match self.store.insert_routed(events.clone(), route.clone()).await {
-                Ok(stored) => break stored,
-                Err(e) => {
-                    self.stats.store_failures.inc();
-                    self.stats.health.store_writable(StoreWriter::Pull, false);
-                    error!(error = %e, events = events.len(), "Could not store pulled events; not confirming them and not pulling more until the store accepts writes. They stay at Tencent and are redelivered.");
-                    let delay = backoff::delay(attempt, self.config.backoff_min, self.config.backoff_max, rng);
-                    attempt = attempt.saturating_add(1);
-                    if !backoff::sleep_or_cancel(delay, shutdown).await {
-                        return false;
-                    }
-                }
-            }
+        let answer = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            answer = self.ingest.store(Batch { events: events.clone(), route }) => answer?,
         };
-        self.stats.health.store_writable(StoreWriter::Pull, true);
-        let mut routed_any = false;
-        for (event, (row, routed)) in events.iter().zip(stored.iter()) {
-            self.stats.event(&event.event_type, row.new);
-            routed_any |= !routed.handlers.is_empty();
-            for route in &routed.filter_errors {
-                self.stats.route_filter_error(route.clone());
+        let (stats, wake, confirm_tx) = (self.stats.clone(), self.dispatch_wake.clone(), self.confirm_tx.clone());
+        Some(async move {
+            // Closed: dropped unstored at shutdown.
+            let Ok(stored) = answer.await else { return };
+            forward(stored, &items, &events, received_at, &stats, &wake, &confirm_tx).await;
+            drop(permit);
+        })
+    }
+}
+
+/// Counts a committed batch, wakes the dispatcher if it routed anything, and queues the
+/// batch's handles for confirmation.
+async fn forward(
+    stored: crate::ingest::Stored,
+    items: &[PulledItem],
+    events: &[ReceivedEvent],
+    received_at: Instant,
+    stats: &Metrics,
+    wake: &Notify,
+    confirm_tx: &mpsc::Sender<PendingHandle>,
+) {
+    let mut routed_any = false;
+    for (event, (row, routed)) in events.iter().zip(stored.iter()) {
+        stats.event(&event.event_type, row.new);
+        routed_any |= !routed.handlers.is_empty();
+        for route in &routed.filter_errors {
+            stats.route_filter_error(route.clone());
+        }
+    }
+    if routed_any {
+        wake.notify_one();
+    }
+    for ((item, event), (row, _)) in items.iter().zip(events).zip(&stored) {
+        debug!(id = row.id, new = row.new, event_type = %event.event_type, "Event stored.");
+        match &item.handle {
+            // The confirmer outlives the pull loop and its forwarding tasks, so a send only
+            // fails if it died; the event is stored either way and will be redelivered and
+            // deduplicated.
+            Some(handle) => {
+                let pending = PendingHandle { handle: handle.clone(), pulled_at: received_at, event_id: row.id };
+                let _ = confirm_tx.send(pending).await;
             }
+            None => warn!(
+                id = row.id,
+                "Stored an event that came without a msgHandle; it cannot be confirmed and may be delivered again."
+            ),
         }
-        if routed_any {
-            self.dispatch_wake.notify_one();
-        }
-        let inserted: Vec<_> = stored.into_iter().map(|(row, _)| row).collect();
-        for ((item, event), row) in items.into_iter().zip(&events).zip(&inserted) {
-            debug!(id = row.id, new = row.new, event_type = %event.event_type, "Event stored.");
-            match item.handle {
-                // The confirmer outlives this loop, so a send only fails if it died; the
-                // event is stored either way and will be redelivered and deduplicated.
-                Some(handle) => {
-                    let _ =
-                        self.confirm_tx.send(PendingHandle { handle, pulled_at: received_at, event_id: row.id }).await;
-                }
-                None => warn!(
-                    id = row.id,
-                    "Stored an event that came without a msgHandle; it cannot be confirmed and may be delivered again."
-                ),
-            }
-        }
-        true
     }
 }

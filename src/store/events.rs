@@ -100,6 +100,24 @@ fn row_to_event(row: &Row<'_>) -> rusqlite::Result<EventRow> {
 /// never for a redelivery.
 pub type RouteFn = dyn Fn(&ReceivedEvent) -> Routed + Send + Sync;
 
+/// One pulled batch for [`Store::ingest`]: its events and how to route the new ones.
+#[derive(Clone)]
+pub struct Batch {
+    /// The events, in pull order.
+    pub events: Arc<[ReceivedEvent]>,
+    /// Routes each newly stored event.
+    pub route: Arc<RouteFn>,
+}
+
+/// Sets `confirmed_at` on rows that have none yet.
+fn mark_rows(tx: &Connection, confirmed: &[(i64, i64)]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached("UPDATE events SET confirmed_at = ?2 WHERE id = ?1 AND confirmed_at IS NULL")?;
+    for (id, at) in confirmed {
+        stmt.execute(params![id, at])?;
+    }
+    Ok(())
+}
+
 /// Inserts a batch in one transaction. A content already stored and not yet confirmed is a
 /// redelivery: it bumps `times_seen` of its row. A content whose latest row has had a handle
 /// confirmed is a new occurrence of it and gets a row of its own. A newly stored event gets
@@ -226,35 +244,36 @@ impl Store {
         .await
     }
 
-    /// Stores a pulled batch durably, routing each newly stored event with `route` in the
-    /// same transaction (a redelivery is not routed again); returns once the commit is on
-    /// disk, with each event's row and routing.
-    pub async fn insert_routed(
+    /// Group commit for the pullers: stores several pulled batches in one durable
+    /// transaction (each newly stored event routed with its batch's `route`; a redelivery is
+    /// not routed again), after recording the rows whose handles were confirmed
+    /// (`confirmed`: row id and Unix ms). Recording those
+    /// first means an identical content in the same group is already seen as a new
+    /// occurrence. Returns once the commit is on disk, with each batch's rows and routing.
+    pub async fn ingest(
         &self,
-        events: Vec<ReceivedEvent>,
-        route: Arc<RouteFn>,
-    ) -> Result<Vec<(Inserted, Routed)>, StoreError> {
+        batches: Vec<Batch>,
+        confirmed: Vec<(i64, i64)>,
+    ) -> Result<Vec<Vec<(Inserted, Routed)>>, StoreError> {
         let now = super::now_ms();
-        self.run(move |conn| insert_batch(conn, &events, &mut |_, e| route(e), now)).await
-    }
-
-    /// Records that a handle of each of these rows was confirmed (bookkeeping: losing it to a
-    /// power cut only makes a later identical content fold into the row instead of becoming
-    /// a new occurrence).
-    pub async fn mark_confirmed(&self, ids: Vec<i64>, now_ms: i64) -> Result<(), StoreError> {
-        self.run_bookkeeping(move |conn| {
+        let only_confirmed = batches.is_empty();
+        let write = move |conn: &mut Connection| {
             let tx = conn.transaction()?;
-            {
-                let mut stmt =
-                    tx.prepare_cached("UPDATE events SET confirmed_at = ?2 WHERE id = ?1 AND confirmed_at IS NULL")?;
-                for id in ids {
-                    stmt.execute(params![id, now_ms])?;
-                }
+            mark_rows(&tx, &confirmed)?;
+            let mut out = Vec::with_capacity(batches.len());
+            for batch in &batches {
+                out.push(insert_rows(&tx, &batch.events, &mut |_, e| (batch.route)(e), now)?);
             }
             tx.commit()?;
-            Ok(())
-        })
-        .await
+            Ok(out)
+        };
+        if only_confirmed {
+            // Only confirmations: bookkeeping (losing it to a power cut only makes a later
+            // identical content fold into the row instead of becoming a new occurrence).
+            self.run_bookkeeping(write).await
+        } else {
+            self.run(write).await
+        }
     }
 
     /// Indexes the files of up to `batch` events stored before `event_files` existed; 0
@@ -373,7 +392,7 @@ mod tests {
         // Redelivered before any confirm: folded, handlers not routed again.
         let again = store.insert_events(routed()).await.unwrap()[0];
         assert_eq!((again.id, again.new), (first.id, false));
-        store.mark_confirmed(vec![first.id], 1).await.unwrap();
+        store.ingest(Vec::new(), vec![(first.id, 1)]).await.unwrap();
         let second = store.insert_events(routed()).await.unwrap()[0];
         assert!(second.new && second.id != first.id);
         // Its own redelivery folds into the second row.

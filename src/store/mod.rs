@@ -22,7 +22,7 @@ pub use activity::{Hourly, HOURS};
 pub use deliveries::{
     webhook_id, AlertWith, AttemptRecord, AttemptRow, BreakerStep, Claimed, DeliveryFilter, DeliveryRow, Next, Want,
 };
-pub use events::{EventFilter, EventRow, Inserted, RouteFn};
+pub use events::{Batch, EventFilter, EventRow, Inserted, RouteFn};
 pub use handlers::{HandlerOverview, Paused, RECENT_ATTEMPTS};
 pub use keys::{KeyInfo, NewKey};
 pub use maintenance::{HandlerCounts, Orphans};

@@ -96,14 +96,15 @@ async fn a_full_store_with_failing_deliveries_due_neither_spins_nor_floods_and_r
         daemon.log().contains("Could not store pulled events")
     })
     .await;
-    // A window in which the puller's capped backoff retried at least ten times.
+    // A window in which the capped backoff (pull.backoff_max) retried at least ten times.
     let window_start = daemon.log().len();
-    let pull_errors = || lines_with(&daemon.log()[window_start..], "Could not store pulled events");
-    eventually(Duration::from_secs(30), "ten more refused stores", || pull_errors() >= 10).await;
+    let before = store_failures(port);
+    eventually(Duration::from_secs(30), "ten more refused stores", || store_failures(port) >= before + 10).await;
     let window = daemon.log()[window_start..].to_string();
-    let errors: Vec<&str> =
-        window.lines().filter(|l| l.contains("ERROR") && !l.contains("Could not store pulled events")).collect();
-    assert!(errors.len() <= 2, "{} other ERROR lines during ten pull retries:\n{}", errors.len(), errors.join("\n"));
+    let errors: Vec<&str> = window.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.len() <= 2, "{} ERROR lines during ten retries:\n{}", errors.len(), errors.join("\n"));
+    let outage_lines = lines_with(&daemon.log(), "Could not store pulled events");
+    assert!((1..=3).contains(&outage_lines), "{outage_lines} ERROR lines for ten refused stores: one per outage");
     let (status, body) = get(&format!("http://127.0.0.1:{port}/healthz")).await;
     assert_eq!(status, 503);
     assert!(body.contains("store refuses writes"), "healthz: {body}");
@@ -124,6 +125,21 @@ async fn a_full_store_with_failing_deliveries_due_neither_spins_nor_floods_and_r
     assert!(daemon.running());
 }
 
+/// `vod_eventd_store_failures_total` from the daemon's /metrics (0 while it cannot be read).
+fn store_failures(port: u16) -> u64 {
+    use std::io::{Read as _, Write as _};
+    let read = || -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    };
+    let text = read().unwrap_or_default();
+    let line = text.lines().find(|l| l.starts_with("vod_eventd_store_failures_total "));
+    line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+}
+
 async fn get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
@@ -136,7 +152,11 @@ async fn held_write_lock(refused: bool) {
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
     let out = tempfile::tempdir().unwrap();
-    let extra = format!("[confirm]\nmax_delay = \"100ms\"\n{}", three_handlers(&receiver, out.path()));
+    let port = free_port();
+    let extra = format!(
+        "[confirm]\nmax_delay = \"100ms\"\n[pull]\nbackoff_max = \"300ms\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n{}",
+        three_handlers(&receiver, out.path())
+    );
     let daemon = start_with_store(&emu.endpoint(), &format!("busy_timeout = \"{busy_timeout}\""), &extra).await;
     let first = enqueue_mix(&emu, 40);
     eventually(Duration::from_secs(60), "the first batch delivered everywhere", || {
@@ -152,9 +172,9 @@ async fn held_write_lock(refused: bool) {
     eventually(Duration::from_secs(30), "the second batch pulled", || emu.stats().queue.delivered > delivered_before)
         .await;
     if refused {
-        let failures = || lines_with(&daemon.log(), "Could not store pulled events");
-        let before = failures();
-        eventually(Duration::from_secs(30), "commits refused", || failures() >= before + 3).await;
+        let before = store_failures(port);
+        eventually(Duration::from_secs(30), "commits refused", || store_failures(port) >= before + 3).await;
+        assert!(daemon.log().contains("Could not store pulled events"), "the outage is logged");
     } else {
         // The commit waits on the lock; hold it far past confirm.max_delay.
         let until = std::time::Instant::now() + Duration::from_secs(2);
