@@ -309,8 +309,13 @@ impl Store {
             args.push(since.into());
         }
         if let Some(f) = &filter.file_id {
-            // Any file the event names; `file_id` too, for rows not yet indexed (see backfill_files).
-            sql.push_str(" AND (file_id = ? OR id IN (SELECT event_id FROM event_files WHERE file_id = ?))");
+            // Any file the event names; `file_id` too, for rows not yet indexed (below the
+            // backfill mark, see backfill_files): a rowid range scan, empty once indexed.
+            sql.push_str(&format!(
+                " AND id IN (SELECT event_id FROM event_files WHERE file_id = ?
+                   UNION ALL SELECT id FROM events WHERE file_id = ? AND id < coalesce(
+                     (SELECT CAST(value AS INTEGER) FROM daemon_state WHERE key = '{BACKFILL_KEY}'), 0))"
+            ));
             args.push(f.clone().into());
             args.push(f.clone().into());
         }
@@ -475,9 +480,13 @@ mod tests {
         assert_eq!(deliveries.len(), 1, "rebuilding events must not cascade into deliveries");
         let by_src = EventFilter { file_id: Some("src".into()), limit: 10, ..Default::default() };
         assert!(store.list_events(&by_src).unwrap().is_empty(), "not indexed yet");
+        let by_out = EventFilter { file_id: Some("out".into()), limit: 10, ..Default::default() };
+        let found = |f: &EventFilter| store.list_events(f).unwrap().iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(found(&by_out), [7], "found by its primary file before it is indexed");
         assert_eq!(store.backfill_files(100).await.unwrap(), 1);
         assert_eq!(store.backfill_files(100).await.unwrap(), 0);
-        assert_eq!(store.list_events(&by_src).unwrap()[0].id, 7);
+        assert_eq!(found(&by_src), [7]);
+        assert_eq!(found(&by_out), [7], "once, by the index");
         assert_eq!(store.get_event(7).unwrap().unwrap().occurrence, 1);
     }
 
