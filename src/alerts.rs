@@ -11,7 +11,7 @@
 //! - Bodies carry the type, the time, the subject and a message; never a secret.
 //! - An alert that no route takes is not stored.
 //!
-//! [`AlertLoop`] watches the health flags and the dead deliveries once a second, and
+//! [`AlertLoop`] watches the health flags and the dead deliveries every 5 s, and
 //! stores what it finds; an alert the store refuses is kept (at most
 //! [`PENDING_ALERTS`]) and stored once the store accepts writes again, which is how
 //! `vod-eventd.store.refusing_writes` is ever stored.
@@ -38,7 +38,7 @@ pub const ALERT_HOLD: Duration = Duration::from_secs(60);
 /// Alerts kept while the store refuses writes, at most; older ones are dropped first.
 pub const PENDING_ALERTS: usize = 64;
 /// How often the health flags and dead deliveries are looked at.
-const TICK: Duration = Duration::from_secs(1);
+const TICK: Duration = Duration::from_secs(5);
 /// A condition that lasts is raised again this often (held back in between).
 const REPEAT: Duration = Duration::from_secs(3600);
 /// Dead deliveries read per look, at most.
@@ -179,7 +179,7 @@ struct Seen {
 const DEAD_LOOKS: u32 = 5;
 
 impl AlertLoop {
-    /// Looks once a second until `shutdown`.
+    /// Looks every [`TICK`] until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut seen = Seen { dead_cursor: crate::store::now_ms(), dead_looks: DEAD_LOOKS, ..Seen::default() };
         loop {

@@ -333,7 +333,9 @@ pub struct DispatchConfig {
     /// The longest `Retry-After` a receiver can ask for.
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
-    /// How often to look for deliveries scheduled from outside (`events replay`, `deliveries retry`).
+    /// How often an idle dispatcher looks for work scheduled from outside (`events replay`,
+    /// `deliveries retry`, `handlers pause`/`resume`). Each look costs a stat of the
+    /// write-ahead log, and a store read only if another process wrote to it.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// How long the dispatcher gathers finished attempts and free permits before writing
@@ -348,7 +350,7 @@ impl Default for DispatchConfig {
             retry_schedule: crate::retry::default_schedule(),
             max_age: Duration::from_secs(3 * 86400),
             max_retry_after: Duration::from_secs(3600),
-            poll_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_secs(5),
             batch_window: Duration::from_millis(20),
         }
     }

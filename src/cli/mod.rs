@@ -170,10 +170,13 @@ fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     // One thread runs every task: the daemon waits on the network and the store, and its
     // tasks hand work to each other constantly; on one thread that costs no cross-thread
     // wake-ups (a quarter less CPU per event than the multi-threaded runtime, BENCHMARKS.md).
-    // Store queries run on the blocking pool, never on this thread.
+    // Store queries run on the blocking pool, never on this thread; its threads are kept
+    // for minutes, not tokio's 10 s, so the 10 s heartbeat of an idle daemon does not start
+    // a new thread each time.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .thread_keep_alive(std::time::Duration::from_secs(300))
         .build()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();

@@ -93,7 +93,12 @@ pub enum StoreError {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// The write-ahead log's size and modification time at the last `data_version` read,
+    /// and what it returned.
+    last_version: Arc<Mutex<Option<WalSeen>>>,
 }
+
+type WalSeen = ((u64, Option<std::time::SystemTime>), i64);
 
 impl Store {
     /// Opens (creating if needed) the store for the daemon, and migrates it.
@@ -156,7 +161,7 @@ impl Store {
             // The daemon checkpoints itself; the CLI should not.
             conn.execute_batch("PRAGMA wal_autocheckpoint = 1000;").map_err(open_err)?;
         }
-        let mut store = Store { conn: Arc::new(Mutex::new(conn)), path: path.into() };
+        let mut store = Store { conn: Arc::new(Mutex::new(conn)), path: path.into(), last_version: Arc::default() };
         store.migrate()?;
         Ok(store)
     }
@@ -219,11 +224,30 @@ impl Store {
 
     /// `PRAGMA data_version`: changes whenever another connection (the CLI, another
     /// process) commits to the file. Runs on the calling thread, and only if the connection
-    /// is free at once (it costs microseconds and no disk read); `None` if it is busy.
+    /// is free at once; `None` if it is busy. Reading it takes and drops the file's read
+    /// locks, so it is only read when the write-ahead log's size or modification time changed
+    /// since the last call (every commit writes to it; a commit that rewrites the log at
+    /// the same size within the file system's timestamp tick is seen at the next change,
+    /// at the latest with the daemon's own 10 s heartbeat).
     pub fn data_version(&self) -> Option<i64> {
+        let wal = std::fs::metadata(self.wal_path()).ok().map(|m| (m.len(), m.modified().ok()));
+        let mut last = self.last_version.lock().expect("store mutex poisoned");
+        if let (Some(wal), Some((seen, version))) = (wal, *last) {
+            if wal == seen {
+                return Some(version);
+            }
+        }
         let conn = self.conn.try_lock().ok()?;
         let version = conn.prepare_cached("PRAGMA data_version").and_then(|mut s| s.query_row([], |r| r.get(0)));
-        version.ok()
+        let version = version.ok()?;
+        *last = wal.map(|wal| (wal, version));
+        Some(version)
+    }
+
+    fn wal_path(&self) -> PathBuf {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        wal.into()
     }
 
     /// Runs `f` on the connection in the calling thread (for the CLI).

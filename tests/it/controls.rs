@@ -38,12 +38,13 @@ fn handlers_cmd(daemon: &TestDaemon, args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_and_resume_from_the_cli_take_effect_within_a_second() {
+async fn pause_and_resume_from_the_cli_take_effect_within_the_poll_interval() {
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
-    // dispatch.poll_interval stays at its default, 1s.
-    let config =
-        format!("[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n{}", webhook("hook", &receiver.url(), ""));
+    let config = format!(
+        "[dispatch]\npoll_interval = \"1s\"\n[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n{}",
+        webhook("hook", &receiver.url(), "")
+    );
     let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
     emu.enqueue_generated(3);
     eventually(Duration::from_secs(30), "3 delivered", || receiver.accepted().len() == 3).await;
