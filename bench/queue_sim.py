@@ -22,6 +22,8 @@ API 3.0 (POST `/`, JSON body, `X-TC-Action`; answers `{"Response": {..., "Reques
   Which handles of a call are confirmed when some are bad is not documented: by default the
   valid ones are confirmed and the call answers `InvalidParameter` naming the bad ones
   (--strict-confirm: nothing confirmed when one is bad, the in-tree emulator's reading).
+- DescribeEventConfig: Mode "PULL" (the daemon asks once at start), a
+  `models.DescribeEventConfigResponse`.
 - Payloads: built with the official SDK's model classes (`tencentcloud.vod.v20180717.models`:
   EventContent with FileUploadTask/MediaBasicInfo/MediaMetaData, ProcedureTask with a
   transcode MediaProcessTaskResult, FileDeleteTask, PullUploadTask), every field set through
@@ -409,7 +411,14 @@ class Handler(BaseHTTPRequestHandler):
                 return self.v3_error("InvalidParameter",
                                      "invalid or expired EventHandle: " + ",".join(bad))
             return self.reply({"Response": {"RequestId": str(uuid.uuid4())}})
-        return self.v3_error("InvalidAction", "the simulator serves PullEvents and ConfirmEvents")
+        if action == "DescribeEventConfig":  # the daemon checks the app is in PULL mode
+            answer = model(models.DescribeEventConfigResponse, Mode="PULL", NotificationUrl="",
+                           UploadMediaCompleteEventSwitch="ON",
+                           DeleteMediaCompleteEventSwitch="ON",
+                           PersistenceCompleteEventSwitch="ON", RequestId=str(uuid.uuid4()))
+            return self.reply({"Response": answer._serialize()})
+        return self.v3_error("InvalidAction", "the simulator serves PullEvents, ConfirmEvents "
+                             "and DescribeEventConfig")
 
     # v2 --------------------------------------------------------------------------------------
     def v2(self, method, path, params):
