@@ -10,7 +10,8 @@
 # same emulator and receiver, in the tests' virtual environment (target/tmp/py-venv: run
 # `cargo test --test it crosscheck` once to create it).
 # RATE=1000 enforces that many calls per minute at the emulator and in the daemon (Tencent's
-# documented limit); BIN=path runs another vod-eventd build (for before/after figures).
+# documented limit); BIN=path runs another vod-eventd build (for before/after figures; nothing
+# is built then: a copy of a build keeps commits made meanwhile from rebuilding mid-series).
 #
 # `strace` runs the daemon under `strace -c -f` (syscall counts in target/outbox/strace.txt;
 # CPU figures are then inflated); `noroute` stores and confirms only (no handler).
@@ -32,7 +33,7 @@ cd "$(dirname "$0")/.."
 N=${1:-20000}; DELAY=${2:-0}; MODE=${3:-}
 SIM=${SIM:-rust}; API=${API:-v2}; ROUTES=${ROUTES:-webhook}
 PY=${PY:-$PWD/target/tmp/py-venv/bin/python}
-cargo build --release --bin vod-eventd -q
+[ -n "${BIN:-}" ] || cargo build --release --bin vod-eventd -q
 B=${BIN:-$PWD/target/release/vod-eventd}
 RATE=${RATE:-0}
 [ "$SIM" = py ] && [ "$RATE" != 0 ] && { echo "outbox.sh: SIM=py has no rate limit" >&2; exit 2; }
