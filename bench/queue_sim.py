@@ -228,7 +228,7 @@ class Queue:
         if text is None:
             if api == "v3":
                 obj = v3_event(eid)._serialize(allow_none=not self.compact)
-                del obj["EventHandle"]  # set per pull, as the first member
+                obj.pop("EventHandle", None)  # set per pull, as the first member
             else:
                 obj = v2_event(eid)
             text = cache[eid] = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
