@@ -6,7 +6,7 @@
 #
 #   bench/outbox.sh [EVENTS] [DELAY_MS] [strace|noroute|baseline]
 #
-# `baseline` runs bench/baseline.py (the official v2 SDK loop) instead of vod-eventd, against the
+# `baseline` runs bench/baseline.py (the official-SDK loop; v2, or v3 with API=v3) instead of vod-eventd, against the
 # same emulator and receiver, in the tests' virtual environment (target/tmp/py-venv: run
 # `cargo test --test it crosscheck` once to create it).
 # RATE=1000 enforces that many calls per minute at the emulator and in the daemon (Tencent's
