@@ -50,6 +50,9 @@ Signature checks (--verify, default full):
   `SignatureMethod=HmacSHA256`). Error: code 4100.
 - off: nothing checked.
 
+Not modelled: rate limits (1000 calls/min v2, 100/s v3), apps (`SubAppId` is ignored), STS
+tokens, retention, faults, other actions (`InvalidAction`). Errors are answered with HTTP 200.
+
 GET /_stats answers JSON counters: pulls, pulled (events handed out, redeliveries included),
 confirmed (distinct events), redelivered, unknown_handles (never issued or already
 confirmed), expired_handles (confirmed after --ttl), auth_failures, backlog (not yet pulled),
