@@ -24,6 +24,7 @@
 # ROUTES=webhook+shell adds a second route, to a shell hook `/bin/sh -c 'cat > /dev/null'`
 # (concurrency 4); the baseline then runs the same command per event (subprocess, event on
 # stdin) after its POST. The run ends when both handlers have every event.
+# The config points [account] endpoint (DescribeEventConfig) at the queue under test too.
 # PY=path is the Python with the official SDKs (default target/tmp/py-venv/bin/python).
 #
 # Prints the contender's own CPU (cpu_s) and, separately, its children's (the shell hooks:
@@ -71,6 +72,8 @@ endpoint = "$ENDPOINT"
 secret_id = "AKIDemulatorDEMOsecretID0000000000000"
 secret_key = "emulator-demo-secret-key-not-a-real-one"
 rate_limit_per_minute = $([ "$RATE" = 0 ] && echo 10000000 || echo "$RATE")
+[account]
+endpoint = "http://$EMU/"
 [store]
 path = "$W/events.db"
 [log]
