@@ -1,24 +1,33 @@
 #!/usr/bin/env python3
 """Benchmark baseline: "what a user would write instead" of vod-eventd.
 
-A short, straightforward VOD v2 event consumer built on the official SDK
-(qcloudapi-sdk-python==2.0.15): PullEvent -> store the batch in SQLite (one
-transaction, deduped on the sha256 of the canonical eventContent JSON) ->
-ConfirmEvent -> POST each event to a webhook.  On SDK/transport errors it
-sleeps 1 s and retries.
+A short, straightforward VOD event consumer built on the official SDK: v2
+(qcloudapi-sdk-python==2.0.15, the default) PullEvent -> store the batch in
+SQLite (one transaction, deduped on the sha256 of the canonical eventContent
+JSON) -> ConfirmEvent -> POST each event to a webhook (and, with --shell, run
+that command with the event on stdin).  With --api v3 the same loop uses API 3.0
+through tencentcloud-sdk-python's VodClient (PullEvents / ConfirmEvents; an
+event is the SDK model's to_json_string() minus EventHandle; the idle answer
+ResourceNotFound means no events).  On SDK/transport errors it sleeps 1 s and
+retries.
 
     python3 bench/baseline.py --endpoint http://127.0.0.1:PORT/v2/index.php \
         --secret-id ID --secret-key KEY --db PATH --webhook URL --events N \
-        [--idle-seconds S]
+        [--api v2|v3] [--shell 'CMD ARG...'] [--idle-seconds S]
 
-Stops after N distinct events are stored and posted, or (with --idle-seconds)
-after S seconds of pulling.  Prints one JSON line of counters at exit.
+(v3: --endpoint http://127.0.0.1:PORT/.)  Stops after N distinct events are
+stored and handled, or (with --idle-seconds) after S seconds of pulling.
+Prints one JSON line of counters at exit, with the process's own CPU seconds
+and its children's (the shell commands).
 """
 
 import argparse
 import hashlib
 import json
+import resource
+import shlex
 import sqlite3
+import subprocess
 import sys
 import time
 import urllib.request
@@ -58,6 +67,73 @@ def make_api(endpoint, secret_id, secret_key):
                              "Region": "gz", "method": "GET"})
 
 
+class V2:
+    """PullEvent / ConfirmEvent with the v2 SDK."""
+
+    def __init__(self, endpoint, secret_id, secret_key):
+        self.api = make_api(endpoint, secret_id, secret_key)
+
+    def pull(self):
+        """[(handle, eventContent)]; [] when idle. Raises on errors."""
+        resp = json.loads(self.api.call("PullEvent", {}, req_timeout=10))
+        if resp.get("code") == 4000:
+            return []
+        if resp.get("code") != 0:
+            raise RuntimeError("PullEvent: %s" % resp)
+        return [(ev["msgHandle"], ev["eventContent"]) for ev in resp.get("eventList") or []]
+
+    def confirm(self, handles):
+        params = {"msgHandle.%d" % i: h for i, h in enumerate(handles)}
+        return json.loads(self.api.call("ConfirmEvent", params,
+                                        req_timeout=10)).get("code") == 0
+
+
+class V3:
+    """PullEvents / ConfirmEvents with tencentcloud-sdk-python's VodClient."""
+
+    def __init__(self, endpoint, secret_id, secret_key):
+        from tencentcloud.common.credential import Credential
+        from tencentcloud.common.exception.tencent_cloud_sdk_exception import \
+            TencentCloudSDKException
+        from tencentcloud.common.profile.client_profile import ClientProfile
+        from tencentcloud.common.profile.http_profile import HttpProfile
+        from tencentcloud.vod.v20180717 import models, vod_client
+        url = urlsplit(endpoint)
+        profile = ClientProfile(httpProfile=HttpProfile(
+            protocol=url.scheme, endpoint=url.netloc, reqTimeout=10))
+        self.client = vod_client.VodClient(Credential(secret_id, secret_key), "", profile)
+        self.models, self.error = models, TencentCloudSDKException
+
+    def pull(self):
+        try:
+            resp = self.client.PullEvents(self.models.PullEventsRequest())
+        except self.error as e:
+            if e.get_code() == "ResourceNotFound":  # the idle queue's answer
+                return []
+            raise
+        out = []
+        for ev in resp.EventSet or []:
+            content = json.loads(ev.to_json_string())
+            del content["EventHandle"]
+            out.append((ev.EventHandle, content))
+        return out
+
+    def confirm(self, handles):
+        req = self.models.ConfirmEventsRequest()
+        req.EventHandles = handles
+        self.client.ConfirmEvents(req)
+        return True
+
+
+def run_shell(cmd, content):
+    body = json.dumps(content).encode()
+    try:
+        return subprocess.run(cmd, input=body, stdout=subprocess.DEVNULL,
+                              timeout=60).returncode == 0
+    except Exception:
+        return False
+
+
 def open_db(path):
     db = sqlite3.connect(path)
     db.execute("PRAGMA journal_mode=WAL")
@@ -90,12 +166,15 @@ def main():
     ap.add_argument("--webhook", required=True)
     ap.add_argument("--events", type=int, required=True)
     ap.add_argument("--idle-seconds", type=float)
+    ap.add_argument("--api", choices=["v2", "v3"], default="v2")
+    ap.add_argument("--shell", help="a command run per event, the event JSON on stdin")
     args = ap.parse_args()
 
-    api = make_api(args.endpoint, args.secret_id, args.secret_key)
+    api = (V2 if args.api == "v2" else V3)(args.endpoint, args.secret_id, args.secret_key)
+    shell = shlex.split(args.shell) if args.shell else None
     db = open_db(args.db)
     stored = pulls = confirms = errors = 0
-    posted = set()  # dedupe keys posted OK (redeliveries are re-posted)
+    posted = set()  # dedupe keys handled OK (redeliveries are re-posted)
     start = time.monotonic()
 
     while True:
@@ -107,17 +186,13 @@ def main():
             break
         try:
             pulls += 1
-            resp = json.loads(api.call("PullEvent", {}, req_timeout=10))
-            if resp.get("code") == 4000 or not resp.get("eventList"):
-                if resp.get("code") not in (0, 4000):
-                    errors += 1
-                    time.sleep(1)
+            batch = api.pull()
+            if not batch:
                 continue
-            batch = resp["eventList"]
             keys = []
             with db:  # one transaction per batch
-                for ev in batch:
-                    text = json.dumps(ev["eventContent"], sort_keys=True,
+                for _, content in batch:
+                    text = json.dumps(content, sort_keys=True,
                                       separators=(",", ":"))
                     key = hashlib.sha256(text.encode()).hexdigest()
                     keys.append(key)
@@ -125,14 +200,14 @@ def main():
                                " (dedupe_key, content, received_at)"
                                " VALUES (?, ?, ?)", (key, text, time.time()))
             stored = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-            handles = {"msgHandle.%d" % i: ev["msgHandle"]
-                       for i, ev in enumerate(batch)}
             confirms += 1
-            if json.loads(api.call("ConfirmEvent", handles,
-                                   req_timeout=10)).get("code") != 0:
+            if not api.confirm([handle for handle, _ in batch]):
                 errors += 1
-            for ev, key in zip(batch, keys):
-                if post(args.webhook, ev["eventContent"]):
+            for (_, content), key in zip(batch, keys):
+                ok = post(args.webhook, content)
+                if shell is not None:
+                    ok = run_shell(shell, content) and ok
+                if ok:
                     posted.add(key)
                 else:
                     errors += 1
@@ -141,9 +216,13 @@ def main():
             print("baseline: %s: %s" % (type(e).__name__, e), file=sys.stderr)
             time.sleep(1)
 
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"stored": stored, "posted": len(posted), "pulls": pulls,
                       "confirms": confirms, "errors": errors,
-                      "seconds": round(time.monotonic() - start, 3)}))
+                      "seconds": round(time.monotonic() - start, 3),
+                      "cpu_s": round(own.ru_utime + own.ru_stime, 3),
+                      "children_cpu_s": round(kids.ru_utime + kids.ru_stime, 3)}))
 
 
 if __name__ == "__main__":
