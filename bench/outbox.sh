@@ -14,7 +14,8 @@
 # is built then: a copy of a build keeps commits made meanwhile from rebuilding mid-series).
 #
 # `strace` runs the daemon under `strace -c -f` (syscall counts in target/outbox/strace.txt;
-# CPU figures are then inflated); `noroute` stores and confirms only (no handler).
+# CPU figures are then inflated); `noroute` (or ROUTES=none, which combines with `strace`)
+# stores and confirms only (no handler).
 #
 # SIM=py uses bench/queue_sim.py (an independent Python model of the queue, payloads from the
 # official SDK's models, signatures verified with the SDKs' code; 5 s hold) instead of the
@@ -33,6 +34,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-20000}; DELAY=${2:-0}; MODE=${3:-}
 SIM=${SIM:-rust}; API=${API:-v2}; ROUTES=${ROUTES:-webhook}
+[ "$MODE" = noroute ] && ROUTES=none
 PY=${PY:-$PWD/target/tmp/py-venv/bin/python}
 [ -n "${BIN:-}" ] || cargo build --release --bin vod-eventd -q
 B=${BIN:-$PWD/target/release/vod-eventd}
@@ -64,7 +66,7 @@ handlers = [\"hook\"]
 type = \"shell\"
 command = [\"/bin/sh\", \"-c\", \"cat > /dev/null\"]
 concurrency = 4"
-[ "$MODE" = noroute ] && ROUTE=""
+[ "$ROUTES" = none ] && ROUTE=""
 cat > "$W/config.toml" <<EOT
 [vod]
 api = "$API"
@@ -105,7 +107,7 @@ else
   "$B" run --config "$W/config.toml" > "$W/daemon.log" 2>&1 & PID=$!
 fi
 done_count() {
-  if [ "$MODE" = noroute ]; then
+  if [ "$ROUTES" = none ]; then
     curl -s "$STATS" | python3 -c 'import json,sys; print(json.load(sys.stdin)["confirmed"])'
   else
     local ids; ids=$(curl -s "http://127.0.0.1:$PORT/_stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ids"])')
