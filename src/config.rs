@@ -340,6 +340,10 @@ pub struct DispatchConfig {
     /// the outcomes and the next claims in one transaction (group commit).
     #[serde(with = "humantime_serde")]
     pub batch_window: Duration,
+    /// A claimed delivery's lease outlasts its handler's attempt timeout by this much; a
+    /// delivery whose lease passed without an outcome (its host died) is attempted again.
+    #[serde(with = "humantime_serde")]
+    pub lease_margin: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -350,6 +354,7 @@ impl Default for DispatchConfig {
             max_retry_after: Duration::from_secs(3600),
             poll_interval: Duration::from_secs(1),
             batch_window: Duration::from_millis(20),
+            lease_margin: crate::dispatch::LEASE_MARGIN,
         }
     }
 }
@@ -468,8 +473,20 @@ pub struct VodConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// The SQLite file.
+    /// The SQLite file (the default backend).
     pub path: PathBuf,
+    /// A PostgreSQL URL (`postgresql://user@host:port/db?sslmode=require`): selects the
+    /// shared PostgreSQL store instead of the SQLite file at `path`. May hold the password,
+    /// which is never shown.
+    #[serde(serialize_with = "digest")]
+    pub url: Option<SecretString>,
+    /// A file holding the PostgreSQL password (when `url` has none).
+    pub password_file: Option<PathBuf>,
+    /// PostgreSQL connections per daemon, at most.
+    pub pool_size: usize,
+    /// How long a PostgreSQL connection (or a free pooled one) is waited for.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// How long a write waits for a lock held by another process (e.g. the CLI).
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
@@ -486,6 +503,62 @@ pub struct StoreConfig {
     /// Run SQLite's integrity check (`vod-eventd store check`) before READY=1. It reads
     /// the whole file, so start-up then takes time in proportion to the store's size.
     pub check_at_start: bool,
+}
+
+/// The systemd credential that holds the PostgreSQL password.
+pub const STORE_PASSWORD_CREDENTIAL: &str = "vod-store-password";
+
+impl StoreConfig {
+    /// The PostgreSQL URL, if `store.url` selects PostgreSQL.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.url.as_ref().map(|u| u.expose_secret())
+    }
+
+    /// The PostgreSQL password when the URL has none: `store.password_file`, else the
+    /// systemd credential `vod-store-password` in `$CREDENTIALS_DIRECTORY`, else none.
+    pub fn password(&self) -> Result<Option<SecretString>, String> {
+        if let Some(file) = &self.password_file {
+            return read_secret(file).map(Some).map_err(|e| format!("store.password_file {}: {e}", file.display()));
+        }
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let file = Path::new(&dir).join(STORE_PASSWORD_CREDENTIAL);
+            if file.exists() {
+                return read_secret(&file).map(Some).map_err(|e| format!("systemd credential {}: {e}", file.display()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The problems of `[store]`, keyed.
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(url) = self.postgres_url() {
+            if let Err(e) = crate::store::pg::parse_url(url) {
+                out.push(("store.url", e));
+            }
+            if self.pool_size == 0 || self.pool_size > 256 {
+                out.push(("store.pool_size", "must be between 1 and 256".into()));
+            }
+            if self.connect_timeout.is_zero() {
+                out.push(("store.connect_timeout", "must be above zero (5s is the default)".into()));
+            }
+            if self.max_size_mb != 0 {
+                out.push(("store.max_size_mb", "applies to the SQLite store only; remove it with store.url (cap the database in PostgreSQL instead)".into()));
+            }
+            if self.check_at_start {
+                out.push(("store.check_at_start", "is SQLite's integrity check; remove it with store.url".into()));
+            }
+        } else if self.password_file.is_some() {
+            out.push((
+                "store.password_file",
+                "is only used with store.url (PostgreSQL); remove it, or set store.url".into(),
+            ));
+        }
+        if let Err(e) = self.password() {
+            out.push(("store.password_file", e));
+        }
+        out
+    }
 }
 
 /// `[confirm]`.
@@ -550,6 +623,10 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: PathBuf::from("/var/lib/vod-eventd/events.db"),
+            url: None,
+            password_file: None,
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(5),
             busy_timeout: Duration::from_secs(5),
             retention: None,
             prune_interval: Duration::from_secs(3600),
@@ -811,6 +888,9 @@ impl Config {
         }
         if self.alert.check_interval.is_zero() || self.store.prune_interval.is_zero() {
             bad("alert.check_interval", "alert.check_interval and store.prune_interval must be above zero".into());
+        }
+        for (key, message) in self.store.validate() {
+            bad(key, message);
         }
         if self.dispatch.max_age.is_zero() {
             bad("dispatch.max_age", "must be above zero".into());

@@ -36,6 +36,7 @@ use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 use crate::puller::{Contact, PullError, Puller};
 use crate::service::{self, notify, StatusLoop};
+use crate::store::pg::Singleton;
 use crate::store::Store;
 
 /// A daemon ready to run.
@@ -55,8 +56,10 @@ impl Daemon {
     /// reloads the configuration.
     pub async fn run(mut self, shutdown: CancellationToken, mut reloads: mpsc::Receiver<()>) -> anyhow::Result<()> {
         let config = &self.config;
-        let store = Store::open(&config.store.path, config.store.busy_timeout)
-            .with_context(|| format!("store.path in {}", self.config_path.display()))?;
+        let key = if config.store.postgres_url().is_some() { "store.url" } else { "store.path" };
+        let store = Store::open_config(&config.store)
+            .await
+            .with_context(|| format!("{key} in {}", self.config_path.display()))?;
         if config.store.check_at_start {
             info!(store = %store.path().display(), "Checking the store's integrity (store.check_at_start); this reads the whole file.");
             let checked = store.clone();
@@ -544,6 +547,10 @@ async fn prune_loop(
             continue;
         }
         wait = interval;
+        // On a shared store one host prunes; another takes over when it dies.
+        if !store.lead(Singleton::Retention).await {
+            continue;
+        }
         let before = crate::store::now_ms() - retention.as_millis() as i64;
         let started = std::time::Instant::now();
         match store.prune(before, false, PRUNE_PAUSE, &stop).await {

@@ -108,7 +108,7 @@ impl Routing {
             .into_iter()
             .map(|(name, handler)| {
                 let concurrency = config.handlers[&name].concurrency();
-                let lease = config.handlers[&name].attempt_timeout() + LEASE_MARGIN;
+                let lease = config.handlers[&name].attempt_timeout() + config.dispatch.lease_margin;
                 let permits = previous
                     .and_then(|p| p.lanes.get(&name))
                     .filter(|lane| lane.concurrency == concurrency)
@@ -271,10 +271,13 @@ struct Stepped {
 
 /// When expired leases are looked for: every [`SWEEP_INTERVAL`] while this dispatcher may
 /// hold leases (until its longest lease has passed since its last claim), then not at all.
+/// On a shared store (PostgreSQL) always every [`SWEEP_INTERVAL`]: another host's leases
+/// must be swept when that host dies.
 #[derive(Default)]
 struct Sweeps {
     next: Option<Instant>,
     until: Option<Instant>,
+    shared: bool,
 }
 
 impl Sweeps {
@@ -290,6 +293,10 @@ impl Sweeps {
 
     fn swept(&mut self) {
         let next = Instant::now() + SWEEP_INTERVAL;
+        if self.shared {
+            self.next = Some(next);
+            return;
+        }
         self.next = self.until.filter(|until| next <= *until + SWEEP_INTERVAL).map(|_| next);
     }
 }
@@ -320,7 +327,8 @@ impl Dispatcher {
         // When the earliest pending delivery comes due (as of the last step).
         let mut due_at: Option<Instant> = None;
         let mut seen_version = None;
-        let mut sweeps = Sweeps::default();
+        let shared = self.store.is_shared();
+        let mut sweeps = Sweeps { shared, next: shared.then(Instant::now), ..Sweeps::default() };
         // Handlers that may have due deliveries beyond what they could claim.
         let mut backlog = BTreeSet::new();
         let mut control = Control::default();
@@ -577,6 +585,7 @@ fn settle(
     let base = AttemptRecord {
         delivery_id: d.delivery_id,
         attempt: d.attempt,
+        claim_token: d.claim_token,
         started_at,
         duration_ms: duration.as_millis() as i64,
         status: None,

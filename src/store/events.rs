@@ -217,6 +217,11 @@ impl Store {
     /// Stores a pulled batch (each event with the handlers it is routed to) durably;
     /// returns once the commit is on disk.
     pub async fn insert_events(&self, events: Vec<(ReceivedEvent, Vec<String>)>) -> Result<Vec<Inserted>, StoreError> {
+        if let Some(pg) = &self.pg {
+            let (events, handlers): (Vec<ReceivedEvent>, Vec<Vec<String>>) = events.into_iter().unzip();
+            let mut route = |i: usize, _: &ReceivedEvent| Routed { handlers: handlers[i].clone(), ..Routed::default() };
+            return Ok(pg.insert_batch(&events, &mut route).await?.into_iter().map(|(row, _)| row).collect());
+        }
         let now = super::now_ms();
         self.run(move |conn| {
             let (events, handlers): (Vec<ReceivedEvent>, Vec<Vec<String>>) = events.into_iter().unzip();
@@ -234,6 +239,9 @@ impl Store {
         events: Vec<ReceivedEvent>,
         route: Arc<RouteFn>,
     ) -> Result<Vec<(Inserted, Routed)>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.insert_batch(&events, &mut |_, e| route(e)).await;
+        }
         let now = super::now_ms();
         self.run(move |conn| insert_batch(conn, &events, &mut |_, e| route(e), now)).await
     }
@@ -242,6 +250,9 @@ impl Store {
     /// power cut only makes a later identical content fold into the row instead of becoming
     /// a new occurrence).
     pub async fn mark_confirmed(&self, ids: Vec<i64>, now_ms: i64) -> Result<(), StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.mark_confirmed(&ids, now_ms).await;
+        }
         self.run_bookkeeping(move |conn| {
             let tx = conn.transaction()?;
             {
@@ -260,6 +271,9 @@ impl Store {
     /// Indexes the files of up to `batch` events stored before `event_files` existed; 0
     /// when none are left.
     pub async fn backfill_files(&self, batch: u32) -> Result<usize, StoreError> {
+        if self.pg.is_some() {
+            return Ok(0); // Every PostgreSQL row is indexed as it is stored.
+        }
         self.run_bookkeeping(move |conn| backfill_files(conn, batch)).await
     }
 

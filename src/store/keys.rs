@@ -49,6 +49,9 @@ pub struct KeyInfo {
 impl Store {
     /// Stores keys; an EDK already stored is left as it is. Returns how many were new.
     pub async fn insert_keys(&self, keys: Vec<NewKey>) -> Result<usize, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.insert_keys(&keys).await;
+        }
         let now = super::now_ms();
         self.run(move |conn| {
             let tx = conn.transaction()?;
@@ -78,6 +81,9 @@ impl Store {
 
     /// Which of `edks` already have a key.
     pub async fn known_edks(&self, edks: Vec<String>) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.known_edks(edks).await;
+        }
         self.run(move |conn| {
             let mut stmt = conn.prepare_cached("SELECT 1 FROM drm_keys WHERE edk = ?")?;
             let mut known = Vec::new();

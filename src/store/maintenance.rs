@@ -96,6 +96,9 @@ impl Store {
     /// Records the daemon's heartbeat values.
     pub async fn put_state<K: Into<String>>(&self, values: Vec<(K, String)>) -> Result<(), StoreError> {
         let values: Vec<(String, String)> = values.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        if let Some(pg) = &self.pg {
+            return pg.put_state(&values).await;
+        }
         self.run_bookkeeping(move |conn| {
             let tx = conn.transaction()?;
             for (key, value) in &values {
@@ -119,6 +122,9 @@ impl Store {
     /// Whether a pull ever succeeded against this store with the credentials of this
     /// fingerprint ([`crate::api::ClientSettings::credentials_fingerprint`]).
     pub async fn credentials_worked(&self, fingerprint: String) -> Result<bool, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.credentials_worked(&fingerprint).await;
+        }
         self.run(move |conn| {
             let key = format!("pull_ok:{fingerprint}");
             Ok(conn.query_row("SELECT 1 FROM daemon_state WHERE key = ?", [key], |_| Ok(())).optional()?.is_some())
@@ -128,6 +134,9 @@ impl Store {
 
     /// Remembers the first successful pull with these credentials (kept across restarts).
     pub async fn remember_credentials(&self, fingerprint: String) -> Result<(), StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.remember_credentials(&fingerprint).await;
+        }
         self.run(move |conn| {
             let key = format!("pull_ok:{fingerprint}");
             conn.execute(
@@ -144,6 +153,9 @@ impl Store {
     /// configured again. Orphaned deliveries are not run, are counted apart, and keep
     /// their event only until `store.retention`.
     pub async fn sync_orphans(&self, configured: Vec<String>, config_path: String) -> Result<Orphans, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.sync_orphans(&configured, &config_path).await;
+        }
         let configured = serde_json::to_string(&configured).expect("names serialise");
         let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         self.run(move |conn| {
@@ -177,6 +189,9 @@ impl Store {
     /// Pending (or running), dead and orphaned deliveries per handler. Reads only the rows that
     /// are not done (the partial index `deliveries_not_done`), whatever the history.
     pub async fn handler_counts(&self) -> Result<BTreeMap<String, HandlerCounts>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.handler_counts().await;
+        }
         self.run(|conn| {
             let mut stmt = conn.prepare_cached(HANDLER_COUNTS)?;
             let rows = stmt.query_map([], |r| {
@@ -209,6 +224,9 @@ impl Store {
 
     /// Bytes on disk: the database file plus its WAL.
     pub fn size_on_disk(&self) -> u64 {
+        if self.pg.is_some() {
+            return 0; // Not known without a query; see PgStore::size.
+        }
         let wal =
             self.path.with_extension(format!("{}-wal", self.path.extension().and_then(|e| e.to_str()).unwrap_or("")));
         [self.path.clone(), wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
@@ -217,6 +235,9 @@ impl Store {
     /// Caps the database at about `max_bytes` (0 = no cap): once full, commits fail with
     /// "database or disk is full" and the daemon stops pulling until there is room.
     pub async fn set_max_size(&self, max_bytes: u64) -> Result<(), StoreError> {
+        if self.pg.is_some() {
+            return Ok(()); // store.max_size_mb is SQLite's; config validation refuses it with store.url.
+        }
         self.run(move |conn| {
             let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
             let pages = if max_bytes == 0 { 4_294_967_294 } else { (max_bytes as i64 / page_size).max(1) };
@@ -244,6 +265,9 @@ impl Store {
         pause: Duration,
         stop: &CancellationToken,
     ) -> Result<usize, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.prune(before_ms, include_dead, pause, stop).await;
+        }
         let mut cursor = 0;
         let mut total = 0;
         loop {

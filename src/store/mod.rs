@@ -4,6 +4,11 @@
 //! The file is created mode 0600. The daemon's connection sits behind a std mutex and is
 //! only used from `spawn_blocking`; the CLI opens its own connection, which WAL allows
 //! while the daemon runs.
+//!
+//! With `store.url`, the same [`Store`] is backed by PostgreSQL instead ([`pg`]), shared by
+//! several daemons: the public methods the daemon uses dispatch to it at their top. A
+//! method not ported yet (the CLI's reads, `run_sync`, ...) fails with
+//! [`StoreError::NotAvailable`], never a panic.
 
 mod activity;
 mod alerts;
@@ -12,6 +17,7 @@ mod events;
 mod handlers;
 mod keys;
 mod maintenance;
+pub mod pg;
 mod ranges;
 
 use std::path::{Path, PathBuf};
@@ -85,16 +91,51 @@ pub enum StoreError {
     /// The blocking task running the query panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(String),
+    /// A PostgreSQL query, commit or connection failed (the message never holds the password).
+    #[error("PostgreSQL store: {0}")]
+    Postgres(String),
+    /// The operation exists only for the SQLite store so far.
+    #[error("{0} is not available with store.url (PostgreSQL) yet; run it against a SQLite store (store.path)")]
+    NotAvailable(String),
 }
 
 /// A handle on the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    /// The SQLite connection; none with PostgreSQL.
+    conn: Option<Arc<Mutex<Connection>>>,
+    /// The SQLite file, or the PostgreSQL URL without its password.
     path: PathBuf,
+    /// The PostgreSQL backend, with `store.url`.
+    pg: Option<Arc<pg::PgStore>>,
 }
 
 impl Store {
+    /// Opens the store `config` names for the daemon: PostgreSQL with `store.url`
+    /// (connecting and migrating), else the SQLite file `store.path` (see [`Store::open`]).
+    pub async fn open_config(config: &crate::config::StoreConfig) -> Result<Store, StoreError> {
+        if config.postgres_url().is_none() {
+            return Store::open(&config.path, config.busy_timeout);
+        }
+        let pg = pg::PgStore::connect(config).await?;
+        Ok(Store { conn: None, path: pg.shown().into(), pg: Some(Arc::new(pg)) })
+    }
+
+    /// True when several daemons may share this store (PostgreSQL): leases must be swept
+    /// whoever took them, and other hosts' writes are not announced.
+    pub fn is_shared(&self) -> bool {
+        self.pg.is_some()
+    }
+
+    /// Whether this daemon runs the singleton task `what` now: always on SQLite; on
+    /// PostgreSQL while it holds that task's advisory lock (see [`pg::PgStore::lead`]).
+    pub async fn lead(&self, what: pg::Singleton) -> bool {
+        match &self.pg {
+            Some(pg) => pg.lead(what).await,
+            None => true,
+        }
+    }
+
     /// Opens (creating if needed) the store for the daemon, and migrates it.
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
         create_private(path).map_err(|e| StoreError::Open { path: path.into(), source: e })?;
@@ -107,6 +148,9 @@ impl Store {
     /// is refused there, and a damaged page elsewhere fails the query that reads it. Run
     /// by `vod-eventd store check`, and before start-up with `store.check_at_start`.
     pub fn check_integrity(&self) -> Result<(), StoreError> {
+        if self.pg.is_some() {
+            return Err(StoreError::NotAvailable("the integrity check (store.check_at_start, store check)".into()));
+        }
         let corrupt = |detail: String| StoreError::Corrupt { path: self.path.clone(), detail };
         let problems: Vec<String> = self
             .run_sync(|c| {
@@ -155,7 +199,7 @@ impl Store {
             // The daemon checkpoints itself; the CLI should not.
             conn.execute_batch("PRAGMA wal_autocheckpoint = 1000;").map_err(open_err)?;
         }
-        let mut store = Store { conn: Arc::new(Mutex::new(conn)), path: path.into() };
+        let mut store = Store { conn: Some(Arc::new(Mutex::new(conn))), path: path.into(), pg: None };
         store.migrate()?;
         Ok(store)
     }
@@ -166,7 +210,7 @@ impl Store {
     /// table (drop and rename), which must not cascade: foreign keys are off while
     /// migrations run, and checked before each one commits.
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock().expect("store mutex poisoned");
+        let mut conn = self.sqlite("migrate")?.lock().expect("store mutex poisoned");
         if conn.query_row("PRAGMA user_version", [], |r| r.get::<_, usize>(0))? == MIGRATIONS.len() {
             return Ok(());
         }
@@ -176,9 +220,14 @@ impl Store {
         result
     }
 
-    /// The store file.
+    /// The store file (with PostgreSQL: its URL without the password).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The SQLite connection, or [`StoreError::NotAvailable`] naming the caller's method.
+    fn sqlite(&self, what: &str) -> Result<&Arc<Mutex<Connection>>, StoreError> {
+        self.conn.as_ref().ok_or_else(|| StoreError::NotAvailable(what.to_string()))
     }
 
     /// Runs `f` on the connection in a blocking thread.
@@ -187,7 +236,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        let conn = self.sqlite(&caller::<F>())?.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = conn.lock().expect("store mutex poisoned");
             f(&mut conn)
@@ -207,6 +256,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.sqlite(&caller::<F>())?;
         self.run(|conn| {
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             let result = f(conn);
@@ -220,16 +270,29 @@ impl Store {
     /// process) commits to the file. Runs on the calling thread, and only if the connection
     /// is free at once (it costs microseconds and no disk read); `None` if it is busy.
     pub fn data_version(&self) -> Option<i64> {
-        let conn = self.conn.try_lock().ok()?;
+        let conn = self.conn.as_ref()?.try_lock().ok()?;
         let version = conn.prepare_cached("PRAGMA data_version").and_then(|mut s| s.query_row([], |r| r.get(0)));
         version.ok()
     }
 
     /// Runs `f` on the connection in the calling thread (for the CLI).
-    pub fn run_sync<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().expect("store mutex poisoned");
+    pub fn run_sync<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, StoreError>,
+    {
+        let mut conn = self.sqlite(&caller::<F>())?.lock().expect("store mutex poisoned");
         f(&mut conn)
     }
+}
+
+/// The store method a closure passed to [`Store::run`] or [`Store::run_sync`] belongs to,
+/// from its type name (`vod_eventd::store::events::<impl ...>::list_events::{{closure}}`),
+/// for [`StoreError::NotAvailable`].
+fn caller<F>() -> String {
+    let name = std::any::type_name::<F>();
+    let head = name.split("::{{closure}}").next().unwrap_or(name);
+    let method = head.rsplit("::").next().unwrap_or(head);
+    format!("`{method}`")
 }
 
 /// The migration loop of [`Store::migrate`], run with foreign keys off.

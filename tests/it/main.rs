@@ -1,5 +1,5 @@
 //! Integration tests: the real binary against the in-tree emulator over real sockets,
-//! real SQLite files in temp dirs, and (for cross-checks) the official Python SDK.
+//! real SQLite files in temp dirs, a private PostgreSQL cluster, and (for cross-checks) the official Python SDK.
 
 /// Runs an `async fn(Api)` test against both APIs.
 macro_rules! both_apis {
@@ -26,6 +26,7 @@ mod crosscheck;
 mod filters;
 mod handlers;
 mod operator;
+mod pg;
 mod pipeline;
 mod ranges;
 mod receiver;
