@@ -134,6 +134,17 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A client of `url` once a daemon has created the schema there.
+pub async fn migrated(url: &str) -> tokio_postgres::Client {
+    let db = connect(url).await;
+    let done = "SELECT count(*) FROM pg_tables WHERE tablename = 'schema_migrations'";
+    until(Duration::from_secs(30), "a daemon created the schema", async || {
+        number(&db, done).await == 1 && number(&db, "SELECT count(*) FROM schema_migrations").await >= 1
+    })
+    .await;
+    db
+}
+
 /// One number from `sql`.
 pub async fn number(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
@@ -245,7 +256,7 @@ async fn the_pipeline_on_postgres_stores_once_confirms_after_commit_and_delivers
     let receiver = Receiver::start().await;
     let extra = format!("{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n{FAST}", webhook(&receiver));
     let mut daemon = pg_daemon(&emu, &url, &extra).await;
-    let db = connect(&url).await;
+    let db = migrated(&url).await;
     until(Duration::from_secs(90), "every event confirmed and delivered", async || {
         emu.stats().queue.outstanding == 0
             && number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await == 500
@@ -277,7 +288,7 @@ async fn a_redelivery_on_postgres_folds_into_its_row() {
     let content = emu.enqueue_generated(1).remove(0);
     // The daemon waits 3 s before confirming: the 1 s handle expires and the event comes again.
     let daemon = pg_daemon(&emu, &url, "[confirm]\nmax_delay = \"3s\"\n").await;
-    let db = connect(&url).await;
+    let db = migrated(&url).await;
     until(Duration::from_secs(30), "the event was seen twice", async || {
         number(&db, "SELECT coalesce(max(times_seen), 0) FROM events").await >= 2
     })
@@ -307,7 +318,7 @@ async fn two_daemons_drain_one_backlog_through_a_sigkill_exactly_once() {
     );
     let mut a = pg_daemon(&emu, &url, &extra).await;
     let b = pg_daemon(&emu, &url, &extra).await;
-    let db = connect(&url).await;
+    let db = migrated(&url).await;
     until(Duration::from_secs(60), "a quarter of the deliveries done", async || {
         number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await >= (EVENTS / 2) as i64
     })
@@ -327,6 +338,8 @@ async fn two_daemons_drain_one_backlog_through_a_sigkill_exactly_once() {
     }
     for mut daemon in [a, b] {
         assert!(daemon.running(), "a daemon stopped:\n{}", daemon.log());
+        let errors: Vec<String> = daemon.log().lines().filter(|l| l.contains("ERROR")).map(String::from).collect();
+        assert!(errors.is_empty(), "errors on a shared store:\n{}", errors.join("\n"));
         daemon.terminate().await;
     }
 }
@@ -343,7 +356,7 @@ async fn when_one_of_two_daemons_dies_the_other_resumes_its_deliveries_within_on
     let extra = format!("{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n{FAST}", webhook(&receiver));
     let mut a = pg_daemon(&emu, &url, &extra).await;
     let mut b = pg_daemon(&emu, &url, &extra).await;
-    let db = connect(&url).await;
+    let db = migrated(&url).await;
     let pid = a.child.as_ref().and_then(|c| c.id()).expect("running");
     let held_by_a = format!("SELECT count(*) FROM deliveries WHERE state = 'running' AND claimed_by LIKE '%:{pid}:%'");
     until(Duration::from_secs(60), "the first daemon holds claims", async || number(&db, &held_by_a).await > 0).await;
