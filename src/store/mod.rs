@@ -92,7 +92,7 @@ pub enum StoreError {
     #[error("store task failed: {0}")]
     Task(String),
     /// A PostgreSQL query, commit or connection failed (the message never holds the password).
-    #[error("PostgreSQL store: {0}")]
+    #[error("PostgreSQL store: {0} (vod-eventd retries by itself; check that the server store.url names is up and reachable)")]
     Postgres(String),
     /// The operation exists only for the SQLite store so far.
     #[error("{0} is not available with store.url (PostgreSQL) yet; run it against a SQLite store (store.path)")]

@@ -44,18 +44,29 @@ fn run(cmd: &mut std::process::Command, what: &str) {
     );
 }
 
-/// The cluster, started on first use.
+/// The cluster most tests share, started on first use.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
+    CLUSTER.get_or_init(Cluster::start)
+}
+
+/// True when the tests run as root (PostgreSQL then runs as `postgres`).
+fn root() -> bool {
+    let uid = String::from_utf8(command("id").arg("-u").output().unwrap().stdout).unwrap();
+    uid.trim() == "0"
+}
+
+impl Cluster {
+    /// A cluster of its own (for tests that restart it), stopped and removed once this
+    /// test process has exited.
+    pub fn start() -> Cluster {
         let bin = Path::new(PG_BIN);
         assert!(
             bin.join("initdb").exists(),
             "PostgreSQL 15 is not installed ({PG_BIN}/initdb is missing): the PostgreSQL store tests need Debian's \
              postgresql-15 package (apt-get install -y postgresql-15)"
         );
-        let uid = String::from_utf8(command("id").arg("-u").output().unwrap().stdout).unwrap();
-        let root = uid.trim() == "0";
+        let root = root();
         let dir = std::env::temp_dir().join(format!("vod-pg-{}-{:08x}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -64,10 +75,16 @@ pub fn cluster() -> &'static Cluster {
         }
         let data = dir.join("data");
         run(
-            as_postgres(root, &bin.join("initdb"))
-                .arg("-D")
-                .arg(&data)
-                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"]),
+            as_postgres(root, &bin.join("initdb")).arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ]),
             "initdb",
         );
         let port = free_port();
@@ -92,17 +109,14 @@ pub fn cluster() -> &'static Cluster {
             .spawn()
             .expect("start the cluster's reaper");
         cluster
-    })
-}
+    }
 
-impl Cluster {
     /// `pg_ctl start`, `stop` or `restart`, waiting for it.
     pub fn pg_ctl(&self, action: &str) {
-        let uid = String::from_utf8(command("id").arg("-u").output().unwrap().stdout).unwrap();
         let options =
             format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200", self.port, self.dir.display());
         run(
-            as_postgres(uid.trim() == "0", &Path::new(PG_BIN).join("pg_ctl"))
+            as_postgres(root(), &Path::new(PG_BIN).join("pg_ctl"))
                 .arg("-D")
                 .arg(self.dir.join("data"))
                 .arg("-l")
@@ -117,9 +131,13 @@ impl Cluster {
     }
 }
 
-/// A fresh database in the cluster; its URL.
+/// A fresh database in the shared cluster; its URL.
 pub async fn database() -> String {
-    let cluster = cluster();
+    database_in(cluster()).await
+}
+
+/// A fresh database in `cluster`; its URL.
+pub async fn database_in(cluster: &Cluster) -> String {
     let name = format!("t_{:016x}", rand::random::<u64>());
     let admin = connect(&cluster.url("postgres")).await;
     admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
@@ -398,4 +416,65 @@ async fn when_one_of_two_daemons_dies_the_other_resumes_its_deliveries_within_on
     assert_drained(&db, &contents, &receiver, None).await;
     assert!(b.log().contains("Returned deliveries whose lease passed"), "the survivor swept:\n{}", b.log());
     b.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_connections_and_a_postgres_restart_pause_the_pipeline_and_it_resumes_by_itself() {
+    let cluster = Cluster::start();
+    let url = database_in(&cluster).await;
+    let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(5), ..fast_emulator_config() }).await;
+    let mut contents = emu.enqueue_generated(300);
+    let receiver = Receiver::start().await;
+    let extra = format!(
+        "[confirm]\nhandle_ttl = \"5s\"\n[pull]\nbackoff_max = \"1s\"\n{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n{FAST}",
+        webhook(&receiver)
+    );
+    let mut daemon = pg_daemon(&emu, &url, &extra).await;
+    let db = migrated(&url).await;
+    until(Duration::from_secs(60), "the first events delivered", async || {
+        number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await >= 100
+    })
+    .await;
+
+    // Every connection of the daemon is killed (its pool and its singleton session).
+    let killed = number(
+        &db,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid != pg_backend_pid()",
+    )
+    .await;
+    assert!(killed > 0, "the daemon had connections");
+    contents.extend(emu.enqueue_generated(300));
+    until(Duration::from_secs(60), "the second batch stored after the lost connections", async || {
+        number(&db, "SELECT count(*) FROM events").await >= 600
+    })
+    .await;
+
+    // PostgreSQL itself goes away: pulling and confirming stop, and nothing is confirmed unstored.
+    drop(db);
+    cluster.pg_ctl("stop");
+    contents.extend(emu.enqueue_generated(300));
+    eventually(Duration::from_secs(30), "the daemon says the store refuses writes", || {
+        daemon.log().contains("Could not store pulled events")
+    })
+    .await;
+    cluster.pg_ctl("start");
+    let db = connect(&url).await;
+    until(Duration::from_secs(120), "every event confirmed and delivered after the restart", async || {
+        emu.stats().queue.outstanding == 0
+            && number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await == 900
+    })
+    .await;
+    assert_drained(&db, &contents, &receiver, None).await;
+    let stored: HashSet<String> = contents.iter().map(|c| key_of(c)).collect();
+    for confirmed in emu.confirmed() {
+        assert!(stored.contains(&key_of(&confirmed)), "confirmed but not stored: {confirmed}");
+    }
+    assert!(daemon.running(), "connection trouble must not stop the daemon:\n{}", daemon.log());
+    let log = daemon.log();
+    for line in log.lines().filter(|l| l.contains("ERROR") || l.contains("accepts writes again")) {
+        eprintln!("{line}");
+    }
+    assert!(log.contains("The store accepts writes again"), "recovery is logged:\n{log}");
+    daemon.terminate().await;
 }
