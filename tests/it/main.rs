@@ -17,6 +17,31 @@ macro_rules! both_apis {
     )*};
 }
 
+/// Runs an `async fn(Api, Backend)` test against both APIs on SQLite, and on PostgreSQL.
+macro_rules! both_apis_and_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::support::Backend;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v2() {
+                super::$name(vod_emulator::Api::V2, Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v3() {
+                super::$name(vod_emulator::Api::V3, Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v2_postgres() {
+                super::$name(vod_emulator::Api::V2, Backend::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v3_postgres() {
+                super::$name(vod_emulator::Api::V3, Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
 mod account;
 mod chaos;
 mod cli;

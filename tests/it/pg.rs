@@ -152,6 +152,21 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The rows `sql` returns in `url`, each a list of text columns; none if the query fails
+/// (before a daemon created the schema). Synchronous (psql), for `eventually` conditions.
+pub fn psql(url: &str, sql: &str) -> Vec<Vec<String>> {
+    let out = command("psql").args(["-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql, url]).output();
+    let Ok(out) = out.map_err(|e| panic!("psql (postgresql-client-15) is needed: {e}")) else { return Vec::new() };
+    if !out.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('\t').map(String::from).collect())
+        .collect()
+}
+
 /// A client of `url` once a daemon has created the schema there.
 pub async fn migrated(url: &str) -> tokio_postgres::Client {
     let db = connect(url).await;
@@ -185,6 +200,7 @@ pub async fn pg_daemon(emu: &Emulator, url: &str, extra: &str) -> TestDaemon {
         child: None,
         rust_log: "vod_eventd=debug".into(),
         env: Vec::new(),
+        pg_url: Some(url.to_string()),
     };
     daemon.spawn();
     daemon
