@@ -494,3 +494,107 @@ async fn lost_connections_and_a_postgres_restart_pause_the_pipeline_and_it_resum
     assert!(log.contains("The store accepts writes again"), "recovery is logged:\n{log}");
     daemon.terminate().await;
 }
+
+/// The PostgreSQL store `url`, as a daemon opens it.
+async fn open(url: &str) -> vod_eventd::store::Store {
+    let config = vod_eventd::config::StoreConfig {
+        url: Some(url.to_string().into()),
+        ..vod_eventd::config::StoreConfig::default()
+    };
+    vod_eventd::store::Store::open_config(&config).await.expect("open the PostgreSQL store")
+}
+
+fn outcome(d: &vod_eventd::handler::Delivery, next: vod_eventd::store::Next) -> vod_eventd::store::AttemptRecord {
+    vod_eventd::store::AttemptRecord {
+        delivery_id: d.delivery_id,
+        attempt: d.attempt,
+        claim_token: d.claim_token,
+        started_at: 0,
+        duration_ms: 1,
+        status: None,
+        error: None,
+        excerpt: None,
+        next,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_whose_lease_was_lost_is_recorded_and_changes_nothing() {
+    use vod_eventd::store::{now_ms, Next};
+    let url = database().await;
+    let store = open(&url).await;
+    let event =
+        vod_eventd::event::ReceivedEvent::from_content(r#"{"eventType":"X"}"#, vod_eventd::config::ApiVersion::V2);
+    store.insert_events(vec![(event, vec!["h".into()])]).await.unwrap();
+    let db = connect(&url).await;
+    let state = async || {
+        let r = db.query_one("SELECT state, attempts FROM deliveries", &[]).await.unwrap();
+        (r.get::<_, String>(0), r.get::<_, i64>(1))
+    };
+    let now = now_ms();
+    let first = store.claim_due("h".into(), 1, now, Duration::from_millis(1)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(store.claim_due("h".into(), 1, now, Duration::from_secs(60)).await.unwrap().is_empty(), "claimed once");
+    assert_eq!(store.sweep_expired_leases(now + 10).await.unwrap(), 1);
+    // Swept and not claimed again: the late outcome is recorded, the delivery stays pending.
+    store.finish_attempt(outcome(&first[0], Next::Done)).await.unwrap();
+    assert_eq!(state().await, ("pending".into(), 1));
+    let second = store.claim_due("h".into(), 1, now + 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(second[0].attempt, 2);
+    assert_ne!(second[0].claim_token, first[0].claim_token, "a fresh token per claim");
+    store.finish_attempt(outcome(&first[0], Next::Dead)).await.unwrap();
+    assert_eq!(state().await, ("running".into(), 2), "the stale outcome changed nothing");
+    store.finish_attempt(outcome(&second[0], Next::Done)).await.unwrap();
+    assert_eq!(state().await, ("done".into(), 2));
+    assert_eq!(number(&db, "SELECT count(*) FROM attempts").await, 3, "every attempt is in the history");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_claiming_at_once_never_claim_the_same_delivery() {
+    use vod_eventd::store::now_ms;
+    let url = database().await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    let events: Vec<_> = (0..400)
+        .map(|i| {
+            let content = format!(r#"{{"eventType":"X","n":{i}}}"#);
+            (
+                vod_eventd::event::ReceivedEvent::from_content(&content, vod_eventd::config::ApiVersion::V2),
+                vec!["h".into()],
+            )
+        })
+        .collect();
+    a.insert_events(events).await.unwrap();
+    let drain = |store: vod_eventd::store::Store| async move {
+        let mut ids = Vec::new();
+        loop {
+            let claimed = store.claim_due("h".into(), 7, now_ms(), Duration::from_secs(60)).await.unwrap();
+            if claimed.is_empty() {
+                return ids;
+            }
+            ids.extend(claimed.iter().map(|d| d.delivery_id));
+        }
+    };
+    let (from_a, from_b) = tokio::join!(tokio::spawn(drain(a)), tokio::spawn(drain(b)));
+    let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+    assert!(!from_a.is_empty() && !from_b.is_empty(), "both hosts claimed: {} and {}", from_a.len(), from_b.len());
+    let all: HashSet<i64> = from_a.iter().chain(&from_b).copied().collect();
+    assert_eq!(all.len(), from_a.len() + from_b.len(), "no delivery claimed twice");
+    assert_eq!(all.len(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_singleton_runs_on_one_host_and_moves_when_its_host_goes() {
+    use vod_eventd::store::pg::Singleton;
+    let url = database().await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    assert!(a.lead(Singleton::Retention).await);
+    assert!(a.lead(Singleton::Retention).await, "kept while held");
+    assert!(!b.lead(Singleton::Retention).await, "held by the other host");
+    assert!(b.lead(Singleton::Status).await, "each singleton has its own lock");
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.lead(Singleton::Retention).await {
+        assert!(Instant::now() < deadline, "the lock did not move when its holder went away");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
