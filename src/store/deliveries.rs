@@ -467,6 +467,9 @@ impl Store {
 
     /// Deliveries matching `filter`, newest first.
     pub fn list_deliveries(&self, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.list_deliveries(f));
+        }
         self.run_sync(|conn| {
             let mut stmt = conn.prepare(&format!(
                 "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
@@ -480,6 +483,9 @@ impl Store {
 
     /// An event's deliveries, each with its attempts.
     pub fn event_deliveries(&self, event_id: i64) -> Result<Vec<(DeliveryRow, Vec<AttemptRow>)>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.event_deliveries(event_id));
+        }
         self.run_sync(|conn| {
             let mut stmt = conn.prepare(&format!(
                 "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.event_id = ? ORDER BY d.id"
@@ -511,6 +517,9 @@ impl Store {
     /// Schedules a fresh delivery of an event (same `webhook-id`) to `handler`, or to
     /// every handler it was delivered to before. Returns the handlers scheduled.
     pub fn replay(&self, event_id: i64, handler: Option<&str>) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.replay(event_id, handler));
+        }
         let now = super::now_ms();
         self.run_sync(|conn| {
             let tx = conn.transaction()?;
@@ -535,6 +544,9 @@ impl Store {
 
     /// Makes dead deliveries (of one handler, or all) pending again, due now.
     pub fn retry_dead(&self, handler: Option<&str>) -> Result<usize, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.retry_dead(handler));
+        }
         let now = super::now_ms();
         self.run_sync(|conn| {
             Ok(conn.execute(

@@ -279,6 +279,9 @@ impl Store {
 
     /// Every file an event names, with its role.
     pub fn event_files(&self, id: i64) -> Result<Vec<(String, String)>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.event_files(id));
+        }
         self.run_sync(|conn| {
             let mut stmt =
                 conn.prepare("SELECT file_id, role FROM event_files WHERE event_id = ? ORDER BY role DESC, file_id")?;
@@ -289,6 +292,9 @@ impl Store {
 
     /// Events matching `filter`, newest first.
     pub fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.list_events(filter));
+        }
         let mut sql = format!("SELECT {COLUMNS} FROM events WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(t) = &filter.event_type {
@@ -320,6 +326,9 @@ impl Store {
 
     /// One event by id.
     pub fn get_event(&self, id: i64) -> Result<Option<EventRow>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.get_event(id));
+        }
         self.run_sync(|conn| {
             Ok(conn.query_row(&format!("SELECT {COLUMNS} FROM events WHERE id = ?"), [id], row_to_event).optional()?)
         })
@@ -327,11 +336,17 @@ impl Store {
 
     /// Number of stored events.
     pub fn count_events(&self) -> Result<i64, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.count_events());
+        }
         self.run_sync(|conn| Ok(conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?))
     }
 
     /// Events with an id above `after`, oldest first (for following new arrivals).
     pub fn events_after(&self, after: i64, limit: u32) -> Result<Vec<EventRow>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.events_after(after, limit));
+        }
         self.run_sync(|conn| {
             let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?"))?;
             let rows = stmt.query_map(params![after, limit], row_to_event)?;

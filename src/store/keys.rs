@@ -99,6 +99,9 @@ impl Store {
 
     /// The data key for an EDK.
     pub fn get_key(&self, edk: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.get_key(edk));
+        }
         self.run_sync(|conn| {
             Ok(conn.query_row("SELECT dk FROM drm_keys WHERE edk = ?", [edk], |r| r.get(0)).optional()?)
         })
@@ -106,6 +109,9 @@ impl Store {
 
     /// Stored keys, newest first, without key material.
     pub fn list_keys(&self, file_id: Option<&str>, limit: u32) -> Result<Vec<KeyInfo>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.list_keys(file_id, limit));
+        }
         self.run_sync(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT edk, file_id, key_source, definition, event_id, fetched_at FROM drm_keys

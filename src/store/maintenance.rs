@@ -112,6 +112,9 @@ impl Store {
 
     /// The daemon's last heartbeat values.
     pub fn state(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.state());
+        }
         self.run_sync(|conn| {
             let mut stmt = conn.prepare("SELECT key, value FROM daemon_state")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -213,6 +216,9 @@ impl Store {
 
     /// Events received since `since_ms`, by type.
     pub fn events_by_type_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.events_by_type_since(since_ms));
+        }
         self.run_sync(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT event_type, count(*) FROM events WHERE received_at >= ? GROUP BY event_type ORDER BY 2 DESC",
@@ -224,8 +230,9 @@ impl Store {
 
     /// Bytes on disk: the database file plus its WAL.
     pub fn size_on_disk(&self) -> u64 {
-        if self.pg.is_some() {
-            return 0; // Not known without a query; see PgStore::size.
+        if let Some(pg) = &self.pg {
+            // The CLI's store asks PostgreSQL; the daemon's does not block on a query here.
+            return pg.block(async { Ok(pg.size().await) }).unwrap_or(0);
         }
         let wal =
             self.path.with_extension(format!("{}-wal", self.path.extension().and_then(|e| e.to_str()).unwrap_or("")));
@@ -309,6 +316,9 @@ impl Store {
 
     /// The oldest event's receive time, if any.
     pub fn oldest_event_ms(&self) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.oldest_event_ms());
+        }
         self.run_sync(|conn| {
             Ok(conn.query_row("SELECT min(received_at) FROM events", [], |r| r.get(0)).optional()?.flatten())
         })

@@ -121,6 +121,16 @@ impl Store {
         Ok(Store { conn: None, path: pg.shown().into(), pg: Some(Arc::new(pg)) })
     }
 
+    /// Opens the store `config` names for a CLI command: PostgreSQL with `store.url`, else
+    /// the existing SQLite file `store.path` (see [`Store::open_existing`]).
+    pub fn open_for_cli(config: &crate::config::StoreConfig) -> Result<Store, StoreError> {
+        if config.postgres_url().is_none() {
+            return Store::open_existing(&config.path, config.busy_timeout);
+        }
+        let pg = pg::PgStore::connect_blocking(config)?;
+        Ok(Store { conn: None, path: pg.shown().into(), pg: Some(Arc::new(pg)) })
+    }
+
     /// True when several daemons may share this store (PostgreSQL): leases must be swept
     /// whoever took them, and other hosts' writes are not announced.
     pub fn is_shared(&self) -> bool {

@@ -284,7 +284,7 @@ async fn assert_drained(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_on_postgres_stores_once_confirms_after_commit_and_delivers() {
-    let url = database().await;
+    let url = database().await.replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1);
     let emu = emulator(fast_emulator_config()).await;
     let contents = emu.enqueue_generated(500);
     let receiver = Receiver::start().await;
@@ -311,8 +311,37 @@ async fn the_pipeline_on_postgres_stores_once_confirms_after_commit_and_delivers
     let log = daemon.log();
     assert!(log.contains("vod-eventd started."), "{log}");
     assert!(!log.contains("ERROR"), "no error on a healthy run:\n{log}");
+    assert!(!log.contains(PASSWORD), "the password never reaches the log");
+    cli_reads_the_same_store(&daemon, &db).await;
     daemon.terminate().await;
     assert_eq!(number(&db, "SELECT count(*) FROM deliveries WHERE state = 'running'").await, 0);
+}
+
+/// The password the pipeline test puts in its URL (the test cluster trusts every login).
+const PASSWORD: &str = "s3cret-pw";
+
+/// `events list/show`, `deliveries list`, `handlers list` and `status` with the daemon's
+/// config read the PostgreSQL store, and never print the password.
+async fn cli_reads_the_same_store(daemon: &TestDaemon, db: &tokio_postgres::Client) {
+    let run = |args: &[&str]| {
+        let out = cli().args(args).arg("--config").arg(&daemon.config_path).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "vod-eventd {args:?} failed: {stderr}");
+        assert!(!stdout.contains(PASSWORD) && !stderr.contains(PASSWORD), "the password was printed");
+        stdout
+    };
+    assert_eq!(run(&["events", "list", "--json", "--limit", "1000"]).lines().count(), 500);
+    let id = number(db, "SELECT max(id) FROM events").await;
+    let shown = run(&["events", "show", &id.to_string(), "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+    assert_eq!(shown["deliveries"][0]["delivery"]["state"], "done", "{shown}");
+    assert_eq!(run(&["deliveries", "list", "--state", "done", "--limit", "1000", "--json"]).lines().count(), 500);
+    assert!(run(&["handlers", "list"]).contains("hook"));
+    let status = run(&["status"]);
+    assert!(
+        status.contains("postgresql://postgres@127.0.0.1"),
+        "status names the store without its password:\n{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

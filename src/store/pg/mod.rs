@@ -9,6 +9,7 @@
 //! A lost connection is a store error like a full disk: the callers back off and retry,
 //! and the pool opens new connections once PostgreSQL answers again.
 
+mod history;
 mod ingest;
 mod outbox;
 mod state;
@@ -64,6 +65,9 @@ pub struct PgStore {
     leader: Mutex<(Option<tokio_postgres::Client>, Vec<Singleton>)>,
     /// The URL without its password, for messages.
     shown: String,
+    /// The runtime a synchronous caller's queries run on (the CLI's store only; see
+    /// [`PgStore::block`]).
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 /// Checks a `store.url`; the message names what is wrong and never the password.
@@ -149,6 +153,16 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
+impl Drop for PgStore {
+    /// The CLI's runtime may be dropped from inside another runtime (`status` is async):
+    /// shut it down without waiting there.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 impl PgStore {
     /// Connects (at most `store.pool_size` connections, each wait bounded by
     /// `store.connect_timeout`), and applies the migrations the database lacks.
@@ -179,11 +193,27 @@ impl PgStore {
             .map_err(|e| StoreError::Postgres(e.to_string()))?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let instance = format!("{}:{}:{:08x}", host.trim(), std::process::id(), rand::random::<u32>());
-        let store = PgStore { pool, config: pg, tls, instance, leader: Mutex::new((None, Vec::new())), shown };
+        let store =
+            PgStore { pool, config: pg, tls, instance, leader: Mutex::new((None, Vec::new())), shown, runtime: None };
         store.migrate().await.map_err(|e| match e {
             StoreError::Postgres(detail) => StoreError::Postgres(format!("{}: {detail}", store.shown)),
             other => other,
         })?;
+        Ok(store)
+    }
+
+    /// Connects for a synchronous caller (the CLI): on a runtime of the store's own, with
+    /// one worker thread that keeps the connections going between calls.
+    pub fn connect_blocking(config: &StoreConfig) -> Result<PgStore, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        let store = std::thread::scope(|s| s.spawn(|| runtime.block_on(PgStore::connect(config))).join())
+            .map_err(|_| StoreError::Task("connecting to PostgreSQL panicked".into()))??;
+        let mut store = store;
+        store.runtime = Some(runtime);
         Ok(store)
     }
 
