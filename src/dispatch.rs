@@ -12,8 +12,12 @@
 //! delivery can be claimed again (the row stays `running` until then); a crash in between
 //! runs the attempt again with the same `webhook-id` (at-least-once).
 //!
-//! A claim leases the delivery for the handler's attempt timeout plus [`LEASE_MARGIN`];
-//! every [`SWEEP_INTERVAL`] the dispatcher returns rows whose lease passed to pending.
+//! A claim leases the delivery for the handler's attempt timeout plus `dispatch.lease_margin`
+//! ([`LEASE_MARGIN`] by default); every [`SWEEP_INTERVAL`] the dispatcher returns rows whose
+//! lease passed to pending. On a shared store (PostgreSQL, several daemons) the sweep runs
+//! always, since another host's leases must be swept when it dies, and an idle dispatcher
+//! steps every `dispatch.poll_interval` (other hosts' new deliveries are not announced, and
+//! `data_version` is SQLite's): one short claim transaction per second per host by default.
 //! While the store refuses writes, the loop backs off (one ERROR, one INFO on recovery)
 //! and keeps the outcomes it holds until they can be written; its bounded queue then
 //! fills and holds the handlers' permits, so no new attempt starts meanwhile.
