@@ -1236,6 +1236,26 @@ mod tests {
     }
 
     #[test]
+    fn store_url_selects_postgres_and_its_mistakes_are_named_without_the_password() {
+        let ok =
+            parse(&format!("{MINIMAL}[store]\nurl = \"postgresql://vod:pw@db:5432/vod?sslmode=require\"\n")).unwrap();
+        assert_eq!(ok.store.postgres_url(), Some("postgresql://vod:pw@db:5432/vod?sslmode=require"));
+        let text = format!(
+            "{MINIMAL}[store]\nurl = \"mysql://vod:hunter2@db/vod\"\nmax_size_mb = 5\ncheck_at_start = true\npool_size = 0\n"
+        );
+        let err = parse(&text).unwrap_err();
+        let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        for key in ["store.url", "store.max_size_mb", "store.check_at_start", "store.pool_size"] {
+            assert!(keys.contains(&key), "{key} not reported in {keys:?}");
+        }
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = parse(&format!("{MINIMAL}[store]\nurl = \"postgresql://vod@db/vod?sslmode=on\"\n")).unwrap_err();
+        assert!(err.to_string().contains("verify-full"), "{err}");
+        let err = parse(&format!("{MINIMAL}[store]\npassword_file = \"/nonexistent\"\n")).unwrap_err();
+        assert!(err.to_string().contains("only used with store.url"), "{err}");
+    }
+
+    #[test]
     fn routes_must_name_defined_handlers() {
         let err = parse(&format!("{MINIMAL}[[routes]]\nevents = [\"*\"]\nhandlers = [\"nope\"]\n")).unwrap_err();
         assert!(err.to_string().contains("`routes[0].handlers`: `nope` is not defined"), "{err}");
