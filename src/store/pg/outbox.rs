@@ -1,6 +1,6 @@
 //! The delivery outbox on PostgreSQL, shared by every host: claims take due rows with
 //! `FOR UPDATE SKIP LOCKED` (two hosts never claim the same row), set a lease
-//! (`lease_until`), a fresh fencing token (`claim_token`, from the `claim_tokens`
+//! (`lease_until`, by the database's clock), a fresh fencing token (`claim_token`, from the `claim_tokens`
 //! sequence) and the claiming process (`claimed_by`). An outcome settles its delivery only
 //! `WHERE claim_token = $token AND state = 'running'`: a host whose lease passed (swept
 //! back to pending, perhaps claimed again elsewhere) records its attempt and changes
@@ -164,7 +164,8 @@ async fn claim(tx: &Transaction<'_>, wants: &[Want], now: i64, instance: &str) -
                  ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED),
              claimed AS (
                  UPDATE deliveries d SET state = 'running', attempts = d.attempts + 1, updated_at = $1,
-                        lease_until = $4, claim_token = nextval('claim_tokens'), claimed_by = $5
+                        lease_until = (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $4,
+                        claim_token = nextval('claim_tokens'), claimed_by = $5
                  FROM due WHERE d.id = due.id
                  RETURNING d.id, d.event_id, d.webhook_id, d.attempts, d.created_at, d.claim_token)
              SELECT c.id, c.event_id, c.webhook_id, c.attempts, e.event_type, e.file_id, e.task_id, e.content,
@@ -180,8 +181,8 @@ async fn claim(tx: &Transaction<'_>, wants: &[Want], now: i64, instance: &str) -
         if limit == 0 {
             continue;
         }
-        let lease_until = now.saturating_add(want.lease.as_millis() as i64);
-        let rows = tx.query(&mark, &[&now, &want.handler, &(limit as i64), &lease_until, &instance]).await?;
+        let lease_ms = want.lease.as_millis().min(i64::MAX as u128) as i64;
+        let rows = tx.query(&mark, &[&now, &want.handler, &(limit as i64), &lease_ms, &instance]).await?;
         if rows.len() < limit && !claimed.paused.contains_key(&i) {
             if let Some(due) = tx.query_one(&next_due, &[&want.handler]).await?.get::<_, Option<i64>>(0) {
                 claimed.next_due = Some(claimed.next_due.map_or(due, |d| d.min(due)));
@@ -242,13 +243,16 @@ impl PgStore {
 
     /// Returns `running` deliveries whose lease passed before `now` to pending, whoever
     /// claimed them; their token is cleared, so a late outcome only records its attempt.
+    /// Leases are set and judged by PostgreSQL's clock (and never before this host's
+    /// `now`), so the hosts' clock skew cannot make two attempts of a delivery overlap.
     pub async fn sweep_expired_leases(&self, now: i64) -> Result<usize, StoreError> {
         let client = self.client().await?;
         let n = client
             .execute(
                 "UPDATE deliveries SET state = 'pending', lease_until = NULL, claim_token = NULL, claimed_by = NULL,
                         updated_at = $1
-                 WHERE state = 'running' AND lease_until < $1",
+                 WHERE state = 'running'
+                   AND lease_until < least($1, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
                 &[&now],
             )
             .await?;
