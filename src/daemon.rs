@@ -57,9 +57,12 @@ impl Daemon {
     pub async fn run(mut self, shutdown: CancellationToken, mut reloads: mpsc::Receiver<()>) -> anyhow::Result<()> {
         let config = &self.config;
         let key = if config.store.postgres_url().is_some() { "store.url" } else { "store.path" };
-        let store = Store::open_config(&config.store)
-            .await
-            .with_context(|| format!("{key} in {}", self.config_path.display()))?;
+        // With PostgreSQL, waits for the server (SIGTERM still stops the wait).
+        let store = tokio::select! {
+            store = Store::open_config(&config.store) => store,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let store = store.with_context(|| format!("{key} in {}", self.config_path.display()))?;
         if config.store.check_at_start {
             info!(store = %store.path().display(), "Checking the store's integrity (store.check_at_start); this reads the whole file.");
             let checked = store.clone();

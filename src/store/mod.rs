@@ -91,9 +91,13 @@ pub enum StoreError {
     /// The blocking task running the query panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(String),
-    /// A PostgreSQL query, commit or connection failed (the message never holds the password).
-    #[error("PostgreSQL store: {0} (vod-eventd retries by itself; check that the server store.url names is up and reachable)")]
+    /// A PostgreSQL query or commit failed (the message never holds the password).
+    #[error("PostgreSQL store: {0}")]
     Postgres(String),
+    /// PostgreSQL cannot be reached now: connection refused or lost, server stopping or
+    /// starting, no free connection in time.
+    #[error("PostgreSQL store unreachable: {0} (vod-eventd retries by itself; check that the server store.url names is up and reachable)")]
+    PostgresDown(String),
     /// The operation exists only for the SQLite store so far.
     #[error("{0} is not available with store.url (PostgreSQL) yet; run it against a SQLite store (store.path)")]
     NotAvailable(String),
@@ -117,7 +121,7 @@ impl Store {
         if config.postgres_url().is_none() {
             return Store::open(&config.path, config.busy_timeout);
         }
-        let pg = pg::PgStore::connect(config).await?;
+        let pg = pg::PgStore::connect(config, true).await?;
         Ok(Store { conn: None, path: pg.shown().into(), pg: Some(Arc::new(pg)) })
     }
 

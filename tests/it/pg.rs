@@ -630,3 +630,81 @@ async fn a_singleton_runs_on_one_host_and_moves_when_its_host_goes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The long form (`CHAOS_LONG=1`) of the three-daemon test: 10,000 events and 20 kills.
+fn long() -> bool {
+    std::env::var("CHAOS_LONG").is_ok_and(|v| v == "1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_daemons_survive_sigkills_killed_connections_and_a_postgres_restart() {
+    use rand::Rng as _;
+    let (events, kills) = if long() { (10_000, 20) } else { (2000, 4) };
+    let cluster = Cluster::start();
+    let url = database_in(&cluster).await;
+    let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(5), ..fast_emulator_config() }).await;
+    let contents = emu.enqueue_generated(events);
+    let receiver = Receiver::start().await;
+    receiver.set(|b| b.delay = Duration::from_millis(2));
+    let hooks = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[confirm]\nhandle_ttl = \"5s\"\n[pull]\nbackoff_max = \"1s\"\n{}{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\", \"ingest\"]\n{FAST}",
+        webhook(&receiver),
+        shell(hooks.path())
+    );
+    let mut daemons = Vec::new();
+    for _ in 0..3 {
+        daemons.push(pg_daemon(&emu, &url, &extra).await);
+    }
+    let mut db = migrated(&url).await;
+    let total = (events * 2) as i64;
+    let started = Instant::now();
+    for i in 0..kills {
+        // Spread the trouble over the drain: the i-th blow lands once this share is done.
+        let mark = total * (i as i64 + 1) / (kills as i64 + 2);
+        until(Duration::from_secs(120), "the drain moves on", async || {
+            number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await >= mark
+        })
+        .await;
+        let victim = rand::thread_rng().gen_range(0..daemons.len());
+        daemons[victim].kill9().await;
+        daemons[victim].spawn();
+        if i == kills / 3 {
+            let killed = number(
+                &db,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid != pg_backend_pid()",
+            )
+            .await;
+            assert!(killed > 0, "the daemons had connections");
+        }
+        if i == 2 * kills / 3 {
+            drop(db);
+            cluster.pg_ctl("restart");
+            db = connect(&url).await;
+        }
+    }
+    until(Duration::from_secs(300), "every event confirmed and every delivery done", async || {
+        emu.stats().queue.outstanding == 0
+            && number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await == total
+    })
+    .await;
+    eprintln!(
+        "{events} events, {kills} kills, one connection kill and one restart: drained in {:?}",
+        started.elapsed()
+    );
+    assert_drained(&db, &contents, &receiver, Some(hooks.path())).await;
+    let stored: HashSet<String> = contents.iter().map(|c| key_of(c)).collect();
+    for confirmed in emu.confirmed() {
+        assert!(stored.contains(&key_of(&confirmed)), "confirmed but not stored: {confirmed}");
+    }
+    for daemon in &mut daemons {
+        let log = daemon.log();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        assert!(
+            daemon.running(),
+            "a daemon stopped; its log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+}

@@ -21,7 +21,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::ExposeSecret as _;
 use tokio::sync::Mutex;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use super::StoreError;
 use crate::config::StoreConfig;
@@ -132,7 +132,13 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
             None => e.to_string(),
         },
     };
-    StoreError::Postgres(detail)
+    // No server answer (refused, closed, timed out), or the server stopping, starting or full.
+    let transient = e.as_db_error().is_none_or(|db| matches!(&db.code().code()[..2], "08" | "57" | "53"));
+    if transient {
+        StoreError::PostgresDown(detail)
+    } else {
+        StoreError::Postgres(detail)
+    }
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -146,7 +152,7 @@ impl From<deadpool_postgres::PoolError> for StoreError {
         match e {
             deadpool_postgres::PoolError::Backend(e) => pg_err(e),
             deadpool_postgres::PoolError::Timeout(_) => {
-                StoreError::Postgres("no connection to PostgreSQL within store.connect_timeout".into())
+                StoreError::PostgresDown("no connection to PostgreSQL within store.connect_timeout".into())
             }
             other => StoreError::Postgres(other.to_string()),
         }
@@ -165,8 +171,10 @@ impl Drop for PgStore {
 
 impl PgStore {
     /// Connects (at most `store.pool_size` connections, each wait bounded by
-    /// `store.connect_timeout`), and applies the migrations the database lacks.
-    pub async fn connect(config: &StoreConfig) -> Result<PgStore, StoreError> {
+    /// `store.connect_timeout`), and applies the migrations the database lacks. With
+    /// `wait` (the daemon), an unreachable server is waited for (one WARN, then retries
+    /// every few seconds): nothing has been pulled yet, so nothing is at risk meanwhile.
+    pub async fn connect(config: &StoreConfig, wait: bool) -> Result<PgStore, StoreError> {
         let url = config.postgres_url().expect("store.url is set");
         let shown = display_url(url);
         let (mut pg, mode, root) =
@@ -195,11 +203,33 @@ impl PgStore {
         let instance = format!("{}:{}:{:08x}", host.trim(), std::process::id(), rand::random::<u32>());
         let store =
             PgStore { pool, config: pg, tls, instance, leader: Mutex::new((None, Vec::new())), shown, runtime: None };
-        store.migrate().await.map_err(|e| match e {
-            StoreError::Postgres(detail) => StoreError::Postgres(format!("{}: {detail}", store.shown)),
-            other => other,
-        })?;
-        Ok(store)
+        let mut delay = Duration::from_millis(200);
+        let mut waited = false;
+        loop {
+            match store.migrate().await {
+                Ok(()) => {
+                    if waited {
+                        info!(store = %store.shown, "PostgreSQL answers; starting.");
+                    }
+                    return Ok(store);
+                }
+                Err(StoreError::PostgresDown(detail)) if wait => {
+                    if !waited {
+                        warn!(store = %store.shown, error = %detail, "Cannot reach PostgreSQL (store.url); waiting for it before pulling. Events stay at Tencent meanwhile.");
+                        waited = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(StoreError::Postgres(detail)) => {
+                    return Err(StoreError::Postgres(format!("{}: {detail}", store.shown)))
+                }
+                Err(StoreError::PostgresDown(detail)) => {
+                    return Err(StoreError::PostgresDown(format!("{}: {detail}", store.shown)))
+                }
+                Err(other) => return Err(other),
+            }
+        }
     }
 
     /// Connects for a synchronous caller (the CLI): on a runtime of the store's own, with
@@ -210,7 +240,7 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Task(e.to_string()))?;
-        let store = std::thread::scope(|s| s.spawn(|| runtime.block_on(PgStore::connect(config))).join())
+        let store = std::thread::scope(|s| s.spawn(|| runtime.block_on(PgStore::connect(config, false))).join())
             .map_err(|_| StoreError::Task("connecting to PostgreSQL panicked".into()))??;
         let mut store = store;
         store.runtime = Some(runtime);
@@ -272,7 +302,7 @@ impl PgStore {
                     Some(c)
                 }
                 Err(e) => {
-                    warn!(error = %pg_err(e), "Cannot reach PostgreSQL to take a singleton lock; this host runs no singleton task until it can.");
+                    debug!(error = %pg_err(e), "Cannot reach PostgreSQL to take a singleton lock; this host runs no singleton task until it can.");
                     return false;
                 }
             };
