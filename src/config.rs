@@ -82,6 +82,36 @@ pub struct Config {
     /// `sources = "all"`: how apps are discovered.
     #[serde(default)]
     pub discovery: DiscoveryConfig,
+    /// This daemon among several sharing one PostgreSQL store.
+    #[serde(default)]
+    pub node: NodeConfig,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This daemon's name on a shared store (default: the host name). Each daemon sharing
+    /// one PostgreSQL store needs its own: at start a daemon returns to pending the
+    /// deliveries that earlier runs under its name left running.
+    pub name: Option<String>,
+}
+
+impl NodeConfig {
+    /// `node.name`, else the host name, else `vod-eventd`.
+    pub fn name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host: String =
+            host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')).collect();
+        if host.is_empty() {
+            "vod-eventd".into()
+        } else {
+            host
+        }
+    }
 }
 
 /// The name of the one source a config without `[[sources]]` has. Events stored before
@@ -892,6 +922,13 @@ impl Config {
         for (key, message) in self.store.validate() {
             bad(key, message);
         }
+        if let Some(name) = &self.node.name {
+            let ok = (1..=64).contains(&name.len())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !ok {
+                bad("node.name", format!("`{name}` must be 1 to 64 letters, digits, `.`, `_` or `-`"));
+            }
+        }
         if self.dispatch.max_age.is_zero() {
             bad("dispatch.max_age", "must be above zero".into());
         }
@@ -1253,6 +1290,8 @@ mod tests {
         assert!(err.to_string().contains("verify-full"), "{err}");
         let err = parse(&format!("{MINIMAL}[store]\npassword_file = \"/nonexistent\"\n")).unwrap_err();
         assert!(err.to_string().contains("only used with store.url"), "{err}");
+        let err = parse(&format!("{MINIMAL}[node]\nname = \"a/b\"\n")).unwrap_err();
+        assert!(err.to_string().contains("`node.name`"), "{err}");
     }
 
     #[test]

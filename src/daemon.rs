@@ -58,8 +58,9 @@ impl Daemon {
         let config = &self.config;
         let key = if config.store.postgres_url().is_some() { "store.url" } else { "store.path" };
         // With PostgreSQL, waits for the server (SIGTERM still stops the wait).
+        let node = config.node.name();
         let store = tokio::select! {
-            store = Store::open_config(&config.store) => store,
+            store = Store::open_config(&config.store, &node) => store,
             _ = shutdown.cancelled() => return Ok(()),
         };
         let store = store.with_context(|| format!("{key} in {}", self.config_path.display()))?;

@@ -117,11 +117,11 @@ pub struct Store {
 impl Store {
     /// Opens the store `config` names for the daemon: PostgreSQL with `store.url`
     /// (connecting and migrating), else the SQLite file `store.path` (see [`Store::open`]).
-    pub async fn open_config(config: &crate::config::StoreConfig) -> Result<Store, StoreError> {
+    pub async fn open_config(config: &crate::config::StoreConfig, node: &str) -> Result<Store, StoreError> {
         if config.postgres_url().is_none() {
             return Store::open(&config.path, config.busy_timeout);
         }
-        let pg = pg::PgStore::connect(config, true).await?;
+        let pg = pg::PgStore::connect(config, node, true).await?;
         Ok(Store { conn: None, path: pg.shown().into(), pg: Some(Arc::new(pg)) })
     }
 
@@ -131,7 +131,7 @@ impl Store {
         if config.postgres_url().is_none() {
             return Store::open_existing(&config.path, config.busy_timeout);
         }
-        let pg = pg::PgStore::connect_blocking(config)?;
+        let pg = pg::PgStore::connect_blocking(config, "cli")?;
         Ok(Store { conn: None, path: pg.shown().into(), pg: Some(Arc::new(pg)) })
     }
 

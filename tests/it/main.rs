@@ -42,6 +42,23 @@ macro_rules! both_apis_and_stores {
     )*};
 }
 
+/// Runs an `async fn(Backend)` test on SQLite, and on PostgreSQL.
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::support::Backend;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
 mod account;
 mod chaos;
 mod cli;

@@ -183,14 +183,19 @@ pub async fn number(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
 
-/// A daemon on the PostgreSQL store `url`.
+/// A daemon on the PostgreSQL store `url`, speaking the API `emu` generates events for.
 pub async fn pg_daemon(emu: &Emulator, url: &str, extra: &str) -> TestDaemon {
+    pg_daemon_at(&emu.endpoint_for(emu.api()), url, &format!("{}{extra}", api_line(emu.api()))).await
+}
+
+/// A daemon on the PostgreSQL store `url`, pulling from `endpoint`.
+pub async fn pg_daemon_at(endpoint: &str, url: &str, extra: &str) -> TestDaemon {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("unused.db");
     let config_path = dir.path().join("config.toml");
-    let endpoint = emu.endpoint_for(emu.api());
-    let extra = format!("{}{extra}", api_line(emu.api()));
-    std::fs::write(&config_path, config_text(&db_path, &endpoint, &format!("url = \"{url}\"\n"), &extra)).unwrap();
+    // Each daemon a node of its own (they share this machine's host name).
+    let extra = format!("{extra}\n[node]\nname = \"test-{:08x}\"\n", rand::random::<u32>());
+    std::fs::write(&config_path, config_text(&db_path, endpoint, &format!("url = \"{url}\"\n"), &extra)).unwrap();
     let log_path = dir.path().join("daemon.log");
     let mut daemon = TestDaemon {
         _dir: dir,
@@ -421,13 +426,13 @@ async fn when_one_of_two_daemons_dies_the_other_resumes_its_deliveries_within_on
     let mut b = pg_daemon(&emu, &url, &extra).await;
     let db = migrated(&url).await;
     let pid = a.child.as_ref().and_then(|c| c.id()).expect("running");
-    let held_by_a = format!("SELECT count(*) FROM deliveries WHERE state = 'running' AND claimed_by LIKE '%:{pid}:%'");
+    let held_by_a = format!("SELECT count(*) FROM deliveries WHERE state = 'running' AND claimed_by LIKE '%/{pid}/%'");
     until(Duration::from_secs(60), "the first daemon holds claims", async || number(&db, &held_by_a).await > 0).await;
     a.kill9().await;
     let killed = Instant::now();
     let held: Vec<(i64, i64)> = db
         .query(
-            &format!("SELECT id, lease_until FROM deliveries WHERE state = 'running' AND claimed_by LIKE '%:{pid}:%'"),
+            &format!("SELECT id, lease_until FROM deliveries WHERE state = 'running' AND claimed_by LIKE '%/{pid}/%'"),
             &[],
         )
         .await
@@ -442,7 +447,7 @@ async fn when_one_of_two_daemons_dies_the_other_resumes_its_deliveries_within_on
     until(lease * 2 + Duration::from_secs(10), "the dead host's claims are attempted again", async || {
         db.query_one(
             "SELECT count(*) FROM deliveries WHERE id = ANY($1) AND state = 'running' AND claimed_by LIKE $2",
-            &[&ids, &format!("%:{pid}:%")],
+            &[&ids, &format!("%/{pid}/%")],
         )
         .await
         .unwrap()
@@ -530,7 +535,9 @@ async fn open(url: &str) -> vod_eventd::store::Store {
         url: Some(url.to_string().into()),
         ..vod_eventd::config::StoreConfig::default()
     };
-    vod_eventd::store::Store::open_config(&config).await.expect("open the PostgreSQL store")
+    vod_eventd::store::Store::open_config(&config, &format!("test-{:08x}", rand::random::<u32>()))
+        .await
+        .expect("open the PostgreSQL store")
 }
 
 fn outcome(d: &vod_eventd::handler::Delivery, next: vod_eventd::store::Next) -> vod_eventd::store::AttemptRecord {

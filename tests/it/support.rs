@@ -90,6 +90,14 @@ impl TestDaemon {
         Self::start(&emu.endpoint_for(emu.api()), &format!("{}{extra}", api_line(emu.api()))).await
     }
 
+    /// [`TestDaemon::start`] on the store `backend` names.
+    pub async fn start_on(endpoint: &str, extra: &str, backend: Backend) -> TestDaemon {
+        match backend {
+            Backend::Sqlite => Self::start(endpoint, extra).await,
+            Backend::Postgres => crate::pg::pg_daemon_at(endpoint, &crate::pg::database().await, extra).await,
+        }
+    }
+
     /// [`TestDaemon::for_emulator`] on the store `backend` names.
     pub async fn for_emulator_on(emu: &Emulator, extra: &str, backend: Backend) -> TestDaemon {
         match backend {
@@ -182,6 +190,32 @@ impl TestDaemon {
             }
             None => self.store().map_or(0, |s| s.count_events().unwrap()),
         }
+    }
+
+    /// Every delivery as `(handler, state, webhook_id)`, whichever backend (none before the
+    /// store exists).
+    pub fn deliveries(&self) -> Vec<(String, String, String)> {
+        if let Some(url) = &self.pg_url {
+            let rows = crate::pg::psql(url, "SELECT handler, state, webhook_id FROM deliveries");
+            return rows.into_iter().map(|r| (r[0].clone(), r[1].clone(), r[2].clone())).collect();
+        }
+        let Some(store) = self.store() else { return Vec::new() };
+        store
+            .run_sync(|c| {
+                let mut stmt = c.prepare("SELECT handler, state, webhook_id FROM deliveries")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap()
+    }
+
+    /// Number of deliveries in each state, whichever backend.
+    pub fn delivery_states(&self) -> std::collections::HashMap<String, i64> {
+        let mut states = std::collections::HashMap::new();
+        for (_, state, _) in self.deliveries() {
+            *states.entry(state).or_default() += 1;
+        }
+        states
     }
 
     /// [`stored_keys`] of this daemon's store, whichever backend (empty before it exists).

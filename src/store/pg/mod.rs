@@ -59,7 +59,9 @@ pub struct PgStore {
     pool: Pool,
     config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
-    /// This process's name for its claims (`deliveries.claimed_by`): host, pid and a random part.
+    /// `node.name`: the first part of [`PgStore::instance`].
+    node: String,
+    /// This process's name for its claims (`deliveries.claimed_by`): `NODE/PID/RANDOM`.
     instance: String,
     /// The session holding the singleton locks, and the locks it holds.
     leader: Mutex<(Option<tokio_postgres::Client>, Vec<Singleton>)>,
@@ -174,7 +176,7 @@ impl PgStore {
     /// `store.connect_timeout`), and applies the migrations the database lacks. With
     /// `wait` (the daemon), an unreachable server is waited for (one WARN, then retries
     /// every few seconds): nothing has been pulled yet, so nothing is at risk meanwhile.
-    pub async fn connect(config: &StoreConfig, wait: bool) -> Result<PgStore, StoreError> {
+    pub async fn connect(config: &StoreConfig, node: &str, wait: bool) -> Result<PgStore, StoreError> {
         let url = config.postgres_url().expect("store.url is set");
         let shown = display_url(url);
         let (mut pg, mode, root) =
@@ -199,10 +201,17 @@ impl PgStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Postgres(e.to_string()))?;
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let instance = format!("{}:{}:{:08x}", host.trim(), std::process::id(), rand::random::<u32>());
-        let store =
-            PgStore { pool, config: pg, tls, instance, leader: Mutex::new((None, Vec::new())), shown, runtime: None };
+        let instance = format!("{node}/{}/{:08x}", std::process::id(), rand::random::<u32>());
+        let store = PgStore {
+            pool,
+            config: pg,
+            tls,
+            node: node.to_string(),
+            instance,
+            leader: Mutex::new((None, Vec::new())),
+            shown,
+            runtime: None,
+        };
         let mut delay = Duration::from_millis(200);
         let mut waited = false;
         loop {
@@ -234,13 +243,13 @@ impl PgStore {
 
     /// Connects for a synchronous caller (the CLI): on a runtime of the store's own, with
     /// one worker thread that keeps the connections going between calls.
-    pub fn connect_blocking(config: &StoreConfig) -> Result<PgStore, StoreError> {
+    pub fn connect_blocking(config: &StoreConfig, node: &str) -> Result<PgStore, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .map_err(|e| StoreError::Task(e.to_string()))?;
-        let store = std::thread::scope(|s| s.spawn(|| runtime.block_on(PgStore::connect(config, false))).join())
+        let store = std::thread::scope(|s| s.spawn(|| runtime.block_on(PgStore::connect(config, node, false))).join())
             .map_err(|_| StoreError::Task("connecting to PostgreSQL panicked".into()))??;
         let mut store = store;
         store.runtime = Some(runtime);

@@ -226,16 +226,17 @@ impl PgStore {
         Ok(claimed)
     }
 
-    /// Returns this process's own `running` claims to pending (at shutdown, after the
-    /// drain): never another host's, whose attempts may be in flight.
+    /// Returns the `running` claims of this node (`node.name`: this process's, and those an
+    /// earlier run under the same name left behind when it died) to pending, at start and
+    /// at shutdown after the drain; never another node's, whose attempts may be in flight.
     pub async fn requeue_own(&self) -> Result<usize, StoreError> {
         let client = self.client().await?;
         let n = client
             .execute(
                 "UPDATE deliveries SET state = 'pending', attempts = greatest(attempts - 1, 0), lease_until = NULL,
                         claim_token = NULL, claimed_by = NULL
-                 WHERE state = 'running' AND claimed_by = $1",
-                &[&self.instance],
+                 WHERE state = 'running' AND split_part(claimed_by, '/', 1) = $1",
+                &[&self.node],
             )
             .await?;
         Ok(n as usize)
