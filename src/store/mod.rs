@@ -6,9 +6,9 @@
 //! while the daemon runs.
 //!
 //! With `store.url`, the same [`Store`] is backed by PostgreSQL instead ([`pg`]), shared by
-//! several daemons: the public methods the daemon uses dispatch to it at their top. A
-//! method not ported yet (the CLI's reads, `run_sync`, ...) fails with
-//! [`StoreError::NotAvailable`], never a panic.
+//! several daemons: the public methods the daemon and the CLI use dispatch to it at their
+//! top. What is not ported (`run`/`run_sync` handing out a SQLite connection, the range
+//! commands, the integrity check) fails with [`StoreError::NotAvailable`], never a panic.
 
 mod activity;
 mod alerts;
@@ -224,7 +224,7 @@ impl Store {
     /// table (drop and rename), which must not cascade: foreign keys are off while
     /// migrations run, and checked before each one commits.
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let mut conn = self.sqlite("migrate")?.lock().expect("store mutex poisoned");
+        let mut conn = self.sqlite::<fn()>()?.lock().expect("store mutex poisoned");
         if conn.query_row("PRAGMA user_version", [], |r| r.get::<_, usize>(0))? == MIGRATIONS.len() {
             return Ok(());
         }
@@ -239,9 +239,10 @@ impl Store {
         &self.path
     }
 
-    /// The SQLite connection, or [`StoreError::NotAvailable`] naming the caller's method.
-    fn sqlite(&self, what: &str) -> Result<&Arc<Mutex<Connection>>, StoreError> {
-        self.conn.as_ref().ok_or_else(|| StoreError::NotAvailable(what.to_string()))
+    /// The SQLite connection, or [`StoreError::NotAvailable`] naming the method the
+    /// closure `F` belongs to (worked out only then: this is on every SQLite call's path).
+    fn sqlite<F>(&self) -> Result<&Arc<Mutex<Connection>>, StoreError> {
+        self.conn.as_ref().ok_or_else(|| StoreError::NotAvailable(caller::<F>()))
     }
 
     /// Runs `f` on the connection in a blocking thread.
@@ -250,7 +251,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.sqlite(&caller::<F>())?.clone();
+        let conn = self.sqlite::<F>()?.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = conn.lock().expect("store mutex poisoned");
             f(&mut conn)
@@ -270,7 +271,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.sqlite(&caller::<F>())?;
+        self.sqlite::<F>()?;
         self.run(|conn| {
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             let result = f(conn);
@@ -294,7 +295,7 @@ impl Store {
     where
         F: FnOnce(&mut Connection) -> Result<T, StoreError>,
     {
-        let mut conn = self.sqlite(&caller::<F>())?.lock().expect("store mutex poisoned");
+        let mut conn = self.sqlite::<F>()?.lock().expect("store mutex poisoned");
         f(&mut conn)
     }
 }

@@ -715,3 +715,17 @@ async fn three_daemons_survive_sigkills_killed_connections_and_a_postgres_restar
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_only_sqlite_has_fails_with_a_typed_error_naming_it() {
+    use vod_eventd::store::StoreError;
+    let url = database().await;
+    let store = open(&url).await;
+    let err = store.check_integrity().unwrap_err();
+    assert!(matches!(err, StoreError::NotAvailable(_)), "{err}");
+    let range = vod_eventd::store::Range::Replay { event_type: None, file_id: None, source: None, handler: "h".into() };
+    let err = store.range_job(&range, "{}").unwrap_err();
+    assert!(err.to_string().starts_with("`range_job` is not available with store.url (PostgreSQL)"), "{err}");
+    assert_eq!(store.data_version(), None, "no change counter: the dispatcher steps every poll interval");
+    assert!(store.path().to_string_lossy().starts_with("postgresql://postgres@127.0.0.1"));
+}
