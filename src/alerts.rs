@@ -29,6 +29,7 @@ use crate::config::ApiVersion;
 use crate::dispatch::Routing;
 use crate::event::ReceivedEvent;
 use crate::metrics::Metrics;
+use crate::store::pg::Singleton;
 use crate::store::{RouteFn, Store};
 
 /// The source of every alert event.
@@ -196,7 +197,8 @@ impl AlertLoop {
                 seen.dead_outcomes = dead_outcomes;
                 seen.dead_looks = DEAD_LOOKS;
             }
-            if seen.dead_looks > 0 {
+            // On a shared store one host scans for dead deliveries (any host's).
+            if seen.dead_looks > 0 && self.store.lead(Singleton::Alerts).await {
                 seen.dead_looks -= 1;
                 self.check_dead(&mut seen, &route).await;
             }

@@ -82,6 +82,36 @@ pub struct Config {
     /// `sources = "all"`: how apps are discovered.
     #[serde(default)]
     pub discovery: DiscoveryConfig,
+    /// This daemon among several sharing one PostgreSQL store.
+    #[serde(default)]
+    pub node: NodeConfig,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This daemon's name on a shared store (default: the host name). Each daemon sharing
+    /// one PostgreSQL store needs its own: at start a daemon returns to pending the
+    /// deliveries that earlier runs under its name left running.
+    pub name: Option<String>,
+}
+
+impl NodeConfig {
+    /// `node.name`, else the host name, else `vod-eventd`.
+    pub fn name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host: String =
+            host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')).collect();
+        if host.is_empty() {
+            "vod-eventd".into()
+        } else {
+            host
+        }
+    }
 }
 
 /// The name of the one source a config without `[[sources]]` has. Events stored before
@@ -342,6 +372,10 @@ pub struct DispatchConfig {
     /// the outcomes and the next claims in one transaction (group commit).
     #[serde(with = "humantime_serde")]
     pub batch_window: Duration,
+    /// A claimed delivery's lease outlasts its handler's attempt timeout by this much; a
+    /// delivery whose lease passed without an outcome (its host died) is attempted again.
+    #[serde(with = "humantime_serde")]
+    pub lease_margin: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -352,6 +386,7 @@ impl Default for DispatchConfig {
             max_retry_after: Duration::from_secs(3600),
             poll_interval: Duration::from_secs(5),
             batch_window: Duration::from_millis(20),
+            lease_margin: crate::dispatch::LEASE_MARGIN,
         }
     }
 }
@@ -470,8 +505,20 @@ pub struct VodConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// The SQLite file.
+    /// The SQLite file (the default backend).
     pub path: PathBuf,
+    /// A PostgreSQL URL (`postgresql://user@host:port/db?sslmode=require`): selects the
+    /// shared PostgreSQL store instead of the SQLite file at `path`. May hold the password,
+    /// which is never shown.
+    #[serde(serialize_with = "digest")]
+    pub url: Option<SecretString>,
+    /// A file holding the PostgreSQL password (when `url` has none).
+    pub password_file: Option<PathBuf>,
+    /// PostgreSQL connections per daemon, at most.
+    pub pool_size: usize,
+    /// How long a PostgreSQL connection (or a free pooled one) is waited for.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// How long a write waits for a lock held by another process (e.g. the CLI).
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
@@ -488,6 +535,62 @@ pub struct StoreConfig {
     /// Run SQLite's integrity check (`vod-eventd store check`) before READY=1. It reads
     /// the whole file, so start-up then takes time in proportion to the store's size.
     pub check_at_start: bool,
+}
+
+/// The systemd credential that holds the PostgreSQL password.
+pub const STORE_PASSWORD_CREDENTIAL: &str = "vod-store-password";
+
+impl StoreConfig {
+    /// The PostgreSQL URL, if `store.url` selects PostgreSQL.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.url.as_ref().map(|u| u.expose_secret())
+    }
+
+    /// The PostgreSQL password when the URL has none: `store.password_file`, else the
+    /// systemd credential `vod-store-password` in `$CREDENTIALS_DIRECTORY`, else none.
+    pub fn password(&self) -> Result<Option<SecretString>, String> {
+        if let Some(file) = &self.password_file {
+            return read_secret(file).map(Some).map_err(|e| format!("store.password_file {}: {e}", file.display()));
+        }
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let file = Path::new(&dir).join(STORE_PASSWORD_CREDENTIAL);
+            if file.exists() {
+                return read_secret(&file).map(Some).map_err(|e| format!("systemd credential {}: {e}", file.display()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The problems of `[store]`, keyed.
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(url) = self.postgres_url() {
+            if let Err(e) = crate::store::pg::parse_url(url) {
+                out.push(("store.url", e));
+            }
+            if self.pool_size == 0 || self.pool_size > 256 {
+                out.push(("store.pool_size", "must be between 1 and 256".into()));
+            }
+            if self.connect_timeout.is_zero() {
+                out.push(("store.connect_timeout", "must be above zero (5s is the default)".into()));
+            }
+            if self.max_size_mb != 0 {
+                out.push(("store.max_size_mb", "applies to the SQLite store only; remove it with store.url (cap the database in PostgreSQL instead)".into()));
+            }
+            if self.check_at_start {
+                out.push(("store.check_at_start", "is SQLite's integrity check; remove it with store.url".into()));
+            }
+        } else if self.password_file.is_some() {
+            out.push((
+                "store.password_file",
+                "is only used with store.url (PostgreSQL); remove it, or set store.url".into(),
+            ));
+        }
+        if let Err(e) = self.password() {
+            out.push(("store.password_file", e));
+        }
+        out
+    }
 }
 
 /// `[confirm]`.
@@ -552,6 +655,10 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: PathBuf::from("/var/lib/vod-eventd/events.db"),
+            url: None,
+            password_file: None,
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(5),
             busy_timeout: Duration::from_secs(5),
             retention: None,
             prune_interval: Duration::from_secs(3600),
@@ -813,6 +920,16 @@ impl Config {
         }
         if self.alert.check_interval.is_zero() || self.store.prune_interval.is_zero() {
             bad("alert.check_interval", "alert.check_interval and store.prune_interval must be above zero".into());
+        }
+        for (key, message) in self.store.validate() {
+            bad(key, message);
+        }
+        if let Some(name) = &self.node.name {
+            let ok = (1..=64).contains(&name.len())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !ok {
+                bad("node.name", format!("`{name}` must be 1 to 64 letters, digits, `.`, `_` or `-`"));
+            }
         }
         if self.dispatch.max_age.is_zero() {
             bad("dispatch.max_age", "must be above zero".into());
@@ -1155,6 +1272,28 @@ mod tests {
         assert_eq!(h.breaker(), (20, Duration::from_secs(1)));
         let err = parse(&handler("probe_interval = \"0s\"")).unwrap_err();
         assert!(err.to_string().contains("`handlers.h.probe_interval`: must be at least 10ms"), "{err}");
+    }
+
+    #[test]
+    fn store_url_selects_postgres_and_its_mistakes_are_named_without_the_password() {
+        let ok =
+            parse(&format!("{MINIMAL}[store]\nurl = \"postgresql://vod:pw@db:5432/vod?sslmode=require\"\n")).unwrap();
+        assert_eq!(ok.store.postgres_url(), Some("postgresql://vod:pw@db:5432/vod?sslmode=require"));
+        let text = format!(
+            "{MINIMAL}[store]\nurl = \"mysql://vod:hunter2@db/vod\"\nmax_size_mb = 5\ncheck_at_start = true\npool_size = 0\n"
+        );
+        let err = parse(&text).unwrap_err();
+        let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        for key in ["store.url", "store.max_size_mb", "store.check_at_start", "store.pool_size"] {
+            assert!(keys.contains(&key), "{key} not reported in {keys:?}");
+        }
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = parse(&format!("{MINIMAL}[store]\nurl = \"postgresql://vod@db/vod?sslmode=on\"\n")).unwrap_err();
+        assert!(err.to_string().contains("verify-full"), "{err}");
+        let err = parse(&format!("{MINIMAL}[store]\npassword_file = \"/nonexistent\"\n")).unwrap_err();
+        assert!(err.to_string().contains("only used with store.url"), "{err}");
+        let err = parse(&format!("{MINIMAL}[node]\nname = \"a/b\"\n")).unwrap_err();
+        assert!(err.to_string().contains("`node.name`"), "{err}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 use crate::puller::{Contact, PullError, Puller};
 use crate::service::{self, notify, StatusLoop};
+use crate::store::pg::Singleton;
 use crate::store::Store;
 
 /// A daemon ready to run.
@@ -56,8 +57,14 @@ impl Daemon {
     /// reloads the configuration.
     pub async fn run(mut self, shutdown: CancellationToken, mut reloads: mpsc::Receiver<()>) -> anyhow::Result<()> {
         let config = &self.config;
-        let store = Store::open(&config.store.path, config.store.busy_timeout)
-            .with_context(|| format!("store.path in {}", self.config_path.display()))?;
+        let key = if config.store.postgres_url().is_some() { "store.url" } else { "store.path" };
+        // With PostgreSQL, waits for the server (SIGTERM still stops the wait).
+        let node = config.node.name();
+        let store = tokio::select! {
+            store = Store::open_config(&config.store, &node) => store,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let store = store.with_context(|| format!("{key} in {}", self.config_path.display()))?;
         if config.store.check_at_start {
             info!(store = %store.path().display(), "Checking the store's integrity (store.check_at_start); this reads the whole file.");
             let checked = store.clone();
@@ -553,6 +560,10 @@ async fn prune_loop(
             continue;
         }
         wait = interval;
+        // On a shared store one host prunes; another takes over when it dies.
+        if !store.lead(Singleton::Retention).await {
+            continue;
+        }
         let before = crate::store::now_ms() - retention.as_millis() as i64;
         let started = std::time::Instant::now();
         match store.prune(before, false, PRUNE_PAUSE, &stop).await {

@@ -12,8 +12,12 @@
 //! delivery can be claimed again (the row stays `running` until then); a crash in between
 //! runs the attempt again with the same `webhook-id` (at-least-once).
 //!
-//! A claim leases the delivery for the handler's attempt timeout plus [`LEASE_MARGIN`];
-//! every [`SWEEP_INTERVAL`] the dispatcher returns rows whose lease passed to pending.
+//! A claim leases the delivery for the handler's attempt timeout plus `dispatch.lease_margin`
+//! ([`LEASE_MARGIN`] by default); every [`SWEEP_INTERVAL`] the dispatcher returns rows whose
+//! lease passed to pending. On a shared store (PostgreSQL, several daemons) the sweep runs
+//! always, since another host's leases must be swept when it dies, and an idle dispatcher
+//! steps every `dispatch.poll_interval` (other hosts' new deliveries are not announced, and
+//! `data_version` is SQLite's): one short claim transaction per second per host by default.
 //! While the store refuses writes, the loop backs off (one ERROR, one INFO on recovery)
 //! and keeps the outcomes it holds until they can be written; its bounded queue then
 //! fills and holds the handlers' permits, so no new attempt starts meanwhile.
@@ -108,7 +112,7 @@ impl Routing {
             .into_iter()
             .map(|(name, handler)| {
                 let concurrency = config.handlers[&name].concurrency();
-                let lease = config.handlers[&name].attempt_timeout() + LEASE_MARGIN;
+                let lease = config.handlers[&name].attempt_timeout() + config.dispatch.lease_margin;
                 let permits = previous
                     .and_then(|p| p.lanes.get(&name))
                     .filter(|lane| lane.concurrency == concurrency)
@@ -271,10 +275,13 @@ struct Stepped {
 
 /// When expired leases are looked for: every [`SWEEP_INTERVAL`] while this dispatcher may
 /// hold leases (until its longest lease has passed since its last claim), then not at all.
+/// On a shared store (PostgreSQL) always every [`SWEEP_INTERVAL`]: another host's leases
+/// must be swept when that host dies.
 #[derive(Default)]
 struct Sweeps {
     next: Option<Instant>,
     until: Option<Instant>,
+    shared: bool,
 }
 
 impl Sweeps {
@@ -290,6 +297,10 @@ impl Sweeps {
 
     fn swept(&mut self) {
         let next = Instant::now() + SWEEP_INTERVAL;
+        if self.shared {
+            self.next = Some(next);
+            return;
+        }
         self.next = self.until.filter(|until| next <= *until + SWEEP_INTERVAL).map(|_| next);
     }
 }
@@ -320,7 +331,8 @@ impl Dispatcher {
         // When the earliest pending delivery comes due (as of the last step).
         let mut due_at: Option<Instant> = None;
         let mut seen_version = None;
-        let mut sweeps = Sweeps::default();
+        let shared = self.store.is_shared();
+        let mut sweeps = Sweeps { shared, next: shared.then(Instant::now), ..Sweeps::default() };
         // Handlers that may have due deliveries beyond what they could claim.
         let mut backlog = BTreeSet::new();
         let mut control = Control::default();
@@ -577,6 +589,7 @@ fn settle(
     let base = AttemptRecord {
         delivery_id: d.delivery_id,
         attempt: d.attempt,
+        claim_token: d.claim_token,
         started_at,
         duration_ms: duration.as_millis() as i64,
         status: None,

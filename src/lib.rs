@@ -8,7 +8,7 @@
 //! - [`account`]: the app's event configuration (PULL mode, switches) and its periodic check.
 //! - [`event`]: what a received event is (dedupe key, extracted fields).
 //! - [`event_types`]: the SDK model's API 3.0 event types: payload member, task id, file paths.
-//! - [`store`]: SQLite: schema, durable batch insert, history queries.
+//! - [`store`]: SQLite (embedded) or PostgreSQL (`store.url`, shared by several hosts): schema, durable batch insert, outbox, history queries.
 //! - [`puller`]: PullEvent → store → hand handles to the confirmer (one per source).
 //! - [`discovery`]: `sources = "all"`: the account's enabled apps via DescribeSubAppIds.
 //! - [`confirmer`]: batched ConfirmEvent inside the 30 s window.

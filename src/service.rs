@@ -15,6 +15,7 @@ use tracing::{debug, error, warn};
 use crate::config::{AlertConfig, HealthConfig};
 use crate::health::{Report, SourceReport};
 use crate::metrics::Metrics;
+use crate::store::pg::Singleton;
 use crate::store::{now_ms, HandlerCounts, Store};
 
 /// How often STATUS= and the heartbeat are refreshed.
@@ -69,6 +70,10 @@ impl StatusLoop {
                 ("status".into(), status),
             ];
             state.extend(source_state(&report));
+            // On a shared store (PostgreSQL) one host writes the heartbeat and checks the alarms.
+            if !self.store.lead(Singleton::Status).await {
+                continue;
+            }
             let _ = self.store.put_state(state).await;
             if last_alarm_check.is_some_and(|t| t.elapsed() < self.alert.check_interval) {
                 continue;
@@ -90,6 +95,9 @@ impl StatusLoop {
         let mut state: Vec<(String, String)> =
             vec![("heartbeat_ms".into(), now.clone()), ("stopped_ms".into(), now), ("status".into(), status)];
         state.extend(source_state(&report));
+        if !self.store.lead(Singleton::Status).await {
+            return;
+        }
         if let Err(e) = self.store.put_state(state).await {
             warn!(error = %e, "Could not write the final status; `vod-eventd status` shows the last heartbeat.");
         }

@@ -145,11 +145,11 @@ fn report(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Opens the store named by `store.path` for a CLI command.
+/// Opens the store named by `store.url` (PostgreSQL) or `store.path` for a CLI command.
 fn open_store(config: &Config, config_path: &std::path::Path) -> anyhow::Result<crate::store::Store> {
     use anyhow::Context as _;
-    crate::store::Store::open_existing(&config.store.path, config.store.busy_timeout)
-        .with_context(|| format!("store.path in {}", config_path.display()))
+    let key = if config.store.postgres_url().is_some() { "store.url" } else { "store.path" };
+    crate::store::Store::open_for_cli(&config.store).with_context(|| format!("{key} in {}", config_path.display()))
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {

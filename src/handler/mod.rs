@@ -158,6 +158,8 @@ pub struct Delivery {
     pub source: String,
     /// The app (`SubAppId`) it was pulled from; `None`: the default app.
     pub sub_app_id: Option<u64>,
+    /// The claim's fencing token, handed back with the outcome (PostgreSQL; 0 on SQLite).
+    pub claim_token: i64,
 }
 
 /// A successful attempt.

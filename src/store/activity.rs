@@ -43,6 +43,9 @@ fn add(hourly: &mut Hourly, hours_ago: i64, n: i64) {
 impl Store {
     /// Events received per hour over the 24 hours up to `now_ms`.
     pub fn events_per_hour(&self, now_ms: i64) -> Result<Hourly, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.events_per_hour(now_ms));
+        }
         self.run_sync(|conn| {
             let mut hourly = [0; HOURS];
             let mut stmt = conn.prepare(EVENTS_PER_HOUR)?;
@@ -56,6 +59,9 @@ impl Store {
 
     /// Failed attempts per hour over the 24 hours up to `now_ms`, per handler that had any.
     pub fn failures_per_hour(&self, now_ms: i64) -> Result<BTreeMap<String, Hourly>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.failures_per_hour(now_ms));
+        }
         self.run_sync(|conn| {
             let mut by_handler = BTreeMap::new();
             let mut stmt = conn.prepare(FAILURES_PER_HOUR)?;

@@ -90,6 +90,9 @@ impl Store {
     /// Stores an alert event, routed by `route`, if a route takes it and none of its kind
     /// and subject was stored in the last minute. Returns true if it was stored.
     pub async fn raise_alert(&self, alert: Alert, route: Arc<RouteFn>) -> Result<bool, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.raise_alert(&alert, &*route).await;
+        }
         self.run(move |conn| {
             let tx = conn.transaction()?;
             let routed = raise(&tx, &alert, &*route, super::now_ms())?;
@@ -107,6 +110,9 @@ impl Store {
         delivery_ids: Vec<i64>,
         route: Arc<RouteFn>,
     ) -> Result<usize, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.raise_alerts_for_dead(&delivery_ids, &*route).await;
+        }
         self.run(move |conn| {
             let tx = conn.transaction()?;
             let now = super::now_ms();
@@ -123,6 +129,9 @@ impl Store {
     /// Deliveries that went dead at or after `since_ms` (by `updated_at`), oldest first, at
     /// most `limit`: `(id, updated_at)`. Reads only dead rows (`deliveries_dead_updated`).
     pub async fn dead_since(&self, since_ms: i64, limit: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.dead_since(since_ms, limit).await;
+        }
         self.run(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, updated_at FROM deliveries WHERE state = 'dead' AND updated_at >= ?1

@@ -174,6 +174,7 @@ fn claim(tx: &Connection, wants: &[Want], now: i64) -> Result<Claimed, StoreErro
         for id in ids {
             let delivery = load.query_row([id], |r| {
                 Ok(Delivery {
+                    claim_token: 0,
                     delivery_id: r.get(0)?,
                     event_id: r.get(1)?,
                     webhook_id: r.get(2)?,
@@ -200,6 +201,8 @@ pub struct AttemptRecord {
     pub delivery_id: i64,
     /// The attempt number, from 1.
     pub attempt: u32,
+    /// The claim's fencing token (PostgreSQL; SQLite fences by `attempt` and ignores it).
+    pub claim_token: i64,
     /// Start, Unix ms.
     pub started_at: i64,
     /// Duration, ms.
@@ -406,6 +409,9 @@ impl Store {
         wants: Vec<Want>,
         now: i64,
     ) -> Result<Claimed, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.settle_and_claim(&outcomes, &wants, now).await;
+        }
         self.run_bookkeeping(move |conn| {
             let tx = conn.transaction()?;
             // First, so that it names the state this transaction reads (see `Claimed`).
@@ -421,6 +427,9 @@ impl Store {
     /// Puts deliveries left `running` (by a crash or an interrupted shutdown) back to
     /// `pending`; their attempt is retried. Returns how many.
     pub async fn requeue_running(&self) -> Result<usize, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.requeue_own().await;
+        }
         self.run(|conn| {
             Ok(conn.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = max(attempts - 1, 0), lease_until = NULL
@@ -435,6 +444,9 @@ impl Store {
     /// once; the lost attempt still counts. Only reads unless there is something to
     /// sweep. Returns how many.
     pub async fn sweep_expired_leases(&self, now: i64) -> Result<usize, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.sweep_expired_leases(now).await;
+        }
         self.run_bookkeeping(move |conn| {
             let expired: bool = conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM deliveries WHERE state = 'running' AND lease_until < ?1)",
@@ -455,6 +467,9 @@ impl Store {
 
     /// Deliveries matching `filter`, newest first.
     pub fn list_deliveries(&self, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.list_deliveries(f));
+        }
         self.run_sync(|conn| {
             let mut stmt = conn.prepare(&format!(
                 "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
@@ -468,6 +483,9 @@ impl Store {
 
     /// An event's deliveries, each with its attempts.
     pub fn event_deliveries(&self, event_id: i64) -> Result<Vec<(DeliveryRow, Vec<AttemptRow>)>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.event_deliveries(event_id));
+        }
         self.run_sync(|conn| {
             let mut stmt = conn.prepare(&format!(
                 "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.event_id = ? ORDER BY d.id"
@@ -499,6 +517,9 @@ impl Store {
     /// Schedules a fresh delivery of an event (same `webhook-id`) to `handler`, or to
     /// every handler it was delivered to before. Returns the handlers scheduled.
     pub fn replay(&self, event_id: i64, handler: Option<&str>) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.replay(event_id, handler));
+        }
         let now = super::now_ms();
         self.run_sync(|conn| {
             let tx = conn.transaction()?;
@@ -523,6 +544,9 @@ impl Store {
 
     /// Makes dead deliveries (of one handler, or all) pending again, due now.
     pub fn retry_dead(&self, handler: Option<&str>) -> Result<usize, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.retry_dead(handler));
+        }
         let now = super::now_ms();
         self.run_sync(|conn| {
             Ok(conn.execute(
@@ -553,6 +577,7 @@ pub(crate) mod tests {
         AttemptRecord {
             delivery_id,
             attempt,
+            claim_token: 0,
             started_at: 0,
             duration_ms: 1,
             status: None,

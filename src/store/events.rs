@@ -235,6 +235,11 @@ impl Store {
     /// Stores a pulled batch (each event with the handlers it is routed to) durably;
     /// returns once the commit is on disk.
     pub async fn insert_events(&self, events: Vec<(ReceivedEvent, Vec<String>)>) -> Result<Vec<Inserted>, StoreError> {
+        if let Some(pg) = &self.pg {
+            let (events, handlers): (Vec<ReceivedEvent>, Vec<Vec<String>>) = events.into_iter().unzip();
+            let mut route = |i: usize, _: &ReceivedEvent| Routed { handlers: handlers[i].clone(), ..Routed::default() };
+            return Ok(pg.insert_batch(&events, &mut route).await?.into_iter().map(|(row, _)| row).collect());
+        }
         let now = super::now_ms();
         self.run(move |conn| {
             let (events, handlers): (Vec<ReceivedEvent>, Vec<Vec<String>>) = events.into_iter().unzip();
@@ -255,6 +260,9 @@ impl Store {
         batches: Vec<Batch>,
         confirmed: Vec<(i64, i64)>,
     ) -> Result<Vec<Vec<(Inserted, Routed)>>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.ingest(&batches, &confirmed).await;
+        }
         let now = super::now_ms();
         let only_confirmed = batches.is_empty();
         let write = move |conn: &mut Connection| {
@@ -279,11 +287,17 @@ impl Store {
     /// Indexes the files of up to `batch` events stored before `event_files` existed; 0
     /// when none are left.
     pub async fn backfill_files(&self, batch: u32) -> Result<usize, StoreError> {
+        if self.pg.is_some() {
+            return Ok(0); // Every PostgreSQL row is indexed as it is stored.
+        }
         self.run_bookkeeping(move |conn| backfill_files(conn, batch)).await
     }
 
     /// Every file an event names, with its role.
     pub fn event_files(&self, id: i64) -> Result<Vec<(String, String)>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.event_files(id));
+        }
         self.run_sync(|conn| {
             let mut stmt =
                 conn.prepare("SELECT file_id, role FROM event_files WHERE event_id = ? ORDER BY role DESC, file_id")?;
@@ -294,6 +308,9 @@ impl Store {
 
     /// Events matching `filter`, newest first.
     pub fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.list_events(filter));
+        }
         let mut sql = format!("SELECT {COLUMNS} FROM events WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(t) = &filter.event_type {
@@ -330,6 +347,9 @@ impl Store {
 
     /// One event by id.
     pub fn get_event(&self, id: i64) -> Result<Option<EventRow>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.get_event(id));
+        }
         self.run_sync(|conn| {
             Ok(conn.query_row(&format!("SELECT {COLUMNS} FROM events WHERE id = ?"), [id], row_to_event).optional()?)
         })
@@ -337,11 +357,17 @@ impl Store {
 
     /// Number of stored events.
     pub fn count_events(&self) -> Result<i64, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.count_events());
+        }
         self.run_sync(|conn| Ok(conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?))
     }
 
     /// Events with an id above `after`, oldest first (for following new arrivals).
     pub fn events_after(&self, after: i64, limit: u32) -> Result<Vec<EventRow>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.events_after(after, limit));
+        }
         self.run_sync(|conn| {
             let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?"))?;
             let rows = stmt.query_map(params![after, limit], row_to_event)?;

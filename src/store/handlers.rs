@@ -213,6 +213,9 @@ pub(crate) fn resume(
 impl Store {
     /// Pauses `handler` by hand (see [`pause`]); who paused it before, if anyone.
     pub fn pause_handler(&self, handler: &str, reason: Option<&str>) -> Result<Option<String>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.pause_handler(handler, reason));
+        }
         self.run_sync(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let new = pause(&tx, handler, reason, "operator", super::now_ms(), None)?;
@@ -223,6 +226,9 @@ impl Store {
 
     /// Resumes `handler`, however it was paused (see [`resume`]); how long it was paused, ms.
     pub fn resume_handler(&self, handler: &str) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.resume_handler(handler));
+        }
         self.run_sync(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let was = resume(&tx, handler, None, super::now_ms())?;
@@ -233,6 +239,9 @@ impl Store {
 
     /// One line per handler: those `configured`, and any other that has deliveries.
     pub fn handler_overview(&self, configured: &[String]) -> Result<Vec<HandlerOverview>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.handler_overview(configured));
+        }
         self.run_sync(|conn| overview(conn, configured))
     }
 }

@@ -49,6 +49,9 @@ pub struct KeyInfo {
 impl Store {
     /// Stores keys; an EDK already stored is left as it is. Returns how many were new.
     pub async fn insert_keys(&self, keys: Vec<NewKey>) -> Result<usize, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.insert_keys(&keys).await;
+        }
         let now = super::now_ms();
         self.run(move |conn| {
             let tx = conn.transaction()?;
@@ -78,6 +81,9 @@ impl Store {
 
     /// Which of `edks` already have a key.
     pub async fn known_edks(&self, edks: Vec<String>) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.known_edks(edks).await;
+        }
         self.run(move |conn| {
             let mut stmt = conn.prepare_cached("SELECT 1 FROM drm_keys WHERE edk = ?")?;
             let mut known = Vec::new();
@@ -93,6 +99,9 @@ impl Store {
 
     /// The data key for an EDK.
     pub fn get_key(&self, edk: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.get_key(edk));
+        }
         self.run_sync(|conn| {
             Ok(conn.query_row("SELECT dk FROM drm_keys WHERE edk = ?", [edk], |r| r.get(0)).optional()?)
         })
@@ -100,6 +109,9 @@ impl Store {
 
     /// Stored keys, newest first, without key material.
     pub fn list_keys(&self, file_id: Option<&str>, limit: u32) -> Result<Vec<KeyInfo>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.list_keys(file_id, limit));
+        }
         self.run_sync(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT edk, file_id, key_source, definition, event_id, fetched_at FROM drm_keys

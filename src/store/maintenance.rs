@@ -96,6 +96,9 @@ impl Store {
     /// Records the daemon's heartbeat values.
     pub async fn put_state<K: Into<String>>(&self, values: Vec<(K, String)>) -> Result<(), StoreError> {
         let values: Vec<(String, String)> = values.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        if let Some(pg) = &self.pg {
+            return pg.put_state(&values).await;
+        }
         self.run_bookkeeping(move |conn| {
             let tx = conn.transaction()?;
             for (key, value) in &values {
@@ -109,6 +112,9 @@ impl Store {
 
     /// The daemon's last heartbeat values.
     pub fn state(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.state());
+        }
         self.run_sync(|conn| {
             let mut stmt = conn.prepare("SELECT key, value FROM daemon_state")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -119,6 +125,9 @@ impl Store {
     /// Whether a pull ever succeeded against this store with the credentials of this
     /// fingerprint ([`crate::api::ClientSettings::credentials_fingerprint`]).
     pub async fn credentials_worked(&self, fingerprint: String) -> Result<bool, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.credentials_worked(&fingerprint).await;
+        }
         self.run(move |conn| {
             let key = format!("pull_ok:{fingerprint}");
             Ok(conn.query_row("SELECT 1 FROM daemon_state WHERE key = ?", [key], |_| Ok(())).optional()?.is_some())
@@ -128,6 +137,9 @@ impl Store {
 
     /// Remembers the first successful pull with these credentials (kept across restarts).
     pub async fn remember_credentials(&self, fingerprint: String) -> Result<(), StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.remember_credentials(&fingerprint).await;
+        }
         self.run(move |conn| {
             let key = format!("pull_ok:{fingerprint}");
             conn.execute(
@@ -144,6 +156,9 @@ impl Store {
     /// configured again. Orphaned deliveries are not run, are counted apart, and keep
     /// their event only until `store.retention`.
     pub async fn sync_orphans(&self, configured: Vec<String>, config_path: String) -> Result<Orphans, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.sync_orphans(&configured, &config_path).await;
+        }
         let configured = serde_json::to_string(&configured).expect("names serialise");
         let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         self.run(move |conn| {
@@ -177,6 +192,9 @@ impl Store {
     /// Pending (or running), dead and orphaned deliveries per handler. Reads only the rows that
     /// are not done (the partial index `deliveries_not_done`), whatever the history.
     pub async fn handler_counts(&self) -> Result<BTreeMap<String, HandlerCounts>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.handler_counts().await;
+        }
         self.run(|conn| {
             let mut stmt = conn.prepare_cached(HANDLER_COUNTS)?;
             let rows = stmt.query_map([], |r| {
@@ -198,6 +216,9 @@ impl Store {
 
     /// Events received since `since_ms`, by type.
     pub fn events_by_type_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.events_by_type_since(since_ms));
+        }
         self.run_sync(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT event_type, count(*) FROM events WHERE received_at >= ? GROUP BY event_type ORDER BY 2 DESC",
@@ -209,6 +230,10 @@ impl Store {
 
     /// Bytes on disk: the database file plus its WAL.
     pub fn size_on_disk(&self) -> u64 {
+        if let Some(pg) = &self.pg {
+            // The CLI's store asks PostgreSQL; the daemon's does not block on a query here.
+            return pg.block(async { Ok(pg.size().await) }).unwrap_or(0);
+        }
         let wal =
             self.path.with_extension(format!("{}-wal", self.path.extension().and_then(|e| e.to_str()).unwrap_or("")));
         [self.path.clone(), wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
@@ -217,6 +242,9 @@ impl Store {
     /// Caps the database at about `max_bytes` (0 = no cap): once full, commits fail with
     /// "database or disk is full" and the daemon stops pulling until there is room.
     pub async fn set_max_size(&self, max_bytes: u64) -> Result<(), StoreError> {
+        if self.pg.is_some() {
+            return Ok(()); // store.max_size_mb is SQLite's; config validation refuses it with store.url.
+        }
         self.run(move |conn| {
             let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
             let pages = if max_bytes == 0 { 4_294_967_294 } else { (max_bytes as i64 / page_size).max(1) };
@@ -244,6 +272,9 @@ impl Store {
         pause: Duration,
         stop: &CancellationToken,
     ) -> Result<usize, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.prune(before_ms, include_dead, pause, stop).await;
+        }
         let mut cursor = 0;
         let mut total = 0;
         loop {
@@ -285,6 +316,9 @@ impl Store {
 
     /// The oldest event's receive time, if any.
     pub fn oldest_event_ms(&self) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.oldest_event_ms());
+        }
         self.run_sync(|conn| {
             Ok(conn.query_row("SELECT min(received_at) FROM events", [], |r| r.get(0)).optional()?.flatten())
         })

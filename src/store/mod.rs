@@ -4,6 +4,11 @@
 //! The file is created mode 0600. The daemon's connection sits behind a std mutex and is
 //! only used from `spawn_blocking`; the CLI opens its own connection, which WAL allows
 //! while the daemon runs.
+//!
+//! With `store.url`, the same [`Store`] is backed by PostgreSQL instead ([`pg`]), shared by
+//! several daemons: the public methods the daemon and the CLI use dispatch to it at their
+//! top. What is not ported (`run`/`run_sync` handing out a SQLite connection, the range
+//! commands, the integrity check) fails with [`StoreError::NotAvailable`], never a panic.
 
 mod activity;
 mod alerts;
@@ -12,6 +17,7 @@ mod events;
 mod handlers;
 mod keys;
 mod maintenance;
+pub mod pg;
 mod ranges;
 
 use std::path::{Path, PathBuf};
@@ -86,21 +92,70 @@ pub enum StoreError {
     /// The blocking task running the query panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(String),
+    /// A PostgreSQL query or commit failed (the message never holds the password).
+    #[error("PostgreSQL store: {0}")]
+    Postgres(String),
+    /// PostgreSQL cannot be reached now: connection refused or lost, server stopping or
+    /// starting, no free connection in time.
+    #[error("PostgreSQL store unreachable: {0} (vod-eventd retries by itself; check that the server store.url names is up and reachable)")]
+    PostgresDown(String),
+    /// The operation exists only for the SQLite store so far.
+    #[error("{0} is not available with store.url (PostgreSQL) yet; run it against a SQLite store (store.path)")]
+    NotAvailable(String),
 }
 
 /// A handle on the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    /// The SQLite connection; none with PostgreSQL.
+    conn: Option<Arc<Mutex<Connection>>>,
+    /// The SQLite file, or the PostgreSQL URL without its password.
     path: PathBuf,
     /// The write-ahead log's size and modification time at the last `data_version` read,
     /// and what it returned.
     last_version: Arc<Mutex<Option<WalSeen>>>,
+    /// The PostgreSQL backend, with `store.url`.
+    pg: Option<Arc<pg::PgStore>>,
 }
 
 type WalSeen = ((u64, Option<std::time::SystemTime>), i64);
 
 impl Store {
+    /// Opens the store `config` names for the daemon: PostgreSQL with `store.url`
+    /// (connecting and migrating), else the SQLite file `store.path` (see [`Store::open`]).
+    pub async fn open_config(config: &crate::config::StoreConfig, node: &str) -> Result<Store, StoreError> {
+        if config.postgres_url().is_none() {
+            return Store::open(&config.path, config.busy_timeout);
+        }
+        let pg = pg::PgStore::connect(config, node, true).await?;
+        Ok(Store { conn: None, path: pg.shown().into(), last_version: Arc::default(), pg: Some(Arc::new(pg)) })
+    }
+
+    /// Opens the store `config` names for a CLI command: PostgreSQL with `store.url`, else
+    /// the existing SQLite file `store.path` (see [`Store::open_existing`]).
+    pub fn open_for_cli(config: &crate::config::StoreConfig) -> Result<Store, StoreError> {
+        if config.postgres_url().is_none() {
+            return Store::open_existing(&config.path, config.busy_timeout);
+        }
+        let pg = pg::PgStore::connect_blocking(config, "cli")?;
+        Ok(Store { conn: None, path: pg.shown().into(), last_version: Arc::default(), pg: Some(Arc::new(pg)) })
+    }
+
+    /// True when several daemons may share this store (PostgreSQL): leases must be swept
+    /// whoever took them, and other hosts' writes are not announced.
+    pub fn is_shared(&self) -> bool {
+        self.pg.is_some()
+    }
+
+    /// Whether this daemon runs the singleton task `what` now: always on SQLite; on
+    /// PostgreSQL while it holds that task's advisory lock (see [`pg::PgStore::lead`]).
+    pub async fn lead(&self, what: pg::Singleton) -> bool {
+        match &self.pg {
+            Some(pg) => pg.lead(what).await,
+            None => true,
+        }
+    }
+
     /// Opens (creating if needed) the store for the daemon, and migrates it.
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
         create_private(path).map_err(|e| StoreError::Open { path: path.into(), source: e })?;
@@ -113,6 +168,9 @@ impl Store {
     /// is refused there, and a damaged page elsewhere fails the query that reads it. Run
     /// by `vod-eventd store check`, and before start-up with `store.check_at_start`.
     pub fn check_integrity(&self) -> Result<(), StoreError> {
+        if self.pg.is_some() {
+            return Err(StoreError::NotAvailable("the integrity check (store.check_at_start, store check)".into()));
+        }
         let corrupt = |detail: String| StoreError::Corrupt { path: self.path.clone(), detail };
         let problems: Vec<String> = self
             .run_sync(|c| {
@@ -161,7 +219,8 @@ impl Store {
             // The daemon checkpoints itself; the CLI should not.
             conn.execute_batch("PRAGMA wal_autocheckpoint = 1000;").map_err(open_err)?;
         }
-        let mut store = Store { conn: Arc::new(Mutex::new(conn)), path: path.into(), last_version: Arc::default() };
+        let mut store =
+            Store { conn: Some(Arc::new(Mutex::new(conn))), path: path.into(), last_version: Arc::default(), pg: None };
         store.migrate()?;
         Ok(store)
     }
@@ -172,7 +231,7 @@ impl Store {
     /// table (drop and rename), which must not cascade: foreign keys are off while
     /// migrations run, and checked before each one commits.
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock().expect("store mutex poisoned");
+        let mut conn = self.sqlite::<fn()>()?.lock().expect("store mutex poisoned");
         if conn.query_row("PRAGMA user_version", [], |r| r.get::<_, usize>(0))? == MIGRATIONS.len() {
             return Ok(());
         }
@@ -182,9 +241,15 @@ impl Store {
         result
     }
 
-    /// The store file.
+    /// The store file (with PostgreSQL: its URL without the password).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The SQLite connection, or [`StoreError::NotAvailable`] naming the method the
+    /// closure `F` belongs to (worked out only then: this is on every SQLite call's path).
+    fn sqlite<F>(&self) -> Result<&Arc<Mutex<Connection>>, StoreError> {
+        self.conn.as_ref().ok_or_else(|| StoreError::NotAvailable(caller::<F>()))
     }
 
     /// Runs `f` on the connection in a blocking thread.
@@ -193,7 +258,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        let conn = self.sqlite::<F>()?.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = conn.lock().expect("store mutex poisoned");
             f(&mut conn)
@@ -213,6 +278,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.sqlite::<F>()?;
         self.run(|conn| {
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             let result = f(conn);
@@ -230,6 +296,7 @@ impl Store {
     /// the same size within the file system's timestamp tick is seen at the next change,
     /// at the latest with the daemon's own 10 s heartbeat).
     pub fn data_version(&self) -> Option<i64> {
+        let conn = self.conn.as_ref()?;
         let wal = std::fs::metadata(self.wal_path()).ok().map(|m| (m.len(), m.modified().ok()));
         let mut last = self.last_version.lock().expect("store mutex poisoned");
         if let (Some(wal), Some((seen, version))) = (wal, *last) {
@@ -237,7 +304,7 @@ impl Store {
                 return Some(version);
             }
         }
-        let conn = self.conn.try_lock().ok()?;
+        let conn = conn.try_lock().ok()?;
         let version = conn.prepare_cached("PRAGMA data_version").and_then(|mut s| s.query_row([], |r| r.get(0)));
         let version = version.ok()?;
         *last = wal.map(|wal| (wal, version));
@@ -251,10 +318,23 @@ impl Store {
     }
 
     /// Runs `f` on the connection in the calling thread (for the CLI).
-    pub fn run_sync<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().expect("store mutex poisoned");
+    pub fn run_sync<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, StoreError>,
+    {
+        let mut conn = self.sqlite::<F>()?.lock().expect("store mutex poisoned");
         f(&mut conn)
     }
+}
+
+/// The store method a closure passed to [`Store::run`] or [`Store::run_sync`] belongs to,
+/// from its type name (`vod_eventd::store::events::<impl ...>::list_events::{{closure}}`),
+/// for [`StoreError::NotAvailable`].
+fn caller<F>() -> String {
+    let name = std::any::type_name::<F>();
+    let head = name.split("::{{closure}}").next().unwrap_or(name);
+    let method = head.rsplit("::").next().unwrap_or(head);
+    format!("`{method}`")
 }
 
 /// The migration loop of [`Store::migrate`], run with foreign keys off.

@@ -153,17 +153,10 @@ impl Scenario {
         sinks: &[Sink],
         dead_handlers: &[&str],
     ) -> Summary {
-        let store = daemon.store().expect("store exists");
-        let stored = stored_keys(&store);
+        let stored = daemon.stored_keys();
         let expected: HashSet<String> = contents.iter().map(|c| key_of(c)).collect();
         let confirmed: HashSet<String> = emu.confirmed().iter().map(|c| key_of(c)).collect();
-        let rows: Vec<(String, String, String)> = store
-            .run_sync(|c| {
-                let mut stmt = c.prepare("SELECT handler, state, webhook_id FROM deliveries")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                Ok(rows.collect::<Result<_, _>>()?)
-            })
-            .unwrap();
+        let rows = daemon.deliveries();
         let accepted: HashMap<&str, HashSet<&str>> =
             sinks.iter().map(|s| (s.handler, s.accepted.iter().map(String::as_str).collect())).collect();
         let undelivered = rows
@@ -190,7 +183,7 @@ impl Scenario {
             "every enqueued event stored exactly once"
         );
         assert!(confirmed.is_subset(&expected), "a confirmed handle belongs to an event that is not stored");
-        assert_eq!(summary.lost, 0, "{summary:?}; deliveries by state: {:?}", delivery_states(&store));
+        assert_eq!(summary.lost, 0, "{summary:?}; deliveries by state: {:?}", daemon.delivery_states());
         for sink in sinks {
             let ids: HashSet<&str> =
                 rows.iter().filter(|(h, _, _)| h == sink.handler).map(|(_, _, id)| id.as_str()).collect();
@@ -224,18 +217,18 @@ async fn let_pass(span: Duration, what: &str) {
 
 async fn all_settled(daemon: &TestDaemon, expected: i64) {
     eventually(Duration::from_secs(scale(120, 900)), "all deliveries settled", || {
-        daemon.store().is_some_and(|s| {
-            let states = delivery_states(&s);
-            !states.contains_key("pending")
-                && !states.contains_key("running")
-                && states.values().sum::<i64>() == expected
-        })
+        let states = daemon.delivery_states();
+        !states.contains_key("pending") && !states.contains_key("running") && states.values().sum::<i64>() == expected
     })
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_before_commit_after_commit_mid_dispatch_and_mid_confirm() {
+both_stores!(
+    sigkill_before_commit_after_commit_mid_dispatch_and_mid_confirm,
+    duplicates_inside_one_batch_and_across_batches
+);
+
+async fn sigkill_before_commit_after_commit_mid_dispatch_and_mid_confirm(backend: Backend) {
     let (kills, per_round) = scale((6, 100), (60, 100));
     let scenario = Scenario::start("SIGKILL under load, 3 handlers", format!("{kills} SIGKILLs"));
     let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(2), ..fast_emulator_config() }).await;
@@ -245,7 +238,7 @@ async fn sigkill_before_commit_after_commit_mid_dispatch_and_mid_confirm() {
         "[confirm]\nmax_delay = \"300ms\"\nhandle_ttl = \"2s\"\n{}{FAST_RETRIES}",
         handlers.config("concurrency = 2")
     );
-    let mut daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    let mut daemon = TestDaemon::start_on(&emu.endpoint(), &extra, backend).await;
     let mut contents = Vec::new();
     for _ in 0..kills {
         // Events flow at all times: each kill lands before, during or after commits,
@@ -465,8 +458,7 @@ async fn a_backlog_drains_under_the_rate_limit_without_a_single_4400() {
     scenario.finish(&emu, &daemon, &contents, &[], &[]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicates_inside_one_batch_and_across_batches() {
+async fn duplicates_inside_one_batch_and_across_batches(backend: Backend) {
     let scenario = Scenario::start("duplicates in and across batches", "3 copies of one event");
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
@@ -483,12 +475,12 @@ async fn duplicates_inside_one_batch_and_across_batches() {
         route_all(&["internal"]),
         webhook("internal", &receiver, "")
     );
-    let daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), &extra, backend).await;
     eventually(Duration::from_secs(20), "first batch stored", || daemon.rows() == 2).await;
     emu.enqueue(a.replace(',', ", "));
     eventually(Duration::from_secs(20), "queue drained", || emu.stats().queue.outstanding == 0).await;
     all_settled(&daemon, 2).await;
-    let seen = stored_keys(&daemon.store().unwrap());
+    let seen = daemon.stored_keys();
     assert_eq!(seen[&key_of(a)], 3, "three deliveries of A, one row");
     assert_eq!(seen[&key_of(b)], 1);
     let sinks = [webhook_sink("internal", &receiver)];

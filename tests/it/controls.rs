@@ -101,6 +101,8 @@ async fn the_breaker_pauses_a_failing_handler_probes_and_resumes_and_nothing_goe
         webhook("pager", &pager.url(), "")
     );
     let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    // `handlers list` needs the store: on a loaded machine the daemon may not have created it yet.
+    eventually(Duration::from_secs(30), "the daemon created its store", || daemon.store().is_some()).await;
     let outage_start = Instant::now();
     emu.enqueue_generated(EVENTS);
 

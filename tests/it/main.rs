@@ -1,5 +1,5 @@
 //! Integration tests: the real binary against the in-tree emulator over real sockets,
-//! real SQLite files in temp dirs, and (for cross-checks) the official Python SDK.
+//! real SQLite files in temp dirs, a private PostgreSQL cluster, and (for cross-checks) the official Python SDK.
 
 /// Runs an `async fn(Api)` test against both APIs.
 macro_rules! both_apis {
@@ -17,6 +17,48 @@ macro_rules! both_apis {
     )*};
 }
 
+/// Runs an `async fn(Api, Backend)` test against both APIs on SQLite, and on PostgreSQL.
+macro_rules! both_apis_and_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::support::Backend;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v2() {
+                super::$name(vod_emulator::Api::V2, Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v3() {
+                super::$name(vod_emulator::Api::V3, Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v2_postgres() {
+                super::$name(vod_emulator::Api::V2, Backend::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v3_postgres() {
+                super::$name(vod_emulator::Api::V3, Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// Runs an `async fn(Backend)` test on SQLite, and on PostgreSQL.
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::support::Backend;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
 mod account;
 mod chaos;
 mod cli;
@@ -26,6 +68,7 @@ mod crosscheck;
 mod filters;
 mod handlers;
 mod operator;
+mod pg;
 mod pipeline;
 mod ranges;
 mod receiver;

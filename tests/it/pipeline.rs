@@ -10,7 +10,7 @@ use vod_emulator::{Api, EmulatorConfig, FaultKind, Faults};
 
 use crate::support::*;
 
-both_apis!(
+both_apis_and_stores!(
     three_thousand_events_are_stored_once_and_confirmed_quickly,
     a_redelivered_event_under_a_new_handle_stays_one_row,
     sigkill_at_random_moments_loses_nothing,
@@ -18,10 +18,10 @@ both_apis!(
     empty_answers_in_every_documented_form_mean_poll_again,
 );
 
-async fn three_thousand_events_are_stored_once_and_confirmed_quickly(api: Api) {
+async fn three_thousand_events_are_stored_once_and_confirmed_quickly(api: Api, backend: Backend) {
     let emu = emulator(EmulatorConfig { api, ..fast_emulator_config() }).await;
     let contents = emu.enqueue_generated(3000);
-    let daemon = TestDaemon::for_emulator(&emu, "").await;
+    let daemon = TestDaemon::for_emulator_on(&emu, "", backend).await;
     eventually(Duration::from_secs(120), "emulator has every event confirmed", || emu.stats().queue.outstanding == 0)
         .await;
 
@@ -34,26 +34,25 @@ async fn three_thousand_events_are_stored_once_and_confirmed_quickly(api: Api) {
         stats.queue.max_confirm_latency_ms
     );
     assert_eq!(stats.api.rate_limited, 0, "the client-side limit must keep us under 1000/min");
-    let keys = stored_keys(&daemon.store().unwrap());
+    let keys = daemon.stored_keys();
     assert_eq!(keys.len(), 3000);
     let expected: HashSet<String> = contents.iter().map(|c| key_of(c)).collect();
     assert_eq!(keys.keys().cloned().collect::<HashSet<_>>(), expected);
     assert!(keys.values().all(|&seen| seen == 1));
 }
 
-async fn a_redelivered_event_under_a_new_handle_stays_one_row(api: Api) {
+async fn a_redelivered_event_under_a_new_handle_stays_one_row(api: Api, backend: Backend) {
     let emu = emulator(EmulatorConfig { api, visibility: Duration::from_secs(1), ..fast_emulator_config() }).await;
     let content = emu.enqueue_generated(1).remove(0);
     // The daemon waits 3 s before confirming, so the 1 s handle expires, the emulator
     // refuses it and redelivers the event under a new handle.
-    let daemon = TestDaemon::for_emulator(&emu, "[confirm]\nmax_delay = \"3s\"\n").await;
+    let daemon = TestDaemon::for_emulator_on(&emu, "[confirm]\nmax_delay = \"3s\"\n", backend).await;
     let key = key_of(&content);
     eventually(Duration::from_secs(30), "the event was seen twice", || {
-        daemon.store().is_some_and(|s| stored_keys(&s).get(&key).is_some_and(|&n| n >= 2))
+        daemon.stored_keys().get(&key).is_some_and(|&n| n >= 2)
     })
     .await;
-    let store = daemon.store().unwrap();
-    assert_eq!(store.count_events().unwrap(), 1);
+    assert_eq!(daemon.rows(), 1);
     assert!(emu.stats().queue.redelivered >= 1);
     eventually(Duration::from_secs(30), "the late confirm is refused", || emu.stats().queue.confirms_refused >= 1)
         .await;
@@ -61,16 +60,16 @@ async fn a_redelivered_event_under_a_new_handle_stays_one_row(api: Api) {
     // With a normal window again, the latest delivery is confirmed and the queue drains.
     emu.set_visibility(Duration::from_secs(30));
     eventually(Duration::from_secs(60), "the queue drains", || emu.stats().queue.outstanding == 0).await;
-    assert_eq!(store.count_events().unwrap(), 1);
+    assert_eq!(daemon.rows(), 1);
     let mut daemon = daemon;
     assert!(daemon.running(), "an expired handle must not stop the daemon:\n{}", daemon.log());
 }
 
-async fn sigkill_at_random_moments_loses_nothing(api: Api) {
+async fn sigkill_at_random_moments_loses_nothing(api: Api, backend: Backend) {
     let emu = emulator(EmulatorConfig { api, visibility: Duration::from_secs(2), ..fast_emulator_config() }).await;
     // Tencent's v2 pace for both APIs, so events are still flowing when each kill lands.
     let extra = "rate_limit_per_minute = 1000\n[confirm]\nmax_delay = \"200ms\"\nhandle_ttl = \"2s\"\n";
-    let mut daemon = TestDaemon::for_emulator(&emu, extra).await;
+    let mut daemon = TestDaemon::for_emulator_on(&emu, extra, backend).await;
     let mut contents = Vec::new();
     for _ in 0..6 {
         contents.extend(emu.enqueue_generated(350));
@@ -82,7 +81,7 @@ async fn sigkill_at_random_moments_loses_nothing(api: Api) {
     eventually(Duration::from_secs(120), "emulator has every event confirmed", || emu.stats().queue.outstanding == 0)
         .await;
 
-    let keys = stored_keys(&daemon.store().unwrap());
+    let keys = daemon.stored_keys();
     let expected: HashSet<String> = contents.iter().map(|c| key_of(c)).collect();
     assert_eq!(keys.len(), expected.len(), "every event stored exactly once");
     assert_eq!(keys.keys().cloned().collect::<HashSet<_>>(), expected);
@@ -91,22 +90,23 @@ async fn sigkill_at_random_moments_loses_nothing(api: Api) {
     }
 }
 
-async fn ten_percent_faulty_answers_of_every_kind_still_store_everything_once(api: Api) {
+async fn ten_percent_faulty_answers_of_every_kind_still_store_everything_once(api: Api, backend: Backend) {
     let faults =
         Faults { rate: 0.10, kinds: FaultKind::ALL.to_vec(), hang_for: Duration::from_secs(3), actions: Vec::new() };
     let emu =
         emulator(EmulatorConfig { api, visibility: Duration::from_secs(4), faults, ..fast_emulator_config() }).await;
     let contents = emu.enqueue_generated(2000);
-    let mut daemon = TestDaemon::for_emulator(
+    let mut daemon = TestDaemon::for_emulator_on(
         &emu,
         "request_timeout = \"2s\"\nlong_poll_hold = \"1s\"\n[confirm]\nmax_delay = \"200ms\"\nhandle_ttl = \"4s\"\n[pull]\nbackoff_max = \"1s\"\n",
+        backend,
     )
     .await;
     eventually(Duration::from_secs(180), "emulator has every event confirmed", || emu.stats().queue.outstanding == 0)
         .await;
 
     assert!(emu.stats().api.faults >= 10, "faults were injected: {:?}", emu.stats().api);
-    let keys = stored_keys(&daemon.store().unwrap());
+    let keys = daemon.stored_keys();
     let expected: HashSet<String> = contents.iter().map(|c| key_of(c)).collect();
     assert_eq!(keys.keys().cloned().collect::<HashSet<_>>(), expected);
     assert!(daemon.running(), "faults must never stop the daemon:\n{}", daemon.log());
@@ -191,7 +191,7 @@ async fn garbage_upstream_is_logged_and_retried_until_it_clears() {
     assert_eq!(daemon.rows(), contents.len() as i64);
 }
 
-async fn empty_answers_in_every_documented_form_mean_poll_again(api: Api) {
+async fn empty_answers_in_every_documented_form_mean_poll_again(api: Api, backend: Backend) {
     let emu = emulator(EmulatorConfig {
         api,
         hold: Duration::from_millis(200),
@@ -199,7 +199,7 @@ async fn empty_answers_in_every_documented_form_mean_poll_again(api: Api) {
         ..EmulatorConfig::default()
     })
     .await;
-    let mut daemon = TestDaemon::for_emulator(&emu, "").await;
+    let mut daemon = TestDaemon::for_emulator_on(&emu, "", backend).await;
     eventually(Duration::from_secs(20), "several empty polls", || pull_calls(&emu) >= 6).await;
     let contents = emu.enqueue_generated(5);
     eventually(Duration::from_secs(20), "events after empty polls", || emu.stats().queue.outstanding == 0).await;

@@ -16,6 +16,9 @@ use tokio::net::TcpListener;
 pub struct Recorded {
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
+    /// When the request arrived (its body read).
+    pub started: Instant,
+    /// When it was answered.
     pub at: Instant,
     pub status: u16,
 }
@@ -100,13 +103,14 @@ async fn handle(
     let headers =
         req.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
     let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    let started = Instant::now();
     let behaviour = state.lock().unwrap().behaviour.clone();
     tokio::time::sleep(behaviour.delay).await;
     let status = match &behaviour.poison {
         Some((marker, status)) if String::from_utf8_lossy(&body).contains(marker.as_str()) => *status,
         _ => behaviour.status,
     };
-    state.lock().unwrap().recorded.push(Recorded { headers, body, at: Instant::now(), status });
+    state.lock().unwrap().recorded.push(Recorded { headers, body, started, at: Instant::now(), status });
     let mut response = hyper::Response::builder().status(status);
     if let Some(retry_after) = &behaviour.retry_after {
         response = response.header("retry-after", retry_after);

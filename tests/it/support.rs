@@ -56,6 +56,17 @@ pub struct TestDaemon {
     pub rust_log: String,
     /// Extra environment for the child.
     pub env: Vec<(String, String)>,
+    /// The PostgreSQL store's URL, when the daemon runs on one (`store.url`).
+    pub pg_url: Option<String>,
+}
+
+/// The store a test runs the daemon on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the daemon's temp dir.
+    Sqlite,
+    /// A fresh database in the tests' PostgreSQL cluster.
+    Postgres,
 }
 
 /// An emulator with test-friendly defaults: a 1 s long-poll hold.
@@ -79,6 +90,22 @@ impl TestDaemon {
         Self::start(&emu.endpoint_for(emu.api()), &format!("{}{extra}", api_line(emu.api()))).await
     }
 
+    /// [`TestDaemon::start`] on the store `backend` names.
+    pub async fn start_on(endpoint: &str, extra: &str, backend: Backend) -> TestDaemon {
+        match backend {
+            Backend::Sqlite => Self::start(endpoint, extra).await,
+            Backend::Postgres => crate::pg::pg_daemon_at(endpoint, &crate::pg::database().await, extra).await,
+        }
+    }
+
+    /// [`TestDaemon::for_emulator`] on the store `backend` names.
+    pub async fn for_emulator_on(emu: &Emulator, extra: &str, backend: Backend) -> TestDaemon {
+        match backend {
+            Backend::Sqlite => Self::for_emulator(emu, extra).await,
+            Backend::Postgres => crate::pg::pg_daemon(emu, &crate::pg::database().await, extra).await,
+        }
+    }
+
     /// Like [`TestDaemon::start`] with a chosen `RUST_LOG`.
     pub async fn start_logged(endpoint: &str, extra: &str, rust_log: &str) -> TestDaemon {
         Self::start_full(endpoint, extra, rust_log, &[]).await
@@ -93,7 +120,8 @@ impl TestDaemon {
         let log_path = dir.path().join("daemon.log");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let rust_log = rust_log.to_string();
-        let mut daemon = TestDaemon { _dir: dir, config_path, db_path, log_path, child: None, rust_log, env };
+        let mut daemon =
+            TestDaemon { _dir: dir, config_path, db_path, log_path, child: None, rust_log, env, pg_url: None };
         daemon.spawn();
         daemon
     }
@@ -137,7 +165,11 @@ impl TestDaemon {
 
     /// Replaces the config file (for reload tests); `store_extra` adds [store] keys.
     pub fn rewrite_config(&self, endpoint: &str, store_extra: &str, extra: &str) {
-        std::fs::write(&self.config_path, config_text(&self.db_path, endpoint, store_extra, extra)).unwrap();
+        let store_extra = match &self.pg_url {
+            Some(url) => format!("url = \"{url}\"\n{store_extra}"),
+            None => store_extra.to_string(),
+        };
+        std::fs::write(&self.config_path, config_text(&self.db_path, endpoint, &store_extra, extra)).unwrap();
     }
 
     /// True while the child has not exited.
@@ -152,7 +184,50 @@ impl TestDaemon {
 
     /// Number of stored rows (0 before the store exists).
     pub fn rows(&self) -> i64 {
-        self.store().map_or(0, |s| s.count_events().unwrap())
+        match &self.pg_url {
+            Some(url) => {
+                crate::pg::psql(url, "SELECT count(*) FROM events").first().map_or(0, |r| r[0].parse().unwrap())
+            }
+            None => self.store().map_or(0, |s| s.count_events().unwrap()),
+        }
+    }
+
+    /// Every delivery as `(handler, state, webhook_id)`, whichever backend (none before the
+    /// store exists).
+    pub fn deliveries(&self) -> Vec<(String, String, String)> {
+        if let Some(url) = &self.pg_url {
+            let rows = crate::pg::psql(url, "SELECT handler, state, webhook_id FROM deliveries");
+            return rows.into_iter().map(|r| (r[0].clone(), r[1].clone(), r[2].clone())).collect();
+        }
+        let Some(store) = self.store() else { return Vec::new() };
+        store
+            .run_sync(|c| {
+                let mut stmt = c.prepare("SELECT handler, state, webhook_id FROM deliveries")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap()
+    }
+
+    /// Number of deliveries in each state, whichever backend.
+    pub fn delivery_states(&self) -> std::collections::HashMap<String, i64> {
+        let mut states = std::collections::HashMap::new();
+        for (_, state, _) in self.deliveries() {
+            *states.entry(state).or_default() += 1;
+        }
+        states
+    }
+
+    /// [`stored_keys`] of this daemon's store, whichever backend (empty before it exists).
+    pub fn stored_keys(&self) -> std::collections::HashMap<String, i64> {
+        let Some(url) = &self.pg_url else {
+            return self.store().map(|s| stored_keys(&s)).unwrap_or_default();
+        };
+        let rows = crate::pg::psql(url, "SELECT encode(dedupe_key, 'hex'), times_seen FROM events");
+        let keys: std::collections::HashMap<String, i64> =
+            rows.iter().map(|r| (r[0].clone(), r[1].parse().unwrap())).collect();
+        assert_eq!(keys.len(), rows.len(), "a content is stored in more than one row");
+        keys
     }
 
     /// The log so far.

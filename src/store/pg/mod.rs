@@ -1,0 +1,369 @@
+//! The PostgreSQL store: one store shared by several daemons (`store.url`). Owns the
+//! connection pool (tokio-postgres behind deadpool, bounded in size and in every wait),
+//! TLS (rustls, `sslmode` as libpq spells it), the versioned schema migrations (each in a
+//! transaction under `pg_advisory_xact_lock`, so daemons starting together never apply
+//! one twice), and the singleton locks (`pg_try_advisory_lock` on a dedicated session, so
+//! a lock moves to another host when its holder dies). The queries live in `ingest`,
+//! `outbox` and `state`; [`super::Store`] dispatches to them at its public methods.
+//!
+//! A lost connection is a store error like a full disk: the callers back off and retry,
+//! and the pool opens new connections once PostgreSQL answers again.
+
+mod history;
+mod ingest;
+mod outbox;
+mod state;
+mod tls;
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use secrecy::ExposeSecret as _;
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use super::StoreError;
+use crate::config::StoreConfig;
+
+/// Schema migrations, applied in order; `schema_migrations` records each version applied.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
+
+/// The advisory lock (transaction-level) every migration step takes.
+const MIGRATION_LOCK: i64 = 0x766f_645f_6d69_6772; // "vod_migr"
+
+/// Work that must run on one host at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Singleton {
+    /// Retention pruning.
+    Retention,
+    /// The heartbeat values `status` reads, and the alarms.
+    Status,
+    /// The alert loop's dead-delivery scan.
+    Alerts,
+}
+
+impl Singleton {
+    fn key(self) -> i64 {
+        0x766f_645f_0000_0000
+            + match self {
+                Singleton::Retention => 1,
+                Singleton::Status => 2,
+                Singleton::Alerts => 3,
+            }
+    }
+}
+
+/// The PostgreSQL backend of [`super::Store`].
+pub struct PgStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// `node.name`: the first part of [`PgStore::instance`].
+    node: String,
+    /// This process's name for its claims (`deliveries.claimed_by`): `NODE/PID/RANDOM`.
+    instance: String,
+    /// The session holding the singleton locks, and the locks it holds.
+    leader: Mutex<(Option<tokio_postgres::Client>, Vec<Singleton>)>,
+    /// The URL without its password, for messages.
+    shown: String,
+    /// The runtime a synchronous caller's queries run on (the CLI's store only; see
+    /// [`PgStore::block`]).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Checks a `store.url`; the message names what is wrong and never the password.
+pub fn parse_url(url: &str) -> Result<(), String> {
+    split_url(url).map(drop)
+}
+
+/// The URL as it may be shown: without its password.
+pub fn display_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => crate::redact::url(url),
+    }
+}
+
+/// The tokio-postgres config of `url` (without `sslmode` and `sslrootcert`, which it does
+/// not spell as libpq does), with the TLS mode and root certificate file.
+fn split_url(url: &str) -> Result<(tokio_postgres::Config, tls::Mode, Option<String>), String> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| format!("is not a URL ({e}); write postgresql://USER@HOST:PORT/DATABASE"))?;
+    if !matches!(parsed.scheme(), "postgresql" | "postgres") {
+        return Err(format!(
+            "has scheme `{}`; write postgresql://USER@HOST:PORT/DATABASE (or use store.path for SQLite)",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("names no host; write postgresql://USER@HOST:PORT/DATABASE".into());
+    }
+    let mut mode = tls::Mode::Prefer;
+    let mut root = None;
+    let mut rest = parsed.clone();
+    rest.set_query(None);
+    let mut kept = Vec::new();
+    for (k, v) in parsed.query_pairs() {
+        match &*k {
+            "sslmode" => mode = tls::Mode::parse(&v)?,
+            "sslrootcert" => root = Some(v.into_owned()),
+            _ => kept.push((k.into_owned(), v.into_owned())),
+        }
+    }
+    if !kept.is_empty() {
+        rest.query_pairs_mut().extend_pairs(kept);
+    }
+    let config = tokio_postgres::Config::from_str(rest.as_str())
+        .map_err(|e| format!("cannot be read: {e}; write postgresql://USER@HOST:PORT/DATABASE?sslmode=require"))?;
+    if config.get_dbname().is_none() {
+        return Err("names no database; write postgresql://USER@HOST:PORT/DATABASE".into());
+    }
+    Ok((config, mode, root))
+}
+
+/// A PostgreSQL error as a store error, with the server's message when there is one.
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    };
+    // No server answer (refused, closed, timed out), or the server stopping, starting or full.
+    let transient = e.as_db_error().is_none_or(|db| matches!(&db.code().code()[..2], "08" | "57" | "53"));
+    if transient {
+        StoreError::PostgresDown(detail)
+    } else {
+        StoreError::Postgres(detail)
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        pg_err(e)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => pg_err(e),
+            deadpool_postgres::PoolError::Timeout(_) => {
+                StoreError::PostgresDown("no connection to PostgreSQL within store.connect_timeout".into())
+            }
+            other => StoreError::Postgres(other.to_string()),
+        }
+    }
+}
+
+impl Drop for PgStore {
+    /// The CLI's runtime may be dropped from inside another runtime (`status` is async):
+    /// shut it down without waiting there.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects (at most `store.pool_size` connections, each wait bounded by
+    /// `store.connect_timeout`), and applies the migrations the database lacks. With
+    /// `wait` (the daemon), an unreachable server is waited for (one WARN, then retries
+    /// every few seconds): nothing has been pulled yet, so nothing is at risk meanwhile.
+    pub async fn connect(config: &StoreConfig, node: &str, wait: bool) -> Result<PgStore, StoreError> {
+        let url = config.postgres_url().expect("store.url is set");
+        let shown = display_url(url);
+        let (mut pg, mode, root) =
+            split_url(url).map_err(|e| StoreError::Postgres(format!("store.url {shown} {e}")))?;
+        if pg.get_password().is_none() {
+            if let Some(password) = config.password().map_err(StoreError::Postgres)? {
+                pg.password(password.expose_secret());
+            }
+        }
+        pg.ssl_mode(mode.ssl_mode());
+        pg.connect_timeout(config.connect_timeout);
+        pg.keepalives_idle(Duration::from_secs(30));
+        pg.application_name("vod-eventd");
+        let tls = tls::connector(mode, root.as_deref()).map_err(StoreError::Postgres)?;
+        let manager =
+            Manager::from_config(pg.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Postgres(e.to_string()))?;
+        let instance = format!("{node}/{}/{:08x}", std::process::id(), rand::random::<u32>());
+        let store = PgStore {
+            pool,
+            config: pg,
+            tls,
+            node: node.to_string(),
+            instance,
+            leader: Mutex::new((None, Vec::new())),
+            shown,
+            runtime: None,
+        };
+        let mut delay = Duration::from_millis(200);
+        let mut waited = false;
+        loop {
+            match store.migrate().await {
+                Ok(()) => {
+                    if waited {
+                        info!(store = %store.shown, "PostgreSQL answers; starting.");
+                    }
+                    return Ok(store);
+                }
+                Err(StoreError::PostgresDown(detail)) if wait => {
+                    if !waited {
+                        warn!(store = %store.shown, error = %detail, "Cannot reach PostgreSQL (store.url); waiting for it before pulling. Events stay at Tencent meanwhile.");
+                        waited = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(StoreError::Postgres(detail)) => {
+                    return Err(StoreError::Postgres(format!("{}: {detail}", store.shown)))
+                }
+                Err(StoreError::PostgresDown(detail)) => {
+                    return Err(StoreError::PostgresDown(format!("{}: {detail}", store.shown)))
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// Connects for a synchronous caller (the CLI): on a runtime of the store's own, with
+    /// one worker thread that keeps the connections going between calls.
+    pub fn connect_blocking(config: &StoreConfig, node: &str) -> Result<PgStore, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        let store = std::thread::scope(|s| s.spawn(|| runtime.block_on(PgStore::connect(config, node, false))).join())
+            .map_err(|_| StoreError::Task("connecting to PostgreSQL panicked".into()))??;
+        let mut store = store;
+        store.runtime = Some(runtime);
+        Ok(store)
+    }
+
+    /// The URL without its password.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// A pooled connection.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        loop {
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .await?;
+            let version: i64 =
+                tx.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await?.get(0);
+            let known = MIGRATIONS.len();
+            if version as usize > known {
+                return Err(StoreError::TooNew { path: self.shown.clone().into(), found: version as usize, known });
+            }
+            if version as usize == known {
+                tx.commit().await?;
+                return Ok(());
+            }
+            tx.batch_execute(MIGRATIONS[version as usize]).await?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                &[&(version + 1), &super::now_ms()],
+            )
+            .await?;
+            tx.commit().await?;
+        }
+    }
+
+    /// Whether this process runs `what` now: takes (or keeps) its session-level advisory
+    /// lock on a dedicated connection. A host that dies (or loses that connection) loses
+    /// the lock, and another host's next call takes it.
+    pub async fn lead(&self, what: Singleton) -> bool {
+        let mut guard = self.leader.lock().await;
+        let (client, held) = &mut *guard;
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            held.clear();
+            *client = match self.config.connect(self.tls.clone()).await {
+                Ok((c, connection)) => {
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    Some(c)
+                }
+                Err(e) => {
+                    debug!(error = %pg_err(e), "Cannot reach PostgreSQL to take a singleton lock; this host runs no singleton task until it can.");
+                    return false;
+                }
+            };
+        }
+        let c = client.as_ref().expect("connected above");
+        let result = if held.contains(&what) {
+            c.query_one("SELECT true", &[]).await
+        } else {
+            c.query_one("SELECT pg_try_advisory_lock($1)", &[&what.key()]).await
+        };
+        match result.map(|row| row.get::<_, bool>(0)) {
+            Ok(true) => {
+                if !held.contains(&what) {
+                    held.push(what);
+                }
+                true
+            }
+            Ok(false) => false,
+            Err(_) => {
+                *client = None;
+                held.clear();
+                false
+            }
+        }
+    }
+
+    /// Database size in bytes, or 0 if it cannot be read now.
+    pub async fn size(&self) -> u64 {
+        let Ok(client) = self.client().await else { return 0 };
+        match client.query_one("SELECT pg_database_size(current_database())", &[]).await {
+            Ok(row) => row.get::<_, i64>(0).max(0) as u64,
+            Err(_) => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_shown_without_the_password() {
+        assert!(parse_url("postgresql://vod@db.example:5432/vod?sslmode=verify-full").is_ok());
+        assert!(parse_url("postgres://vod:pw@db/vod").is_ok());
+        let e = parse_url("mysql://vod@db/vod").unwrap_err();
+        assert!(e.contains("scheme `mysql`"), "{e}");
+        let e = parse_url("postgresql://vod@db/vod?sslmode=verify").unwrap_err();
+        assert!(e.contains("verify-full"), "{e}");
+        assert!(parse_url("postgresql://vod@db:5432").unwrap_err().contains("no database"));
+        assert_eq!(
+            display_url("postgresql://vod:s3cret@db:5432/vod?sslmode=require"),
+            "postgresql://vod@db:5432/vod?sslmode=require"
+        );
+    }
+}

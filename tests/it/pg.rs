@@ -1,0 +1,731 @@
+//! The PostgreSQL store, end to end: the real binary (one, or two sharing one database)
+//! against the emulator, with a private PostgreSQL cluster started once per test process
+//! (Debian's `postgresql-15` binaries, run as the `postgres` user when the tests run as
+//! root, on a port from the OS, its socket and data in a temp dir) and stopped when the
+//! process exits. Each test gets a database of its own. Without the binaries the tests
+//! fail, naming the package.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use vod_emulator::{Emulator, EmulatorConfig};
+
+use crate::receiver::Receiver;
+use crate::support::*;
+
+/// Where Debian's postgresql-15 package puts the server binaries.
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// The private cluster of this test process.
+pub struct Cluster {
+    dir: PathBuf,
+    port: u16,
+}
+
+fn as_postgres(root: bool, program: &Path) -> std::process::Command {
+    if root {
+        let mut cmd = command("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        command(program)
+    }
+}
+
+fn run(cmd: &mut std::process::Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run it: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The cluster most tests share, started on first use.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(Cluster::start)
+}
+
+/// True when the tests run as root (PostgreSQL then runs as `postgres`).
+fn root() -> bool {
+    let uid = String::from_utf8(command("id").arg("-u").output().unwrap().stdout).unwrap();
+    uid.trim() == "0"
+}
+
+impl Cluster {
+    /// A cluster of its own (for tests that restart it), stopped and removed once this
+    /// test process has exited.
+    pub fn start() -> Cluster {
+        let bin = Path::new(PG_BIN);
+        assert!(
+            bin.join("initdb").exists(),
+            "PostgreSQL 15 is not installed ({PG_BIN}/initdb is missing): the PostgreSQL store tests need Debian's \
+             postgresql-15 package (apt-get install -y postgresql-15)"
+        );
+        let root = root();
+        let dir = std::env::temp_dir().join(format!("vod-pg-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        if root {
+            run(command("chown").arg("postgres:").arg(&dir), "chown postgres");
+        }
+        let data = dir.join("data");
+        run(
+            as_postgres(root, &bin.join("initdb")).arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ]),
+            "initdb",
+        );
+        let port = free_port();
+        let cluster = Cluster { dir, port };
+        cluster.pg_ctl("start");
+        // Stops the cluster and removes its directory once this test process has exited.
+        let stop = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {runuser}{bin}/pg_ctl -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            runuser = if root { "runuser -u postgres -- " } else { "" },
+            bin = bin.display(),
+            data = data.display(),
+            dir = cluster.dir.display(),
+        );
+        // Never waited for: it outlives this process by design.
+        #[allow(clippy::zombie_processes)]
+        let _reaper = command("sh")
+            .args(["-c", &stop])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the cluster's reaper");
+        cluster
+    }
+
+    /// `pg_ctl start`, `stop` or `restart`, waiting for it.
+    pub fn pg_ctl(&self, action: &str) {
+        let options =
+            format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200", self.port, self.dir.display());
+        run(
+            as_postgres(root(), &Path::new(PG_BIN).join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .arg("-l")
+                .arg(self.dir.join("server.log"))
+                .args(["-w", "-t", "60", "-m", "fast", "-o", &options, action]),
+            &format!("pg_ctl {action}"),
+        );
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+    }
+}
+
+/// A fresh database in the shared cluster; its URL.
+pub async fn database() -> String {
+    database_in(cluster()).await
+}
+
+/// A fresh database in `cluster`; its URL.
+pub async fn database_in(cluster: &Cluster) -> String {
+    let name = format!("t_{:016x}", rand::random::<u64>());
+    let admin = connect(&cluster.url("postgres")).await;
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    cluster.url(&name)
+}
+
+/// A client of `url` for the test's own queries.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect to the test cluster");
+    tokio::spawn(connection);
+    client
+}
+
+/// The rows `sql` returns in `url`, each a list of text columns; none if the query fails
+/// (before a daemon created the schema). Synchronous (psql), for `eventually` conditions.
+pub fn psql(url: &str, sql: &str) -> Vec<Vec<String>> {
+    let out = command("psql").args(["-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql, url]).output();
+    let Ok(out) = out.map_err(|e| panic!("psql (postgresql-client-15) is needed: {e}")) else { return Vec::new() };
+    if !out.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('\t').map(String::from).collect())
+        .collect()
+}
+
+/// A client of `url` once a daemon has created the schema there.
+pub async fn migrated(url: &str) -> tokio_postgres::Client {
+    let db = connect(url).await;
+    let done = "SELECT count(*) FROM pg_tables WHERE tablename = 'schema_migrations'";
+    until(Duration::from_secs(30), "a daemon created the schema", async || {
+        number(&db, done).await == 1 && number(&db, "SELECT count(*) FROM schema_migrations").await >= 1
+    })
+    .await;
+    db
+}
+
+/// One number from `sql`.
+pub async fn number(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// A daemon on the PostgreSQL store `url`, speaking the API `emu` generates events for.
+pub async fn pg_daemon(emu: &Emulator, url: &str, extra: &str) -> TestDaemon {
+    pg_daemon_at(&emu.endpoint_for(emu.api()), url, &format!("{}{extra}", api_line(emu.api()))).await
+}
+
+/// A daemon on the PostgreSQL store `url`, pulling from `endpoint`.
+pub async fn pg_daemon_at(endpoint: &str, url: &str, extra: &str) -> TestDaemon {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("unused.db");
+    let config_path = dir.path().join("config.toml");
+    // Each daemon a node of its own (they share this machine's host name).
+    let extra = format!("{extra}\n[node]\nname = \"test-{:08x}\"\n", rand::random::<u32>());
+    std::fs::write(&config_path, config_text(&db_path, endpoint, &format!("url = \"{url}\"\n"), &extra)).unwrap();
+    let log_path = dir.path().join("daemon.log");
+    let mut daemon = TestDaemon {
+        _dir: dir,
+        config_path,
+        db_path,
+        log_path,
+        child: None,
+        rust_log: "vod_eventd=debug".into(),
+        env: Vec::new(),
+        pg_url: Some(url.to_string()),
+    };
+    daemon.spawn();
+    daemon
+}
+
+/// Waits until `cond` (a query) holds, checking every 100 ms; panics with `what` after `limit`.
+async fn until(limit: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn webhook(receiver: &Receiver) -> String {
+    format!("[handlers.hook]\ntype = \"webhook\"\nurl = \"{}\"\ntimeout = \"5s\"\n", receiver.url())
+}
+
+/// A shell hook that appends `VOD_EVENT_ID` to `DIR/runs`, once it has read its input.
+fn shell(dir: &Path) -> String {
+    let hook = dir.join("hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\ncat > /dev/null\necho \"$VOD_EVENT_ID\" >> \"$1/runs\"\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    format!(
+        "[handlers.ingest]\ntype = \"shell\"\ncommand = [\"{}\", \"{}\"]\ntimeout = \"5s\"\n",
+        hook.display(),
+        dir.display()
+    )
+}
+
+fn runs(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("runs")).unwrap_or_default().lines().map(String::from).collect()
+}
+
+/// Fast retries and polls, and a short lease margin (the lease is the 5 s handler timeout plus 1 s).
+const FAST: &str =
+    "[dispatch]\nretry_schedule = [\"100ms\", \"200ms\"]\npoll_interval = \"100ms\"\nlease_margin = \"1s\"\n";
+
+/// No two requests with the same `webhook-id` were ever in flight at once.
+fn assert_no_overlap(receiver: &Receiver) {
+    let mut by_id: HashMap<String, Vec<(Instant, Instant)>> = HashMap::new();
+    for r in receiver.recorded() {
+        by_id.entry(r.headers["webhook-id"].clone()).or_default().push((r.started, r.at));
+    }
+    for (id, mut spans) in by_id {
+        spans.sort();
+        for pair in spans.windows(2) {
+            assert!(pair[1].0 >= pair[0].1, "two requests with webhook-id {id} overlapped");
+        }
+    }
+}
+
+/// Every event stored once, every delivery done, each (event, handler) seen by its far end.
+async fn assert_drained(
+    db: &tokio_postgres::Client,
+    contents: &[String],
+    receiver: &Receiver,
+    hook_dir: Option<&Path>,
+) {
+    let keys: Vec<String> =
+        db.query("SELECT encode(dedupe_key, 'hex') FROM events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let distinct: HashSet<&String> = keys.iter().collect();
+    assert_eq!(distinct.len(), keys.len(), "a content is stored in more than one row");
+    let expected: HashSet<String> = contents.iter().map(|c| key_of(c)).collect();
+    assert_eq!(keys.iter().cloned().collect::<HashSet<_>>(), expected, "every event stored exactly once");
+    let not_done = number(db, "SELECT count(*) FROM deliveries WHERE state != 'done'").await;
+    assert_eq!(not_done, 0, "nothing left pending, running or dead");
+    let handlers = if hook_dir.is_some() { 2 } else { 1 };
+    assert_eq!(number(db, "SELECT count(*) FROM deliveries").await, (contents.len() * handlers) as i64);
+    let ids = |handler: &str| {
+        let sql = format!("SELECT webhook_id FROM deliveries WHERE handler = '{handler}'");
+        async move { db.query(&sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect::<HashSet<String>>() }
+    };
+    let accepted: HashSet<String> = receiver.accepted().into_iter().map(|r| r.headers["webhook-id"].clone()).collect();
+    assert_eq!(accepted, ids("hook").await, "every webhook delivery reached the receiver");
+    if let Some(dir) = hook_dir {
+        assert_eq!(runs(dir).into_iter().collect::<HashSet<_>>(), ids("ingest").await, "every hook delivery ran");
+    }
+    assert_no_overlap(receiver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_on_postgres_stores_once_confirms_after_commit_and_delivers() {
+    let url = database().await.replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1);
+    let emu = emulator(fast_emulator_config()).await;
+    let contents = emu.enqueue_generated(500);
+    let receiver = Receiver::start().await;
+    let extra = format!("{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n{FAST}", webhook(&receiver));
+    let mut daemon = pg_daemon(&emu, &url, &extra).await;
+    let db = migrated(&url).await;
+    until(Duration::from_secs(90), "every event confirmed and delivered", async || {
+        emu.stats().queue.outstanding == 0
+            && number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await == 500
+    })
+    .await;
+    assert_drained(&db, &contents, &receiver, None).await;
+    // Confirmed only after the commit: every handle the emulator saw confirmed is a stored row,
+    // and each stored row records its confirmation.
+    let stored: HashSet<String> = contents.iter().map(|c| key_of(c)).collect();
+    for confirmed in emu.confirmed() {
+        assert!(stored.contains(&key_of(&confirmed)), "confirmed but not stored: {confirmed}");
+    }
+    until(Duration::from_secs(10), "every row marked confirmed", async || {
+        number(&db, "SELECT count(*) FROM events WHERE confirmed_at IS NULL").await == 0
+    })
+    .await;
+    assert_eq!(number(&db, "SELECT count(*) FROM schema_migrations").await, 1);
+    let log = daemon.log();
+    assert!(log.contains("vod-eventd started."), "{log}");
+    assert!(!log.contains("ERROR"), "no error on a healthy run:\n{log}");
+    assert!(!log.contains(PASSWORD), "the password never reaches the log");
+    cli_reads_the_same_store(&daemon, &db).await;
+    daemon.terminate().await;
+    assert_eq!(number(&db, "SELECT count(*) FROM deliveries WHERE state = 'running'").await, 0);
+}
+
+/// The password the pipeline test puts in its URL (the test cluster trusts every login).
+const PASSWORD: &str = "s3cret-pw";
+
+/// `events list/show`, `deliveries list`, `handlers list` and `status` with the daemon's
+/// config read the PostgreSQL store, and never print the password.
+async fn cli_reads_the_same_store(daemon: &TestDaemon, db: &tokio_postgres::Client) {
+    let run = |args: &[&str]| {
+        let out = cli().args(args).arg("--config").arg(&daemon.config_path).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "vod-eventd {args:?} failed: {stderr}");
+        assert!(!stdout.contains(PASSWORD) && !stderr.contains(PASSWORD), "the password was printed");
+        stdout
+    };
+    assert_eq!(run(&["events", "list", "--json", "--limit", "1000"]).lines().count(), 500);
+    let id = number(db, "SELECT max(id) FROM events").await;
+    let shown = run(&["events", "show", &id.to_string(), "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+    assert_eq!(shown["deliveries"][0]["delivery"]["state"], "done", "{shown}");
+    assert_eq!(run(&["deliveries", "list", "--state", "done", "--limit", "1000", "--json"]).lines().count(), 500);
+    assert!(run(&["handlers", "list"]).contains("hook"));
+    let status = run(&["status"]);
+    assert!(
+        status.contains("postgresql://postgres@127.0.0.1"),
+        "status names the store without its password:\n{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_on_postgres_folds_into_its_row() {
+    let url = database().await;
+    let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(1), ..fast_emulator_config() }).await;
+    let content = emu.enqueue_generated(1).remove(0);
+    // The daemon waits 3 s before confirming: the 1 s handle expires and the event comes again.
+    let daemon = pg_daemon(&emu, &url, "[confirm]\nmax_delay = \"3s\"\n").await;
+    let db = migrated(&url).await;
+    until(Duration::from_secs(30), "the event was seen twice", async || {
+        number(&db, "SELECT coalesce(max(times_seen), 0) FROM events").await >= 2
+    })
+    .await;
+    assert_eq!(number(&db, "SELECT count(*) FROM events").await, 1, "a redelivery is one row");
+    let key: String = db.query_one("SELECT encode(dedupe_key, 'hex') FROM events", &[]).await.unwrap().get(0);
+    assert_eq!(key, key_of(&content));
+    emu.set_visibility(Duration::from_secs(30));
+    until(Duration::from_secs(60), "the queue drains", async || emu.stats().queue.outstanding == 0).await;
+    assert_eq!(number(&db, "SELECT count(*) FROM events").await, 1);
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_drain_one_backlog_through_a_sigkill_exactly_once() {
+    const EVENTS: usize = 3000;
+    let url = database().await;
+    let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(5), ..fast_emulator_config() }).await;
+    let contents = emu.enqueue_generated(EVENTS);
+    let receiver = Receiver::start().await;
+    receiver.set(|b| b.delay = Duration::from_millis(5));
+    let hooks = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[confirm]\nhandle_ttl = \"5s\"\n{}{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\", \"ingest\"]\n{FAST}",
+        webhook(&receiver),
+        shell(hooks.path())
+    );
+    let mut a = pg_daemon(&emu, &url, &extra).await;
+    let b = pg_daemon(&emu, &url, &extra).await;
+    let db = migrated(&url).await;
+    until(Duration::from_secs(60), "a quarter of the deliveries done", async || {
+        number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await >= (EVENTS / 2) as i64
+    })
+    .await;
+    a.kill9().await;
+    a.spawn();
+    let started = Instant::now();
+    until(Duration::from_secs(180), "every event confirmed and every delivery done", async || {
+        emu.stats().queue.outstanding == 0
+            && number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await == (EVENTS * 2) as i64
+    })
+    .await;
+    eprintln!("drained {:?} after the kill", started.elapsed());
+    assert_drained(&db, &contents, &receiver, Some(hooks.path())).await;
+    for confirmed in emu.confirmed() {
+        assert!(contents.iter().any(|c| **c == *confirmed), "confirmed an event never enqueued");
+    }
+    for mut daemon in [a, b] {
+        assert!(daemon.running(), "a daemon stopped:\n{}", daemon.log());
+        let errors: Vec<String> = daemon.log().lines().filter(|l| l.contains("ERROR")).map(String::from).collect();
+        assert!(errors.is_empty(), "errors on a shared store:\n{}", errors.join("\n"));
+        daemon.terminate().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_one_of_two_daemons_dies_the_other_resumes_its_deliveries_within_one_lease() {
+    const EVENTS: usize = 600;
+    let url = database().await;
+    let emu = emulator(fast_emulator_config()).await;
+    let contents = emu.enqueue_generated(EVENTS);
+    let receiver = Receiver::start().await;
+    // Slow enough that each daemon holds claims in flight when one is killed.
+    receiver.set(|b| b.delay = Duration::from_millis(100));
+    let extra = format!("{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n{FAST}", webhook(&receiver));
+    let mut a = pg_daemon(&emu, &url, &extra).await;
+    let mut b = pg_daemon(&emu, &url, &extra).await;
+    let db = migrated(&url).await;
+    let pid = a.child.as_ref().and_then(|c| c.id()).expect("running");
+    let held_by_a = format!("SELECT count(*) FROM deliveries WHERE state = 'running' AND claimed_by LIKE '%/{pid}/%'");
+    until(Duration::from_secs(60), "the first daemon holds claims", async || number(&db, &held_by_a).await > 0).await;
+    a.kill9().await;
+    let killed = Instant::now();
+    let held: Vec<(i64, i64)> = db
+        .query(
+            &format!("SELECT id, lease_until FROM deliveries WHERE state = 'running' AND claimed_by LIKE '%/{pid}/%'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(!held.is_empty(), "the killed daemon held claims");
+    // Lease: the 5 s handler timeout plus the 1 s margin; the sweep looks every 5 s.
+    let lease = Duration::from_secs(6);
+    let ids: Vec<i64> = held.iter().map(|(id, _)| *id).collect();
+    until(lease * 2 + Duration::from_secs(10), "the dead host's claims are attempted again", async || {
+        db.query_one(
+            "SELECT count(*) FROM deliveries WHERE id = ANY($1) AND state = 'running' AND claimed_by LIKE $2",
+            &[&ids, &format!("%/{pid}/%")],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            == 0
+    })
+    .await;
+    let resumed = killed.elapsed();
+    assert!(resumed <= lease + Duration::from_secs(6), "resumed {resumed:?} after the kill, a lease is {lease:?}");
+    until(Duration::from_secs(120), "the survivor drains the rest", async || {
+        emu.stats().queue.outstanding == 0
+            && number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await == EVENTS as i64
+    })
+    .await;
+    eprintln!("the dead host's {} claims were free again {resumed:?} after the kill", held.len());
+    assert_drained(&db, &contents, &receiver, None).await;
+    assert!(b.log().contains("Returned deliveries whose lease passed"), "the survivor swept:\n{}", b.log());
+    b.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_connections_and_a_postgres_restart_pause_the_pipeline_and_it_resumes_by_itself() {
+    let cluster = Cluster::start();
+    let url = database_in(&cluster).await;
+    let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(5), ..fast_emulator_config() }).await;
+    let mut contents = emu.enqueue_generated(300);
+    let receiver = Receiver::start().await;
+    let extra = format!(
+        "[confirm]\nhandle_ttl = \"5s\"\n[pull]\nbackoff_max = \"1s\"\n{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n{FAST}",
+        webhook(&receiver)
+    );
+    let mut daemon = pg_daemon(&emu, &url, &extra).await;
+    let db = migrated(&url).await;
+    until(Duration::from_secs(60), "the first events delivered", async || {
+        number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await >= 100
+    })
+    .await;
+
+    // Every connection of the daemon is killed (its pool and its singleton session).
+    let killed = number(
+        &db,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid != pg_backend_pid()",
+    )
+    .await;
+    assert!(killed > 0, "the daemon had connections");
+    contents.extend(emu.enqueue_generated(300));
+    until(Duration::from_secs(60), "the second batch stored after the lost connections", async || {
+        number(&db, "SELECT count(*) FROM events").await >= 600
+    })
+    .await;
+
+    // PostgreSQL itself goes away: pulling and confirming stop, and nothing is confirmed unstored.
+    drop(db);
+    cluster.pg_ctl("stop");
+    contents.extend(emu.enqueue_generated(300));
+    eventually(Duration::from_secs(30), "the daemon says the store refuses writes", || {
+        daemon.log().contains("Could not store pulled events")
+    })
+    .await;
+    cluster.pg_ctl("start");
+    let db = connect(&url).await;
+    until(Duration::from_secs(120), "every event confirmed and delivered after the restart", async || {
+        emu.stats().queue.outstanding == 0
+            && number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await == 900
+    })
+    .await;
+    assert_drained(&db, &contents, &receiver, None).await;
+    let stored: HashSet<String> = contents.iter().map(|c| key_of(c)).collect();
+    for confirmed in emu.confirmed() {
+        assert!(stored.contains(&key_of(&confirmed)), "confirmed but not stored: {confirmed}");
+    }
+    assert!(daemon.running(), "connection trouble must not stop the daemon:\n{}", daemon.log());
+    let log = daemon.log();
+    for line in log.lines().filter(|l| l.contains("ERROR") || l.contains("accepts writes again")) {
+        eprintln!("{line}");
+    }
+    assert!(log.contains("The store accepts writes again"), "recovery is logged:\n{log}");
+    daemon.terminate().await;
+}
+
+/// The PostgreSQL store `url`, as a daemon opens it.
+async fn open(url: &str) -> vod_eventd::store::Store {
+    let config = vod_eventd::config::StoreConfig {
+        url: Some(url.to_string().into()),
+        ..vod_eventd::config::StoreConfig::default()
+    };
+    vod_eventd::store::Store::open_config(&config, &format!("test-{:08x}", rand::random::<u32>()))
+        .await
+        .expect("open the PostgreSQL store")
+}
+
+fn outcome(d: &vod_eventd::handler::Delivery, next: vod_eventd::store::Next) -> vod_eventd::store::AttemptRecord {
+    vod_eventd::store::AttemptRecord {
+        delivery_id: d.delivery_id,
+        attempt: d.attempt,
+        claim_token: d.claim_token,
+        started_at: 0,
+        duration_ms: 1,
+        status: None,
+        error: None,
+        excerpt: None,
+        next,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_whose_lease_was_lost_is_recorded_and_changes_nothing() {
+    use vod_eventd::store::{now_ms, Next};
+    let url = database().await;
+    let store = open(&url).await;
+    let event =
+        vod_eventd::event::ReceivedEvent::from_content(r#"{"eventType":"X"}"#, vod_eventd::config::ApiVersion::V2);
+    store.insert_events(vec![(event, vec!["h".into()])]).await.unwrap();
+    let db = connect(&url).await;
+    let state = async || {
+        let r = db.query_one("SELECT state, attempts FROM deliveries", &[]).await.unwrap();
+        (r.get::<_, String>(0), r.get::<_, i64>(1))
+    };
+    let now = now_ms();
+    let first = store.claim_due("h".into(), 1, now, Duration::from_millis(1)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(store.claim_due("h".into(), 1, now, Duration::from_secs(60)).await.unwrap().is_empty(), "claimed once");
+    until(Duration::from_secs(5), "the 1 ms lease passes and is swept", async || {
+        store.sweep_expired_leases(now_ms()).await.unwrap() == 1
+    })
+    .await;
+    // Swept and not claimed again: the late outcome is recorded, the delivery stays pending.
+    store.finish_attempt(outcome(&first[0], Next::Done)).await.unwrap();
+    assert_eq!(state().await, ("pending".into(), 1));
+    let second = store.claim_due("h".into(), 1, now_ms(), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(second[0].attempt, 2);
+    assert_ne!(second[0].claim_token, first[0].claim_token, "a fresh token per claim");
+    store.finish_attempt(outcome(&first[0], Next::Dead)).await.unwrap();
+    assert_eq!(state().await, ("running".into(), 2), "the stale outcome changed nothing");
+    store.finish_attempt(outcome(&second[0], Next::Done)).await.unwrap();
+    assert_eq!(state().await, ("done".into(), 2));
+    assert_eq!(number(&db, "SELECT count(*) FROM attempts").await, 3, "every attempt is in the history");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_claiming_at_once_never_claim_the_same_delivery() {
+    use vod_eventd::store::now_ms;
+    let url = database().await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    let events: Vec<_> = (0..400)
+        .map(|i| {
+            let content = format!(r#"{{"eventType":"X","n":{i}}}"#);
+            (
+                vod_eventd::event::ReceivedEvent::from_content(&content, vod_eventd::config::ApiVersion::V2),
+                vec!["h".into()],
+            )
+        })
+        .collect();
+    a.insert_events(events).await.unwrap();
+    let drain = |store: vod_eventd::store::Store| async move {
+        let mut ids = Vec::new();
+        loop {
+            let claimed = store.claim_due("h".into(), 7, now_ms(), Duration::from_secs(60)).await.unwrap();
+            if claimed.is_empty() {
+                return ids;
+            }
+            ids.extend(claimed.iter().map(|d| d.delivery_id));
+        }
+    };
+    let (from_a, from_b) = tokio::join!(tokio::spawn(drain(a)), tokio::spawn(drain(b)));
+    let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+    assert!(!from_a.is_empty() && !from_b.is_empty(), "both hosts claimed: {} and {}", from_a.len(), from_b.len());
+    let all: HashSet<i64> = from_a.iter().chain(&from_b).copied().collect();
+    assert_eq!(all.len(), from_a.len() + from_b.len(), "no delivery claimed twice");
+    assert_eq!(all.len(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_singleton_runs_on_one_host_and_moves_when_its_host_goes() {
+    use vod_eventd::store::pg::Singleton;
+    let url = database().await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    assert!(a.lead(Singleton::Retention).await);
+    assert!(a.lead(Singleton::Retention).await, "kept while held");
+    assert!(!b.lead(Singleton::Retention).await, "held by the other host");
+    assert!(b.lead(Singleton::Status).await, "each singleton has its own lock");
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.lead(Singleton::Retention).await {
+        assert!(Instant::now() < deadline, "the lock did not move when its holder went away");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The long form (`CHAOS_LONG=1`) of the three-daemon test: 10,000 events and 20 kills.
+fn long() -> bool {
+    std::env::var("CHAOS_LONG").is_ok_and(|v| v == "1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_daemons_survive_sigkills_killed_connections_and_a_postgres_restart() {
+    use rand::Rng as _;
+    let (events, kills) = if long() { (10_000, 20) } else { (2000, 4) };
+    let cluster = Cluster::start();
+    let url = database_in(&cluster).await;
+    let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(5), ..fast_emulator_config() }).await;
+    let contents = emu.enqueue_generated(events);
+    let receiver = Receiver::start().await;
+    receiver.set(|b| b.delay = Duration::from_millis(2));
+    let hooks = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[confirm]\nhandle_ttl = \"5s\"\n[pull]\nbackoff_max = \"1s\"\n{}{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\", \"ingest\"]\n{FAST}",
+        webhook(&receiver),
+        shell(hooks.path())
+    );
+    let mut daemons = Vec::new();
+    for _ in 0..3 {
+        daemons.push(pg_daemon(&emu, &url, &extra).await);
+    }
+    let mut db = migrated(&url).await;
+    let total = (events * 2) as i64;
+    let started = Instant::now();
+    for i in 0..kills {
+        // Spread the trouble over the drain: the i-th blow lands once this share is done.
+        let mark = total * (i as i64 + 1) / (kills as i64 + 2);
+        until(Duration::from_secs(120), "the drain moves on", async || {
+            number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await >= mark
+        })
+        .await;
+        let victim = rand::thread_rng().gen_range(0..daemons.len());
+        daemons[victim].kill9().await;
+        daemons[victim].spawn();
+        if i == kills / 3 {
+            let killed = number(
+                &db,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid != pg_backend_pid()",
+            )
+            .await;
+            assert!(killed > 0, "the daemons had connections");
+        }
+        if i == 2 * kills / 3 {
+            drop(db);
+            cluster.pg_ctl("restart");
+            db = connect(&url).await;
+        }
+    }
+    until(Duration::from_secs(300), "every event confirmed and every delivery done", async || {
+        emu.stats().queue.outstanding == 0
+            && number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await == total
+    })
+    .await;
+    eprintln!(
+        "{events} events, {kills} kills, one connection kill and one restart: drained in {:?}",
+        started.elapsed()
+    );
+    assert_drained(&db, &contents, &receiver, Some(hooks.path())).await;
+    let stored: HashSet<String> = contents.iter().map(|c| key_of(c)).collect();
+    for confirmed in emu.confirmed() {
+        assert!(stored.contains(&key_of(&confirmed)), "confirmed but not stored: {confirmed}");
+    }
+    for daemon in &mut daemons {
+        let log = daemon.log();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        assert!(
+            daemon.running(),
+            "a daemon stopped; its log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_only_sqlite_has_fails_with_a_typed_error_naming_it() {
+    use vod_eventd::store::StoreError;
+    let url = database().await;
+    let store = open(&url).await;
+    let err = store.check_integrity().unwrap_err();
+    assert!(matches!(err, StoreError::NotAvailable(_)), "{err}");
+    let range = vod_eventd::store::Range::Replay { event_type: None, file_id: None, source: None, handler: "h".into() };
+    let err = store.range_job(&range, "{}").unwrap_err();
+    assert!(err.to_string().starts_with("`range_job` is not available with store.url (PostgreSQL)"), "{err}");
+    assert_eq!(store.data_version(), None, "no change counter: the dispatcher steps every poll interval");
+    assert!(store.path().to_string_lossy().starts_with("postgresql://postgres@127.0.0.1"));
+}
