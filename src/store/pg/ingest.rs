@@ -220,9 +220,8 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         if !confirmed.is_empty() {
-            let stmt = tx
-                .prepare_cached("UPDATE events SET confirmed_at = $2 WHERE id = $1 AND confirmed_at IS NULL")
-                .await?;
+            let stmt =
+                tx.prepare_cached("UPDATE events SET confirmed_at = $2 WHERE id = $1 AND confirmed_at IS NULL").await?;
             for (id, at) in confirmed {
                 tx.execute(&stmt, &[id, at]).await?;
             }
