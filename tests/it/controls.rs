@@ -168,12 +168,30 @@ async fn rate_20_per_second_holds_in_every_sliding_second() {
     let deadline = Duration::from_secs(backlog as u64 / 20 + 50);
     eventually(deadline, "the backlog delivered", || receiver.accepted().len() == backlog).await;
     let times: Vec<Instant> = receiver.recorded().iter().map(|r| r.at).collect();
-    let mut most = 0;
-    for (i, start) in times.iter().enumerate() {
-        let within = times[i..].iter().take_while(|t| **t - *start < Duration::from_secs(1)).count();
-        most = most.max(within);
-    }
-    assert!(most <= 20, "{most} requests within one second at rate 20/s");
+    let most = |times: &[Duration]| {
+        let mut most = 0;
+        for (i, start) in times.iter().enumerate() {
+            most = most.max(times[i..].iter().take_while(|t| **t - *start < Duration::from_secs(1)).count());
+        }
+        most
+    };
+    // As sent: the attempts' start times the daemon recorded.
+    let mut started: Vec<Duration> = daemon
+        .store()
+        .unwrap()
+        .run_sync(|c| {
+            let mut stmt = c.prepare("SELECT started_at FROM attempts ORDER BY started_at")?;
+            let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+            Ok(rows.map(|ms| Duration::from_millis(ms.unwrap() as u64)).collect())
+        })
+        .unwrap();
+    started.sort();
+    let sent = most(&started);
+    assert!(sent <= 20, "{sent} attempts started within one second at rate 20/s");
+    // As received: the network and a loaded machine can bunch two requests by a few ms
+    // (the pacing keeps a 2 % margin, 1 ms per request at 20/s); one more is tolerated.
+    let received = most(&times.iter().map(|t| *t - times[0]).collect::<Vec<_>>());
+    assert!(received <= 21, "{received} requests received within one second at rate 20/s");
     let span = *times.last().unwrap() - times[0];
     let least = Duration::from_millis((backlog as u64 / 20 - 1) * 1000);
     assert!(span >= least, "{backlog} requests in {span:?}: the rate did not bind");
