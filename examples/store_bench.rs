@@ -7,7 +7,10 @@
 //!   (with and without the partial index), then enqueue→commit latency and expired
 //!   handles at 100 events/s while retention prunes 1.5 M of the 2 M events.
 //!
-//! `store_bench outage` or `store_bench big [EVENTS] [PAD_BYTES] [DIR]`.
+//! - `generate`: only writes such a store (for `bench/copy.sh`).
+//!
+//! `store_bench outage`, `store_bench big [EVENTS] [PAD_BYTES] [DIR]` or
+//! `store_bench generate [EVENTS] [PAD_BYTES] [PATH]`.
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
@@ -313,6 +316,15 @@ async fn main() {
             let dir = args.get(3).map_or_else(|| tmp.path().to_path_buf(), PathBuf::from);
             big(events, pad, &dir).await
         }
-        _ => eprintln!("usage: store_bench outage | store_bench big [EVENTS] [PAD_BYTES] [DIR]"),
+        Some("generate") => {
+            let events = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+            let pad = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(700);
+            let db = PathBuf::from(args.get(3).map_or("events.db", String::as_str));
+            generate(&db, events, pad);
+            println!("# generated {events} events ({:.2} GB) in {}", file_gb(&db), db.display());
+        }
+        _ => eprintln!(
+            "usage: store_bench outage | store_bench big [EVENTS] [PAD_BYTES] [DIR] | store_bench generate [EVENTS] [PAD_BYTES] [PATH]"
+        ),
     }
 }

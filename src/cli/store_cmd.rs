@@ -1,5 +1,7 @@
 //! `vod-eventd store check`: SQLite's integrity check of the store, on demand. It reads
 //! the whole file, which is why start-up does not (unless `store.check_at_start`).
+//! `vod-eventd store copy`: a history from one backend into the other (see
+//! [`crate::store::copy`]); it needs no config file.
 
 use std::io::Write as _;
 use std::time::Instant;
@@ -14,12 +16,67 @@ pub enum StoreCommand {
     /// Check the store's integrity (reads every page; safe while the daemon runs). Exit 0
     /// if sound, 1 if damaged, naming the first problems.
     Check,
+    /// Copy a history between stores: a SQLite file into PostgreSQL (moving to several
+    /// hosts) or back. Stop the daemons first. Resumable: run it again after an interruption
+    /// and it continues. Ends by counting every table on both sides (exit 1 if they differ).
+    Copy(CopyArgs),
+}
+
+/// `store copy` arguments.
+#[derive(Debug, clap::Args)]
+pub struct CopyArgs {
+    /// The store to copy from: a SQLite file, or a postgresql:// URL.
+    #[arg(long, value_name = "PATH|URL")]
+    pub from: String,
+    /// The store to copy into (created or migrated as needed): a SQLite file, or a
+    /// postgresql:// URL.
+    #[arg(long, value_name = "PATH|URL")]
+    pub to: String,
+    /// A file holding the PostgreSQL password, for a URL that has none.
+    #[arg(long, value_name = "PATH")]
+    pub password_file: Option<std::path::PathBuf>,
+    /// Rows per transaction.
+    #[arg(long, default_value_t = crate::store::copy::BATCH)]
+    pub batch: usize,
+}
+
+impl CopyArgs {
+    /// Runs the copy, printing progress to stderr and the counts to stdout.
+    pub async fn run(&self) -> anyhow::Result<()> {
+        use crate::store::copy::{copy, End};
+        use anyhow::Context as _;
+        let from = End::open(&self.from, self.password_file.clone(), false)
+            .await
+            .with_context(|| format!("--from {}", crate::redact::url(&self.from)))?;
+        let to = End::open(&self.to, self.password_file.clone(), true)
+            .await
+            .with_context(|| format!("--to {}", crate::redact::url(&self.to)))?;
+        let started = Instant::now();
+        let mut last = Instant::now();
+        let mut progress = |table: &str, n: u64| {
+            if last.elapsed().as_secs() >= 2 {
+                last = Instant::now();
+                eprintln!("{table}: {n} rows copied ({:.0?})", started.elapsed());
+            }
+        };
+        let counted = copy(&from, &to, self.batch.max(1), &mut progress).await?;
+        let mut out = std::io::stdout();
+        writeln!(out, "Copied {} into {} in {:.1?}:", from.shown(), to.shown(), started.elapsed())?;
+        for c in &counted {
+            writeln!(out, "  {c}")?;
+        }
+        if counted.iter().any(|c| c.source != c.destination) {
+            anyhow::bail!("the counts differ: was a daemon still writing to {}? Stop it and run the same command again to copy the rest", from.shown());
+        }
+        Ok(())
+    }
 }
 
 impl StoreCommand {
     /// Runs the subcommand.
     pub fn run(&self, config: &Config, config_path: &std::path::Path) -> anyhow::Result<()> {
         match self {
+            StoreCommand::Copy(args) => super::runtime()?.block_on(args.run()),
             StoreCommand::Check => {
                 let store = super::open_store(config, config_path)?;
                 let started = Instant::now();

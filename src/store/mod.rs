@@ -12,6 +12,7 @@
 
 mod activity;
 mod alerts;
+pub mod copy;
 mod deliveries;
 mod events;
 mod handlers;

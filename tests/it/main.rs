@@ -74,6 +74,7 @@ mod ranges;
 mod receiver;
 mod service;
 mod sources;
+mod store_copy;
 mod store_lifecycle;
 mod store_trouble;
 mod support;
