@@ -10,19 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}; PAD=${2:-700}; KILL_AFTER=${3:-20}
-PGBIN=/usr/lib/postgresql/15/bin
-[ -x "$PGBIN/initdb" ] || { echo "needs PostgreSQL 15: apt-get install postgresql-15" >&2; exit 1; }
 cargo build --release -q --bin vod-eventd --example store_bench
 B=$PWD/target/release/vod-eventd
-W=$PWD/target/copy; rm -rf "$W"; mkdir -p "$W"; chmod 755 "$W"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-[ "$(id -u)" = 0 ] && chown postgres "$W"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-as_pg "$PGBIN/initdb" -D "$W/pg" -U postgres -A trust >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$W/pg" -l "$W/pg.log" -o "-p $PORT -k $W -c listen_addresses=127.0.0.1" -w start >/dev/null
-trap 'as_pg "$PGBIN/pg_ctl" -D "$W/pg" -m fast stop >/dev/null 2>&1 || true' EXIT
-psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -c "CREATE DATABASE copy" postgres
-URL="postgresql://postgres@127.0.0.1:$PORT/copy?sslmode=disable"
+W=$PWD/target/copy; rm -rf "$W"; mkdir -p "$W"
+. bench/pg-cluster.sh
+trap stop_cluster EXIT
+URL=$PGURL
+PORT=$PGPORT
 
 T0=$(date +%s.%N)
 target/release/examples/store_bench generate "$N" "$PAD" "$W/events.db"
@@ -32,7 +26,7 @@ T0=$(date +%s.%N)
 "$B" store copy --from "$W/events.db" --to "$URL" > "$W/copy1.txt" 2>&1 & PID=$!
 sleep "$KILL_AFTER"; kill -9 "$PID" 2>/dev/null && echo "copy SIGKILLed after $KILL_AFTER s" || echo "copy ended before the kill"
 wait "$PID" 2>/dev/null || true
-echo "events in PostgreSQL after the kill: $(psql -X -A -t -h 127.0.0.1 -p "$PORT" -U postgres -c 'SELECT count(*) FROM events' copy)"
+echo "events in PostgreSQL after the kill: $(psql -X -A -t -h 127.0.0.1 -p "$PORT" -U postgres -c 'SELECT count(*) FROM events' bench)"
 TIMEFORMAT='%R s wall, %U s user, %S s system'
 time "$B" store copy --from "$W/events.db" --to "$URL" 2>/dev/null
 echo "total from the first start: $(echo "$(date +%s.%N) - $T0" | bc) s"

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Drain throughput and CPU on PostgreSQL (issue 12): N API 3.0 events from the in-tree emulator
+# limited to Tencent's PullEvents ceiling (6,000 calls a minute: 100 pulls of up to 16 events a
+# second, 1,600 events/s), one webhook route (concurrency 16) to bench/receiver.py, drained by
+# DAEMONS daemons sharing one private PostgreSQL 15 cluster (the call budget split between
+# them, as an operator would), or with DAEMONS=0 by one daemon on SQLite for comparison.
+# Prints wall time, events/s, the daemons' CPU and the PostgreSQL server's CPU per 1,000 events.
+#
+#   bench/pg.sh [EVENTS] [DAEMONS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-20000}; D=${2:-1}
+cargo build --release -q --bin vod-eventd
+B=$PWD/target/release/vod-eventd
+W=$PWD/target/pgbench; rm -rf "$W"; mkdir -p "$W"
+CALLS=6000
+trap 'kill $(jobs -p) 2>/dev/null || true; [ "$D" = 0 ] || stop_cluster' EXIT
+[ "$D" = 0 ] || . bench/pg-cluster.sh
+python3 bench/receiver.py > "$W/receiver.port" &
+EMU=127.0.0.1:$((20000 + RANDOM % 10000))
+"$B" emulator --listen "$EMU" --rate-limit "$CALLS" --hold 1s --generate "$N" --api v3 > "$W/emulator.log" 2>&1 &
+for _ in $(seq 100); do [ -s "$W/receiver.port" ] && curl -sf "http://$EMU/_emulator/stats" >/dev/null && break; sleep 0.1; done
+PORT=$(head -1 "$W/receiver.port")
+PER=$(( CALLS / (D > 0 ? D : 1) ))
+config() {
+  cat <<EOT
+[vod]
+api = "v3"
+endpoint = "http://$EMU/"
+secret_id = "AKIDemulatorDEMOsecretID0000000000000"
+secret_key = "emulator-demo-secret-key-not-a-real-one"
+rate_limit_per_minute = $PER
+[account]
+endpoint = "http://$EMU/"
+[store]
+$([ "$D" = 0 ] && echo "path = \"$W/events.db\"" || echo "url = \"$PGURL\"")
+[node]
+name = "bench-$1"
+[log]
+level = "warn"
+[[routes]]
+events = ["*"]
+handlers = ["sink"]
+[handlers.sink]
+type = "webhook"
+url = "http://127.0.0.1:$PORT/hook"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+concurrency = 16
+EOT
+}
+PG0=$([ "$D" = 0 ] && echo 0 || pg_cpu)
+START=$(date +%s.%N)
+PIDS=()
+for i in $(seq "$(( D > 0 ? D : 1 ))"); do
+  config "$i" > "$W/config-$i.toml"
+  "$B" run --config "$W/config-$i.toml" > "$W/daemon-$i.log" 2>&1 & PIDS+=($!)
+done
+ids() { curl -s "http://127.0.0.1:$PORT/_stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ids"])'; }
+until [ "$(ids)" -ge "$N" ]; do sleep 0.2; done
+END=$(date +%s.%N)
+CPU=0; for p in "${PIDS[@]}"; do CPU=$(echo "$CPU + $(awk '{print ($14+$15)/100}' /proc/$p/stat)" | bc); done
+PGC=$([ "$D" = 0 ] && echo 0 || echo "$(pg_cpu) - $PG0" | bc)
+SECS=$(echo "$END - $START" | bc)
+echo "store=$([ "$D" = 0 ] && echo sqlite || echo "postgresql x$D") events=$N seconds=$SECS events_per_s=$(echo "$N / $SECS" | bc) daemons_cpu_s=$CPU daemons_cpu_s_per_1000=$(echo "scale=3; $CPU*1000/$N" | bc) postgres_cpu_s_per_1000=$(echo "scale=3; $PGC*1000/$N" | bc) receiver=$(curl -s "http://127.0.0.1:$PORT/_stats") emulator=$(curl -s "http://$EMU/_emulator/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print({k: s[k] for k in ("pulled","confirmed","rate_limited") if k in s})' 2>/dev/null)"
+for p in "${PIDS[@]}"; do kill -TERM "$p"; done; wait "${PIDS[@]}" 2>/dev/null || true
