@@ -729,3 +729,44 @@ async fn what_only_sqlite_has_fails_with_a_typed_error_naming_it() {
     assert_eq!(store.data_version(), None, "no change counter: the dispatcher steps every poll interval");
     assert!(store.path().to_string_lossy().starts_with("postgresql://postgres@127.0.0.1"));
 }
+
+/// A group of pulled batches is stored in one pass in dedupe-key order (the lock order that
+/// keeps hosts from deadlocking), yet each batch gets its own rows back in pull order, routed
+/// by its own route, with the confirmed rows recorded in the same transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_batches_gets_each_batch_its_rows_in_pull_order() {
+    use std::sync::Arc;
+    use vod_eventd::route::Routed;
+    use vod_eventd::store::Batch;
+    let url = database().await;
+    let store = open(&url).await;
+    let event = |n: usize| {
+        vod_eventd::event::ReceivedEvent::from_content(
+            &format!(r#"{{"eventType":"X","n":{n}}}"#),
+            vod_eventd::config::ApiVersion::V2,
+        )
+    };
+    let to = |handler: &'static str| -> Arc<vod_eventd::store::RouteFn> {
+        Arc::new(move |_| Routed { handlers: vec![handler.to_string()], ..Routed::default() })
+    };
+    let first = store.insert_events(vec![(event(0), vec![])]).await.unwrap()[0];
+    let batches = vec![
+        Batch { events: (1..=5).map(event).collect(), route: to("a") },
+        Batch { events: (6..=8).map(event).collect(), route: to("b") },
+    ];
+    let stored = store.ingest(batches.clone(), vec![(first.id, 7)]).await.unwrap();
+    assert_eq!(stored.iter().map(Vec::len).collect::<Vec<_>>(), [5, 3]);
+    let db = connect(&url).await;
+    for (batch, rows) in batches.iter().zip(&stored) {
+        for (event, (row, routed)) in batch.events.iter().zip(rows) {
+            assert!(row.new);
+            let content: String =
+                db.query_one("SELECT content FROM events WHERE id = $1", &[&row.id]).await.unwrap().get(0);
+            assert_eq!(content, event.content, "rows in pull order");
+            assert_eq!(routed.handlers, [if batches[0].events.contains(event) { "a" } else { "b" }]);
+        }
+    }
+    assert_eq!(number(&db, &format!("SELECT confirmed_at FROM events WHERE id = {}", first.id)).await, 7);
+    assert_eq!(number(&db, "SELECT count(*) FROM deliveries WHERE handler = 'a'").await, 5);
+    assert_eq!(number(&db, "SELECT count(*) FROM deliveries WHERE handler = 'b'").await, 3);
+}

@@ -226,12 +226,14 @@ impl PgStore {
                 tx.execute(&stmt, &[id, at]).await?;
             }
         }
-        let mut out = Vec::with_capacity(batches.len());
-        for batch in batches {
-            out.push(insert_rows(&tx, &batch.events, &mut |_, e| (batch.route)(e), now).await?);
-        }
+        // Every batch's events in one pass, so the whole transaction takes its row locks in
+        // dedupe-key order (see insert_rows): hosts storing overlapping groups never deadlock.
+        let events: Vec<ReceivedEvent> = batches.iter().flat_map(|b| b.events.iter().cloned()).collect();
+        let owner: Vec<usize> =
+            batches.iter().enumerate().flat_map(|(n, b)| std::iter::repeat_n(n, b.events.len())).collect();
+        let mut rows = insert_rows(&tx, &events, &mut |i, e| (batches[owner[i]].route)(e), now).await?.into_iter();
         tx.commit().await?;
-        Ok(out)
+        Ok(batches.iter().map(|b| rows.by_ref().take(b.events.len()).collect()).collect())
     }
 
     /// See [`crate::store::Store::raise_alert`].
