@@ -193,9 +193,7 @@ pub async fn pg_daemon_at(endpoint: &str, url: &str, extra: &str) -> TestDaemon 
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("unused.db");
     let config_path = dir.path().join("config.toml");
-    // Each daemon a node of its own (they share this machine's host name).
-    let extra = format!("{extra}\n[node]\nname = \"test-{:08x}\"\n", rand::random::<u32>());
-    std::fs::write(&config_path, config_text(&db_path, endpoint, &format!("url = \"{url}\"\n"), &extra)).unwrap();
+    std::fs::write(&config_path, config_text(&db_path, endpoint, &format!("url = \"{url}\"\n"), extra)).unwrap();
     let log_path = dir.path().join("daemon.log");
     let mut daemon = TestDaemon {
         _dir: dir,
@@ -204,7 +202,9 @@ pub async fn pg_daemon_at(endpoint: &str, url: &str, extra: &str) -> TestDaemon 
         log_path,
         child: None,
         rust_log: "vod_eventd=debug".into(),
-        env: Vec::new(),
+        // Each daemon a node of its own (they share this machine's host name), kept across
+        // restarts and config rewrites.
+        env: vec![("VOD_EVENTD_NODE__NAME".into(), format!("test-{:08x}", rand::random::<u32>()))],
         pg_url: Some(url.to_string()),
     };
     daemon.spawn();
