@@ -188,8 +188,14 @@ pub async fn pg_daemon(emu: &Emulator, url: &str, extra: &str) -> TestDaemon {
     pg_daemon_at(&emu.endpoint_for(emu.api()), url, &format!("{}{extra}", api_line(emu.api()))).await
 }
 
-/// A daemon on the PostgreSQL store `url`, pulling from `endpoint`.
+/// A daemon on the PostgreSQL store `url`, pulling from `endpoint`, a node of its own.
 pub async fn pg_daemon_at(endpoint: &str, url: &str, extra: &str) -> TestDaemon {
+    pg_node(endpoint, url, extra, &format!("test-{:08x}", rand::random::<u32>())).await
+}
+
+/// A daemon on the PostgreSQL store `url`, pulling from `endpoint`, named `node` (kept
+/// across restarts and config rewrites: it is passed in the environment).
+pub async fn pg_node(endpoint: &str, url: &str, extra: &str, node: &str) -> TestDaemon {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("unused.db");
     let config_path = dir.path().join("config.toml");
@@ -202,9 +208,7 @@ pub async fn pg_daemon_at(endpoint: &str, url: &str, extra: &str) -> TestDaemon 
         log_path,
         child: None,
         rust_log: "vod_eventd=debug".into(),
-        // Each daemon a node of its own (they share this machine's host name), kept across
-        // restarts and config rewrites.
-        env: vec![("VOD_EVENTD_NODE__NAME".into(), format!("test-{:08x}", rand::random::<u32>()))],
+        env: vec![("VOD_EVENTD_NODE__NAME".into(), node.into())],
         pg_url: Some(url.to_string()),
     };
     daemon.spawn();
@@ -728,4 +732,33 @@ async fn what_only_sqlite_has_fails_with_a_typed_error_naming_it() {
     assert!(err.to_string().starts_with("`range_job` is not available with store.url (PostgreSQL)"), "{err}");
     assert_eq!(store.data_version(), None, "no change counter: the dispatcher steps every poll interval");
     assert!(store.path().to_string_lossy().starts_with("postgresql://postgres@127.0.0.1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_pinned_to_one_host_runs_only_there() {
+    const EVENTS: usize = 200;
+    let url = database().await;
+    let emu = emulator(fast_emulator_config()).await;
+    let contents = emu.enqueue_generated(EVENTS);
+    let receiver = Receiver::start().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // The same handler on both hosts, each with its own local program; pinned to host b.
+    let config = |dir: &Path| {
+        format!(
+            "{}{}hosts = [\"b\"]\n[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\", \"ingest\"]\n{FAST}",
+            webhook(&receiver),
+            shell(dir)
+        )
+    };
+    let endpoint = emu.endpoint();
+    let a = pg_node(&endpoint, &url, &config(dir_a.path()), "a").await;
+    let b = pg_node(&endpoint, &url, &config(dir_b.path()), "b").await;
+    let db = migrated(&url).await;
+    until(Duration::from_secs(90), "every delivery done", async || {
+        number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await == (EVENTS * 2) as i64
+    })
+    .await;
+    assert!(runs(dir_a.path()).is_empty(), "the pinned handler ran on the other host");
+    assert_drained(&db, &contents, &receiver, Some(dir_b.path())).await;
+    drop((a, b));
 }
