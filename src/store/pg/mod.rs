@@ -257,11 +257,21 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Task(e.to_string()))?;
-        let store = std::thread::scope(|s| s.spawn(|| runtime.block_on(PgStore::connect(config, node, false))).join())
-            .map_err(|_| StoreError::Task("connecting to PostgreSQL panicked".into()))??;
-        let mut store = store;
-        store.runtime = Some(runtime);
-        Ok(store)
+        let connected =
+            std::thread::scope(|s| s.spawn(|| runtime.block_on(PgStore::connect(config, node, false))).join())
+                .map_err(|_| StoreError::Task("connecting to PostgreSQL panicked".into()))
+                .and_then(|r| r);
+        match connected {
+            Ok(mut store) => {
+                store.runtime = Some(runtime);
+                Ok(store)
+            }
+            Err(e) => {
+                // The caller may be inside another runtime (`status`): do not wait here.
+                runtime.shutdown_background();
+                Err(e)
+            }
+        }
     }
 
     /// The URL without its password.
