@@ -196,6 +196,11 @@ pub async fn pg_daemon_at(endpoint: &str, url: &str, extra: &str) -> TestDaemon 
 /// A daemon on the PostgreSQL store `url`, pulling from `endpoint`, named `node` (kept
 /// across restarts and config rewrites: it is passed in the environment).
 pub async fn pg_node(endpoint: &str, url: &str, extra: &str, node: &str) -> TestDaemon {
+    pg_node_logged(endpoint, url, extra, node, "vod_eventd=debug").await
+}
+
+/// [`pg_node`] with a chosen `RUST_LOG`.
+pub async fn pg_node_logged(endpoint: &str, url: &str, extra: &str, node: &str, rust_log: &str) -> TestDaemon {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("unused.db");
     let config_path = dir.path().join("config.toml");
@@ -207,7 +212,7 @@ pub async fn pg_node(endpoint: &str, url: &str, extra: &str, node: &str) -> Test
         db_path,
         log_path,
         child: None,
-        rust_log: "vod_eventd=debug".into(),
+        rust_log: rust_log.into(),
         env: vec![("VOD_EVENTD_NODE__NAME".into(), node.into())],
         pg_url: Some(url.to_string()),
     };
