@@ -39,8 +39,9 @@ impl Daemon {
             &config,
             format!(
                 "[vod]\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n\
-                 rate_limit_per_minute = {rate_limit}\n[store]\npath = \"{}\"\n[log]\nlevel = \"warn\"\n{extra}\n",
-                db.display()
+                 rate_limit_per_minute = {rate_limit}\n[store]\npath = \"{}\"\n{}[log]\nlevel = \"warn\"\n{extra}\n",
+                db.display(),
+                store_url()
             ),
         )
         .unwrap();
@@ -69,6 +70,12 @@ impl Daemon {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
     }
+}
+
+/// `BENCH_STORE_URL` (a PostgreSQL URL) runs the daemons on that store instead of SQLite;
+/// give each run an empty database.
+fn store_url() -> String {
+    std::env::var("BENCH_STORE_URL").map(|url| format!("url = \"{url}\"\n")).unwrap_or_default()
 }
 
 fn clock_ticks() -> f64 {

@@ -911,6 +911,15 @@ impl Config {
             for (key, message) in handler.validate() {
                 bad(&format!("handlers.{name}.{key}"), message);
             }
+            if !handler.runs_on(&self.node.name()) && self.store.postgres_url().is_none() {
+                bad(
+                    &format!("handlers.{name}.hosts"),
+                    format!(
+                        "does not name this daemon (node.name = {}), and its SQLite store (store.path) is shared with no other daemon: its deliveries would never run; add this node, or remove hosts",
+                        self.node.name()
+                    ),
+                );
+            }
         }
         if self.health.max_pull_age < self.vod.request_timeout {
             bad(
@@ -1294,6 +1303,12 @@ mod tests {
         assert!(err.to_string().contains("only used with store.url"), "{err}");
         let err = parse(&format!("{MINIMAL}[node]\nname = \"a/b\"\n")).unwrap_err();
         assert!(err.to_string().contains("`node.name`"), "{err}");
+        let pinned = "[[routes]]\nevents = [\"*\"]\nhandlers = [\"h\"]\n[handlers.h]\ntype = \"shell\"\ncommand = [\"true\"]\nhosts = [\"b\"]\n";
+        let err = parse(&format!("{MINIMAL}[node]\nname = \"a\"\n{pinned}")).unwrap_err();
+        assert!(err.to_string().contains("`handlers.h.hosts`: does not name this daemon (node.name = a)"), "{err}");
+        assert!(
+            parse(&format!("{MINIMAL}[store]\nurl = \"postgresql://v@db/v\"\n[node]\nname = \"a\"\n{pinned}")).is_ok()
+        );
     }
 
     #[test]

@@ -107,7 +107,13 @@ impl Routing {
         previous: Option<&Routing>,
     ) -> anyhow::Result<Routing> {
         let router = Router::new(&config.routes).map_err(anyhow::Error::msg)?;
-        let handlers = crate::handler::build_all(&config.handlers, clients, store)?;
+        // A handler pinned to other hosts (`hosts`) is neither built nor given a lane here
+        // (its program or key directory may exist only there): its deliveries wait in the
+        // shared store for a daemon it runs on.
+        let node = config.node.name();
+        let here: std::collections::BTreeMap<String, crate::handler::HandlerConfig> =
+            config.handlers.iter().filter(|(_, c)| c.runs_on(&node)).map(|(n, c)| (n.clone(), c.clone())).collect();
+        let handlers = crate::handler::build_all(&here, clients, store)?;
         let lanes = handlers
             .into_iter()
             .map(|(name, handler)| {

@@ -41,6 +41,9 @@ pub struct DrmConfig {
     /// Attempts started at most, per second or minute: `50/s`, `300/m` (none: no limit).
     #[serde(default)]
     pub rate: Option<String>,
+    /// Only daemons with one of these `node.name`s run its deliveries (none: every daemon).
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// API 3.0: time allowed for each playlist request.
     #[serde(default = "default_playlist_timeout", with = "humantime_serde")]
     pub playlist_timeout: Duration,

@@ -56,6 +56,20 @@ impl HandlerConfig {
         }
     }
 
+    /// `hosts`: the `node.name`s of the daemons that run it (empty: every daemon).
+    pub fn hosts(&self) -> &[String] {
+        match self {
+            HandlerConfig::Webhook(c) => &c.hosts,
+            HandlerConfig::Shell(c) => &c.hosts,
+            HandlerConfig::Drm(c) => &c.hosts,
+        }
+    }
+
+    /// Whether the daemon named `node` runs it.
+    pub fn runs_on(&self, node: &str) -> bool {
+        self.hosts().is_empty() || self.hosts().iter().any(|h| h == node)
+    }
+
     /// Its `rate`, if set and well-formed.
     pub fn rate(&self) -> Option<Rate> {
         let text = match self {

@@ -58,6 +58,9 @@ pub struct ShellConfig {
     /// Attempts started at most, per second or minute: `50/s`, `300/m` (none: no limit).
     #[serde(default)]
     pub rate: Option<String>,
+    /// Only daemons with one of these `node.name`s run its deliveries (none: every daemon).
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 fn default_timeout() -> Duration {

@@ -61,6 +61,9 @@ pub struct WebhookConfig {
     /// Attempts started at most, per second or minute: `50/s`, `300/m` (none: no limit).
     #[serde(default)]
     pub rate: Option<String>,
+    /// Only daemons with one of these `node.name`s run its deliveries (none: every daemon).
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -260,6 +263,7 @@ mod tests {
             pause_after: 0,
             probe_interval: std::time::Duration::from_secs(30),
             rate: None,
+            hosts: vec![],
         };
         assert!(config("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").validate().is_empty());
         let issues = config("whsec_not base64!").validate();

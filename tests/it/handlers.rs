@@ -32,8 +32,19 @@ fn webhook_section(name: &str, url: &str, extra: &str) -> String {
 const FAST_RETRIES: &str =
     "[dispatch]\nretry_schedule = [\"100ms\", \"200ms\", \"400ms\"]\npoll_interval = \"100ms\"\n";
 
-/// (webhook_id, content) of every delivery of `handler`.
+/// (id, webhook_id, content, state) of every delivery of `handler`.
 fn deliveries_of(daemon: &TestDaemon, handler: &str) -> Vec<(i64, String, String, String)> {
+    if let Some(url) = &daemon.pg_url {
+        // psql prints one line per row: keep the content (JSON, one line) whole.
+        let sql = format!(
+            "SELECT d.id, d.webhook_id, d.state, e.content FROM deliveries d JOIN events e ON e.id = d.event_id
+             WHERE d.handler = '{handler}'"
+        );
+        return crate::pg::psql(url, &sql)
+            .into_iter()
+            .map(|r| (r[0].parse().unwrap(), r[1].clone(), r[3..].join("\t"), r[2].clone()))
+            .collect();
+    }
     daemon
         .store()
         .unwrap()
@@ -70,8 +81,13 @@ fn verify_with_standardwebhooks(messages: &[crate::receiver::Recorded]) {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), messages.len().to_string());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_routed_event_reaches_the_webhook_and_the_shell_hook_byte_exact() {
+both_stores!(
+    every_routed_event_reaches_the_webhook_and_the_shell_hook_byte_exact,
+    a_failing_receiver_gets_everything_after_recovery_with_the_original_id,
+    sigkill_during_dispatch_loses_no_delivery,
+);
+
+async fn every_routed_event_reaches_the_webhook_and_the_shell_hook_byte_exact(backend: Backend) {
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
     let out = tempfile::tempdir().unwrap();
@@ -83,9 +99,9 @@ async fn every_routed_event_reaches_the_webhook_and_the_shell_hook_byte_exact() 
         webhook_section("internal", &receiver.url(), ""),
         out.path().display()
     );
-    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), &config, backend).await;
     eventually(Duration::from_secs(120), "2,000 deliveries done", || {
-        daemon.store().is_some_and(|s| delivery_states(&s).get("done").copied() == Some(2000))
+        daemon.delivery_states().get("done").copied() == Some(2000)
     })
     .await;
 
@@ -109,8 +125,7 @@ async fn every_routed_event_reaches_the_webhook_and_the_shell_hook_byte_exact() 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_receiver_gets_everything_after_recovery_with_the_original_id() {
+async fn a_failing_receiver_gets_everything_after_recovery_with_the_original_id(backend: Backend) {
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
     receiver.set(|b| b.status = 503);
@@ -119,13 +134,11 @@ async fn a_failing_receiver_gets_everything_after_recovery_with_the_original_id(
         "[[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\"]\n{}{FAST_RETRIES}",
         webhook_section("internal", &receiver.url(), "")
     );
-    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), &config, backend).await;
     eventually(Duration::from_secs(30), "several failed rounds", || receiver.recorded().len() >= 30 * 3).await;
     receiver.set(|b| b.status = 200);
-    eventually(Duration::from_secs(30), "all delivered", || {
-        daemon.store().is_some_and(|s| delivery_states(&s).get("done").copied() == Some(30))
-    })
-    .await;
+    eventually(Duration::from_secs(30), "all delivered", || daemon.delivery_states().get("done").copied() == Some(30))
+        .await;
 
     let expected: HashSet<String> = deliveries_of(&daemon, "internal").into_iter().map(|(_, id, _, _)| id).collect();
     let failed_ids: HashSet<String> =
@@ -135,16 +148,20 @@ async fn a_failing_receiver_gets_everything_after_recovery_with_the_original_id(
     assert_eq!(failed_ids, expected, "retries carry the same webhook-id as the first attempt");
 
     // Attempt times follow the schedule (100ms, 200ms, 400ms, 400ms...), jitter ±20 %.
-    let store = daemon.store().unwrap();
-    let starts: Vec<i64> = store
-        .run_sync(|c| {
-            let mut stmt = c.prepare(
-                "SELECT started_at FROM attempts WHERE delivery_id = (SELECT min(id) FROM deliveries) ORDER BY attempt",
-            )?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .unwrap();
+    const STARTS: &str =
+        "SELECT started_at FROM attempts WHERE delivery_id = (SELECT min(id) FROM deliveries) ORDER BY attempt";
+    let starts: Vec<i64> = match &daemon.pg_url {
+        Some(url) => crate::pg::psql(url, STARTS).iter().map(|r| r[0].parse().unwrap()).collect(),
+        None => daemon
+            .store()
+            .unwrap()
+            .run_sync(|c| {
+                let mut stmt = c.prepare(STARTS)?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap(),
+    };
     assert!(starts.len() >= 4, "{starts:?}");
     for (i, pair) in starts.windows(2).enumerate() {
         let scheduled = [100, 200, 400][i.min(2)];
@@ -365,13 +382,16 @@ async fn the_shutdown_drain_kills_a_hooks_whole_process_group() {
     eventually(Duration::from_secs(10), "the grandchild is gone", || gone(&pid)).await;
 }
 
-both_apis!(drm_keys_are_fetched_served_raw_and_never_logged, the_same_content_after_its_confirm_is_a_new_occurrence);
+both_apis_and_stores!(
+    drm_keys_are_fetched_served_raw_and_never_logged,
+    the_same_content_after_its_confirm_is_a_new_occurrence
+);
 
 /// Events have no id. A content redelivered before any of its handles was confirmed folds
 /// into its row (same webhook-id, handlers not run again); the same content arriving after
 /// a confirm is a new event (a cast going Working, Idle, Working again) with its own row,
 /// its own webhook-id, and its handlers run again.
-async fn the_same_content_after_its_confirm_is_a_new_occurrence(api: vod_emulator::Api) {
+async fn the_same_content_after_its_confirm_is_a_new_occurrence(api: vod_emulator::Api, backend: Backend) {
     let emu =
         emulator(vod_emulator::EmulatorConfig { api, visibility: Duration::from_secs(1), ..fast_emulator_config() })
             .await;
@@ -384,7 +404,7 @@ async fn the_same_content_after_its_confirm_is_a_new_occurrence(api: vod_emulato
         api_line(api),
         webhook_section("hook", &receiver.url(), "")
     );
-    let daemon = TestDaemon::start(&emu.endpoint_for(api), &config).await;
+    let daemon = TestDaemon::start_on(&emu.endpoint_for(api), &config, backend).await;
     eventually(Duration::from_secs(30), "redelivered under a new handle", || emu.stats().queue.redelivered >= 1).await;
     emu.set_visibility(Duration::from_secs(30));
     eventually(Duration::from_secs(30), "a handle confirmed", || emu.stats().queue.confirmed == 1).await;
@@ -412,7 +432,7 @@ async fn the_same_content_after_its_confirm_is_a_new_occurrence(api: vod_emulato
     assert_eq!(rows.iter().map(|r| r.occurrence).collect::<Vec<_>>(), [2, 1]);
 }
 
-async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api) {
+async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api, backend: Backend) {
     let emu = emulator(vod_emulator::EmulatorConfig { api, ..fast_emulator_config() }).await;
     emu.enqueue_generated_type("ProcedureStateChanged", 3).unwrap();
     let issued = emu.issued_keys();
@@ -424,11 +444,8 @@ async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api
         api_line(api),
         key_dir.path().display()
     );
-    let daemon = TestDaemon::start_logged(&emu.endpoint_for(api), &config, "trace").await;
-    eventually(Duration::from_secs(30), "keys fetched", || {
-        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&3))
-    })
-    .await;
+    let daemon = TestDaemon::start_on_logged(&emu.endpoint_for(api), &config, "trace", backend).await;
+    eventually(Duration::from_secs(30), "keys fetched", || daemon.delivery_states().get("done") == Some(&3)).await;
 
     let mut secrets = vec![vod_emulator::DEMO_SECRET_KEY.to_string()];
     for (edk, dk) in &issued {
@@ -538,8 +555,7 @@ async fn data_keys_in_a_refused_or_misshapen_answer_are_never_quoted(api: vod_em
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_dispatch_loses_no_delivery() {
+async fn sigkill_during_dispatch_loses_no_delivery(backend: Backend) {
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
     receiver.set(|b| b.delay = Duration::from_millis(100));
@@ -548,7 +564,7 @@ async fn sigkill_during_dispatch_loses_no_delivery() {
         "[[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\"]\n{}{FAST_RETRIES}",
         webhook_section("internal", &receiver.url(), "concurrency = 2")
     );
-    let mut daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    let mut daemon = TestDaemon::start_on(&emu.endpoint(), &config, backend).await;
     for _ in 0..4 {
         eventually(Duration::from_secs(30), "some progress", || receiver.recorded().len() % 150 > 5).await;
         daemon.kill9().await;
@@ -556,7 +572,7 @@ async fn sigkill_during_dispatch_loses_no_delivery() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     eventually(Duration::from_secs(120), "every delivery done", || {
-        daemon.store().is_some_and(|s| delivery_states(&s).get("done").copied() == Some(150))
+        daemon.delivery_states().get("done").copied() == Some(150)
     })
     .await;
     let expected: HashSet<String> = deliveries_of(&daemon, "internal").into_iter().map(|(_, id, _, _)| id).collect();

@@ -188,14 +188,23 @@ pub async fn pg_daemon(emu: &Emulator, url: &str, extra: &str) -> TestDaemon {
     pg_daemon_at(&emu.endpoint_for(emu.api()), url, &format!("{}{extra}", api_line(emu.api()))).await
 }
 
-/// A daemon on the PostgreSQL store `url`, pulling from `endpoint`.
+/// A daemon on the PostgreSQL store `url`, pulling from `endpoint`, a node of its own.
 pub async fn pg_daemon_at(endpoint: &str, url: &str, extra: &str) -> TestDaemon {
+    pg_node(endpoint, url, extra, &format!("test-{:08x}", rand::random::<u32>())).await
+}
+
+/// A daemon on the PostgreSQL store `url`, pulling from `endpoint`, named `node` (kept
+/// across restarts and config rewrites: it is passed in the environment).
+pub async fn pg_node(endpoint: &str, url: &str, extra: &str, node: &str) -> TestDaemon {
+    pg_node_logged(endpoint, url, extra, node, "vod_eventd=debug").await
+}
+
+/// [`pg_node`] with a chosen `RUST_LOG`.
+pub async fn pg_node_logged(endpoint: &str, url: &str, extra: &str, node: &str, rust_log: &str) -> TestDaemon {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("unused.db");
     let config_path = dir.path().join("config.toml");
-    // Each daemon a node of its own (they share this machine's host name).
-    let extra = format!("{extra}\n[node]\nname = \"test-{:08x}\"\n", rand::random::<u32>());
-    std::fs::write(&config_path, config_text(&db_path, endpoint, &format!("url = \"{url}\"\n"), &extra)).unwrap();
+    std::fs::write(&config_path, config_text(&db_path, endpoint, &format!("url = \"{url}\"\n"), extra)).unwrap();
     let log_path = dir.path().join("daemon.log");
     let mut daemon = TestDaemon {
         _dir: dir,
@@ -203,8 +212,8 @@ pub async fn pg_daemon_at(endpoint: &str, url: &str, extra: &str) -> TestDaemon 
         db_path,
         log_path,
         child: None,
-        rust_log: "vod_eventd=debug".into(),
-        env: Vec::new(),
+        rust_log: rust_log.into(),
+        env: vec![("VOD_EVENTD_NODE__NAME".into(), node.into())],
         pg_url: Some(url.to_string()),
     };
     daemon.spawn();
@@ -769,4 +778,150 @@ async fn a_group_of_batches_gets_each_batch_its_rows_in_pull_order() {
     assert_eq!(number(&db, &format!("SELECT confirmed_at FROM events WHERE id = {}", first.id)).await, 7);
     assert_eq!(number(&db, "SELECT count(*) FROM deliveries WHERE handler = 'a'").await, 5);
     assert_eq!(number(&db, "SELECT count(*) FROM deliveries WHERE handler = 'b'").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_pinned_to_one_host_runs_only_there() {
+    const EVENTS: usize = 200;
+    let url = database().await;
+    let emu = emulator(fast_emulator_config()).await;
+    let contents = emu.enqueue_generated(EVENTS);
+    let receiver = Receiver::start().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // The same handler on both hosts, each with its own local program; pinned to host b.
+    let config = |dir: &Path| {
+        format!(
+            "{}{}hosts = [\"b\"]\n[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\", \"ingest\"]\n{FAST}",
+            webhook(&receiver),
+            shell(dir)
+        )
+    };
+    let endpoint = emu.endpoint();
+    let a = pg_node(&endpoint, &url, &config(dir_a.path()), "a").await;
+    let b = pg_node(&endpoint, &url, &config(dir_b.path()), "b").await;
+    let db = migrated(&url).await;
+    until(Duration::from_secs(90), "every delivery done", async || {
+        number(&db, "SELECT count(*) FROM deliveries WHERE state = 'done'").await == (EVENTS * 2) as i64
+    })
+    .await;
+    assert!(runs(dir_a.path()).is_empty(), "the pinned handler ran on the other host");
+    assert_drained(&db, &contents, &receiver, Some(dir_b.path())).await;
+    drop((a, b));
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`: `ca.crt`,
+/// `server.crt`, `server.key`.
+fn certificates(dir: &Path) {
+    let openssl =
+        |args: &[&str]| run(command("openssl").current_dir(dir).args(args), "openssl (Debian's openssl package)");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=vod test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_by_sslmode_encrypts_checks_the_certificate_when_asked_and_names_the_problem() {
+    // Without TLS on the server, sslmode=require refuses to go on in clear text.
+    let plain = database().await.replace("sslmode=disable", "sslmode=require");
+    let config = vod_eventd::config::StoreConfig { url: Some(plain.into()), ..Default::default() };
+    let err = vod_eventd::store::Store::open_for_cli(&config).err().expect("no TLS, no store");
+    assert!(err.to_string().contains("TLS"), "{err}");
+
+    let cluster = Cluster::start();
+    let certs = cluster.dir.join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    certificates(&certs);
+    std::fs::set_permissions(certs.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    if root() {
+        run(command("chown").args(["-R", "postgres:"]).arg(&certs), "chown the certificates");
+    }
+    let admin = connect(&cluster.url("postgres")).await;
+    let (crt, key) = (certs.join("server.crt"), certs.join("server.key"));
+    for setting in [
+        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", crt.display()),
+        format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+        "ALTER SYSTEM SET ssl = on".to_string(),
+        "SELECT pg_reload_conf()".to_string(),
+    ] {
+        admin.batch_execute(&setting).await.unwrap();
+    }
+    let url = database_in(&cluster).await;
+    let with = |mode: &str| url.replace("sslmode=disable", mode);
+    let ca = certs.join("ca.crt");
+    let mut stores = Vec::new();
+    for mode in ["sslmode=require".to_string(), format!("sslmode=verify-full&sslrootcert={}", ca.display())] {
+        let mut opened = None;
+        // The reload takes effect asynchronously: wait for the server to speak TLS.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while opened.is_none() {
+            let config = vod_eventd::config::StoreConfig { url: Some(with(&mode).into()), ..Default::default() };
+            match vod_eventd::store::Store::open_for_cli(&config) {
+                Ok(store) => opened = Some(store),
+                Err(e) => assert!(Instant::now() < deadline, "{mode}: {e}"),
+            }
+        }
+        let store = opened.unwrap();
+        assert_eq!(store.count_events().unwrap(), 0, "{mode}");
+        stores.push(store);
+    }
+    let db = connect(&url).await;
+    let encrypted = number(
+        &db,
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+         WHERE a.application_name = 'vod-eventd' AND s.ssl",
+    )
+    .await;
+    assert!(encrypted >= 2, "the store's sessions are encrypted ({encrypted})");
+    drop(stores);
+    // verify-full against the bundled web roots: the test CA is not among them.
+    let config =
+        vod_eventd::config::StoreConfig { url: Some(with("sslmode=verify-full").into()), ..Default::default() };
+    let err = vod_eventd::store::Store::open_for_cli(&config).err().expect("an unknown CA is refused");
+    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
 }

@@ -20,28 +20,25 @@ fn route_to(name: &str, url: &str) -> String {
 }
 
 fn done_webhook_ids(daemon: &TestDaemon) -> HashSet<String> {
-    daemon
-        .store()
-        .unwrap()
-        .run_sync(|c| {
-            let mut stmt = c.prepare("SELECT webhook_id FROM deliveries WHERE state = 'done'")?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .unwrap()
+    daemon.deliveries().into_iter().filter(|(_, state, _)| state == "done").map(|(_, _, id)| id).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_under_load_drains_and_a_restart_reruns_nothing_done() {
+both_stores!(
+    sigterm_under_load_drains_and_a_restart_reruns_nothing_done,
+    sighup_applies_a_new_route_and_refuses_a_broken_config,
+    sighup_orphans_a_removed_handlers_deliveries_warns_of_restart_settings_and_resumes,
+);
+
+async fn sigterm_under_load_drains_and_a_restart_reruns_nothing_done(backend: Backend) {
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
     receiver.set(|b| b.delay = Duration::from_millis(30));
     let contents = emu.enqueue_generated(400);
     let extra =
         format!("{}concurrency = 4\n[shutdown]\ndrain_timeout = \"5s\"\n", route_to("internal", &receiver.url()));
-    let mut daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    let mut daemon = TestDaemon::start_on(&emu.endpoint(), &extra, backend).await;
     eventually(Duration::from_secs(60), "some deliveries done", || {
-        daemon.store().is_some_and(|s| delivery_states(&s).get("done").is_some_and(|&n| n >= 50))
+        daemon.delivery_states().get("done").is_some_and(|&n| n >= 50)
     })
     .await;
 
@@ -50,15 +47,13 @@ async fn sigterm_under_load_drains_and_a_restart_reruns_nothing_done() {
     assert!(status.success(), "{status:?}\n{}", daemon.log());
     assert!(asked.elapsed() < Duration::from_secs(10), "stopped within the drain limit: {:?}", asked.elapsed());
     let confirmed: HashSet<String> = emu.confirmed().iter().map(|c| key_of(c)).collect();
-    let stored = stored_keys(&daemon.store().unwrap());
+    let stored = daemon.stored_keys();
     assert!(stored.keys().all(|k| confirmed.contains(k)), "every stored event was confirmed before exit");
 
     let done_before = done_webhook_ids(&daemon);
     daemon.spawn();
-    eventually(Duration::from_secs(120), "all 400 delivered", || {
-        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&400))
-    })
-    .await;
+    eventually(Duration::from_secs(120), "all 400 delivered", || daemon.delivery_states().get("done") == Some(&400))
+        .await;
     let mut per_id: HashMap<String, usize> = HashMap::new();
     for r in receiver.accepted() {
         *per_id.entry(r.headers["webhook-id"].clone()).or_default() += 1;
@@ -69,12 +64,11 @@ async fn sigterm_under_load_drains_and_a_restart_reruns_nothing_done() {
     assert_eq!(per_id.len(), contents.len());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_applies_a_new_route_and_refuses_a_broken_config() {
+async fn sighup_applies_a_new_route_and_refuses_a_broken_config(backend: Backend) {
     let emu = emulator(fast_emulator_config()).await;
     let (a, b) = (Receiver::start().await, Receiver::start().await);
     let poll = "[dispatch]\npoll_interval = \"100ms\"\n";
-    let daemon = TestDaemon::start(&emu.endpoint(), &format!("{}{poll}", route_to("a", &a.url()))).await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), &format!("{}{poll}", route_to("a", &a.url())), backend).await;
     emu.enqueue_generated(5);
     eventually(Duration::from_secs(30), "first events at A", || a.accepted().len() == 5).await;
 
@@ -95,8 +89,7 @@ async fn sighup_applies_a_new_route_and_refuses_a_broken_config() {
     assert!(daemon.running());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_orphans_a_removed_handlers_deliveries_warns_of_restart_settings_and_resumes() {
+async fn sighup_orphans_a_removed_handlers_deliveries_warns_of_restart_settings_and_resumes(backend: Backend) {
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
     receiver.set(|b| b.status = 503);
@@ -104,7 +97,8 @@ async fn sighup_orphans_a_removed_handlers_deliveries_warns_of_restart_settings_
     let common = format!(
         "[dispatch]\nretry_schedule = [\"100ms\"]\npoll_interval = \"100ms\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
     );
-    let daemon = TestDaemon::start(&emu.endpoint(), &format!("{}{common}", route_to("a", &receiver.url()))).await;
+    let daemon =
+        TestDaemon::start_on(&emu.endpoint(), &format!("{}{common}", route_to("a", &receiver.url())), backend).await;
     emu.enqueue_generated(5);
     eventually(Duration::from_secs(30), "every delivery attempted", || receiver.recorded().len() >= 5).await;
 
@@ -148,7 +142,7 @@ async fn sighup_orphans_a_removed_handlers_deliveries_warns_of_restart_settings_
     daemon.rewrite_config(&emu.endpoint(), "", &format!("{}{common}", route_to("a", &receiver.url())));
     daemon.signal("HUP");
     eventually(Duration::from_secs(30), "the orphans resume and are delivered", || {
-        daemon.store().is_some_and(|s| delivery_states(&s).get("done") == Some(&5))
+        daemon.delivery_states().get("done") == Some(&5)
     })
     .await;
     assert!(daemon.log().contains("configured again"));

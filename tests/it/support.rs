@@ -98,6 +98,17 @@ impl TestDaemon {
         }
     }
 
+    /// [`TestDaemon::start_logged`] on the store `backend` names.
+    pub async fn start_on_logged(endpoint: &str, extra: &str, rust_log: &str, backend: Backend) -> TestDaemon {
+        match backend {
+            Backend::Sqlite => Self::start_logged(endpoint, extra, rust_log).await,
+            Backend::Postgres => {
+                let (url, node) = (crate::pg::database().await, format!("test-{:08x}", rand::random::<u32>()));
+                crate::pg::pg_node_logged(endpoint, &url, extra, &node, rust_log).await
+            }
+        }
+    }
+
     /// [`TestDaemon::for_emulator`] on the store `backend` names.
     pub async fn for_emulator_on(emu: &Emulator, extra: &str, backend: Backend) -> TestDaemon {
         match backend {
@@ -177,9 +188,16 @@ impl TestDaemon {
         self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
-    /// The store, once the daemon created it.
+    /// The store, once the daemon created it (on PostgreSQL, opened as the CLI opens it:
+    /// its queries work, `run_sync` does not).
     pub fn store(&self) -> Option<Store> {
-        Store::open_existing(&self.db_path, Duration::from_secs(5)).ok()
+        match &self.pg_url {
+            Some(url) => {
+                let config = vod_eventd::config::StoreConfig { url: Some(url.clone().into()), ..Default::default() };
+                Store::open_for_cli(&config).ok()
+            }
+            None => Store::open_existing(&self.db_path, Duration::from_secs(5)).ok(),
+        }
     }
 
     /// Number of stored rows (0 before the store exists).

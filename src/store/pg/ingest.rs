@@ -4,6 +4,8 @@
 //! new occurrence, and a new row gets its files and its deliveries in the same
 //! transaction. The insert is `ON CONFLICT (dedupe_key, occurrence)`: when another host
 //! stores the same content at the same moment, this one waits for its commit and folds.
+//! A batch is stored in dedupe-key order (two hosts never deadlock on overlapping batches),
+//! so the ids of one batch's new rows follow their keys, not the order they were pulled in.
 //! Also the alerts (`alert_log` hold-back, the alert event) and the dead-delivery scan.
 
 use std::collections::BTreeMap;
@@ -43,14 +45,19 @@ pub(super) async fn insert_rows(
              RETURNING id, xmax = 0",
         )
         .await?;
-    let mut out = Vec::with_capacity(events.len());
-    for (i, e) in events.iter().enumerate() {
+    // In dedupe-key order, so two hosts storing overlapping batches lock rows in the same
+    // order and never deadlock; the results go back in the batch's order.
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_by_key(|&i| events[i].dedupe_key);
+    let mut out: Vec<Option<(Inserted, Routed)>> = vec![None; events.len()];
+    for i in order {
+        let e = &events[i];
         let key = &e.dedupe_key[..];
         let found = tx.query_opt(&latest, &[&key]).await?;
         let occurrence: i64 = match found.map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, bool>(2))) {
             Some((id, _, false)) => {
                 tx.execute(&fold, &[&id, &now]).await?;
-                out.push((Inserted { id, new: false }, Routed::default()));
+                out[i] = Some((Inserted { id, new: false }, Routed::default()));
                 continue;
             }
             Some((_, occurrence, true)) => occurrence + 1,
@@ -77,15 +84,15 @@ pub(super) async fn insert_rows(
             .await?;
         let (id, new): (i64, bool) = (row.get(0), row.get(1));
         if !new {
-            out.push((Inserted { id, new: false }, Routed::default()));
+            out[i] = Some((Inserted { id, new: false }, Routed::default()));
             continue;
         }
         index_files(tx, id, e).await?;
         let routed = route(i, e);
         route_new_event(tx, id, key, occurrence, &routed.handlers, now).await?;
-        out.push((Inserted { id, new: true }, routed));
+        out[i] = Some((Inserted { id, new: true }, routed));
     }
-    Ok(out)
+    Ok(out.into_iter().map(|row| row.expect("every event of the batch was stored")).collect())
 }
 
 async fn index_files(tx: &Transaction<'_>, id: i64, event: &ReceivedEvent) -> Result<(), StoreError> {

@@ -189,6 +189,14 @@ impl PgStore {
         pg.ssl_mode(mode.ssl_mode());
         pg.connect_timeout(config.connect_timeout);
         pg.keepalives_idle(Duration::from_secs(30));
+        // Bounded on the server too: no statement runs, and no transaction a lost client
+        // left open holds its locks, for longer than this.
+        let bounds = "-c statement_timeout=30s -c idle_in_transaction_session_timeout=60s";
+        let options = match pg.get_options() {
+            Some(own) if !own.is_empty() => format!("{own} {bounds}"),
+            _ => bounds.to_string(),
+        };
+        pg.options(&options);
         pg.application_name("vod-eventd");
         let tls = tls::connector(mode, root.as_deref()).map_err(StoreError::Postgres)?;
         let manager =
@@ -249,11 +257,21 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Task(e.to_string()))?;
-        let store = std::thread::scope(|s| s.spawn(|| runtime.block_on(PgStore::connect(config, node, false))).join())
-            .map_err(|_| StoreError::Task("connecting to PostgreSQL panicked".into()))??;
-        let mut store = store;
-        store.runtime = Some(runtime);
-        Ok(store)
+        let connected =
+            std::thread::scope(|s| s.spawn(|| runtime.block_on(PgStore::connect(config, node, false))).join())
+                .map_err(|_| StoreError::Task("connecting to PostgreSQL panicked".into()))
+                .and_then(|r| r);
+        match connected {
+            Ok(mut store) => {
+                store.runtime = Some(runtime);
+                Ok(store)
+            }
+            Err(e) => {
+                // The caller may be inside another runtime (`status`): do not wait here.
+                runtime.shutdown_background();
+                Err(e)
+            }
+        }
     }
 
     /// The URL without its password.

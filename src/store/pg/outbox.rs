@@ -246,14 +246,16 @@ impl PgStore {
     /// claimed them; their token is cleared, so a late outcome only records its attempt.
     /// Leases are set and judged by PostgreSQL's clock (and never before this host's
     /// `now`), so the hosts' clock skew cannot make two attempts of a delivery overlap.
+    /// Rows another transaction holds (an outcome being written) are left to the next sweep.
     pub async fn sweep_expired_leases(&self, now: i64) -> Result<usize, StoreError> {
         let client = self.client().await?;
         let n = client
             .execute(
                 "UPDATE deliveries SET state = 'pending', lease_until = NULL, claim_token = NULL, claimed_by = NULL,
                         updated_at = $1
-                 WHERE state = 'running'
-                   AND lease_until < least($1, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
+                 WHERE id IN (SELECT id FROM deliveries WHERE state = 'running'
+                                AND lease_until < least($1, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                              FOR UPDATE SKIP LOCKED)",
                 &[&now],
             )
             .await?;
