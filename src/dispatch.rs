@@ -17,7 +17,8 @@
 //! lease passed to pending. On a shared store (PostgreSQL, several daemons) the sweep runs
 //! always, since another host's leases must be swept when it dies, and an idle dispatcher
 //! steps every `dispatch.poll_interval` (other hosts' new deliveries are not announced, and
-//! `data_version` is SQLite's): one short claim transaction per second per host by default.
+//! `data_version` is SQLite's): one short claim transaction per poll interval (5 s by
+//! default) per host.
 //! While the store refuses writes, the loop backs off (one ERROR, one INFO on recovery)
 //! and keeps the outcomes it holds until they can be written; its bounded queue then
 //! fills and holds the handlers' permits, so no new attempt starts meanwhile.
