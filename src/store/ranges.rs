@@ -3,7 +3,8 @@
 //! cursor, the last event or delivery id handled. Each batch of at most [`RANGE_BATCH`]
 //! rows is applied and the cursor advanced in one transaction, so an interrupted run
 //! loses at most its uncommitted batch, and a run with the same arguments resumes after
-//! the last committed one: nothing is replayed or retried twice.
+//! the last committed one: nothing is replayed or retried twice. The same on PostgreSQL
+//! (`pg/ranges.rs`, same statements).
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
@@ -38,7 +39,7 @@ pub enum Range {
 }
 
 impl Range {
-    fn kind(&self) -> &'static str {
+    pub(super) fn kind(&self) -> &'static str {
         match self {
             Range::Replay { .. } => "replay",
             Range::Retry { .. } => "retry",
@@ -68,7 +69,7 @@ pub struct RangeJob {
 /// Selects the ids of a range after a cursor; `?1` cursor, `?2` since, `?3` until, then
 /// the range's own three parameters (`?4` to `?6`, unused ones NULL: every statement takes
 /// the same list), and the limit last.
-fn select_sql(range: &Range, what: &str) -> String {
+pub(super) fn select_sql(range: &Range, what: &str) -> String {
     match range {
         Range::Replay { .. } => format!(
             "SELECT {what} FROM events WHERE id > ?1 AND received_at >= ?2 AND received_at < ?3
@@ -82,7 +83,7 @@ fn select_sql(range: &Range, what: &str) -> String {
     }
 }
 
-fn range_params(range: &Range) -> [Option<&str>; 3] {
+pub(super) fn range_params(range: &Range) -> [Option<&str>; 3] {
     match range {
         Range::Replay { event_type, file_id, source, .. } => {
             [event_type.as_deref(), source.as_deref(), file_id.as_deref()]
@@ -167,11 +168,17 @@ fn run_batch(conn: &mut Connection, job: &RangeJob, range: &Range, now: i64) -> 
 impl Store {
     /// The job recorded for these arguments, if any.
     pub fn range_job(&self, range: &Range, args: &str) -> Result<Option<RangeJob>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.range_job(range.kind(), args));
+        }
         self.run_sync(|conn| load_job(conn, range.kind(), args))
     }
 
     /// How many rows of `range` in the window lie after `after` (an id).
     pub fn range_count(&self, range: &Range, after: i64, since_ms: i64, until_ms: i64) -> Result<i64, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.range_count(range, after, since_ms, until_ms));
+        }
         self.run_sync(|conn| count(conn, range, after, since_ms, until_ms))
     }
 
@@ -185,6 +192,9 @@ impl Store {
         until_ms: i64,
     ) -> Result<RangeJob, StoreError> {
         let now = super::now_ms();
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.start_range_job(range, args, since_ms, until_ms, now));
+        }
         self.run_sync(|conn| {
             let tx = conn.transaction()?;
             let total = count(&tx, range, 0, since_ms, until_ms)?;
@@ -203,6 +213,9 @@ impl Store {
     /// Handles the next batch of a job in one transaction; returns the job as it now is.
     pub fn range_batch(&self, job: &RangeJob, range: &Range) -> Result<RangeJob, StoreError> {
         let now = super::now_ms();
+        if let Some(pg) = &self.pg {
+            return pg.block(pg.range_batch(job, range, now));
+        }
         self.run_sync(|conn| run_batch(conn, job, range, now))
     }
 }

@@ -12,6 +12,7 @@
 mod history;
 mod ingest;
 mod outbox;
+mod ranges;
 mod state;
 mod tls;
 
