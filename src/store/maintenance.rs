@@ -234,9 +234,7 @@ impl Store {
             // The CLI's store asks PostgreSQL; the daemon's does not block on a query here.
             return pg.block(async { Ok(pg.size().await) }).unwrap_or(0);
         }
-        let wal =
-            self.path.with_extension(format!("{}-wal", self.path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-        [self.path.clone(), wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+        [self.path.clone(), self.wal_path()].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
     }
 
     /// Caps the database at about `max_bytes` (0 = no cap): once full, commits fail with

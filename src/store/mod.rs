@@ -312,6 +312,7 @@ impl Store {
         Some(version)
     }
 
+    /// The write-ahead log beside the file (`events.db` → `events.db-wal`).
     fn wal_path(&self) -> PathBuf {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
