@@ -296,18 +296,18 @@ fn columns(table: &Table) -> String {
 }
 
 async fn max_key(end: &End, table: &Table) -> Result<i64, StoreError> {
-    let sql = format!("SELECT COALESCE(max({}), 0) FROM {}", table.key, table.name);
-    match end {
-        End::Sqlite(store) => store.run_sync(|c| Ok(c.query_row(&sql, [], |r| r.get(0))?)),
-        End::Postgres(pg) => Ok(pg.client().await?.query_one(&sql, &[]).await?.get::<_, i64>(0)),
-    }
+    number(end, &format!("SELECT COALESCE(max({}), 0) FROM {}", table.key, table.name)).await
 }
 
 async fn count(end: &End, table: &str) -> Result<i64, StoreError> {
-    let sql = format!("SELECT count(*) FROM {table}");
+    number(end, &format!("SELECT count(*) FROM {table}")).await
+}
+
+/// The one integer `sql` (no parameters) returns.
+async fn number(end: &End, sql: &str) -> Result<i64, StoreError> {
     match end {
-        End::Sqlite(store) => store.run_sync(|c| Ok(c.query_row(&sql, [], |r| r.get(0))?)),
-        End::Postgres(pg) => Ok(pg.client().await?.query_one(&sql, &[]).await?.get::<_, i64>(0)),
+        End::Sqlite(store) => store.run_sync(|c| Ok(c.query_row(sql, [], |r| r.get(0))?)),
+        End::Postgres(pg) => Ok(pg.client().await?.query_one(sql, &[]).await?.get::<_, i64>(0)),
     }
 }
 
