@@ -749,7 +749,9 @@ mod tests {
         assert_eq!(states(), ["running"], "the outcome is not written yet");
         blocker.execute_batch("COMMIT").unwrap();
         wait_for("the outcome to be written", || states() == ["done"]).await;
-        assert!(stats.health.report(Duration::from_secs(3600)).store_ok);
+        // The commit is visible before the dispatcher task resumes to mark the store healthy.
+        wait_for("health to say the store accepts writes", || stats.health.report(Duration::from_secs(3600)).store_ok)
+            .await;
         let attempts: i64 =
             store.run_sync(|c| Ok(c.query_row("SELECT count(*) FROM attempts", [], |r| r.get(0))?)).unwrap();
         assert_eq!(attempts, 1, "one attempt, recorded once");
