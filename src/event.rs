@@ -145,38 +145,41 @@ pub fn hex(bytes: &[u8]) -> String {
 /// JSON with object keys sorted by their UTF-8 bytes and no whitespace, independent of
 /// how `serde_json` orders maps (a dependency enabling `preserve_order` would change that).
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(value, &mut out);
-    out
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// Writes `value`'s canonical form into `out`: keys and scalars are written by `serde_json`
+/// itself (its escaping and number formatting), straight into the buffer.
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push('{');
+            // Keys of one object are distinct, so an unstable sort gives the one order.
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
             for (i, (key, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
+                serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
+                out.push(b':');
                 write_canonical(v, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(v, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec cannot fail"),
     }
 }
 
@@ -206,6 +209,7 @@ pub(crate) mod tests {
                 Just("FileIdSet".to_string()),
                 Just("TaskId".to_string()),
                 "[a-zA-Z]{1,8}",
+                ".{0,6}",
             ];
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
@@ -219,6 +223,44 @@ pub(crate) mod tests {
         fn describing_any_text_never_panics(text in ".{0,256}") {
             let _ = ReceivedEvent::from_content(&text, ApiVersion::V2);
             let _ = ReceivedEvent::from_content(&text, ApiVersion::V3);
+        }
+
+        /// The canonical form is what stored dedupe keys were computed from: it must stay
+        /// byte for byte what the first release wrote (this oracle is that release's code).
+        #[test]
+        fn the_canonical_form_is_the_one_stored_keys_were_made_with(value in arb_json()) {
+            fn first_release(value: &Value, out: &mut String) {
+                match value {
+                    Value::Object(map) => {
+                        let mut entries: Vec<_> = map.iter().collect();
+                        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                        out.push('{');
+                        for (i, (key, v)) in entries.into_iter().enumerate() {
+                            if i > 0 {
+                                out.push(',');
+                            }
+                            out.push_str(&Value::String(key.clone()).to_string());
+                            out.push(':');
+                            first_release(v, out);
+                        }
+                        out.push('}');
+                    }
+                    Value::Array(items) => {
+                        out.push('[');
+                        for (i, v) in items.iter().enumerate() {
+                            if i > 0 {
+                                out.push(',');
+                            }
+                            first_release(v, out);
+                        }
+                        out.push(']');
+                    }
+                    scalar => out.push_str(&scalar.to_string()),
+                }
+            }
+            let mut expected = String::new();
+            first_release(&value, &mut expected);
+            prop_assert_eq!(canonical_json(&value), expected);
         }
 
         #[test]

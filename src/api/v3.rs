@@ -199,10 +199,22 @@ pub fn parse_event_set(body: &[u8]) -> Result<Vec<PulledItem>, String> {
 
 /// Takes `EventHandle` out of an event, keeping every other member exactly as sent.
 fn split_handle(raw: &RawValue) -> PulledItem {
-    let Ok(mut members) = serde_json::from_str::<IndexMap<String, &RawValue>>(raw.get()) else {
-        // Not an object: keep it; it cannot be confirmed.
-        return PulledItem { handle: None, content: raw.get().to_string() };
-    };
+    // Member names borrowed from the answer (no copy per name); a name holding an escape
+    // cannot be borrowed and takes the owned path.
+    match serde_json::from_str::<IndexMap<&str, &RawValue>>(raw.get()) {
+        Ok(members) => without_handle(members),
+        Err(_) => match serde_json::from_str::<IndexMap<String, &RawValue>>(raw.get()) {
+            Ok(members) => without_handle(members),
+            // Not an object: keep it; it cannot be confirmed.
+            Err(_) => PulledItem { handle: None, content: raw.get().to_string() },
+        },
+    }
+}
+
+fn without_handle<K>(mut members: IndexMap<K, &RawValue>) -> PulledItem
+where
+    K: std::hash::Hash + Eq + std::borrow::Borrow<str> + serde::Serialize,
+{
     // The model says string; a number is taken as its text, as the v2 client does.
     let handle = members.shift_remove("EventHandle").and_then(|h| match serde_json::from_str::<Value>(h.get()) {
         Ok(Value::String(s)) => Some(s),
@@ -261,5 +273,9 @@ mod tests {
         assert_eq!(split_handle(&numeric).handle.as_deref(), Some("12345"));
         let not_object: Box<RawValue> = serde_json::from_str("[1]").unwrap();
         assert_eq!(split_handle(&not_object).handle, None);
+        // A member name with an escape cannot be borrowed; it is kept all the same.
+        let escaped: Box<RawValue> = serde_json::from_str(r#"{"EventHandle":"h2","Na\u006de":1}"#).unwrap();
+        let item = split_handle(&escaped);
+        assert_eq!((item.handle.as_deref(), item.content.as_str()), (Some("h2"), r#"{"Name":1}"#));
     }
 }
