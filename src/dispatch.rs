@@ -12,7 +12,15 @@
 //! delivery can be claimed again (the row stays `running` until then); a crash in between
 //! runs the attempt again with the same `webhook-id` (at-least-once).
 //!
-//! A claim leases the delivery for the handler's attempt timeout plus `dispatch.lease_margin`
+//! Claiming ahead: a handler without a `rate` or a breaker claims up to one round (its
+//! concurrency) beyond its free permits; those deliveries wait, claimed, for the next free
+//! permit in claim order, so attempts run back to back between steps and each transaction
+//! settles and claims about a round and a half instead of half a round. A pause (from the
+//! CLI) stops the claims at the next step; what was already claimed, in flight or waiting,
+//! still runs. At shutdown the waiting ones do not start and go back to pending.
+//!
+//! A claim leases the delivery for the handler's attempt timeout (twice that when claimed
+//! ahead: at most one timeout waiting, one running) plus `dispatch.lease_margin`
 //! ([`LEASE_MARGIN`] by default); every [`SWEEP_INTERVAL`] the dispatcher returns rows whose
 //! lease passed to pending. On a shared store (PostgreSQL, several daemons) the sweep runs
 //! always, since another host's leases must be swept when it dies, and an idle dispatcher
@@ -37,6 +45,7 @@
 //! them; whatever was still running is put back to pending (and retried later).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +90,26 @@ pub struct Lane {
     pub probe_interval: Duration,
     /// Attempts started at most, per period.
     pub rate: Option<Rate>,
+    /// Deliveries claimed beyond the free permits, to start as permits free up (see
+    /// [`Lane::claims_ahead`]).
+    pub ahead: usize,
+    /// Claimed deliveries waiting for a permit now.
+    pub waiting: Arc<AtomicUsize>,
+}
+
+impl Lane {
+    /// How many deliveries a lane claims beyond its free permits: one round (its
+    /// concurrency) for a plain lane, so that its attempts run back to back while each
+    /// transaction settles and claims a round's worth; none with a `rate` (a claim asks only
+    /// for what the limiter allows now) or a breaker (`pause_after`: after a trip, nothing
+    /// claimed should be left to run).
+    fn claims_ahead(concurrency: usize, rate: Option<Rate>, pause_after: u32) -> usize {
+        if rate.is_none() && pause_after == 0 {
+            concurrency
+        } else {
+            0
+        }
+    }
 }
 
 /// The part of the configuration a SIGHUP can change: routes, handlers, retry policy.
@@ -119,15 +148,19 @@ impl Routing {
             .into_iter()
             .map(|(name, handler)| {
                 let concurrency = config.handlers[&name].concurrency();
-                let lease = config.handlers[&name].attempt_timeout() + config.dispatch.lease_margin;
-                let permits = previous
-                    .and_then(|p| p.lanes.get(&name))
-                    .filter(|lane| lane.concurrency == concurrency)
-                    .map(|lane| lane.permits.clone())
-                    .unwrap_or_else(|| Arc::new(Semaphore::new(concurrency)));
                 let (pause_after, probe_interval) = config.handlers[&name].breaker();
                 let rate = config.handlers[&name].rate();
-                (name, Lane { handler, permits, concurrency, lease, pause_after, probe_interval, rate })
+                let ahead = Lane::claims_ahead(concurrency, rate, pause_after);
+                // A delivery claimed ahead waits at most one attempt timeout for its permit
+                // (every attempt in flight ends within one), then runs for at most another.
+                let timeout = config.handlers[&name].attempt_timeout();
+                let lease = timeout * if ahead > 0 { 2 } else { 1 } + config.dispatch.lease_margin;
+                let (permits, waiting) = previous
+                    .and_then(|p| p.lanes.get(&name))
+                    .filter(|lane| lane.concurrency == concurrency)
+                    .map(|lane| (lane.permits.clone(), lane.waiting.clone()))
+                    .unwrap_or_else(|| (Arc::new(Semaphore::new(concurrency)), Arc::default()));
+                (name, Lane { handler, permits, concurrency, lease, pause_after, probe_interval, rate, ahead, waiting })
             })
             .collect();
         Ok(Routing {
@@ -150,6 +183,15 @@ pub struct Dispatcher {
     pub wake: Arc<Notify>,
     /// Counters.
     pub stats: Arc<Metrics>,
+}
+
+/// How a claimed delivery gets its handler's permit.
+enum Start {
+    /// A permit was free at the claim.
+    Now(OwnedSemaphorePermit),
+    /// Claimed ahead: waits for the next free permit (the semaphore is fair: in claim
+    /// order), unless the daemon stops first.
+    Queued { permits: Arc<Semaphore>, waiting: Arc<AtomicUsize>, shutdown: CancellationToken },
 }
 
 /// A finished attempt, as the attempt task hands it to the loop.
@@ -360,18 +402,20 @@ impl Dispatcher {
             }
             if Instant::now() >= step_at {
                 last_step = Instant::now();
-                step_at =
-                    match self.step(&routing, &mut outcomes, &records, &mut tasks, &mut sweeps, &mut control).await {
-                        Ok(stepped) => {
-                            outage.succeeded();
-                            backlog = stepped.filled;
-                            due_at = stepped.due_at;
-                            work = false;
-                            seen_version = Some(stepped.data_version);
-                            stepped.wake_at
-                        }
-                        Err(e) => Instant::now() + outage.failed(&e),
-                    };
+                step_at = match self
+                    .step(&routing, &mut outcomes, &records, &mut tasks, &mut sweeps, &mut control, &shutdown)
+                    .await
+                {
+                    Ok(stepped) => {
+                        outage.succeeded();
+                        backlog = stepped.filled;
+                        due_at = stepped.due_at;
+                        work = false;
+                        seen_version = Some(stepped.data_version);
+                        stepped.wake_at
+                    }
+                    Err(e) => Instant::now() + outage.failed(&e),
+                };
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -427,6 +471,7 @@ impl Dispatcher {
         tasks: &mut JoinSet<()>,
         sweeps: &mut Sweeps,
         control: &mut Control,
+        shutdown: &CancellationToken,
     ) -> Result<Stepped, StoreError> {
         if sweeps.due() {
             let swept = self.store.sweep_expired_leases(now_ms()).await?;
@@ -436,7 +481,8 @@ impl Dispatcher {
             sweeps.swept();
         }
         // Each handler asks for as many deliveries as it has free permits, and its rate
-        // allows; every handler asks, if only to learn whether it is paused.
+        // allows, plus what it claims ahead; every handler asks, if only to learn whether it
+        // is paused.
         let clock = Instant::now();
         let route: Arc<RouteFn> = {
             let routing = routing.clone();
@@ -456,7 +502,8 @@ impl Dispatcher {
                         .available(clock),
                     None => free,
                 };
-                (name, lane, free, free.min(allowed))
+                let ahead = lane.ahead.saturating_sub(lane.waiting.load(Ordering::Relaxed));
+                (name, lane, free, free.min(allowed) + ahead)
             })
             .collect();
         let wants = lanes
@@ -486,17 +533,27 @@ impl Dispatcher {
         for (i, delivery) in claimed.deliveries {
             counts[i] += 1;
             let (name, lane, _, _) = lanes[i];
-            let permit = lane.permits.clone().try_acquire_owned().expect("claimed no more than the free permits");
+            let start = match lane.permits.clone().try_acquire_owned() {
+                Ok(permit) => Start::Now(permit),
+                Err(_) => {
+                    lane.waiting.fetch_add(1, Ordering::Relaxed);
+                    Start::Queued {
+                        permits: lane.permits.clone(),
+                        waiting: lane.waiting.clone(),
+                        shutdown: shutdown.clone(),
+                    }
+                }
+            };
             tasks.spawn(self.attempt(
                 name.clone(),
                 lane.handler.clone(),
                 routing.policy.clone(),
                 delivery,
-                permit,
+                start,
                 records.clone(),
             ));
         }
-        // A handler that claimed all its permits may have more due; one held back by its
+        // A handler that claimed all it asked for may have more due; one held back by its
         // rate is stepped for when its limiter allows the next attempt.
         let mut refill: Option<Instant> = None;
         let mut filled = BTreeSet::new();
@@ -509,7 +566,7 @@ impl Dispatcher {
                     continue;
                 }
             }
-            if n == *free && *free > 0 {
+            if n == *limit && *limit > 0 {
                 filled.insert(name.to_string());
             }
         }
@@ -554,12 +611,26 @@ impl Dispatcher {
         handler: Arc<AnyHandler>,
         policy: RetryPolicy,
         d: Delivery,
-        permit: OwnedSemaphorePermit,
+        start: Start,
         records: mpsc::Sender<Finished>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let stats = self.stats.clone();
         let span = tracing::info_span!("delivery", id = d.delivery_id, event = d.event_id, handler = %name, attempt = d.attempt);
         async move {
+            let permit = match start {
+                Start::Now(permit) => permit,
+                Start::Queued { permits, waiting, shutdown } => {
+                    let permit = tokio::select! {
+                        permit = permits.acquire_owned() => permit.ok(),
+                        _ = shutdown.cancelled() => None,
+                    };
+                    waiting.fetch_sub(1, Ordering::Relaxed);
+                    // Stopping before it started: the row stays `running` and is put back
+                    // to pending as the dispatcher stops (requeue_running), attempt uncounted.
+                    let Some(permit) = permit else { return };
+                    permit
+                }
+            };
             let started_at = now_ms();
             let clock = Instant::now();
             let result = handler.handle(&d).await;
