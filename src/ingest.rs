@@ -244,9 +244,7 @@ mod tests {
         // A confirmed row rides along with the next batch's transaction.
         ingest.confirmed(vec![ids[0]], 7).await;
         ingest.store(batch(5)).await.unwrap().await.unwrap();
-        let confirmed: Option<i64> = store
-            .run_sync(|c| Ok(c.query_row("SELECT confirmed_at FROM events WHERE id = ?1", [ids[0]], |r| r.get(0))?))
-            .unwrap();
+        let confirmed = store.get_event(ids[0]).unwrap().and_then(|e| e.confirmed_at);
         assert_eq!(confirmed, Some(7));
 
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();

@@ -295,6 +295,20 @@ fn columns(table: &Table) -> String {
     table.columns.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
 }
 
+/// The select list reading `table` from `end`: a SQLite event's confirmation may be in
+/// `event_confirmations` (migration 0013), and is copied as `events.confirmed_at`.
+fn select_columns(end: &End, table: &Table) -> String {
+    match end {
+        End::Sqlite(_) if table.name == EVENTS.name => table
+            .columns
+            .iter()
+            .map(|(c, _)| if *c == "confirmed_at" { super::events::CONFIRMED_AT } else { c })
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => columns(table),
+    }
+}
+
 async fn max_key(end: &End, table: &Table) -> Result<i64, StoreError> {
     number(end, &format!("SELECT COALESCE(max({}), 0) FROM {}", table.key, table.name)).await
 }
@@ -315,7 +329,8 @@ async fn number(end: &End, sql: &str) -> Result<i64, StoreError> {
 async fn read(end: &End, table: &Table, after: Option<i64>, limit: usize) -> Result<Vec<Row>, StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let filter = if after.is_some() { format!("WHERE {} > $1", table.key) } else { "WHERE $1::BIGINT IS NULL".into() };
-    let sql = format!("SELECT {} FROM {} {filter} ORDER BY {} LIMIT $2", columns(table), table.name, table.key);
+    let sql =
+        format!("SELECT {} FROM {} {filter} ORDER BY {} LIMIT $2", select_columns(end, table), table.name, table.key);
     select(end, table, &sql, after, limit).await
 }
 
@@ -323,7 +338,7 @@ async fn read(end: &End, table: &Table, after: Option<i64>, limit: usize) -> Res
 async fn read_range(end: &End, table: &Table, after: i64, last: i64) -> Result<Vec<Row>, StoreError> {
     let sql = format!(
         "SELECT {} FROM {} WHERE {key} > $1 AND {key} <= $2 ORDER BY {key}",
-        columns(table),
+        select_columns(end, table),
         table.name,
         key = table.key
     );

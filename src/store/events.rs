@@ -71,8 +71,23 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
-const COLUMNS: &str = "id, dedupe_key, api, event_type, version, file_id, task_id, received_at, last_seen_at, \
-     times_seen, content, occurrence, confirmed_at, source, sub_app_id";
+/// An event row's confirmation time, in a query on `events`: its own column (rows confirmed
+/// before migration 0013), else its `event_confirmations` row.
+macro_rules! confirmed_at {
+    () => {
+        "coalesce(confirmed_at, (SELECT c.confirmed_at FROM event_confirmations c WHERE c.event_id = events.id))"
+    };
+}
+
+/// [`confirmed_at!`] for queries built at run time.
+pub(crate) const CONFIRMED_AT: &str = confirmed_at!();
+
+const COLUMNS: &str = concat!(
+    "id, dedupe_key, api, event_type, version, file_id, task_id, received_at, last_seen_at, \
+     times_seen, content, occurrence, ",
+    confirmed_at!(),
+    ", source, sub_app_id"
+);
 
 fn row_to_event(row: &Row<'_>) -> rusqlite::Result<EventRow> {
     let key: Vec<u8> = row.get(1)?;
@@ -109,9 +124,14 @@ pub struct Batch {
     pub route: Arc<RouteFn>,
 }
 
-/// Sets `confirmed_at` on rows that have none yet.
+/// Records the first confirmation of rows that have none yet, in `event_confirmations`
+/// (appended, so a batch of marks costs a page, not a rewrite of every event's row). A row
+/// deleted meanwhile (retention) is skipped.
 fn mark_rows(tx: &Connection, confirmed: &[(i64, i64)]) -> Result<(), StoreError> {
-    let mut stmt = tx.prepare_cached("UPDATE events SET confirmed_at = ?2 WHERE id = ?1 AND confirmed_at IS NULL")?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR IGNORE INTO event_confirmations (event_id, confirmed_at)
+         SELECT id, ?2 FROM events WHERE id = ?1 AND confirmed_at IS NULL",
+    )?;
     for (id, at) in confirmed {
         stmt.execute(params![id, at])?;
     }
@@ -145,8 +165,9 @@ pub(crate) fn insert_rows(
     let mut out = Vec::with_capacity(events.len());
     {
         let mut latest = tx.prepare_cached(
-            "SELECT id, occurrence, confirmed_at IS NOT NULL FROM events WHERE dedupe_key = ?1
-             ORDER BY occurrence DESC LIMIT 1",
+            "SELECT id, occurrence, confirmed_at IS NOT NULL
+                    OR EXISTS (SELECT 1 FROM event_confirmations c WHERE c.event_id = events.id)
+             FROM events WHERE dedupe_key = ?1 ORDER BY occurrence DESC LIMIT 1",
         )?;
         let mut fold =
             tx.prepare_cached("UPDATE events SET last_seen_at = ?2, times_seen = times_seen + 1 WHERE id = ?1")?;
@@ -439,6 +460,29 @@ mod tests {
             deliveries.iter().find(|d| d.event_id == first.id).unwrap().webhook_id,
             crate::store::webhook_id(&cast.dedupe_key, 1, "hook")
         );
+    }
+
+    #[tokio::test]
+    async fn a_confirmation_recorded_before_migration_0013_still_counts() {
+        let (_dir, store) = store();
+        let cast = ev(r#"{"eventType":"MediaCastStatusChanged","data":{"castId":"c","status":"Stopped"}}"#);
+        let first = store.insert_events(vec![(cast.clone(), vec![])]).await.unwrap()[0];
+        // As an older release left it: the mark in the event's own row.
+        store.run_sync(|c| Ok(c.execute("UPDATE events SET confirmed_at = 5 WHERE id = ?1", [first.id])?)).unwrap();
+        // A later mark changes nothing: the first confirmation is kept.
+        store.ingest(Vec::new(), vec![(first.id, 9)]).await.unwrap();
+        assert_eq!(store.get_event(first.id).unwrap().unwrap().confirmed_at, Some(5));
+        let marks: i64 =
+            store.run_sync(|c| Ok(c.query_row("SELECT count(*) FROM event_confirmations", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(marks, 0);
+        let second = store.insert_events(vec![(cast, vec![])]).await.unwrap()[0];
+        assert!(second.new && second.id != first.id, "seen again after a confirm: a new occurrence");
+        // Retention's delete takes the confirmation with the event.
+        store.ingest(Vec::new(), vec![(second.id, 10)]).await.unwrap();
+        store.run_sync(|c| Ok(c.execute("DELETE FROM events WHERE id = ?1", [second.id])?)).unwrap();
+        let marks: i64 =
+            store.run_sync(|c| Ok(c.query_row("SELECT count(*) FROM event_confirmations", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(marks, 0);
     }
 
     #[tokio::test]

@@ -50,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0010_outbox_indexes.sql"),
     include_str!("migrations/0011_handler_state.sql"),
     include_str!("migrations/0012_event_indexes.sql"),
+    include_str!("migrations/0013_event_confirmations.sql"),
 ];
 
 /// A store failure.
