@@ -194,6 +194,16 @@ enum Start {
     Queued { permits: Arc<Semaphore>, waiting: Arc<AtomicUsize>, shutdown: CancellationToken },
 }
 
+/// Where a step starts the attempts it claimed.
+struct Spawn<'a> {
+    /// Where finished attempts send their outcomes.
+    records: &'a mpsc::Sender<Finished>,
+    /// The attempts running or waiting for a permit.
+    tasks: &'a mut JoinSet<()>,
+    /// Cancelled at shutdown: attempts still waiting for a permit do not start.
+    shutdown: &'a CancellationToken,
+}
+
 /// A finished attempt, as the attempt task hands it to the loop.
 struct Finished {
     handler: String,
@@ -403,7 +413,13 @@ impl Dispatcher {
             if Instant::now() >= step_at {
                 last_step = Instant::now();
                 step_at = match self
-                    .step(&routing, &mut outcomes, &records, &mut tasks, &mut sweeps, &mut control, &shutdown)
+                    .step(
+                        &routing,
+                        &mut outcomes,
+                        Spawn { records: &records, tasks: &mut tasks, shutdown: &shutdown },
+                        &mut sweeps,
+                        &mut control,
+                    )
                     .await
                 {
                     Ok(stepped) => {
@@ -467,11 +483,9 @@ impl Dispatcher {
         &self,
         routing: &Arc<Routing>,
         outcomes: &mut Vec<AttemptRecord>,
-        records: &mpsc::Sender<Finished>,
-        tasks: &mut JoinSet<()>,
+        spawn: Spawn<'_>,
         sweeps: &mut Sweeps,
         control: &mut Control,
-        shutdown: &CancellationToken,
     ) -> Result<Stepped, StoreError> {
         if sweeps.due() {
             let swept = self.store.sweep_expired_leases(now_ms()).await?;
@@ -540,17 +554,17 @@ impl Dispatcher {
                     Start::Queued {
                         permits: lane.permits.clone(),
                         waiting: lane.waiting.clone(),
-                        shutdown: shutdown.clone(),
+                        shutdown: spawn.shutdown.clone(),
                     }
                 }
             };
-            tasks.spawn(self.attempt(
+            spawn.tasks.spawn(self.attempt(
                 name.clone(),
                 lane.handler.clone(),
                 routing.policy.clone(),
                 delivery,
                 start,
-                records.clone(),
+                spawn.records.clone(),
             ));
         }
         // A handler that claimed all it asked for may have more due; one held back by its
