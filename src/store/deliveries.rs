@@ -139,18 +139,21 @@ fn claimable(
     Ok((1, paused_for))
 }
 
+/// Claims up to ?3 due deliveries of handler ?2 at ?1, leased until ?4: due first, then
+/// oldest, in the order of `deliveries_due` itself (ties in row order), so that no backlog
+/// is ever sorted.
+const CLAIM: &str = "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?1, lease_until = ?4
+     WHERE id IN (SELECT id FROM deliveries WHERE handler = ?2 AND state = 'pending' AND next_attempt_at <= ?1
+                  ORDER BY next_attempt_at, created_at, orphaned_reason, state LIMIT ?3)
+     RETURNING id";
+
 /// Claims due deliveries for each want (see [`Store::settle_and_claim`]).
 fn claim(tx: &Connection, wants: &[Want], now: i64) -> Result<Claimed, StoreError> {
     let mut claimed = Claimed::default();
     for want in wants {
         claimed.alerted |= breaker(tx, want, now)?;
     }
-    let mut mark = tx.prepare_cached(
-        "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?1, lease_until = ?4
-         WHERE id IN (SELECT id FROM deliveries WHERE handler = ?2 AND state = 'pending' AND next_attempt_at <= ?1
-                      ORDER BY next_attempt_at, id LIMIT ?3)
-         RETURNING id",
-    )?;
+    let mut mark = tx.prepare_cached(CLAIM)?;
     let mut load = tx.prepare_cached(
         "SELECT d.id, d.event_id, d.webhook_id, d.attempts, e.event_type, e.file_id, e.task_id, e.content, d.created_at,
                 e.source, e.sub_app_id
@@ -564,6 +567,21 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::store::now_ms;
+
+    #[test]
+    fn a_claim_reads_due_deliveries_in_index_order_without_sorting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(1)).unwrap();
+        let plan: Vec<String> = store
+            .run_sync(|c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {CLAIM}"))?;
+                let rows = stmt.query_map(params![0, "h", 16, 0], |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        assert!(plan.iter().any(|step| step.contains("COVERING INDEX deliveries_due")), "{plan:?}");
+        assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "{plan:?}");
+    }
 
     async fn one_pending(dir: &tempfile::TempDir) -> Store {
         let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(1)).unwrap();

@@ -1,6 +1,6 @@
 //! Per-handler overview for `handlers list`: deliveries pending, in flight and dead, the
 //! last success and the last error. Every query is bounded whatever the history: counts
-//! read the partial index `deliveries_not_done`, the set of handlers is found by index
+//! read the partial index of each state not done, the set of handlers is found by index
 //! seeks, and the last success and error come from the newest [`RECENT_ATTEMPTS`]
 //! attempts, else from one index seek per handler.
 //!
@@ -74,7 +74,13 @@ fn overview(conn: &Connection, configured: &[String]) -> Result<Vec<HandlerOverv
         entry(&mut rows, name);
     }
     let mut counts =
-        conn.prepare("SELECT handler, state, count(*) FROM deliveries WHERE state != 'done' GROUP BY handler, state")?;
+        conn.prepare(
+            "SELECT handler, state, count(*)
+             FROM (SELECT handler, state FROM deliveries WHERE state = 'pending'
+                   UNION ALL SELECT handler, state FROM deliveries WHERE state = 'running'
+                   UNION ALL SELECT handler, state FROM deliveries WHERE state = 'dead')
+             GROUP BY handler, state",
+        )?;
     let counted =
         counts.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
     for row in counted {
@@ -202,11 +208,14 @@ pub(crate) fn resume(
     };
     conn.prepare_cached("DELETE FROM handler_state WHERE handler = ?1")?.execute([handler])?;
     let paused_for = now.saturating_sub(p.paused_at).max(0);
-    conn.prepare_cached(
-        "UPDATE deliveries SET created_at = min(created_at + ?2, ?3)
-         WHERE handler = ?1 AND state IN ('pending', 'running')",
-    )?
-    .execute(params![handler, paused_for, now])?;
+    // One statement per state, each through that state's partial index (`+handler` keeps
+    // the running one off the index of every delivery the handler ever had).
+    for sql in [
+        "UPDATE deliveries SET created_at = min(created_at + ?2, ?3) WHERE handler = ?1 AND state = 'pending'",
+        "UPDATE deliveries SET created_at = min(created_at + ?2, ?3) WHERE +handler = ?1 AND state = 'running'",
+    ] {
+        conn.prepare_cached(sql)?.execute(params![handler, paused_for, now])?;
+    }
     Ok(Some(paused_for))
 }
 

@@ -58,15 +58,18 @@ fn prune_step(conn: &mut Connection, cursor: i64, before_ms: i64, include_dead: 
     Ok(PruneStep { deleted, next: more.then_some(last_id) })
 }
 
-/// The per-handler counts; `state != 'done'` is exactly the partial index's condition,
-/// which is what lets SQLite use it.
+/// The per-handler counts, read from the partial index of each state that is not done
+/// (each covers the columns read), never from the done history.
 const HANDLER_COUNTS: &str = "SELECT handler,
         sum(state IN ('pending', 'running') AND orphaned_reason IS NULL),
         sum(state = 'dead'),
         min(CASE WHEN state IN ('pending', 'running') AND orphaned_reason IS NULL THEN created_at END),
         sum(state IN ('pending', 'running') AND orphaned_reason IS NOT NULL),
         max(CASE WHEN state IN ('pending', 'running') THEN orphaned_reason END)
- FROM deliveries WHERE state != 'done' GROUP BY handler";
+ FROM (SELECT handler, state, created_at, orphaned_reason FROM deliveries WHERE state = 'pending'
+       UNION ALL SELECT handler, state, created_at, orphaned_reason FROM deliveries WHERE state = 'running'
+       UNION ALL SELECT handler, state, NULL, NULL FROM deliveries WHERE state = 'dead')
+ GROUP BY handler";
 
 /// Pending, dead and orphaned deliveries of one handler.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -190,7 +193,7 @@ impl Store {
     }
 
     /// Pending (or running), dead and orphaned deliveries per handler. Reads only the rows that
-    /// are not done (the partial index `deliveries_not_done`), whatever the history.
+    /// are not done (the partial indexes of those states), whatever the history.
     pub async fn handler_counts(&self) -> Result<BTreeMap<String, HandlerCounts>, StoreError> {
         if let Some(pg) = &self.pg {
             return pg.handler_counts().await;

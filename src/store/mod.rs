@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0011_handler_state.sql"),
     include_str!("migrations/0012_event_indexes.sql"),
     include_str!("migrations/0013_event_confirmations.sql"),
+    include_str!("migrations/0014_outbox_covering.sql"),
 ];
 
 /// A store failure.
