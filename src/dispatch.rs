@@ -635,8 +635,9 @@ impl Dispatcher {
                 Start::Now(permit) => permit,
                 Start::Queued { permits, waiting, shutdown } => {
                     let permit = tokio::select! {
-                        permit = permits.acquire_owned() => permit.ok(),
+                        biased;
                         _ = shutdown.cancelled() => None,
+                        permit = permits.acquire_owned() => permit.ok(),
                     };
                     waiting.fetch_sub(1, Ordering::Relaxed);
                     // Stopping before it started: the row stays `running` and is put back

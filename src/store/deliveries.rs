@@ -142,7 +142,8 @@ fn claimable(
 /// Claims up to ?3 due deliveries of handler ?2 at ?1, leased until ?4: due first, then
 /// oldest, in the order of `deliveries_due` itself (ties in row order), so that no backlog
 /// is ever sorted.
-const CLAIM: &str = "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?1, lease_until = ?4
+const CLAIM: &str =
+    "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?1, lease_until = ?4
      WHERE id IN (SELECT id FROM deliveries WHERE handler = ?2 AND state = 'pending' AND next_attempt_at <= ?1
                   ORDER BY next_attempt_at, created_at, orphaned_reason, state LIMIT ?3)
      RETURNING id";

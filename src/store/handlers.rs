@@ -73,14 +73,13 @@ fn overview(conn: &Connection, configured: &[String]) -> Result<Vec<HandlerOverv
     for name in &names {
         entry(&mut rows, name);
     }
-    let mut counts =
-        conn.prepare(
-            "SELECT handler, state, count(*)
+    let mut counts = conn.prepare(
+        "SELECT handler, state, count(*)
              FROM (SELECT handler, state FROM deliveries WHERE state = 'pending'
                    UNION ALL SELECT handler, state FROM deliveries WHERE state = 'running'
                    UNION ALL SELECT handler, state FROM deliveries WHERE state = 'dead')
              GROUP BY handler, state",
-        )?;
+    )?;
     let counted =
         counts.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
     for row in counted {

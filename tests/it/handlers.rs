@@ -382,6 +382,43 @@ async fn the_shutdown_drain_kills_a_hooks_whole_process_group() {
     eventually(Duration::from_secs(10), "the grandchild is gone", || gone(&pid)).await;
 }
 
+/// A handler claims one round (its concurrency) beyond its free permits; those deliveries
+/// wait, claimed, for a permit, so no more than `concurrency` attempts ever run at once. At
+/// shutdown the attempts in flight finish and the waiting ones never start: they are back
+/// to pending with no attempt counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_claimed_ahead_wait_for_a_permit_and_are_returned_at_shutdown() {
+    let emu = emulator(fast_emulator_config()).await;
+    let receiver = Receiver::start().await;
+    receiver.set(|b| b.delay = Duration::from_secs(2));
+    emu.enqueue_generated(6);
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n{}[shutdown]\ndrain_timeout = \"20s\"\n",
+        webhook_section("hook", &receiver.url(), "concurrency = 2")
+    );
+    let mut daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    eventually(Duration::from_secs(30), "two in flight and two claimed ahead", || {
+        daemon.delivery_states().get("running") == Some(&4)
+    })
+    .await;
+    assert!(daemon.terminate().await.success(), "{}", daemon.log());
+    let rows = daemon
+        .store()
+        .unwrap()
+        .run_sync(|c| {
+            let mut stmt = c.prepare("SELECT state, attempts, count(*) FROM deliveries GROUP BY state, attempts")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .unwrap();
+    assert_eq!(rows, [("done".to_string(), 1, 2), ("pending".to_string(), 0, 4)], "{}", daemon.log());
+    let sent = receiver.recorded();
+    assert_eq!(sent.len(), 2, "only the attempts in flight ran");
+    // The two ran side by side, never more: each began before the other ended.
+    assert!(sent.iter().all(|r| r.started < sent.iter().map(|o| o.at).min().unwrap()));
+}
+
 both_apis_and_stores!(
     drm_keys_are_fetched_served_raw_and_never_logged,
     the_same_content_after_its_confirm_is_a_new_occurrence
