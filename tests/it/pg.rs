@@ -249,7 +249,8 @@ fn runs(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("runs")).unwrap_or_default().lines().map(String::from).collect()
 }
 
-/// Fast retries and polls, and a short lease margin (the lease is the 5 s handler timeout plus 1 s).
+/// Fast retries and polls, and a short lease margin (the lease is twice the 5 s handler timeout, the
+/// handlers claiming ahead of their free permits, plus 1 s).
 const FAST: &str =
     "[dispatch]\nretry_schedule = [\"100ms\", \"200ms\"]\npoll_interval = \"100ms\"\nlease_margin = \"1s\"\n";
 
@@ -450,8 +451,9 @@ async fn when_one_of_two_daemons_dies_the_other_resumes_its_deliveries_within_on
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert!(!held.is_empty(), "the killed daemon held claims");
-    // Lease: the 5 s handler timeout plus the 1 s margin; the sweep looks every 5 s.
-    let lease = Duration::from_secs(6);
+    // Lease: twice the 5 s handler timeout (the handler claims ahead of its free permits:
+    // one timeout waiting, one running) plus the 1 s margin; the sweep looks every 5 s.
+    let lease = Duration::from_secs(11);
     let ids: Vec<i64> = held.iter().map(|(id, _)| *id).collect();
     until(lease * 2 + Duration::from_secs(10), "the dead host's claims are attempted again", async || {
         db.query_one(
