@@ -11,7 +11,8 @@
 //! - Bodies carry the type, the time, the subject and a message; never a secret.
 //! - An alert that no route takes is not stored.
 //!
-//! [`AlertLoop`] watches the health flags and the dead deliveries every 5 s, and
+//! [`AlertLoop`] watches the health flags and the dead deliveries every 5 s while a route
+//! takes alerts (with none it sleeps until a reload adds one), and
 //! stores what it finds; an alert the store refuses is kept (at most
 //! [`PENDING_ALERTS`]) and stored once the store accepts writes again, which is how
 //! `vod-eventd.store.refusing_writes` is ever stored.
@@ -180,13 +181,21 @@ struct Seen {
 const DEAD_LOOKS: u32 = 5;
 
 impl AlertLoop {
-    /// Looks every [`TICK`] until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Looks every [`TICK`] until `shutdown`, while a route takes alerts; with none (the
+    /// default), an alert would be dropped anyway, so it only waits for a reload.
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut seen = Seen { dead_cursor: crate::store::now_ms(), dead_looks: DEAD_LOOKS, ..Seen::default() };
         loop {
+            let wanted = self.routing.borrow_and_update().router.takes_alerts();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep(TICK), if wanted => {}
+                changed = self.routing.changed(), if !wanted => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             }
             let routing = self.routing.borrow().clone();
             let route: Arc<RouteFn> = Arc::new(move |event| routing.router.route(event));

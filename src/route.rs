@@ -112,6 +112,12 @@ impl Router {
         Ok(Router { routes: compiled })
     }
 
+    /// Whether any route selects alert events (a pattern starting with `vod-eventd.`):
+    /// without one, alerts are never raised.
+    pub fn takes_alerts(&self) -> bool {
+        self.routes.iter().any(|r| !r.alert_events.is_empty())
+    }
+
     /// The handlers for an event of `event_type` from `source`, in route order, without
     /// repeats, ignoring filters.
     pub fn handlers_for(&self, event_type: &str, source: &str) -> Vec<String> {
@@ -212,7 +218,9 @@ mod tests {
 
     #[test]
     fn alert_events_only_go_to_routes_that_name_them() {
+        assert!(!Router::new(&[route(&["*"], &["all"])]).unwrap().takes_alerts(), "`*` takes no alerts");
         let router = Router::new(&[route(&["*"], &["all"]), route(&["vod-eventd.*"], &["pager"])]).unwrap();
+        assert!(router.takes_alerts());
         assert_eq!(router.handlers_for("vod-eventd.delivery.dead", ALERT_SOURCE), ["pager"]);
         assert_eq!(router.handlers_for("NewFileUpload", "default"), ["all"]);
     }
