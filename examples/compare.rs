@@ -52,10 +52,12 @@ fn start(who: Contender, emu: &Emulator, events: usize, limited: bool, idle_seco
                 &config,
                 format!(
                     "[vod]\nendpoint = \"{}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\nrate_limit_per_minute = {limit}\n\
+                     [account]\nendpoint = \"http://{}/\"\n\
                      [store]\npath = \"{}\"\n[log]\nlevel = \"warn\"\n\
                      [[routes]]\nevents = [\"*\"]\nhandlers = [\"sink\"]\n\
                      [handlers.sink]\ntype = \"webhook\"\nurl = \"{sink}\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nconcurrency = 16\n",
                     emu.endpoint(),
+                    emu.addr(),
                     db.display()
                 ),
             )

@@ -10,6 +10,11 @@ use clap::Parser as _;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // No transparent huge pages: with THP set to `always`, the allocator's first touch of
+    // each aligned region took a 2 MiB page, doubling a small daemon's memory (idle RSS
+    // 26 MB against 19 MB). Best effort: an older kernel without the flag changes nothing.
+    // Hooks inherit it, which costs them nothing either.
+    let _ = nix::sys::prctl::set_thp_disable(true);
     configure_sqlite();
     vod_eventd::cli::run(vod_eventd::cli::Cli::parse())
 }
