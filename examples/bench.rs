@@ -39,7 +39,10 @@ impl Daemon {
             &config,
             format!(
                 "[vod]\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n\
-                 rate_limit_per_minute = {rate_limit}\n[store]\npath = \"{}\"\n{}[log]\nlevel = \"warn\"\n{extra}\n",
+                 rate_limit_per_minute = {rate_limit}\n[account]\nendpoint = \"{}/\"\n\
+                 [store]\npath = \"{}\"\n{}[log]\nlevel = \"warn\"\n{extra}\n",
+                // DescribeEventConfig goes to the emulator too (its origin), not to Tencent's endpoint.
+                endpoint.splitn(4, '/').take(3).collect::<Vec<_>>().join("/"),
                 db.display(),
                 store_url()
             ),
