@@ -44,7 +44,7 @@ impl ReceivedEvent {
     pub fn from_content(content: &str, api: ApiVersion) -> ReceivedEvent {
         let parsed: Option<Value> = serde_json::from_str(content).ok();
         let dedupe_key = match &parsed {
-            Some(value) => Sha256::digest(canonical_json(value).as_bytes()).into(),
+            Some(value) => Sha256::digest(canonical_bytes(value)).into(),
             None => Sha256::digest(content.as_bytes()).into(),
         };
         // Some producers double-encode: a string holding the JSON object.
@@ -145,9 +145,14 @@ pub fn hex(bytes: &[u8]) -> String {
 /// JSON with object keys sorted by their UTF-8 bytes and no whitespace, independent of
 /// how `serde_json` orders maps (a dependency enabling `preserve_order` would change that).
 pub fn canonical_json(value: &Value) -> String {
+    String::from_utf8(canonical_bytes(value)).expect("serde_json writes UTF-8")
+}
+
+/// [`canonical_json`] as the bytes the dedupe key hashes (no UTF-8 check on the hot path).
+fn canonical_bytes(value: &Value) -> Vec<u8> {
     let mut out = Vec::new();
     write_canonical(value, &mut out);
-    String::from_utf8(out).expect("serde_json writes UTF-8")
+    out
 }
 
 /// Writes `value`'s canonical form into `out`: keys and scalars are written by `serde_json`

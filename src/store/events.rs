@@ -164,11 +164,11 @@ pub(crate) fn insert_rows(
 ) -> Result<Vec<(Inserted, Routed)>, StoreError> {
     let mut out = Vec::with_capacity(events.len());
     {
-        let mut latest = tx.prepare_cached(
-            "SELECT id, occurrence, confirmed_at IS NOT NULL
-                    OR EXISTS (SELECT 1 FROM event_confirmations c WHERE c.event_id = events.id)
-             FROM events WHERE dedupe_key = ?1 ORDER BY occurrence DESC LIMIT 1",
-        )?;
+        let mut latest = tx.prepare_cached(concat!(
+            "SELECT id, occurrence, ",
+            confirmed_at!(),
+            " IS NOT NULL FROM events WHERE dedupe_key = ?1 ORDER BY occurrence DESC LIMIT 1"
+        ))?;
         let mut fold =
             tx.prepare_cached("UPDATE events SET last_seen_at = ?2, times_seen = times_seen + 1 WHERE id = ?1")?;
         let mut insert = tx.prepare_cached(
