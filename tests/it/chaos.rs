@@ -230,7 +230,8 @@ both_stores!(
 
 async fn sigkill_before_commit_after_commit_mid_dispatch_and_mid_confirm(backend: Backend) {
     let (kills, per_round) = scale((6, 100), (60, 100));
-    let scenario = Scenario::start("SIGKILL under load, 3 handlers", format!("{kills} SIGKILLs"));
+    let scenario =
+        Scenario::start(format!("SIGKILL under load, 3 handlers, {}", backend.label()), format!("{kills} SIGKILLs"));
     let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(2), ..fast_emulator_config() }).await;
     let handlers = ThreeHandlers::start().await;
     handlers.receiver.set(|b| b.delay = Duration::from_millis(20));
@@ -459,7 +460,8 @@ async fn a_backlog_drains_under_the_rate_limit_without_a_single_4400() {
 }
 
 async fn duplicates_inside_one_batch_and_across_batches(backend: Backend) {
-    let scenario = Scenario::start("duplicates in and across batches", "3 copies of one event");
+    let scenario =
+        Scenario::start(format!("duplicates in and across batches, {}", backend.label()), "3 copies of one event");
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
     let a = r#"{"version":"4.0","eventType":"NewFileUpload","data":{"fileId":"DUP-A"}}"#;

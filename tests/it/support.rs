@@ -69,6 +69,16 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// How reports name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        }
+    }
+}
+
 /// An emulator with test-friendly defaults: a 1 s long-poll hold.
 pub async fn emulator(config: EmulatorConfig) -> Emulator {
     Emulator::start(config).await.expect("emulator starts")
