@@ -79,7 +79,7 @@ fn handler_posts(
     let handler = Arc::new(AnyHandler::build("sink", &config, Arc::new(Clients::default()), store)?);
     runtime.block_on(async move {
         let permits = Arc::new(Semaphore::new(concurrency));
-        let mut tasks = tokio::task::JoinSet::new();
+        let (mut tasks, mut failed) = (tokio::task::JoinSet::new(), 0);
         for i in 0..posts {
             let permit = permits.clone().acquire_owned().await.expect("never closed");
             let (handler, body) = (handler.clone(), body.clone());
@@ -103,10 +103,9 @@ fn handler_posts(
                 ok
             });
             while let Some(done) = tasks.try_join_next() {
-                done?;
+                failed += usize::from(!done?);
             }
         }
-        let mut failed = 0;
         while let Some(done) = tasks.join_next().await {
             failed += usize::from(!done?);
         }
