@@ -376,9 +376,12 @@ async fn upstream_faults_one_call_in_five_on_every_action(api: vod_emulator::Api
         contents.extend(emu.enqueue_generated(5));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // At least one fault, or the scenario proved nothing. On a loaded machine the short form
+    // may make so few calls that none drew its one-in-five fault (it happened once in CI);
+    // the daemon keeps polling, so one comes.
+    eventually(Duration::from_secs(60), "a fault injected", || emu.stats().api.faults > 0).await;
     eventually(Duration::from_secs(scale(120, 600)), "queue drained", || emu.stats().queue.outstanding == 0).await;
     all_settled(&daemon, 3 * contents.len() as i64).await;
-    assert!(emu.stats().api.faults > 0);
     assert!(daemon.running());
     scenario.finish(&emu, &daemon, &contents, &handlers.sinks(), &[]);
     handlers.assert_keys_fetched(&emu);
