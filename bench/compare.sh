@@ -26,13 +26,12 @@ echo
 echo "Against bench/receiver.py (and bench/queue_sim.py for API 3.0), $N events; CPU s per 1,000 events"
 printf '%-28s %-20s %9s %10s %6s  %s\n' "queue, API" "routes, delay" baseline vod-eventd ratio "receiver connections (baseline / vod-eventd)"
 run() { # $1 = queue (rust|py), $2 = api, $3 = routes, $4 = delay, $5 = events
-  local b v
+  local b v base ours
   b=$(SIM=$1 API=$2 ROUTES=$3 BIN=target/release/vod-eventd bench/outbox.sh "$5" "$4" baseline)
   v=$(SIM=$1 API=$2 ROUTES=$3 BIN=target/release/vod-eventd bench/outbox.sh "$5" "$4")
+  base=$(field cpu_s_per_1000 <<< "$b"); ours=$(field cpu_s_per_1000 <<< "$v")
   printf '%-28s %-20s %9s %10s %5.1fx  %s / %s\n' "$([ "$1" = py ] && echo queue_sim.py || echo in-tree emulator), $2" \
-    "$3, $4 ms" "$(field cpu_s_per_1000 <<< "$b")" "$(field cpu_s_per_1000 <<< "$v")" \
-    "$(echo "$(field cpu_s_per_1000 <<< "$b") / $(field cpu_s_per_1000 <<< "$v")" | bc -l)" \
-    "$(conns <<< "$b")" "$(conns <<< "$v")"
+    "$3, $4 ms" "$base" "$ours" "$(echo "$base / $ours" | bc -l)" "$(conns <<< "$b")" "$(conns <<< "$v")"
 }
 for d in $DELAYS; do
   run rust v2 webhook "$d" "$N"
