@@ -151,15 +151,10 @@ async fn steady(per_second: usize, seconds: u64) -> String {
     wait_drained(&emu, enqueued_ms.len() as u64).await;
     let store = Store::open_existing(&daemon.db, Duration::from_secs(5)).unwrap();
     let mut commit: Vec<f64> = store
-        .run_sync(|c| {
-            let mut stmt = c.prepare("SELECT dedupe_key, received_at FROM events")?;
-            let rows =
-                stmt.query_map([], |r| Ok((vod_eventd::event::hex(&r.get::<_, Vec<u8>>(0)?), r.get::<_, i64>(1)?)))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        .events_after(0, u32::MAX)
         .unwrap()
         .into_iter()
-        .map(|(key, at)| (at - enqueued_ms[&key]) as f64)
+        .map(|e| (e.received_at - enqueued_ms[&e.dedupe_key]) as f64)
         .collect();
     commit.sort_by(f64::total_cmp);
     let mut confirm: Vec<f64> = emu.enqueue_to_confirm().iter().map(|d| d.as_secs_f64() * 1000.0).collect();
@@ -177,10 +172,8 @@ async fn steady(per_second: usize, seconds: u64) -> String {
 
 fn done_deliveries(db: &std::path::Path) -> i64 {
     Store::open_existing(db, Duration::from_secs(5))
-        .and_then(|s| {
-            s.run_sync(|c| Ok(c.query_row("SELECT count(*) FROM deliveries WHERE state = 'done'", [], |r| r.get(0))?))
-        })
-        .unwrap_or(0)
+        .and_then(|s| s.deliveries())
+        .map_or(0, |d| d.iter().filter(|d| d.state == "done").count() as i64)
 }
 
 fn webhook_route(emu: &Emulator, concurrency: usize) -> String {

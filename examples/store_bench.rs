@@ -279,15 +279,10 @@ async fn prune_under_load(emu: &Emulator, dir: &Path, db: &Path, route: &str, ge
     daemon.stop();
     let store = Store::open_existing(db, Duration::from_secs(5)).unwrap();
     let mut during: Vec<f64> = store
-        .run_sync(|c| {
-            let mut stmt = c.prepare("SELECT dedupe_key, received_at FROM events WHERE id > ?")?;
-            let rows = stmt.query_map([generated], |r| {
-                Ok((vod_eventd::event::hex(&r.get::<_, Vec<u8>>(0)?), r.get::<_, i64>(1)?))
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        .events_after(generated, u32::MAX)
         .unwrap()
         .into_iter()
+        .map(|e| (e.dedupe_key, e.received_at))
         .filter_map(|(key, at)| {
             enqueued_ms.get(&key).filter(|&&e| (prune_start..=prune_end).contains(&e)).map(|e| (at - e) as f64)
         })

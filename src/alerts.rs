@@ -30,7 +30,7 @@ use crate::config::ApiVersion;
 use crate::dispatch::Routing;
 use crate::event::ReceivedEvent;
 use crate::metrics::Metrics;
-use crate::store::pg::Singleton;
+use crate::store::Singleton;
 use crate::store::{RouteFn, Store};
 
 /// The source of every alert event.

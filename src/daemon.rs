@@ -37,7 +37,7 @@ use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 use crate::puller::{Contact, PullError, Puller};
 use crate::service::{self, notify, StatusLoop};
-use crate::store::pg::Singleton;
+use crate::store::Singleton;
 use crate::store::Store;
 
 /// A daemon ready to run.

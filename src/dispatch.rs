@@ -815,15 +815,7 @@ mod tests {
             Dispatcher { store: store.clone(), routing: routing_rx, wake: wake.clone(), stats: stats.clone() };
         let shutdown = CancellationToken::new();
         let run = tokio::spawn(dispatcher.run(shutdown.clone(), Duration::from_secs(5)));
-        let states = || -> Vec<String> {
-            store
-                .run_sync(|c| {
-                    let mut stmt = c.prepare("SELECT state FROM deliveries ORDER BY id")?;
-                    let rows = stmt.query_map([], |r| r.get(0))?;
-                    Ok(rows.collect::<Result<_, _>>()?)
-                })
-                .unwrap()
-        };
+        let states = || -> Vec<String> { store.deliveries().unwrap().into_iter().map(|d| d.state).collect() };
         wait_for("the delivery to start", || states() == ["running"]).await;
 
         // Another connection holds the write lock: every write of the dispatcher is refused.
@@ -838,9 +830,7 @@ mod tests {
         // The commit is visible before the dispatcher task resumes to mark the store healthy.
         wait_for("health to say the store accepts writes", || stats.health.report(Duration::from_secs(3600)).store_ok)
             .await;
-        let attempts: i64 =
-            store.run_sync(|c| Ok(c.query_row("SELECT count(*) FROM attempts", [], |r| r.get(0))?)).unwrap();
-        assert_eq!(attempts, 1, "one attempt, recorded once");
+        assert_eq!(store.attempts().unwrap().len(), 1, "one attempt, recorded once");
         shutdown.cancel();
         run.await.unwrap();
     }

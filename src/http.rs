@@ -98,7 +98,7 @@ impl Endpoints {
             self.metrics.deliveries_dead.get_or_create(&label).set(c.dead);
             self.metrics.deliveries_orphaned.get_or_create(&label).set(c.orphaned);
         }
-        self.metrics.store_bytes.set(self.store.size_on_disk() as i64);
+        self.metrics.store_bytes.set(self.store.size_on_disk().await as i64);
     }
 }
 

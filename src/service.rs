@@ -15,7 +15,7 @@ use tracing::{debug, error, warn};
 use crate::config::{AlertConfig, HealthConfig};
 use crate::health::{Report, SourceReport};
 use crate::metrics::Metrics;
-use crate::store::pg::Singleton;
+use crate::store::Singleton;
 use crate::store::{now_ms, HandlerCounts, Store};
 
 /// How often STATUS= and the heartbeat are refreshed.

@@ -94,8 +94,7 @@ impl DemoArgs {
         let daemon = tokio::spawn(daemon.run(shutdown.child_token(), reloads));
 
         let store = wait_for_store(&config.store.path, &daemon).await?;
-        let first_new_id = store
-            .run_sync(|c| Ok(c.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get::<_, i64>(0))?))?;
+        let first_new_id = store.max_event_id()?;
         let redeliveries = feed(&emulator, self.events).await;
         let mut last_id = first_new_id;
         let started = Instant::now();
@@ -200,20 +199,15 @@ fn write_demo_config(dir: &Path, emulator: &Emulator) -> anyhow::Result<String> 
 
 /// True when no delivery is pending or running.
 fn deliveries_settled(store: &Store) -> anyhow::Result<bool> {
-    Ok(store.run_sync(|c| {
-        Ok(c.query_row("SELECT count(*) FROM deliveries WHERE state IN ('pending', 'running')", [], |r| {
-            r.get::<_, i64>(0)
-        })?)
-    })? == 0)
+    Ok(store.deliveries()?.iter().all(|d| d.state != "pending" && d.state != "running"))
 }
 
 /// Rows stored and handles confirmed in this run, per source.
 fn print_source_summary(store: &Store, emulator: &Emulator, first_new_id: i64) -> anyhow::Result<()> {
-    let rows: std::collections::HashMap<String, i64> = store.run_sync(|c| {
-        let mut stmt = c.prepare("SELECT source, count(*) FROM events WHERE id > ?1 GROUP BY source")?;
-        let rows = stmt.query_map([first_new_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    })?;
+    let mut rows = std::collections::HashMap::<String, i64>::new();
+    for event in store.events_after(first_new_id, u32::MAX)? {
+        *rows.entry(event.source).or_default() += 1;
+    }
     println!();
     println!("Sources:");
     for (name, app) in APPS {
@@ -235,18 +229,15 @@ fn print_handler_summary(store: &Store, emulator: &Emulator, secret: &str, dir: 
             w.signature.split(' ').any(|s| s == expected)
         })
         .count();
-    let counts: Vec<(String, String, i64)> = store.run_sync(|c| {
-        let mut stmt = c.prepare(
-            "SELECT handler, state, count(*) FROM deliveries GROUP BY handler, state ORDER BY handler, state",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    })?;
+    let mut counts = std::collections::BTreeMap::<(String, String), i64>::new();
+    for d in store.deliveries()? {
+        *counts.entry((d.handler, d.state)).or_default() += 1;
+    }
     let hook_runs = std::fs::read_to_string(dir.join("hook.log")).map(|t| t.lines().count()).unwrap_or(0);
     let keys = store.list_keys(None, u32::MAX)?.len();
     println!();
     println!("Handlers:");
-    for (handler, state, n) in counts {
+    for ((handler, state), n) in counts {
         println!("  {handler:<10} {state:<8} {n}");
     }
     println!(

@@ -29,7 +29,12 @@ pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     };
     let (pid, version) = (state.get("pid").map_or("-", |s| s), state.get("version").map_or("-", |s| s));
     let mut out = std::io::stdout().lock();
-    writeln!(out, "store:         {} ({:.1} MiB)", store.path().display(), store.size_on_disk() as f64 / 1048576.0)?;
+    writeln!(
+        out,
+        "store:         {} ({:.1} MiB)",
+        store.path().display(),
+        store.size_on_disk().await as f64 / 1048576.0
+    )?;
     let stopped = ms("stopped_ms").is_some();
     if stopped {
         writeln!(out, "daemon:        stopped at {} (pid {pid} version {version})", ago("stopped_ms"))?;

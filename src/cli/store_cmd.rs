@@ -81,11 +81,12 @@ impl StoreCommand {
                 let store = super::open_store(config, config_path)?;
                 let started = Instant::now();
                 store.check_integrity()?;
+                let size = super::runtime()?.block_on(store.size_on_disk());
                 writeln!(
                     std::io::stdout(),
                     "{}: ok ({:.1} MiB checked in {:.1?})",
                     store.path().display(),
-                    store.size_on_disk() as f64 / 1048576.0,
+                    size as f64 / 1048576.0,
                     started.elapsed()
                 )?;
                 Ok(())

@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use rusqlite::types::Value as SqlValue;
 use tokio_postgres::types::ToSql;
 
-use super::pg::PgStore;
-use super::{Store, StoreError};
+use super::postgres::PgStore;
+use super::sqlite::SqliteStore;
+use super::StoreError;
 use crate::config::StoreConfig;
 
 /// Rows per transaction.
@@ -24,7 +25,7 @@ pub const BATCH: usize = 1000;
 /// One end of a copy.
 pub enum End {
     /// A SQLite file (created if missing when it is the destination).
-    Sqlite(Store),
+    Sqlite(SqliteStore),
     /// A PostgreSQL database.
     Postgres(Box<PgStore>),
 }
@@ -39,13 +40,13 @@ impl End {
         }
         let path = PathBuf::from(spec);
         let busy = std::time::Duration::from_secs(5);
-        Ok(End::Sqlite(if create { Store::open(&path, busy)? } else { Store::open_existing(&path, busy)? }))
+        Ok(End::Sqlite(if create { SqliteStore::open(&path, busy)? } else { SqliteStore::open_existing(&path, busy)? }))
     }
 
     /// How the end is shown (a URL without its password).
     pub fn shown(&self) -> String {
         match self {
-            End::Sqlite(store) => store.path().display().to_string(),
+            End::Sqlite(store) => crate::store::Maintenance::path(store).display().to_string(),
             End::Postgres(pg) => pg.shown().to_string(),
         }
     }
@@ -302,7 +303,7 @@ fn select_columns(end: &End, table: &Table) -> String {
         End::Sqlite(_) if table.name == EVENTS.name => table
             .columns
             .iter()
-            .map(|(c, _)| if *c == "confirmed_at" { super::events::CONFIRMED_AT } else { c })
+            .map(|(c, _)| if *c == "confirmed_at" { super::sqlite::events::CONFIRMED_AT } else { c })
             .collect::<Vec<_>>()
             .join(", "),
         _ => columns(table),

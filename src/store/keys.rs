@@ -1,10 +1,10 @@
 //! The `drm_keys` table: data keys fetched for EDKs, stored once. Key material leaves
 //! only through [`Store::get_key`] (for `keys get`), never through listings or logs.
 
-use rusqlite::{params, OptionalExtension};
+use async_trait::async_trait;
 use serde::Serialize;
 
-use super::{Store, StoreError};
+use super::StoreError;
 
 /// A data key to store.
 #[derive(Clone)]
@@ -46,88 +46,18 @@ pub struct KeyInfo {
     pub fetched_at: i64,
 }
 
-impl Store {
+/// The keys operations every backend implements.
+#[async_trait]
+pub trait Keys: Send + Sync {
     /// Stores keys; an EDK already stored is left as it is. Returns how many were new.
-    pub async fn insert_keys(&self, keys: Vec<NewKey>) -> Result<usize, StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg.insert_keys(&keys).await;
-        }
-        let now = super::now_ms();
-        self.run(move |conn| {
-            let tx = conn.transaction()?;
-            let mut added = 0;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO drm_keys (edk, dk, file_id, key_source, definition, event_id, fetched_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?;
-                for k in &keys {
-                    added += stmt.execute(params![
-                        k.edk,
-                        &k.dk[..],
-                        k.file_id,
-                        k.key_source,
-                        k.definition,
-                        k.event_id,
-                        now
-                    ])?;
-                }
-            }
-            tx.commit()?;
-            Ok(added)
-        })
-        .await
-    }
+    async fn insert_keys(&self, keys: Vec<NewKey>) -> Result<usize, StoreError>;
 
     /// Which of `edks` already have a key.
-    pub async fn known_edks(&self, edks: Vec<String>) -> Result<Vec<String>, StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg.known_edks(edks).await;
-        }
-        self.run(move |conn| {
-            let mut stmt = conn.prepare_cached("SELECT 1 FROM drm_keys WHERE edk = ?")?;
-            let mut known = Vec::new();
-            for edk in edks {
-                if stmt.exists([&edk])? {
-                    known.push(edk);
-                }
-            }
-            Ok(known)
-        })
-        .await
-    }
+    async fn known_edks(&self, edks: Vec<String>) -> Result<Vec<String>, StoreError>;
 
     /// The data key for an EDK.
-    pub fn get_key(&self, edk: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg.block(pg.get_key(edk));
-        }
-        self.run_sync(|conn| {
-            Ok(conn.query_row("SELECT dk FROM drm_keys WHERE edk = ?", [edk], |r| r.get(0)).optional()?)
-        })
-    }
+    fn get_key(&self, edk: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Stored keys, newest first, without key material.
-    pub fn list_keys(&self, file_id: Option<&str>, limit: u32) -> Result<Vec<KeyInfo>, StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg.block(pg.list_keys(file_id, limit));
-        }
-        self.run_sync(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT edk, file_id, key_source, definition, event_id, fetched_at FROM drm_keys
-                 WHERE ?1 IS NULL OR file_id = ?1 ORDER BY fetched_at DESC LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![file_id, limit], |r| {
-                Ok(KeyInfo {
-                    edk: r.get(0)?,
-                    file_id: r.get(1)?,
-                    key_source: r.get(2)?,
-                    definition: r.get(3)?,
-                    event_id: r.get(4)?,
-                    fetched_at: r.get(5)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-    }
+    fn list_keys(&self, file_id: Option<&str>, limit: u32) -> Result<Vec<KeyInfo>, StoreError>;
 }

@@ -4,72 +4,13 @@
 //! report.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, StoreError};
-
-/// Events looked at (and at most deleted, with their deliveries and attempts) per
-/// pruning transaction, so pruning never holds the connection or the write lock long.
-pub const PRUNE_BATCH: i64 = 1000;
-/// Pages given back to the file system per incremental-vacuum step (4 MiB at the
-/// default page size; about 15 ms).
-pub const VACUUM_PAGES: i64 = 1024;
-
-/// What one pruning step did.
-struct PruneStep {
-    deleted: usize,
-    /// The id to continue after, if older events may remain.
-    next: Option<i64>,
-}
-
-/// Looks at the next [`PRUNE_BATCH`] events by id after `cursor` and deletes those that
-/// retention lets go. Ids grow with `received_at`, so once a batch reaches an event
-/// received at or after `before_ms`, nothing further is old enough. Walking by id means
-/// events kept (pending or dead deliveries) are looked at once per run, not once per batch.
-fn prune_step(conn: &mut Connection, cursor: i64, before_ms: i64, include_dead: bool) -> Result<PruneStep, StoreError> {
-    let keep_states = if include_dead { "('pending', 'running')" } else { "('pending', 'running', 'dead')" };
-    let tx = conn.transaction()?;
-    let (last_id, last_received): (Option<i64>, Option<i64>) = tx
-        .query_row(
-            "SELECT id, received_at FROM events WHERE id IN
-             (SELECT max(id) FROM (SELECT id FROM events WHERE id > ?1 ORDER BY id LIMIT ?2))",
-            params![cursor, PRUNE_BATCH],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?
-        .unwrap_or((None, None));
-    let Some(last_id) = last_id else {
-        return Ok(PruneStep { deleted: 0, next: None });
-    };
-    let deleted = tx.execute(
-        &format!(
-            // `+received_at`: walk the id range, never the received_at index (all of it is old).
-            "DELETE FROM events WHERE id > ?1 AND id <= ?2 AND +received_at < ?3
-               AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.state IN {keep_states}
-                               AND d.orphaned_reason IS NULL)"
-        ),
-        params![cursor, last_id, before_ms],
-    )?;
-    tx.commit()?;
-    let more = last_received.is_some_and(|at| at < before_ms);
-    Ok(PruneStep { deleted, next: more.then_some(last_id) })
-}
-
-/// The per-handler counts, read from the partial index of each state that is not done
-/// (each covers the columns read), never from the done history.
-const HANDLER_COUNTS: &str = "SELECT handler,
-        sum(state IN ('pending', 'running') AND orphaned_reason IS NULL),
-        sum(state = 'dead'),
-        min(CASE WHEN state IN ('pending', 'running') AND orphaned_reason IS NULL THEN created_at END),
-        sum(state IN ('pending', 'running') AND orphaned_reason IS NOT NULL),
-        max(CASE WHEN state IN ('pending', 'running') THEN orphaned_reason END)
- FROM (SELECT handler, state, created_at, orphaned_reason FROM deliveries WHERE state = 'pending'
-       UNION ALL SELECT handler, state, created_at, orphaned_reason FROM deliveries WHERE state = 'running'
-       UNION ALL SELECT handler, state, NULL, NULL FROM deliveries WHERE state = 'dead')
- GROUP BY handler";
+use super::StoreError;
 
 /// Pending, dead and orphaned deliveries of one handler.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,166 +36,74 @@ pub struct Orphans {
     pub resumed: BTreeMap<String, i64>,
 }
 
-impl Store {
+/// Work that must run on one host at a time when several daemons share a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Singleton {
+    /// Retention pruning.
+    Retention,
+    /// The heartbeat values `status` reads, and the alarms.
+    Status,
+    /// The alert loop's dead-delivery scan.
+    Alerts,
+}
+
+/// The maintenance operations every backend implements.
+#[async_trait]
+pub trait Maintenance: Send + Sync {
+    /// The SQLite file, or the PostgreSQL URL without its password.
+    fn path(&self) -> &Path;
+
+    /// True when several daemons may share this store (PostgreSQL): leases must be swept
+    /// whoever took them, and other hosts' writes are not announced.
+    fn is_shared(&self) -> bool;
+
+    /// Whether this daemon runs the singleton task `what` now: always on a store of its
+    /// own; on a shared one while it holds that task's lock.
+    async fn lead(&self, what: Singleton) -> bool;
+
+    /// Checks the store: on SQLite `PRAGMA quick_check` (reads every page, so it takes time
+    /// in proportion to the file: 1 to 3 s per GB from the page cache). Run by
+    /// `vod-eventd store check`, and before start-up with `store.check_at_start`.
+    fn check_integrity(&self) -> Result<(), StoreError>;
+
+    /// A number that changes whenever another connection (the CLI, another process)
+    /// commits; `None` when it cannot be read cheaply now, or where other writers are
+    /// not announced (a shared store).
+    fn data_version(&self) -> Option<i64>;
+
     /// Records the daemon's heartbeat values.
-    pub async fn put_state<K: Into<String>>(&self, values: Vec<(K, String)>) -> Result<(), StoreError> {
-        let values: Vec<(String, String)> = values.into_iter().map(|(k, v)| (k.into(), v)).collect();
-        if let Some(pg) = &self.pg {
-            return pg.put_state(&values).await;
-        }
-        self.run_bookkeeping(move |conn| {
-            let tx = conn.transaction()?;
-            for (key, value) in &values {
-                tx.execute("INSERT INTO daemon_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", params![key, value])?;
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-    }
+    async fn put_state(&self, values: Vec<(String, String)>) -> Result<(), StoreError>;
 
     /// The daemon's last heartbeat values.
-    pub fn state(&self) -> Result<BTreeMap<String, String>, StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg.block(pg.state());
-        }
-        self.run_sync(|conn| {
-            let mut stmt = conn.prepare("SELECT key, value FROM daemon_state")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-    }
+    fn state(&self) -> Result<BTreeMap<String, String>, StoreError>;
 
     /// Whether a pull ever succeeded against this store with the credentials of this
     /// fingerprint ([`crate::api::ClientSettings::credentials_fingerprint`]).
-    pub async fn credentials_worked(&self, fingerprint: String) -> Result<bool, StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg.credentials_worked(&fingerprint).await;
-        }
-        self.run(move |conn| {
-            let key = format!("pull_ok:{fingerprint}");
-            Ok(conn.query_row("SELECT 1 FROM daemon_state WHERE key = ?", [key], |_| Ok(())).optional()?.is_some())
-        })
-        .await
-    }
+    async fn credentials_worked(&self, fingerprint: String) -> Result<bool, StoreError>;
 
     /// Remembers the first successful pull with these credentials (kept across restarts).
-    pub async fn remember_credentials(&self, fingerprint: String) -> Result<(), StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg.remember_credentials(&fingerprint).await;
-        }
-        self.run(move |conn| {
-            let key = format!("pull_ok:{fingerprint}");
-            conn.execute(
-                "INSERT INTO daemon_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
-                params![key, super::now_ms().to_string()],
-            )?;
-            Ok(())
-        })
-        .await
-    }
+    async fn remember_credentials(&self, fingerprint: String) -> Result<(), StoreError>;
 
     /// Marks the pending (or running) deliveries of handlers not in `configured` as
     /// orphaned, with the reason, and resumes orphaned deliveries of handlers that are
     /// configured again. Orphaned deliveries are not run, are counted apart, and keep
     /// their event only until `store.retention`.
-    pub async fn sync_orphans(&self, configured: Vec<String>, config_path: String) -> Result<Orphans, StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg.sync_orphans(&configured, &config_path).await;
-        }
-        let configured = serde_json::to_string(&configured).expect("names serialise");
-        let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        self.run(move |conn| {
-            let tx = conn.transaction()?;
-            let per_handler = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<BTreeMap<String, i64>, StoreError> {
-                let mut counts = BTreeMap::new();
-                let mut stmt = tx.prepare(sql)?;
-                let mut rows = stmt.query(params)?;
-                while let Some(row) = rows.next()? {
-                    *counts.entry(row.get(0)?).or_default() += 1;
-                }
-                Ok(counts)
-            };
-            let resumed = per_handler(
-                "UPDATE deliveries SET orphaned_reason = NULL
-                 WHERE orphaned_reason IS NOT NULL AND handler IN (SELECT value FROM json_each(?1)) RETURNING handler",
-                &[&configured],
-            )?;
-            let orphaned = per_handler(
-                "UPDATE deliveries SET orphaned_reason = 'no handler named `' || handler || '` in ' || ?2 || ' since ' || ?3
-                 WHERE state IN ('pending', 'running') AND orphaned_reason IS NULL
-                   AND handler NOT IN (SELECT value FROM json_each(?1)) RETURNING handler",
-                &[&configured, &config_path, &since],
-            )?;
-            tx.commit()?;
-            Ok(Orphans { orphaned, resumed })
-        })
-        .await
-    }
+    async fn sync_orphans(&self, configured: Vec<String>, config_path: String) -> Result<Orphans, StoreError>;
 
     /// Pending (or running), dead and orphaned deliveries per handler. Reads only the rows that
     /// are not done (the partial indexes of those states), whatever the history.
-    pub async fn handler_counts(&self) -> Result<BTreeMap<String, HandlerCounts>, StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg.handler_counts().await;
-        }
-        self.run(|conn| {
-            let mut stmt = conn.prepare_cached(HANDLER_COUNTS)?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    HandlerCounts {
-                        pending: r.get(1)?,
-                        dead: r.get(2)?,
-                        oldest_pending_ms: r.get(3)?,
-                        orphaned: r.get(4)?,
-                        orphaned_reason: r.get(5)?,
-                    },
-                ))
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .await
-    }
+    async fn handler_counts(&self) -> Result<BTreeMap<String, HandlerCounts>, StoreError>;
 
     /// Events received since `since_ms`, by type.
-    pub fn events_by_type_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg.block(pg.events_by_type_since(since_ms));
-        }
-        self.run_sync(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT event_type, count(*) FROM events WHERE received_at >= ? GROUP BY event_type ORDER BY 2 DESC",
-            )?;
-            let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-    }
+    fn events_by_type_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError>;
 
-    /// Bytes on disk: the database file plus its WAL.
-    pub fn size_on_disk(&self) -> u64 {
-        if let Some(pg) = &self.pg {
-            // The CLI's store asks PostgreSQL; the daemon's does not block on a query here.
-            return pg.block(async { Ok(pg.size().await) }).unwrap_or(0);
-        }
-        [self.path.clone(), self.wal_path()].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
-    }
+    /// Bytes the store takes: on SQLite the file plus its write-ahead log; on PostgreSQL
+    /// the daemon's own tables with their indexes and TOAST (0 if it cannot be read now).
+    async fn size_on_disk(&self) -> u64;
 
-    /// Caps the database at about `max_bytes` (0 = no cap): once full, commits fail with
-    /// "database or disk is full" and the daemon stops pulling until there is room.
-    pub async fn set_max_size(&self, max_bytes: u64) -> Result<(), StoreError> {
-        if self.pg.is_some() {
-            return Ok(()); // store.max_size_mb is SQLite's; config validation refuses it with store.url.
-        }
-        self.run(move |conn| {
-            let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-            let pages = if max_bytes == 0 { 4_294_967_294 } else { (max_bytes as i64 / page_size).max(1) };
-            // max_page_count cannot go below the current size; SQLite then keeps the current size.
-            let _: i64 = conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| r.get(0))?;
-            Ok(())
-        })
-        .await
-    }
+    /// Caps the store at about `max_bytes` (0 = no cap): once full, commits that would grow
+    /// it fail as a full disk does, and the daemon stops pulling until there is room.
+    async fn set_max_size(&self, max_bytes: u64) -> Result<(), StoreError>;
 
     /// Deletes events received before `before_ms` whose deliveries are all done (with
     /// their deliveries and attempts); with `include_dead`, dead deliveries do not keep an
@@ -266,195 +115,14 @@ impl Store {
     /// or [`VACUUM_PAGES`] pages, and waits `pause` between steps with the connection
     /// released, so the daemon's commits never wait for more than one step. Stops early
     /// (having deleted what it had) when `stop` is cancelled.
-    pub async fn prune(
+    async fn prune(
         &self,
         before_ms: i64,
         include_dead: bool,
         pause: Duration,
         stop: &CancellationToken,
-    ) -> Result<usize, StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg.prune(before_ms, include_dead, pause, stop).await;
-        }
-        let mut cursor = 0;
-        let mut total = 0;
-        loop {
-            let step = self.run_bookkeeping(move |conn| prune_step(conn, cursor, before_ms, include_dead)).await?;
-            total += step.deleted;
-            tokio::time::sleep(pause).await;
-            // Vacuum while the free list is short: moving a page searches the free list,
-            // so vacuuming after a large prune would cost time per page in proportion to it.
-            self.vacuum(pause, stop).await?;
-            match step.next {
-                Some(next) if !stop.is_cancelled() => cursor = next,
-                _ => return Ok(total),
-            }
-        }
-    }
-
-    /// Gives free pages back to the file system, [`VACUUM_PAGES`] per step.
-    async fn vacuum(&self, pause: Duration, stop: &CancellationToken) -> Result<(), StoreError> {
-        let mut free_pages = i64::MAX;
-        while !stop.is_cancelled() {
-            let left = self
-                .run(|conn| {
-                    // Each step of the statement frees one page: step it to the end.
-                    let mut stmt = conn.prepare_cached(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
-                    let mut rows = stmt.query([])?;
-                    while rows.next()?.is_some() {}
-                    Ok(conn.query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))?)
-                })
-                .await?;
-            // Done, or a file without auto_vacuum (created by hand), where nothing moves.
-            if left == 0 || left >= free_pages {
-                return Ok(());
-            }
-            free_pages = left;
-            tokio::time::sleep(pause).await;
-        }
-        Ok(())
-    }
+    ) -> Result<usize, StoreError>;
 
     /// The oldest event's receive time, if any.
-    pub fn oldest_event_ms(&self) -> Result<Option<i64>, StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg.block(pg.oldest_event_ms());
-        }
-        self.run_sync(|conn| {
-            Ok(conn.query_row("SELECT min(received_at) FROM events", [], |r| r.get(0)).optional()?.flatten())
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use rusqlite::StatementStatus;
-
-    use super::*;
-    use crate::event::ReceivedEvent;
-    use crate::store::Next;
-
-    #[tokio::test]
-    async fn prune_keeps_undelivered_and_dead_events() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(1)).unwrap();
-        let ev = |n: u32| {
-            ReceivedEvent::from_content(
-                &format!(r#"{{"eventType":"X","data":{{"n":{n}}}}}"#),
-                crate::config::ApiVersion::V2,
-            )
-        };
-        let h = vec!["h".to_string()];
-        store
-            .insert_events(vec![(ev(1), vec![]), (ev(2), h.clone()), (ev(3), h.clone()), (ev(4), h.clone())])
-            .await
-            .unwrap();
-        // ev(2) delivered, ev(3) dead, ev(4) still pending.
-        let claimed = store.claim_due("h".into(), 3, crate::store::now_ms(), Duration::from_secs(60)).await.unwrap();
-        for (d, next) in claimed.iter().zip([Next::Done, Next::Dead]) {
-            store.finish_attempt(crate::store::deliveries::tests::record(d.delivery_id, 1, next)).await.unwrap();
-        }
-        store.requeue_running().await.unwrap();
-        let future = crate::store::now_ms() + 1000;
-        let (pause, stop) = (Duration::ZERO, CancellationToken::new());
-        assert_eq!(
-            store.prune(future, false, pause, &stop).await.unwrap(),
-            2,
-            "the routeless and the delivered event go"
-        );
-        assert_eq!(store.count_events().unwrap(), 2);
-        assert_eq!(store.prune(future, true, pause, &stop).await.unwrap(), 1, "with --dead, the dead one goes too");
-        assert_eq!(store.count_events().unwrap(), 1, "a pending delivery always keeps its event");
-        let counts = store.handler_counts().await.unwrap();
-        assert_eq!(counts["h"].pending, 1);
-    }
-
-    #[tokio::test]
-    async fn orphans_are_counted_apart_resumed_and_keep_their_event_only_until_retention() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(1)).unwrap();
-        let ev = |n: u32| {
-            ReceivedEvent::from_content(&format!(r#"{{"eventType":"X","n":{n}}}"#), crate::config::ApiVersion::V2)
-        };
-        let routed = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        store.insert_events(vec![(ev(1), routed(&["gone", "kept"])), (ev(2), routed(&["gone"]))]).await.unwrap();
-        let orphans = store.sync_orphans(routed(&["kept"]), "c.toml".into()).await.unwrap();
-        assert_eq!(orphans.orphaned, [("gone".to_string(), 2)].into());
-        assert_eq!(store.sync_orphans(routed(&["kept"]), "c.toml".into()).await.unwrap(), Orphans::default(), "once");
-        let counts = store.handler_counts().await.unwrap();
-        assert_eq!((counts["gone"].pending, counts["gone"].orphaned, counts["kept"].pending), (0, 2, 1));
-        assert!(counts["gone"]
-            .orphaned_reason
-            .as_deref()
-            .unwrap()
-            .starts_with("no handler named `gone` in c.toml since "));
-
-        let resumed = store.sync_orphans(routed(&["gone", "kept"]), "c.toml".into()).await.unwrap();
-        assert_eq!(resumed.resumed, [("gone".to_string(), 2)].into());
-        assert_eq!(store.handler_counts().await.unwrap()["gone"].pending, 2);
-
-        store.sync_orphans(routed(&["kept"]), "c.toml".into()).await.unwrap();
-        let future = crate::store::now_ms() + 1000;
-        assert_eq!(
-            store.prune(future, false, Duration::ZERO, &CancellationToken::new()).await.unwrap(),
-            1,
-            "only the event a configured handler still waits for stays"
-        );
-    }
-
-    #[tokio::test]
-    async fn handler_counts_read_only_the_rows_not_done() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(1)).unwrap();
-        let steps = store
-            .run_sync(|c| {
-                c.execute_batch(
-                    "INSERT INTO events (id, dedupe_key, event_type, content, received_at, last_seen_at)
-                         VALUES (1, x'00', 'X', '{}', 0, 0);
-                     WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000)
-                     INSERT INTO deliveries (event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
-                         SELECT 1, 'h' || (i % 3), 'w', CASE WHEN i % 10000 = 0 THEN 'dead' WHEN i % 5000 = 0 THEN 'pending' ELSE 'done' END, 0, i, 0 FROM n;
-                     ANALYZE;",
-                )?;
-                let mut stmt = c.prepare(HANDLER_COUNTS)?;
-                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?.count();
-                assert_eq!(rows, 3);
-                Ok(stmt.get_status(StatementStatus::VmStep))
-            })
-            .unwrap();
-        // About 60 steps per row read (five aggregates each); a scan of the 50,000 rows would
-        // take well over 100,000.
-        assert!(steps < 1_000, "{steps} VM steps for 10 rows not done among 50,000");
-        let counts = store.handler_counts().await.unwrap();
-        assert_eq!(counts.values().map(|c| (c.pending, c.dead)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)), (5, 5));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_long_prune_leaves_the_connection_to_commits_between_steps() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("e.db"), Duration::from_secs(5)).unwrap();
-        store
-            .run_sync(|c| {
-                Ok(c.execute_batch(
-                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000)
-                     INSERT INTO events (dedupe_key, event_type, content, received_at, last_seen_at)
-                         SELECT randomblob(32), 'X', '{}', i, i FROM n;",
-                )?)
-            })
-            .unwrap();
-        let pruner = store.clone();
-        let pruning = tokio::spawn(async move {
-            pruner.prune(crate::store::now_ms(), false, Duration::from_millis(5), &CancellationToken::new()).await
-        });
-        while store.count_events().unwrap() == 30_000 {
-            tokio::task::yield_now().await;
-        }
-        let event = ReceivedEvent::from_content(r#"{"eventType":"New"}"#, crate::config::ApiVersion::V2);
-        store.insert_events(vec![(event, vec![])]).await.unwrap();
-        assert!(!pruning.is_finished(), "a commit had to wait for the whole prune");
-        assert_eq!(pruning.await.unwrap().unwrap(), 30_000);
-        assert_eq!(store.count_events().unwrap(), 1);
-        let free: i64 = store.run_sync(|c| Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)).unwrap();
-        assert_eq!(free, 0, "every freed page went back to the file system");
-    }
+    fn oldest_event_ms(&self) -> Result<Option<i64>, StoreError>;
 }

@@ -290,33 +290,35 @@ fn sparkline_of(status: &str, label: &str) -> (Vec<char>, String) {
 fn status_draws_the_last_24_hours_hour_by_hour() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("events.db");
-    let store = vod_eventd::store::Store::open(&db, Duration::from_secs(1)).unwrap();
+    // The store creates the file; the rows, stamped hours and days ago, are written straight
+    // into it (the store's own API stamps rows with the time they arrive).
+    drop(vod_eventd::store::Store::open(&db, Duration::from_secs(1)).unwrap());
     let (now, min) = (vod_eventd::store::now_ms(), 60_000);
     // Received 10 min ago (4), 2 h 30 min ago (2), 23 h 30 min ago (1) and 2 days ago (1, outside).
     let received = [10, 10, 10, 10, 150, 150, 1410, 2880].map(|m| now - m * min);
-    store
-        .run_sync(|c| {
-            for (i, at) in received.iter().enumerate() {
-                c.execute(
-                    "INSERT INTO events (id, dedupe_key, event_type, content, received_at, last_seen_at)
+    let c = rusqlite::Connection::open(&db).unwrap();
+    (|| -> rusqlite::Result<()> {
+        for (i, at) in received.iter().enumerate() {
+            c.execute(
+                "INSERT INTO events (id, dedupe_key, event_type, content, received_at, last_seen_at)
                      VALUES (?1, ?2, 'NewFileUpload', '{}', ?3, ?3)",
-                    rusqlite::params![i as i64 + 1, vec![i as u8], at],
-                )?;
-            }
-            // `hook` failed twice 40 min ago (a retry, then dead) and once 5 h 10 min ago, and
-            // succeeded once; `quiet` is configured and never failed.
-            c.execute_batch(&format!(
-                "INSERT INTO deliveries (id, event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
+                rusqlite::params![i as i64 + 1, vec![i as u8], at],
+            )?;
+        }
+        // `hook` failed twice 40 min ago (a retry, then dead) and once 5 h 10 min ago, and
+        // succeeded once; `quiet` is configured and never failed.
+        c.execute_batch(&format!(
+            "INSERT INTO deliveries (id, event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
                      VALUES (1, 1, 'hook', 'w1', 'dead', 0, 0, 0), (2, 2, 'hook', 'w2', 'done', 0, 0, 0);
                  INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome) VALUES
                      (1, 1, {a}, 5, 'retry'), (1, 2, {a}, 5, 'dead'), (2, 1, {b}, 5, 'retry'), (2, 2, {a}, 5, 'done');",
-                a = now - 40 * min,
-                b = now - 310 * min,
-            ))?;
-            Ok(())
-        })
-        .unwrap();
-    drop(store);
+            a = now - 40 * min,
+            b = now - 310 * min,
+        ))?;
+        Ok(())
+    })()
+    .unwrap();
+    drop(c);
     let extra = "[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\", \"quiet\"]\n\
                  [handlers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n\
                  [handlers.quiet]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n";

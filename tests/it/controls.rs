@@ -20,15 +20,11 @@ fn line(daemon: &TestDaemon, handler: &str) -> Value {
 }
 
 fn states_of(daemon: &TestDaemon, handler: &str) -> std::collections::HashMap<String, i64> {
-    daemon
-        .store()
-        .unwrap()
-        .run_sync(|c| {
-            let mut stmt = c.prepare("SELECT state, count(*) FROM deliveries WHERE handler = ? GROUP BY state")?;
-            let rows = stmt.query_map([handler], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .unwrap()
+    let mut states = std::collections::HashMap::new();
+    for d in daemon.store().unwrap().deliveries().unwrap().into_iter().filter(|d| d.handler == handler) {
+        *states.entry(d.state).or_default() += 1;
+    }
+    states
 }
 
 fn handlers_cmd(daemon: &TestDaemon, args: &[&str]) -> String {
@@ -179,12 +175,11 @@ async fn rate_20_per_second_holds_in_every_sliding_second() {
     let mut started: Vec<Duration> = daemon
         .store()
         .unwrap()
-        .run_sync(|c| {
-            let mut stmt = c.prepare("SELECT started_at FROM attempts ORDER BY started_at")?;
-            let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-            Ok(rows.map(|ms| Duration::from_millis(ms.unwrap() as u64)).collect())
-        })
-        .unwrap();
+        .attempts()
+        .unwrap()
+        .iter()
+        .map(|a| Duration::from_millis(a.started_at as u64))
+        .collect();
     started.sort();
     let sent = most(&started);
     assert!(sent <= 20, "{sent} attempts started within one second at rate 20/s");

@@ -18,17 +18,9 @@ fn fixture(path: &str) -> Value {
 
 /// Handlers of every delivery, with the event's content.
 fn routed(daemon: &TestDaemon) -> Vec<(String, String)> {
-    daemon
-        .store()
-        .unwrap()
-        .run_sync(|c| {
-            let mut stmt = c.prepare(
-                "SELECT d.handler, e.content FROM deliveries d JOIN events e ON e.id = d.event_id ORDER BY d.id",
-            )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .unwrap()
+    let store = daemon.store().unwrap();
+    let deliveries = store.deliveries().unwrap();
+    deliveries.into_iter().map(|d| (d.handler, store.get_event(d.event_id).unwrap().unwrap().content)).collect()
 }
 
 both_apis!(filters_select_events_by_content_and_a_failing_filter_matches_nothing);

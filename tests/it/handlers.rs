@@ -45,17 +45,9 @@ fn deliveries_of(daemon: &TestDaemon, handler: &str) -> Vec<(i64, String, String
             .map(|r| (r[0].parse().unwrap(), r[1].clone(), r[3..].join("\t"), r[2].clone()))
             .collect();
     }
-    daemon
-        .store()
-        .unwrap()
-        .run_sync(|c| {
-            let mut stmt = c.prepare(
-                "SELECT d.id, d.webhook_id, e.content, d.state FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.handler = ?",
-            )?;
-            let rows = stmt.query_map([handler], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .unwrap()
+    let store = daemon.store().unwrap();
+    let deliveries = store.deliveries().unwrap().into_iter().filter(|d| d.handler == handler);
+    deliveries.map(|d| (d.id, d.webhook_id, store.get_event(d.event_id).unwrap().unwrap().content, d.state)).collect()
 }
 
 fn verify_with_standardwebhooks(messages: &[crate::receiver::Recorded]) {
@@ -152,15 +144,11 @@ async fn a_failing_receiver_gets_everything_after_recovery_with_the_original_id(
         "SELECT started_at FROM attempts WHERE delivery_id = (SELECT min(id) FROM deliveries) ORDER BY attempt";
     let starts: Vec<i64> = match &daemon.pg_url {
         Some(url) => crate::pg::psql(url, STARTS).iter().map(|r| r[0].parse().unwrap()).collect(),
-        None => daemon
-            .store()
-            .unwrap()
-            .run_sync(|c| {
-                let mut stmt = c.prepare(STARTS)?;
-                let rows = stmt.query_map([], |r| r.get(0))?;
-                Ok(rows.collect::<Result<_, _>>()?)
-            })
-            .unwrap(),
+        None => {
+            let store = daemon.store().unwrap();
+            let first = store.deliveries().unwrap()[0].id;
+            store.attempts().unwrap().iter().filter(|a| a.delivery_id == first).map(|a| a.started_at).collect()
+        }
     };
     assert!(starts.len() >= 4, "{starts:?}");
     for (i, pair) in starts.windows(2).enumerate() {
@@ -219,15 +207,9 @@ async fn a_poison_event_dies_alone_and_replays_with_the_same_id() {
     })
     .await;
     let store = daemon.store().unwrap();
-    let (event_id, last_status, last_error, attempts): (i64, i64, String, i64) = store
-        .run_sync(|c| {
-            Ok(c.query_row(
-                "SELECT event_id, last_status, last_error, attempts FROM deliveries WHERE state = 'dead'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )?)
-        })
-        .unwrap();
+    let dead = store.deliveries().unwrap().into_iter().find(|d| d.state == "dead").expect("a dead delivery");
+    let (event_id, last_status, last_error, attempts) =
+        (dead.event_id, dead.last_status.unwrap_or(0), dead.last_error.unwrap_or_default(), dead.attempts);
     assert_eq!((last_status, attempts), (400, 1), "a 4xx is permanent: no retries");
     assert!(last_error.contains("400"), "{last_error}");
     let dead_id = receiver.recorded().iter().find(|r| r.status == 400).unwrap().headers["webhook-id"].clone();
@@ -323,11 +305,7 @@ async fn control_characters_in_the_type_and_ids_are_encoded_for_headers_and_the_
     assert_eq!(accepted[0].body, content.as_bytes(), "the body is still exact");
     let fields = std::fs::read_to_string(dir.path().join("fields")).unwrap();
     assert_eq!(fields, "New%01File%0AUpload|F%001%25%C3%A9|t%0D1");
-    let attempts: i64 = daemon
-        .store()
-        .unwrap()
-        .run_sync(|c| Ok(c.query_row("SELECT count(*) FROM attempts", [], |r| r.get(0))?))
-        .unwrap();
+    let attempts = daemon.store().unwrap().attempts().unwrap().len();
     assert_eq!(attempts, 2, "no attempt failed");
 }
 
@@ -402,16 +380,11 @@ async fn deliveries_claimed_ahead_wait_for_a_permit_and_are_returned_at_shutdown
     })
     .await;
     assert!(daemon.terminate().await.success(), "{}", daemon.log());
-    let rows = daemon
-        .store()
-        .unwrap()
-        .run_sync(|c| {
-            let mut stmt = c.prepare("SELECT state, attempts, count(*) FROM deliveries GROUP BY state, attempts")?;
-            let rows =
-                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .unwrap();
+    let mut grouped = std::collections::BTreeMap::<(String, i64), i64>::new();
+    for d in daemon.store().unwrap().deliveries().unwrap() {
+        *grouped.entry((d.state, d.attempts)).or_default() += 1;
+    }
+    let rows: Vec<(String, i64, i64)> = grouped.into_iter().map(|((s, a), n)| (s, a, n)).collect();
     assert_eq!(rows, [("done".to_string(), 1, 2), ("pending".to_string(), 0, 4)], "{}", daemon.log());
     let sent = receiver.recorded();
     assert_eq!(sent.len(), 2, "only the attempts in flight ran");
@@ -539,8 +512,7 @@ async fn v3_drm_reads_playlists_retries_their_host_and_skips_plain_outputs() {
     let (edk, dk) = &encrypted[0];
     let out = cli().args(["keys", "get", "--raw", "--edk", edk, "--config"]).arg(&daemon.config_path).output().unwrap();
     assert_eq!(&out.stdout, dk);
-    let retried: i64 =
-        store.run_sync(|c| Ok(c.query_row("SELECT max(attempts) FROM deliveries", [], |r| r.get(0))?)).unwrap();
+    let retried = store.deliveries().unwrap().iter().map(|d| d.attempts).max().unwrap_or(0);
     assert!(retried >= 2, "the failing playlist host was retried ({retried} attempts)");
     assert!(emu.media_requests() > 4, "playlists were fetched again after the host recovered");
 }
@@ -562,12 +534,7 @@ async fn data_keys_in_a_refused_or_misshapen_answer_are_never_quoted(api: vod_em
     let daemon = TestDaemon::start_logged(&emu.endpoint_for(api), &config, "trace").await;
     let attempts = || {
         daemon.store().map_or(Vec::new(), |s| {
-            s.run_sync(|c| {
-                let mut stmt = c.prepare("SELECT coalesce(error, '') FROM attempts ORDER BY id")?;
-                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
-            .unwrap()
+            s.attempts().unwrap().into_iter().map(|a| a.error.unwrap_or_default()).collect::<Vec<_>>()
         })
     };
     eventually(Duration::from_secs(30), "attempts failed by HTTP 502", || attempts().len() >= 2).await;

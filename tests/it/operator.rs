@@ -93,14 +93,7 @@ async fn a_dead_delivery_raises_an_alert_event_routed_to_the_alert_webhook_but_a
         || {
             !alerts_received(&pager).is_empty()
                 && daemon.store().is_some_and(|s| {
-                    s.run_sync(|c| {
-                        Ok(c.query_row(
-                            "SELECT count(*) FROM deliveries WHERE handler = 'bad_pager' AND state = 'dead'",
-                            [],
-                            |r| r.get::<_, i64>(0),
-                        )?)
-                    })
-                    .unwrap()
+                    s.deliveries().unwrap().iter().filter(|d| d.handler == "bad_pager" && d.state == "dead").count()
                         == 1
                 })
         },
@@ -178,10 +171,10 @@ async fn a_store_that_refused_writes_raises_an_alert_once_it_accepts_them_again(
     emu.enqueue_generated(2);
     // Pulled events only: under load a transient refusal at start can add an alert event.
     let pulled = |daemon: &TestDaemon| -> i64 {
-        let count = |c: &mut rusqlite::Connection| {
-            Ok(c.query_row("SELECT count(*) FROM events WHERE source != 'vod-eventd'", [], |r| r.get(0))?)
-        };
-        daemon.store().map_or(0, |store| store.run_sync(count).unwrap_or(0))
+        daemon.store().map_or(0, |store| {
+            let events = store.events_after(0, u32::MAX).unwrap_or_default();
+            events.iter().filter(|e| e.source != "vod-eventd").count() as i64
+        })
     };
     eventually(Duration::from_secs(30), "first events stored", || pulled(&daemon) == 2).await;
 

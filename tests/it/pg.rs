@@ -634,7 +634,7 @@ async fn two_hosts_claiming_at_once_never_claim_the_same_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_singleton_runs_on_one_host_and_moves_when_its_host_goes() {
-    use vod_eventd::store::pg::Singleton;
+    use vod_eventd::store::Singleton;
     let url = database().await;
     let (a, b) = (open(&url).await, open(&url).await);
     assert!(a.lead(Singleton::Retention).await);

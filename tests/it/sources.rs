@@ -47,13 +47,11 @@ fn three_sources(emu: &Emulator, url: &str) -> String {
 /// Stored rows per (source, sub_app_id).
 fn rows_by_source(daemon: &TestDaemon) -> HashMap<(String, Option<i64>), i64> {
     let Some(store) = daemon.store() else { return HashMap::new() };
-    store
-        .run_sync(|c| {
-            let mut stmt = c.prepare("SELECT source, sub_app_id, count(*) FROM events GROUP BY source, sub_app_id")?;
-            let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .unwrap()
+    let mut rows = HashMap::new();
+    for e in store.events_after(0, u32::MAX).unwrap() {
+        *rows.entry((e.source, e.sub_app_id)).or_default() += 1;
+    }
+    rows
 }
 
 fn expected(n: i64) -> HashMap<(String, Option<i64>), i64> {

@@ -94,16 +94,15 @@ async fn the_first_prune_waits_until_start_up_has_settled() {
     eventually(Duration::from_secs(30), "store created", || daemon.store().is_some()).await;
     daemon.kill9().await;
     // 20,000 events long past retention, with nothing left to deliver.
-    daemon
-        .store()
+    // Fixture: old rows written straight into the file (the store stamps rows with the time
+    // they arrive).
+    rusqlite::Connection::open(&daemon.db_path)
         .unwrap()
-        .run_sync(|c| {
-            Ok(c.execute_batch(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
-                 INSERT INTO events (dedupe_key, event_type, content, received_at, last_seen_at)
-                     SELECT randomblob(32), 'Old', '{}', i, i FROM n;",
-            )?)
-        })
+        .execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+             INSERT INTO events (dedupe_key, event_type, content, received_at, last_seen_at)
+                 SELECT randomblob(32), 'Old', '{}', i, i FROM n;",
+        )
         .unwrap();
     emu.enqueue_generated(1);
     daemon.rewrite_config(&emu.endpoint(), "retention = \"1d\"\nprune_interval = \"1s\"", "");

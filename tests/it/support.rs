@@ -198,8 +198,7 @@ impl TestDaemon {
         self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
-    /// The store, once the daemon created it (on PostgreSQL, opened as the CLI opens it:
-    /// its queries work, `run_sync` does not).
+    /// The store, once the daemon created it (on PostgreSQL, opened as the CLI opens it).
     pub fn store(&self) -> Option<Store> {
         match &self.pg_url {
             Some(url) => {
@@ -223,18 +222,8 @@ impl TestDaemon {
     /// Every delivery as `(handler, state, webhook_id)`, whichever backend (none before the
     /// store exists).
     pub fn deliveries(&self) -> Vec<(String, String, String)> {
-        if let Some(url) = &self.pg_url {
-            let rows = crate::pg::psql(url, "SELECT handler, state, webhook_id FROM deliveries");
-            return rows.into_iter().map(|r| (r[0].clone(), r[1].clone(), r[2].clone())).collect();
-        }
         let Some(store) = self.store() else { return Vec::new() };
-        store
-            .run_sync(|c| {
-                let mut stmt = c.prepare("SELECT handler, state, webhook_id FROM deliveries")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                Ok(rows.collect::<Result<_, _>>()?)
-            })
-            .unwrap()
+        store.deliveries().unwrap_or_default().into_iter().map(|d| (d.handler, d.state, d.webhook_id)).collect()
     }
 
     /// Number of deliveries in each state, whichever backend.
@@ -248,14 +237,7 @@ impl TestDaemon {
 
     /// [`stored_keys`] of this daemon's store, whichever backend (empty before it exists).
     pub fn stored_keys(&self) -> std::collections::HashMap<String, i64> {
-        let Some(url) = &self.pg_url else {
-            return self.store().map(|s| stored_keys(&s)).unwrap_or_default();
-        };
-        let rows = crate::pg::psql(url, "SELECT encode(dedupe_key, 'hex'), times_seen FROM events");
-        let keys: std::collections::HashMap<String, i64> =
-            rows.iter().map(|r| (r[0].clone(), r[1].parse().unwrap())).collect();
-        assert_eq!(keys.len(), rows.len(), "a content is stored in more than one row");
-        keys
+        self.store().map(|s| stored_keys(&s)).unwrap_or_default()
     }
 
     /// The log so far.
@@ -300,13 +282,8 @@ pub fn free_port() -> u16 {
 /// than one row: none of the tests using this sends a content again after its confirm, so a
 /// second occurrence would be a redelivery stored twice.
 pub fn stored_keys(store: &Store) -> std::collections::HashMap<String, i64> {
-    let rows: Vec<(String, i64)> = store
-        .run_sync(|c| {
-            let mut stmt = c.prepare("SELECT dedupe_key, times_seen FROM events")?;
-            let rows = stmt.query_map([], |r| Ok((vod_eventd::event::hex(&r.get::<_, Vec<u8>>(0)?), r.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .unwrap();
+    let rows: Vec<(String, i64)> =
+        store.events_after(0, u32::MAX).unwrap().into_iter().map(|e| (e.dedupe_key, e.times_seen)).collect();
     let count = rows.len();
     let keys: std::collections::HashMap<String, i64> = rows.into_iter().collect();
     assert_eq!(keys.len(), count, "a content is stored in more than one row");
@@ -315,13 +292,11 @@ pub fn stored_keys(store: &Store) -> std::collections::HashMap<String, i64> {
 
 /// Number of deliveries in each state.
 pub fn delivery_states(store: &Store) -> std::collections::HashMap<String, i64> {
-    store
-        .run_sync(|c| {
-            let mut stmt = c.prepare("SELECT state, count(*) FROM deliveries GROUP BY state")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .unwrap()
+    let mut states = std::collections::HashMap::new();
+    for d in store.deliveries().unwrap() {
+        *states.entry(d.state).or_default() += 1;
+    }
+    states
 }
 
 /// The dedupe key (hex) the daemon computes for a content.

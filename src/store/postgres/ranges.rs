@@ -4,8 +4,9 @@
 use deadpool_postgres::GenericClient;
 
 use super::PgStore;
-use crate::store::ranges::{range_params, select_sql, Range, RangeJob, RANGE_BATCH};
+use crate::store::sqlite::ranges::{range_params, select_sql};
 use crate::store::StoreError;
+use crate::store::{Range, RangeJob, Ranges, RANGE_BATCH};
 
 /// `select_sql` in PostgreSQL's spelling: `?1`–`?3` and `?7` are BIGINT, `?4`–`?6` TEXT
 /// (typed, since some appear only in `IS NULL`).
@@ -117,5 +118,26 @@ impl PgStore {
         .await?;
         tx.commit().await?;
         Ok(RangeJob { cursor, done: job.done + changed, finished_at: finished.then_some(now), ..job.clone() })
+    }
+}
+
+#[async_trait::async_trait]
+impl Ranges for PgStore {
+    fn range_job(&self, range: &Range, args: &str) -> Result<Option<RangeJob>, StoreError> {
+        self.block(self.range_job(range.kind(), args))
+    }
+
+    fn range_count(&self, range: &Range, after: i64, since_ms: i64, until_ms: i64) -> Result<i64, StoreError> {
+        self.block(self.range_count(range, after, since_ms, until_ms))
+    }
+
+    fn start_range_job(&self, range: &Range, args: &str, since_ms: i64, until_ms: i64) -> Result<RangeJob, StoreError> {
+        let now = crate::store::now_ms();
+        self.block(self.start_range_job(range, args, since_ms, until_ms, now))
+    }
+
+    fn range_batch(&self, job: &RangeJob, range: &Range) -> Result<RangeJob, StoreError> {
+        let now = crate::store::now_ms();
+        self.block(self.range_batch(job, range, now))
     }
 }

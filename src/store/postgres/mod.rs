@@ -9,8 +9,16 @@
 //! A lost connection is a store error like a full disk: the callers back off and retry,
 //! and the pool opens new connections once PostgreSQL answers again.
 
+mod activity;
+mod alerts;
+mod deliveries;
+mod events;
+mod handlers;
 mod history;
 mod ingest;
+mod inspect;
+mod keys;
+mod maintenance;
 mod outbox;
 mod ranges;
 mod state;
@@ -24,7 +32,7 @@ use secrecy::ExposeSecret as _;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use super::StoreError;
+use super::{Singleton, StoreError};
 use crate::config::StoreConfig;
 
 /// Schema migrations, applied in order; `schema_migrations` records each version applied.
@@ -33,26 +41,14 @@ const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
 /// The advisory lock (transaction-level) every migration step takes.
 const MIGRATION_LOCK: i64 = 0x766f_645f_6d69_6772; // "vod_migr"
 
-/// Work that must run on one host at a time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Singleton {
-    /// Retention pruning.
-    Retention,
-    /// The heartbeat values `status` reads, and the alarms.
-    Status,
-    /// The alert loop's dead-delivery scan.
-    Alerts,
-}
-
-impl Singleton {
-    fn key(self) -> i64 {
-        0x766f_645f_0000_0000
-            + match self {
-                Singleton::Retention => 1,
-                Singleton::Status => 2,
-                Singleton::Alerts => 3,
-            }
-    }
+/// The advisory lock of a singleton task.
+fn lock_key(what: Singleton) -> i64 {
+    0x766f_645f_0000_0000
+        + match what {
+            Singleton::Retention => 1,
+            Singleton::Status => 2,
+            Singleton::Alerts => 3,
+        }
 }
 
 /// The PostgreSQL backend of [`super::Store`].
@@ -68,6 +64,10 @@ pub struct PgStore {
     leader: Mutex<(Option<tokio_postgres::Client>, Vec<Singleton>)>,
     /// The URL without its password, for messages.
     shown: String,
+    /// `store.max_size_mb` in bytes (0: no cap); see [`PgStore::check_room`].
+    max_bytes: std::sync::atomic::AtomicU64,
+    /// The last size read for the cap, and when.
+    last_size: Mutex<Option<(std::time::Instant, u64)>>,
     /// The runtime a synchronous caller's queries run on (the CLI's store only; see
     /// [`PgStore::block`]).
     runtime: Option<tokio::runtime::Runtime>,
@@ -219,6 +219,8 @@ impl PgStore {
             instance,
             leader: Mutex::new((None, Vec::new())),
             shown,
+            max_bytes: Default::default(),
+            last_size: Mutex::new(None),
             runtime: None,
         };
         let mut delay = Duration::from_millis(200);
@@ -307,7 +309,7 @@ impl PgStore {
             tx.batch_execute(MIGRATIONS[version as usize]).await?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-                &[&(version + 1), &super::now_ms()],
+                &[&(version + 1), &crate::store::now_ms()],
             )
             .await?;
             tx.commit().await?;
@@ -317,7 +319,7 @@ impl PgStore {
     /// Whether this process runs `what` now: takes (or keeps) its session-level advisory
     /// lock on a dedicated connection. A host that dies (or loses that connection) loses
     /// the lock, and another host's next call takes it.
-    pub async fn lead(&self, what: Singleton) -> bool {
+    async fn take_lead(&self, what: Singleton) -> bool {
         let mut guard = self.leader.lock().await;
         let (client, held) = &mut *guard;
         if client.as_ref().is_none_or(|c| c.is_closed()) {
@@ -339,7 +341,7 @@ impl PgStore {
         let result = if held.contains(&what) {
             c.query_one("SELECT true", &[]).await
         } else {
-            c.query_one("SELECT pg_try_advisory_lock($1)", &[&what.key()]).await
+            c.query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key(what)]).await
         };
         match result.map(|row| row.get::<_, bool>(0)) {
             Ok(true) => {
@@ -357,15 +359,95 @@ impl PgStore {
         }
     }
 
-    /// Database size in bytes, or 0 if it cannot be read now.
+    /// Bytes the daemon's own tables take (with their indexes and TOAST), or 0 if it
+    /// cannot be read now. Other data in the database is not counted.
     pub async fn size(&self) -> u64 {
         let Ok(client) = self.client().await else { return 0 };
-        match client.query_one("SELECT pg_database_size(current_database())", &[]).await {
+        match client.query_one(OWN_SIZE, &[]).await {
             Ok(row) => row.get::<_, i64>(0).max(0) as u64,
             Err(_) => 0,
         }
     }
+
+    /// Refuses new events once the daemon's tables reach `store.max_size_mb` (0: no cap).
+    /// PostgreSQL has no cap of its own that a writer could meet, so the size is read
+    /// before an ingest, at most once per [`SIZE_EVERY`]; confirmations and deliveries
+    /// are still written, and retention makes room.
+    pub(crate) async fn check_room(&self) -> Result<(), StoreError> {
+        let max = self.max_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        if max == 0 {
+            return Ok(());
+        }
+        let mut last = self.last_size.lock().await;
+        let fresh = last.is_some_and(|(at, _)| at.elapsed() < SIZE_EVERY);
+        if !fresh {
+            let client = self.client().await?;
+            let size = client.query_one(OWN_SIZE, &[]).await?.get::<_, i64>(0).max(0) as u64;
+            *last = Some((std::time::Instant::now(), size));
+        }
+        let size = last.map_or(0, |(_, size)| size);
+        if size >= max {
+            return Err(StoreError::Full(format!(
+                "the PostgreSQL store's tables take {} MiB, store.max_size_mb is {}",
+                size / 1_048_576,
+                max / 1_048_576
+            )));
+        }
+        Ok(())
+    }
+
+    /// The consistency check of `store check`: the schema version, then rows that break
+    /// the outbox's rules (deliveries without their event, running ones without a lease).
+    pub(crate) async fn check(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let version: i64 =
+            client.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await?.get(0);
+        let mut problems = Vec::new();
+        if version as usize != MIGRATIONS.len() {
+            problems.push(format!("schema version {version}, this vod-eventd knows {}", MIGRATIONS.len()));
+        }
+        for (sql, what) in CONSISTENCY {
+            let n: i64 = client.query_one(*sql, &[]).await?.get(0);
+            if n > 0 {
+                problems.push(format!("{n} {what}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt { path: self.shown.clone().into(), detail: problems.join("; ") })
+        }
+    }
 }
+
+/// How long a size read by [`PgStore::check_room`] is used.
+const SIZE_EVERY: Duration = Duration::from_secs(1);
+
+/// The bytes of the daemon's tables, their indexes and TOAST.
+const OWN_SIZE: &str = "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+     WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace
+       AND c.relname IN ('events', 'event_files', 'deliveries', 'attempts', 'drm_keys', 'daemon_state',
+                         'range_jobs', 'alert_log', 'handler_state', 'schema_migrations')";
+
+/// Row checks of [`PgStore::check`]: a count of rows that should not exist, and what they are.
+const CONSISTENCY: &[(&str, &str)] = &[
+    (
+        "SELECT count(*) FROM deliveries d WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id)",
+        "deliveries whose event is gone",
+    ),
+    (
+        "SELECT count(*) FROM deliveries WHERE state = 'running' AND lease_until IS NULL",
+        "running deliveries without a lease",
+    ),
+    (
+        "SELECT count(*) FROM attempts a WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = a.delivery_id)",
+        "attempts whose delivery is gone",
+    ),
+    (
+        "SELECT count(*) FROM deliveries WHERE state NOT IN ('pending', 'running', 'done', 'dead')",
+        "deliveries in an unknown state",
+    ),
+];
 
 #[cfg(test)]
 mod tests {

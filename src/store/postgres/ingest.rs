@@ -208,6 +208,7 @@ impl PgStore {
         events: &[ReceivedEvent],
         route: &mut (dyn FnMut(usize, &ReceivedEvent) -> Routed + Send),
     ) -> Result<Vec<(Inserted, Routed)>, StoreError> {
+        self.check_room().await?;
         let now = crate::store::now_ms();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -223,6 +224,9 @@ impl PgStore {
         batches: &[Batch],
         confirmed: &[(i64, i64)],
     ) -> Result<Vec<Vec<(Inserted, Routed)>>, StoreError> {
+        if !batches.is_empty() {
+            self.check_room().await?;
+        }
         let now = crate::store::now_ms();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
