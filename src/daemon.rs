@@ -95,6 +95,7 @@ impl Daemon {
             store: store.clone(),
             health: config.health.clone(),
             alert: config.alert.clone(),
+            node: node.clone(),
         };
         if let Some(addr) = config.metrics.listen {
             let listener = tokio::net::TcpListener::bind(addr)

@@ -41,6 +41,26 @@ pub struct StatusLoop {
     pub health: HealthConfig,
     /// Alarm thresholds.
     pub alert: AlertConfig,
+    /// `node.name`: on a shared store each host writes a heartbeat of its own under it.
+    pub node: String,
+}
+
+/// The `daemon_state` key of a host's own heartbeat on a shared store.
+pub const HOST_PREFIX: &str = "host.";
+
+/// A host's own heartbeat on a shared store (see [`HOST_PREFIX`]), read by `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostBeat {
+    /// Its process id.
+    pub pid: u32,
+    /// Its vod-eventd version.
+    pub version: String,
+    /// Its last heartbeat, Unix ms.
+    pub heartbeat_ms: i64,
+    /// When it stopped, Unix ms (0 while it runs).
+    pub stopped_ms: i64,
+    /// The singleton tasks it led at its last heartbeat.
+    pub leads: Vec<String>,
 }
 
 impl StatusLoop {
@@ -70,8 +90,13 @@ impl StatusLoop {
                 ("status".into(), status),
             ];
             state.extend(source_state(&report));
-            // On a shared store (PostgreSQL) one host writes the heartbeat and checks the alarms.
-            if !self.store.lead(Singleton::Status).await {
+            // On a shared store (PostgreSQL) each host writes a heartbeat of its own, and one
+            // host writes the shared one and checks the alarms.
+            let leads = self.store.lead(Singleton::Status).await;
+            if self.store.is_shared() {
+                let _ = self.store.put_state(vec![self.host_beat(0).await]).await;
+            }
+            if !leads {
                 continue;
             }
             let _ = self.store.put_state(state).await;
@@ -95,12 +120,27 @@ impl StatusLoop {
         let mut state: Vec<(String, String)> =
             vec![("heartbeat_ms".into(), now.clone()), ("stopped_ms".into(), now), ("status".into(), status)];
         state.extend(source_state(&report));
+        if self.store.is_shared() {
+            let _ = self.store.put_state(vec![self.host_beat(now_ms()).await]).await;
+        }
         if !self.store.lead(Singleton::Status).await {
             return;
         }
         if let Err(e) = self.store.put_state(state).await {
             warn!(error = %e, "Could not write the final status; `vod-eventd status` shows the last heartbeat.");
         }
+    }
+
+    /// This host's own heartbeat entry (`stopped_ms` 0 while it runs).
+    async fn host_beat(&self, stopped_ms: i64) -> (String, String) {
+        let beat = HostBeat {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            heartbeat_ms: now_ms(),
+            stopped_ms,
+            leads: self.store.leading().await.iter().map(|s| s.name().to_string()).collect(),
+        };
+        (format!("{HOST_PREFIX}{}", self.node), serde_json::to_string(&beat).expect("a heartbeat serialises"))
     }
 
     /// The STATUS= line (also kept in the store for `vod-eventd status`).

@@ -38,6 +38,10 @@ pub struct DemoArgs {
     /// emulator's control endpoint meanwhile.
     #[arg(long)]
     pub keep_running: bool,
+    /// Store the events in this PostgreSQL database (postgresql://USER@HOST:PORT/DATABASE)
+    /// instead of a SQLite file in --dir.
+    #[arg(long, value_name = "URL")]
+    pub store_url: Option<String>,
 }
 
 /// How to run this binary again, as a command that works when pasted: `cargo run --release --`
@@ -69,7 +73,7 @@ impl DemoArgs {
         })
         .await?;
         let config_path = dir.join("config.toml");
-        let secret = write_demo_config(&dir, &emulator)?;
+        let secret = write_demo_config(&dir, &emulator, self.store_url.as_deref())?;
         let config = crate::config::load(&config_path)?;
         crate::logging::init("warn", "text");
 
@@ -78,7 +82,10 @@ impl DemoArgs {
         let apps: Vec<String> = APPS.iter().map(|(name, app)| format!("{name} (app {app})")).collect();
         println!("  sources:   {}", apps.join(", "));
         println!("  config:    {}", config_path.display());
-        println!("  store:     {}", config.store.path.display());
+        match config.store.postgres_url() {
+            Some(url) => println!("  store:     {}", crate::store::postgres::display_url(url)),
+            None => println!("  store:     {}", config.store.path.display()),
+        }
         println!();
 
         let shutdown = CancellationToken::new();
@@ -93,7 +100,7 @@ impl DemoArgs {
         let (_reload_tx, reloads) = tokio::sync::mpsc::channel(1);
         let daemon = tokio::spawn(daemon.run(shutdown.child_token(), reloads));
 
-        let store = wait_for_store(&config.store.path, &daemon).await?;
+        let store = wait_for_store(&config.store, &daemon).await?;
         let first_new_id = store.max_event_id()?;
         let redeliveries = feed(&emulator, self.events).await;
         let mut last_id = first_new_id;
@@ -152,7 +159,7 @@ impl DemoArgs {
 }
 
 /// Writes the demo config, the upload hook and the key directory; returns the webhook secret.
-fn write_demo_config(dir: &Path, emulator: &Emulator) -> anyhow::Result<String> {
+fn write_demo_config(dir: &Path, emulator: &Emulator, store_url: Option<&str>) -> anyhow::Result<String> {
     let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 24]>()));
     let hook = dir.join("on-upload.sh");
     std::fs::write(
@@ -171,7 +178,7 @@ fn write_demo_config(dir: &Path, emulator: &Emulator) -> anyhow::Result<String> 
          [vod]\napi = \"{api}\"\nendpoint = \"{endpoint}\"\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n\
          signature_method = \"HmacSHA256\"\n\n\
          # Two apps of the account, each pulled as a source of its own (the rest comes from [vod]).\n\
-         [[sources]]\nname = \"{main}\"\nsub_app_id = {main_app}\n\n[[sources]]\nname = \"{second}\"\nsub_app_id = {second_app}\n\n[account]\nendpoint = \"{account}\"\n\n[store]\npath = \"{store}\"\n\n[confirm]\nmax_delay = \"500ms\"\n\n\
+         [[sources]]\nname = \"{main}\"\nsub_app_id = {main_app}\n\n[[sources]]\nname = \"{second}\"\nsub_app_id = {second_app}\n\n[account]\nendpoint = \"{account}\"\n\n[store]\npath = \"{store}\"\n{url}\n[confirm]\nmax_delay = \"500ms\"\n\n\
          [log]\nlevel = \"warn\"\n\n[dispatch]\npoll_interval = \"200ms\"\n\n\
          [[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\"]\n\n\
          [[routes]]\nevents = [\"NewFileUpload\"]\nhandlers = [\"on-upload\"]\n\n\
@@ -189,6 +196,7 @@ fn write_demo_config(dir: &Path, emulator: &Emulator) -> anyhow::Result<String> 
         endpoint = emulator.endpoint_for(emulator.api()),
         account = emulator.endpoint_v3(),
         store = dir.join("events.db").display(),
+        url = store_url.map(|u| format!("url = {}\n", toml_string(u))).unwrap_or_default(),
         hook = hook.display(),
         keys = keys.display(),
     );
@@ -249,14 +257,18 @@ fn print_handler_summary(store: &Store, emulator: &Emulator, secret: &str, dir: 
     Ok(())
 }
 
-async fn wait_for_store(path: &Path, daemon: &tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<Store> {
+async fn wait_for_store(
+    config: &crate::config::StoreConfig,
+    daemon: &tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<Store> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(store) = Store::open_existing(path, Duration::from_secs(5)) {
+        let opening = config.clone();
+        if let Ok(Ok(store)) = tokio::task::spawn_blocking(move || Store::open_for_cli(&opening)).await {
             return Ok(store);
         }
         if daemon.is_finished() || Instant::now() > deadline {
-            anyhow::bail!("the daemon did not open its store at {}", path.display());
+            anyhow::bail!("the daemon did not open its store ({})", config_shown(config));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -280,4 +292,17 @@ async fn feed(emulator: &Emulator, count: usize) -> usize {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     redeliveries
+}
+
+/// A TOML basic string holding `value`.
+fn toml_string(value: &str) -> String {
+    serde_json::to_string(value).expect("a string serialises")
+}
+
+/// The store a config names, as it may be shown.
+fn config_shown(config: &crate::config::StoreConfig) -> String {
+    match config.postgres_url() {
+        Some(url) => crate::store::postgres::display_url(url),
+        None => config.path.display().to_string(),
+    }
 }

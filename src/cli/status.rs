@@ -12,7 +12,7 @@ use super::events::rfc3339;
 use super::sparkline::{scale, sparkline, Charset};
 use crate::account::check::state_key;
 use crate::config::{Config, DEFAULT_SOURCE};
-use crate::service::{health_key, last_pull_key, SOURCES_KEY};
+use crate::service::{health_key, last_pull_key, HostBeat, HOST_PREFIX, SOURCES_KEY};
 use crate::store::{now_ms, Hourly, Store, HOURS};
 
 /// Prints the status.
@@ -42,6 +42,7 @@ pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         writeln!(out, "daemon:        pid {pid} version {version}, last heartbeat {}", ago("heartbeat_ms"))?;
     }
     writeln!(out, "last pull ok:  {}", ago("last_pull_ok_ms"))?;
+    write_hosts(&mut out, &state, now)?;
     // The sources of the daemon's last heartbeat; a store written before sources existed
     // has only the default one.
     let sources: Vec<&str> = match state.get(SOURCES_KEY) {
@@ -106,6 +107,32 @@ fn hour_by_hour(out: &mut impl std::io::Write, store: &Store, config: &Config, n
     }
     for (handler, hourly) in &failures {
         line(out, &format!("failed attempts {handler}"), hourly)?;
+    }
+    Ok(())
+}
+
+/// On a shared store, every host's own heartbeat: its node name, pid and version, the age
+/// of its last heartbeat, and the singleton tasks it led then.
+fn write_hosts(
+    out: &mut impl std::io::Write,
+    state: &std::collections::BTreeMap<String, String>,
+    now: i64,
+) -> anyhow::Result<()> {
+    let hosts: Vec<(&str, HostBeat)> =
+        state.iter().filter_map(|(k, v)| Some((k.strip_prefix(HOST_PREFIX)?, serde_json::from_str(v).ok()?))).collect();
+    if hosts.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "hosts:")?;
+    for (node, beat) in hosts {
+        let when = |ms: i64| format!("{} ({}s ago)", rfc3339(ms), (now - ms) / 1000);
+        let leads = if beat.leads.is_empty() { "nothing".to_string() } else { beat.leads.join(", ") };
+        let life = if beat.stopped_ms > 0 {
+            format!("stopped at {}", when(beat.stopped_ms))
+        } else {
+            format!("last heartbeat {}, leads {leads}", when(beat.heartbeat_ms))
+        };
+        writeln!(out, "  {:<20} pid {} version {}, {life}", node, beat.pid, beat.version)?;
     }
     Ok(())
 }

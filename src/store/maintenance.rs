@@ -47,6 +47,17 @@ pub enum Singleton {
     Alerts,
 }
 
+impl Singleton {
+    /// How `status` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Singleton::Retention => "retention",
+            Singleton::Status => "status",
+            Singleton::Alerts => "alerts",
+        }
+    }
+}
+
 /// The maintenance operations every backend implements.
 #[async_trait]
 pub trait Maintenance: Send + Sync {
@@ -60,6 +71,9 @@ pub trait Maintenance: Send + Sync {
     /// Whether this daemon runs the singleton task `what` now: always on a store of its
     /// own; on a shared one while it holds that task's lock.
     async fn lead(&self, what: Singleton) -> bool;
+
+    /// The singleton tasks this daemon holds now, without taking any.
+    async fn leading(&self) -> Vec<Singleton>;
 
     /// Checks the store: on SQLite `PRAGMA quick_check` (reads every page, so it takes time
     /// in proportion to the file: 1 to 3 s per GB from the page cache). Run by

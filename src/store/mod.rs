@@ -89,6 +89,14 @@ pub enum StoreError {
         /// The first problem SQLite reported.
         detail: String,
     },
+    /// Rows break the store's own rules (`store check` on PostgreSQL).
+    #[error("the store {store} fails its consistency check: {detail}. Stop the daemons, look at those rows (`vod-eventd deliveries list`), and repair or delete them before starting again")]
+    Inconsistent {
+        /// The store, as shown (a URL without its password).
+        store: String,
+        /// What is wrong, with counts.
+        detail: String,
+    },
     /// A query or commit failed (disk full, I/O error, read-only file, ...).
     #[error("store query failed: {0}")]
     Sqlite(#[from] rusqlite::Error),

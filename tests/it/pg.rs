@@ -727,15 +727,47 @@ async fn three_daemons_survive_sigkills_killed_connections_and_a_postgres_restar
     }
 }
 
+/// `store check` on PostgreSQL: the schema version and the rows themselves. A running
+/// delivery without a lease (no claim can ever expire it) is named, as a damaged SQLite
+/// file is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_only_sqlite_has_fails_with_a_typed_error_naming_it() {
+async fn store_check_on_postgresql_checks_the_schema_and_the_rows() {
     use vod_eventd::store::StoreError;
     let url = database().await;
     let store = open(&url).await;
-    let err = store.check_integrity().unwrap_err();
-    assert!(matches!(err, StoreError::NotAvailable(_)), "{err}");
     assert_eq!(store.data_version(), None, "no change counter: the dispatcher steps every poll interval");
     assert!(store.path().to_string_lossy().starts_with("postgresql://postgres@127.0.0.1"));
+    let event = store
+        .insert_events(vec![(
+            vod_eventd::event::ReceivedEvent::from_content(
+                r#"{"eventType":"NewFileUpload","data":{"fileId":"1"}}"#,
+                vod_eventd::config::ApiVersion::V2,
+            ),
+            vec!["h".into()],
+        )])
+        .await
+        .unwrap()[0]
+        .id;
+    let checked = store.clone();
+    tokio::task::spawn_blocking(move || checked.check_integrity()).await.unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("[vod]\nsecret_id = \"AKIDx\"\nsecret_key = \"k\"\n[store]\nurl = \"{url}\"\n"))
+        .unwrap();
+    let check = || cli().args(["store", "check", "--config"]).arg(&config).output().unwrap();
+    let out = check();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("), "{}", String::from_utf8_lossy(&out.stdout));
+
+    connect(&url).await.execute("UPDATE deliveries SET state = 'running', lease_until = NULL", &[]).await.unwrap();
+    let checked = store.clone();
+    let err = tokio::task::spawn_blocking(move || checked.check_integrity()).await.unwrap().unwrap_err();
+    assert!(matches!(err, StoreError::Inconsistent { .. }), "{err}");
+    assert!(err.to_string().contains("1 running deliveries without a lease"), "{err}");
+    let out = check();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("running deliveries without a lease"));
+    assert!(store.get_event(event).is_ok(), "a synchronous call from a runtime's thread pool works");
 }
 
 /// A group of pulled batches is stored in one pass in dedupe-key order (the lock order that

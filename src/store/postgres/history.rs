@@ -68,16 +68,21 @@ fn add(hourly: &mut Hourly, hours_ago: i64, n: i64) {
 }
 
 impl PgStore {
-    /// Runs `f` to completion for a synchronous caller (the CLI), on this store's runtime,
-    /// from a thread of its own (the caller may be inside another runtime).
+    /// Runs `f` to completion for a synchronous caller, from a thread of its own (the
+    /// caller may be inside another runtime): on this store's runtime (the CLI's store), else
+    /// on the runtime the caller runs in. The daemon's runtime has one thread, so the daemon
+    /// makes such calls from a blocking task (`spawn_blocking`), never from an async one.
     pub fn block<T: Send, F: std::future::Future<Output = Result<T, StoreError>> + Send>(
         &self,
         f: F,
     ) -> Result<T, StoreError> {
-        let Some(runtime) = &self.runtime else {
-            return Err(StoreError::NotAvailable("a synchronous store call from the daemon".into()));
+        let handle = match &self.runtime {
+            Some(runtime) => runtime.handle().clone(),
+            None => tokio::runtime::Handle::try_current().map_err(|_| {
+                StoreError::NotAvailable("a synchronous PostgreSQL store call outside a runtime".into())
+            })?,
         };
-        std::thread::scope(|s| s.spawn(|| runtime.block_on(f)).join())
+        std::thread::scope(|s| s.spawn(|| handle.block_on(f)).join())
             .map_err(|_| StoreError::Task("the PostgreSQL call panicked".into()))?
     }
 

@@ -26,6 +26,10 @@ impl Maintenance for PgStore {
         self.take_lead(what).await
     }
 
+    async fn leading(&self) -> Vec<Singleton> {
+        self.leader.lock().await.1.clone()
+    }
+
     fn check_integrity(&self) -> Result<(), StoreError> {
         self.block(self.check())
     }

@@ -61,7 +61,7 @@ pub struct PgStore {
     /// This process's name for its claims (`deliveries.claimed_by`): `NODE/PID/RANDOM`.
     instance: String,
     /// The session holding the singleton locks, and the locks it holds.
-    leader: Mutex<(Option<tokio_postgres::Client>, Vec<Singleton>)>,
+    pub(super) leader: Mutex<(Option<tokio_postgres::Client>, Vec<Singleton>)>,
     /// The URL without its password, for messages.
     shown: String,
     /// `store.max_size_mb` in bytes (0: no cap); see [`PgStore::check_room`].
@@ -415,7 +415,7 @@ impl PgStore {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(StoreError::Corrupt { path: self.shown.clone().into(), detail: problems.join("; ") })
+            Err(StoreError::Inconsistent { store: self.shown.clone(), detail: problems.join("; ") })
         }
     }
 }

@@ -88,6 +88,10 @@ impl Maintenance for SqliteStore {
         true
     }
 
+    async fn leading(&self) -> Vec<Singleton> {
+        vec![Singleton::Retention, Singleton::Status, Singleton::Alerts]
+    }
+
     fn check_integrity(&self) -> Result<(), StoreError> {
         let corrupt = |detail: String| StoreError::Corrupt { path: self.path.clone(), detail };
         let problems: Vec<String> = self
