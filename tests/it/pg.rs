@@ -1006,3 +1006,50 @@ async fn range_replay_and_retry_work_on_postgresql() {
     let ids_after = number(&db, "SELECT sum(hashtext(webhook_id)) FROM deliveries WHERE id % 3 = 0").await;
     assert_eq!(ids_before, ids_after, "the same webhook ids");
 }
+
+/// Two daemons share one PostgreSQL store: `status` lists both by node name, with their
+/// version, heartbeat age and the singleton tasks each leads (every task led by exactly one);
+/// `/metrics` reports the size of the store's tables; when one stops, `status` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_every_host_of_a_shared_store_and_metrics_report_its_size() {
+    let url = database().await;
+    let emu = emulator(fast_emulator_config()).await;
+    emu.enqueue_generated(20);
+    let endpoint = emu.endpoint();
+    let port = free_port();
+    let mut alpha = pg_node(&endpoint, &url, &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"), "alpha").await;
+    let mut beta = pg_node(&endpoint, &url, "", "beta").await;
+    let status = || {
+        let out = cli().args(["status", "--config"]).arg(&alpha.config_path).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let host_line = |text: &str, node: &str| text.lines().find(|l| l.trim_start().starts_with(node)).map(String::from);
+    eventually(Duration::from_secs(30), "both hosts in status", || {
+        let text = status();
+        host_line(&text, "alpha").is_some() && host_line(&text, "beta").is_some()
+    })
+    .await;
+    let text = status();
+    for node in ["alpha", "beta"] {
+        let line = host_line(&text, node).unwrap();
+        assert!(line.contains(env!("CARGO_PKG_VERSION")) && line.contains("s ago), leads "), "{line}");
+    }
+    let led = |task: &str| ["alpha", "beta"].iter().filter(|n| host_line(&text, n).unwrap().contains(task)).count();
+    assert_eq!(led("status"), 1, "one host leads the heartbeat:\n{text}");
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    let size: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vod_eventd_store_bytes "))
+        .expect("a store size in /metrics")
+        .parse()
+        .unwrap();
+    assert!(size > 0.0, "{metrics}");
+
+    assert!(beta.terminate().await.success());
+    eventually(Duration::from_secs(30), "beta shown stopped", || {
+        host_line(&status(), "beta").is_some_and(|l| l.contains("stopped at"))
+    })
+    .await;
+    alpha.terminate().await;
+}
