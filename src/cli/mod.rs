@@ -98,7 +98,7 @@ pub fn run(cli: Cli) -> ExitCode {
             load_config(&config_path).and_then(|c| runtime().and_then(|rt| rt.block_on(status::run(&c, &config_path))))
         }
         Command::Account(cmd) => {
-            load_config(&config_path).and_then(|c| runtime().and_then(|rt| rt.block_on(cmd.run(&c))))
+            load_config(&config_path).and_then(|c| runtime().and_then(|rt| rt.block_on(cmd.run(&c, &config_path))))
         }
         Command::Store(store_cmd::StoreCommand::Copy(args)) => runtime().and_then(|rt| rt.block_on(args.run())),
         Command::Store(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
