@@ -3,6 +3,7 @@
 
 mod account;
 mod config_cmd;
+mod cut;
 mod deliveries;
 mod demo;
 mod emulator;

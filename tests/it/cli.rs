@@ -342,3 +342,81 @@ fn status_draws_the_last_24_hours_hour_by_hour() {
     let (events, _) = sparkline_of(&String::from_utf8(out.stdout).unwrap(), "events received");
     assert_eq!(events.iter().collect::<String>(), format!(",{}~.#", ".".repeat(20)));
 }
+
+/// A store of 7 events, each with a delivery to `hook`, and 7 DRM keys; its config.
+fn store_of_seven(dir: &std::path::Path) -> String {
+    let db = dir.join("events.db");
+    let store = vod_eventd::store::Store::open(&db, Duration::from_secs(1)).unwrap();
+    let events: Vec<_> = (0..7)
+        .map(|i| {
+            let content = format!(r#"{{"eventType":"NewFileUpload","data":{{"fileId":"f{i}"}}}}"#);
+            (
+                vod_eventd::event::ReceivedEvent::from_content(&content, vod_eventd::config::ApiVersion::V2),
+                vec!["hook".to_string()],
+            )
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let inserted = rt.block_on(store.insert_events(events)).unwrap();
+    let keys = inserted
+        .iter()
+        .enumerate()
+        .map(|(i, row)| vod_eventd::store::NewKey {
+            edk: format!("edk-{i}"),
+            dk: [i as u8; 16],
+            file_id: Some(format!("f{i}")),
+            key_source: Some("VodBuildInKMS".into()),
+            definition: None,
+            event_id: row.id,
+        })
+        .collect();
+    assert_eq!(rt.block_on(store.insert_keys(keys)).unwrap(), 7);
+    drop(store);
+    let text = format!(
+        "[store]\npath = \"{}\"\n[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n[handlers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n",
+        db.display()
+    );
+    write(dir, "config.toml", &text)
+}
+
+/// A list command cut at `--limit 5` of 7 rows says so on stderr, naming the flags; with
+/// `--json` (stderr not a terminal) stdout has the 5 rows and nothing else, stderr nothing;
+/// `--all` and `--limit 0` show the 7 with no note; exactly the limit gets no note.
+fn a_cut_list_says_so_on_stderr_and_json_stays_clean(list: &str, what: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = store_of_seven(dir.path());
+    let run = |extra: &[&str]| {
+        let out = vod_eventd(&[&[list, "list", "--config", &config], extra].concat());
+        assert!(out.status.success(), "{list} list {extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let note = format!("vod-eventd: showing 5 {what}; more exist: --limit N shows up to N, --all shows every one\n");
+    let (stdout, stderr) = run(&["--limit", "5"]);
+    assert_eq!(stderr, note, "{list} list");
+    assert!(!stdout.contains("more exist"), "{list} list: {stdout}");
+    let (stdout, stderr) = run(&["--limit", "5", "--json"]);
+    assert_eq!(stderr, "", "{list} list --json");
+    assert_eq!(stdout.lines().count(), 5, "{list} list --json: {stdout}");
+    assert!(stdout.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{stdout}");
+    for all in [&["--all", "--json"][..], &["--limit", "0", "--json"], &["--limit", "7", "--json"]] {
+        let (stdout, stderr) = run(all);
+        assert_eq!((stdout.lines().count(), stderr.as_str()), (7, ""), "{list} list {all:?}");
+    }
+    let (_, stderr) = run(&["--limit", "7"]);
+    assert_eq!(stderr, "", "{list} list: not cut at exactly the limit");
+}
+
+#[test]
+fn events_list_says_when_it_is_cut() {
+    a_cut_list_says_so_on_stderr_and_json_stays_clean("events", "events");
+}
+
+#[test]
+fn deliveries_list_says_when_it_is_cut() {
+    a_cut_list_says_so_on_stderr_and_json_stays_clean("deliveries", "deliveries");
+}
+
+#[test]
+fn keys_list_says_when_it_is_cut() {
+    a_cut_list_says_so_on_stderr_and_json_stays_clean("keys", "keys");
+}
