@@ -168,7 +168,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
+    crate::config_lint::refuse_placeholders(&config, config_path)?;
     let log = crate::logging::init(&config.log.level, &config.log.format);
+    for warning in crate::config_lint::inline_secrets(config_path) {
+        tracing::warn!("{warning}");
+    }
     // One thread runs every task: the daemon waits on the network and the store, and its
     // tasks hand work to each other constantly; on one thread that costs no cross-thread
     // wake-ups (a quarter less CPU per event than the multi-threaded runtime, BENCHMARKS.md).

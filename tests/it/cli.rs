@@ -420,3 +420,137 @@ fn deliveries_list_says_when_it_is_cut() {
 fn keys_list_says_when_it_is_cut() {
     a_cut_list_says_so_on_stderr_and_json_stays_clean("keys", "keys");
 }
+
+/// Runs `config check` on `path` with `env`.
+fn config_check(path: &str, env: &[(&str, &std::path::Path)]) -> Output {
+    let mut cmd = cli();
+    cmd.args(["config", "check", "--config", path]);
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
+    cmd.output().unwrap()
+}
+
+fn chmod(path: &str, mode: u32) {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+/// A secret inline in a config every local user can read is warned about, naming the key,
+/// the file, its mode and where it belongs; the same file readable by its owner alone is
+/// not. The check still passes: it is a warning.
+#[test]
+fn config_check_warns_about_a_secret_inline_in_a_file_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n[store]\npath = \"{}\"\n[handlers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n",
+        dir.path().join("events.db").display()
+    );
+    let path = write(dir.path(), "config.toml", &text);
+    chmod(&path, 0o644);
+    let out = config_check(&path, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let warnings: Vec<&str> = stdout.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 2, "{stdout}");
+    assert!(
+        warnings[0].contains(&format!(
+            "vod.secret_key holds a secret inline in {path}, which every local user can read (mode 0644)"
+        )) && warnings[0].contains("/etc/vod-eventd/secret-key"),
+        "{stdout}"
+    );
+    assert!(warnings[1].contains("handlers.hook.secret holds a secret inline") && warnings[1].contains("secret_file"));
+    assert!(!stdout.contains(DEMO_SECRET_KEY) && !stdout.contains("MfKQ9r8G"), "no secret is shown: {stdout}");
+    chmod(&path, 0o600);
+    let out = config_check(&path, &[]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// The example's placeholder values are refused (exit 78) by `config check` and `run`,
+/// each naming its key, whether inline or from the credential, and never echoed.
+#[test]
+fn config_check_and_run_refuse_the_examples_placeholder_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("[store]\npath = \"{}\"\n", dir.path().join("events.db").display());
+    let cases = [
+        (format!("[vod]\nsecret_id = \"AKIDexampleexampleexampleexample\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n"), "`vod.secret_id`"),
+        (format!("[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"replace-me\"\n"), "`vod.secret_key`"),
+        (
+            format!("[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"k\"\n[[sources]]\nname = \"b\"\nsecret_id = \"AKID...\"\nsecret_key = \"k2\"\n"),
+            "`sources[0].secret_id`",
+        ),
+    ];
+    for (text, key) in &cases {
+        let path = write(dir.path(), "config.toml", &format!("{text}{store}"));
+        for args in [&["config", "check"][..], &["run"]] {
+            let out = cli().args(args).args(["--config", &path]).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(78), "{args:?} {key}: {stderr}");
+            assert!(stderr.contains(key) && stderr.contains("is the example's placeholder"), "{args:?}: {stderr}");
+            assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "no OK: {args:?}");
+        }
+    }
+    // The README's placeholder written to the credential file literally.
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("vod-secret-key"), "YOUR-SECRET-KEY\n").unwrap();
+    let path = write(dir.path(), "config.toml", &format!("[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\n{store}"));
+    let out = config_check(&path, &[("CREDENTIALS_DIRECTORY", &creds)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("`vod.secret_key`: is the example's placeholder") && !stderr.contains("YOUR-SECRET-KEY'"),
+        "{stderr}"
+    );
+}
+
+/// The config the package installs: no secret inline, and `config check` names the missing
+/// key and the file to write it to instead of saying OK; under the packaged unit with that
+/// file missing (the credential is the unit's default), it says the file is missing; with
+/// the key in place and a SecretId set, it is OK with no warning.
+#[test]
+fn the_packaged_config_names_the_missing_key_and_works_once_it_is_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = include_str!("../../config.example.toml");
+    assert!(
+        !example.lines().any(|l| l.trim_start().starts_with("secret_key =") || l.trim_start().starts_with("token =")),
+        "no inline secret"
+    );
+    let path = write(dir.path(), "config.toml", example);
+    chmod(&path, 0o644);
+    let db = dir.path().join("events.db");
+    let out = config_check(&path, &[("VOD_EVENTD_STORE__PATH", &db)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "not OK");
+    assert!(
+        stderr
+            .contains("`vod.secret_key`: no secret key: write it to /etc/vod-eventd/secret-key (sudo install -m 0600"),
+        "{stderr}"
+    );
+
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    // What the unit's SetCredential= default holds when /etc/vod-eventd/secret-key is missing.
+    std::fs::write(creds.join("vod-secret-key"), "not-loaded:/etc/vod-eventd/secret-key").unwrap();
+    let out = config_check(&path, &[("VOD_EVENTD_STORE__PATH", &db), ("CREDENTIALS_DIRECTORY", &creds)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("the systemd credential `vod-secret-key` was not loaded because /etc/vod-eventd/secret-key is missing; write the key there"),
+        "{stderr}"
+    );
+
+    std::fs::write(creds.join("vod-secret-key"), format!("{DEMO_SECRET_KEY}\n")).unwrap();
+    let out = config_check(&path, &[("VOD_EVENTD_STORE__PATH", &db), ("CREDENTIALS_DIRECTORY", &creds)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "the example SecretId is refused: {stderr}");
+    assert!(stderr.contains("`vod.secret_id`: is the example's placeholder"), "{stderr}");
+    let edited = example.replace("AKIDexampleexampleexampleexample", DEMO_SECRET_ID);
+    let path = write(dir.path(), "config.toml", &edited);
+    chmod(&path, 0o644);
+    let out = config_check(&path, &[("VOD_EVENTD_STORE__PATH", &db), ("CREDENTIALS_DIRECTORY", &creds)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(": OK (") && !stdout.contains("warning"), "{stdout}");
+}
