@@ -107,13 +107,13 @@ async fn an_app_in_push_mode_is_named_and_unhealthy_until_set_mode_pull_fixes_it
 const POLL: Duration = Duration::from_secs(1);
 
 /// A daemon on an app in PUSH mode with the default check interval, once it reports it.
-async fn push_mode_daemon() -> (vod_emulator::Emulator, TestDaemon, u16) {
+async fn push_mode_daemon(backend: Backend) -> (vod_emulator::Emulator, TestDaemon, u16) {
     let push = EventConfig { mode: PUSH.into(), ..EventConfig::pull_all_on() };
     let emu = emulator(EmulatorConfig { event_config: push, ..fast_emulator_config() }).await;
     let port = free_port();
     let extra =
         format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n[dispatch]\npoll_interval = \"{}s\"\n", POLL.as_secs());
-    let daemon = TestDaemon::start_full(&emu.endpoint(), &extra, "vod_eventd=debug", &[]).await;
+    let daemon = TestDaemon::start_on_logged(&emu.endpoint(), &extra, "vod_eventd=debug", backend).await;
     eventually(Duration::from_secs(30), "the first check", || describe_calls(&emu) == 1).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while healthz(port).await.0 != 503 {
@@ -123,12 +123,14 @@ async fn push_mode_daemon() -> (vod_emulator::Emulator, TestDaemon, u16) {
     (emu, daemon, port)
 }
 
+both_stores!(set_mode_pull_makes_the_running_daemon_healthy_within_a_poll_interval);
+
 /// `account set-mode pull --yes` with the daemon running: the daemon checks again within
 /// `dispatch.poll_interval` (plus the call), not at the next check 10 minutes on, and with
-/// no restart `/healthz` is 200 and `status` says PULL; events then flow.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn set_mode_pull_makes_the_running_daemon_healthy_within_a_poll_interval() {
-    let (emu, daemon, port) = push_mode_daemon().await;
+/// no restart `/healthz` is 200 and `status` says PULL; events then flow. On PostgreSQL
+/// the request goes through the shared database.
+async fn set_mode_pull_makes_the_running_daemon_healthy_within_a_poll_interval(backend: Backend) {
+    let (emu, daemon, port) = push_mode_daemon(backend).await;
     let set = cli(&daemon.config_path, &["account", "set-mode", "pull", "--yes"]);
     assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
     assert!(String::from_utf8_lossy(&set.stderr).is_empty(), "no note: {}", String::from_utf8_lossy(&set.stderr));
@@ -159,7 +161,7 @@ async fn set_mode_pull_makes_the_running_daemon_healthy_within_a_poll_interval()
 /// events pulled prove the mode, and `/healthz` is 200 as soon as they are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulled_events_prove_pull_mode_without_waiting_for_the_check_interval() {
-    let (emu, daemon, port) = push_mode_daemon().await;
+    let (emu, daemon, port) = push_mode_daemon(Backend::Sqlite).await;
     emu.set_event_config(None, EventConfig::pull_all_on());
     assert_eq!(emu.enqueue_generated(3).len(), 3);
     eventually(Duration::from_secs(30), "events flow", || daemon.rows() == 3).await;
