@@ -157,6 +157,30 @@ async fn set_mode_pull_makes_the_running_daemon_healthy_within_a_poll_interval(b
     assert_eq!(healthz(port).await.0, 200);
 }
 
+/// `set-mode pull --enable upload` on an app in PULL mode with NewFileUpload off: the
+/// running daemon checks again at once, says the type is switched on, and `status` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_turned_on_by_set_mode_is_seen_by_the_running_daemon_at_once() {
+    let off = EventConfig { upload_media_complete: OFF.into(), ..EventConfig::pull_all_on() };
+    let emu = emulator(EmulatorConfig { event_config: off, ..fast_emulator_config() }).await;
+    let extra = format!("[dispatch]\npoll_interval = \"{}s\"\n", POLL.as_secs());
+    let daemon = TestDaemon::start_full(&emu.endpoint(), &extra, "vod_eventd=debug", &[]).await;
+    eventually(Duration::from_secs(30), "the first check", || {
+        lines_with(&daemon.log(), "WARN", &["will never arrive", "NewFileUpload"]) == 1
+    })
+    .await;
+    let set = cli(&daemon.config_path, &["account", "set-mode", "pull", "--enable", "upload", "--yes"]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    eventually(POLL + Duration::from_secs(4), "the daemon's INFO", || {
+        lines_with(&daemon.log(), "INFO", &["switched on now", "NewFileUpload"]) == 1
+    })
+    .await;
+    let status = cli(&daemon.config_path, &["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("upload ON"), "{status}");
+    assert_eq!(describe_calls(&emu), 4, "the daemon's two checks and the CLI's two calls");
+}
+
 /// The app switched to PULL elsewhere (the console: nobody asks the daemon): the first
 /// events pulled prove the mode, and `/healthz` is 200 as soon as they are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
