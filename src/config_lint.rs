@@ -75,10 +75,14 @@ pub fn placeholders(config: &Config, path: &Path) -> Vec<ConfigIssue> {
         if is_placeholder(&vod.secret_id) {
             issues.push(issue("secret_id", "set your API SecretId (console: Access management > API keys)"));
         }
-        if vod.secret_key().is_ok_and(|k| is_placeholder(k.expose_secret())) {
+        if vod.secret_key.as_ref().is_some_and(|k| is_placeholder(k.expose_secret())) {
             let fix = format!(
-                "put your API secret key in place of it ({}, loaded as the systemd credential `{PACKAGED_CREDENTIAL}`, or the file vod.secret_key_file names)",
-                PACKAGED_KEY_FILE
+                "an inline secret_key wins over the credential and secret_key_file, so delete the line and put your API secret key in {PACKAGED_KEY_FILE} (mode 0600; loaded as the systemd credential `{PACKAGED_CREDENTIAL}`)"
+            );
+            issues.push(issue("secret_key", &fix));
+        } else if vod.secret_key().is_ok_and(|k| is_placeholder(k.expose_secret())) {
+            let fix = format!(
+                "the key's file ({PACKAGED_KEY_FILE} as the credential `{PACKAGED_CREDENTIAL}`, or the file secret_key_file names) holds it; write your API secret key there"
             );
             issues.push(issue("secret_key", &fix));
         }
