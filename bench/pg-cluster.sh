@@ -1,8 +1,9 @@
-# Sourced by the PostgreSQL benchmarks: starts a private PostgreSQL 15 cluster in "$W/pg" on a
+# Sourced by the PostgreSQL benchmarks: starts a private PostgreSQL cluster (the highest
+# major under /usr/lib/postgresql/<major>/bin) in "$W/pg" on a
 # free port (initdb + pg_ctl, as user postgres when run as root, which PostgreSQL refuses),
 # creates the database "bench", sets $PGURL, and stops the cluster on exit.
-PGBIN=/usr/lib/postgresql/15/bin
-[ -x "$PGBIN/initdb" ] || { echo "needs PostgreSQL 15: apt-get install postgresql-15" >&2; exit 1; }
+PGBIN=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1)")
+[ -x "$PGBIN/initdb" ] || { echo "needs a PostgreSQL server (/usr/lib/postgresql/<major>/bin/initdb): apt-get install -y postgresql" >&2; exit 1; }
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 chmod 755 "$W"; [ "$(id -u)" = 0 ] && chown postgres "$W"
 PGPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

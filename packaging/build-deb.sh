@@ -23,8 +23,10 @@ mkdir -p "$assets"
 "$bin" completions fish > "$assets/vod-eventd.fish"
 {
     echo "# vod-eventd as a systemd service, installed by the vod-eventd package. Before the first start:"
-    echo "# edit /etc/vod-eventd/config.toml ([vod]), put the secret key in /etc/vod-eventd/secret-key"
-    echo "# (mode 0600; read through LoadCredential=), then: systemctl enable --now vod-eventd"
+    echo "# set vod.secret_id in /etc/vod-eventd/config.toml, put the secret key in place (it is read"
+    echo "# through LoadCredential=, never from the config):"
+    echo "#   sudo install -m 0600 /dev/stdin /etc/vod-eventd/secret-key <<< 'YOUR-SECRET-KEY'"
+    echo "# then: systemctl enable --now vod-eventd"
     # The repository's unit without its manual-install comment, with the packaged binary.
     sed -e '1,/^\[Unit\]/{/^#/d}' \
         -e 's|/usr/local/bin/vod-eventd|/usr/bin/vod-eventd|g' \

@@ -1,6 +1,6 @@
 //! Wiring: open the store, build the routing and the handlers, and run, for each source, a
 //! client, a puller, a confirmer and an event-configuration check, plus the dispatcher and
-//! the service tasks (status, watchdog, metrics, retention) until shutdown. The pullers
+//! the service tasks (status, watchdog, metrics, retention, account check requests) until shutdown. The pullers
 //! stop first (no new pulls), then each confirmer flushes every committed handle of its
 //! source and exits when its channel closes, while the dispatcher drains in-flight handler
 //! attempts. SIGHUP reloads routes, handlers, retry policy, log level, the store size cap
@@ -165,6 +165,16 @@ impl Daemon {
         notify(&[NotifyState::Ready, NotifyState::Status("started; pulling")]);
         // Started after READY=1, so no STATUS= or watchdog ping can come before it.
         tasks.push(("status", tokio::spawn(status.clone().run(stop.clone()))));
+        tasks.push((
+            "account check requests",
+            tokio::spawn(crate::account::recheck::watch(
+                store.clone(),
+                config.store.clone(),
+                self.metrics.clone(),
+                config.dispatch.poll_interval,
+                stop.clone(),
+            )),
+        ));
         tasks.push((
             "watchdog",
             tokio::spawn(service::watchdog(self.metrics.clone(), config.health.max_pull_age, stop.clone())),

@@ -44,6 +44,14 @@ pub struct SourceHealth {
     credentials: Mutex<Option<Refusals>>,
     /// Why the app's event configuration keeps events from the queue (a mode not PULL).
     account: Mutex<Option<String>>,
+    /// Pulled events cleared `account`, and no check has answered since.
+    account_cleared_by_events: AtomicBool,
+    /// A check after pulled events cleared `account` still found the mode not PULL (the
+    /// events were queued before the switch): events clear it no more until a check finds
+    /// PULL.
+    account_events_overruled: AtomicBool,
+    /// Asks the source's event-configuration check to check again now.
+    account_recheck: tokio::sync::Notify,
 }
 
 #[derive(Debug, Clone)]
@@ -204,9 +212,42 @@ impl SourceHealth {
         streak(&self.credentials, answer)
     }
 
-    /// Why the app's events do not reach the queue, or `None` once they do.
+    /// Why the app's events do not reach the queue, or `None` once they do (the
+    /// event-configuration check's finding).
     pub fn set_account_problem(&self, problem: Option<String>) {
-        *self.account.lock().expect("health mutex poisoned") = problem;
+        let mut account = self.account.lock().expect("health mutex poisoned");
+        let after_events = self.account_cleared_by_events.swap(false, Ordering::Relaxed);
+        let overruled = after_events || self.account_events_overruled.load(Ordering::Relaxed);
+        self.account_events_overruled.store(problem.is_some() && overruled, Ordering::Relaxed);
+        *account = problem;
+    }
+
+    /// Events were pulled from this source: only an app in PULL mode feeds the queue, so
+    /// that proves the mode, and the account problem clears at once (true if it did). The
+    /// check is asked to confirm now; if it still finds another mode (events queued before
+    /// a switch away from PULL), the problem returns and pulled events no longer clear it
+    /// until a check finds PULL.
+    pub fn events_pulled(&self) -> bool {
+        let mut account = self.account.lock().expect("health mutex poisoned");
+        if account.is_none() || self.account_events_overruled.load(Ordering::Relaxed) {
+            return false;
+        }
+        *account = None;
+        self.account_cleared_by_events.store(true, Ordering::Relaxed);
+        self.account_recheck.notify_one();
+        true
+    }
+
+    /// Asks the event-configuration check to check again now (not waiting for
+    /// `account.check_interval`).
+    pub fn request_account_check(&self) {
+        self.account_recheck.notify_one();
+    }
+
+    /// Resolves when a check was asked for with [`SourceHealth::request_account_check`] or
+    /// by [`SourceHealth::events_pulled`] (a request made while nobody waited counts).
+    pub async fn account_check_requested(&self) {
+        self.account_recheck.notified().await
     }
 
     /// A pull failed.
@@ -276,6 +317,13 @@ impl Health {
     /// Why the daemon has no source to pull, or `None` once it has some.
     pub fn set_no_sources(&self, why: Option<String>) {
         *self.no_sources.lock().expect("health mutex poisoned") = why;
+    }
+
+    /// Asks every source's event-configuration check to check again now.
+    pub fn request_account_checks(&self) {
+        for source in self.sources.lock().expect("health mutex poisoned").values() {
+            source.request_account_check();
+        }
     }
 
     /// Forgets a retired source.
@@ -412,5 +460,35 @@ mod tests {
         assert!(!r.healthy() && r.alive() && r.problems() == ["source default: app 1 is in PUSH mode"], "{r:?}");
         h.set_account_problem(None);
         assert!(health.report(minute).healthy());
+    }
+
+    #[test]
+    fn pulled_events_clear_a_push_mode_at_once_unless_a_later_check_overrules_them() {
+        let minute = Duration::from_secs(60);
+        let health = Health::default();
+        let h = health.source("default");
+        h.pull_ok();
+        assert!(!h.events_pulled(), "nothing to clear");
+        h.set_account_problem(Some("app 1 is in PUSH mode".into()));
+        assert!(h.events_pulled());
+        assert!(health.report(minute).healthy());
+        // The check asked for says PUSH still: events queued before the switch.
+        h.set_account_problem(Some("app 1 is in PUSH mode".into()));
+        assert!(!h.events_pulled(), "overruled");
+        assert!(!health.report(minute).healthy());
+        // Another check with the same finding keeps it so; one finding PULL ends that.
+        h.set_account_problem(Some("app 1 is in PUSH mode".into()));
+        assert!(!h.events_pulled());
+        h.set_account_problem(None);
+        h.set_account_problem(Some("app 1 is in PUSH mode".into()));
+        assert!(h.events_pulled(), "a new episode");
+    }
+
+    #[tokio::test]
+    async fn a_requested_check_is_kept_until_the_check_waits_for_it() {
+        let health = Health::default();
+        let h = health.source("default");
+        health.request_account_checks();
+        tokio::time::timeout(Duration::from_secs(5), h.account_check_requested()).await.expect("the request was kept");
     }
 }

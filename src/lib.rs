@@ -3,7 +3,8 @@
 //! (deduplicated on its content), and confirms the handles only after the commit.
 //!
 //! # Layout
-//! - [`config`]: layered configuration and its validation.
+//! - [`config`]: layered configuration and its validation; [`config_lint`]: placeholder
+//!   values refused, inline secrets in a file others can read warned about.
 //! - [`api`]: the signed v2 client and its error classes.
 //! - [`account`]: the app's event configuration (PULL mode, switches) and its periodic check.
 //! - [`event`]: what a received event is (dedupe key, extracted fields).
@@ -34,6 +35,7 @@ pub mod api;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod config_lint;
 pub mod confirmer;
 pub mod daemon;
 pub mod discovery;

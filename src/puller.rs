@@ -191,6 +191,9 @@ impl Puller {
                     if items.is_empty() {
                         continue;
                     }
+                    if self.health.events_pulled() {
+                        debug!(source = %self.source, "Events arrived, so the app is in PULL mode; checking its event configuration now.");
+                    }
                     let span = info_span!("batch", events = items.len());
                     let Some(forward) = self.hand_over(items, received_at, permit, &shutdown).await else { break };
                     committing.spawn(forward.instrument(span));

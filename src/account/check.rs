@@ -3,9 +3,13 @@
 //!
 //! - Mode not `PULL`: ERROR once (again only if the mode changes), `/healthz` 503 and the
 //!   STATUS= line name the app, the mode and the fix, until a later check finds `PULL`
-//!   (no restart needed).
+//!   (no restart needed) or events are pulled from the source, which proves `PULL`
+//!   ([`crate::health::SourceHealth::events_pulled`]).
+//! - A check is also made at once, not waiting for the interval, when pulled events
+//!   cleared the mode and when `account set-mode` asked for it through the store
+//!   ([`super::recheck`]).
 //! - Switches off: one WARN listing the event types that will never arrive (again only
-//!   when that list changes).
+//!   when that list changes); one INFO naming those switched on since.
 //! - The credentials may not call it: one WARN naming the permission to grant; pulling is
 //!   not affected. Any other failure: one WARN per streak. Either way the next try is one
 //!   interval later, never sooner.
@@ -88,6 +92,7 @@ impl AccountCheck {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(self.interval) => {}
+                _ = self.health.account_check_requested() => debug!(source = %self.source, "Checking the event configuration again, as asked."),
             }
         }
     }
@@ -124,6 +129,12 @@ impl AccountCheck {
             }
         }
         let off = config.switched_off();
+        let on_now: Vec<&str> = previous
+            .map(|p| p.switched_off().into_iter().filter(|s| !off.contains(s)).map(|s| s.event_type()).collect())
+            .unwrap_or_default();
+        if !on_now.is_empty() {
+            info!(app = %app, now_arrive = %on_now.join(", "), "These event types are switched on now and reach the queue: {}.", on_now.join(", "));
+        }
         if !off.is_empty() && previous.is_none_or(|p| p.switched_off() != off) {
             let types: Vec<&str> = off.iter().map(|s| s.event_type()).collect();
             let fields: Vec<&str> = off.iter().map(|s| s.field()).collect();

@@ -5,8 +5,10 @@
 //! of the official SDK models (`tencentcloud-sdk-python-vod` 3.1.194).
 //!
 //! - [`check`]: the daemon's periodic check, which says why nothing arrives.
+//! - [`recheck`]: the CLI asking running daemons, through the store, to check at once.
 
 pub mod check;
+pub mod recheck;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};

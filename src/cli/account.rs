@@ -1,7 +1,10 @@
 //! `vod-eventd account show|set-mode`: the app's event configuration, read with
 //! DescribeEventConfig and, only when asked and confirmed, switched to PULL mode with
 //! ModifyEventConfig (API 3.0, with the configured credentials whichever API pulls).
-//! The push URL and the sign key are never changed.
+//! The push URL and the sign key are never changed. After a change, `set-mode` asks the
+//! daemons sharing the store to check the configuration again at once
+//! ([`crate::account::recheck`]), so their `/healthz` and `status` follow without waiting
+//! for `account.check_interval`.
 
 use std::io::{BufRead as _, IsTerminal as _, Write};
 
@@ -49,7 +52,7 @@ pub enum Mode {
 
 impl AccountCommand {
     /// Runs the subcommand.
-    pub async fn run(self, config: &Config) -> anyhow::Result<()> {
+    pub async fn run(self, config: &Config, config_path: &std::path::Path) -> anyhow::Result<()> {
         let client = V3Client::new(ClientSettings::for_account(config)?)?;
         let app = app_name(config.vod.sub_app_id, crate::config::DEFAULT_SOURCE);
         let current = describe(&client, &app).await?;
@@ -62,7 +65,11 @@ impl AccountCommand {
                 writeln!(out, "{value}")?;
             }
             AccountCommand::Show { json: false } => print_config(&mut out, &app, &current)?,
-            AccountCommand::SetMode(args) => set_mode(&mut out, &client, &app, &current, &args).await?,
+            AccountCommand::SetMode(args) => {
+                // Also when nothing needed changing: the fix may have been made in the console.
+                set_mode(&mut out, &client, &app, &current, &args).await?;
+                ask_daemons_to_check(config, config_path).await;
+            }
         }
         Ok(())
     }
@@ -101,6 +108,18 @@ fn print_config(out: &mut impl Write, app: &str, config: &EventConfig) -> std::i
         writeln!(out, "never arrive: {}", off.join(", "))?;
     }
     Ok(())
+}
+
+/// Asks the daemons sharing the store to check the event configuration now. A store that
+/// cannot be opened (no daemon has created it yet) is only a note: the change is made.
+async fn ask_daemons_to_check(config: &Config, config_path: &std::path::Path) {
+    let asked = match super::open_store(config, config_path) {
+        Ok(store) => crate::account::recheck::request(&store).await.map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = asked {
+        eprintln!("note: a running daemon could not be asked to check again at once ({e:#}); it sees the change at its next check (account.check_interval) or when events arrive.");
+    }
 }
 
 async fn set_mode(

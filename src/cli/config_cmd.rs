@@ -1,6 +1,7 @@
 //! `vod-eventd config check [--online]`: validate the config (and read the secret) without
-//! starting; `--online` also reads the app's event configuration and warns about what
-//! will never arrive.
+//! starting, refuse the example's placeholder values and warn about secrets inline in a
+//! file every local user can read ([`crate::config_lint`]); `--online` also reads the
+//! app's event configuration and warns about what will never arrive.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -27,7 +28,9 @@ impl ConfigCommand {
     /// Runs the subcommand.
     pub fn run(self, path: &Path) -> ExitCode {
         let ConfigCommand::Check { online } = self;
-        let config = match crate::config::load(path) {
+        let config = match crate::config::load(path)
+            .and_then(|config| crate::config_lint::refuse_placeholders(&config, path).map(|()| config))
+        {
             Ok(config) => config,
             Err(e) => {
                 eprintln!("{e}");
@@ -40,6 +43,9 @@ impl ConfigCommand {
             crate::redact::url(&config.endpoint()),
             config.store.path.display()
         );
+        for warning in crate::config_lint::inline_secrets(path) {
+            println!("warning: {warning}");
+        }
         for (name, handler) in &config.handlers {
             if let crate::handler::HandlerConfig::Drm(drm) = handler {
                 println!("handlers.{name}: {}", drm.describe(config.vod.api));

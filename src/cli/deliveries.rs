@@ -29,9 +29,12 @@ pub struct ListArgs {
     /// Only this handler.
     #[arg(long, value_name = "NAME")]
     pub handler: Option<String>,
-    /// At most this many.
+    /// At most this many (0: all); standard error says when there are more.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    /// Every matching delivery (the same as `--limit 0`).
+    #[arg(long)]
+    pub all: bool,
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -71,11 +74,13 @@ impl DeliveriesCommand {
         let mut out = std::io::stdout().lock();
         match self {
             DeliveriesCommand::List(args) => {
-                let rows = store.list_deliveries(&DeliveryFilter {
+                let limit = super::cut::Limit { limit: args.limit, all: args.all };
+                let mut rows = store.list_deliveries(&DeliveryFilter {
                     state: args.state,
                     handler: args.handler,
-                    limit: args.limit,
+                    limit: limit.fetch(),
                 })?;
+                let cut = limit.cut(&mut rows);
                 if args.json {
                     for row in &rows {
                         writeln!(out, "{}", serde_json::to_string(row)?)?;
@@ -83,6 +88,8 @@ impl DeliveriesCommand {
                 } else {
                     write_table(&mut out, &rows)?;
                 }
+                out.flush()?;
+                limit.say(cut, rows.len(), "deliveries", args.json);
             }
             DeliveriesCommand::Retry(RetryArgs {
                 state: Some(state), since, until, handler, dry_run, restart, ..

@@ -89,9 +89,12 @@ pub struct ListArgs {
     /// Only events pulled from this source (a `[[sources]]` name; `default` without them).
     #[arg(long, value_name = "NAME")]
     pub source: Option<String>,
-    /// At most this many events.
+    /// At most this many events (0: all); standard error says when there are more.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    /// Every matching event (the same as `--limit 0`).
+    #[arg(long)]
+    pub all: bool,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -114,14 +117,16 @@ impl EventsCommand {
         let mut out = std::io::stdout().lock();
         match self {
             EventsCommand::List(args) => {
+                let limit = super::cut::Limit { limit: args.limit, all: args.all };
                 let filter = EventFilter {
                     event_type: args.event_type,
                     since_ms: args.since.as_deref().map(parse_since).transpose()?,
                     file_id: args.file_id,
                     source: args.source,
-                    limit: args.limit,
+                    limit: limit.fetch(),
                 };
-                let rows = store.list_events(&filter)?;
+                let mut rows = store.list_events(&filter)?;
+                let cut = limit.cut(&mut rows);
                 if args.json {
                     for row in &rows {
                         writeln!(out, "{}", json_line(row)?)?;
@@ -129,6 +134,8 @@ impl EventsCommand {
                 } else {
                     write_table(&mut out, &rows)?;
                 }
+                out.flush()?;
+                limit.say(cut, rows.len(), "events", args.json);
             }
             EventsCommand::Show(args) => {
                 let row = find(&store, args.id)?;

@@ -40,9 +40,12 @@ pub struct ListArgs {
     /// Only keys of this file.
     #[arg(long, value_name = "ID")]
     pub file_id: Option<String>,
-    /// At most this many.
+    /// At most this many (0: all); standard error says when there are more.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    /// Every stored key (the same as `--limit 0`).
+    #[arg(long)]
+    pub all: bool,
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -66,7 +69,9 @@ impl KeysCommand {
                 }
             }
             KeysCommand::List(args) => {
-                let keys = store.list_keys(args.file_id.as_deref(), args.limit)?;
+                let limit = super::cut::Limit { limit: args.limit, all: args.all };
+                let mut keys = store.list_keys(args.file_id.as_deref(), limit.fetch())?;
+                let cut = limit.cut(&mut keys);
                 for k in &keys {
                     if args.json {
                         writeln!(out, "{}", serde_json::to_string(k)?)?;
@@ -82,6 +87,8 @@ impl KeysCommand {
                         )?;
                     }
                 }
+                out.flush()?;
+                limit.say(cut, keys.len(), "keys", args.json);
             }
         }
         Ok(())

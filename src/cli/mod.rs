@@ -3,6 +3,7 @@
 
 mod account;
 mod config_cmd;
+mod cut;
 mod deliveries;
 mod demo;
 mod emulator;
@@ -98,7 +99,7 @@ pub fn run(cli: Cli) -> ExitCode {
             load_config(&config_path).and_then(|c| runtime().and_then(|rt| rt.block_on(status::run(&c, &config_path))))
         }
         Command::Account(cmd) => {
-            load_config(&config_path).and_then(|c| runtime().and_then(|rt| rt.block_on(cmd.run(&c))))
+            load_config(&config_path).and_then(|c| runtime().and_then(|rt| rt.block_on(cmd.run(&c, &config_path))))
         }
         Command::Store(store_cmd::StoreCommand::Copy(args)) => runtime().and_then(|rt| rt.block_on(args.run())),
         Command::Store(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
@@ -167,7 +168,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
+    crate::config_lint::refuse_placeholders(&config, config_path)?;
     let log = crate::logging::init(&config.log.level, &config.log.format);
+    for warning in crate::config_lint::inline_secrets(config_path) {
+        tracing::warn!("{warning}");
+    }
     // One thread runs every task: the daemon waits on the network and the store, and its
     // tasks hand work to each other constantly; on one thread that costs no cross-thread
     // wake-ups (a quarter less CPU per event than the multi-threaded runtime, BENCHMARKS.md).

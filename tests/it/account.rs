@@ -3,7 +3,9 @@
 //! switched-off event types are warned about once (and by `config check --online` when a
 //! route names one); credentials without the DescribeEventConfig permission get one WARN
 //! and pull on; `account show --json` is the emulator's state, and `set-mode` without
-//! `--yes` and without a terminal changes nothing.
+//! `--yes` and without a terminal changes nothing. Issue 25: the fix shows at once, not at
+//! the next `account.check_interval`: `set-mode` asks the daemon through the store, and
+//! pulled events prove PULL mode by themselves.
 
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -98,6 +100,103 @@ async fn an_app_in_push_mode_is_named_and_unhealthy_until_set_mode_pull_fixes_it
     }
     assert!(healthy, "/healthz is 200 again: {:?}", healthz(port).await);
     assert_eq!(lines_with(&daemon.log(), "INFO", &["PULL mode now"]), 1, "{}", daemon.log());
+}
+
+/// The daemon's `dispatch.poll_interval` in the issue 25 tests; `account.check_interval`
+/// stays at its 10 minutes.
+const POLL: Duration = Duration::from_secs(1);
+
+/// A daemon on an app in PUSH mode with the default check interval, once it reports it.
+async fn push_mode_daemon(backend: Backend) -> (vod_emulator::Emulator, TestDaemon, u16) {
+    let push = EventConfig { mode: PUSH.into(), ..EventConfig::pull_all_on() };
+    let emu = emulator(EmulatorConfig { event_config: push, ..fast_emulator_config() }).await;
+    let port = free_port();
+    let extra =
+        format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n[dispatch]\npoll_interval = \"{}s\"\n", POLL.as_secs());
+    let daemon = TestDaemon::start_on_logged(&emu.endpoint(), &extra, "vod_eventd=debug", backend).await;
+    eventually(Duration::from_secs(30), "the first check", || describe_calls(&emu) == 1).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while healthz(port).await.0 != 503 {
+        assert!(std::time::Instant::now() < deadline, "/healthz is not 503: {:?}", healthz(port).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (emu, daemon, port)
+}
+
+both_stores!(set_mode_pull_makes_the_running_daemon_healthy_within_a_poll_interval);
+
+/// `account set-mode pull --yes` with the daemon running: the daemon checks again within
+/// `dispatch.poll_interval` (plus the call), not at the next check 10 minutes on, and with
+/// no restart `/healthz` is 200 and `status` says PULL; events then flow. On PostgreSQL
+/// the request goes through the shared database.
+async fn set_mode_pull_makes_the_running_daemon_healthy_within_a_poll_interval(backend: Backend) {
+    let (emu, daemon, port) = push_mode_daemon(backend).await;
+    let set = cli(&daemon.config_path, &["account", "set-mode", "pull", "--yes"]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    assert!(String::from_utf8_lossy(&set.stderr).is_empty(), "no note: {}", String::from_utf8_lossy(&set.stderr));
+    let asked = std::time::Instant::now();
+    // One poll interval for the request to be read, a few seconds for the call on a busy machine.
+    let limit = POLL + Duration::from_secs(4);
+    while healthz(port).await.0 != 200 {
+        assert!(
+            asked.elapsed() < limit,
+            "still unhealthy {:?} after set-mode: {:?}",
+            asked.elapsed(),
+            healthz(port).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The CLI's own two calls and the daemon's second check.
+    assert_eq!(describe_calls(&emu), 4, "one more check by the daemon");
+    let status = cli(&daemon.config_path, &["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("event config:  the default app (no vod.sub_app_id): Mode PULL"), "{status}");
+    assert_eq!(lines_with(&daemon.log(), "INFO", &["PULL mode now"]), 1, "{}", daemon.log());
+    emu.enqueue_generated(3);
+    eventually(Duration::from_secs(30), "events flow", || daemon.rows() == 3).await;
+    assert_eq!(healthz(port).await.0, 200);
+}
+
+/// `set-mode pull --enable upload` on an app in PULL mode with NewFileUpload off: the
+/// running daemon checks again at once, says the type is switched on, and `status` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_turned_on_by_set_mode_is_seen_by_the_running_daemon_at_once() {
+    let off = EventConfig { upload_media_complete: OFF.into(), ..EventConfig::pull_all_on() };
+    let emu = emulator(EmulatorConfig { event_config: off, ..fast_emulator_config() }).await;
+    let extra = format!("[dispatch]\npoll_interval = \"{}s\"\n", POLL.as_secs());
+    let daemon = TestDaemon::start_full(&emu.endpoint(), &extra, "vod_eventd=debug", &[]).await;
+    eventually(Duration::from_secs(30), "the first check", || {
+        lines_with(&daemon.log(), "WARN", &["will never arrive", "NewFileUpload"]) == 1
+    })
+    .await;
+    let set = cli(&daemon.config_path, &["account", "set-mode", "pull", "--enable", "upload", "--yes"]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    eventually(POLL + Duration::from_secs(4), "the daemon's INFO", || {
+        lines_with(&daemon.log(), "INFO", &["switched on now", "NewFileUpload"]) == 1
+    })
+    .await;
+    let status = cli(&daemon.config_path, &["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("upload ON"), "{status}");
+    assert_eq!(describe_calls(&emu), 4, "the daemon's two checks and the CLI's two calls");
+}
+
+/// The app switched to PULL elsewhere (the console: nobody asks the daemon): the first
+/// events pulled prove the mode, and `/healthz` is 200 as soon as they are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulled_events_prove_pull_mode_without_waiting_for_the_check_interval() {
+    let (emu, daemon, port) = push_mode_daemon(Backend::Sqlite).await;
+    emu.set_event_config(None, EventConfig::pull_all_on());
+    assert_eq!(emu.enqueue_generated(3).len(), 3);
+    eventually(Duration::from_secs(30), "events flow", || daemon.rows() == 3).await;
+    let (status, body) = healthz(port).await;
+    assert_eq!(status, 200, "{body}");
+    // The check asked for by the events confirms it, and says so once.
+    eventually(Duration::from_secs(10), "the confirming check", || describe_calls(&emu) == 2).await;
+    eventually(Duration::from_secs(10), "its INFO", || lines_with(&daemon.log(), "INFO", &["PULL mode now"]) == 1)
+        .await;
+    assert_eq!(lines_with(&daemon.log(), "ERROR", &[]), 1, "{}", daemon.log());
+    assert_eq!(healthz(port).await.0, 200);
 }
 
 /// NewFileUpload switched off: one WARN naming it (not the types that are on), no such

@@ -344,3 +344,215 @@ fn status_draws_the_last_24_hours_hour_by_hour() {
     let (events, _) = sparkline_of(&String::from_utf8(out.stdout).unwrap(), "events received");
     assert_eq!(events.iter().collect::<String>(), format!(",{}~.#", ".".repeat(20)));
 }
+
+/// A store of 7 events, each with a delivery to `hook`, and 7 DRM keys; its config.
+fn store_of_seven(dir: &std::path::Path) -> String {
+    let db = dir.join("events.db");
+    let store = vod_eventd::store::Store::open(&db, Duration::from_secs(1)).unwrap();
+    let events: Vec<_> = (0..7)
+        .map(|i| {
+            let content = format!(r#"{{"eventType":"NewFileUpload","data":{{"fileId":"f{i}"}}}}"#);
+            (
+                vod_eventd::event::ReceivedEvent::from_content(&content, vod_eventd::config::ApiVersion::V2),
+                vec!["hook".to_string()],
+            )
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let inserted = rt.block_on(store.insert_events(events)).unwrap();
+    let keys = inserted
+        .iter()
+        .enumerate()
+        .map(|(i, row)| vod_eventd::store::NewKey {
+            edk: format!("edk-{i}"),
+            dk: [i as u8; 16],
+            file_id: Some(format!("f{i}")),
+            key_source: Some("VodBuildInKMS".into()),
+            definition: None,
+            event_id: row.id,
+        })
+        .collect();
+    assert_eq!(rt.block_on(store.insert_keys(keys)).unwrap(), 7);
+    drop(store);
+    let text = format!(
+        "[store]\npath = \"{}\"\n[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n[handlers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n",
+        db.display()
+    );
+    write(dir, "config.toml", &text)
+}
+
+/// A list command cut at `--limit 5` of 7 rows says so on stderr, naming the flags; with
+/// `--json` (stderr not a terminal) stdout has the 5 rows and nothing else, stderr nothing;
+/// `--all` and `--limit 0` show the 7 with no note; exactly the limit gets no note.
+fn a_cut_list_says_so_on_stderr_and_json_stays_clean(list: &str, what: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = store_of_seven(dir.path());
+    let run = |extra: &[&str]| {
+        let out = vod_eventd(&[&[list, "list", "--config", &config], extra].concat());
+        assert!(out.status.success(), "{list} list {extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let note = format!("vod-eventd: showing 5 {what}; more exist: --limit N shows up to N, --all shows every one\n");
+    let (stdout, stderr) = run(&["--limit", "5"]);
+    assert_eq!(stderr, note, "{list} list");
+    assert!(!stdout.contains("more exist"), "{list} list: {stdout}");
+    let (stdout, stderr) = run(&["--limit", "5", "--json"]);
+    assert_eq!(stderr, "", "{list} list --json");
+    assert_eq!(stdout.lines().count(), 5, "{list} list --json: {stdout}");
+    assert!(stdout.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{stdout}");
+    for all in [&["--all", "--json"][..], &["--limit", "0", "--json"], &["--limit", "7", "--json"]] {
+        let (stdout, stderr) = run(all);
+        assert_eq!((stdout.lines().count(), stderr.as_str()), (7, ""), "{list} list {all:?}");
+    }
+    let (_, stderr) = run(&["--limit", "7"]);
+    assert_eq!(stderr, "", "{list} list: not cut at exactly the limit");
+}
+
+#[test]
+fn events_list_says_when_it_is_cut() {
+    a_cut_list_says_so_on_stderr_and_json_stays_clean("events", "events");
+}
+
+#[test]
+fn deliveries_list_says_when_it_is_cut() {
+    a_cut_list_says_so_on_stderr_and_json_stays_clean("deliveries", "deliveries");
+}
+
+#[test]
+fn keys_list_says_when_it_is_cut() {
+    a_cut_list_says_so_on_stderr_and_json_stays_clean("keys", "keys");
+}
+
+/// Runs `config check` on `path` with `env`.
+fn config_check(path: &str, env: &[(&str, &std::path::Path)]) -> Output {
+    let mut cmd = cli();
+    cmd.args(["config", "check", "--config", path]);
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
+    cmd.output().unwrap()
+}
+
+fn chmod(path: &str, mode: u32) {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+/// A secret inline in a config every local user can read is warned about, naming the key,
+/// the file, its mode and where it belongs; the same file readable by its owner alone is
+/// not. The check still passes: it is a warning.
+#[test]
+fn config_check_warns_about_a_secret_inline_in_a_file_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n[store]\npath = \"{}\"\n[handlers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n",
+        dir.path().join("events.db").display()
+    );
+    let path = write(dir.path(), "config.toml", &text);
+    chmod(&path, 0o644);
+    let out = config_check(&path, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let warnings: Vec<&str> = stdout.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 2, "{stdout}");
+    assert!(
+        warnings[0].contains(&format!(
+            "vod.secret_key holds a secret inline in {path}, which every local user can read (mode 0644)"
+        )) && warnings[0].contains("/etc/vod-eventd/secret-key"),
+        "{stdout}"
+    );
+    assert!(warnings[1].contains("handlers.hook.secret holds a secret inline") && warnings[1].contains("secret_file"));
+    assert!(!stdout.contains(DEMO_SECRET_KEY) && !stdout.contains("MfKQ9r8G"), "no secret is shown: {stdout}");
+    chmod(&path, 0o600);
+    let out = config_check(&path, &[]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// The example's placeholder values are refused (exit 78) by `config check` and `run`,
+/// each naming its key, whether inline or from the credential, and never echoed.
+#[test]
+fn config_check_and_run_refuse_the_examples_placeholder_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("[store]\npath = \"{}\"\n", dir.path().join("events.db").display());
+    let cases = [
+        (format!("[vod]\nsecret_id = \"AKIDexampleexampleexampleexample\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n"), "`vod.secret_id`"),
+        (
+            format!("[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"replace-me\"\n"),
+            "`vod.secret_key`: is the example's placeholder; an inline secret_key wins over the credential",
+        ),
+        (
+            format!("[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"k\"\n[[sources]]\nname = \"b\"\nsecret_id = \"AKID...\"\nsecret_key = \"k2\"\n"),
+            "`sources[0].secret_id`",
+        ),
+    ];
+    for (text, key) in &cases {
+        let path = write(dir.path(), "config.toml", &format!("{text}{store}"));
+        for args in [&["config", "check"][..], &["run"]] {
+            let out = cli().args(args).args(["--config", &path]).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(78), "{args:?} {key}: {stderr}");
+            assert!(stderr.contains(key) && stderr.contains("is the example's placeholder"), "{args:?}: {stderr}");
+            assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "no OK: {args:?}");
+        }
+    }
+    // The README's placeholder written to the credential file literally.
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("vod-secret-key"), "YOUR-SECRET-KEY\n").unwrap();
+    let path = write(dir.path(), "config.toml", &format!("[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\n{store}"));
+    let out = config_check(&path, &[("CREDENTIALS_DIRECTORY", &creds)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("`vod.secret_key`: is the example's placeholder; the key's file"), "{stderr}");
+}
+
+/// The config the package installs: no secret inline, and `config check` names the missing
+/// key and the file to write it to instead of saying OK; under the packaged unit with that
+/// file missing (the credential is the unit's default), it says the file is missing; with
+/// the key in place and a SecretId set, it is OK with no warning.
+#[test]
+fn the_packaged_config_names_the_missing_key_and_works_once_it_is_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = include_str!("../../config.example.toml");
+    assert!(
+        !example.lines().any(|l| l.trim_start().starts_with("secret_key =") || l.trim_start().starts_with("token =")),
+        "no inline secret"
+    );
+    let path = write(dir.path(), "config.toml", example);
+    chmod(&path, 0o644);
+    let db = dir.path().join("events.db");
+    let out = config_check(&path, &[("VOD_EVENTD_STORE__PATH", &db)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "not OK");
+    assert!(
+        stderr
+            .contains("`vod.secret_key`: no secret key: write it to /etc/vod-eventd/secret-key (sudo install -m 0600"),
+        "{stderr}"
+    );
+
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    // What the unit's SetCredential= default holds when /etc/vod-eventd/secret-key is missing.
+    std::fs::write(creds.join("vod-secret-key"), "not-loaded:/etc/vod-eventd/secret-key").unwrap();
+    let out = config_check(&path, &[("VOD_EVENTD_STORE__PATH", &db), ("CREDENTIALS_DIRECTORY", &creds)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("the systemd credential `vod-secret-key` was not loaded because /etc/vod-eventd/secret-key is missing; write the key there"),
+        "{stderr}"
+    );
+
+    std::fs::write(creds.join("vod-secret-key"), format!("{DEMO_SECRET_KEY}\n")).unwrap();
+    let out = config_check(&path, &[("VOD_EVENTD_STORE__PATH", &db), ("CREDENTIALS_DIRECTORY", &creds)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "the example SecretId is refused: {stderr}");
+    assert!(stderr.contains("`vod.secret_id`: is the example's placeholder"), "{stderr}");
+    let edited = example.replace("AKIDexampleexampleexampleexample", DEMO_SECRET_ID);
+    let path = write(dir.path(), "config.toml", &edited);
+    chmod(&path, 0o644);
+    let out = config_check(&path, &[("VOD_EVENTD_STORE__PATH", &db), ("CREDENTIALS_DIRECTORY", &creds)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(": OK (") && !stdout.contains("warning"), "{stdout}");
+}

@@ -1,9 +1,11 @@
 //! The PostgreSQL store, end to end: the real binary (one, or two sharing one database)
 //! against the emulator, with a private PostgreSQL cluster started once per test process
-//! (Debian's `postgresql-15` binaries, run as the `postgres` user when the tests run as
-//! root, on a port from the OS, its socket and data in a temp dir) and stopped when the
-//! process exits. Each test gets a database of its own. Without the binaries the tests
-//! fail, naming the package.
+//! (the server binaries of the highest PostgreSQL major installed under
+//! `/usr/lib/postgresql/<major>/bin`, as Debian's and Ubuntu's `postgresql` package puts
+//! them: 15 on Debian 12, 16 on Ubuntu 24.04, 17 on Debian 13; run as the `postgres` user
+//! when the tests run as root, on a port from the OS, its socket and data in a temp dir)
+//! and stopped when the process exits. Each test gets a database of its own. Without the
+//! binaries the tests fail, naming the package.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -15,8 +17,37 @@ use vod_emulator::{Emulator, EmulatorConfig};
 use crate::receiver::Receiver;
 use crate::support::*;
 
-/// Where Debian's postgresql-15 package puts the server binaries.
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Where Debian and Ubuntu put each PostgreSQL major's binaries (`<major>/bin`).
+const PG_LIB: &str = "/usr/lib/postgresql";
+
+/// The server binaries of the highest major under `lib` (`lib/<major>/bin` holding
+/// `initdb`: a client-only major has `psql` there but no server), or the one-line reason
+/// naming the package to install.
+pub fn pg_bin_in(lib: &Path) -> Result<PathBuf, String> {
+    let major = |name: &str| name.split('.').map(|p| p.parse::<u32>().ok()).collect::<Option<Vec<u32>>>();
+    std::fs::read_dir(lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| Some((major(entry.file_name().to_str()?)?, entry.path().join("bin"))))
+        .filter(|(_, bin)| bin.join("initdb").is_file())
+        .max()
+        .map(|(_, bin)| bin)
+        .ok_or_else(|| {
+            format!(
+                "no PostgreSQL server is installed ({}/<major>/bin/initdb is missing): the PostgreSQL store tests need \
+                 the distribution's postgresql package (apt-get install -y postgresql)",
+                lib.display()
+            )
+        })
+}
+
+/// The server binaries the tests run ([`pg_bin_in`] of `/usr/lib/postgresql`); panics
+/// with the reason when there are none.
+fn pg_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| pg_bin_in(Path::new(PG_LIB)).unwrap_or_else(|why| panic!("{why}")))
+}
 
 /// The private cluster of this test process.
 pub struct Cluster {
@@ -60,12 +91,7 @@ impl Cluster {
     /// A cluster of its own (for tests that restart it), stopped and removed once this
     /// test process has exited.
     pub fn start() -> Cluster {
-        let bin = Path::new(PG_BIN);
-        assert!(
-            bin.join("initdb").exists(),
-            "PostgreSQL 15 is not installed ({PG_BIN}/initdb is missing): the PostgreSQL store tests need Debian's \
-             postgresql-15 package (apt-get install -y postgresql-15)"
-        );
+        let bin = pg_bin();
         let root = root();
         let dir = std::env::temp_dir().join(format!("vod-pg-{}-{:08x}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir(&dir).unwrap();
@@ -116,7 +142,7 @@ impl Cluster {
         let options =
             format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200", self.port, self.dir.display());
         run(
-            as_postgres(root(), &Path::new(PG_BIN).join("pg_ctl"))
+            as_postgres(root(), &pg_bin().join("pg_ctl"))
                 .arg("-D")
                 .arg(self.dir.join("data"))
                 .arg("-l")
@@ -156,7 +182,9 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 /// (before a daemon created the schema). Synchronous (psql), for `eventually` conditions.
 pub fn psql(url: &str, sql: &str) -> Vec<Vec<String>> {
     let out = command("psql").args(["-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql, url]).output();
-    let Ok(out) = out.map_err(|e| panic!("psql (postgresql-client-15) is needed: {e}")) else { return Vec::new() };
+    let Ok(out) = out.map_err(|e| panic!("psql is needed (the postgresql package brings it): {e}")) else {
+        return Vec::new();
+    };
     if !out.status.success() {
         return Vec::new();
     }
@@ -295,6 +323,40 @@ async fn assert_drained(
         assert_eq!(runs(dir).into_iter().collect::<HashSet<_>>(), ids("ingest").await, "every hook delivery ran");
     }
     assert_no_overlap(receiver);
+}
+
+/// Lays out `lib/<major>/bin/<file>` for each `(major, file)`.
+fn pg_layout(entries: &[(&str, &str)]) -> tempfile::TempDir {
+    let lib = tempfile::tempdir().unwrap();
+    for (major, file) in entries {
+        let bin = lib.path().join(major).join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join(file), "").unwrap();
+    }
+    lib
+}
+
+/// Debian 13's 17 beside an older 9.6 and 16, and an 18 with only the client (psql, no
+/// initdb): the harness takes 17's server binaries.
+#[test]
+fn the_harness_takes_the_highest_installed_server_major() {
+    let lib = pg_layout(&[("9.6", "initdb"), ("16", "initdb"), ("17", "initdb"), ("18", "psql"), ("common", "initdb")]);
+    assert_eq!(pg_bin_in(lib.path()), Ok(lib.path().join("17").join("bin")));
+    let only_16 = pg_layout(&[("16", "initdb")]);
+    assert_eq!(pg_bin_in(only_16.path()), Ok(only_16.path().join("16").join("bin")));
+}
+
+/// No server at all (nothing, or a client only): one line naming the package to install.
+#[test]
+fn without_a_server_the_harness_names_the_package_in_one_line() {
+    for lib in [pg_layout(&[]), pg_layout(&[("17", "psql")])] {
+        let why = pg_bin_in(lib.path()).unwrap_err();
+        assert!(!why.contains('\n'), "{why}");
+        assert!(why.contains("apt-get install -y postgresql)"), "{why}");
+        assert!(why.contains(&format!("{}/<major>/bin/initdb is missing", lib.path().display())), "{why}");
+    }
+    let missing = Path::new("/nonexistent/postgresql");
+    assert!(pg_bin_in(missing).unwrap_err().contains("apt-get install -y postgresql"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
