@@ -169,7 +169,6 @@ impl Daemon {
             "account check requests",
             tokio::spawn(crate::account::recheck::watch(
                 store.clone(),
-                config.store.clone(),
                 self.metrics.clone(),
                 config.dispatch.poll_interval,
                 stop.clone(),

@@ -4,18 +4,15 @@
 //! `dispatch.poll_interval` and, when it changed, has each source's check run now instead
 //! of at the next `account.check_interval`, so `/healthz` and `status` follow the fix.
 //!
-//! Only the store's public `put_state`/`state` are used. `state` is a synchronous call:
-//! on SQLite it runs on the blocking pool with the daemon's own connection; on PostgreSQL
-//! the daemon's store has no synchronous calls, so the watcher opens one CLI connection
-//! of its own for this read.
+//! Only the store's public `put_state`/`state` are used; `state` is a synchronous call, so
+//! it runs on the blocking pool.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::config::StoreConfig;
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Store, StoreError};
 
@@ -24,7 +21,7 @@ pub const KEY: &str = "account.recheck";
 
 /// Asks every daemon sharing `store` to check the event configuration again now.
 pub async fn request(store: &Store) -> Result<(), StoreError> {
-    store.put_state(vec![(KEY, format!("{} {}", now_ms(), std::process::id()))]).await
+    store.put_state(vec![(KEY.into(), format!("{} {}", now_ms(), std::process::id()))]).await
 }
 
 /// The value of [`KEY`], `None` if never written.
@@ -38,37 +35,18 @@ async fn read(store: &Store) -> Result<Option<String>, StoreError> {
 /// Watches [`KEY`] every `every` until `shutdown`, asking every source (`metrics.health`) for a
 /// check when it changes. A failed read is logged at debug and tried again next time
 /// (the store's own trouble is reported by its writers).
-pub async fn watch(
-    store: Store,
-    config: StoreConfig,
-    metrics: Arc<Metrics>,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut reader = (!store.is_shared()).then_some(store);
+pub async fn watch(store: Store, metrics: Arc<Metrics>, every: Duration, shutdown: CancellationToken) {
     let mut seen: Option<Option<String>> = None;
     loop {
-        if reader.is_none() {
-            let config = config.clone();
-            match tokio::task::spawn_blocking(move || Store::open_for_cli(&config)).await {
-                Ok(Ok(store)) => reader = Some(store),
-                Ok(Err(e)) => debug!(error = %e, "Could not open the store to read account check requests."),
-                Err(e) => warn!(error = %e, "Opening the store to read account check requests failed."),
-            }
-        }
-        if let Some(store) = &reader {
-            match read(store).await {
-                Ok(value) => {
-                    if seen.as_ref().is_some_and(|seen| *seen != value) {
-                        debug!(
-                            "An event configuration check was asked for (account set-mode); checking every source now."
-                        );
-                        metrics.health.request_account_checks();
-                    }
-                    seen = Some(value);
+        match read(&store).await {
+            Ok(value) => {
+                if seen.as_ref().is_some_and(|seen| *seen != value) {
+                    debug!("An event configuration check was asked for (account set-mode); checking every source now.");
+                    metrics.health.request_account_checks();
                 }
-                Err(e) => debug!(error = %e, "Could not read account check requests from the store."),
+                seen = Some(value);
             }
+            Err(e) => debug!(error = %e, "Could not read account check requests from the store."),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
