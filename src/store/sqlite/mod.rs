@@ -43,6 +43,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0014_outbox_covering.sql"),
 ];
 
+/// The write-ahead log's size once checkpointed (see `journal_size_limit` in `setup`).
+pub const WAL_LIMIT: u64 = 16 * 1024 * 1024;
+
 /// The number of migrations this build knows (the schema version of a current file).
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
@@ -78,9 +81,19 @@ impl SqliteStore {
         Self::setup(conn, path, busy_timeout, false)
     }
 
-    fn setup(conn: Connection, path: &Path, busy_timeout: Duration, daemon: bool) -> Result<SqliteStore, StoreError> {
+    fn setup(
+        mut conn: Connection,
+        path: &Path,
+        busy_timeout: Duration,
+        daemon: bool,
+    ) -> Result<SqliteStore, StoreError> {
         let open_err = |e| StoreError::Open { path: path.into(), source: e };
         conn.busy_timeout(busy_timeout).map_err(open_err)?;
+        // Every transaction takes the write lock when it begins. A deferred one that reads
+        // first and writes later fails at once with SQLITE_BUSY (no busy_timeout wait) when
+        // another connection (the CLI, the daemon) committed in between; an immediate one
+        // waits for the lock, then reads what is current.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         // Only takes effect on a new, empty file: lets retention give space back.
         let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).map_err(|e| corrupt_or_open(path, e))?;
         if pages == 0 && daemon {
@@ -95,6 +108,10 @@ impl SqliteStore {
             });
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;").map_err(open_err)?;
+        // Once a checkpoint has copied the whole log back (no reader holds an old snapshot),
+        // the next writer cuts the log file down to this size: a log that grew while a long
+        // reader (a backup) held a snapshot gives the space back instead of staying at its peak.
+        conn.execute_batch(&format!("PRAGMA journal_size_limit = {WAL_LIMIT};")).map_err(open_err)?;
         if daemon {
             // The daemon checkpoints itself; the CLI should not.
             conn.execute_batch("PRAGMA wal_autocheckpoint = 1000;").map_err(open_err)?;
@@ -271,5 +288,70 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = SqliteStore::open_existing(&dir.path().join("none.db"), Duration::from_secs(1)).err().unwrap();
         assert!(err.to_string().contains("no store at"));
+    }
+
+    fn upload(i: usize, pad: usize) -> crate::event::ReceivedEvent {
+        let content =
+            format!(r#"{{"eventType":"NewFileUpload","data":{{"fileId":"f{i}","pad":"{}"}}}}"#, "x".repeat(pad));
+        crate::event::ReceivedEvent::from_content(&content, crate::config::ApiVersion::V2)
+    }
+
+    /// The CLI writing while the daemon ingests (issue 26): a transaction that reads before
+    /// it writes used to fail at once with "database is locked" whenever the other
+    /// connection committed in between, however long busy_timeout was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_of_another_connection_never_fail_a_transaction_that_reads_first() {
+        use crate::store::prelude::*;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        let daemon = SqliteStore::open(&path, Duration::from_secs(10)).unwrap();
+        let cli = SqliteStore::open_existing(&path, Duration::from_secs(10)).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let operator = std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                cli.pause_handler("h", None).unwrap();
+                cli.resume_handler("h").unwrap();
+                cli.retry_dead(Some("h")).unwrap();
+                rounds += 1;
+            }
+            rounds
+        });
+        let mut refused = Vec::new();
+        for i in 0..400 {
+            if let Err(e) = daemon.insert_events(vec![(upload(i, 0), vec!["h".into()])]).await {
+                refused.push(e.to_string());
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rounds = operator.join().unwrap();
+        assert!(rounds > 10, "the operator's writes ran alongside ({rounds} rounds)");
+        assert!(refused.is_empty(), "{} of 400 commits refused, e.g. {:?}", refused.len(), refused.first());
+    }
+
+    /// A reader holding a snapshot (a backup) lets the write-ahead log grow; once it lets
+    /// go, the log is cut back to [`WAL_LIMIT`] by the next commits instead of keeping its peak.
+    #[tokio::test]
+    async fn the_log_gives_its_space_back_once_a_long_reader_lets_go() {
+        use crate::store::prelude::*;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        let store = SqliteStore::open(&path, Duration::from_secs(5)).unwrap();
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap();
+        let wal = || std::fs::metadata(store.wal_path()).map(|m| m.len()).unwrap_or(0);
+        let mut i = 0;
+        while wal() <= 2 * WAL_LIMIT {
+            store.insert_events((0..50).map(|n| (upload(i + n, 8192), vec![])).collect()).await.unwrap();
+            i += 50;
+        }
+        reader.execute_batch("COMMIT").unwrap();
+        drop(reader);
+        for n in 0..3 {
+            store.insert_events(vec![(upload(i + n, 0), vec![])]).await.unwrap();
+        }
+        assert!(wal() <= WAL_LIMIT, "the log kept {} bytes after the reader let go", wal());
     }
 }
