@@ -246,8 +246,17 @@ impl Daemon {
                 return;
             }
         };
+        // The cap first: while the store refuses writes, stopping a source below waits for its
+        // pending commits, which wait for the room this makes.
+        if new.store.max_size_mb != self.config.store.max_size_mb {
+            if let Err(e) = store.set_max_size(new.store.max_size_mb * 1024 * 1024).await {
+                warn!(error = %e, "store.max_size_mb could not be applied.");
+            }
+        }
         routing_tx.send_replace(Arc::new(routing));
-        // `sources = "all"` is applied by discovery; a list is applied here.
+        // `sources = "all"` is applied by discovery; a list (or `[vod]` alone, which every
+        // listed source inherits) is applied here: a source whose settings changed is
+        // stopped (its handles in flight confirmed first) and started with the new ones.
         if !discovering && !matches!(new.sources, SourcesSetting::All) {
             if let Err(e) = sources.reconcile(&new, new.sources()).await {
                 error!(config = %path, error = %format!("{e:#}"), "A source of the new configuration could not be started; the others run.");
@@ -257,14 +266,9 @@ impl Daemon {
         if let Err(e) = self.log.set_level(&new.log.level) {
             warn!(error = %e, "log.level could not be applied.");
         }
-        if new.store.max_size_mb != self.config.store.max_size_mb {
-            if let Err(e) = store.set_max_size(new.store.max_size_mb * 1024 * 1024).await {
-                warn!(error = %e, "store.max_size_mb could not be applied.");
-            }
-        }
         let restart_only: Vec<String> = config::restart_needed(&self.config, &new)
             .into_iter()
-            .filter(|key| discovering || !key.starts_with("sources"))
+            .filter(|key| discovering || !(key.starts_with("sources") || key.starts_with("vod.")))
             .collect();
         if !restart_only.is_empty() {
             warn!(settings = %restart_only.join(", "), "These settings changed but take effect only after a restart; the running values stay until then.");

@@ -73,6 +73,7 @@ mod pg;
 mod pipeline;
 mod ranges;
 mod receiver;
+mod reload;
 mod service;
 mod sources;
 mod store_copy;
