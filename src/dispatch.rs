@@ -488,7 +488,7 @@ impl Dispatcher {
         control: &mut Control,
     ) -> Result<Stepped, StoreError> {
         if sweeps.due() {
-            let swept = self.store.sweep_expired_leases(now_ms()).await?;
+            let swept = self.store.sweep_expired_leases(crate::clock::due_ms()).await?;
             if swept > 0 {
                 warn!(deliveries = swept, "Returned deliveries whose lease passed without a recorded outcome to pending; they will be attempted again.");
             }
@@ -530,7 +530,7 @@ impl Dispatcher {
                 breaker: control.breakers.step(name, lane, &route),
             })
             .collect();
-        let now = now_ms();
+        let now = crate::clock::due_ms();
         let batch: Arc<[AttemptRecord]> = std::mem::take(outcomes).into();
         let claimed = match self.store.settle_and_claim(batch.clone(), wants, now).await {
             Ok(claimed) => claimed,
@@ -608,7 +608,7 @@ impl Dispatcher {
         let outcomes: Arc<[AttemptRecord]> = outcomes.into();
         let deadline = Instant::now() + RECORD_FLUSH;
         loop {
-            match self.store.settle_and_claim(outcomes.clone(), Vec::new(), now_ms()).await {
+            match self.store.settle_and_claim(outcomes.clone(), Vec::new(), crate::clock::due_ms()).await {
                 Ok(_) => return,
                 Err(_) if Instant::now() + FLUSH_RETRY < deadline => tokio::time::sleep(FLUSH_RETRY).await,
                 Err(e) => {
@@ -707,7 +707,7 @@ fn settle(
                 Some(delay) => {
                     stats.attempt(handler, "retry", duration.as_secs_f64());
                     warn!(error = %failure.message, retry_in = ?delay, "Delivery attempt failed; will retry.");
-                    Next::RetryAt(now_ms() + delay.as_millis() as i64)
+                    Next::RetryAt(crate::clock::due_ms() + delay.as_millis() as i64)
                 }
                 None => {
                     stats.attempt(handler, "dead", duration.as_secs_f64());

@@ -24,7 +24,7 @@
 //! - [`service`]: sd_notify, the status heartbeat and data-at-risk alarms.
 //! - [`alerts`]: the daemon's own happenings stored and routed as `vod-eventd.*` events.
 //! - [`outage`]: reporting and backing off while the store refuses writes.
-//! - [`backoff`], [`signal`], [`logging`], [`redact`]: small shared pieces.
+//! - [`backoff`], [`clock`], [`signal`], [`logging`], [`redact`]: small shared pieces.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -34,6 +34,7 @@ pub mod alerts;
 pub mod api;
 pub mod backoff;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod config_lint;
 pub mod confirmer;

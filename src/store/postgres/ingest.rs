@@ -149,7 +149,7 @@ pub(super) async fn raise(tx: &Transaction<'_>, alert: &Alert, route: &RouteFn, 
         )
         .await?
         .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
-    if let Some((last_at, _)) = last.filter(|(at, _)| now - at < ALERT_HOLD.as_millis() as i64) {
+    if let Some((last_at, _)) = last.filter(|(at, _)| (0..ALERT_HOLD.as_millis() as i64).contains(&(now - at))) {
         tx.execute(
             "UPDATE alert_log SET held_back = held_back + 1 WHERE kind = $1 AND subject = $2 AND last_at = $3",
             &[&kind, &alert.subject, &last_at],

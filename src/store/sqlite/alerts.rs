@@ -29,7 +29,7 @@ pub(super) fn raise(conn: &Connection, alert: &Alert, route: &RouteFn, now: i64)
         .prepare_cached("SELECT last_at, held_back FROM alert_log WHERE kind = ?1 AND subject = ?2")?
         .query_row(params![kind, alert.subject], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    if let Some((last_at, _)) = last.filter(|(at, _)| now - at < ALERT_HOLD.as_millis() as i64) {
+    if let Some((last_at, _)) = last.filter(|(at, _)| (0..ALERT_HOLD.as_millis() as i64).contains(&(now - at))) {
         conn.execute(
             "UPDATE alert_log SET held_back = held_back + 1 WHERE kind = ?1 AND subject = ?2 AND last_at = ?3",
             params![kind, alert.subject, last_at],
@@ -190,6 +190,12 @@ mod tests {
         assert!(store.raise_alert(credentials, to("pager")).await.unwrap());
         let last = alerts(&store).pop().unwrap().1;
         assert!(last.contains(r#""held_back":1"#), "{last}");
+        // The wall clock stepped back an hour since the last one (or the store was written
+        // by a host whose clock ran ahead): that alert is not held back until the clock
+        // passes it again.
+        let refused = Alert::new(AlertKind::CredentialsRefused, "default", "refused");
+        store.run_sync(|c| Ok(c.execute("UPDATE alert_log SET last_at = last_at + 3600000", [])?)).unwrap();
+        assert!(store.raise_alert(refused, to("pager")).await.unwrap(), "an alert from the future holds nothing back");
         let dead = store.dead_since(0, 10).await.unwrap();
         assert_eq!(dead.len(), 2);
 

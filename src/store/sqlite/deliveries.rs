@@ -153,7 +153,8 @@ fn claim(tx: &Connection, wants: &[Want], now: i64) -> Result<Claimed, StoreErro
         if limit == 0 {
             continue;
         }
-        let lease_until = now.saturating_add(want.lease.as_millis() as i64);
+        // This process's own lease: judged by its steady clock (see `sweep_expired_leases`).
+        let lease_until = crate::clock::steady_ms().saturating_add(want.lease.as_millis() as i64);
         let ids = mark.query_map(params![now, want.handler, limit as i64, lease_until], |r| r.get::<_, i64>(0))?;
         let ids: Vec<i64> = ids.collect::<Result<_, _>>()?;
         if ids.len() < limit && !claimed.paused.contains_key(&i) {
@@ -236,7 +237,11 @@ impl Outbox for SqliteStore {
         .await
     }
 
+    /// Leases on this store are this process's own (another process's are requeued when it
+    /// starts), so they pass only when this process's steady clock agrees as well: a step of
+    /// the wall clock never expires an attempt still running.
     async fn sweep_expired_leases(&self, now: i64) -> Result<usize, StoreError> {
+        let now = now.min(crate::clock::steady_ms());
         self.run_bookkeeping(move |conn| {
             let expired: bool = conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM deliveries WHERE state = 'running' AND lease_until < ?1)",
@@ -389,9 +394,13 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = one_pending(&dir).await;
         let now = now_ms();
-        let claimed = store.claim_due("h".into(), 1, now, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(store.sweep_expired_leases(now + 59_000).await.unwrap(), 0, "the lease holds");
-        assert_eq!(store.sweep_expired_leases(now + 61_000).await.unwrap(), 1);
+        let claimed = store.claim_due("h".into(), 1, now, Duration::from_millis(200)).await.unwrap();
+        assert_eq!(store.sweep_expired_leases(now + 600_000).await.unwrap(), 0, "a clock step does not end the lease");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.sweep_expired_leases(now_ms()).await.unwrap() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the lease never passed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(state(&store), ("pending".into(), 1), "swept, and the lost attempt still counts");
         // The outcome arrives after the sweep but before a new claim: it settles the delivery.
         store.finish_attempt(record(claimed[0].delivery_id, 1, Next::Done)).await.unwrap();
@@ -404,8 +413,12 @@ pub(crate) mod tests {
         let store = one_pending(&dir).await;
         let now = now_ms();
         let first = store.claim_due("h".into(), 1, now, Duration::from_millis(1)).await.unwrap();
-        store.sweep_expired_leases(now + 10).await.unwrap();
-        let second = store.claim_due("h".into(), 1, now + 10, Duration::from_secs(60)).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.sweep_expired_leases(now_ms()).await.unwrap() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the lease never passed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let second = store.claim_due("h".into(), 1, now_ms(), Duration::from_secs(60)).await.unwrap();
         assert_eq!(second[0].attempt, 2);
         store.finish_attempt(record(first[0].delivery_id, 1, Next::Dead)).await.unwrap();
         assert_eq!(state(&store), ("running".into(), 2), "the stale outcome is recorded, not applied");
