@@ -33,8 +33,9 @@ use crate::metrics::Metrics;
 use crate::store::pg::Singleton;
 use crate::store::{RouteFn, Store};
 
-/// The source of every alert event.
-pub const ALERT_SOURCE: &str = "vod-eventd";
+/// The source of every alert event (defined at the bottom, since the config refuses it as a
+/// source name and routing keeps it apart).
+pub use crate::names::ALERT_SOURCE;
 /// At most one alert per kind and subject per this long.
 pub const ALERT_HOLD: Duration = Duration::from_secs(60);
 /// Alerts kept while the store refuses writes, at most; older ones are dropped first.

@@ -3,7 +3,8 @@
 //! (deduplicated on its content), and confirms the handles only after the commit.
 //!
 //! # Layout
-//! - [`config`]: layered configuration and its validation.
+//! - [`names`]: names and small types every layer shares (API version, reserved source names).
+//! - [`config`]: layered configuration and its validation, a file per section.
 //! - [`api`]: the signed v2 client and its error classes.
 //! - [`account`]: the app's event configuration (PULL mode, switches) and its periodic check.
 //! - [`event`]: what a received event is (dedupe key, extracted fields).
@@ -47,6 +48,7 @@ pub mod http;
 pub mod ingest;
 pub mod logging;
 pub mod metrics;
+pub mod names;
 pub mod outage;
 pub mod puller;
 pub mod redact;
