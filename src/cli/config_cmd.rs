@@ -40,6 +40,9 @@ impl ConfigCommand {
             crate::redact::url(&config.endpoint()),
             config.store.path.display()
         );
+        for warning in config.warnings() {
+            println!("warning: {warning}");
+        }
         for (name, handler) in &config.handlers {
             if let crate::handler::HandlerConfig::Drm(drm) = handler {
                 println!("handlers.{name}: {}", drm.describe(config.vod.api));

@@ -269,6 +269,11 @@ pub fn env_name(key: &str) -> String {
 }
 
 impl Config {
+    /// What is allowed but unwise, for `config check` to print (one line each).
+    pub fn warnings(&self) -> Vec<String> {
+        self.store.warnings()
+    }
+
     fn validate(&self) -> Vec<ConfigIssue> {
         let mut issues = Vec::new();
         let mut bad = |key: &str, message: String| issues.push(ConfigIssue { key: key.into(), message, source: None });

@@ -36,7 +36,7 @@ pub(super) fn printable(value: &str) -> Result<(), String> {
 }
 
 /// What a secret must be, said without its value.
-const NOT_TEXT: &str = "must be text; the value given is not shown. A value that reads as a number or a boolean is taken as one: in TOML, quote it; in the environment, quote it as well (VOD_EVENTD_...='\"...\"'), or put it in a file (the section's *_file key)";
+const NOT_TEXT: &str = "must be text; the value given is not shown. A value that reads as a number or a boolean is read as one: quote it (in TOML: key = \"...\"; in the environment: VOD_EVENTD_...='\"...\"'), or put it in a file and name that file instead (e.g. vod.secret_key_file)";
 
 /// A secret from text only: any other type is refused without naming the value (serde's own
 /// message would quote a secret that reads as a number: `found unsigned int 98765...`).

@@ -111,3 +111,44 @@ impl Default for StoreConfig {
         }
     }
 }
+
+impl StoreConfig {
+    /// What `config check` should warn about: a PostgreSQL URL whose host is not on this
+    /// machine, with an `sslmode` that does not check the server's certificate (`disable`,
+    /// `prefer`, the default, or `require`): DRM data keys travel that connection. `verify-ca`
+    /// checks the host name here too (see `store::pg::tls`), so it is as good as
+    /// `verify-full`.
+    pub fn warnings(&self) -> Vec<String> {
+        let Some(url) = self.postgres_url() else { return Vec::new() };
+        let Ok(parsed) = reqwest::Url::parse(url) else { return Vec::new() };
+        let query = |name: &str| parsed.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+        let mode = query("sslmode").unwrap_or_else(|| "prefer".into());
+        if !matches!(mode.as_str(), "disable" | "prefer" | "require") {
+            return Vec::new();
+        }
+        // libpq's `host=` parameter overrides the URL's host; a path there is a Unix socket.
+        let host = match query("host") {
+            Some(host) => host,
+            None => parsed.host_str().unwrap_or_default().to_string(),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let local = host.is_empty()
+            || host.starts_with('/')
+            || host.eq_ignore_ascii_case("localhost")
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if local {
+            return Vec::new();
+        }
+        let what = match mode.as_str() {
+            "disable" => "sslmode=disable sends everything in plain text",
+            "prefer" if query("sslmode").is_none() => {
+                "no sslmode means prefer, which falls back to plain text and checks no certificate"
+            }
+            "prefer" => "sslmode=prefer falls back to plain text and checks no certificate",
+            _ => "sslmode=require encrypts but checks no certificate",
+        };
+        vec![format!(
+            "store.url: {what}, and {host} is not this machine: anyone on the path can read or change what this connection carries, DRM data keys included; add sslmode=verify-full to the URL (with sslrootcert=/path/ca.pem if the server's certificate is from a private CA)"
+        )]
+    }
+}

@@ -303,3 +303,75 @@ fn an_unknown_key_in_a_handler_section_is_refused_naming_the_known_ones() {
     );
     assert!(err.contains("pause_after, probe_interval, rate, hosts"), "the shared keys are named too: {err}");
 }
+
+#[test]
+fn a_secret_that_reads_as_a_number_or_a_boolean_is_refused_without_its_value() {
+    // In a file.
+    for (value, shown) in [("98765432109876", "98765432109876"), ("true", "true"), ("1.5e3", "1500")] {
+        for key in ["secret_key", "token"] {
+            let other = if key == "token" { "secret_key = \"k\"\n" } else { "" };
+            let err = parse(&format!("[vod]\nsecret_id = \"AKID1\"\n{other}{key} = {value}\n")).unwrap_err();
+            assert_eq!(err.issues[0].key, format!("vod.{key}"));
+            let text = err.to_string();
+            assert!(!text.contains(shown) && !text.contains(value), "{value} echoed: {text}");
+            assert!(text.contains("must be text; the value given is not shown"), "{text}");
+        }
+    }
+    let hook = format!(
+        "{MINIMAL}[[routes]]\nevents = [\"*\"]\nhandlers = [\"h\"]\n[handlers.h]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", 4242424242]\n"
+    );
+    let text = parse(&hook).unwrap_err().to_string();
+    assert!(!text.contains("4242424242") && text.contains("handlers.h"), "{text}");
+    let text = parse(&format!("{MINIMAL}[[sources]]\nname = \"a\"\nsecret_id = \"AKID2\"\nsecret_key = 31337313373\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(!text.contains("31337313373") && text.contains("sources"), "{text}");
+    // In the environment (a prefix of this test's own, so no other test sees the variables).
+    std::env::set_var("VOD_EVENTD_T16_VOD__SECRET_KEY", "98765432109876");
+    std::env::set_var("VOD_EVENTD_T16_VOD__TOKEN", "false");
+    let figment = Figment::new()
+        .merge(Toml::string("[vod]\nsecret_id = \"AKID1\"\n"))
+        .merge(Env::prefixed("VOD_EVENTD_T16_").split("__"));
+    let err = from_figment(figment, Path::new("t")).unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains("98765432109876") && !text.contains("false"), "{text}");
+    let issue = err.issues.iter().find(|i| i.key == "vod.secret_key").unwrap_or_else(|| panic!("{text}"));
+    assert!(issue.source.as_deref().is_some_and(|s| s.contains("VOD_EVENTD_T16_")), "{issue}");
+    // Quoted, the same digits are a key.
+    std::env::set_var("VOD_EVENTD_T16_VOD__SECRET_KEY", "\"98765432109876\"");
+    std::env::remove_var("VOD_EVENTD_T16_VOD__TOKEN");
+    let figment = Figment::new()
+        .merge(Toml::string("[vod]\nsecret_id = \"AKID1\"\n"))
+        .merge(Env::prefixed("VOD_EVENTD_T16_").split("__"));
+    let config = from_figment(figment, Path::new("t")).unwrap();
+    assert_eq!(config.secret_key().unwrap().expose_secret(), "98765432109876");
+    std::env::remove_var("VOD_EVENTD_T16_VOD__SECRET_KEY");
+}
+
+#[test]
+fn a_remote_postgres_host_without_a_checked_certificate_is_warned_about() {
+    let warnings = |url: &str| parse(&format!("{MINIMAL}[store]\nurl = \"{url}\"\n")).unwrap().warnings();
+    for url in [
+        "postgresql://vod:pw@db.example/vod",
+        "postgresql://vod@db.example:5432/vod?sslmode=prefer",
+        "postgresql://vod@10.0.0.5/vod?sslmode=require",
+        "postgresql://vod@db.example/vod?sslmode=disable",
+        "postgresql://vod@localhost/vod?host=db.example&sslmode=require",
+    ] {
+        let w = warnings(url);
+        assert_eq!(w.len(), 1, "{url}: {w:?}");
+        assert!(w[0].starts_with("store.url: ") && w[0].contains("sslmode=verify-full"), "{w:?}");
+        assert!(!w[0].contains("pw"), "the password is never shown: {w:?}");
+    }
+    for url in [
+        "postgresql://vod@db.example/vod?sslmode=verify-full",
+        "postgresql://vod@db.example/vod?sslmode=verify-ca",
+        "postgresql://vod@localhost/vod?sslmode=require",
+        "postgresql://vod@127.0.0.1/vod",
+        "postgresql://vod@[::1]:5432/vod?sslmode=disable",
+        "postgresql://vod@db.example/vod?host=/run/postgresql",
+    ] {
+        assert_eq!(warnings(url), Vec::<String>::new(), "{url}");
+    }
+    assert!(parse(MINIMAL).unwrap().warnings().is_empty(), "SQLite: nothing to warn about");
+}
