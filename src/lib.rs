@@ -22,7 +22,8 @@
 //! - [`cli`]: the command line (daemon, history, config check, emulator, demo).
 //! - [`metrics`], [`health`], [`http`]: what the pipeline did, whether it is well, `/metrics`.
 //! - [`service`]: sd_notify, the status heartbeat and data-at-risk alarms.
-//! - [`alerts`]: the daemon's own happenings stored and routed as `vod-eventd.*` events.
+//! - [`alerts`]: the daemon's own happenings stored and routed as `vod-eventd.*` events;
+//!   [`alert_event`] is their model (kinds, body, hold), below the store that records them.
 //! - [`outage`]: reporting and backing off while the store refuses writes.
 //! - [`backoff`], [`signal`], [`logging`], [`redact`]: small shared pieces.
 
@@ -30,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod account;
+pub mod alert_event;
 pub mod alerts;
 pub mod api;
 pub mod backoff;
