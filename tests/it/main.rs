@@ -62,6 +62,7 @@ macro_rules! both_stores {
 mod account;
 mod chaos;
 mod cli;
+mod contract;
 mod contrib;
 mod controls;
 mod crosscheck;
