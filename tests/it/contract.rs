@@ -7,12 +7,13 @@
 //!   transient, a rejection is permanent.
 //! - No secret of the handler's configuration or of the daemon's environment reaches an
 //!   error text or an excerpt.
+//! - An attempt the shutdown drain stops (its task aborted, as the dispatcher does once
+//!   `drain_timeout` has passed) leaves nothing of it running at the target.
 //!
 //! The same bodies run against each type; a type joins with a [`Subject`] (how to make a
 //! section whose target answers as told, and what the target saw) and one line in
-//! `contract!`. The drain at shutdown is pinned end to end in `handlers.rs` (a hook's
-//! process group is killed, claims are returned). `drm` has no target that sees an id, and
-//! the emulator cannot yet fail DescribeDrmDataKey on request, so it is not under contract yet.
+//! `contract!`. `drm` has no target that sees an id, and the emulator cannot yet fail
+//! DescribeDrmDataKey on request, so it is not under contract yet.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -24,6 +25,7 @@ use vod_eventd::handler::{AnyHandler, Delivery, Failure, HandlerConfig};
 use vod_eventd::store::Store;
 
 use crate::receiver::Receiver;
+use crate::support::eventually;
 
 /// The attempt timeout every contract section sets.
 const TIMEOUT: &str = "400ms";
@@ -48,12 +50,14 @@ trait Subject: Sized {
     /// Starts a target in `dir`.
     async fn start(dir: &Path) -> Self;
     /// The `[handlers.h]` section (without its header) whose attempts reach the target, with
-    /// the attempt timeout [`TIMEOUT`] and [`SECRET`] wherever the type keeps secrets.
-    fn section(&self) -> String;
+    /// the attempt timeout `timeout` and [`SECRET`] wherever the type keeps secrets.
+    fn section(&self, timeout: &str) -> String;
     /// How the target answers from now on.
     fn answer(&self, answer: Answer);
     /// The delivery ids the target saw, in order.
     fn ids(&self) -> Vec<String>;
+    /// Whether the target is working on an attempt right now.
+    fn busy(&self) -> bool;
 }
 
 struct Webhook(Receiver);
@@ -62,9 +66,9 @@ impl Subject for Webhook {
     async fn start(_: &Path) -> Self {
         Webhook(Receiver::start().await)
     }
-    fn section(&self) -> String {
+    fn section(&self, timeout: &str) -> String {
         let url = format!("http://user:{SECRET}@{}/vod?token={SECRET}", self.0.addr);
-        format!("type = \"webhook\"\nurl = \"{url}\"\ntimeout = \"{TIMEOUT}\"\nheaders = {{ Authorization = \"Bearer {SECRET}\" }}\n")
+        format!("type = \"webhook\"\nurl = \"{url}\"\ntimeout = \"{timeout}\"\nheaders = {{ Authorization = \"Bearer {SECRET}\" }}\n")
     }
     fn answer(&self, answer: Answer) {
         self.0.set(|b| {
@@ -78,6 +82,9 @@ impl Subject for Webhook {
     }
     fn ids(&self) -> Vec<String> {
         self.0.recorded().iter().map(|r| r.headers.get("webhook-id").cloned().unwrap_or_default()).collect()
+    }
+    fn busy(&self) -> bool {
+        self.0.in_flight() > 0
     }
 }
 
@@ -93,16 +100,16 @@ impl Subject for Shell {
         std::fs::write(
             &hook,
             "#!/bin/sh\necho \"$VOD_EVENT_ID\" >> \"$0.ids\"\nenv >&2\n\
-             case \"$(cat \"$0.answer\")\" in\n  accept) exit 0 ;;\n  refuse) exit 1 ;;\n  reject) exit 3 ;;\n  *) exec sleep 60 ;;\nesac\n",
+             case \"$(cat \"$0.answer\")\" in\n  accept) exit 0 ;;\n  refuse) exit 1 ;;\n  reject) exit 3 ;;\n  *) echo $$ > \"$0.pid\"; exec sleep 60 ;;\nesac\n",
         )
         .unwrap();
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
         Shell { dir: dir.to_path_buf() }
     }
-    fn section(&self) -> String {
+    fn section(&self, timeout: &str) -> String {
         let hook = self.dir.join("hook");
         format!(
-            "type = \"shell\"\ncommand = [\"{}\"]\ntimeout = \"{TIMEOUT}\"\npermanent_exit_codes = [3]\n",
+            "type = \"shell\"\ncommand = [\"{}\"]\ntimeout = \"{timeout}\"\npermanent_exit_codes = [3]\n",
             hook.display()
         )
     }
@@ -113,6 +120,12 @@ impl Subject for Shell {
     fn ids(&self) -> Vec<String> {
         let text = std::fs::read_to_string(self.dir.join("hook.ids")).unwrap_or_default();
         text.lines().map(String::from).collect()
+    }
+    fn busy(&self) -> bool {
+        // The hung hook's process (a zombie counts as gone: it is waiting to be reaped).
+        let Ok(pid) = std::fs::read_to_string(self.dir.join("hook.pid")) else { return false };
+        std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
     }
 }
 
@@ -163,7 +176,7 @@ fn assert_no_secret(failure: &Failure) {
 async fn every_attempt_of_a_delivery_carries_its_one_id<S: Subject>() {
     let dir = tempfile::tempdir().unwrap();
     let subject = S::start(dir.path()).await;
-    let handler = build(&subject.section(), dir.path());
+    let handler = build(&subject.section(TIMEOUT), dir.path());
     subject.answer(Answer::Refuse);
     assert!(attempt(&handler, 1).await.unwrap_err().retryable);
     assert!(attempt(&handler, 2).await.unwrap_err().retryable);
@@ -175,7 +188,7 @@ async fn every_attempt_of_a_delivery_carries_its_one_id<S: Subject>() {
 async fn an_attempt_past_its_timeout_ends_and_is_transient<S: Subject>() {
     let dir = tempfile::tempdir().unwrap();
     let subject = S::start(dir.path()).await;
-    let handler = build(&subject.section(), dir.path());
+    let handler = build(&subject.section(TIMEOUT), dir.path());
     subject.answer(Answer::Hang);
     let failure = attempt(&handler, 1).await.unwrap_err();
     assert!(failure.retryable, "a timeout is retried: {failure:?}");
@@ -185,7 +198,7 @@ async fn an_attempt_past_its_timeout_ends_and_is_transient<S: Subject>() {
 async fn answers_are_classed_done_transient_or_permanent<S: Subject>() {
     let dir = tempfile::tempdir().unwrap();
     let subject = S::start(dir.path()).await;
-    let handler = build(&subject.section(), dir.path());
+    let handler = build(&subject.section(TIMEOUT), dir.path());
     subject.answer(Answer::Reject);
     let rejected = attempt(&handler, 1).await.unwrap_err();
     assert!(!rejected.retryable, "a rejection is permanent: {rejected:?}");
@@ -201,7 +214,7 @@ async fn no_secret_reaches_an_error_text<S: Subject>() {
     std::env::set_var("VOD_EVENTD_CONTRACT_SECRET", SECRET);
     let dir = tempfile::tempdir().unwrap();
     let subject = S::start(dir.path()).await;
-    let handler = build(&subject.section(), dir.path());
+    let handler = build(&subject.section(TIMEOUT), dir.path());
     for answer in [Answer::Refuse, Answer::Reject, Answer::Hang] {
         subject.answer(answer);
         assert_no_secret(&attempt(&handler, 1).await.unwrap_err());
@@ -213,6 +226,20 @@ async fn no_secret_reaches_an_error_text<S: Subject>() {
     let gone = attempt(&handler, 2).await.unwrap_err();
     assert!(gone.retryable, "{gone:?}");
     assert_no_secret(&gone);
+}
+
+async fn an_attempt_stopped_by_the_drain_leaves_nothing_running<S: Subject>() {
+    let dir = tempfile::tempdir().unwrap();
+    let subject = S::start(dir.path()).await;
+    // A timeout far away, so that only the stop can end the attempt.
+    let handler = Arc::new(build(&subject.section("60s"), dir.path()));
+    subject.answer(Answer::Hang);
+    let running = handler.clone();
+    let task = tokio::spawn(async move { running.handle(&delivery(1)).await.map(drop) });
+    eventually(Duration::from_secs(10), "the target works on the attempt", || subject.busy()).await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    eventually(Duration::from_secs(10), "nothing of the stopped attempt runs at the target", || !subject.busy()).await;
 }
 
 /// Runs every contract case against each handler type: `contract!(name: Subject, ...)`.
@@ -231,6 +258,10 @@ macro_rules! contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn answers_are_classed_done_transient_or_permanent() {
                 super::answers_are_classed_done_transient_or_permanent::<$subject>().await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn an_attempt_stopped_by_the_drain_leaves_nothing_running() {
+                super::an_attempt_stopped_by_the_drain_leaves_nothing_running::<$subject>().await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn no_secret_reaches_an_error_text() {
