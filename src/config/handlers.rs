@@ -6,8 +6,9 @@
 //! parts and refuses a key neither knows, naming every key the type takes (serde's
 //! `flatten` would accept it silently, or refuse it without the list).
 //!
-//! A new handler type is a struct implementing [`HandlerType`] and one variant of
-//! [`HandlerConfig`] (with its arm in [`HandlerConfig::kinds`] and the two matches below).
+//! A new handler type is a struct implementing [`HandlerType`] (its `type`, its default
+//! concurrency, its own checks) and a variant of [`HandlerConfig`], with its arm in each of
+//! `HandlerConfig`'s matches (the controls, the attempt timeout, the checks, reading it).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -304,8 +305,8 @@ pub struct WebhookConfig {
     /// Per-attempt timeout.
     #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// Extra request headers.
-    #[serde(default)]
+    /// Extra request headers (values may be tokens: never echoed, like secrets).
+    #[serde(default, deserialize_with = "secret::text_map")]
     pub headers: BTreeMap<String, String>,
     /// Extra request headers whose values are read from files (for tokens).
     #[serde(default)]

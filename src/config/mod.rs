@@ -5,10 +5,11 @@
 //!
 //! This file layers figment, holds [`Config`] and the issue types, and runs the checks that
 //! span sections. Each section owns its struct, defaults and checks in a file of its own:
-//! [`vod`] (`[vod]`, credentials), [`sources`] (`sources`, `[discovery]`), [`store`],
-//! [`pull`] (`[pull]`, `[confirm]`), [`dispatch`], [`handlers`] (`[handlers.NAME]` and the
-//! controls every handler type shares), [`account`], [`watch`] (`[metrics]`, `[health]`,
-//! `[alert]`), [`log`], [`node`] and [`shutdown`]; [`secret`] keeps secrets out of messages.
+//! `vod.rs` (`[vod]`, credentials), `sources.rs` (`sources`, `[discovery]`), `store.rs`,
+//! `pull.rs` (`[pull]`, `[confirm]`), `dispatch.rs`, [`handlers`] (`[handlers.NAME]` and the
+//! controls every handler type shares), `account.rs`, `watch.rs` (`[metrics]`, `[health]`,
+//! `[alert]`), `log.rs`, `node.rs` and `shutdown.rs`; `secret.rs` keeps secrets out of
+//! messages. Their types are re-exported here, so every path stays `crate::config::X`.
 //! Unknown keys are refused naming the known ones (`deny_unknown_fields` on every section).
 
 mod account;

@@ -98,3 +98,12 @@ pub(crate) fn optional<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<
 pub(crate) fn list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
     Ok(<Vec<Secret> as serde::Deserialize>::deserialize(d)?.into_iter().map(|s| s.0).collect())
 }
+
+/// `deserialize_with` for a map of texts that may be secrets (request headers, which carry
+/// tokens): see [`Text`].
+pub(crate) fn text_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    let map = <std::collections::BTreeMap<String, Secret> as serde::Deserialize>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.0.expose_secret().to_string())).collect())
+}

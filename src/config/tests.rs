@@ -322,6 +322,9 @@ fn a_secret_that_reads_as_a_number_or_a_boolean_is_refused_without_its_value() {
     );
     let text = parse(&hook).unwrap_err().to_string();
     assert!(!text.contains("4242424242") && text.contains("handlers.h"), "{text}");
+    let header = hook.replace("secrets = [", "headers = { X-Api-Key = 4242424242 }\n#");
+    let text = parse(&header).unwrap_err().to_string();
+    assert!(!text.contains("4242424242") && text.contains("handlers.h"), "a header may hold a token: {text}");
     let text = parse(&format!("{MINIMAL}[[sources]]\nname = \"a\"\nsecret_id = \"AKID2\"\nsecret_key = 31337313373\n"))
         .unwrap_err()
         .to_string();
@@ -374,4 +377,19 @@ fn a_remote_postgres_host_without_a_checked_certificate_is_warned_about() {
         assert_eq!(warnings(url), Vec::<String>::new(), "{url}");
     }
     assert!(parse(MINIMAL).unwrap().warnings().is_empty(), "SQLite: nothing to warn about");
+}
+
+#[test]
+fn handler_keys_are_set_from_the_environment_too() {
+    std::env::set_var("VOD_EVENTD_T4_HANDLERS__H__PAUSE_AFTER", "5");
+    std::env::set_var("VOD_EVENTD_T4_HANDLERS__H__CONCURRENCY", "9");
+    std::env::set_var("VOD_EVENTD_T4_HANDLERS__H__TIMEOUT", "2s");
+    let toml = format!("{MINIMAL}[[routes]]\nevents = [\"*\"]\nhandlers = [\"h\"]\n[handlers.h]\ntype = \"shell\"\ncommand = [\"true\"]\n");
+    let figment = Figment::new().merge(Toml::string(&toml)).merge(Env::prefixed("VOD_EVENTD_T4_").split("__"));
+    let config = from_figment(figment, Path::new("t")).unwrap();
+    for name in ["PAUSE_AFTER", "CONCURRENCY", "TIMEOUT"] {
+        std::env::remove_var(format!("VOD_EVENTD_T4_HANDLERS__H__{name}"));
+    }
+    let h = &config.handlers["h"];
+    assert_eq!((h.breaker().0, h.concurrency(), h.attempt_timeout()), (5, 9, Duration::from_secs(2)));
 }
