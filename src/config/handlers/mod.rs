@@ -1,29 +1,30 @@
 //! `[handlers.NAME]`: the handler types' settings. Every type shares one part, the
 //! [`HandlerControls`] (`concurrency`, `pause_after`, `probe_interval`, `rate`, `hosts`),
-//! declared and checked once here; each type adds its own keys in its own struct
+//! declared and checked once here; each type adds its own keys in its own struct and file
 //! ([`WebhookConfig`], [`ShellConfig`], [`DrmConfig`]). Both are written flat in one TOML
 //! table, so [`HandlerConfig`] reads the table itself: it splits the keys between the two
 //! parts and refuses a key neither knows, naming every key the type takes (serde's
 //! `flatten` would accept it silently, or refuse it without the list).
 //!
-//! A new handler type is a struct implementing [`HandlerType`] (its `type`, its default
+//! A new handler type is a file with a struct implementing [`HandlerType`] (its `type`, its default
 //! concurrency, its own checks) and a variant of [`HandlerConfig`], with its arm in each of
 //! `HandlerConfig`'s matches (the controls, the attempt timeout, the checks, reading it).
 
+mod drm;
+mod shell;
+mod webhook;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use base64::Engine as _;
 use figment::value::{Dict, Value};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 
-use super::secret;
-use crate::names::ApiVersion;
+pub use self::drm::DrmConfig;
+pub use self::shell::ShellConfig;
+pub use self::webhook::WebhookConfig;
 
 /// See [`HandlerConfig::attempt_timeout`].
 pub const DRM_ATTEMPT_BOUND: Duration = Duration::from_secs(300);
@@ -287,276 +288,15 @@ fn relay<E: serde::de::Error>(e: figment::Error) -> E {
     }
 }
 
-/// `type = "webhook"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// Where to POST.
-    pub url: String,
-    /// A Standard Webhooks signing secret (`whsec_` + base64).
-    #[serde(default, deserialize_with = "secret::optional")]
-    pub secret: Option<SecretString>,
-    /// More secrets (all sign each request, for rotation).
-    #[serde(default, deserialize_with = "secret::list")]
-    pub secrets: Vec<SecretString>,
-    /// A file with one secret per line.
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-    /// Per-attempt timeout.
-    #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Extra request headers (values may be tokens: never echoed, like secrets).
-    #[serde(default, deserialize_with = "secret::text_map")]
-    pub headers: BTreeMap<String, String>,
-    /// Extra request headers whose values are read from files (for tokens).
-    #[serde(default)]
-    pub header_files: BTreeMap<String, PathBuf>,
-    /// The controls every handler type shares (`concurrency`, `pause_after`, ...).
-    #[serde(skip)]
-    pub controls: HandlerControls,
-}
-
-fn default_webhook_timeout() -> Duration {
-    Duration::from_secs(15)
-}
-
-impl WebhookConfig {
-    fn validate(&self) -> Vec<(String, String)> {
-        let mut issues = Vec::new();
-        match reqwest::Url::parse(&self.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            _ => issues.push(("url".into(), format!("`{}` is not an http(s) URL", crate::redact::url(&self.url)))),
-        }
-        if let Err(e) = self.signing_keys() {
-            issues.push(("secret".into(), e));
-        }
-        if let Err(e) = self.header_map() {
-            issues.push(("headers".into(), e));
-        }
-        if self.timeout.is_zero() {
-            issues.push(("timeout".into(), "must be above zero (15s is the default)".into()));
-        }
-        issues
-    }
-
-    /// The signing keys: `secret`, `secrets` and the lines of `secret_file`, decoded.
-    pub(crate) fn signing_keys(&self) -> Result<Vec<SecretBox<Vec<u8>>>, String> {
-        let mut secrets: Vec<String> =
-            self.secret.iter().chain(&self.secrets).map(|s| s.expose_secret().to_string()).collect();
-        if let Some(file) = &self.secret_file {
-            let text = std::fs::read_to_string(file).map_err(|e| format!("secret_file {}: {e}", file.display()))?;
-            secrets.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
-        }
-        secrets
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let b64 = s.strip_prefix("whsec_").unwrap_or(s);
-                base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map(|k| SecretBox::new(Box::new(k)))
-                    .map_err(|_| format!("secret #{} is not `whsec_` followed by base64", i + 1))
-            })
-            .collect()
-    }
-
-    /// `headers` and `header_files` as request headers (marked sensitive).
-    pub(crate) fn header_map(&self) -> Result<HeaderMap, String> {
-        let mut map = HeaderMap::new();
-        let mut add = |name: &str, value: &str| -> Result<(), String> {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("`{name}` is not a header name"))?;
-            let mut value =
-                HeaderValue::from_str(value).map_err(|_| format!("the value of {name} is not a valid header value"))?;
-            value.set_sensitive(true);
-            map.insert(name, value);
-            Ok(())
-        };
-        for (name, value) in &self.headers {
-            add(name, value)?;
-        }
-        for (name, file) in &self.header_files {
-            let value =
-                std::fs::read_to_string(file).map_err(|e| format!("header_files.{name} {}: {e}", file.display()))?;
-            add(name, value.trim_end_matches(['\n', '\r']))?;
-        }
-        Ok(map)
-    }
-}
-
-impl HandlerType for WebhookConfig {
-    const TYPE: &'static str = "webhook";
-    fn validate(&self) -> Vec<(String, String)> {
-        WebhookConfig::validate(self)
-    }
-    fn controls_mut(&mut self) -> &mut HandlerControls {
-        &mut self.controls
-    }
-}
-
-/// `type = "shell"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShellConfig {
-    /// Program and arguments.
-    pub command: Vec<String>,
-    /// Per-attempt timeout.
-    #[serde(default = "default_shell_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Names of the daemon's environment variables the hook may see.
-    #[serde(default = "default_env")]
-    pub env: Vec<String>,
-    /// Exit codes that mean "never retry".
-    #[serde(default)]
-    pub permanent_exit_codes: Vec<i32>,
-    /// Bytes of stdout and of stderr kept per attempt.
-    #[serde(default = "default_output_limit")]
-    pub output_limit: usize,
-    /// Working directory.
-    #[serde(default)]
-    pub working_dir: Option<PathBuf>,
-    /// The controls every handler type shares (`concurrency`, `pause_after`, ...).
-    #[serde(skip)]
-    pub controls: HandlerControls,
-}
-
-fn default_shell_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_env() -> Vec<String> {
-    vec!["PATH".into()]
-}
-fn default_output_limit() -> usize {
-    4096
-}
-
-impl ShellConfig {
-    fn validate(&self) -> Vec<(String, String)> {
-        let mut issues = Vec::new();
-        if self.command.first().is_none_or(|p| p.is_empty()) {
-            issues.push((
-                "command".into(),
-                "must name a program, e.g. [\"/usr/local/bin/ingest\", \"--source\", \"vod\"]".into(),
-            ));
-        }
-        if self.timeout.is_zero() {
-            issues.push(("timeout".into(), "must be above zero".into()));
-        }
-        issues
-    }
-}
-
-impl HandlerType for ShellConfig {
-    const TYPE: &'static str = "shell";
-    fn validate(&self) -> Vec<(String, String)> {
-        ShellConfig::validate(self)
-    }
-    fn controls_mut(&mut self) -> &mut HandlerControls {
-        &mut self.controls
-    }
-}
-
-/// `type = "drm"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DrmConfig {
-    /// Also write each key to `<dir>/<sha256-hex of edk>.key`.
-    #[serde(default)]
-    pub key_dir: Option<PathBuf>,
-    /// The controls every handler type shares (`concurrency`, `pause_after`, ...).
-    #[serde(skip)]
-    pub controls: HandlerControls,
-    /// API 3.0: time allowed for each playlist request.
-    #[serde(default = "default_playlist_timeout", with = "humantime_serde")]
-    pub playlist_timeout: Duration,
-    /// API 3.0: the largest playlist read.
-    #[serde(default = "default_playlist_max_bytes")]
-    pub playlist_max_bytes: usize,
-    /// API 3.0: fetch `http://` playlist URLs as they are; by default they are fetched over
-    /// HTTPS, which VOD's storage domains serve.
-    #[serde(default)]
-    pub allow_http: bool,
-    /// API 3.0: follow redirects when fetching playlists.
-    #[serde(default)]
-    pub follow_redirects: bool,
-}
-
-fn default_playlist_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn default_playlist_max_bytes() -> usize {
-    1 << 20
-}
-
-impl DrmConfig {
-    /// What this handler does on `api`, for `config check`.
-    pub fn describe(&self, api: ApiVersion) -> String {
-        match api {
-            ApiVersion::V2 => {
-                "drm: reads the EDKs of task-flow events from data.drm.edkList, resolves them with DescribeDrmDataKey".into()
-            }
-            ApiVersion::V3 => format!(
-                "drm: API 3.0 events carry no EDK; reads them from the #EXT-X-KEY URIs of the HLS playlists task-flow results name ({}, redirects {}), resolves them with DescribeDrmDataKey",
-                if self.allow_http { "http:// fetched as given" } else { "http:// fetched over HTTPS" },
-                if self.follow_redirects { "followed" } else { "refused" },
-            ),
-        }
-    }
-
-    fn validate(&self) -> Vec<(String, String)> {
-        let mut issues = Vec::new();
-        if let Some(dir) = &self.key_dir {
-            if !dir.is_dir() {
-                issues.push(("key_dir".into(), format!("{} is not a directory; create it (mode 0700)", dir.display())));
-            }
-        }
-        if self.playlist_timeout.is_zero() {
-            issues.push(("playlist_timeout".into(), "must be more than 0 (e.g. \"10s\")".into()));
-        }
-        if self.playlist_max_bytes == 0 {
-            issues.push(("playlist_max_bytes".into(), "must be at least 1".into()));
-        }
-        issues
-    }
-}
-
-impl HandlerType for DrmConfig {
-    const TYPE: &'static str = "drm";
-    const DEFAULT_CONCURRENCY: usize = 2;
-    fn validate(&self) -> Vec<(String, String)> {
-        DrmConfig::validate(self)
-    }
-    fn controls_mut(&mut self) -> &mut HandlerControls {
-        &mut self.controls
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use figment::providers::{Format, Toml};
     use figment::Figment;
 
     use super::*;
 
-    fn handler(toml: &str) -> Result<HandlerConfig, Box<figment::Error>> {
+    pub(super) fn handler(toml: &str) -> Result<HandlerConfig, Box<figment::Error>> {
         Figment::new().merge(Toml::string(toml)).extract_inner("h").map_err(Box::new)
-    }
-
-    #[test]
-    fn secrets_must_be_whsec_base64() {
-        let config = |s: &str| {
-            let HandlerConfig::Webhook(c) =
-                handler(&format!("[h]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/x\"\nsecret = \"{s}\"\n"))
-                    .unwrap()
-            else {
-                unreachable!()
-            };
-            c
-        };
-        assert!(config("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").validate().is_empty());
-        let issues = config("whsec_not base64!").validate();
-        assert_eq!(issues.len(), 1);
-        assert!(!issues[0].1.contains("not base64!"), "the secret itself is never echoed");
     }
 
     #[test]
