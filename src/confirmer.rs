@@ -39,8 +39,9 @@ pub struct PendingHandle {
 /// Capacity of the channel from the puller; a full channel makes the puller wait.
 pub const CHANNEL_CAPACITY: usize = 1024;
 
-/// Time kept in reserve before a handle's window closes, for the call to travel.
-pub const SAFETY_MARGIN: Duration = Duration::from_millis(500);
+/// Time kept in reserve before a handle's window closes, for the call to travel (defined
+/// with `[confirm]`, whose checks need it).
+pub use crate::config::CONFIRM_SAFETY_MARGIN as SAFETY_MARGIN;
 
 /// Batches and confirms handles until `rx` closes, then flushes everything left.
 pub async fn run(

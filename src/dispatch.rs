@@ -66,9 +66,8 @@ use crate::retry::RetryPolicy;
 use crate::route::Router;
 use crate::store::{now_ms, AttemptRecord, BreakerStep, Next, RouteFn, Store, StoreError, Want};
 
-/// A lease outlasts the handler's attempt timeout by this much, so only an attempt whose
-/// outcome was lost (not a slow one) is ever swept back to pending.
-pub const LEASE_MARGIN: Duration = Duration::from_secs(120);
+/// The default `dispatch.lease_margin` (defined with `[dispatch]`).
+pub use crate::config::LEASE_MARGIN;
 /// How often expired leases are looked for.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// How long, at shutdown, outcomes still queued may take to be written.

@@ -43,7 +43,7 @@ impl ConfigCommand {
             crate::redact::url(&config.endpoint()),
             config.store.path.display()
         );
-        for warning in crate::config_lint::inline_secrets(path) {
+        for warning in crate::config_lint::inline_secrets(path).into_iter().chain(config.warnings()) {
             println!("warning: {warning}");
         }
         for (name, handler) in &config.handlers {

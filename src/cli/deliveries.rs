@@ -5,7 +5,7 @@ use std::path::Path;
 
 use clap::{Args, Subcommand};
 
-use super::events::rfc3339;
+use super::time::rfc3339;
 use crate::config::Config;
 use crate::store::{AttemptRow, DeliveryFilter, DeliveryRow};
 

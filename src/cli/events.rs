@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::value::RawValue;
 
+use super::time::{parse_time, rfc3339};
 use crate::config::Config;
 use crate::store::{EventFilter, EventRow, Store};
 
@@ -226,26 +227,6 @@ fn find(store: &Store, id: i64) -> anyhow::Result<EventRow> {
 /// `2h` (ago) or an RFC 3339 time, as Unix ms.
 fn parse_since(text: &str) -> anyhow::Result<i64> {
     parse_time("--since", text)
-}
-
-/// `now`, `2h` (ago) or an RFC 3339 time, as Unix ms; `flag` names the option in errors.
-pub(super) fn parse_time(flag: &str, text: &str) -> anyhow::Result<i64> {
-    if text == "now" {
-        return Ok(crate::store::now_ms());
-    }
-    if let Ok(ago) = humantime::parse_duration(text) {
-        return Ok(crate::store::now_ms() - ago.as_millis() as i64);
-    }
-    chrono::DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_millis()).map_err(|_| {
-        anyhow::anyhow!(
-            "{flag} `{text}` is neither `now`, a duration like 2h or 30m (ago) nor an RFC 3339 time like 2026-11-24T08:00:00Z"
-        )
-    })
-}
-
-pub(super) fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 /// The JSON form: the row's fields plus `content`, the eventContent object as received.

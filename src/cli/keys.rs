@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use clap::{Args, Subcommand};
 
-use super::events::rfc3339;
+use super::time::rfc3339;
 use crate::config::Config;
 
 /// `keys` subcommands.

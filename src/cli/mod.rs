@@ -14,6 +14,7 @@ mod ranges;
 mod sparkline;
 mod status;
 mod store_cmd;
+mod time;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

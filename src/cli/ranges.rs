@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use super::events::rfc3339;
+use super::time::rfc3339;
 use crate::store::{Range, RangeJob, Store, RANGE_BATCH};
 
 /// Test hook: a pause after each committed batch, in ms, so a test can interrupt a run
@@ -52,9 +52,7 @@ impl RangeRun<'_> {
         }
         let (since_ms, until_ms) = match &job {
             Some(j) => (j.since_ms, j.until_ms),
-            None => {
-                (super::events::parse_time("--since", self.since)?, super::events::parse_time("--until", self.until)?)
-            }
+            None => (super::time::parse_time("--since", self.since)?, super::time::parse_time("--until", self.until)?),
         };
         anyhow::ensure!(since_ms < until_ms, "--since must be before --until");
         let window = format!("from {} to {}", rfc3339(since_ms), rfc3339(until_ms));

@@ -8,8 +8,8 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use super::events::rfc3339;
 use super::sparkline::{scale, sparkline, Charset};
+use super::time::rfc3339;
 use crate::account::check::state_key;
 use crate::config::{Config, DEFAULT_SOURCE};
 use crate::service::{health_key, last_pull_key, HostBeat, HOST_PREFIX, SOURCES_KEY};

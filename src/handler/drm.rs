@@ -6,105 +6,19 @@
 //! ready for a key server. Data keys never reach logs, attempt records or webhooks.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
-use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{hls, Delivery, Failure, Success};
+use super::{hls, Delivery, DrmConfig, Failure, Success};
 use crate::api::{Clients, ErrorClass};
 use crate::store::{NewKey, Store};
 
 /// EDKs per DescribeDrmDataKey call.
 const EDKS_PER_CALL: usize = 10;
-
-/// `type = "drm"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DrmConfig {
-    /// Also write each key to `<dir>/<sha256-hex of edk>.key`.
-    #[serde(default)]
-    pub key_dir: Option<PathBuf>,
-    /// Attempts in flight at once.
-    #[serde(default = "default_drm_concurrency")]
-    pub concurrency: usize,
-    /// Pause after this many failed attempts in a row (0: never); see `probe_interval`.
-    #[serde(default)]
-    pub pause_after: u32,
-    /// While paused by `pause_after`, attempt one delivery this often; a success resumes.
-    #[serde(default = "super::default_probe_interval", with = "humantime_serde")]
-    pub probe_interval: Duration,
-    /// Attempts started at most, per second or minute: `50/s`, `300/m` (none: no limit).
-    #[serde(default)]
-    pub rate: Option<String>,
-    /// Only daemons with one of these `node.name`s run its deliveries (none: every daemon).
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    /// API 3.0: time allowed for each playlist request.
-    #[serde(default = "default_playlist_timeout", with = "humantime_serde")]
-    pub playlist_timeout: Duration,
-    /// API 3.0: the largest playlist read.
-    #[serde(default = "default_playlist_max_bytes")]
-    pub playlist_max_bytes: usize,
-    /// API 3.0: fetch `http://` playlist URLs as they are; by default they are fetched over
-    /// HTTPS, which VOD's storage domains serve.
-    #[serde(default)]
-    pub allow_http: bool,
-    /// API 3.0: follow redirects when fetching playlists.
-    #[serde(default)]
-    pub follow_redirects: bool,
-}
-
-fn default_drm_concurrency() -> usize {
-    2
-}
-
-fn default_playlist_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn default_playlist_max_bytes() -> usize {
-    1 << 20
-}
-
-impl DrmConfig {
-    /// What this handler does on `api`, for `config check`.
-    pub fn describe(&self, api: crate::config::ApiVersion) -> String {
-        match api {
-            crate::config::ApiVersion::V2 => {
-                "drm: reads the EDKs of task-flow events from data.drm.edkList, resolves them with DescribeDrmDataKey".into()
-            }
-            crate::config::ApiVersion::V3 => format!(
-                "drm: API 3.0 events carry no EDK; reads them from the #EXT-X-KEY URIs of the HLS playlists task-flow results name ({}, redirects {}), resolves them with DescribeDrmDataKey",
-                if self.allow_http { "http:// fetched as given" } else { "http:// fetched over HTTPS" },
-                if self.follow_redirects { "followed" } else { "refused" },
-            ),
-        }
-    }
-
-    pub(super) fn validate(&self) -> Vec<(String, String)> {
-        let mut issues = Vec::new();
-        if let Some(dir) = &self.key_dir {
-            if !dir.is_dir() {
-                issues.push(("key_dir".into(), format!("{} is not a directory; create it (mode 0700)", dir.display())));
-            }
-        }
-        if self.concurrency == 0 {
-            issues.push(("concurrency".into(), "must be at least 1".into()));
-        }
-        if self.playlist_timeout.is_zero() {
-            issues.push(("playlist_timeout".into(), "must be more than 0 (e.g. \"10s\")".into()));
-        }
-        if self.playlist_max_bytes == 0 {
-            issues.push(("playlist_max_bytes".into(), "must be at least 1".into()));
-        }
-        issues
-    }
-}
 
 /// A built DRM key fetcher.
 pub struct Drm {

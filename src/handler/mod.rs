@@ -2,6 +2,10 @@
 //! (webhook, shell, drm), selected by `type` in `[handlers.NAME]`, and dispatched
 //! statically through [`AnyHandler`]. A handler performs one attempt and classifies its
 //! outcome; retries, schedules and the dead state belong to the dispatcher.
+//!
+//! The handlers' settings ([`HandlerConfig`], the shared [`HandlerControls`], each type's
+//! own struct) are configuration, kept with the other sections in `crate::config::handlers`
+//! and re-exported here.
 
 mod drm;
 mod hls;
@@ -13,139 +17,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use drm::{drm_info, key_file_name, DrmConfig, DrmInfo};
+pub use drm::{drm_info, key_file_name, DrmInfo};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
-use serde::Deserialize;
-pub use shell::ShellConfig;
-pub use webhook::{sign as sign_webhook, WebhookConfig};
+pub use webhook::sign as sign_webhook;
 
 use crate::api::Clients;
+pub use crate::config::handlers::{
+    DrmConfig, HandlerConfig, HandlerControls, HandlerType, Rate, ShellConfig, WebhookConfig, DRM_ATTEMPT_BOUND,
+};
 use crate::store::Store;
-
-/// See [`HandlerConfig::attempt_timeout`].
-pub const DRM_ATTEMPT_BOUND: Duration = Duration::from_secs(300);
-
-/// `[handlers.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum HandlerConfig {
-    /// POST the event to an HTTP endpoint, signed per Standard Webhooks.
-    Webhook(WebhookConfig),
-    /// Run a local program with the event on stdin.
-    Shell(ShellConfig),
-    /// Turn the EDKs of task-flow events into data keys via DescribeDrmDataKey.
-    Drm(DrmConfig),
-}
-
-impl HandlerConfig {
-    /// How many attempts of this handler may run at once.
-    pub fn concurrency(&self) -> usize {
-        match self {
-            HandlerConfig::Webhook(c) => c.concurrency,
-            HandlerConfig::Shell(c) => c.concurrency,
-            HandlerConfig::Drm(c) => c.concurrency,
-        }
-    }
-
-    /// Failed attempts in a row that pause it (0: never), and how often it is then probed.
-    pub fn breaker(&self) -> (u32, Duration) {
-        match self {
-            HandlerConfig::Webhook(c) => (c.pause_after, c.probe_interval),
-            HandlerConfig::Shell(c) => (c.pause_after, c.probe_interval),
-            HandlerConfig::Drm(c) => (c.pause_after, c.probe_interval),
-        }
-    }
-
-    /// `hosts`: the `node.name`s of the daemons that run it (empty: every daemon).
-    pub fn hosts(&self) -> &[String] {
-        match self {
-            HandlerConfig::Webhook(c) => &c.hosts,
-            HandlerConfig::Shell(c) => &c.hosts,
-            HandlerConfig::Drm(c) => &c.hosts,
-        }
-    }
-
-    /// Whether the daemon named `node` runs it.
-    pub fn runs_on(&self, node: &str) -> bool {
-        self.hosts().is_empty() || self.hosts().iter().any(|h| h == node)
-    }
-
-    /// Its `rate`, if set and well-formed.
-    pub fn rate(&self) -> Option<Rate> {
-        let text = match self {
-            HandlerConfig::Webhook(c) => &c.rate,
-            HandlerConfig::Shell(c) => &c.rate,
-            HandlerConfig::Drm(c) => &c.rate,
-        };
-        text.as_deref().and_then(Rate::parse)
-    }
-
-    /// The longest one attempt can take. DRM attempts have no timeout of their own: each
-    /// DescribeDrmDataKey call times out after `vod.request_timeout`, and an event needs
-    /// a few, paced by the rate limit; [`DRM_ATTEMPT_BOUND`] is far above that.
-    pub fn attempt_timeout(&self) -> Duration {
-        match self {
-            HandlerConfig::Webhook(c) => c.timeout,
-            HandlerConfig::Shell(c) => c.timeout,
-            HandlerConfig::Drm(_) => DRM_ATTEMPT_BOUND,
-        }
-    }
-
-    /// Problems with this handler's settings, as (key suffix, message).
-    pub fn validate(&self) -> Vec<(String, String)> {
-        let mut issues = match self {
-            HandlerConfig::Webhook(c) => c.validate(),
-            HandlerConfig::Shell(c) => c.validate(),
-            HandlerConfig::Drm(c) => c.validate(),
-        };
-        let rate = match self {
-            HandlerConfig::Webhook(c) => &c.rate,
-            HandlerConfig::Shell(c) => &c.rate,
-            HandlerConfig::Drm(c) => &c.rate,
-        };
-        let (_, probe_interval) = self.breaker();
-        if rate.as_deref().is_some_and(|r| Rate::parse(r).is_none()) {
-            issues.push(("rate".into(), "must look like 50/s or 300/m".into()));
-        }
-        if probe_interval < Duration::from_millis(10) {
-            issues.push(("probe_interval".into(), "must be at least 10ms (30s is the default)".into()));
-        }
-        issues
-    }
-}
-
-/// The default `probe_interval`.
-fn default_probe_interval() -> Duration {
-    Duration::from_secs(30)
-}
-
-/// A handler's `rate`: at most `count` attempts start per `per`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    /// Attempts.
-    pub count: u32,
-    /// Per this long (a second or a minute).
-    pub per: Duration,
-}
-
-impl Rate {
-    /// Parses `50/s` or `300/m` (at least 1, at most 1,000,000).
-    pub fn parse(text: &str) -> Option<Rate> {
-        let (count, unit) = text.trim().split_once('/')?;
-        let count: u32 = count.trim().parse().ok().filter(|n| (1..=1_000_000).contains(n))?;
-        let per = match unit.trim() {
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            _ => return None,
-        };
-        Some(Rate { count, per })
-    }
-
-    /// The time between two attempts at the full rate.
-    pub fn interval(self) -> Duration {
-        self.per / self.count
-    }
-}
 
 /// What a handler gets for one attempt.
 #[derive(Debug, Clone)]
@@ -292,8 +172,4 @@ pub fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…[{} bytes cut]", &text[..end], text.len() - end)
-}
-
-fn default_concurrency() -> usize {
-    4
 }

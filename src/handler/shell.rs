@@ -11,86 +11,17 @@
 //! anything else (other codes, signals, the timeout, a failure to start) is retried.
 //! stdout and stderr are kept up to `output_limit` bytes each in the attempt record.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::{default_concurrency, Delivery, Failure, Success};
+use super::{Delivery, Failure, ShellConfig, Success};
 
 /// How long to wait for the output pipes to close after the group was killed.
 const PIPE_GRACE: Duration = Duration::from_secs(2);
-
-/// `type = "shell"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShellConfig {
-    /// Program and arguments.
-    pub command: Vec<String>,
-    /// Per-attempt timeout.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Names of the daemon's environment variables the hook may see.
-    #[serde(default = "default_env")]
-    pub env: Vec<String>,
-    /// Exit codes that mean "never retry".
-    #[serde(default)]
-    pub permanent_exit_codes: Vec<i32>,
-    /// Bytes of stdout and of stderr kept per attempt.
-    #[serde(default = "default_output_limit")]
-    pub output_limit: usize,
-    /// Working directory.
-    #[serde(default)]
-    pub working_dir: Option<PathBuf>,
-    /// Hooks running at once.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    /// Pause after this many failed attempts in a row (0: never); see `probe_interval`.
-    #[serde(default)]
-    pub pause_after: u32,
-    /// While paused by `pause_after`, attempt one delivery this often; a success resumes.
-    #[serde(default = "super::default_probe_interval", with = "humantime_serde")]
-    pub probe_interval: Duration,
-    /// Attempts started at most, per second or minute: `50/s`, `300/m` (none: no limit).
-    #[serde(default)]
-    pub rate: Option<String>,
-    /// Only daemons with one of these `node.name`s run its deliveries (none: every daemon).
-    #[serde(default)]
-    pub hosts: Vec<String>,
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_env() -> Vec<String> {
-    vec!["PATH".into()]
-}
-fn default_output_limit() -> usize {
-    4096
-}
-
-impl ShellConfig {
-    pub(super) fn validate(&self) -> Vec<(String, String)> {
-        let mut issues = Vec::new();
-        if self.command.first().is_none_or(|p| p.is_empty()) {
-            issues.push((
-                "command".into(),
-                "must name a program, e.g. [\"/usr/local/bin/ingest\", \"--source\", \"vod\"]".into(),
-            ));
-        }
-        if self.concurrency == 0 {
-            issues.push(("concurrency".into(), "must be at least 1".into()));
-        }
-        if self.timeout.is_zero() {
-            issues.push(("timeout".into(), "must be above zero".into()));
-        }
-        issues
-    }
-}
 
 /// A built shell handler.
 pub struct Shell {

@@ -10,129 +10,17 @@
 //! `Retry-After`); 410 and other 4xx are permanent (410 is also logged as a receiver asking
 //! to be disabled).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
-use secrecy::{ExposeSecret, SecretBox, SecretString};
-use serde::Deserialize;
+use reqwest::header::CONTENT_TYPE;
+use secrecy::{ExposeSecret, SecretBox};
 
-use super::{default_concurrency, Delivery, Failure, Success};
+use super::{Delivery, Failure, Success, WebhookConfig};
 
 /// Response bytes kept in the attempt record.
 const EXCERPT_BYTES: usize = 1024;
-
-/// `type = "webhook"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// Where to POST.
-    pub url: String,
-    /// A Standard Webhooks signing secret (`whsec_` + base64).
-    #[serde(default)]
-    pub secret: Option<SecretString>,
-    /// More secrets (all sign each request, for rotation).
-    #[serde(default)]
-    pub secrets: Vec<SecretString>,
-    /// A file with one secret per line.
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-    /// Per-attempt timeout.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Extra request headers.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Extra request headers whose values are read from files (for tokens).
-    #[serde(default)]
-    pub header_files: BTreeMap<String, PathBuf>,
-    /// Attempts in flight at once.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    /// Pause after this many failed attempts in a row (0: never); see `probe_interval`.
-    #[serde(default)]
-    pub pause_after: u32,
-    /// While paused by `pause_after`, attempt one delivery this often; a success resumes.
-    #[serde(default = "super::default_probe_interval", with = "humantime_serde")]
-    pub probe_interval: Duration,
-    /// Attempts started at most, per second or minute: `50/s`, `300/m` (none: no limit).
-    #[serde(default)]
-    pub rate: Option<String>,
-    /// Only daemons with one of these `node.name`s run its deliveries (none: every daemon).
-    #[serde(default)]
-    pub hosts: Vec<String>,
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(15)
-}
-
-impl WebhookConfig {
-    pub(super) fn validate(&self) -> Vec<(String, String)> {
-        let mut issues = Vec::new();
-        match reqwest::Url::parse(&self.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            _ => issues.push(("url".into(), format!("`{}` is not an http(s) URL", crate::redact::url(&self.url)))),
-        }
-        if let Err(e) = self.signing_keys() {
-            issues.push(("secret".into(), e));
-        }
-        if let Err(e) = self.header_map() {
-            issues.push(("headers".into(), e));
-        }
-        if self.concurrency == 0 {
-            issues.push(("concurrency".into(), "must be at least 1".into()));
-        }
-        if self.timeout.is_zero() {
-            issues.push(("timeout".into(), "must be above zero (15s is the default)".into()));
-        }
-        issues
-    }
-
-    fn signing_keys(&self) -> Result<Vec<SecretBox<Vec<u8>>>, String> {
-        let mut secrets: Vec<String> =
-            self.secret.iter().chain(&self.secrets).map(|s| s.expose_secret().to_string()).collect();
-        if let Some(file) = &self.secret_file {
-            let text = std::fs::read_to_string(file).map_err(|e| format!("secret_file {}: {e}", file.display()))?;
-            secrets.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
-        }
-        secrets
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let b64 = s.strip_prefix("whsec_").unwrap_or(s);
-                base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map(|k| SecretBox::new(Box::new(k)))
-                    .map_err(|_| format!("secret #{} is not `whsec_` followed by base64", i + 1))
-            })
-            .collect()
-    }
-
-    fn header_map(&self) -> Result<HeaderMap, String> {
-        let mut map = HeaderMap::new();
-        let mut add = |name: &str, value: &str| -> Result<(), String> {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("`{name}` is not a header name"))?;
-            let mut value =
-                HeaderValue::from_str(value).map_err(|_| format!("the value of {name} is not a valid header value"))?;
-            value.set_sensitive(true);
-            map.insert(name, value);
-            Ok(())
-        };
-        for (name, value) in &self.headers {
-            add(name, value)?;
-        }
-        for (name, file) in &self.header_files {
-            let value =
-                std::fs::read_to_string(file).map_err(|e| format!("header_files.{name} {}: {e}", file.display()))?;
-            add(name, value.trim_end_matches(['\n', '\r']))?;
-        }
-        Ok(map)
-    }
-}
 
 /// A built webhook handler.
 pub struct Webhook {
@@ -247,27 +135,5 @@ mod tests {
         let d = parse_retry_after(&later).unwrap();
         assert!(d > Duration::from_secs(80) && d <= Duration::from_secs(90), "{d:?}");
         assert_eq!(parse_retry_after("soon"), None);
-    }
-
-    #[test]
-    fn secrets_must_be_whsec_base64() {
-        let config = |s: &str| WebhookConfig {
-            url: "http://127.0.0.1:1/x".into(),
-            secret: Some(SecretString::from(s.to_string())),
-            secrets: vec![],
-            secret_file: None,
-            timeout: default_timeout(),
-            headers: BTreeMap::new(),
-            header_files: BTreeMap::new(),
-            concurrency: 1,
-            pause_after: 0,
-            probe_interval: std::time::Duration::from_secs(30),
-            rate: None,
-            hosts: vec![],
-        };
-        assert!(config("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").validate().is_empty());
-        let issues = config("whsec_not base64!").validate();
-        assert_eq!(issues.len(), 1);
-        assert!(!issues[0].1.contains("not base64!"), "the secret itself is never echoed");
     }
 }

@@ -87,6 +87,46 @@ fn environment_overrides_the_file_and_errors_name_the_variable() {
 }
 
 #[test]
+fn a_secret_that_reads_as_a_number_is_refused_without_being_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "c.toml", "[vod]\nsecret_id = \"AKID1\"\n");
+    let out = cli()
+        .args(["config", "check", "--config", &path])
+        .env("VOD_EVENTD_VOD__SECRET_KEY", "98765432109876")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("`vod.secret_key`: must be text; the value given is not shown"), "{text}");
+    assert!(!text.contains("98765432109876"), "{text}");
+    let path = write(dir.path(), "n.toml", "[vod]\nsecret_id = \"AKID1\"\nsecret_key = 98765432109876\n");
+    let out = vod_eventd(&["config", "check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(78));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("n.toml") && !text.contains("98765432109876"), "{text}");
+}
+
+#[test]
+fn config_check_warns_about_a_remote_postgres_without_a_checked_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |url: &str| {
+        let config = format!("[vod]\nsecret_id = \"AKID1\"\nsecret_key = \"k\"\n[store]\nurl = \"{url}\"\n");
+        let path = write(dir.path(), "c.toml", &config);
+        let out = vod_eventd(&["config", "check", "--config", &path]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = check("postgresql://vod:pw@db.example:5432/vod?sslmode=require");
+    assert!(
+        out.contains("warning: store.url: sslmode=require encrypts but checks no certificate, and db.example is not this machine"),
+        "{out}"
+    );
+    assert!(out.contains("sslmode=verify-full") && !out.contains(":pw@"), "{out}");
+    assert!(!check("postgresql://vod@db.example:5432/vod?sslmode=verify-full").contains("warning"));
+    assert!(!check("postgresql://vod@127.0.0.1:5432/vod?sslmode=require").contains("warning"));
+}
+
+#[test]
 fn settings_that_would_break_at_run_time_fail_the_check_with_their_keys() {
     let dir = tempfile::tempdir().unwrap();
     // A SecretId pasted with a line break made v3 panic building its Authorization header.

@@ -63,6 +63,7 @@ mod account;
 mod chaos;
 mod cli;
 mod conformance;
+mod contract;
 mod contrib;
 mod controls;
 mod crosscheck;

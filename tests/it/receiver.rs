@@ -42,6 +42,24 @@ impl Default for Behaviour {
 struct State {
     behaviour: Behaviour,
     recorded: Vec<Recorded>,
+    /// Requests being answered now (a request whose client went away is dropped by hyper).
+    in_flight: usize,
+}
+
+/// Counts a request as in flight until it is answered or dropped.
+struct InFlight(Arc<Mutex<State>>);
+
+impl InFlight {
+    fn new(state: &Arc<Mutex<State>>) -> InFlight {
+        state.lock().unwrap().in_flight += 1;
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().in_flight -= 1;
+    }
 }
 
 pub struct Receiver {
@@ -90,6 +108,11 @@ impl Receiver {
         self.state.lock().unwrap().recorded.clone()
     }
 
+    /// Requests being answered now.
+    pub fn in_flight(&self) -> usize {
+        self.state.lock().unwrap().in_flight
+    }
+
     /// Requests answered 2xx.
     pub fn accepted(&self) -> Vec<Recorded> {
         self.recorded().into_iter().filter(|r| (200..300).contains(&r.status)).collect()
@@ -104,6 +127,7 @@ async fn handle(
         req.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
     let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
     let started = Instant::now();
+    let _in_flight = InFlight::new(&state);
     let behaviour = state.lock().unwrap().behaviour.clone();
     tokio::time::sleep(behaviour.delay).await;
     let status = match &behaviour.poison {
