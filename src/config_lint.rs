@@ -17,51 +17,14 @@ use std::path::Path;
 use figment::providers::{Format as _, Toml};
 use figment::value::Value;
 use figment::Figment;
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::ExposeSecret as _;
 
+use crate::config::credential::{PACKAGED_CREDENTIAL, PACKAGED_KEY_FILE};
 use crate::config::{Config, ConfigError, ConfigIssue, SourcesSetting, VodConfig};
 
 /// Values the example config and the README use in place of real ones.
 pub const PLACEHOLDERS: [&str; 5] =
     ["replace-me", "YOUR-SECRET-KEY", "AKIDexampleexampleexampleexample", "AKID...", "whsec_..."];
-
-/// The credential the packaged unit loads the secret key as.
-pub const PACKAGED_CREDENTIAL: &str = "vod-secret-key";
-/// The file the packaged unit loads it from.
-pub const PACKAGED_KEY_FILE: &str = "/etc/vod-eventd/secret-key";
-/// How the packaged unit's `SetCredential=` default for `vod-secret-key` begins; the path
-/// of the file `LoadCredential=` found missing follows.
-pub const NOT_LOADED: &str = "not-loaded:";
-
-/// The command that puts the key in place.
-fn install_command(file: &str) -> String {
-    format!("sudo install -m 0600 /dev/stdin {file} <<< 'YOUR-SECRET-KEY'")
-}
-
-/// The error for no secret key at all, naming what to write where.
-pub fn no_secret_key(credential: &str) -> String {
-    let credential_hint = if credential == PACKAGED_CREDENTIAL {
-        format!(
-            "write it to {PACKAGED_KEY_FILE} ({}), which the packaged unit loads as the systemd credential `{credential}`",
-            install_command(PACKAGED_KEY_FILE)
-        )
-    } else {
-        format!("load the systemd credential `{credential}` (LoadCredential={credential}:/path/to/key)")
-    };
-    format!(
-        "no secret key: {credential_hint}; or name a file of mode 0600 holding it in vod.secret_key_file (vod.secret_key inline only in a config no other user can read)"
-    )
-}
-
-/// The credential `name` as read: the key, or, when it is the unit's [`NOT_LOADED`]
-/// default, the error naming the file its `LoadCredential=` did not find.
-pub fn credential_loaded(key: SecretString, name: &str) -> Result<SecretString, String> {
-    let Some(file) = key.expose_secret().strip_prefix(NOT_LOADED) else { return Ok(key) };
-    Err(format!(
-        "no secret key: the systemd credential `{name}` was not loaded because {file} is missing; write the key there ({}), then `systemctl restart vod-eventd`",
-        install_command(file)
-    ))
-}
 
 /// The keys holding a placeholder value, each with the fix. `path` is the config file.
 pub fn placeholders(config: &Config, path: &Path) -> Vec<ConfigIssue> {
@@ -192,6 +155,8 @@ pub fn inline_secrets(path: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::credential::{credential_loaded, no_secret_key};
+    use secrecy::SecretString;
 
     #[test]
     fn the_unit_default_names_the_file_and_a_real_key_passes() {

@@ -31,8 +31,7 @@
 //!
 //! Layers point one way: the shared names, the event model and the config types at the
 //! bottom, the store above them, the loops above the store, the service and the CLI on top.
-//! `tests/layers.rs` fails on any circle in the module graph (the store's own edges are
-//! allowlisted there until its redesign lands).
+//! `tests/layers.rs` fails on any circle in the module graph.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

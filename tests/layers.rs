@@ -14,14 +14,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Edges that start in these folders are not checked yet.
-///
-/// TEMPORARY (issue 24, item 1): `src/store/` still imports the layers above it (alerts,
-/// dispatch, handler, route); the store's redesign removes those imports, and this
-/// allowlist with them. Cycles are still reported in the failure message of any other
-/// cycle, but edges starting here cannot make one.
-const ALLOWED_SOURCES: &[&str] = &["src/store/"];
-
 type Module = Vec<String>;
 
 /// One file of the library.
@@ -366,16 +358,14 @@ fn cycles(edges: &BTreeMap<Module, BTreeMap<Module, String>>) -> Vec<(Vec<Module
 #[test]
 fn the_module_graph_has_no_cycles() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut g = graph(root);
+    let g = graph(root);
     assert!(g.files.len() > 40, "src/ read: {} files", g.files.len());
     assert!(!g.edges.is_empty(), "no edge found: the path reader is broken");
-    let all = cycles(&g.edges);
-    g.edges.retain(|from, _| !ALLOWED_SOURCES.iter().any(|dir| g.files[from].starts_with(dir)));
     let checked = cycles(&g.edges);
-    let show = |(circle, knot): &(Vec<Module>, Vec<Module>), edges: &BTreeMap<Module, BTreeMap<Module, String>>| {
+    let show = |(circle, knot): &(Vec<Module>, Vec<Module>)| {
         let steps: Vec<String> = circle
             .windows(2)
-            .map(|step| format!("  {} → {} ({})", g.files[&step[0]], g.files[&step[1]], edges[&step[0]][&step[1]]))
+            .map(|step| format!("  {} → {} ({})", g.files[&step[0]], g.files[&step[1]], g.edges[&step[0]][&step[1]]))
             .collect();
         let files: Vec<&str> = knot.iter().map(|m| g.files[m].as_str()).collect();
         format!(
@@ -385,16 +375,10 @@ fn the_module_graph_has_no_cycles() {
             files.join(", ")
         )
     };
-    let full = graph(root).edges;
-    for hidden in all.iter().filter(|(circle, _)| !checked.iter().any(|(c, _)| c == circle)) {
-        // Reported, not failed: see ALLOWED_SOURCES (shown with `--nocapture`).
-        println!("allowlisted circle:\n{}", show(hidden, &full));
-    }
     if !checked.is_empty() {
-        let text: Vec<String> = checked.iter().map(|c| show(c, &full)).collect();
-        let allowed = all.len().saturating_sub(checked.len());
+        let text: Vec<String> = checked.iter().map(show).collect();
         panic!(
-            "{} circle(s) in the module graph (a lower layer imports an upper one; move the shared name down, or the code up):\n{}\n({allowed} more run through the allowlisted {ALLOWED_SOURCES:?})",
+            "{} circle(s) in the module graph (a lower layer imports an upper one; move the shared name down, or the code up):\n{}",
             checked.len(),
             text.join("\n\n")
         );

@@ -13,6 +13,7 @@
 //! Unknown keys are refused naming the known ones (`deny_unknown_fields` on every section).
 
 mod account;
+pub mod credential;
 mod dispatch;
 pub mod handlers;
 mod log;
@@ -40,7 +41,7 @@ pub use self::node::NodeConfig;
 pub use self::pull::{ConfirmConfig, PullConfig, CONFIRM_SAFETY_MARGIN, MAX_CONFIRM_BATCH};
 pub use self::shutdown::ShutdownConfig;
 pub use self::sources::{valid_source_name, DiscoveryConfig, Source, SourceConfig, SourcesSetting};
-pub use self::store::{StoreConfig, STORE_PASSWORD_CREDENTIAL};
+pub use self::store::{split_postgres_url, PgTls, StoreConfig, STORE_PASSWORD_CREDENTIAL};
 pub use self::vod::{default_endpoint, VodConfig, V3_RATE_LIMIT_PER_MINUTE};
 pub use self::watch::{AlertConfig, HealthConfig, MetricsConfig};
 use crate::handler::HandlerConfig;

@@ -73,7 +73,7 @@ impl StoreConfig {
     /// The problems of `[store]`.
     pub(super) fn validate(&self, bad: &mut impl FnMut(&str, String)) {
         if let Some(url) = self.postgres_url() {
-            if let Err(e) = crate::store::pg::parse_url(url) {
+            if let Err(e) = split_postgres_url(url) {
                 bad("store.url", e);
             }
             if self.pool_size == 0 || self.pool_size > 256 {
@@ -147,4 +147,66 @@ impl StoreConfig {
             "store.url: {what}, and {host} is not this machine: anyone on the path can read or change what this connection carries, DRM data keys included; add sslmode=verify-full to the URL (with sslrootcert=/path/ca.pem if the server's certificate is from a private CA)"
         )]
     }
+}
+
+/// `sslmode` in a PostgreSQL `store.url`, as libpq spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgTls {
+    /// `disable`.
+    Disable,
+    /// `prefer` (the default) or `allow`.
+    Prefer,
+    /// `require`.
+    Require,
+    /// `verify-ca` or `verify-full`.
+    Verify,
+}
+
+impl PgTls {
+    /// Reads an `sslmode` value.
+    pub fn parse(value: &str) -> Result<PgTls, String> {
+        match value {
+            "disable" => Ok(PgTls::Disable),
+            "prefer" | "allow" => Ok(PgTls::Prefer),
+            "require" => Ok(PgTls::Require),
+            "verify-ca" | "verify-full" => Ok(PgTls::Verify),
+            other => Err(format!("has sslmode=`{other}`; use disable, prefer, require, verify-ca or verify-full")),
+        }
+    }
+}
+
+/// A PostgreSQL `store.url` checked and taken apart: the URL without `sslmode` and
+/// `sslrootcert` (which the driver does not spell as libpq does), the TLS mode, and the root
+/// certificate file. The message of an error names what is wrong and never the password.
+pub fn split_postgres_url(url: &str) -> Result<(String, PgTls, Option<String>), String> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| format!("is not a URL ({e}); write postgresql://USER@HOST:PORT/DATABASE"))?;
+    if !matches!(parsed.scheme(), "postgresql" | "postgres") {
+        return Err(format!(
+            "has scheme `{}`; write postgresql://USER@HOST:PORT/DATABASE (or use store.path for SQLite)",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("names no host; write postgresql://USER@HOST:PORT/DATABASE".into());
+    }
+    if parsed.path().trim_start_matches('/').is_empty() {
+        return Err("names no database; write postgresql://USER@HOST:PORT/DATABASE".into());
+    }
+    let mut mode = PgTls::Prefer;
+    let mut root = None;
+    let mut rest = parsed.clone();
+    rest.set_query(None);
+    let mut kept = Vec::new();
+    for (k, v) in parsed.query_pairs() {
+        match &*k {
+            "sslmode" => mode = PgTls::parse(&v)?,
+            "sslrootcert" => root = Some(v.into_owned()),
+            _ => kept.push((k.into_owned(), v.into_owned())),
+        }
+    }
+    if !kept.is_empty() {
+        rest.query_pairs_mut().extend_pairs(kept);
+    }
+    Ok((rest.to_string(), mode, root))
 }

@@ -135,10 +135,10 @@ impl VodConfig {
             let file = Path::new(&dir).join(&self.secret_key_credential);
             if !self.secret_key_credential.is_empty() && file.exists() {
                 let key = read_secret(&file).map_err(|e| format!("systemd credential {}: {e}", file.display()))?;
-                return crate::config_lint::credential_loaded(key, &self.secret_key_credential);
+                return super::credential::credential_loaded(key, &self.secret_key_credential);
             }
         }
-        Err(crate::config_lint::no_secret_key(&self.secret_key_credential))
+        Err(super::credential::no_secret_key(&self.secret_key_credential))
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::RouteFn;
-use crate::alerts::Alert;
+use crate::alert_event::Alert;
 
 use super::StoreError;
 

@@ -156,7 +156,7 @@ impl Want {
 }
 
 /// An alert to raise with a breaker change, and how to route it.
-pub type AlertWith = Option<(crate::alerts::Alert, Arc<RouteFn>)>;
+pub type AlertWith = Option<(crate::alert_event::Alert, Arc<RouteFn>)>;
 
 /// A change of a handler's breaker, written in the step's transaction.
 #[derive(Clone)]

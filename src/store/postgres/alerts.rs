@@ -3,7 +3,7 @@
 use super::PgStore;
 use std::sync::Arc;
 
-use crate::alerts::Alert;
+use crate::alert_event::Alert;
 use crate::store::{Alerts, RouteFn, StoreError};
 
 #[async_trait::async_trait]

@@ -14,7 +14,8 @@ use deadpool_postgres::Transaction;
 use serde_json::json;
 
 use super::PgStore;
-use crate::alerts::{Alert, AlertKind, ALERT_HOLD, ALERT_SOURCE};
+use crate::alert_event::{Alert, AlertKind, ALERT_HOLD};
+use crate::names::ALERT_SOURCE;
 use crate::event::ReceivedEvent;
 use crate::route::Routed;
 use crate::store::deliveries::webhook_id;

@@ -33,7 +33,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use super::{Singleton, StoreError};
-use crate::config::StoreConfig;
+use crate::config::{split_postgres_url, PgTls, StoreConfig};
 
 /// Schema migrations, applied in order; `schema_migrations` records each version applied.
 const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
@@ -89,36 +89,11 @@ pub fn display_url(url: &str) -> String {
     }
 }
 
-/// The tokio-postgres config of `url` (without `sslmode` and `sslrootcert`, which it does
-/// not spell as libpq does), with the TLS mode and root certificate file.
-fn split_url(url: &str) -> Result<(tokio_postgres::Config, tls::Mode, Option<String>), String> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| format!("is not a URL ({e}); write postgresql://USER@HOST:PORT/DATABASE"))?;
-    if !matches!(parsed.scheme(), "postgresql" | "postgres") {
-        return Err(format!(
-            "has scheme `{}`; write postgresql://USER@HOST:PORT/DATABASE (or use store.path for SQLite)",
-            parsed.scheme()
-        ));
-    }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err("names no host; write postgresql://USER@HOST:PORT/DATABASE".into());
-    }
-    let mut mode = tls::Mode::Prefer;
-    let mut root = None;
-    let mut rest = parsed.clone();
-    rest.set_query(None);
-    let mut kept = Vec::new();
-    for (k, v) in parsed.query_pairs() {
-        match &*k {
-            "sslmode" => mode = tls::Mode::parse(&v)?,
-            "sslrootcert" => root = Some(v.into_owned()),
-            _ => kept.push((k.into_owned(), v.into_owned())),
-        }
-    }
-    if !kept.is_empty() {
-        rest.query_pairs_mut().extend_pairs(kept);
-    }
-    let config = tokio_postgres::Config::from_str(rest.as_str())
+/// The tokio-postgres config of `url` (see [`split_postgres_url`]), with the TLS mode and
+/// root certificate file.
+fn split_url(url: &str) -> Result<(tokio_postgres::Config, PgTls, Option<String>), String> {
+    let (rest, mode, root) = split_postgres_url(url)?;
+    let config = tokio_postgres::Config::from_str(&rest)
         .map_err(|e| format!("cannot be read: {e}; write postgresql://USER@HOST:PORT/DATABASE?sslmode=require"))?;
     if config.get_dbname().is_none() {
         return Err("names no database; write postgresql://USER@HOST:PORT/DATABASE".into());
@@ -187,7 +162,7 @@ impl PgStore {
                 pg.password(password.expose_secret());
             }
         }
-        pg.ssl_mode(mode.ssl_mode());
+        pg.ssl_mode(tls::ssl_mode(mode));
         pg.connect_timeout(config.connect_timeout);
         pg.keepalives_idle(Duration::from_secs(30));
         // Bounded on the server too: no statement runs, and no transaction a lost client

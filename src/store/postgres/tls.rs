@@ -12,38 +12,14 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// `disable`.
-    Disable,
-    /// `prefer` (the default).
-    Prefer,
-    /// `require`.
-    Require,
-    /// `verify-ca` or `verify-full`.
-    Verify,
-}
+use crate::config::PgTls as Mode;
 
-impl Mode {
-    /// Reads an `sslmode` value.
-    pub fn parse(value: &str) -> Result<Mode, String> {
-        match value {
-            "disable" => Ok(Mode::Disable),
-            "prefer" | "allow" => Ok(Mode::Prefer),
-            "require" => Ok(Mode::Require),
-            "verify-ca" | "verify-full" => Ok(Mode::Verify),
-            other => Err(format!("has sslmode=`{other}`; use disable, prefer, require, verify-ca or verify-full")),
-        }
-    }
-
-    /// What tokio-postgres is told.
-    pub fn ssl_mode(self) -> SslMode {
-        match self {
-            Mode::Disable => SslMode::Disable,
-            Mode::Prefer => SslMode::Prefer,
-            Mode::Require | Mode::Verify => SslMode::Require,
-        }
+/// What tokio-postgres is told for `mode` (the checks beyond `require` are ours).
+pub fn ssl_mode(mode: Mode) -> SslMode {
+    match mode {
+        Mode::Disable => SslMode::Disable,
+        Mode::Prefer => SslMode::Prefer,
+        Mode::Require | Mode::Verify => SslMode::Require,
     }
 }
 

@@ -12,7 +12,8 @@ use serde_json::json;
 
 use super::events::insert_rows;
 use super::SqliteStore;
-use crate::alerts::{Alert, AlertKind, ALERT_HOLD, ALERT_SOURCE};
+use crate::alert_event::{Alert, AlertKind, ALERT_HOLD};
+use crate::names::ALERT_SOURCE;
 use crate::store::{Alerts, RouteFn, StoreError};
 
 /// Stores `alert` if a route takes it, unless one of its kind and subject was stored less

@@ -18,29 +18,8 @@ use rusqlite::{params, Connection, Row};
 use super::SqliteStore;
 use crate::handler::Delivery;
 use crate::store::{
-    webhook_id, AttemptRecord, AttemptRow, BreakerStep, Claimed, DeliveryFilter, DeliveryRow, Next, Outbox, StoreError,
-    Want,
+    AttemptRecord, AttemptRow, BreakerStep, Claimed, DeliveryFilter, DeliveryRow, Next, Outbox, StoreError, Want,
 };
-
-/// Inserts one pending delivery per handler for a newly stored event (occurrence
-/// `occurrence` of its content).
-pub(crate) fn route_new_event(
-    conn: &Connection,
-    event_id: i64,
-    dedupe_key: &[u8],
-    occurrence: i64,
-    handlers: &[String],
-    now: i64,
-) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO deliveries (event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
-    )?;
-    for handler in handlers {
-        stmt.execute(params![event_id, handler, webhook_id(dedupe_key, occurrence, handler), now])?;
-    }
-    Ok(())
-}
 
 /// Records `outcomes` and settles their deliveries (see [`Store::settle_and_claim`]).
 fn settle(tx: &Connection, outcomes: &[AttemptRecord], now: i64) -> Result<(), StoreError> {
@@ -318,7 +297,7 @@ impl Outbox for SqliteStore {
                     rows.collect::<Result<_, _>>()?
                 }
             };
-            route_new_event(&tx, event_id, &key, occurrence, &handlers, now)?;
+            super::events::route_new_event(&tx, event_id, &key, occurrence, &handlers, now)?;
             tx.commit()?;
             Ok(handlers)
         })

@@ -7,7 +7,7 @@ use super::SqliteStore;
 use crate::config::ApiVersion;
 use crate::event::ReceivedEvent;
 use crate::route::Routed;
-use crate::store::{Batch, EventFilter, EventRow, History, Inserted, StoreError};
+use crate::store::{webhook_id, Batch, EventFilter, EventRow, History, Inserted, StoreError};
 
 /// An event row's confirmation time, in a query on `events`: its own column (rows confirmed
 /// before migration 0013), else its `event_confirmations` row.
@@ -127,11 +127,31 @@ pub(crate) fn insert_rows(
             let id = tx.last_insert_rowid();
             index_files(tx, id, e)?;
             let routed = route(i, e);
-            super::deliveries::route_new_event(tx, id, &e.dedupe_key, occurrence, &routed.handlers, now_ms)?;
+            route_new_event(tx, id, &e.dedupe_key, occurrence, &routed.handlers, now_ms)?;
             out.push((Inserted { id, new: true }, routed));
         }
     }
     Ok(out)
+}
+
+/// Inserts one pending delivery per handler for a newly stored event (occurrence
+/// `occurrence` of its content).
+pub(crate) fn route_new_event(
+    conn: &Connection,
+    event_id: i64,
+    dedupe_key: &[u8],
+    occurrence: i64,
+    handlers: &[String],
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO deliveries (event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
+    )?;
+    for handler in handlers {
+        stmt.execute(params![event_id, handler, webhook_id(dedupe_key, occurrence, handler), now])?;
+    }
+    Ok(())
 }
 
 /// Records every file `event` names for row `id`.

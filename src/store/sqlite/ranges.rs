@@ -8,7 +8,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::deliveries::route_new_event;
+use super::events::route_new_event;
 use super::SqliteStore;
 use crate::store::{Range, RangeJob, Ranges, StoreError, RANGE_BATCH};
 
