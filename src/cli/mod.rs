@@ -142,7 +142,9 @@ fn report(e: &anyhow::Error) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     eprintln!("vod-eventd: error: {e:#}");
-    if e.downcast_ref::<PullError>().is_some() || e.downcast_ref::<crate::discovery::Refused>().is_some() {
+    let name_taken = matches!(e.downcast_ref(), Some(crate::store::StoreError::NodeNameTaken { .. }));
+    if name_taken || e.downcast_ref::<PullError>().is_some() || e.downcast_ref::<crate::discovery::Refused>().is_some()
+    {
         return ExitCode::from(EXIT_CONFIG);
     }
     ExitCode::FAILURE

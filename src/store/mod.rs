@@ -97,6 +97,14 @@ pub enum StoreError {
         /// What is wrong, with counts.
         detail: String,
     },
+    /// Another live daemon holds this `node.name` on the shared store.
+    #[error("another running daemon holds node.name `{node}` on this store ({heartbeat}); give each daemon its own node.name (in [node], or VOD_EVENTD_NODE__NAME), or stop the other one")]
+    NodeNameTaken {
+        /// The name.
+        node: String,
+        /// The other daemon's heartbeat, as `status` would say it.
+        heartbeat: String,
+    },
     /// A query or commit failed (disk full, I/O error, read-only file, ...).
     #[error("store query failed: {0}")]
     Sqlite(#[from] rusqlite::Error),

@@ -1115,3 +1115,29 @@ async fn status_lists_every_host_of_a_shared_store_and_metrics_report_its_size()
     .await;
     alpha.terminate().await;
 }
+
+/// Two daemons named alike would take each other's claims for their own: the second one
+/// refuses to start (78), naming the name and the other's heartbeat. A daemon killed with
+/// SIGKILL loses the name with its session, so it starts again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_with_the_same_node_name_refuses_to_start() {
+    let url = database().await;
+    let emu = emulator(fast_emulator_config()).await;
+    let endpoint = emu.endpoint();
+    let mut first = pg_node(&endpoint, &url, "", "twin").await;
+    emu.enqueue_generated(3);
+    eventually(Duration::from_secs(30), "the first one runs", || first.rows() == 3).await;
+    let mut second = pg_node(&endpoint, &url, "", "twin").await;
+    eventually(Duration::from_secs(30), "the second one exits", || !second.running()).await;
+    assert_eq!(second.exit_code(), Some(78), "a configuration error");
+    let log = second.log();
+    assert!(log.contains("another running daemon holds node.name `twin`"), "{log}");
+    assert!(first.running(), "the first one is left alone");
+
+    first.kill9().await;
+    let mut again = pg_node(&endpoint, &url, "", "twin").await;
+    emu.enqueue_generated(2);
+    eventually(Duration::from_secs(30), "the restarted one stores events", || again.rows() == 5).await;
+    assert!(again.running());
+    assert!(again.terminate().await.success());
+}

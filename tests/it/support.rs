@@ -193,6 +193,11 @@ impl TestDaemon {
         std::fs::write(&self.config_path, config_text(&self.db_path, endpoint, &store_extra, extra)).unwrap();
     }
 
+    /// The exit code once the child has exited (`None` while it runs or after a signal).
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap()).and_then(|status| status.code())
+    }
+
     /// True while the child has not exited.
     pub fn running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())

@@ -41,6 +41,13 @@ const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
 /// The advisory lock (transaction-level) every migration step takes.
 const MIGRATION_LOCK: i64 = 0x766f_645f_6d69_6772; // "vod_migr"
 
+/// The advisory lock of a node name (see [`PgStore::hold_node_name`]).
+fn node_key(node: &str) -> i64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("vod-eventd node {node}"));
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
 /// The advisory lock of a singleton task.
 fn lock_key(what: Singleton) -> i64 {
     0x766f_645f_0000_0000
@@ -64,6 +71,8 @@ pub struct PgStore {
     pub(super) leader: Mutex<(Option<tokio_postgres::Client>, Vec<Singleton>)>,
     /// The URL without its password, for messages.
     shown: String,
+    /// The session holding this daemon's node-name lock (see [`PgStore::hold_node_name`]).
+    node_lock: Mutex<Option<tokio_postgres::Client>>,
     /// `store.max_size_mb` in bytes (0: no cap); see [`PgStore::check_room`].
     max_bytes: std::sync::atomic::AtomicU64,
     /// The last size read for the cap, and when.
@@ -194,6 +203,7 @@ impl PgStore {
             instance,
             leader: Mutex::new((None, Vec::new())),
             shown,
+            node_lock: Mutex::new(None),
             max_bytes: Default::default(),
             last_size: Mutex::new(None),
             runtime: None,
@@ -201,13 +211,19 @@ impl PgStore {
         let mut delay = Duration::from_millis(200);
         let mut waited = false;
         loop {
-            match store.migrate().await {
+            let ready = match store.migrate().await {
+                // The daemon (`wait`) holds its node name for as long as it runs.
+                Ok(()) if wait => store.hold_node_name().await,
+                other => other,
+            };
+            match ready {
                 Ok(()) => {
                     if waited {
                         info!(store = %store.shown, "PostgreSQL answers; starting.");
                     }
                     return Ok(store);
                 }
+                Err(e @ StoreError::NodeNameTaken { .. }) => return Err(e),
                 Err(StoreError::PostgresDown(detail)) if wait => {
                     if !waited {
                         warn!(store = %store.shown, error = %detail, "Cannot reach PostgreSQL (store.url); waiting for it before pulling. Events stay at Tencent meanwhile.");
@@ -291,10 +307,53 @@ impl PgStore {
         }
     }
 
+    /// Takes the session-level advisory lock on this daemon's `node.name`, on a session of
+    /// its own, or keeps it: two daemons of one name would take each other's claims for
+    /// their own (a restarted one requeues the claims of its name). A daemon that dies loses
+    /// the lock with its session, so its successor starts at once. Taken at start (refusing
+    /// with [`StoreError::NodeNameTaken`]) and again whenever its session was lost.
+    pub(crate) async fn hold_node_name(&self) -> Result<(), StoreError> {
+        let mut held = self.node_lock.lock().await;
+        if held.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        let (client, connection) = self.config.connect(self.tls.clone()).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let got: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&node_key(&self.node)]).await?.get(0);
+        if !got {
+            let beat: Option<String> = client
+                .query_opt("SELECT value FROM daemon_state WHERE key = $1", &[&format!("host.{}", self.node)])
+                .await?
+                .map(|r| r.get(0));
+            let heartbeat = beat
+                .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                .and_then(|b| b["heartbeat_ms"].as_i64())
+                .map_or("no heartbeat yet".to_string(), |ms| {
+                    format!("last heartbeat {} s ago", (super::now_ms() - ms) / 1000)
+                });
+            return Err(StoreError::NodeNameTaken { node: self.node.clone(), heartbeat });
+        }
+        *held = Some(client);
+        Ok(())
+    }
+
     /// Whether this process runs `what` now: takes (or keeps) its session-level advisory
     /// lock on a dedicated connection. A host that dies (or loses that connection) loses
     /// the lock, and another host's next call takes it.
     async fn take_lead(&self, what: Singleton) -> bool {
+        // A daemon whose node-name session was lost takes its name again first.
+        let lost = self.node_lock.lock().await.as_ref().is_some_and(|c| c.is_closed());
+        if lost {
+            match self.hold_node_name().await {
+                Err(e @ StoreError::NodeNameTaken { .. }) => {
+                    warn!(error = %e, "This daemon's node name was taken while its session was lost.")
+                }
+                Err(e) => debug!(error = %e, "Cannot take this daemon's node name again yet."),
+                Ok(()) => {}
+            }
+        }
         let mut guard = self.leader.lock().await;
         let (client, held) = &mut *guard;
         if client.as_ref().is_none_or(|c| c.is_closed()) {
