@@ -168,6 +168,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let log = crate::logging::init(&config.log.level, &config.log.format);
+    match crate::limits::raise_nofile() {
+        Ok(crate::limits::Nofile::Raised { from, to }) => {
+            tracing::debug!(from, to, "Raised the soft limit on open files to the hard limit.")
+        }
+        Ok(crate::limits::Nofile::AtHard(limit)) => tracing::debug!(limit, "Open files limit."),
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot raise the soft limit on open files (RLIMIT_NOFILE) to the hard limit; the daemon keeps the current one.")
+        }
+    }
     // One thread runs every task: the daemon waits on the network and the store, and its
     // tasks hand work to each other constantly; on one thread that costs no cross-thread
     // wake-ups (a quarter less CPU per event than the multi-threaded runtime, BENCHMARKS.md).
