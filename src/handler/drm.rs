@@ -5,12 +5,14 @@
 //! also written as `<sha256-hex of edk>.key` (16 raw bytes, mode 0600, atomic rename),
 //! ready for a key server. Data keys never reach logs, attempt records or webhooks.
 
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use indexmap::IndexSet;
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -177,7 +179,9 @@ impl Drm {
     /// Turns EDKs into data keys (those not stored yet) and stores them.
     async fn resolve(&self, d: &Delivery, info: DrmInfo) -> Result<Success, Failure> {
         let known = self.store.known_edks(info.edks.clone()).await.map_err(|e| Failure::transient(e.to_string()))?;
-        let missing: Vec<String> = info.edks.iter().filter(|e| !known.contains(e)).cloned().collect();
+        let known_set: HashSet<&String> = known.iter().collect();
+        let missing: IndexSet<String> = info.edks.iter().filter(|e| !known_set.contains(e)).cloned().collect();
+        let missing: Vec<String> = missing.into_iter().collect();
         let mut fetched = Vec::new();
         // Under the event's own app and credentials: a key of one app is not another's.
         let client = || {
@@ -207,7 +211,8 @@ impl Drm {
                 });
             }
         }
-        if let Some(absent) = missing.iter().find(|e| !fetched.iter().any(|k| &k.edk == *e)) {
+        let fetched_edks: HashSet<&String> = fetched.iter().map(|k| &k.edk).collect();
+        if let Some(absent) = missing.iter().find(|e| !fetched_edks.contains(e)) {
             return Err(Failure::transient(format!("DescribeDrmDataKey returned no key for EDK {}", short(absent))));
         }
         if let Some(dir) = &self.config.key_dir {

@@ -545,6 +545,41 @@ async fn v3_drm_reads_playlists_retries_their_host_and_skips_plain_outputs() {
     assert!(emu.media_requests() > 4, "playlists were fetched again after the host recovered");
 }
 
+/// API 3.0: a playlist of 30,000 `#EXT-X-KEY` lines, each with its own EDK, is refused at
+/// once as permanent, naming the cap, with no DescribeDrmDataKey call; the daemon keeps
+/// pulling and confirming meanwhile. (Before the cap it went on to 3,000 DescribeDrmDataKey
+/// calls, half an hour at the 100 calls/min limit, after a quadratic read.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_drm_refuses_a_playlist_of_thirty_thousand_edks_at_once() {
+    let emu = emulator(vod_emulator::EmulatorConfig { api: vod_emulator::Api::V3, ..fast_emulator_config() }).await;
+    let mut playlist = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:10\n");
+    for i in 0..30_000 {
+        playlist += &format!("#EXT-X-KEY:METHOD=AES-128,URI=\"https://k.example.com/getkey?keySource=VodBuildInKMS&edk=E{i:05}\"\n#EXTINF:10,\ns{i}.ts\n");
+    }
+    assert!(playlist.len() < 4 << 20, "within playlist_max_bytes");
+    emu.add_media("/keys/v.f230.m3u8", playlist);
+    emu.enqueue(
+        serde_json::json!({"EventType": "ProcedureStateChanged", "ProcedureStateChangeEvent": {
+            "TaskId": "1-Procedure-keys", "Status": "FINISH", "FileId": "5285890784246869998",
+            "MediaProcessResultSet": [{"Type": "Transcode", "TranscodeTask": {"Status": "SUCCESS",
+                "Output": {"Url": emu.media_url("/keys/v.f230.m3u8"), "Definition": 230}}}]}})
+        .to_string(),
+    );
+    let config = format!(
+        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\nplaylist_max_bytes = 4194304\n{FAST_RETRIES}",
+        api_line(vod_emulator::Api::V3)
+    );
+    let daemon = TestDaemon::start(&emu.endpoint_v3(), &config).await;
+    eventually(Duration::from_secs(20), "the delivery is dead", || daemon.delivery_states().get("dead") == Some(&1))
+        .await;
+    let records = format!("{:?}", daemon.store().unwrap().event_deliveries(1).unwrap());
+    assert!(records.contains("names more than 1000 distinct EDKs"), "{records}");
+    assert_eq!(emu.stats().api.calls.get("DescribeDrmDataKey"), None);
+    emu.enqueue_generated(20);
+    eventually(Duration::from_secs(15), "later events confirmed", || emu.stats().queue.confirmed == 21).await;
+    assert_eq!(emu.stats().queue.expired_handles, 0);
+}
+
 both_apis!(data_keys_in_a_refused_or_misshapen_answer_are_never_quoted);
 
 async fn data_keys_in_a_refused_or_misshapen_answer_are_never_quoted(api: vod_emulator::Api) {
