@@ -56,9 +56,13 @@ pub struct DrmConfig {
     /// HTTPS, which VOD's storage domains serve.
     #[serde(default)]
     pub allow_http: bool,
-    /// API 3.0: follow redirects when fetching playlists.
+    /// API 3.0: follow redirects when fetching playlists (never from https to http).
     #[serde(default)]
     pub follow_redirects: bool,
+    /// API 3.0: playlist hosts (names or IP addresses, as they appear in URLs) that may be
+    /// loopback, link-local or private; every other such destination is refused.
+    #[serde(default)]
+    pub allow_private: Vec<String>,
 }
 
 fn default_drm_concurrency() -> usize {
@@ -81,9 +85,14 @@ impl DrmConfig {
                 "drm: reads the EDKs of task-flow events from data.drm.edkList, resolves them with DescribeDrmDataKey".into()
             }
             crate::config::ApiVersion::V3 => format!(
-                "drm: API 3.0 events carry no EDK; reads them from the #EXT-X-KEY URIs of the HLS playlists task-flow results name ({}, redirects {}), resolves them with DescribeDrmDataKey",
+                "drm: API 3.0 events carry no EDK; reads them from the #EXT-X-KEY URIs of the HLS playlists task-flow results name ({}, redirects {}, {}), resolves them with DescribeDrmDataKey",
                 if self.allow_http { "http:// fetched as given" } else { "http:// fetched over HTTPS" },
-                if self.follow_redirects { "followed" } else { "refused" },
+                if self.follow_redirects { "followed but never from https to http" } else { "refused" },
+                if self.allow_private.is_empty() {
+                    "private addresses refused".to_string()
+                } else {
+                    format!("private addresses refused but for {}", self.allow_private.join(", "))
+                },
             ),
         }
     }
@@ -100,6 +109,9 @@ impl DrmConfig {
         }
         if self.playlist_timeout.is_zero() {
             issues.push(("playlist_timeout".into(), "must be more than 0 (e.g. \"10s\")".into()));
+        }
+        if self.allow_private.iter().any(|host| host.trim().is_empty()) {
+            issues.push(("allow_private".into(), "names an empty host; list host names or IP addresses".into()));
         }
         if self.playlist_max_bytes == 0 {
             issues.push(("playlist_max_bytes".into(), "must be at least 1".into()));
@@ -145,6 +157,7 @@ impl Drm {
             max_bytes: config.playlist_max_bytes,
             allow_http: config.allow_http,
             follow_redirects: config.follow_redirects,
+            egress: super::egress::Egress::new(&config.allow_private),
         };
         let http = hls::client(&playlists)?;
         Ok(Drm { config: config.clone(), clients, store, playlists, http })

@@ -4,7 +4,10 @@
 //! outputs a `ProcedureStateChanged` event names (transcode and adaptive-streaming results),
 //! fetches them (a master playlist leads to its media playlists) with bounded size, time and
 //! count, and reads the EDKs out. Plain `http://` URLs are fetched over HTTPS and redirects
-//! are not followed unless configured.
+//! are not followed unless configured; with `allow_http = false` the client speaks HTTPS
+//! only, and no redirect goes from `https` to `http` in any case. Loopback, link-local and
+//! private destinations are refused unless allowed by name ([`super::egress`]). Errors
+//! name the URL (redacted) and the failure, never what an internal host answered.
 //!
 //! Reading is linear and bounded: EDKs are collected into an ordered set, at most
 //! [`MAX_EDKS_PER_PLAYLIST`] distinct ones per playlist and [`MAX_EDKS_PER_EVENT`] per event
@@ -18,6 +21,7 @@ use indexmap::IndexSet;
 use reqwest::Url;
 use serde_json::Value;
 
+use super::egress::{refused_in, Egress};
 use crate::event_types::values_at;
 
 /// Where task-flow results name their output URLs (SDK model `ProcedureTask`).
@@ -48,6 +52,8 @@ pub struct FetchSettings {
     pub allow_http: bool,
     /// Follow redirects (up to 5).
     pub follow_redirects: bool,
+    /// Where the fetcher may connect.
+    pub egress: Egress,
 }
 
 /// Why the EDKs of an event could not be read.
@@ -79,12 +85,14 @@ pub fn playlist_urls(body: &Value) -> Option<Vec<String>> {
 /// An HTTP client for playlists.
 pub fn client(settings: &FetchSettings) -> anyhow::Result<reqwest::Client> {
     let redirect = match settings.follow_redirects {
-        true => reqwest::redirect::Policy::limited(5),
+        true => settings.egress.redirects(5),
         false => reqwest::redirect::Policy::none(),
     };
     Ok(reqwest::Client::builder()
         .timeout(settings.timeout)
         .connect_timeout(settings.timeout)
+        .https_only(!settings.allow_http)
+        .dns_resolver(settings.egress.resolver())
         .redirect(redirect)
         .user_agent(concat!("vod-eventd/", env!("CARGO_PKG_VERSION")))
         .build()?)
@@ -137,7 +145,11 @@ async fn fetch(http: &reqwest::Client, settings: &FetchSettings, url: &Url) -> R
     if !matches!(url.scheme(), "http" | "https") {
         return Err(HlsError::Refused(format!("playlist {} is not on http(s)", redact(&url))));
     }
-    let failed = |e: reqwest::Error| HlsError::Fetch(format!("playlist {}: {}", redact(&url), e.without_url()));
+    settings.egress.check(&url).map_err(|e| HlsError::Refused(format!("playlist {}: {e}", redact(&url))))?;
+    let failed = |e: reqwest::Error| match refused_in(&e) {
+        Some(refused) => HlsError::Refused(format!("playlist {}: {refused}", redact(&url))),
+        None => HlsError::Fetch(format!("playlist {}: {}", redact(&url), e.without_url())),
+    };
     let mut response = http.get(url.clone()).send().await.map_err(failed)?;
     let status = response.status();
     if status.is_redirection() {

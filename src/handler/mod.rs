@@ -4,6 +4,7 @@
 //! outcome; retries, schedules and the dead state belong to the dispatcher.
 
 mod drm;
+mod egress;
 mod hls;
 mod shell;
 mod webhook;

@@ -89,7 +89,7 @@ impl ThreeHandlers {
         std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         format!(
             "{}{}[handlers.ingest]\ntype = \"shell\"\ncommand = [\"{}\", \"{dir}\"]\n{extra}\n\
-             [handlers.keys]\ntype = \"drm\"\nkey_dir = \"{dir}/keys\"\nallow_http = true\n",
+             [handlers.keys]\ntype = \"drm\"\nkey_dir = \"{dir}/keys\"\nallow_http = true\nallow_private = [\"127.0.0.1\"]\n",
             route_all(&Self::NAMES),
             webhook("internal", &self.receiver, extra),
             hook.display(),

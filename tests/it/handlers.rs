@@ -477,7 +477,7 @@ async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api
     let key_dir = tempfile::tempdir().unwrap();
     // API 3.0 reads EDKs from the emulator's playlists, which it serves over plain HTTP.
     let config = format!(
-        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nkey_dir = \"{}\"\nallow_http = true\n",
+        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nkey_dir = \"{}\"\nallow_http = true\nallow_private = [\"127.0.0.1\"]\n",
         api_line(api),
         key_dir.path().display()
     );
@@ -526,7 +526,7 @@ async fn v3_drm_reads_playlists_retries_their_host_and_skips_plain_outputs() {
     );
     emu.enqueue_generated_type("ProcedureStateChangeEvent", 1).unwrap();
     let config = format!(
-        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\n{FAST_RETRIES}",
+        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\nallow_private = [\"127.0.0.1\"]\n{FAST_RETRIES}",
         api_line(vod_emulator::Api::V3)
     );
     let daemon = TestDaemon::start(&emu.endpoint_v3(), &config).await;
@@ -566,7 +566,7 @@ async fn v3_drm_refuses_a_playlist_of_thirty_thousand_edks_at_once() {
         .to_string(),
     );
     let config = format!(
-        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\nplaylist_max_bytes = 4194304\n{FAST_RETRIES}",
+        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\nallow_private = [\"127.0.0.1\"]\nplaylist_max_bytes = 4194304\n{FAST_RETRIES}",
         api_line(vod_emulator::Api::V3)
     );
     let daemon = TestDaemon::start(&emu.endpoint_v3(), &config).await;
@@ -580,6 +580,72 @@ async fn v3_drm_refuses_a_playlist_of_thirty_thousand_edks_at_once() {
     assert_eq!(emu.stats().queue.expired_handles, 0);
 }
 
+/// API 3.0: playlist fetching reaches no internal host the operator did not allow by name.
+/// With `allow_private = ["127.0.0.1"]`, `allow_http` and `follow_redirects`: a playlist at
+/// `localhost` (a name resolving to loopback) is refused without a request; a playlist whose
+/// host redirects to the metadata service's 169.254.169.254 is refused at the redirect; both
+/// deliveries are dead with a message naming the host and the key to set, and quote nothing
+/// the hosts answered; the allowed emulator's playlist still gives its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_drm_refuses_internal_playlist_hosts_not_allowed_by_name() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let emu = emulator(vod_emulator::EmulatorConfig { api: vod_emulator::Api::V3, ..fast_emulator_config() }).await;
+    emu.enqueue_generated_type("ProcedureStateChanged", 1).unwrap();
+    assert_eq!(emu.issued_keys().len(), 1);
+    // A host that redirects every request to the cloud metadata service.
+    let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirector_addr = redirector.local_addr().unwrap();
+    let redirects = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = redirects.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = redirector.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/latest/meta-data/\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let task_flow = |id: &str, url: String| {
+        serde_json::json!({"EventType": "ProcedureStateChanged", "ProcedureStateChangeEvent": {
+            "TaskId": id, "Status": "FINISH", "FileId": "5285890784246869997",
+            "MediaProcessResultSet": [{"Type": "Transcode", "TranscodeTask": {"Status": "SUCCESS",
+                "Output": {"Url": url, "Definition": 230}}}]}})
+        .to_string()
+    };
+    let by_name = emu.media_url("/named/v.f230.m3u8").replace("127.0.0.1", "localhost");
+    emu.enqueue(task_flow("1-Procedure-localhost", by_name));
+    emu.enqueue(task_flow("1-Procedure-redirect", format!("http://{redirector_addr}/r/v.f230.m3u8")));
+    let config = format!(
+        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\nfollow_redirects = true\nallow_private = [\"127.0.0.1\"]\n{FAST_RETRIES}",
+        api_line(vod_emulator::Api::V3)
+    );
+    let daemon = TestDaemon::start(&emu.endpoint_v3(), &config).await;
+    eventually(Duration::from_secs(30), "one delivery done, two dead", || {
+        let states = daemon.delivery_states();
+        states.get("done") == Some(&1) && states.get("dead") == Some(&2)
+    })
+    .await;
+    let store = daemon.store().unwrap();
+    assert_eq!(store.list_keys(None, 100).unwrap().len(), 1, "the allowed host's key");
+    let errors: Vec<String> = (1..=3)
+        .flat_map(|id| store.event_deliveries(id).unwrap())
+        .filter_map(|(delivery, _)| delivery.last_error)
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("playlist host localhost is a loopback, link-local, private or reserved address; if it is yours, add \"localhost\" to allow_private")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.contains("add \"169.254.169.254\" to allow_private")), "{errors:?}");
+    assert_eq!(
+        redirects.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the redirect was asked once: refused, not retried"
+    );
+}
+
 both_apis!(data_keys_in_a_refused_or_misshapen_answer_are_never_quoted);
 
 async fn data_keys_in_a_refused_or_misshapen_answer_are_never_quoted(api: vod_emulator::Api) {
@@ -591,7 +657,7 @@ async fn data_keys_in_a_refused_or_misshapen_answer_are_never_quoted(api: vod_em
     // The real answer, keys and all, first under HTTP 502, then in a shape the envelope parse refuses.
     emu.set_faults(faults(FaultKind::WrongStatus));
     let config = format!(
-        "{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\n{FAST_RETRIES}",
+        "{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\nallow_private = [\"127.0.0.1\"]\n{FAST_RETRIES}",
         api_line(api)
     );
     let daemon = TestDaemon::start_logged(&emu.endpoint_for(api), &config, "trace").await;
