@@ -4,6 +4,12 @@
 //! call, 100 calls/min client-side) and stores each data key once. With `key_dir`, each key is
 //! also written as `<sha256-hex of edk>.key` (16 raw bytes, mode 0600, atomic rename),
 //! ready for a key server. Data keys never reach logs, attempt records or webhooks.
+//!
+//! Key files are written through a temp file created exclusively under a random name
+//! (`O_CREAT|O_EXCL`, so a link or file someone placed there is never opened), then renamed
+//! over the final name (which replaces a link there rather than following it). A `key_dir`
+//! that group or others may write is refused at start and by `config check`: whoever can
+//! write it can swap the files a key server reads.
 
 use std::collections::HashSet;
 use std::io::Write as _;
@@ -100,8 +106,19 @@ impl DrmConfig {
     pub(super) fn validate(&self) -> Vec<(String, String)> {
         let mut issues = Vec::new();
         if let Some(dir) = &self.key_dir {
-            if !dir.is_dir() {
-                issues.push(("key_dir".into(), format!("{} is not a directory; create it (mode 0700)", dir.display())));
+            use std::os::unix::fs::PermissionsExt as _;
+            match std::fs::metadata(dir) {
+                Ok(meta) if meta.is_dir() && meta.permissions().mode() & 0o022 != 0 => issues.push((
+                    "key_dir".into(),
+                    format!(
+                        "{} is writable by group or others (mode {:04o}), who could replace the key files; chmod 0700 it",
+                        dir.display(),
+                        meta.permissions().mode() & 0o7777
+                    ),
+                )),
+                Ok(meta) if meta.is_dir() => {}
+                _ => issues
+                    .push(("key_dir".into(), format!("{} is not a directory; create it (mode 0700)", dir.display()))),
             }
         }
         if self.concurrency == 0 {
@@ -253,16 +270,19 @@ pub fn key_file_name(edk: &str) -> String {
     format!("{}.key", crate::event::hex(&Sha256::digest(edk.as_bytes())))
 }
 
-/// Writes the key atomically with mode 0600: a temp file in the same directory, synced,
-/// then renamed over the final name.
+/// Writes the key atomically with mode 0600: a temp file created exclusively under a random
+/// name in the same directory, synced, then renamed over the final name.
 fn write_key_file(dir: &Path, edk: &str, dk: &[u8; 16]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = key_file_name(edk);
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut file = tempfile::Builder::new().prefix(".key-").suffix(".tmp").permissions(private()).tempfile_in(dir)?;
     file.write_all(dk)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))
+    file.as_file().sync_all()?;
+    file.persist(dir.join(key_file_name(edk))).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn private() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::Permissions::from_mode(0o600)
 }
 
 #[cfg(test)]
@@ -292,6 +312,49 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), vec![7; 16]);
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+    }
+
+    /// Links placed at the old predictable temp name and at the final name are not followed:
+    /// the files they point to are untouched, and the key file is a regular file.
+    #[test]
+    fn key_files_never_follow_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victims = tempfile::tempdir().unwrap();
+        let (victim_tmp, victim_final) = (victims.path().join("tmp-target"), victims.path().join("final-target"));
+        std::fs::write(&victim_tmp, "untouched").unwrap();
+        std::fs::write(&victim_final, "untouched").unwrap();
+        let name = key_file_name("EDK");
+        let old_tmp = dir.path().join(format!(".{name}.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim_tmp, &old_tmp).unwrap();
+        std::os::unix::fs::symlink(&victim_final, dir.path().join(&name)).unwrap();
+        write_key_file(dir.path(), "EDK", &[7; 16]).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim_tmp).unwrap(), "untouched");
+        assert_eq!(std::fs::read_to_string(&victim_final).unwrap(), "untouched");
+        let key = dir.path().join(&name);
+        let meta = std::fs::symlink_metadata(&key).unwrap();
+        assert!(meta.file_type().is_file(), "the link at the final name was replaced, not followed");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&key).unwrap(), vec![7; 16]);
+    }
+
+    #[test]
+    fn a_key_dir_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = |dir: &Path| DrmConfig {
+            key_dir: Some(dir.to_path_buf()),
+            ..serde_json::from_value::<DrmConfig>(serde_json::json!({})).unwrap()
+        };
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(config(dir.path()).validate().is_empty());
+        for mode in [0o770, 0o1777, 0o702] {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let issues = config(dir.path()).validate();
+            assert_eq!(issues.len(), 1, "{mode:o}: {issues:?}");
+            assert!(issues[0].1.contains(&format!("is writable by group or others (mode {mode:04o})")), "{issues:?}");
+            assert!(issues[0].1.ends_with("chmod 0700 it"), "{issues:?}");
+        }
     }
 
     #[test]

@@ -77,6 +77,8 @@ impl ThreeHandlers {
     async fn start() -> ThreeHandlers {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("keys")).unwrap();
+        // A key_dir others may write is refused; make it private whatever the umask.
+        std::fs::set_permissions(dir.path().join("keys"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         ThreeHandlers { receiver: Receiver::start().await, dir }
     }
 
