@@ -13,6 +13,7 @@ mod ranges;
 mod sparkline;
 mod status;
 mod store_cmd;
+mod text;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
