@@ -5,6 +5,14 @@
 //! `VOD_SUB_APP_ID` (the source the event was pulled from and its app, empty for the default app) (the
 //! type and ids percent-encoded where needed, see [`super::encode_field`]).
 //!
+//! The environment is small by construction: a type or id longer than [`MAX_ENV_VALUE`]
+//! bytes (once encoded) is not put in it (Linux refuses any single variable over 128 KiB,
+//! and the whole environment beyond a quarter of the stack limit, with E2BIG). Such a
+//! variable is set empty and named in `VOD_OMITTED` (comma-separated, empty when nothing
+//! was left out); the hook reads the value from the event on stdin. Should the system still
+//! refuse to start the hook for its size (a huge variable passed through `env`), the
+//! attempt is dead at once with that reason: retrying cannot help.
+//!
 //! The hook runs in its own process group. When it exits, when `timeout` passes, or when
 //! the attempt is stopped (the shutdown drain), the whole group is killed, so nothing it
 //! spawned outlives the attempt. Exit 0 is done; a code in `permanent_exit_codes` is dead;
@@ -24,6 +32,9 @@ use super::{default_concurrency, Delivery, Failure, Success};
 
 /// How long to wait for the output pipes to close after the group was killed.
 const PIPE_GRACE: Duration = Duration::from_secs(2);
+
+/// The longest event field put in a hook's environment, in bytes.
+pub const MAX_ENV_VALUE: usize = 16 * 1024;
 
 /// `type = "shell"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -111,12 +122,23 @@ impl Shell {
                 cmd.env(name, value);
             }
         }
-        let field = |value: Option<&str>| super::encode_field(value.unwrap_or("")).into_owned();
+        let mut omitted: Vec<&str> = Vec::new();
+        for (name, value) in [
+            ("VOD_EVENT_TYPE", Some(d.event_type.as_str())),
+            ("VOD_FILE_ID", d.file_id.as_deref()),
+            ("VOD_TASK_ID", d.task_id.as_deref()),
+        ] {
+            let value = super::encode_field(value.unwrap_or(""));
+            if value.len() > MAX_ENV_VALUE {
+                omitted.push(name);
+                cmd.env(name, "");
+            } else {
+                cmd.env(name, value.as_ref());
+            }
+        }
         cmd.env("VOD_EVENT_ID", &d.webhook_id)
             .env("VOD_EVENT_ROWID", d.event_id.to_string())
-            .env("VOD_EVENT_TYPE", field(Some(&d.event_type)))
-            .env("VOD_FILE_ID", field(d.file_id.as_deref()))
-            .env("VOD_TASK_ID", field(d.task_id.as_deref()))
+            .env("VOD_OMITTED", omitted.join(","))
             .env("VOD_ATTEMPT", d.attempt.to_string())
             .env("VOD_SOURCE", &d.source)
             .env("VOD_SUB_APP_ID", d.sub_app_id.map(|id| id.to_string()).unwrap_or_default())
@@ -128,7 +150,7 @@ impl Shell {
         if let Some(dir) = &c.working_dir {
             cmd.current_dir(dir);
         }
-        let mut child = cmd.spawn().map_err(|e| Failure::transient(format!("cannot start {}: {e}", c.command[0])))?;
+        let mut child = cmd.spawn().map_err(|e| spawn_failure(&c.command[0], &e))?;
         let mut group = GroupKill(child.id().map(|id| Pid::from_raw(id as i32)));
         let stdin = child.stdin.take();
         let body = d.body.clone();
@@ -171,6 +193,17 @@ impl Shell {
             None => Err(Failure { excerpt, ..Failure::transient(format!("killed by a signal ({status})")) }),
         }
     }
+}
+
+/// Why the hook could not start. Arguments and environment too large for the system
+/// (E2BIG) are permanent: the same delivery would be refused the same way every time.
+fn spawn_failure(program: &str, e: &std::io::Error) -> Failure {
+    if e.raw_os_error() == Some(nix::errno::Errno::E2BIG as i32) {
+        return Failure::permanent(format!(
+            "cannot start {program}: its arguments and environment are larger than the system allows (E2BIG); shorten `command` or the variables passed through `env`"
+        ));
+    }
+    Failure::transient(format!("cannot start {program}: {e}"))
 }
 
 /// The hook's process group, killed with SIGKILL by [`GroupKill::kill`] or, if the attempt
@@ -231,4 +264,18 @@ fn format_output((out, out_total): (Vec<u8>, usize), (err, err_total): (Vec<u8>,
         parts.push(part("stderr", &err, err_total));
     }
     parts.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_refused_for_its_size_is_permanent() {
+        let too_big = spawn_failure("/bin/hook", &std::io::Error::from_raw_os_error(nix::errno::Errno::E2BIG as i32));
+        assert!(!too_big.retryable);
+        assert!(too_big.message.contains("larger than the system allows (E2BIG)"), "{}", too_big.message);
+        let missing = spawn_failure("/bin/hook", &std::io::Error::from_raw_os_error(nix::errno::Errno::ENOENT as i32));
+        assert!(missing.retryable);
+    }
 }

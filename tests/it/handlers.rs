@@ -331,6 +331,37 @@ async fn control_characters_in_the_type_and_ids_are_encoded_for_headers_and_the_
     assert_eq!(attempts, 2, "no attempt failed");
 }
 
+/// A 200,000-character file id cannot be in a hook's environment (Linux refuses it with
+/// E2BIG, which was retried for three days): the hook runs at the first attempt with
+/// `VOD_FILE_ID` empty, `VOD_OMITTED=VOD_FILE_ID`, and the whole event on stdin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_too_long_for_the_environment_reaches_the_hook_on_stdin_only() {
+    let emu = emulator(fast_emulator_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let long = "F".repeat(200_000);
+    let content = json!({"version": "4.0", "eventType": "NewFileUpload", "data": {"fileId": long, "vodTaskId": "t1"}})
+        .to_string();
+    emu.enqueue(content.clone());
+    let hook = script(
+        dir.path(),
+        "hook.sh",
+        "cat > \"$1/body\"\nprintf '%s|%s|%s|%s' \"${#VOD_FILE_ID}\" \"$VOD_OMITTED\" \"$VOD_TASK_ID\" \"$VOD_EVENT_TYPE\" > \"$1/fields\"",
+    );
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"ingest\"]\n[handlers.ingest]\ntype = \"shell\"\ncommand = [\"{hook}\", \"{}\"]\n{FAST_RETRIES}",
+        dir.path().display()
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    eventually(Duration::from_secs(30), "the delivery is done or dead", || {
+        let states = daemon.delivery_states();
+        states.contains_key("done") || states.contains_key("dead")
+    })
+    .await;
+    assert_eq!(daemon.delivery_states().get("done"), Some(&1), "{:?}", daemon.deliveries());
+    assert_eq!(std::fs::read_to_string(dir.path().join("fields")).unwrap(), "0|VOD_FILE_ID|t1|NewFileUpload");
+    assert_eq!(std::fs::read_to_string(dir.path().join("body")).unwrap(), content, "the event is whole on stdin");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_past_its_timeout_is_killed_with_its_grandchildren() {
     let emu = emulator(fast_emulator_config()).await;
