@@ -152,6 +152,8 @@ fn a_password_on_the_command_line_is_warned_about() {
         assert!(!text.contains("warning"), "{text}");
         assert!(text.contains("--from postgresql://"), "the copy still ran and failed on the server: {text}");
     }
-    let text = stderr(cli().args(["store", "copy", &format!("--from=postgresql://vod@127.0.0.1:1/vod"), "--to", &db]));
+    let text = stderr(cli().args(["store", "copy", "--from=postgresql://vod:s3cret@127.0.0.1:1/vod", "--to", &db]));
+    assert!(text.contains("warning: --from holds a password"), "--from=URL: {text}");
+    let text = stderr(cli().args(["store", "copy", "--from", "postgresql://vod@127.0.0.1:1/vod", "--to", &db]));
     assert!(!text.contains("warning"), "{text}");
 }
