@@ -507,12 +507,13 @@ async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api
     assert!(issued.len() >= 3, "every generated task flow is encrypted");
     let key_dir = tempfile::tempdir().unwrap();
     // API 3.0 reads EDKs from the emulator's playlists, which it serves over plain HTTP.
+    // The level comes from log.level (RUST_LOG empty), as an operator would set it.
     let config = format!(
-        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nkey_dir = \"{}\"\nallow_http = true\nallow_private = [\"127.0.0.1\"]\n",
+        "{}[log]\nlevel = \"trace\"\n[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nkey_dir = \"{}\"\nallow_http = true\nallow_private = [\"127.0.0.1\"]\n",
         api_line(api),
         key_dir.path().display()
     );
-    let daemon = TestDaemon::start_on_logged(&emu.endpoint_for(api), &config, "trace", backend).await;
+    let daemon = TestDaemon::start_on_logged(&emu.endpoint_for(api), &config, "", backend).await;
     eventually(Duration::from_secs(30), "keys fetched", || daemon.delivery_states().get("done") == Some(&3)).await;
 
     let mut secrets = vec![vod_emulator::DEMO_SECRET_KEY.to_string()];
@@ -525,6 +526,8 @@ async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api
         assert_eq!(std::fs::read(&file).unwrap(), dk);
         secrets.push(base64::engine::general_purpose::STANDARD.encode(dk));
         secrets.push(vod_eventd::event::hex(dk));
+        // As a statement parameter would be logged ("[139, 172, ...]").
+        secrets.push(format!("{:?}", &dk[..]));
     }
     let listing = cli().args(["keys", "list", "--json", "--config"]).arg(&daemon.config_path).output().unwrap();
     let listing = String::from_utf8(listing.stdout).unwrap();
