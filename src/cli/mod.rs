@@ -86,6 +86,13 @@ pub enum Command {
     },
     /// Print the man page (roff; e.g. `vod-eventd man | man -l -`).
     Man,
+    /// Run a shell hook under supervision (used by the daemon; see the shell handler).
+    #[command(hide = true)]
+    HookRun {
+        /// The hook's program and arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Runs the parsed command line.
@@ -93,6 +100,9 @@ pub fn run(cli: Cli) -> ExitCode {
     let config_path = config::config_path(cli.config.as_deref());
     let result = match cli.command {
         Command::Run => run_daemon(&config_path),
+        Command::HookRun { command } => {
+            return ExitCode::from(u8::try_from(crate::handler::supervise::run(&command)).unwrap_or(1))
+        }
         Command::Config(cmd) => return cmd.run(&config_path),
         Command::Events(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Status => {

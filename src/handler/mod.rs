@@ -7,6 +7,7 @@ mod drm;
 mod egress;
 mod hls;
 mod shell;
+pub mod supervise;
 mod webhook;
 
 use std::borrow::Cow;

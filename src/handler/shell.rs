@@ -13,9 +13,13 @@
 //! refuse to start the hook for its size (a huge variable passed through `env`), the
 //! attempt is dead at once with that reason: retrying cannot help.
 //!
-//! The hook runs in its own process group. When it exits, when `timeout` passes, or when
-//! the attempt is stopped (the shutdown drain), the whole group is killed, so nothing it
-//! spawned outlives the attempt. Exit 0 is done; a code in `permanent_exit_codes` is dead;
+//! The hook runs under a supervisor, the daemon's own binary (`hook-run`,
+//! [`super::supervise`]), which is a child subreaper: when the hook exits, when `timeout`
+//! passes, when the attempt is stopped (the shutdown drain) or when the daemon dies, the
+//! hook's process group and every descendant, including those that left the group with
+//! `setsid`, are killed, so nothing it spawned outlives the attempt. The daemon asks the
+//! supervisor with SIGTERM and kills its group itself if it has not ended within
+//! [`STOP_GRACE`]. Exit 0 is done; a code in `permanent_exit_codes` is dead;
 //! anything else (other codes, signals, the timeout, a failure to start) is retried.
 //! stdout and stderr are kept up to `output_limit` bytes each in the attempt record.
 
@@ -23,7 +27,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -32,6 +36,13 @@ use super::{default_concurrency, Delivery, Failure, Success};
 
 /// How long to wait for the output pipes to close after the group was killed.
 const PIPE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the supervisor has to kill the hook's descendants once asked.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The program that supervises hooks: this binary, as the kernel knows it (still the same
+/// file after a package upgrade replaced it on disk).
+const SUPERVISOR: &str = "/proc/self/exe";
 
 /// The longest event field put in a hook's environment, in bytes.
 pub const MAX_ENV_VALUE: usize = 16 * 1024;
@@ -115,8 +126,8 @@ impl Shell {
 
     pub(super) async fn handle(&self, d: &Delivery) -> Result<Success, Failure> {
         let c = &self.config;
-        let mut cmd = tokio::process::Command::new(&c.command[0]);
-        cmd.args(&c.command[1..]).env_clear();
+        let mut cmd = tokio::process::Command::new(SUPERVISOR);
+        cmd.args(["hook-run", "--"]).args(&c.command).env_clear();
         for name in &c.env {
             if let Some(value) = std::env::var_os(name) {
                 cmd.env(name, value);
@@ -145,13 +156,12 @@ impl Shell {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            .process_group(0);
         if let Some(dir) = &c.working_dir {
             cmd.current_dir(dir);
         }
         let mut child = cmd.spawn().map_err(|e| spawn_failure(&c.command[0], &e))?;
-        let mut group = GroupKill(child.id().map(|id| Pid::from_raw(id as i32)));
+        let mut group = Supervisor(child.id().map(|id| Pid::from_raw(id as i32)));
         let stdin = child.stdin.take();
         let body = d.body.clone();
         // A hook that ignores stdin closes the pipe early; that is its business.
@@ -163,13 +173,21 @@ impl Shell {
         let stdout = tokio::spawn(read_limited(child.stdout.take(), c.output_limit));
         let stderr = tokio::spawn(read_limited(child.stderr.take(), c.output_limit));
 
+        // The supervisor ends once the hook and all it started are gone.
         let waited = tokio::time::timeout(c.timeout, child.wait()).await;
-        // The hook is done (or out of time): nothing it started may outlive it.
-        group.kill();
         let status = match waited {
-            Ok(status) => Some(status.map_err(|e| Failure::transient(format!("waiting for the hook failed: {e}")))?),
+            Ok(status) => {
+                group.0 = None;
+                Some(status.map_err(|e| Failure::transient(format!("waiting for the hook failed: {e}")))?)
+            }
             Err(_) => {
-                let _ = child.wait().await;
+                // Out of time: the supervisor kills the hook and its descendants.
+                group.stop();
+                if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+                    group.kill();
+                    let _ = child.wait().await;
+                }
+                group.0 = None;
                 None
             }
         };
@@ -206,11 +224,20 @@ fn spawn_failure(program: &str, e: &std::io::Error) -> Failure {
     Failure::transient(format!("cannot start {program}: {e}"))
 }
 
-/// The hook's process group, killed with SIGKILL by [`GroupKill::kill`] or, if the attempt
-/// is dropped first (the shutdown drain stops it), when dropped.
-struct GroupKill(Option<Pid>);
+/// The hook's supervisor (its pid is its process group's). Dropped while it runs (the
+/// shutdown drain stopped the attempt), it is asked to stop: it kills the hook and every
+/// descendant, then ends, and is reaped in the background.
+struct Supervisor(Option<Pid>);
 
-impl GroupKill {
+impl Supervisor {
+    /// Asks the supervisor to kill the hook and its descendants and end.
+    fn stop(&self) {
+        if let Some(pid) = self.0 {
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+    }
+
+    /// Kills the supervisor's group outright (it did not end when asked).
     fn kill(&mut self) {
         if let Some(group) = self.0.take() {
             let _ = killpg(group, Signal::SIGKILL);
@@ -218,9 +245,9 @@ impl GroupKill {
     }
 }
 
-impl Drop for GroupKill {
+impl Drop for Supervisor {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
 

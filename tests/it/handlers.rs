@@ -385,6 +385,62 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchildren() {
     eventually(Duration::from_secs(10), "the grandchild is gone", || gone(&pid)).await;
 }
 
+/// A descendant that leaves the hook's process group and session with `setsid` is killed
+/// too: when the hook exits, and when it runs past its timeout. (Before the supervisor it
+/// survived every timeout and retry.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_descendant_that_escapes_with_setsid_does_not_outlive_the_hook() {
+    let emu = emulator(fast_emulator_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The escapee writes its own pid, then becomes `sleep`; the hook waits for the pid, then
+    // either exits at once (first event) or sleeps past its timeout (second).
+    let hook = script(
+        dir.path(),
+        "hook.sh",
+        "n=$(cat)
+n=${#n}
+setsid sh -c 'echo $$ > \"$1.tmp\" && mv \"$1.tmp\" \"$1\" && exec sleep 300' _ \"$1/escaped.$n.pid\" &
+         while [ ! -s \"$1/escaped.$n.pid\" ]; do sleep 0.05; done
+         [ -e \"$1/slow\" ] && sleep 300
+exit 0",
+    );
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n[handlers.hook]\ntype = \"shell\"\ncommand = [\"{hook}\", \"{}\"]\ntimeout = \"2s\"\n\
+         [dispatch]\nretry_schedule = [\"1h\"]\n",
+        dir.path().display()
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    let escaped = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".pid"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .map(|p| p.trim().to_string())
+            .collect()
+    };
+    emu.enqueue_generated(1);
+    eventually(Duration::from_secs(30), "the hook is done", || daemon.delivery_states().get("done") == Some(&1)).await;
+    let first = escaped(dir.path());
+    assert_eq!(first.len(), 1);
+    eventually(Duration::from_secs(10), "the escapee of a hook that exited is gone", || gone(&first[0])).await;
+
+    std::fs::write(dir.path().join("slow"), "").unwrap();
+    emu.enqueue_generated(1);
+    eventually(Duration::from_secs(30), "the second attempt timed out", || {
+        daemon.deliveries().len() == 2
+            && daemon.delivery_states().get("done") == Some(&1)
+            && daemon.store().is_some_and(|s| {
+                s.list_deliveries(&vod_eventd::store::DeliveryFilter { limit: 10, ..Default::default() })
+                    .is_ok_and(|d| d.iter().any(|d| d.last_error.as_deref().is_some_and(|e| e.contains("timed out"))))
+            })
+    })
+    .await;
+    let second: Vec<String> = escaped(dir.path()).into_iter().filter(|p| p != &first[0]).collect();
+    assert_eq!(second.len(), 1);
+    eventually(Duration::from_secs(10), "the escapee of a hook past its timeout is gone", || gone(&second[0])).await;
+}
+
 /// The process is gone (or a zombie waiting to be reaped).
 fn gone(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
