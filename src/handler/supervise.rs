@@ -93,33 +93,42 @@ fn wait_for(hook: Pid, signals: &SigSet) -> Option<WaitStatus> {
 fn clean_up(hook: Pid) {
     let _ = killpg(hook, Signal::SIGKILL);
     let deadline = Instant::now() + CLEANUP_LIMIT;
+    let mut thorough = false;
     while Instant::now() < deadline {
-        let children = children();
+        // Reap what has ended; no child at all (ECHILD) is the end.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => continue,
+                Err(_) => return,
+            }
+        }
+        let children = children(thorough);
+        if children.is_empty() && thorough {
+            return;
+        }
         if children.is_empty() {
-            break;
+            // A child the kernel's list missed (it changes while read): scan every process.
+            thorough = true;
+            continue;
         }
         for child in &children {
             let _ = kill(*child, Signal::SIGKILL);
         }
-        // Reap one that ended (a killed child ends at once, handing its own children, still
-        // alive, over to this process, which the next round kills), then any others.
+        // A killed child ends at once, handing its own children (still alive) over to this
+        // process, which the next round kills.
         let _ = waitpid(None, None);
-        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            if status == WaitStatus::StillAlive {
-                break;
-            }
-        }
-    }
-    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if status == WaitStatus::StillAlive {
-            break;
-        }
     }
 }
 
-/// This process's children, from `/proc/*/stat` (zombies excluded).
-fn children() -> Vec<Pid> {
+/// This process's children: from `/proc/self/task/PID/children` where the kernel has it
+/// (this process has one thread) unless `thorough`, else from every `/proc/*/stat`
+/// (zombies excluded).
+fn children(thorough: bool) -> Vec<Pid> {
     let me = std::process::id().to_string();
+    if let Some(list) = std::fs::read_to_string(format!("/proc/self/task/{me}/children")).ok().filter(|_| !thorough) {
+        return list.split_whitespace().filter_map(|pid| pid.parse().ok()).map(Pid::from_raw).collect();
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
