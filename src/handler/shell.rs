@@ -196,7 +196,10 @@ impl Shell {
         let Some(status) = status else {
             return Err(Failure {
                 excerpt,
-                ..Failure::transient(format!("timed out after {:?}; process group killed", c.timeout))
+                ..Failure::transient(format!(
+                    "timed out after {:?}; the hook and everything it started were killed",
+                    c.timeout
+                ))
             });
         };
         match status.code() {
