@@ -56,6 +56,7 @@ pub mod handler;
 pub mod health;
 pub mod http;
 pub mod ingest;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod names;

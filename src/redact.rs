@@ -2,6 +2,11 @@
 //! attempt record, `status` or an error message goes through [`url`]: it keeps the
 //! scheme, host, port and path, and hides the userinfo, the query and the fragment,
 //! where receivers and proxies put their tokens.
+//!
+//! A connection URL (the PostgreSQL `store.url`), whose user, database and query
+//! parameters (`sslmode`, ...) an operator needs to see, goes through [`connection_url`]
+//! instead: it drops the userinfo's password and hides the value of every password-like
+//! query parameter (`password`, `sslpassword`, `pass`, `secret`, `token`, ...).
 
 /// `text` with its userinfo replaced by `***`, its query by `?***`, and no fragment.
 /// Text that is not a URL is cut the same way (at `?` or `#`, up to the last `@`).
@@ -29,9 +34,96 @@ pub fn url(text: &str) -> String {
     }
 }
 
+/// `text` without the userinfo's password and with the value of every password-like
+/// query parameter ([`is_secret_parameter`]) replaced by `***`; the user, host, port, path,
+/// other parameters and their order are kept, and the fragment dropped. A libpq
+/// `key=value` string has the same values hidden; other text goes through [`url`].
+pub fn connection_url(text: &str) -> String {
+    let parsed = reqwest::Url::parse(text).ok().filter(|u| u.has_host());
+    let Some(mut parsed) = parsed else {
+        if !text.contains("://") && text.contains('=') {
+            return key_values(text);
+        }
+        return url(text);
+    };
+    let _ = parsed.set_password(None);
+    if let Some(query) = parsed.query() {
+        let kept: Vec<String> = query
+            .split('&')
+            .map(|part| {
+                let name = part.split_once('=').map_or(part, |(name, _)| name);
+                if is_secret_parameter(&percent_encoding::percent_decode_str(name).decode_utf8_lossy()) {
+                    format!("{name}=***")
+                } else {
+                    part.to_string()
+                }
+            })
+            .collect();
+        parsed.set_query(Some(&kept.join("&")));
+    }
+    parsed.set_fragment(None);
+    parsed.to_string()
+}
+
+/// A libpq `key=value ...` string with secret values hidden (a quoted value is hidden whole).
+fn key_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(eq) = rest.find('=') {
+        let name = rest[..eq].rsplit(char::is_whitespace).next().unwrap_or_default().to_string();
+        out.push_str(&rest[..=eq]);
+        rest = &rest[eq + 1..];
+        let value_len = match rest.strip_prefix('\'') {
+            Some(quoted) => quoted.find('\'').map_or(rest.len(), |end| end + 2),
+            None => rest.find(char::is_whitespace).unwrap_or(rest.len()),
+        };
+        if is_secret_parameter(&name) {
+            out.push_str("***");
+        } else {
+            out.push_str(&rest[..value_len]);
+        }
+        rest = &rest[value_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A query parameter whose value is a secret: its name (case-insensitive) contains
+/// `pass`, `pwd`, `secret`, `token`, `auth`, `credential` or `signature`, or is `key`,
+/// `apikey`, `api_key` or `sig`.
+pub fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "auth", "credential", "signature"].iter().any(|part| name.contains(part))
+        || matches!(name.as_str(), "key" | "apikey" | "api_key" | "sig")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::url;
+    use super::{connection_url, url};
+
+    #[test]
+    fn connection_urls_keep_what_operators_need_and_hide_every_password() {
+        assert_eq!(
+            connection_url("postgresql://vod:s3cret@db:5432/vod?sslmode=require"),
+            "postgresql://vod@db:5432/vod?sslmode=require"
+        );
+        assert_eq!(
+            connection_url(
+                "postgresql://vod@db/vod?sslmode=verify-full&password=s3cret&application_name=x&Password=A%26B"
+            ),
+            "postgresql://vod@db/vod?sslmode=verify-full&password=***&application_name=x&Password=***"
+        );
+        for name in ["sslpassword", "pass", "passwd", "pwd", "secret", "token", "access_token", "apikey", "pass%77ord"]
+        {
+            let shown = connection_url(&format!("postgres://db/vod?{name}=TOPSECRET&sslmode=disable"));
+            assert!(!shown.contains("TOPSECRET"), "{name}: {shown}");
+            assert!(shown.ends_with("=***&sslmode=disable"), "{name}: {shown}");
+        }
+        assert_eq!(connection_url("postgres://db/vod#password=x"), "postgres://db/vod");
+        assert_eq!(connection_url("host=db password=x dbname=vod"), "host=db password=*** dbname=vod");
+        assert_eq!(connection_url("host=db password='a b' user=v"), "host=db password=*** user=v");
+        assert_eq!(connection_url("not a url?password=x"), "not a url?password=***");
+    }
 
     #[test]
     fn userinfo_query_and_fragment_are_hidden() {

@@ -51,6 +51,9 @@ impl ConfigCommand {
                 println!("handlers.{name}: {}", drm.describe(config.vod.api));
             }
         }
+        for warning in local_warnings(&config) {
+            println!("warning: {warning}");
+        }
         if !online {
             return ExitCode::SUCCESS;
         }
@@ -81,6 +84,18 @@ async fn check_online(config: &Config) -> anyhow::Result<()> {
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("{app}: reading the event configuration"))),
     }
+}
+
+/// What the config exposes, found without calling anything.
+fn local_warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(addr) = config.metrics.listen.filter(|addr| !addr.ip().is_loopback()) {
+        out.push(format!(
+            "metrics.listen = \"{addr}\" is not a loopback address: anyone who can reach it can read /metrics and /healthz and hold up to {} of its connections; listen on 127.0.0.1 or ::1 and scrape through a proxy, or firewall the port",
+            crate::http::MAX_CONNECTIONS
+        ));
+    }
+    out
 }
 
 /// What will not arrive: every event if the mode is not PULL; switched-off types, and

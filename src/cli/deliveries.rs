@@ -120,6 +120,8 @@ impl DeliveriesCommand {
     }
 }
 
+use super::text::escape;
+
 fn write_table(out: &mut impl std::io::Write, rows: &[DeliveryRow]) -> std::io::Result<()> {
     writeln!(
         out,
@@ -137,12 +139,12 @@ fn write_table(out: &mut impl std::io::Write, rows: &[DeliveryRow]) -> std::io::
             "{:<6}  {:<6}  {:<12}  {:<8}  {:>8}  {:<24}  {:<34}  {}",
             r.id,
             r.event_id,
-            r.handler,
-            state,
+            escape(&r.handler),
+            escape(state),
             r.attempts,
             next,
-            r.webhook_id,
-            error.unwrap_or("-")
+            escape(&r.webhook_id),
+            escape(error.unwrap_or("-"))
         )?;
     }
     if rows.is_empty() {
@@ -161,7 +163,15 @@ pub(super) fn write_event_deliveries(
         writeln!(out, "  (none: no route matched this event type)")?;
     }
     for (d, attempts) in deliveries {
-        writeln!(out, "  #{} {} [{}] webhook-id {} ({} attempts)", d.id, d.handler, d.state, d.webhook_id, d.attempts)?;
+        writeln!(
+            out,
+            "  #{} {} [{}] webhook-id {} ({} attempts)",
+            d.id,
+            escape(&d.handler),
+            escape(&d.state),
+            escape(&d.webhook_id),
+            d.attempts
+        )?;
         for a in attempts {
             let status = a.status.map_or_else(|| "-".into(), |s| s.to_string());
             writeln!(
@@ -170,13 +180,13 @@ pub(super) fn write_event_deliveries(
                 a.attempt,
                 rfc3339(a.started_at),
                 a.duration_ms,
-                a.outcome,
+                escape(&a.outcome),
                 status,
-                a.error.as_deref().map(|e| format!(" error: {e}")).unwrap_or_default()
+                a.error.as_deref().map(|e| format!(" error: {}", escape(e))).unwrap_or_default()
             )?;
             if let Some(excerpt) = a.excerpt.as_deref().filter(|e| !e.is_empty()) {
                 for line in excerpt.lines().take(6) {
-                    writeln!(out, "      | {line}")?;
+                    writeln!(out, "      | {}", escape(line))?;
                 }
             }
         }

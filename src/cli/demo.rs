@@ -186,8 +186,9 @@ fn write_demo_config(dir: &Path, emulator: &Emulator, store_url: Option<&str>) -
          [handlers.internal]\ntype = \"webhook\"\nurl = \"{sink}\"\nsecret = \"{secret}\"\n\n\
          [handlers.on-upload]\ntype = \"shell\"\ncommand = [\"{hook}\"]\n\n\
          [handlers.keys]\ntype = \"drm\"\nkey_dir = \"{keys}\"\n\
-         # API 3.0 reads EDKs from the task flow's HLS playlists; the emulator serves them over plain HTTP.\n\
-         allow_http = true\n",
+         # API 3.0 reads EDKs from the task flow's HLS playlists; the emulator serves them over plain HTTP,\n\
+         # on loopback.\n\
+         allow_http = true\nallow_private = [\"127.0.0.1\"]\n",
         api = if emulator.api() == Api::V3 { "v3" } else { "v2" },
         main = APPS[0].0,
         main_app = APPS[0].1,

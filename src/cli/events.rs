@@ -268,6 +268,8 @@ fn json_line(row: &EventRow) -> anyhow::Result<String> {
     })?)
 }
 
+use super::text::{escape, escape_lines, pad};
+
 fn write_table(out: &mut impl std::io::Write, rows: &[EventRow]) -> std::io::Result<()> {
     let header = ["ID", "RECEIVED (UTC)", "SOURCE", "TYPE", "FILE ID", "TASK ID", "SEEN"];
     let cells: Vec<[String; 7]> = rows
@@ -276,10 +278,10 @@ fn write_table(out: &mut impl std::io::Write, rows: &[EventRow]) -> std::io::Res
             [
                 r.id.to_string(),
                 rfc3339(r.received_at),
-                r.source.clone(),
-                r.event_type.clone(),
-                r.file_id.clone().unwrap_or_else(|| "-".into()),
-                r.task_id.clone().unwrap_or_else(|| "-".into()),
+                escape(&r.source).into_owned(),
+                escape(&r.event_type).into_owned(),
+                r.file_id.as_deref().map_or_else(|| "-".into(), |v| escape(v).into_owned()),
+                r.task_id.as_deref().map_or_else(|| "-".into(), |v| escape(v).into_owned()),
                 r.times_seen.to_string(),
             ]
         })
@@ -291,7 +293,7 @@ fn write_table(out: &mut impl std::io::Write, rows: &[EventRow]) -> std::io::Res
         }
     }
     let line = |out: &mut dyn std::io::Write, row: &[&str]| -> std::io::Result<()> {
-        let parts: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let parts: Vec<String> = row.iter().zip(widths).map(|(c, w)| pad(c, w)).collect();
         writeln!(out, "{}", parts.join("  ").trim_end())
     };
     line(out, &header)?;
@@ -305,18 +307,18 @@ fn write_table(out: &mut impl std::io::Write, rows: &[EventRow]) -> std::io::Res
 }
 
 fn write_details(out: &mut impl std::io::Write, row: &EventRow, files: &[(String, String)]) -> anyhow::Result<()> {
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let dash = |v: &Option<String>| v.as_deref().map_or_else(|| "-".into(), |v| escape(v).into_owned());
     writeln!(out, "id:           {}", row.id)?;
-    writeln!(out, "event type:   {}", row.event_type)?;
+    writeln!(out, "event type:   {}", escape(&row.event_type))?;
     writeln!(out, "version:      {}", dash(&row.version))?;
     writeln!(out, "file id:      {}", dash(&row.file_id))?;
     if files.len() > 1 {
-        let all: Vec<String> = files.iter().map(|(id, role)| format!("{id} ({role})")).collect();
+        let all: Vec<String> = files.iter().map(|(id, role)| format!("{} ({})", escape(id), escape(role))).collect();
         writeln!(out, "files:        {}", all.join(", "))?;
     }
     writeln!(out, "task id:      {}", dash(&row.task_id))?;
     let app = row.sub_app_id.map_or_else(|| "the default app".to_string(), |id| format!("SubAppId {id}"));
-    writeln!(out, "source:       {} ({app})", row.source)?;
+    writeln!(out, "source:       {} ({app})", escape(&row.source))?;
     writeln!(out, "received at:  {}", rfc3339(row.received_at))?;
     writeln!(out, "last seen at: {}", rfc3339(row.last_seen_at))?;
     writeln!(out, "times seen:   {}", row.times_seen)?;
@@ -332,7 +334,7 @@ fn write_details(out: &mut impl std::io::Write, row: &EventRow, files: &[(String
     let pretty = serde_json::from_str::<serde_json::Value>(&row.content)
         .and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|_| row.content.clone());
-    writeln!(out, "content:\n{pretty}")?;
+    writeln!(out, "content:\n{}", escape_lines(&pretty))?;
     Ok(())
 }
 

@@ -122,17 +122,17 @@ fn write_table(out: &mut impl std::io::Write, lines: &[HandlerOverview]) -> std:
         writeln!(
             out,
             "{:<16}  {:<18}  {:>8}  {:>9}  {:>8}  {:<24}  {:<24}  {}",
-            l.handler,
+            super::text::escape(&l.handler),
             state,
             l.pending,
             l.running,
             l.dead,
             time(l.last_success_at),
             time(l.last_error_at),
-            l.last_error.as_deref().map_or("-".into(), |e| e.replace('\n', " "))
+            super::text::escape(l.last_error.as_deref().unwrap_or("-"))
         )?;
         if let Some(at) = l.paused_at {
-            let reason = l.reason.as_deref().unwrap_or("no reason given").replace('\n', " ");
+            let reason = super::text::escape(l.reason.as_deref().unwrap_or("no reason given"));
             writeln!(out, "{:<16}  paused since {} UTC: {reason}", "", rfc3339(at))?;
         }
     }

@@ -81,9 +81,9 @@ impl KeysCommand {
                             out,
                             "{}  {:<20}  {:<14}  {}…",
                             rfc3339(k.fetched_at),
-                            k.file_id.as_deref().unwrap_or("-"),
-                            k.key_source.as_deref().unwrap_or("-"),
-                            edk
+                            super::text::escape(k.file_id.as_deref().unwrap_or("-")),
+                            super::text::escape(k.key_source.as_deref().unwrap_or("-")),
+                            super::text::escape(&edk)
                         )?;
                     }
                 }

@@ -14,6 +14,7 @@ mod ranges;
 mod sparkline;
 mod status;
 mod store_cmd;
+mod text;
 mod time;
 
 use std::path::PathBuf;
@@ -87,6 +88,13 @@ pub enum Command {
     },
     /// Print the man page (roff; e.g. `vod-eventd man | man -l -`).
     Man,
+    /// Run a shell hook under supervision (used by the daemon; see the shell handler).
+    #[command(hide = true)]
+    HookRun {
+        /// The hook's program and arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Runs the parsed command line.
@@ -94,6 +102,9 @@ pub fn run(cli: Cli) -> ExitCode {
     let config_path = config::config_path(cli.config.as_deref());
     let result = match cli.command {
         Command::Run => run_daemon(&config_path),
+        Command::HookRun { command } => {
+            return ExitCode::from(u8::try_from(crate::handler::supervise::run(&command)).unwrap_or(1))
+        }
         Command::Config(cmd) => return cmd.run(&config_path),
         Command::Events(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Status => {
@@ -175,6 +186,15 @@ fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     let log = crate::logging::init(&config.log.level, &config.log.format);
     for warning in crate::config_lint::inline_secrets(config_path) {
         tracing::warn!("{warning}");
+    }
+    match crate::limits::raise_nofile() {
+        Ok(crate::limits::Nofile::Raised { from, to }) => {
+            tracing::debug!(from, to, "Raised the soft limit on open files to the hard limit.")
+        }
+        Ok(crate::limits::Nofile::AtHard(limit)) => tracing::debug!(limit, "Open files limit."),
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot raise the soft limit on open files (RLIMIT_NOFILE) to the hard limit; the daemon keeps the current one.")
+        }
     }
     // One thread runs every task: the daemon waits on the network and the store, and its
     // tasks hand work to each other constantly; on one thread that costs no cross-thread

@@ -9,6 +9,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 use super::sparkline::{scale, sparkline, Charset};
+use super::text::{escape, pad};
 use super::time::rfc3339;
 use crate::account::check::state_key;
 use crate::config::{Config, DEFAULT_SOURCE};
@@ -51,21 +52,21 @@ pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     };
     if sources == [DEFAULT_SOURCE] {
         if let Some(event_config) = state.get(&state_key(DEFAULT_SOURCE)) {
-            writeln!(out, "event config:  {event_config}")?;
+            writeln!(out, "event config:  {}", escape(event_config))?;
         }
     } else {
         writeln!(out, "sources:{}", if sources.is_empty() { "       (none)" } else { "" })?;
         for name in sources {
             let health = state.get(&health_key(name)).map_or("-", |s| s.as_str());
-            writeln!(out, "  {name}")?;
+            writeln!(out, "  {}", escape(name))?;
             writeln!(out, "    last pull ok:  {}", ago(&last_pull_key(name)))?;
-            writeln!(out, "    health:        {health}")?;
+            writeln!(out, "    health:        {}", escape(health))?;
             let event_config = state.get(&state_key(name)).map_or("not read yet", |s| s.as_str());
-            writeln!(out, "    event config:  {event_config}")?;
+            writeln!(out, "    event config:  {}", escape(event_config))?;
         }
     }
     if let Some(status) = state.get("status") {
-        writeln!(out, "{}   {status}", if stopped { "final status:" } else { "last status: " })?;
+        writeln!(out, "{}   {}", if stopped { "final status:" } else { "last status: " }, escape(status))?;
     }
     writeln!(out, "events (24 h):")?;
     let by_type = store.events_by_type_since(now - 86_400_000)?;
@@ -73,7 +74,7 @@ pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
         writeln!(out, "  (none)")?;
     }
     for (event_type, n) in by_type {
-        writeln!(out, "  {event_type:<36} {n}")?;
+        writeln!(out, "  {} {n}", pad(&escape(&event_type), 36))?;
     }
     hour_by_hour(&mut out, &store, config, now)?;
     writeln!(out, "deliveries:")?;
@@ -84,9 +85,9 @@ pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
     for (handler, c) in counts {
         let oldest =
             c.oldest_pending_ms.map(|ms| format!(", oldest pending since {}", rfc3339(ms))).unwrap_or_default();
-        writeln!(out, "  {handler:<16} {} pending, {} dead{oldest}", c.pending, c.dead)?;
+        writeln!(out, "  {} {} pending, {} dead{oldest}", pad(&escape(&handler), 16), c.pending, c.dead)?;
         if let Some(reason) = c.orphaned_reason.filter(|_| c.orphaned > 0) {
-            writeln!(out, "  {:<16} {} orphaned: {reason}", "", c.orphaned)?;
+            writeln!(out, "  {:<16} {} orphaned: {}", "", c.orphaned, escape(&reason))?;
         }
     }
     Ok(())
@@ -97,7 +98,7 @@ pub async fn run(config: &Config, config_path: &Path) -> anyhow::Result<()> {
 fn hour_by_hour(out: &mut impl std::io::Write, store: &Store, config: &Config, now: i64) -> anyhow::Result<()> {
     let charset = Charset::from_locale(|name| std::env::var(name).ok());
     let line = |out: &mut dyn std::io::Write, label: &str, hourly: &Hourly| {
-        writeln!(out, "  {label:<26} {}  {}", sparkline(hourly, charset), scale(hourly))
+        writeln!(out, "  {} {}  {}", pad(&escape(label), 26), sparkline(hourly, charset), scale(hourly))
     };
     writeln!(out, "last 24 h, hour by hour (oldest left, this hour right):")?;
     line(out, "events received", &store.events_per_hour(now)?)?;

@@ -1,7 +1,9 @@
 //! `vod-eventd store check`: SQLite's integrity check of the store, on demand. It reads
 //! the whole file, which is why start-up does not (unless `store.check_at_start`).
 //! `vod-eventd store copy`: a history from one backend into the other (see
-//! [`crate::store::copy`]); it needs no config file.
+//! [`crate::store::copy`]); it needs no config file. A password in `--from`/`--to` is
+//! readable by every local user in `/proc/PID/cmdline`: the command warns and names the
+//! alternatives (`--password-file`, or the URL in `VOD_EVENTD_COPY_FROM`/`VOD_EVENTD_COPY_TO`).
 
 use std::io::Write as _;
 use std::time::Instant;
@@ -25,12 +27,13 @@ pub enum StoreCommand {
 /// `store copy` arguments.
 #[derive(Debug, clap::Args)]
 pub struct CopyArgs {
-    /// The store to copy from: a SQLite file, or a postgresql:// URL.
-    #[arg(long, value_name = "PATH|URL")]
+    /// The store to copy from: a SQLite file, or a postgresql:// URL (a URL with a password
+    /// is better passed in the environment, which other users cannot read).
+    #[arg(long, value_name = "PATH|URL", env = "VOD_EVENTD_COPY_FROM", hide_env_values = true)]
     pub from: String,
     /// The store to copy into (created or migrated as needed): a SQLite file, or a
-    /// postgresql:// URL.
-    #[arg(long, value_name = "PATH|URL")]
+    /// postgresql:// URL (a URL with a password is better passed in the environment).
+    #[arg(long, value_name = "PATH|URL", env = "VOD_EVENTD_COPY_TO", hide_env_values = true)]
     pub to: String,
     /// A file holding the PostgreSQL password, for a URL that has none.
     #[arg(long, value_name = "PATH")]
@@ -45,6 +48,17 @@ impl CopyArgs {
     pub async fn run(&self) -> anyhow::Result<()> {
         use crate::store::copy::{copy, End};
         use anyhow::Context as _;
+        let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+        for (flag, variable, value) in
+            [("--from", "VOD_EVENTD_COPY_FROM", &self.from), ("--to", "VOD_EVENTD_COPY_TO", &self.to)]
+        {
+            if holds_password(value) && on_command_line(value, &args) {
+                eprintln!(
+                    "warning: {flag} holds a password, which every local user can read in /proc/{}/cmdline while the copy runs; put it in a file only you can read and pass --password-file FILE, or set {variable} to the URL instead of passing {flag}",
+                    std::process::id()
+                );
+            }
+        }
         let from = End::open(&self.from, self.password_file.clone(), false)
             .await
             .with_context(|| format!("--from {}", crate::redact::url(&self.from)))?;
@@ -70,6 +84,18 @@ impl CopyArgs {
         }
         Ok(())
     }
+}
+
+/// A URL with a password in its userinfo or in a password-like query parameter.
+fn holds_password(value: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(value) else { return false };
+    url.password().is_some() || url.query_pairs().any(|(name, _)| crate::redact::is_secret_parameter(&name))
+}
+
+/// `value` was given on the command line (`--to VALUE` or `--to=VALUE`), not through the
+/// environment.
+fn on_command_line(value: &str, args: &[String]) -> bool {
+    args.iter().any(|arg| arg == value || arg.strip_suffix(value).is_some_and(|head| head.ends_with('=')))
 }
 
 impl StoreCommand {

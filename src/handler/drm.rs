@@ -4,12 +4,20 @@
 //! call, 100 calls/min client-side) and stores each data key once. With `key_dir`, each key is
 //! also written as `<sha256-hex of edk>.key` (16 raw bytes, mode 0600, atomic rename),
 //! ready for a key server. Data keys never reach logs, attempt records or webhooks.
+//!
+//! Key files are written through a temp file created exclusively under a random name
+//! (`O_CREAT|O_EXCL`, so a link or file someone placed there is never opened), then renamed
+//! over the final name (which replaces a link there rather than following it). A `key_dir`
+//! that group or others may write is refused at start and by `config check`: whoever can
+//! write it can swap the files a key server reads.
 
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use indexmap::IndexSet;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -57,6 +65,7 @@ impl Drm {
             max_bytes: config.playlist_max_bytes,
             allow_http: config.allow_http,
             follow_redirects: config.follow_redirects,
+            egress: super::egress::Egress::new(&config.allow_private),
         };
         let http = hls::client(&playlists)?;
         Ok(Drm { config: config.clone(), clients, store, playlists, http })
@@ -91,7 +100,9 @@ impl Drm {
     /// Turns EDKs into data keys (those not stored yet) and stores them.
     async fn resolve(&self, d: &Delivery, info: DrmInfo) -> Result<Success, Failure> {
         let known = self.store.known_edks(info.edks.clone()).await.map_err(|e| Failure::transient(e.to_string()))?;
-        let missing: Vec<String> = info.edks.iter().filter(|e| !known.contains(e)).cloned().collect();
+        let known_set: HashSet<&String> = known.iter().collect();
+        let missing: IndexSet<String> = info.edks.iter().filter(|e| !known_set.contains(e)).cloned().collect();
+        let missing: Vec<String> = missing.into_iter().collect();
         let mut fetched = Vec::new();
         // Under the event's own app and credentials: a key of one app is not another's.
         let client = || {
@@ -121,7 +132,8 @@ impl Drm {
                 });
             }
         }
-        if let Some(absent) = missing.iter().find(|e| !fetched.iter().any(|k| &k.edk == *e)) {
+        let fetched_edks: HashSet<&String> = fetched.iter().map(|k| &k.edk).collect();
+        if let Some(absent) = missing.iter().find(|e| !fetched_edks.contains(e)) {
             return Err(Failure::transient(format!("DescribeDrmDataKey returned no key for EDK {}", short(absent))));
         }
         if let Some(dir) = &self.config.key_dir {
@@ -149,16 +161,19 @@ pub fn key_file_name(edk: &str) -> String {
     format!("{}.key", crate::event::hex(&Sha256::digest(edk.as_bytes())))
 }
 
-/// Writes the key atomically with mode 0600: a temp file in the same directory, synced,
-/// then renamed over the final name.
+/// Writes the key atomically with mode 0600: a temp file created exclusively under a random
+/// name in the same directory, synced, then renamed over the final name.
 fn write_key_file(dir: &Path, edk: &str, dk: &[u8; 16]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = key_file_name(edk);
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut file = tempfile::Builder::new().prefix(".key-").suffix(".tmp").permissions(private()).tempfile_in(dir)?;
     file.write_all(dk)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))
+    file.as_file().sync_all()?;
+    file.persist(dir.join(key_file_name(edk))).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn private() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::Permissions::from_mode(0o600)
 }
 
 #[cfg(test)]
@@ -188,6 +203,30 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), vec![7; 16]);
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+    }
+
+    /// Links placed at the old predictable temp name and at the final name are not followed:
+    /// the files they point to are untouched, and the key file is a regular file.
+    #[test]
+    fn key_files_never_follow_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victims = tempfile::tempdir().unwrap();
+        let (victim_tmp, victim_final) = (victims.path().join("tmp-target"), victims.path().join("final-target"));
+        std::fs::write(&victim_tmp, "untouched").unwrap();
+        std::fs::write(&victim_final, "untouched").unwrap();
+        let name = key_file_name("EDK");
+        let old_tmp = dir.path().join(format!(".{name}.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim_tmp, &old_tmp).unwrap();
+        std::os::unix::fs::symlink(&victim_final, dir.path().join(&name)).unwrap();
+        write_key_file(dir.path(), "EDK", &[7; 16]).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim_tmp).unwrap(), "untouched");
+        assert_eq!(std::fs::read_to_string(&victim_final).unwrap(), "untouched");
+        let key = dir.path().join(&name);
+        let meta = std::fs::symlink_metadata(&key).unwrap();
+        assert!(meta.file_type().is_file(), "the link at the final name was replaced, not followed");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&key).unwrap(), vec![7; 16]);
     }
 
     #[test]

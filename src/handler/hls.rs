@@ -4,13 +4,24 @@
 //! outputs a `ProcedureStateChanged` event names (transcode and adaptive-streaming results),
 //! fetches them (a master playlist leads to its media playlists) with bounded size, time and
 //! count, and reads the EDKs out. Plain `http://` URLs are fetched over HTTPS and redirects
-//! are not followed unless configured.
+//! are not followed unless configured; with `allow_http = false` the client speaks HTTPS
+//! only, and no redirect goes from `https` to `http` in any case. Loopback, link-local and
+//! private destinations are refused unless allowed by name ([`super::egress`]). Errors
+//! name the URL (redacted) and the failure, never what an internal host answered.
+//!
+//! Reading is linear and bounded: EDKs are collected into an ordered set, at most
+//! [`MAX_EDKS_PER_PLAYLIST`] distinct ones per playlist and [`MAX_EDKS_PER_EVENT`] per event
+//! (beyond either the event is refused, naming the cap), and each playlist is parsed on the
+//! blocking pool, never on the runtime's thread (a 1 MiB playlist is tens of thousands of
+//! lines).
 
 use std::time::Duration;
 
+use indexmap::IndexSet;
 use reqwest::Url;
 use serde_json::Value;
 
+use super::egress::{refused_in, Egress};
 use crate::event_types::values_at;
 
 /// Where task-flow results name their output URLs (SDK model `ProcedureTask`).
@@ -20,6 +31,15 @@ const OUTPUT_URLS: &[&str] = &[
 ];
 /// Playlists read per event at most (masters and their media playlists together).
 pub const MAX_PLAYLISTS: usize = 32;
+/// Distinct EDKs one playlist may name. VOD's legacy encryption uses one key per output;
+/// this leaves room for key rotation and refuses a playlist that is nothing but keys.
+pub const MAX_EDKS_PER_PLAYLIST: usize = 1_000;
+/// Distinct EDKs one event may lead to: 200 DescribeDrmDataKey calls of 10, two minutes at
+/// the 100 calls/min limit, well inside the handler's 7 min lease.
+pub const MAX_EDKS_PER_EVENT: usize = 2_000;
+
+/// An EDK with its `keySource`.
+pub type Edk = (String, Option<String>);
 
 /// How playlists are fetched.
 #[derive(Debug, Clone)]
@@ -32,6 +52,8 @@ pub struct FetchSettings {
     pub allow_http: bool,
     /// Follow redirects (up to 5).
     pub follow_redirects: bool,
+    /// Where the fetcher may connect.
+    pub egress: Egress,
 }
 
 /// Why the EDKs of an event could not be read.
@@ -63,12 +85,14 @@ pub fn playlist_urls(body: &Value) -> Option<Vec<String>> {
 /// An HTTP client for playlists.
 pub fn client(settings: &FetchSettings) -> anyhow::Result<reqwest::Client> {
     let redirect = match settings.follow_redirects {
-        true => reqwest::redirect::Policy::limited(5),
+        true => settings.egress.redirects(5),
         false => reqwest::redirect::Policy::none(),
     };
     Ok(reqwest::Client::builder()
         .timeout(settings.timeout)
         .connect_timeout(settings.timeout)
+        .https_only(!settings.allow_http)
+        .dns_resolver(settings.egress.resolver())
         .redirect(redirect)
         .user_agent(concat!("vod-eventd/", env!("CARGO_PKG_VERSION")))
         .build()?)
@@ -76,17 +100,13 @@ pub fn client(settings: &FetchSettings) -> anyhow::Result<reqwest::Client> {
 
 /// Every EDK (with its `keySource`) in the playlists at `urls` and the media playlists their
 /// masters lead to, each once, in order of appearance.
-pub async fn edks(
-    http: &reqwest::Client,
-    settings: &FetchSettings,
-    urls: &[String],
-) -> Result<Vec<(String, Option<String>)>, HlsError> {
+pub async fn edks(http: &reqwest::Client, settings: &FetchSettings, urls: &[String]) -> Result<Vec<Edk>, HlsError> {
     let mut queue: Vec<Url> = Vec::new();
     for url in urls {
         queue.push(Url::parse(url).map_err(|e| HlsError::Refused(format!("output URL {url:?} is not a URL: {e}")))?);
     }
     let mut seen: Vec<Url> = Vec::new();
-    let mut found: Vec<(String, Option<String>)> = Vec::new();
+    let mut found: IndexSet<Edk> = IndexSet::new();
     while let Some(url) = queue.pop() {
         if seen.contains(&url) {
             continue;
@@ -96,15 +116,25 @@ pub async fn edks(
         }
         seen.push(url.clone());
         let text = fetch(http, settings, &url).await?;
-        let parsed = parse(&text, &url);
-        for edk in parsed.keys {
-            if !found.contains(&edk) {
-                found.push(edk);
-            }
+        let base = url.clone();
+        let parsed = tokio::task::spawn_blocking(move || parse(&text, &base))
+            .await
+            .map_err(|e| HlsError::Fetch(format!("playlist {}: parsing stopped: {e}", redact(&url))))?;
+        if parsed.keys.len() > MAX_EDKS_PER_PLAYLIST {
+            return Err(HlsError::Refused(format!(
+                "playlist {} names more than {MAX_EDKS_PER_PLAYLIST} distinct EDKs; VOD writes one per output, so this is not a playlist of a task flow's results",
+                redact(&url)
+            )));
+        }
+        found.extend(parsed.keys);
+        if found.len() > MAX_EDKS_PER_EVENT {
+            return Err(HlsError::Refused(format!(
+                "the event's playlists name more than {MAX_EDKS_PER_EVENT} distinct EDKs; VOD writes one per output, so these are not a task flow's results"
+            )));
         }
         queue.extend(parsed.variants.into_iter().rev());
     }
-    Ok(found)
+    Ok(found.into_iter().collect())
 }
 
 async fn fetch(http: &reqwest::Client, settings: &FetchSettings, url: &Url) -> Result<String, HlsError> {
@@ -115,7 +145,11 @@ async fn fetch(http: &reqwest::Client, settings: &FetchSettings, url: &Url) -> R
     if !matches!(url.scheme(), "http" | "https") {
         return Err(HlsError::Refused(format!("playlist {} is not on http(s)", redact(&url))));
     }
-    let failed = |e: reqwest::Error| HlsError::Fetch(format!("playlist {}: {}", redact(&url), e.without_url()));
+    settings.egress.check(&url).map_err(|e| HlsError::Refused(format!("playlist {}: {e}", redact(&url))))?;
+    let failed = |e: reqwest::Error| match refused_in(&e) {
+        Some(refused) => HlsError::Refused(format!("playlist {}: {refused}", redact(&url))),
+        None => HlsError::Fetch(format!("playlist {}: {}", redact(&url), e.without_url())),
+    };
     let mut response = http.get(url.clone()).send().await.map_err(failed)?;
     let status = response.status();
     if status.is_redirection() {
@@ -149,8 +183,9 @@ fn redact(url: &Url) -> String {
 /// What one playlist says.
 #[derive(Debug, Default, PartialEq)]
 struct Parsed {
-    /// `(edk, keySource)` of its `#EXT-X-KEY` / `#EXT-X-SESSION-KEY` URIs.
-    keys: Vec<(String, Option<String>)>,
+    /// `(edk, keySource)` of its `#EXT-X-KEY` / `#EXT-X-SESSION-KEY` URIs, each once, in
+    /// order, up to one more than [`MAX_EDKS_PER_PLAYLIST`] (enough to tell it is over).
+    keys: IndexSet<Edk>,
     /// Media playlists a master lists (`#EXT-X-STREAM-INF`, `#EXT-X-MEDIA` and
     /// `#EXT-X-I-FRAME-STREAM-INF` URIs), resolved against the playlist's URL.
     variants: Vec<Url>,
@@ -168,7 +203,10 @@ fn parse(text: &str, base: &Url) -> Parsed {
                     if let Some(uri) = uri {
                         let query = |k: &str| uri.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
                         if let Some(edk) = query("edk").filter(|e| !e.is_empty()) {
-                            out.keys.push((edk, query("keySource")));
+                            out.keys.insert((edk, query("keySource")));
+                            if out.keys.len() > MAX_EDKS_PER_PLAYLIST {
+                                break;
+                            }
                         }
                     }
                 }
@@ -219,9 +257,44 @@ mod tests {
             ["https://1.vod2.myqcloud.com/a/52/v.f210.m3u8", "https://1.vod2.myqcloud.com/a/52/audio.m3u8"]
         );
         let media = "#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"https://getkey.example.com/getkey?fileId=52&keySource=VodBuildInKMS&edk=CiCd%2BpfV8%3D%3D\",IV=0x0\n#EXTINF:10,\ns0.ts\n";
-        assert_eq!(parse(media, &base).keys, [("CiCd+pfV8==".to_string(), Some("VodBuildInKMS".to_string()))]);
+        assert_eq!(
+            parse(media, &base).keys.into_iter().collect::<Vec<_>>(),
+            [("CiCd+pfV8==".to_string(), Some("VodBuildInKMS".to_string()))]
+        );
         let plain = "#EXTM3U\n#EXT-X-KEY:METHOD=NONE\n#EXTINF:10,\ns0.ts\n";
         assert_eq!(parse(plain, &base), Parsed::default());
+    }
+
+    fn key_lines(count: usize, distinct: usize) -> String {
+        let mut text = String::from("#EXTM3U\n");
+        for i in 0..count {
+            let edk = i % distinct;
+            text += &format!("#EXT-X-KEY:METHOD=AES-128,URI=\"https://k.example.com/getkey?keySource=VodBuildInKMS&edk=EDK{edk:05}\"\n#EXTINF:10,\ns{i}.ts\n");
+        }
+        text
+    }
+
+    /// 30,000 key lines naming the cap's worth of distinct EDKs: each once, in order,
+    /// read in linear time (the list's `contains` made this 30 million comparisons).
+    #[test]
+    fn thirty_thousand_key_lines_are_read_in_linear_time() {
+        let base = Url::parse("https://1.vod2.myqcloud.com/a/52/v.m3u8").unwrap();
+        let text = key_lines(30_000, MAX_EDKS_PER_PLAYLIST);
+        let started = std::time::Instant::now();
+        let parsed = parse(&text, &base);
+        let took = started.elapsed();
+        assert_eq!(parsed.keys.len(), MAX_EDKS_PER_PLAYLIST);
+        assert_eq!(parsed.keys.first().unwrap().0, "EDK00000");
+        assert_eq!(parsed.keys.last().unwrap().0, format!("EDK{:05}", MAX_EDKS_PER_PLAYLIST - 1));
+        assert!(took < Duration::from_secs(2), "30,000 key lines took {took:?}");
+    }
+
+    /// Past the cap, parsing stops at the first EDK over it.
+    #[test]
+    fn a_playlist_over_the_cap_stops_at_the_first_edk_past_it() {
+        let base = Url::parse("https://1.vod2.myqcloud.com/a/52/v.m3u8").unwrap();
+        let parsed = parse(&key_lines(30_000, 30_000), &base);
+        assert_eq!(parsed.keys.len(), MAX_EDKS_PER_PLAYLIST + 1);
     }
 
     #[test]

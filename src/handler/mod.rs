@@ -8,8 +8,10 @@
 //! and re-exported here.
 
 mod drm;
+mod egress;
 mod hls;
-mod shell;
+pub mod shell;
+pub mod supervise;
 mod webhook;
 
 use std::borrow::Cow;

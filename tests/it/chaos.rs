@@ -77,6 +77,8 @@ impl ThreeHandlers {
     async fn start() -> ThreeHandlers {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("keys")).unwrap();
+        // A key_dir others may write is refused; make it private whatever the umask.
+        std::fs::set_permissions(dir.path().join("keys"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         ThreeHandlers { receiver: Receiver::start().await, dir }
     }
 
@@ -89,7 +91,7 @@ impl ThreeHandlers {
         std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         format!(
             "{}{}[handlers.ingest]\ntype = \"shell\"\ncommand = [\"{}\", \"{dir}\"]\n{extra}\n\
-             [handlers.keys]\ntype = \"drm\"\nkey_dir = \"{dir}/keys\"\nallow_http = true\n",
+             [handlers.keys]\ntype = \"drm\"\nkey_dir = \"{dir}/keys\"\nallow_http = true\nallow_private = [\"127.0.0.1\"]\n",
             route_all(&Self::NAMES),
             webhook("internal", &self.receiver, extra),
             hook.display(),

@@ -596,3 +596,53 @@ fn the_packaged_config_names_the_missing_key_and_works_once_it_is_in_place() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(": OK (") && !stdout.contains("warning"), "{stdout}");
 }
+
+/// Event content and hook output reach the terminal escaped: an event type, a file id and a
+/// task id holding ESC, CR, LF, BEL, DEL and a C1 CSI, and a hook whose stderr retitles the
+/// terminal and clears the screen, print as `\x1b`, `\r`, ... in `events list`, `events show`
+/// (with the attempt's output), `deliveries list` and `status`; a 70,000-character file id does not panic `events list`;
+/// `--json` stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_content_and_hook_output_reach_the_terminal_escaped() {
+    let emu = emulator(fast_emulator_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let event_type = "New\u{1b}[2JFile\rUpload\u{9b}31m\u{7f}";
+    let file_id = format!("{}\u{1b}]0;owned\u{7}", "F".repeat(70_000));
+    let content =
+        serde_json::json!({"version": "4.0", "eventType": event_type, "data": {"fileId": file_id, "vodTaskId": "t\n1"}})
+            .to_string();
+    emu.enqueue(content.clone());
+    let hook = dir.path().join("hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\ncat > /dev/null\nprintf '\\033]0;owned\\007\\033[2J\\rspoofed\\n' >&2\nexit 3\n")
+        .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n[handlers.hook]\ntype = \"shell\"\ncommand = [\"{}\"]\npermanent_exit_codes = [3]\n",
+        hook.display()
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    eventually(Duration::from_secs(30), "the delivery is dead", || daemon.delivery_states().get("dead") == Some(&1))
+        .await;
+    let config = daemon.config_path.display().to_string();
+    for args in [&["events", "list"][..], &["events", "show", "1"][..], &["deliveries", "list"][..], &["status"][..]] {
+        let out = cli().args(args).args(["--config", &config]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let raw = text.chars().find(|&c| c != '\n' && (c.is_control() || c == '\u{7f}'));
+        assert_eq!(raw, None, "{args:?} printed a raw control character");
+        if args[0] == "events" {
+            assert!(text.contains("New\\x1b[2JFile\\rUpload\\u{9b}31m\\x7f"), "{args:?}");
+            assert!(text.contains(&format!("{}\\x1b]0;owned\\x07", "F".repeat(70_000))), "{args:?}");
+        }
+        if args == ["events", "show", "1"] {
+            assert!(text.contains("\\x1b]0;owned\\x07\\x1b[2J\\rspoofed"), "{args:?}: the hook's stderr");
+        }
+        if args[0] == "status" {
+            assert!(text.contains("New\\x1b[2JFile\\rUpload\\u{9b}31m\\x7f"), "{text}");
+        }
+    }
+    let out = cli().args(["events", "list", "--json", "--config", &config]).output().unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["event_type"], event_type, "JSON stays exact");
+    assert_eq!(line["file_id"], file_id.as_str());
+}

@@ -131,6 +131,8 @@ impl Subject for Shell {
 
 /// The handler `subject`'s section builds, with the store it may use.
 fn build(section: &str, dir: &Path) -> AnyHandler {
+    // Hooks run under `vod-eventd hook-run`; this test process is not vod-eventd.
+    vod_eventd::handler::shell::set_supervisor(env!("CARGO_BIN_EXE_vod-eventd").into());
     let text = format!(
         "[vod]\nsecret_id = \"id\"\nsecret_key = \"key\"\n[[routes]]\nevents = [\"*\"]\nhandlers = [\"h\"]\n[handlers.h]\n{section}"
     );

@@ -309,6 +309,37 @@ async fn control_characters_in_the_type_and_ids_are_encoded_for_headers_and_the_
     assert_eq!(attempts, 2, "no attempt failed");
 }
 
+/// A 200,000-character file id cannot be in a hook's environment (Linux refuses it with
+/// E2BIG, which was retried for three days): the hook runs at the first attempt with
+/// `VOD_FILE_ID` empty, `VOD_OMITTED=VOD_FILE_ID`, and the whole event on stdin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_too_long_for_the_environment_reaches_the_hook_on_stdin_only() {
+    let emu = emulator(fast_emulator_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let long = "F".repeat(200_000);
+    let content = json!({"version": "4.0", "eventType": "NewFileUpload", "data": {"fileId": long, "vodTaskId": "t1"}})
+        .to_string();
+    emu.enqueue(content.clone());
+    let hook = script(
+        dir.path(),
+        "hook.sh",
+        "cat > \"$1/body\"\nprintf '%s|%s|%s|%s' \"${#VOD_FILE_ID}\" \"$VOD_OMITTED\" \"$VOD_TASK_ID\" \"$VOD_EVENT_TYPE\" > \"$1/fields\"",
+    );
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"ingest\"]\n[handlers.ingest]\ntype = \"shell\"\ncommand = [\"{hook}\", \"{}\"]\n{FAST_RETRIES}",
+        dir.path().display()
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    eventually(Duration::from_secs(30), "the delivery is done or dead", || {
+        let states = daemon.delivery_states();
+        states.contains_key("done") || states.contains_key("dead")
+    })
+    .await;
+    assert_eq!(daemon.delivery_states().get("done"), Some(&1), "{:?}", daemon.deliveries());
+    assert_eq!(std::fs::read_to_string(dir.path().join("fields")).unwrap(), "0|VOD_FILE_ID|t1|NewFileUpload");
+    assert_eq!(std::fs::read_to_string(dir.path().join("body")).unwrap(), content, "the event is whole on stdin");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_past_its_timeout_is_killed_with_its_grandchildren() {
     let emu = emulator(fast_emulator_config()).await;
@@ -330,6 +361,62 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchildren() {
     .await;
     let pid = std::fs::read_to_string(dir.path().join("grandchild.pid")).unwrap().trim().to_string();
     eventually(Duration::from_secs(10), "the grandchild is gone", || gone(&pid)).await;
+}
+
+/// A descendant that leaves the hook's process group and session with `setsid` is killed
+/// too: when the hook exits, and when it runs past its timeout. (Before the supervisor it
+/// survived every timeout and retry.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_descendant_that_escapes_with_setsid_does_not_outlive_the_hook() {
+    let emu = emulator(fast_emulator_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The escapee writes its own pid, then becomes `sleep`; the hook waits for the pid, then
+    // either exits at once (first event) or sleeps past its timeout (second).
+    let hook = script(
+        dir.path(),
+        "hook.sh",
+        "n=$(cat)
+n=${#n}
+setsid sh -c 'echo $$ > \"$1.tmp\" && mv \"$1.tmp\" \"$1\" && exec sleep 300' _ \"$1/escaped.$n.pid\" &
+         while [ ! -s \"$1/escaped.$n.pid\" ]; do sleep 0.05; done
+         [ -e \"$1/slow\" ] && sleep 300
+exit 0",
+    );
+    let config = format!(
+        "[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n[handlers.hook]\ntype = \"shell\"\ncommand = [\"{hook}\", \"{}\"]\ntimeout = \"2s\"\n\
+         [dispatch]\nretry_schedule = [\"1h\"]\n",
+        dir.path().display()
+    );
+    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    let escaped = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".pid"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .map(|p| p.trim().to_string())
+            .collect()
+    };
+    emu.enqueue_generated(1);
+    eventually(Duration::from_secs(30), "the hook is done", || daemon.delivery_states().get("done") == Some(&1)).await;
+    let first = escaped(dir.path());
+    assert_eq!(first.len(), 1);
+    eventually(Duration::from_secs(10), "the escapee of a hook that exited is gone", || gone(&first[0])).await;
+
+    std::fs::write(dir.path().join("slow"), "").unwrap();
+    emu.enqueue_generated(1);
+    eventually(Duration::from_secs(30), "the second attempt timed out", || {
+        daemon.deliveries().len() == 2
+            && daemon.delivery_states().get("done") == Some(&1)
+            && daemon.store().is_some_and(|s| {
+                s.list_deliveries(&vod_eventd::store::DeliveryFilter { limit: 10, ..Default::default() })
+                    .is_ok_and(|d| d.iter().any(|d| d.last_error.as_deref().is_some_and(|e| e.contains("timed out"))))
+            })
+    })
+    .await;
+    let second: Vec<String> = escaped(dir.path()).into_iter().filter(|p| p != &first[0]).collect();
+    assert_eq!(second.len(), 1);
+    eventually(Duration::from_secs(10), "the escapee of a hook past its timeout is gone", || gone(&second[0])).await;
 }
 
 /// The process is gone (or a zombie waiting to be reaped).
@@ -449,12 +536,13 @@ async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api
     assert!(issued.len() >= 3, "every generated task flow is encrypted");
     let key_dir = tempfile::tempdir().unwrap();
     // API 3.0 reads EDKs from the emulator's playlists, which it serves over plain HTTP.
+    // The level comes from log.level (RUST_LOG empty), as an operator would set it.
     let config = format!(
-        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nkey_dir = \"{}\"\nallow_http = true\n",
+        "{}[log]\nlevel = \"trace\"\n[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nkey_dir = \"{}\"\nallow_http = true\nallow_private = [\"127.0.0.1\"]\n",
         api_line(api),
         key_dir.path().display()
     );
-    let daemon = TestDaemon::start_on_logged(&emu.endpoint_for(api), &config, "trace", backend).await;
+    let daemon = TestDaemon::start_on_logged(&emu.endpoint_for(api), &config, "", backend).await;
     eventually(Duration::from_secs(30), "keys fetched", || daemon.delivery_states().get("done") == Some(&3)).await;
 
     let mut secrets = vec![vod_emulator::DEMO_SECRET_KEY.to_string()];
@@ -467,6 +555,8 @@ async fn drm_keys_are_fetched_served_raw_and_never_logged(api: vod_emulator::Api
         assert_eq!(std::fs::read(&file).unwrap(), dk);
         secrets.push(base64::engine::general_purpose::STANDARD.encode(dk));
         secrets.push(vod_eventd::event::hex(dk));
+        // As a statement parameter would be logged ("[139, 172, ...]").
+        secrets.push(format!("{:?}", &dk[..]));
     }
     let listing = cli().args(["keys", "list", "--json", "--config"]).arg(&daemon.config_path).output().unwrap();
     let listing = String::from_utf8(listing.stdout).unwrap();
@@ -499,7 +589,7 @@ async fn v3_drm_reads_playlists_retries_their_host_and_skips_plain_outputs() {
     );
     emu.enqueue_generated_type("ProcedureStateChangeEvent", 1).unwrap();
     let config = format!(
-        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\n{FAST_RETRIES}",
+        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\nallow_private = [\"127.0.0.1\"]\n{FAST_RETRIES}",
         api_line(vod_emulator::Api::V3)
     );
     let daemon = TestDaemon::start(&emu.endpoint_v3(), &config).await;
@@ -517,6 +607,107 @@ async fn v3_drm_reads_playlists_retries_their_host_and_skips_plain_outputs() {
     assert!(emu.media_requests() > 4, "playlists were fetched again after the host recovered");
 }
 
+/// API 3.0: a playlist of 30,000 `#EXT-X-KEY` lines, each with its own EDK, is refused at
+/// once as permanent, naming the cap, with no DescribeDrmDataKey call; the daemon keeps
+/// pulling and confirming meanwhile. (Before the cap it went on to 3,000 DescribeDrmDataKey
+/// calls, half an hour at the 100 calls/min limit, after a quadratic read.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_drm_refuses_a_playlist_of_thirty_thousand_edks_at_once() {
+    let emu = emulator(vod_emulator::EmulatorConfig { api: vod_emulator::Api::V3, ..fast_emulator_config() }).await;
+    let mut playlist = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:10\n");
+    for i in 0..30_000 {
+        playlist += &format!("#EXT-X-KEY:METHOD=AES-128,URI=\"https://k.example.com/getkey?keySource=VodBuildInKMS&edk=E{i:05}\"\n#EXTINF:10,\ns{i}.ts\n");
+    }
+    assert!(playlist.len() < 4 << 20, "within playlist_max_bytes");
+    emu.add_media("/keys/v.f230.m3u8", playlist);
+    emu.enqueue(
+        serde_json::json!({"EventType": "ProcedureStateChanged", "ProcedureStateChangeEvent": {
+            "TaskId": "1-Procedure-keys", "Status": "FINISH", "FileId": "5285890784246869998",
+            "MediaProcessResultSet": [{"Type": "Transcode", "TranscodeTask": {"Status": "SUCCESS",
+                "Output": {"Url": emu.media_url("/keys/v.f230.m3u8"), "Definition": 230}}}]}})
+        .to_string(),
+    );
+    let config = format!(
+        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\nallow_private = [\"127.0.0.1\"]\nplaylist_max_bytes = 4194304\n{FAST_RETRIES}",
+        api_line(vod_emulator::Api::V3)
+    );
+    let daemon = TestDaemon::start(&emu.endpoint_v3(), &config).await;
+    eventually(Duration::from_secs(20), "the delivery is dead", || daemon.delivery_states().get("dead") == Some(&1))
+        .await;
+    let records = format!("{:?}", daemon.store().unwrap().event_deliveries(1).unwrap());
+    assert!(records.contains("names more than 1000 distinct EDKs"), "{records}");
+    assert_eq!(emu.stats().api.calls.get("DescribeDrmDataKey"), None);
+    emu.enqueue_generated(20);
+    eventually(Duration::from_secs(15), "later events confirmed", || emu.stats().queue.confirmed == 21).await;
+    assert_eq!(emu.stats().queue.expired_handles, 0);
+}
+
+/// API 3.0: playlist fetching reaches no internal host the operator did not allow by name.
+/// With `allow_private = ["127.0.0.1"]`, `allow_http` and `follow_redirects`: a playlist at
+/// `localhost` (a name resolving to loopback) is refused without a request; a playlist whose
+/// host redirects to the metadata service's 169.254.169.254 is refused at the redirect; both
+/// deliveries are dead with a message naming the host and the key to set, and quote nothing
+/// the hosts answered; the allowed emulator's playlist still gives its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_drm_refuses_internal_playlist_hosts_not_allowed_by_name() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let emu = emulator(vod_emulator::EmulatorConfig { api: vod_emulator::Api::V3, ..fast_emulator_config() }).await;
+    emu.enqueue_generated_type("ProcedureStateChanged", 1).unwrap();
+    assert_eq!(emu.issued_keys().len(), 1);
+    // A host that redirects every request to the cloud metadata service.
+    let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirector_addr = redirector.local_addr().unwrap();
+    let redirects = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = redirects.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = redirector.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/latest/meta-data/\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let task_flow = |id: &str, url: String| {
+        serde_json::json!({"EventType": "ProcedureStateChanged", "ProcedureStateChangeEvent": {
+            "TaskId": id, "Status": "FINISH", "FileId": "5285890784246869997",
+            "MediaProcessResultSet": [{"Type": "Transcode", "TranscodeTask": {"Status": "SUCCESS",
+                "Output": {"Url": url, "Definition": 230}}}]}})
+        .to_string()
+    };
+    let by_name = emu.media_url("/named/v.f230.m3u8").replace("127.0.0.1", "localhost");
+    emu.enqueue(task_flow("1-Procedure-localhost", by_name));
+    emu.enqueue(task_flow("1-Procedure-redirect", format!("http://{redirector_addr}/r/v.f230.m3u8")));
+    let config = format!(
+        "{}[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\nfollow_redirects = true\nallow_private = [\"127.0.0.1\"]\n{FAST_RETRIES}",
+        api_line(vod_emulator::Api::V3)
+    );
+    let daemon = TestDaemon::start(&emu.endpoint_v3(), &config).await;
+    eventually(Duration::from_secs(30), "one delivery done, two dead", || {
+        let states = daemon.delivery_states();
+        states.get("done") == Some(&1) && states.get("dead") == Some(&2)
+    })
+    .await;
+    let store = daemon.store().unwrap();
+    assert_eq!(store.list_keys(None, 100).unwrap().len(), 1, "the allowed host's key");
+    let errors: Vec<String> = (1..=3)
+        .flat_map(|id| store.event_deliveries(id).unwrap())
+        .filter_map(|(delivery, _)| delivery.last_error)
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("playlist host localhost is a loopback, link-local, private or reserved address; if it is yours, add \"localhost\" to allow_private")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.contains("add \"169.254.169.254\" to allow_private")), "{errors:?}");
+    assert_eq!(
+        redirects.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the redirect was asked once: refused, not retried"
+    );
+}
+
 both_apis!(data_keys_in_a_refused_or_misshapen_answer_are_never_quoted);
 
 async fn data_keys_in_a_refused_or_misshapen_answer_are_never_quoted(api: vod_emulator::Api) {
@@ -528,7 +719,7 @@ async fn data_keys_in_a_refused_or_misshapen_answer_are_never_quoted(api: vod_em
     // The real answer, keys and all, first under HTTP 502, then in a shape the envelope parse refuses.
     emu.set_faults(faults(FaultKind::WrongStatus));
     let config = format!(
-        "{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\n{FAST_RETRIES}",
+        "{}[[routes]]\nevents = [\"*\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nallow_http = true\nallow_private = [\"127.0.0.1\"]\n{FAST_RETRIES}",
         api_line(api)
     );
     let daemon = TestDaemon::start_logged(&emu.endpoint_for(api), &config, "trace").await;

@@ -122,3 +122,34 @@ async fn a_sqlite_history_moves_to_postgresql_through_a_sigkill_and_back() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already holds events that are not"), "{err}");
 }
+
+/// A password in `--to`/`--from` is readable by every local user in /proc/PID/cmdline:
+/// `store copy` warns and names `--password-file` and the environment variable; the same
+/// URL passed through `VOD_EVENTD_COPY_FROM` draws no warning, and a URL without a
+/// password none either. (The server on port 1 refuses, so each run ends quickly.)
+#[test]
+fn a_password_on_the_command_line_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("copy.db").display().to_string();
+    let stderr = |cmd: &mut std::process::Command| String::from_utf8(cmd.output().unwrap().stderr).unwrap();
+    for url in
+        ["postgresql://vod:s3cret@127.0.0.1:1/vod", "postgresql://vod@127.0.0.1:1/vod?sslmode=disable&password=s3cret"]
+    {
+        let text = stderr(cli().args(["store", "copy", "--from", url, "--to", &db]));
+        assert!(
+            text.contains("warning: --from holds a password, which every local user can read in /proc/")
+                && text.contains(
+                    "pass --password-file FILE, or set VOD_EVENTD_COPY_FROM to the URL instead of passing --from"
+                ),
+            "{url}: {text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+        let text = stderr(cli().args(["store", "copy", "--to", &db]).env("VOD_EVENTD_COPY_FROM", url));
+        assert!(!text.contains("warning"), "{text}");
+        assert!(text.contains("--from postgresql://"), "the copy still ran and failed on the server: {text}");
+    }
+    let text = stderr(cli().args(["store", "copy", "--from=postgresql://vod:s3cret@127.0.0.1:1/vod", "--to", &db]));
+    assert!(text.contains("warning: --from holds a password"), "--from=URL: {text}");
+    let text = stderr(cli().args(["store", "copy", "--from", "postgresql://vod@127.0.0.1:1/vod", "--to", &db]));
+    assert!(!text.contains("warning"), "{text}");
+}

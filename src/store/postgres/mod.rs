@@ -89,13 +89,7 @@ pub fn parse_url(url: &str) -> Result<(), String> {
 
 /// The URL as it may be shown: without its password.
 pub fn display_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Err(_) => crate::redact::url(url),
-    }
+    crate::redact::connection_url(url)
 }
 
 /// The tokio-postgres config of `url` (see [`split_postgres_url`]), with the TLS mode and
