@@ -136,6 +136,8 @@ fn unusable_store_path_gives_one_line_naming_store_path() {
         "[vod]\nendpoint = \"http://127.0.0.1:9/v2/index.php\"\nsecret_id = \"AKID1\"\nsecret_key = \"k\"\n[store]\npath = \"{not_a_dir}/events.db\"\n"
     );
     let path = write(dir.path(), "c.toml", &config);
+    // Readable by its owner alone: the inline secret's warning is another test's subject.
+    chmod(&path, 0o600);
     let out = vod_eventd(&["run", "--config", &path]);
     assert_eq!(out.status.code(), Some(1));
     let lines = stderr_lines(&out);
