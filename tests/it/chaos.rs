@@ -3,6 +3,7 @@
 //! was lost: every enqueued event stored exactly once, every handle the emulator saw
 //! confirmed belongs to a stored event, every routed delivery done (or dead where the
 //! scenario demands), and duplicates at a receiver only ever repeat a `webhook-id`.
+//! Every scenario runs on SQLite and on PostgreSQL.
 //!
 //! `cargo test` runs a short version of each; `CHAOS_LONG=1` runs the long ones (60 kills,
 //! a 2 h outage on a compressed schedule, the real 30 s window, 10 minutes of faults, a
@@ -227,7 +228,12 @@ async fn all_settled(daemon: &TestDaemon, expected: i64) {
 
 both_stores!(
     sigkill_before_commit_after_commit_mid_dispatch_and_mid_confirm,
-    duplicates_inside_one_batch_and_across_batches
+    duplicates_inside_one_batch_and_across_batches,
+    a_receiver_down_for_two_hours_on_a_compressed_retry_schedule,
+    sigstop_past_the_confirm_window_with_handlers_running,
+    confirm_event_failing_for_a_while,
+    receivers_down_then_throttling_then_up_one_gone_one_hanging,
+    a_backlog_drains_under_the_rate_limit_without_a_single_4400
 );
 
 async fn sigkill_before_commit_after_commit_mid_dispatch_and_mid_confirm(backend: Backend) {
@@ -257,13 +263,15 @@ async fn sigkill_before_commit_after_commit_mid_dispatch_and_mid_confirm(backend
     handlers.assert_keys_fetched(&emu);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_down_for_two_hours_on_a_compressed_retry_schedule() {
+async fn a_receiver_down_for_two_hours_on_a_compressed_retry_schedule(backend: Backend) {
     // Time runs `factor` times faster: the default retry schedule and max_age, and a 2 h
     // outage, all divided by it.
     let factor = scale(1440, 120);
     let outage = Duration::from_secs(2 * 3600) / factor;
-    let scenario = Scenario::start("2 h receiver outage", format!("2 h outage at {factor}x ({}s)", outage.as_secs()));
+    let scenario = Scenario::start(
+        format!("2 h receiver outage, {}", backend.label()),
+        format!("2 h outage at {factor}x ({}s)", outage.as_secs()),
+    );
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
     receiver.set(|b| b.status = 503);
@@ -277,7 +285,7 @@ async fn a_receiver_down_for_two_hours_on_a_compressed_retry_schedule() {
         schedule.join(", "),
         millis(vod_eventd::config::DispatchConfig::default().max_age),
     );
-    let daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), &extra, backend).await;
     eventually(Duration::from_secs(30), "the first attempt fails", || !receiver.recorded().is_empty()).await;
     let_pass(outage, "the outage lasts").await;
     receiver.set(|b| b.status = 200);
@@ -293,11 +301,13 @@ async fn a_receiver_down_for_two_hours_on_a_compressed_retry_schedule() {
     scenario.finish(&emu, &daemon, &contents, &[webhook_sink("internal", &receiver)], &[]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigstop_past_the_confirm_window_with_handlers_running() {
+async fn sigstop_past_the_confirm_window_with_handlers_running(backend: Backend) {
     let window = scale(2, 30);
     let events = scale(100, 1000);
-    let scenario = Scenario::start("SIGSTOP past the window, 3 handlers", format!("stopped {}s", window + 2));
+    let scenario = Scenario::start(
+        format!("SIGSTOP past the window, 3 handlers, {}", backend.label()),
+        format!("stopped {}s", window + 2),
+    );
     let emu = emulator(EmulatorConfig { visibility: Duration::from_secs(window), ..fast_emulator_config() }).await;
     let handlers = ThreeHandlers::start().await;
     handlers.receiver.set(|b| b.delay = Duration::from_millis(20));
@@ -308,7 +318,7 @@ async fn sigstop_past_the_confirm_window_with_handlers_running() {
         window * 700,
         handlers.config("concurrency = 1\ntimeout = \"10m\"")
     );
-    let daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), &extra, backend).await;
     eventually(Duration::from_secs(60), "events stored", || daemon.rows() == events as i64).await;
     daemon.signal("STOP");
     let states = delivery_states(&daemon.store().unwrap());
@@ -324,10 +334,12 @@ async fn sigstop_past_the_confirm_window_with_handlers_running() {
     handlers.assert_keys_fetched(&emu);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confirm_event_failing_for_a_while() {
+async fn confirm_event_failing_for_a_while(backend: Backend) {
     let outage = Duration::from_secs(scale(5, 60));
-    let scenario = Scenario::start("ConfirmEvent failing", format!("{}s of confirm failures", outage.as_secs()));
+    let scenario = Scenario::start(
+        format!("ConfirmEvent failing, {}", backend.label()),
+        format!("{}s of confirm failures", outage.as_secs()),
+    );
     let faults = Faults {
         rate: 1.0,
         kinds: vec![FaultKind::Http500],
@@ -344,7 +356,7 @@ async fn confirm_event_failing_for_a_while() {
         route_all(&["internal"]),
         webhook("internal", &receiver, "")
     );
-    let daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), &extra, backend).await;
     let_pass(outage, "the outage lasts").await;
     assert_eq!(emu.stats().queue.confirmed, 0);
     emu.set_faults(Faults::default());
@@ -355,11 +367,11 @@ async fn confirm_event_failing_for_a_while() {
     assert_eq!(summary.duplicates, 0, "redeliveries re-ran a handler");
 }
 
-both_apis!(upstream_faults_one_call_in_five_on_every_action);
+both_apis_and_stores!(upstream_faults_one_call_in_five_on_every_action);
 
-async fn upstream_faults_one_call_in_five_on_every_action(api: vod_emulator::Api) {
+async fn upstream_faults_one_call_in_five_on_every_action(api: vod_emulator::Api, backend: Backend) {
     let duration = Duration::from_secs(scale(10, 600));
-    let name = format!("20 % upstream faults, {api:?}, 3 handlers");
+    let name = format!("20 % upstream faults, {api:?}, 3 handlers, {}", backend.label());
     let scenario = Scenario::start(name, format!("{}s of faults", duration.as_secs()));
     let faults =
         Faults { rate: 0.2, kinds: FaultKind::ALL.to_vec(), hang_for: Duration::from_secs(3), actions: vec![] };
@@ -370,7 +382,7 @@ async fn upstream_faults_one_call_in_five_on_every_action(api: vod_emulator::Api
         "request_timeout = \"2s\"\nlong_poll_hold = \"1s\"\n[confirm]\nhandle_ttl = \"3s\"\nmax_delay = \"200ms\"\n[pull]\nbackoff_max = \"500ms\"\n{}{FAST_RETRIES}",
         handlers.config("concurrency = 4")
     );
-    let mut daemon = TestDaemon::for_emulator(&emu, &extra).await;
+    let mut daemon = TestDaemon::for_emulator_on(&emu, &extra, backend).await;
     // Load for the whole time: 10 events a second.
     let mut contents = Vec::new();
     let end = Instant::now() + duration;
@@ -389,9 +401,9 @@ async fn upstream_faults_one_call_in_five_on_every_action(api: vod_emulator::Api
     handlers.assert_keys_fetched(&emu);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receivers_down_then_throttling_then_up_one_gone_one_hanging() {
-    let scenario = Scenario::start("receivers down, 429, 410, hanging", "3 receivers failing");
+async fn receivers_down_then_throttling_then_up_one_gone_one_hanging(backend: Backend) {
+    let scenario =
+        Scenario::start(format!("receivers down, 429, 410, hanging, {}", backend.label()), "3 receivers failing");
     let emu = emulator(fast_emulator_config()).await;
     let (main, gone, slow) = (Receiver::start().await, Receiver::start().await, Receiver::start().await);
     main.set(|b| b.status = 503);
@@ -405,7 +417,7 @@ async fn receivers_down_then_throttling_then_up_one_gone_one_hanging() {
         webhook("gone", &gone, ""),
         webhook("slow", &slow, "timeout = \"1s\"\nconcurrency = 8"),
     );
-    let daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), &extra, backend).await;
     eventually(Duration::from_secs(30), "main is down for a while", || main.recorded().len() >= 60).await;
     main.set(|b| {
         b.status = 429;
@@ -447,13 +459,13 @@ async fn receivers_down_then_throttling_then_up_one_gone_one_hanging() {
     scenario.finish(&emu, &daemon, &contents, &sinks, &["gone"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_drains_under_the_rate_limit_without_a_single_4400() {
+async fn a_backlog_drains_under_the_rate_limit_without_a_single_4400(backend: Backend) {
     let events = scale(2000, 20_000);
-    let scenario = Scenario::start("backlog under the rate limit", format!("{events} queued"));
+    let scenario =
+        Scenario::start(format!("backlog under the rate limit, {}", backend.label()), format!("{events} queued"));
     let emu = emulator(fast_emulator_config()).await;
     let contents = emu.enqueue_generated(events);
-    let daemon = TestDaemon::start(&emu.endpoint(), "").await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), "", backend).await;
     eventually(Duration::from_secs(scale(60, 300)), "backlog drained", || emu.stats().queue.outstanding == 0).await;
     let stats = emu.stats();
     assert_eq!(stats.api.rate_limited, 0, "no 4400 at all");

@@ -8,6 +8,72 @@ use vod_emulator::{Credential, EmulatorConfig, DEMO_SECRET_ID, DEMO_SECRET_KEY};
 
 use crate::support::*;
 
+/// Where a fixture's store is: a SQLite file in a temp dir, or a fresh PostgreSQL database.
+enum At {
+    File(std::path::PathBuf),
+    Url(String),
+}
+
+impl At {
+    async fn new(dir: &std::path::Path, backend: Backend) -> At {
+        match backend {
+            Backend::Sqlite => At::File(dir.join("events.db")),
+            Backend::Postgres => At::Url(crate::pg::database().await),
+        }
+    }
+
+    /// The store, opened (and its schema created) as the daemon opens it.
+    async fn open(&self) -> vod_eventd::store::Store {
+        let config = vod_eventd::config::StoreConfig {
+            path: self.path(),
+            url: match self {
+                At::File(_) => None,
+                At::Url(url) => Some(url.clone().into()),
+            },
+            busy_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        vod_eventd::store::Store::open_config(&config, "fixture").await.unwrap()
+    }
+
+    /// The SQLite file (unused on PostgreSQL).
+    fn path(&self) -> std::path::PathBuf {
+        match self {
+            At::File(path) => path.clone(),
+            At::Url(_) => std::path::PathBuf::from("/nonexistent/unused.db"),
+        }
+    }
+
+    /// The `store.url` line, if any.
+    fn url_line(&self) -> String {
+        match self {
+            At::File(_) => String::new(),
+            At::Url(url) => format!("url = \"{url}\"\n"),
+        }
+    }
+
+    /// The lines of the `[store]` section that name it.
+    fn section(&self) -> String {
+        format!("path = \"{}\"\n{}", self.path().display(), self.url_line())
+    }
+
+    /// A one-byte blob literal.
+    fn blob(&self, byte: u8) -> String {
+        match self {
+            At::File(_) => format!("X'{byte:02x}'"),
+            At::Url(_) => format!("'\\x{byte:02x}'::bytea"),
+        }
+    }
+
+    /// Runs `sql` straight in the store, past its API.
+    async fn execute(&self, sql: &str) {
+        match self {
+            At::File(path) => rusqlite::Connection::open(path).unwrap().execute_batch(sql).unwrap(),
+            At::Url(url) => crate::pg::connect(url).await.batch_execute(sql).await.unwrap(),
+        }
+    }
+}
+
 fn vod_eventd(args: &[&str]) -> Output {
     cli().args(args).output().unwrap()
 }
@@ -22,6 +88,7 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
+// Opens no store: the same whichever backend.
 #[test]
 fn malformed_config_gives_one_line_naming_the_file_and_exit_78() {
     let dir = tempfile::tempdir().unwrap();
@@ -35,6 +102,7 @@ fn malformed_config_gives_one_line_naming_the_file_and_exit_78() {
     }
 }
 
+// Opens no store: the same whichever backend.
 #[test]
 fn missing_secret_names_the_keys_to_set() {
     let dir = tempfile::tempdir().unwrap();
@@ -46,6 +114,7 @@ fn missing_secret_names_the_keys_to_set() {
     assert!(lines[0].contains("`vod.secret_key`") && lines[0].contains("secret_key_file"), "{lines:?}");
 }
 
+// Opens no store: the same whichever backend.
 #[test]
 fn a_systemd_credential_supplies_the_secret() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,6 +127,7 @@ fn a_systemd_credential_supplies_the_secret() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("from-credential"));
 }
 
+// SQLite only: a file path; PostgreSQL's counterpart is a_postgresql_store_down_at_start_….
 #[test]
 fn unusable_store_path_gives_one_line_naming_store_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -66,6 +136,8 @@ fn unusable_store_path_gives_one_line_naming_store_path() {
         "[vod]\nendpoint = \"http://127.0.0.1:9/v2/index.php\"\nsecret_id = \"AKID1\"\nsecret_key = \"k\"\n[store]\npath = \"{not_a_dir}/events.db\"\n"
     );
     let path = write(dir.path(), "c.toml", &config);
+    // Readable by its owner alone: the inline secret's warning is another test's subject.
+    chmod(&path, 0o600);
     let out = vod_eventd(&["run", "--config", &path]);
     assert_eq!(out.status.code(), Some(1));
     let lines = stderr_lines(&out);
@@ -73,6 +145,35 @@ fn unusable_store_path_gives_one_line_naming_store_path() {
     assert!(lines[0].contains("store.path") && lines[0].contains("events.db"), "{lines:?}");
 }
 
+// Opens no store: the same whichever backend.
+// PostgreSQL's counterpart of unusable_store_path_…: a server that is down at start is
+// waited for (it may come up), while a CLI command gives one line naming store.url.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_store_down_at_start_is_waited_for_and_a_command_names_store_url() {
+    let cluster = crate::pg::Cluster::start();
+    let url = crate::pg::database_in(&cluster).await;
+    cluster.pg_ctl("stop");
+    let emu = emulator(fast_emulator_config()).await;
+    emu.enqueue_generated(3);
+    let mut daemon = crate::pg::pg_daemon(&emu, &url, "").await;
+    eventually(Duration::from_secs(30), "the daemon names store.url and waits", || {
+        daemon.log().contains("Cannot reach PostgreSQL (store.url)")
+    })
+    .await;
+    assert!(daemon.running(), "a store that is down at start is waited for:\n{}", daemon.log());
+    assert_eq!(emu.stats().queue.delivered, 0, "nothing pulled while the store is down");
+    let out = cli().args(["events", "list", "--config"]).arg(&daemon.config_path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("store.url") && lines[0].contains("unreachable"), "{lines:?}");
+    assert!(!lines[0].contains("panicked"), "{lines:?}");
+    cluster.pg_ctl("start");
+    eventually(Duration::from_secs(60), "events stored once the server is up", || daemon.rows() == 3).await;
+    assert!(daemon.terminate().await.success());
+}
+
+// Opens no store: the same whichever backend.
 #[test]
 fn environment_overrides_the_file_and_errors_name_the_variable() {
     let dir = tempfile::tempdir().unwrap();
@@ -86,6 +187,7 @@ fn environment_overrides_the_file_and_errors_name_the_variable() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("confirm.batch_size"));
 }
 
+// Opens no store: the same whichever backend.
 #[test]
 fn a_secret_that_reads_as_a_number_is_refused_without_being_shown() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,14 +247,25 @@ fn settings_that_would_break_at_run_time_fail_the_check_with_their_keys() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_credentials_on_the_first_call_stop_with_the_keys_to_check() {
+both_stores!(
+    refused_credentials_on_the_first_call_stop_with_the_keys_to_check,
+    credentials_that_worked_before_are_retried_after_a_restart_not_exit_78,
+    history_lists_filters_and_shows_events_while_the_daemon_runs,
+    the_demo_runs_every_part_and_leaves_a_queryable_store,
+    a_reader_that_goes_away_ends_the_listing_quietly,
+    status_draws_the_last_24_hours_hour_by_hour,
+    events_list_says_when_it_is_cut,
+    deliveries_list_says_when_it_is_cut,
+    keys_list_says_when_it_is_cut,
+);
+
+async fn refused_credentials_on_the_first_call_stop_with_the_keys_to_check(backend: Backend) {
     let emu = emulator(EmulatorConfig {
         credentials: vec![Credential { secret_id: DEMO_SECRET_ID.into(), secret_key: "another-key".into() }],
         ..fast_emulator_config()
     })
     .await;
-    let mut daemon = TestDaemon::start(&emu.endpoint(), "").await;
+    let mut daemon = TestDaemon::start_on(&emu.endpoint(), "", backend).await;
     let status =
         tokio::time::timeout(Duration::from_secs(20), daemon.child.as_mut().unwrap().wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(78));
@@ -161,12 +274,11 @@ async fn refused_credentials_on_the_first_call_stop_with_the_keys_to_check() {
     assert!(!log.contains(DEMO_SECRET_KEY), "the secret key must never be logged");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_that_worked_before_are_retried_after_a_restart_not_exit_78() {
+async fn credentials_that_worked_before_are_retried_after_a_restart_not_exit_78(backend: Backend) {
     let emu = emulator(fast_emulator_config()).await;
     let port = free_port();
     let extra = format!("[pull]\nauth_retry = \"200ms\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
-    let mut daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    let mut daemon = TestDaemon::start_on(&emu.endpoint(), &extra, backend).await;
     emu.enqueue_generated(3);
     eventually(Duration::from_secs(30), "a first successful pull", || daemon.rows() == 3).await;
     daemon.kill9().await;
@@ -186,11 +298,10 @@ async fn credentials_that_worked_before_are_retried_after_a_restart_not_exit_78(
     eventually(Duration::from_secs(30), "pulling again without a restart", || daemon.rows() == 5).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_lists_filters_and_shows_events_while_the_daemon_runs() {
+async fn history_lists_filters_and_shows_events_while_the_daemon_runs(backend: Backend) {
     let emu = emulator(fast_emulator_config()).await;
     let contents = emu.enqueue_generated(24);
-    let daemon = TestDaemon::start(&emu.endpoint(), "").await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), "", backend).await;
     eventually(Duration::from_secs(30), "all stored", || daemon.rows() == 24).await;
     let config = daemon.config_path.display().to_string();
 
@@ -228,12 +339,16 @@ async fn history_lists_filters_and_shows_events_while_the_daemon_runs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--since"));
 }
 
-#[test]
-fn the_demo_runs_every_part_and_leaves_a_queryable_store() {
+async fn the_demo_runs_every_part_and_leaves_a_queryable_store(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
     // As a user runs the built binary: cli() passes no CARGO_PKG_NAME, so the demo names its own path.
-    let out = cli().args(["demo", "--events", "24", "--dir"]).arg(&demo_dir).output().unwrap();
+    let mut demo = cli();
+    demo.args(["demo", "--events", "24", "--dir"]).arg(&demo_dir);
+    if backend == Backend::Postgres {
+        demo.args(["--store-url", &crate::pg::database().await]);
+    }
+    let out = demo.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("24 stored rows") && stdout.contains("0 left at the emulator"), "{stdout}");
@@ -259,11 +374,10 @@ fn the_demo_runs_every_part_and_leaves_a_queryable_store() {
     }
 }
 
-#[test]
-fn a_reader_that_goes_away_ends_the_listing_quietly() {
+async fn a_reader_that_goes_away_ends_the_listing_quietly(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("events.db");
-    let store = vod_eventd::store::Store::open(&db, Duration::from_secs(1)).unwrap();
+    let at = At::new(dir.path(), backend).await;
+    let store = at.open().await;
     let events: Vec<_> = (0..400)
         .map(|i| {
             let content =
@@ -271,14 +385,14 @@ fn a_reader_that_goes_away_ends_the_listing_quietly() {
             (vod_eventd::event::ReceivedEvent::from_content(&content, vod_eventd::config::ApiVersion::V2), vec![])
         })
         .collect();
-    tokio::runtime::Runtime::new().unwrap().block_on(store.insert_events(events)).unwrap();
+    store.insert_events(events).await.unwrap();
     drop(store);
     let config = write(
         dir.path(),
         "config.toml",
         &format!(
-            "[store]\npath = \"{}\"\n[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n",
-            db.display()
+            "[store]\n{}[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n",
+            at.section()
         ),
     );
     let mut child = cli()
@@ -296,6 +410,7 @@ fn a_reader_that_goes_away_ends_the_listing_quietly() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no message for a closed stdout");
 }
 
+// Opens no store: the same whichever backend.
 #[test]
 fn version_names_the_commit_and_completions_and_man_page_are_generated() {
     let version = String::from_utf8(vod_eventd(&["--version"]).stdout).unwrap();
@@ -326,43 +441,40 @@ fn sparkline_of(status: &str, label: &str) -> (Vec<char>, String) {
     (spark.chars().collect(), scale.trim().to_string())
 }
 
-#[test]
-fn status_draws_the_last_24_hours_hour_by_hour() {
+async fn status_draws_the_last_24_hours_hour_by_hour(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("events.db");
-    // The store creates the file; the rows, stamped hours and days ago, are written straight
+    let at = At::new(dir.path(), backend).await;
+    // The store creates its schema; the rows, stamped hours and days ago, are written straight
     // into it (the store's own API stamps rows with the time they arrive).
-    drop(vod_eventd::store::Store::open(&db, Duration::from_secs(1)).unwrap());
+    drop(at.open().await);
     let (now, min) = (vod_eventd::store::now_ms(), 60_000);
     // Received 10 min ago (4), 2 h 30 min ago (2), 23 h 30 min ago (1) and 2 days ago (1, outside).
     let received = [10, 10, 10, 10, 150, 150, 1410, 2880].map(|m| now - m * min);
-    let c = rusqlite::Connection::open(&db).unwrap();
-    (|| -> rusqlite::Result<()> {
-        for (i, at) in received.iter().enumerate() {
-            c.execute(
-                "INSERT INTO events (id, dedupe_key, event_type, content, received_at, last_seen_at)
-                     VALUES (?1, ?2, 'NewFileUpload', '{}', ?3, ?3)",
-                rusqlite::params![i as i64 + 1, vec![i as u8], at],
-            )?;
-        }
-        // `hook` failed twice 40 min ago (a retry, then dead) and once 5 h 10 min ago, and
-        // succeeded once; `quiet` is configured and never failed.
-        c.execute_batch(&format!(
-            "INSERT INTO deliveries (id, event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
-                     VALUES (1, 1, 'hook', 'w1', 'dead', 0, 0, 0), (2, 2, 'hook', 'w2', 'done', 0, 0, 0);
-                 INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome) VALUES
-                     (1, 1, {a}, 5, 'retry'), (1, 2, {a}, 5, 'dead'), (2, 1, {b}, 5, 'retry'), (2, 2, {a}, 5, 'done');",
-            a = now - 40 * min,
-            b = now - 310 * min,
-        ))?;
-        Ok(())
-    })()
-    .unwrap();
-    drop(c);
+    let events: Vec<String> = received
+        .iter()
+        .enumerate()
+        .map(|(i, received)| {
+            format!("({}, {}, 'NewFileUpload', '{{}}', {received}, {received})", i + 1, at.blob(i as u8))
+        })
+        .collect();
+    // `hook` failed twice 40 min ago (a retry, then dead) and once 5 h 10 min ago, and
+    // succeeded once; `quiet` is configured and never failed.
+    at.execute(&format!(
+        "INSERT INTO events (id, dedupe_key, event_type, content, received_at, last_seen_at) VALUES {};
+         INSERT INTO deliveries (id, event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
+             VALUES (1, 1, 'hook', 'w1', 'dead', 0, 0, 0), (2, 2, 'hook', 'w2', 'done', 0, 0, 0);
+         INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome) VALUES
+             (1, 1, {a}, 5, 'retry'), (1, 2, {a}, 5, 'dead'), (2, 1, {b}, 5, 'retry'), (2, 2, {a}, 5, 'done');",
+        events.join(", "),
+        a = now - 40 * min,
+        b = now - 310 * min,
+    ))
+    .await;
     let extra = "[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\", \"quiet\"]\n\
                  [handlers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n\
                  [handlers.quiet]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n";
-    let config = write(dir.path(), "config.toml", &config_text(&db, "http://127.0.0.1:9/", "", extra));
+    let config =
+        write(dir.path(), "config.toml", &config_text(&at.path(), "http://127.0.0.1:9/", &at.url_line(), extra));
 
     let out = cli().args(["status", "--config", &config]).env("LANG", "C.UTF-8").output().unwrap();
     let status = String::from_utf8(out.stdout).unwrap();
@@ -386,9 +498,9 @@ fn status_draws_the_last_24_hours_hour_by_hour() {
 }
 
 /// A store of 7 events, each with a delivery to `hook`, and 7 DRM keys; its config.
-fn store_of_seven(dir: &std::path::Path) -> String {
-    let db = dir.join("events.db");
-    let store = vod_eventd::store::Store::open(&db, Duration::from_secs(1)).unwrap();
+async fn store_of_seven(dir: &std::path::Path, backend: Backend) -> String {
+    let at = At::new(dir, backend).await;
+    let store = at.open().await;
     let events: Vec<_> = (0..7)
         .map(|i| {
             let content = format!(r#"{{"eventType":"NewFileUpload","data":{{"fileId":"f{i}"}}}}"#);
@@ -398,8 +510,7 @@ fn store_of_seven(dir: &std::path::Path) -> String {
             )
         })
         .collect();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let inserted = rt.block_on(store.insert_events(events)).unwrap();
+    let inserted = store.insert_events(events).await.unwrap();
     let keys = inserted
         .iter()
         .enumerate()
@@ -412,11 +523,11 @@ fn store_of_seven(dir: &std::path::Path) -> String {
             event_id: row.id,
         })
         .collect();
-    assert_eq!(rt.block_on(store.insert_keys(keys)).unwrap(), 7);
+    assert_eq!(store.insert_keys(keys).await.unwrap(), 7);
     drop(store);
     let text = format!(
-        "[store]\npath = \"{}\"\n[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n[handlers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n",
-        db.display()
+        "[store]\n{}[vod]\nsecret_id = \"{DEMO_SECRET_ID}\"\nsecret_key = \"{DEMO_SECRET_KEY}\"\n[handlers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n",
+        at.section()
     );
     write(dir, "config.toml", &text)
 }
@@ -424,9 +535,9 @@ fn store_of_seven(dir: &std::path::Path) -> String {
 /// A list command cut at `--limit 5` of 7 rows says so on stderr, naming the flags; with
 /// `--json` (stderr not a terminal) stdout has the 5 rows and nothing else, stderr nothing;
 /// `--all` and `--limit 0` show the 7 with no note; exactly the limit gets no note.
-fn a_cut_list_says_so_on_stderr_and_json_stays_clean(list: &str, what: &str) {
+async fn a_cut_list_says_so_on_stderr_and_json_stays_clean(list: &str, what: &str, backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let config = store_of_seven(dir.path());
+    let config = store_of_seven(dir.path(), backend).await;
     let run = |extra: &[&str]| {
         let out = vod_eventd(&[&[list, "list", "--config", &config], extra].concat());
         assert!(out.status.success(), "{list} list {extra:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -448,19 +559,16 @@ fn a_cut_list_says_so_on_stderr_and_json_stays_clean(list: &str, what: &str) {
     assert_eq!(stderr, "", "{list} list: not cut at exactly the limit");
 }
 
-#[test]
-fn events_list_says_when_it_is_cut() {
-    a_cut_list_says_so_on_stderr_and_json_stays_clean("events", "events");
+async fn events_list_says_when_it_is_cut(backend: Backend) {
+    a_cut_list_says_so_on_stderr_and_json_stays_clean("events", "events", backend).await;
 }
 
-#[test]
-fn deliveries_list_says_when_it_is_cut() {
-    a_cut_list_says_so_on_stderr_and_json_stays_clean("deliveries", "deliveries");
+async fn deliveries_list_says_when_it_is_cut(backend: Backend) {
+    a_cut_list_says_so_on_stderr_and_json_stays_clean("deliveries", "deliveries", backend).await;
 }
 
-#[test]
-fn keys_list_says_when_it_is_cut() {
-    a_cut_list_says_so_on_stderr_and_json_stays_clean("keys", "keys");
+async fn keys_list_says_when_it_is_cut(backend: Backend) {
+    a_cut_list_says_so_on_stderr_and_json_stays_clean("keys", "keys", backend).await;
 }
 
 /// Runs `config check` on `path` with `env`.
@@ -480,6 +588,7 @@ fn chmod(path: &str, mode: u32) {
 /// A secret inline in a config every local user can read is warned about, naming the key,
 /// the file, its mode and where it belongs; the same file readable by its owner alone is
 /// not. The check still passes: it is a warning.
+// Opens no store: the same whichever backend.
 #[test]
 fn config_check_warns_about_a_secret_inline_in_a_file_others_can_read() {
     let dir = tempfile::tempdir().unwrap();
@@ -510,6 +619,7 @@ fn config_check_warns_about_a_secret_inline_in_a_file_others_can_read() {
 
 /// The example's placeholder values are refused (exit 78) by `config check` and `run`,
 /// each naming its key, whether inline or from the credential, and never echoed.
+// Opens no store: the same whichever backend.
 #[test]
 fn config_check_and_run_refuse_the_examples_placeholder_values() {
     let dir = tempfile::tempdir().unwrap();
@@ -550,6 +660,7 @@ fn config_check_and_run_refuse_the_examples_placeholder_values() {
 /// key and the file to write it to instead of saying OK; under the packaged unit with that
 /// file missing (the credential is the unit's default), it says the file is missing; with
 /// the key in place and a SecretId set, it is OK with no warning.
+// Opens no store: the same whichever backend.
 #[test]
 fn the_packaged_config_names_the_missing_key_and_works_once_it_is_in_place() {
     let dir = tempfile::tempdir().unwrap();

@@ -33,15 +33,20 @@ fn handlers_cmd(daemon: &TestDaemon, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_and_resume_from_the_cli_take_effect_within_the_poll_interval() {
+both_stores!(
+    pause_and_resume_from_the_cli_take_effect_within_the_poll_interval,
+    the_breaker_pauses_a_failing_handler_probes_and_resumes_and_nothing_goes_dead,
+    rate_20_per_second_holds_in_every_sliding_second
+);
+
+async fn pause_and_resume_from_the_cli_take_effect_within_the_poll_interval(backend: Backend) {
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
     let config = format!(
         "[dispatch]\npoll_interval = \"1s\"\n[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n{}",
         webhook("hook", &receiver.url(), "")
     );
-    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), &config, backend).await;
     emu.enqueue_generated(3);
     eventually(Duration::from_secs(30), "3 delivered", || receiver.accepted().len() == 3).await;
 
@@ -82,8 +87,7 @@ async fn pause_and_resume_from_the_cli_take_effect_within_the_poll_interval() {
     assert!(err.contains("no handler named `nope` in the config; configured: hook"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_breaker_pauses_a_failing_handler_probes_and_resumes_and_nothing_goes_dead() {
+async fn the_breaker_pauses_a_failing_handler_probes_and_resumes_and_nothing_goes_dead(backend: Backend) {
     const EVENTS: usize = 20;
     let emu = emulator(fast_emulator_config()).await;
     let (flaky, steady, pager) = (Receiver::start().await, Receiver::start().await, Receiver::start().await);
@@ -96,7 +100,7 @@ async fn the_breaker_pauses_a_failing_handler_probes_and_resumes_and_nothing_goe
         webhook("steady", &steady.url(), ""),
         webhook("pager", &pager.url(), "")
     );
-    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), &config, backend).await;
     // `handlers list` needs the store: on a loaded machine the daemon may not have created it yet.
     eventually(Duration::from_secs(30), "the daemon created its store", || daemon.store().is_some()).await;
     let outage_start = Instant::now();
@@ -150,8 +154,7 @@ fn rate_backlog() -> usize {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_20_per_second_holds_in_every_sliding_second() {
+async fn rate_20_per_second_holds_in_every_sliding_second(backend: Backend) {
     let backlog = rate_backlog();
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
@@ -160,7 +163,7 @@ async fn rate_20_per_second_holds_in_every_sliding_second() {
         "[[routes]]\nevents = [\"*\"]\nhandlers = [\"hook\"]\n{}",
         webhook("hook", &receiver.url(), "rate = \"20/s\"\nconcurrency = 8")
     );
-    let daemon = TestDaemon::start(&emu.endpoint(), &config).await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), &config, backend).await;
     let deadline = Duration::from_secs(backlog as u64 / 20 + 50);
     eventually(deadline, "the backlog delivered", || receiver.accepted().len() == backlog).await;
     let times: Vec<Instant> = receiver.recorded().iter().map(|r| r.at).collect();

@@ -229,6 +229,18 @@ pub async fn pg_node(endpoint: &str, url: &str, extra: &str, node: &str) -> Test
 
 /// [`pg_node`] with a chosen `RUST_LOG`.
 pub async fn pg_node_logged(endpoint: &str, url: &str, extra: &str, node: &str, rust_log: &str) -> TestDaemon {
+    pg_node_full(endpoint, url, extra, node, rust_log, &[]).await
+}
+
+/// [`pg_node`] with a chosen `RUST_LOG` and extra environment.
+pub async fn pg_node_full(
+    endpoint: &str,
+    url: &str,
+    extra: &str,
+    node: &str,
+    rust_log: &str,
+    env: &[(&str, &str)],
+) -> TestDaemon {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("unused.db");
     let config_path = dir.path().join("config.toml");
@@ -241,7 +253,7 @@ pub async fn pg_node_logged(endpoint: &str, url: &str, extra: &str, node: &str, 
         log_path,
         child: None,
         rust_log: rust_log.into(),
-        env: vec![("VOD_EVENTD_NODE__NAME".into(), node.into())],
+        env: [("VOD_EVENTD_NODE__NAME", node)].iter().chain(env).map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         pg_url: Some(url.to_string()),
     };
     daemon.spawn();

@@ -12,7 +12,7 @@ use vod_emulator::{
 };
 
 use crate::receiver::Receiver;
-use crate::support::{delivery_states, emulator, eventually, fast_emulator_config, free_port, TestDaemon};
+use crate::support::{delivery_states, emulator, eventually, fast_emulator_config, free_port, Backend, TestDaemon};
 
 const PROD_A: u64 = 1500000101;
 const PROD_B: u64 = 1500000102;
@@ -74,12 +74,22 @@ fn all_confirmed(emu: &Emulator, each: u64) -> bool {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_sources_store_confirm_and_route_every_event_under_its_own_app() {
+both_stores!(
+    three_sources_store_confirm_and_route_every_event_under_its_own_app,
+    one_source_with_refused_credentials_leaves_the_others_running_and_is_named_by_healthz_and_status,
+    the_same_content_in_two_apps_is_two_events_and_two_deliveries,
+    discovery_pulls_an_app_added_while_running_and_retires_a_disabled_one,
+    sigkill_with_three_sources_loses_nothing_and_confirms_nothing_under_the_wrong_app,
+    discovery_with_no_app_on_is_unhealthy_saying_so_until_an_app_turns_on,
+    discovery_refused_at_start_exits_78_naming_the_keys_and_a_failure_is_retried,
+    sighup_adds_removes_and_changes_sources_confirming_the_removed_ones_handles_first,
+);
+
+async fn three_sources_store_confirm_and_route_every_event_under_its_own_app(backend: Backend) {
     let emu = emulator(two_accounts()).await;
     let receiver = Receiver::start().await;
     enqueue_everywhere(&emu, 1000);
-    let daemon = TestDaemon::start(&emu.endpoint(), &three_sources(&emu, &receiver.url())).await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), &three_sources(&emu, &receiver.url()), backend).await;
     eventually(Duration::from_secs(240), "3,000 events confirmed, each in its own app", || all_confirmed(&emu, 1000))
         .await;
     assert_eq!(emu.stats().api.cross_app_confirms, 0, "no handle was confirmed under another app");
@@ -112,8 +122,9 @@ async fn three_sources_store_confirm_and_route_every_event_under_its_own_app() {
     assert!(lines.iter().all(|l| l["source"] == "prod-b" && l["sub_app_id"] == PROD_B), "{:?}", lines[0]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_source_with_refused_credentials_leaves_the_others_running_and_is_named_by_healthz_and_status() {
+async fn one_source_with_refused_credentials_leaves_the_others_running_and_is_named_by_healthz_and_status(
+    backend: Backend,
+) {
     let emu = emulator(EmulatorConfig {
         credentials: vec![Credential { secret_id: DEMO_SECRET_ID.into(), secret_key: DEMO_SECRET_KEY.into() }],
         ..two_accounts()
@@ -126,7 +137,7 @@ async fn one_source_with_refused_credentials_leaves_the_others_running_and_is_na
         "{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n[alert]\ncheck_interval = \"1s\"\n",
         three_sources(&emu, &receiver.url())
     );
-    let mut daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    let mut daemon = TestDaemon::start_on(&emu.endpoint(), &extra, backend).await;
     eventually(Duration::from_secs(60), "prod-a and prod-b drained", || {
         [PROD_A, PROD_B].iter().all(|app| emu.stats_for(Some(*app)).confirmed == 50)
     })
@@ -180,15 +191,14 @@ fn futures_lite_get(url: &str) -> (u16, String) {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_content_in_two_apps_is_two_events_and_two_deliveries() {
+async fn the_same_content_in_two_apps_is_two_events_and_two_deliveries(backend: Backend) {
     let emu = emulator(two_accounts()).await;
     let receiver = Receiver::start().await;
     let content = r#"{"version":"4.0","eventType":"NewFileUpload","data":{"fileId":"5285890781763144364"}}"#;
     emu.enqueue_to(Some(PROD_A), content);
     emu.enqueue_to(Some(OTHER), content);
     let extra = three_sources(&emu, &receiver.url()).replace("sources = [\"prod-*\"]\n", "");
-    let daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    let daemon = TestDaemon::start_on(&emu.endpoint(), &extra, backend).await;
     eventually(Duration::from_secs(30), "both confirmed", || {
         emu.stats_for(Some(PROD_A)).confirmed == 1 && emu.stats_for(Some(OTHER)).confirmed == 1
     })
@@ -202,15 +212,14 @@ async fn the_same_content_in_two_apps_is_two_events_and_two_deliveries() {
     assert_eq!(ids.len(), 2, "two webhook-ids: a receiver must not fold them");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovery_pulls_an_app_added_while_running_and_retires_a_disabled_one() {
+async fn discovery_pulls_an_app_added_while_running_and_retires_a_disabled_one(backend: Backend) {
     const FIRST: u64 = 1500000301;
     const LATER: u64 = 1500000302;
     let emu = emulator(EmulatorConfig { sub_app_ids: Some(vec![FIRST]), ..fast_emulator_config() }).await;
     emu.enqueue_generated_to(Some(FIRST), 5);
     let extra = "[discovery]\nrefresh_interval = \"1s\"\n";
     let env = [("VOD_EVENTD_SOURCES", "all")];
-    let daemon = TestDaemon::start_full(&emu.endpoint(), extra, "vod_eventd=debug", &env).await;
+    let daemon = TestDaemon::start_full_on(&emu.endpoint(), extra, "vod_eventd=debug", &env, backend).await;
     eventually(Duration::from_secs(30), "the first app drained", || emu.stats_for(Some(FIRST)).confirmed == 5).await;
     emu.add_app(App::new(LATER, "later"));
     emu.enqueue_generated_to(Some(LATER), 5);
@@ -233,12 +242,11 @@ async fn discovery_pulls_an_app_added_while_running_and_retires_a_disabled_one()
     assert_eq!(rows.get(&("app-1500000301".to_string(), Some(FIRST as i64))), Some(&5), "{rows:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_with_three_sources_loses_nothing_and_confirms_nothing_under_the_wrong_app() {
+async fn sigkill_with_three_sources_loses_nothing_and_confirms_nothing_under_the_wrong_app(backend: Backend) {
     let emu = emulator(two_accounts()).await;
     let receiver = Receiver::start().await;
     enqueue_everywhere(&emu, 300);
-    let mut daemon = TestDaemon::start(&emu.endpoint(), &three_sources(&emu, &receiver.url())).await;
+    let mut daemon = TestDaemon::start_on(&emu.endpoint(), &three_sources(&emu, &receiver.url()), backend).await;
     eventually(Duration::from_secs(60), "some events stored", || daemon.rows() >= 200).await;
     daemon.kill9().await;
     daemon.spawn();
@@ -252,23 +260,22 @@ async fn sigkill_with_three_sources_loses_nothing_and_confirms_nothing_under_the
 
 /// `sources = "all"` with a `/healthz` listener and a 1 s refresh; returns the daemon and
 /// its `/healthz` URL.
-async fn discovering(emu: &Emulator, extra: &str) -> (TestDaemon, String) {
+async fn discovering(emu: &Emulator, extra: &str, backend: Backend) -> (TestDaemon, String) {
     let port = free_port();
     let extra = format!(
         "{extra}[discovery]\nrefresh_interval = \"1s\"\n[pull]\nbackoff_max = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
     );
     let env = [("VOD_EVENTD_SOURCES", "all")];
-    let daemon = TestDaemon::start_full(&emu.endpoint(), &extra, "vod_eventd=debug", &env).await;
+    let daemon = TestDaemon::start_full_on(&emu.endpoint(), &extra, "vod_eventd=debug", &env, backend).await;
     (daemon, format!("http://127.0.0.1:{port}/healthz"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovery_with_no_app_on_is_unhealthy_saying_so_until_an_app_turns_on() {
+async fn discovery_with_no_app_on_is_unhealthy_saying_so_until_an_app_turns_on(backend: Backend) {
     const APP: u64 = 1500000401;
     let emu = emulator(EmulatorConfig { sub_app_ids: Some(vec![APP]), ..fast_emulator_config() }).await;
     assert!(emu.set_app_status(APP, "Off"));
     emu.enqueue_generated_to(Some(APP), 3);
-    let (mut daemon, healthz) = discovering(&emu, "").await;
+    let (mut daemon, healthz) = discovering(&emu, "", backend).await;
     let mut last = (0, String::new());
     eventually(Duration::from_secs(30), "/healthz says no app is on", || {
         last = futures_lite_get(&healthz);
@@ -285,8 +292,7 @@ async fn discovery_with_no_app_on_is_unhealthy_saying_so_until_an_app_turns_on()
     assert!(daemon.terminate().await.success());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovery_refused_at_start_exits_78_naming_the_keys_and_a_failure_is_retried() {
+async fn discovery_refused_at_start_exits_78_naming_the_keys_and_a_failure_is_retried(backend: Backend) {
     const APP: u64 = 1500000501;
     // Refused credentials: exit 78, naming the keys to fix; the secret never logged.
     let emu = emulator(EmulatorConfig {
@@ -295,7 +301,7 @@ async fn discovery_refused_at_start_exits_78_naming_the_keys_and_a_failure_is_re
         ..fast_emulator_config()
     })
     .await;
-    let (mut daemon, _) = discovering(&emu, "").await;
+    let (mut daemon, _) = discovering(&emu, "", backend).await;
     let status =
         tokio::time::timeout(Duration::from_secs(20), daemon.child.as_mut().unwrap().wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(78), "{}", daemon.log());
@@ -310,7 +316,7 @@ async fn discovery_refused_at_start_exits_78_naming_the_keys_and_a_failure_is_re
     // A missing CAM permission: exit 78, naming the permission.
     let emu = emulator(EmulatorConfig { sub_app_ids: Some(vec![APP]), ..fast_emulator_config() }).await;
     emu.deny_action("DescribeSubAppIds", Some("UnauthorizedOperation"));
-    let (mut daemon, _) = discovering(&emu, "").await;
+    let (mut daemon, _) = discovering(&emu, "", backend).await;
     let status =
         tokio::time::timeout(Duration::from_secs(20), daemon.child.as_mut().unwrap().wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(78), "{}", daemon.log());
@@ -325,7 +331,7 @@ async fn discovery_refused_at_start_exits_78_naming_the_keys_and_a_failure_is_re
         ..Faults::default()
     });
     emu.enqueue_generated_to(Some(APP), 3);
-    let (mut daemon, healthz) = discovering(&emu, "").await;
+    let (mut daemon, healthz) = discovering(&emu, "", backend).await;
     eventually(Duration::from_secs(30), "DescribeSubAppIds retried", || emu.stats().api.faults >= 3).await;
     let (code, body) = futures_lite_get(&healthz);
     assert!(code == 503 && body.contains("no sources yet: DescribeSubAppIds failed"), "{code} {body}");
@@ -339,8 +345,7 @@ async fn discovery_refused_at_start_exits_78_naming_the_keys_and_a_failure_is_re
     assert!(daemon.terminate().await.success());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_adds_removes_and_changes_sources_confirming_the_removed_ones_handles_first() {
+async fn sighup_adds_removes_and_changes_sources_confirming_the_removed_ones_handles_first(backend: Backend) {
     // Tencent rotates a key as a new SecretId with its own key.
     const ROTATED_ID: &str = "AKIDrotatedKEYemulator000000000000000";
     const ROTATED_KEY: &str = "rotated-emulator-key";
@@ -351,7 +356,7 @@ async fn sighup_adds_removes_and_changes_sources_confirming_the_removed_ones_han
         "{common}[[sources]]\nname = \"prod-a\"\nsub_app_id = {PROD_A}\n\
          [[sources]]\nname = \"prod-b\"\nsub_app_id = {PROD_B}\n"
     );
-    let mut daemon = TestDaemon::start(&emu.endpoint(), &before).await;
+    let mut daemon = TestDaemon::start_on(&emu.endpoint(), &before, backend).await;
     emu.enqueue_generated_to(Some(PROD_A), 10);
     emu.enqueue_generated_to(Some(PROD_B), 10);
     let rows = |a, b, other| {

@@ -1,9 +1,11 @@
 //! Store trouble, made to happen on demand with all three handler kinds (webhook, shell
-//! hook, DRM key fetcher) configured: a size cap the store reaches, and a write lock held
-//! by another connection so that commits fail (short busy timeout) or stall (long one).
+//! hook, DRM key fetcher) configured: a size cap the store reaches (SQLite); on SQLite, a
+//! write lock held by another connection so that commits fail (short busy timeout) or
+//! stall (long one); on PostgreSQL, the server stopped under the daemon (every connection
+//! lost, commits fail) or a table lock held by another session (commits stall).
 //! Each checks that no handle of an uncommitted event is confirmed, that the daemon does
 //! not spin or flood its log meanwhile, and that everything resumes by itself. Also: a
-//! delivery stranded in `running` comes back without a restart.
+//! delivery stranded in `running` comes back without a restart (on both stores).
 
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
@@ -43,8 +45,8 @@ fn enqueue_mix(emu: &vod_emulator::Emulator, n: usize) -> Vec<String> {
 }
 
 /// Starts a daemon whose `[store]` section has `store_extra` from its first start on.
-async fn start_with_store(endpoint: &str, store_extra: &str, extra: &str) -> TestDaemon {
-    let mut daemon = TestDaemon::start(endpoint, extra).await;
+async fn start_with_store(endpoint: &str, store_extra: &str, extra: &str, backend: Backend) -> TestDaemon {
+    let mut daemon = TestDaemon::start_on(endpoint, extra, backend).await;
     daemon.kill9().await;
     daemon.rewrite_config(endpoint, store_extra, extra);
     daemon.spawn();
@@ -79,8 +81,13 @@ fn routed(contents: &[String]) -> i64 {
     contents.iter().map(|c| if c.contains("ProcedureStateChanged") { 3 } else { 2 }).sum()
 }
 
+// SQLite only for now: on PostgreSQL `config check` and `run` refuse `store.max_size_mb`
+// ("applies to the SQLite store only; remove it with store.url"), although the PostgreSQL
+// store implements the cap (conformance::a_full_store_refuses_new_events_until_the_cap_is_raised);
+// run with Backend::Postgres once the key is accepted there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_with_failing_deliveries_due_neither_spins_nor_floods_and_resumes() {
+    let backend = Backend::Sqlite;
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
     receiver.set(|b| b.status = 503);
@@ -90,7 +97,7 @@ async fn a_full_store_with_failing_deliveries_due_neither_spins_nor_floods_and_r
         "[pull]\nbackoff_max = \"300ms\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n{}",
         three_handlers(&receiver, out.path())
     );
-    let mut daemon = start_with_store(&emu.endpoint(), "max_size_mb = 1", &extra).await;
+    let mut daemon = start_with_store(&emu.endpoint(), "max_size_mb = 1", &extra, backend).await;
     let contents = enqueue_mix(&emu, 2500);
     eventually(Duration::from_secs(60), "the store fills up", || {
         daemon.log().contains("Could not store pulled events")
@@ -145,10 +152,23 @@ async fn get(url: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-/// Holds the store's write lock from another connection while a second batch arrives:
-/// with `busy_timeout` short, the daemon's commits fail; with it long, they stall.
-async fn held_write_lock(refused: bool) {
-    let busy_timeout = if refused { "10ms" } else { "60s" };
+/// What keeps the daemon's commits from succeeding while a second batch arrives.
+#[derive(Clone, Copy, PartialEq)]
+enum Trouble {
+    /// SQLite's write lock held by another connection, with `busy_timeout` short (commits fail).
+    SqliteLockRefused,
+    /// The same with `busy_timeout` long (commits stall).
+    SqliteLockStalled,
+    /// The PostgreSQL server stopped under the daemon: every connection lost, commits fail.
+    PostgresStopped,
+    /// An EXCLUSIVE lock on `events` held by another PostgreSQL session (reads pass, commits stall).
+    PostgresLocked,
+}
+
+/// Holds the trouble while a second batch arrives: nothing of it is confirmed, and all of it
+/// is stored and delivered once the trouble ends.
+async fn held_write_lock(trouble: Trouble) {
+    let refused = matches!(trouble, Trouble::SqliteLockRefused | Trouble::PostgresStopped);
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
     let out = tempfile::tempdir().unwrap();
@@ -157,15 +177,41 @@ async fn held_write_lock(refused: bool) {
         "[confirm]\nmax_delay = \"100ms\"\n[pull]\nbackoff_max = \"300ms\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n{}",
         three_handlers(&receiver, out.path())
     );
-    let daemon = start_with_store(&emu.endpoint(), &format!("busy_timeout = \"{busy_timeout}\""), &extra).await;
+    // The PostgreSQL server that is stopped is a cluster of this test's own.
+    let cluster = (trouble == Trouble::PostgresStopped).then(crate::pg::Cluster::start);
+    let daemon = match trouble {
+        Trouble::SqliteLockRefused | Trouble::SqliteLockStalled => {
+            let busy_timeout = if refused { "10ms" } else { "60s" };
+            start_with_store(&emu.endpoint(), &format!("busy_timeout = \"{busy_timeout}\""), &extra, Backend::Sqlite)
+                .await
+        }
+        Trouble::PostgresStopped => {
+            let url = crate::pg::database_in(cluster.as_ref().unwrap()).await;
+            crate::pg::pg_daemon_at(&emu.endpoint(), &url, &extra).await
+        }
+        Trouble::PostgresLocked => TestDaemon::start_on(&emu.endpoint(), &extra, Backend::Postgres).await,
+    };
     let first = enqueue_mix(&emu, 40);
     eventually(Duration::from_secs(60), "the first batch delivered everywhere", || {
         emu.stats().queue.outstanding == 0 && all_done(&daemon, routed(&first))
     })
     .await;
 
-    let blocker = rusqlite::Connection::open(&daemon.db_path).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut sqlite_blocker = None;
+    let mut pg_blocker = None;
+    match trouble {
+        Trouble::SqliteLockRefused | Trouble::SqliteLockStalled => {
+            let blocker = rusqlite::Connection::open(&daemon.db_path).unwrap();
+            blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+            sqlite_blocker = Some(blocker);
+        }
+        Trouble::PostgresStopped => cluster.as_ref().unwrap().pg_ctl("stop"),
+        Trouble::PostgresLocked => {
+            let blocker = crate::pg::connect(daemon.pg_url.as_ref().unwrap()).await;
+            blocker.batch_execute("BEGIN; LOCK TABLE events IN EXCLUSIVE MODE").await.unwrap();
+            pg_blocker = Some(blocker);
+        }
+    }
     let confirmed_before = emu.stats().queue.confirmed;
     let delivered_before = emu.stats().queue.delivered;
     let second = enqueue_mix(&emu, 40);
@@ -183,9 +229,18 @@ async fn held_write_lock(refused: bool) {
     let second_keys: HashSet<String> = second.iter().map(|c| key_of(c)).collect();
     assert!(confirmed_keys(&emu).is_disjoint(&second_keys), "a handle of an uncommitted event was confirmed");
     assert_eq!(emu.stats().queue.confirmed, confirmed_before, "nothing confirmed while no commit succeeds");
-    assert_confirmed_are_stored(&emu, &daemon);
-    blocker.execute_batch("COMMIT").unwrap();
-    drop(blocker);
+    if trouble != Trouble::PostgresStopped {
+        assert_confirmed_are_stored(&emu, &daemon);
+    }
+    if let Some(blocker) = sqlite_blocker {
+        blocker.execute_batch("COMMIT").unwrap();
+    }
+    if let Some(blocker) = pg_blocker {
+        blocker.batch_execute("COMMIT").await.unwrap();
+    }
+    if let Some(cluster) = &cluster {
+        cluster.pg_ctl("start");
+    }
 
     let all: Vec<String> = first.iter().chain(&second).cloned().collect();
     eventually(Duration::from_secs(120), "everything resumes", || {
@@ -202,32 +257,46 @@ async fn held_write_lock(refused: bool) {
     assert_eq!(hooked.count(), all.len(), "every event reached the shell hook");
 }
 
+// SQLite only: its write lock; PostgreSQL's counterparts follow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_refused_by_a_held_write_lock_confirm_nothing_and_resume() {
-    held_write_lock(true).await;
+    held_write_lock(Trouble::SqliteLockRefused).await;
 }
 
+// SQLite only: its write lock; PostgreSQL's counterparts follow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_stalled_by_a_held_write_lock_confirm_nothing_and_resume() {
-    held_write_lock(false).await;
+    held_write_lock(Trouble::SqliteLockStalled).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_stranded_in_running_comes_back_without_a_restart() {
+async fn commits_refused_by_a_stopped_postgresql_server_confirm_nothing_and_resume() {
+    held_write_lock(Trouble::PostgresStopped).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_stalled_by_a_held_postgresql_table_lock_confirm_nothing_and_resume() {
+    held_write_lock(Trouble::PostgresLocked).await;
+}
+
+both_stores!(a_delivery_stranded_in_running_comes_back_without_a_restart);
+
+async fn a_delivery_stranded_in_running_comes_back_without_a_restart(backend: Backend) {
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
     let extra = format!(
         "[[routes]]\nevents = [\"*\"]\nhandlers = [\"internal\"]\n[handlers.internal]\ntype = \"webhook\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\n{FAST_RETRIES}",
         receiver.url()
     );
-    let mut daemon = TestDaemon::start(&emu.endpoint(), &extra).await;
+    let mut daemon = TestDaemon::start_on(&emu.endpoint(), &extra, backend).await;
     emu.enqueue_generated(1);
     eventually(Duration::from_secs(30), "delivered", || all_done(&daemon, 1)).await;
     // As if the attempt's outcome had been lost: the row is running and its lease passed.
-    rusqlite::Connection::open(&daemon.db_path)
-        .unwrap()
-        .execute("UPDATE deliveries SET state = 'running', lease_until = 1", [])
-        .unwrap();
+    let strand = "UPDATE deliveries SET state = 'running', lease_until = 1";
+    match &daemon.pg_url {
+        Some(url) => assert_eq!(crate::pg::connect(url).await.execute(strand, &[]).await.unwrap(), 1),
+        None => assert_eq!(rusqlite::Connection::open(&daemon.db_path).unwrap().execute(strand, []).unwrap(), 1),
+    }
     eventually(Duration::from_secs(30), "swept back and delivered again", || {
         receiver.accepted().len() == 2 && all_done(&daemon, 1)
     })

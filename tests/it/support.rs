@@ -119,6 +119,23 @@ impl TestDaemon {
         }
     }
 
+    /// [`TestDaemon::start_full`] on the store `backend` names.
+    pub async fn start_full_on(
+        endpoint: &str,
+        extra: &str,
+        rust_log: &str,
+        env: &[(&str, &str)],
+        backend: Backend,
+    ) -> TestDaemon {
+        match backend {
+            Backend::Sqlite => Self::start_full(endpoint, extra, rust_log, env).await,
+            Backend::Postgres => {
+                let (url, node) = (crate::pg::database().await, format!("test-{:08x}", rand::random::<u32>()));
+                crate::pg::pg_node_full(endpoint, &url, extra, &node, rust_log, env).await
+            }
+        }
+    }
+
     /// [`TestDaemon::for_emulator`] on the store `backend` names.
     pub async fn for_emulator_on(emu: &Emulator, extra: &str, backend: Backend) -> TestDaemon {
         match backend {
