@@ -81,13 +81,10 @@ fn routed(contents: &[String]) -> i64 {
     contents.iter().map(|c| if c.contains("ProcedureStateChanged") { 3 } else { 2 }).sum()
 }
 
-// SQLite only for now: on PostgreSQL `config check` and `run` refuse `store.max_size_mb`
-// ("applies to the SQLite store only; remove it with store.url"), although the PostgreSQL
-// store implements the cap (conformance::a_full_store_refuses_new_events_until_the_cap_is_raised);
-// run with Backend::Postgres once the key is accepted there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_store_with_failing_deliveries_due_neither_spins_nor_floods_and_resumes() {
-    let backend = Backend::Sqlite;
+both_stores!(a_full_store_with_failing_deliveries_due_neither_spins_nor_floods_and_resumes);
+
+/// On PostgreSQL `store.max_size_mb` caps the daemon's own tables.
+async fn a_full_store_with_failing_deliveries_due_neither_spins_nor_floods_and_resumes(backend: Backend) {
     let emu = emulator(fast_emulator_config()).await;
     let receiver = Receiver::start().await;
     receiver.set(|b| b.status = 503);
