@@ -37,20 +37,23 @@ async fn healthz(port: u16) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-async fn start(emu: &vod_emulator::Emulator, extra: &str) -> TestDaemon {
+async fn start(emu: &vod_emulator::Emulator, extra: &str, backend: Backend) -> TestDaemon {
     let endpoint = emu.endpoint_for(emu.api());
-    TestDaemon::start_full(&endpoint, &format!("{}{extra}", api_line(emu.api())), "vod_eventd=debug", &[FAST_CHECKS])
-        .await
+    let extra = format!("{}{extra}", api_line(emu.api()));
+    TestDaemon::start_full_on(&endpoint, &extra, "vod_eventd=debug", &[FAST_CHECKS], backend).await
 }
 
-both_apis!(an_app_in_push_mode_is_named_and_unhealthy_until_set_mode_pull_fixes_it_without_a_restart);
+both_apis_and_stores!(an_app_in_push_mode_is_named_and_unhealthy_until_set_mode_pull_fixes_it_without_a_restart);
 
 /// With v2 the account calls are API 3.0 calls with the same credentials.
-async fn an_app_in_push_mode_is_named_and_unhealthy_until_set_mode_pull_fixes_it_without_a_restart(api: Api) {
+async fn an_app_in_push_mode_is_named_and_unhealthy_until_set_mode_pull_fixes_it_without_a_restart(
+    api: Api,
+    backend: Backend,
+) {
     let push = EventConfig { mode: PUSH.into(), ..EventConfig::pull_all_on() };
     let emu = emulator(EmulatorConfig { api, event_config: push, ..fast_emulator_config() }).await;
     let port = free_port();
-    let daemon = start(&emu, &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).await;
+    let daemon = start(&emu, &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"), backend).await;
     eventually(Duration::from_secs(30), "three checks", || describe_calls(&emu) >= 3).await;
     let log = daemon.log();
     assert_eq!(lines_with(&log, "ERROR", &["Mode = \"PUSH\"", "the default app", "set-mode pull"]), 1, "{log}");
@@ -157,14 +160,15 @@ async fn set_mode_pull_makes_the_running_daemon_healthy_within_a_poll_interval(b
     assert_eq!(healthz(port).await.0, 200);
 }
 
+both_stores!(a_switch_turned_on_by_set_mode_is_seen_by_the_running_daemon_at_once);
+
 /// `set-mode pull --enable upload` on an app in PULL mode with NewFileUpload off: the
 /// running daemon checks again at once, says the type is switched on, and `status` shows it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_switch_turned_on_by_set_mode_is_seen_by_the_running_daemon_at_once() {
+async fn a_switch_turned_on_by_set_mode_is_seen_by_the_running_daemon_at_once(backend: Backend) {
     let off = EventConfig { upload_media_complete: OFF.into(), ..EventConfig::pull_all_on() };
     let emu = emulator(EmulatorConfig { event_config: off, ..fast_emulator_config() }).await;
     let extra = format!("[dispatch]\npoll_interval = \"{}s\"\n", POLL.as_secs());
-    let daemon = TestDaemon::start_full(&emu.endpoint(), &extra, "vod_eventd=debug", &[]).await;
+    let daemon = TestDaemon::start_full_on(&emu.endpoint(), &extra, "vod_eventd=debug", &[], backend).await;
     eventually(Duration::from_secs(30), "the first check", || {
         lines_with(&daemon.log(), "WARN", &["will never arrive", "NewFileUpload"]) == 1
     })
@@ -181,11 +185,12 @@ async fn a_switch_turned_on_by_set_mode_is_seen_by_the_running_daemon_at_once() 
     assert_eq!(describe_calls(&emu), 4, "the daemon's two checks and the CLI's two calls");
 }
 
+both_stores!(pulled_events_prove_pull_mode_without_waiting_for_the_check_interval);
+
 /// The app switched to PULL elsewhere (the console: nobody asks the daemon): the first
 /// events pulled prove the mode, and `/healthz` is 200 as soon as they are stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pulled_events_prove_pull_mode_without_waiting_for_the_check_interval() {
-    let (emu, daemon, port) = push_mode_daemon(Backend::Sqlite).await;
+async fn pulled_events_prove_pull_mode_without_waiting_for_the_check_interval(backend: Backend) {
+    let (emu, daemon, port) = push_mode_daemon(backend).await;
     emu.set_event_config(None, EventConfig::pull_all_on());
     assert_eq!(emu.enqueue_generated(3).len(), 3);
     eventually(Duration::from_secs(30), "events flow", || daemon.rows() == 3).await;
@@ -199,14 +204,15 @@ async fn pulled_events_prove_pull_mode_without_waiting_for_the_check_interval() 
     assert_eq!(healthz(port).await.0, 200);
 }
 
+both_stores!(a_switched_off_upload_event_is_warned_about_once_and_a_route_naming_it_by_config_check);
+
 /// NewFileUpload switched off: one WARN naming it (not the types that are on), no such
 /// event in the queue, and `config check --online` names the route that waits for it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_switched_off_upload_event_is_warned_about_once_and_a_route_naming_it_by_config_check() {
+async fn a_switched_off_upload_event_is_warned_about_once_and_a_route_naming_it_by_config_check(backend: Backend) {
     let off = EventConfig { upload_media_complete: OFF.into(), ..EventConfig::pull_all_on() };
     let emu = emulator(EmulatorConfig { event_config: off, ..fast_emulator_config() }).await;
     let route = "[[routes]]\nevents = [\"NewFileUpload\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\n";
-    let daemon = start(&emu, route).await;
+    let daemon = start(&emu, route, backend).await;
     assert!(emu.enqueue_generated_type("NewFileUpload", 2).unwrap().is_empty(), "never queued");
     emu.enqueue_generated_type("ProcedureStateChanged", 1).unwrap();
     eventually(Duration::from_secs(30), "three checks and the one queued event", || {
@@ -229,15 +235,16 @@ async fn a_switched_off_upload_event_is_warned_about_once_and_a_route_naming_it_
     assert!(!stdout.contains("FileDeleted"), "{stdout}");
 }
 
+both_stores!(credentials_refused_for_describe_event_config_only_warn_once_and_pulling_goes_on);
+
 /// Credentials refused for DescribeEventConfig only (both of Tencent's codes for it): one
 /// WARN naming the permission, never unhealthy, and events are pulled as before.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_refused_for_describe_event_config_only_warn_once_and_pulling_goes_on() {
+async fn credentials_refused_for_describe_event_config_only_warn_once_and_pulling_goes_on(backend: Backend) {
     for code in ["AuthFailure.UnauthorizedOperation", "UnauthorizedOperation"] {
         let emu = emulator(EmulatorConfig { api: Api::V3, ..fast_emulator_config() }).await;
         emu.deny_action("DescribeEventConfig", Some(code));
         let port = free_port();
-        let daemon = start(&emu, &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).await;
+        let daemon = start(&emu, &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"), backend).await;
         emu.enqueue_generated(3);
         eventually(Duration::from_secs(30), "three refused checks and the events", || {
             emu.stats().api.auth_failures >= 3 && daemon.rows() == 3
