@@ -507,8 +507,12 @@ async fn sync_orphans(store: &Store, config: &Config, config_path: &std::path::P
     let configured = config.handlers.keys().cloned().collect();
     match store.sync_orphans(configured, config_path.display().to_string()).await {
         Ok(changes) => {
-            for (handler, n) in &changes.orphaned {
-                warn!(handler = %handler, deliveries = n, "Deliveries orphaned: no handler `{handler}` is configured any more (removed or renamed). They are not run and keep their events only until store.retention; they resume if [handlers.{handler}] comes back. `vod-eventd status` counts them.");
+            let gone: std::collections::BTreeSet<&String> =
+                changes.orphaned.keys().chain(changes.in_flight.keys()).collect();
+            for handler in gone {
+                let n = changes.orphaned.get(handler).copied().unwrap_or(0);
+                let in_flight = changes.in_flight.get(handler).copied().unwrap_or(0);
+                warn!(handler = %handler, deliveries = n, in_flight, "Deliveries orphaned: no handler `{handler}` is configured any more (removed or renamed). They are not run and keep their events only until store.retention; they resume if [handlers.{handler}] comes back. `vod-eventd status` counts them. Attempts in flight (in_flight) finish first, and are orphaned only if they are to be retried.");
             }
             for (handler, n) in &changes.resumed {
                 info!(handler = %handler, deliveries = n, "Handler `{handler}` is configured again; its orphaned deliveries resume.");

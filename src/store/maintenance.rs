@@ -30,8 +30,11 @@ pub struct HandlerCounts {
 /// Deliveries whose handler went away, or came back, in one [`Store::sync_orphans`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Orphans {
-    /// Newly orphaned, per handler.
+    /// Newly orphaned pending deliveries, per handler.
     pub orphaned: BTreeMap<String, i64>,
+    /// Attempts in flight of a handler newly gone, per handler: they finish (and are
+    /// orphaned only if they are to be retried).
+    pub in_flight: BTreeMap<String, i64>,
     /// Orphaned before and resumed now, per handler.
     pub resumed: BTreeMap<String, i64>,
 }

@@ -214,6 +214,8 @@ fn config_check_warns_about_a_remote_postgres_without_a_checked_certificate() {
     let check = |url: &str| {
         let config = format!("[vod]\nsecret_id = \"AKID1\"\nsecret_key = \"k\"\n[store]\nurl = \"{url}\"\n");
         let path = write(dir.path(), "c.toml", &config);
+        // Readable by its owner only: no warning about the inline secret.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let out = vod_eventd(&["config", "check", "--config", &path]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()

@@ -366,9 +366,11 @@ async fn retention_keeps_events_with_work_left_and_orphans_are_counted_apart(bac
     assert_eq!(store.prune(now + 1_000, true, pause, &stop).await.unwrap(), 1, "with include_dead");
     assert!(store.oldest_event_ms().unwrap().is_some());
 
-    // The handler goes away: its pending deliveries are orphaned, then kept only until retention.
+    // The handler goes away while one attempt is in flight: its pending deliveries are
+    // orphaned (the one in flight is counted apart), then kept only until retention.
+    assert_eq!(claim(&store, "h", 1, vod_eventd::store::now_ms()).await.len(), 1);
     let orphans = store.sync_orphans(to(&["other"]), "/etc/vod-eventd/config.toml".into()).await.unwrap();
-    assert_eq!(orphans.orphaned.get("h"), Some(&2));
+    assert_eq!((orphans.orphaned.get("h"), orphans.in_flight.get("h")), (Some(&1), Some(&1)));
     let counts = store.handler_counts().await.unwrap();
     assert_eq!((counts["h"].pending, counts["h"].orphaned), (0, 2));
     assert!(counts["h"].orphaned_reason.as_deref().unwrap().contains("no handler named `h`"));

@@ -62,32 +62,37 @@ impl PgStore {
         let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // Rows as (handler, state), counted per handler: pending ones, and running ones.
         let count = |rows: Vec<tokio_postgres::Row>| {
-            let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+            let mut counts: [BTreeMap<String, i64>; 2] = [BTreeMap::new(), BTreeMap::new()];
             for r in rows {
-                *counts.entry(r.get(0)).or_default() += 1;
+                let running = r.get::<_, String>(1) == "running";
+                *counts[usize::from(running)].entry(r.get(0)).or_default() += 1;
             }
             counts
         };
-        let resumed = count(
+        let [mut resumed, running] = count(
             tx.query(
                 "UPDATE deliveries SET orphaned_reason = NULL
-                 WHERE orphaned_reason IS NOT NULL AND handler = ANY($1) RETURNING handler",
+                 WHERE orphaned_reason IS NOT NULL AND handler = ANY($1) RETURNING handler, state",
                 &[&configured],
             )
             .await?,
         );
-        let orphaned = count(
+        for (handler, n) in running {
+            *resumed.entry(handler).or_default() += n;
+        }
+        let [orphaned, in_flight] = count(
             tx.query(
                 "UPDATE deliveries SET orphaned_reason = 'no handler named `' || handler || '` in ' || $2 || ' since ' || $3
                  WHERE state IN ('pending', 'running') AND orphaned_reason IS NULL
-                   AND NOT (handler = ANY($1)) RETURNING handler",
+                   AND NOT (handler = ANY($1)) RETURNING handler, state",
                 &[&configured, &config_path, &since],
             )
             .await?,
         );
         tx.commit().await?;
-        Ok(Orphans { orphaned, resumed })
+        Ok(Orphans { orphaned, in_flight, resumed })
     }
 
     /// See [`crate::store::Store::handler_counts`].

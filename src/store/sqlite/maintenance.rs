@@ -174,28 +174,33 @@ impl Maintenance for SqliteStore {
         let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         self.run(move |conn| {
             let tx = conn.transaction()?;
-            let per_handler = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<BTreeMap<String, i64>, StoreError> {
-                let mut counts = BTreeMap::new();
+            // Rows as (handler, state), counted per handler: pending ones, and running ones.
+            let per_handler = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<[BTreeMap<String, i64>; 2], StoreError> {
+                let mut counts = [BTreeMap::new(), BTreeMap::new()];
                 let mut stmt = tx.prepare(sql)?;
                 let mut rows = stmt.query(params)?;
                 while let Some(row) = rows.next()? {
-                    *counts.entry(row.get(0)?).or_default() += 1;
+                    let running = row.get::<_, String>(1)? == "running";
+                    *counts[usize::from(running)].entry(row.get(0)?).or_default() += 1;
                 }
                 Ok(counts)
             };
-            let resumed = per_handler(
+            let [mut resumed, running] = per_handler(
                 "UPDATE deliveries SET orphaned_reason = NULL
-                 WHERE orphaned_reason IS NOT NULL AND handler IN (SELECT value FROM json_each(?1)) RETURNING handler",
+                 WHERE orphaned_reason IS NOT NULL AND handler IN (SELECT value FROM json_each(?1)) RETURNING handler, state",
                 &[&configured],
             )?;
-            let orphaned = per_handler(
+            for (handler, n) in running {
+                *resumed.entry(handler).or_default() += n;
+            }
+            let [orphaned, in_flight] = per_handler(
                 "UPDATE deliveries SET orphaned_reason = 'no handler named `' || handler || '` in ' || ?2 || ' since ' || ?3
                  WHERE state IN ('pending', 'running') AND orphaned_reason IS NULL
-                   AND handler NOT IN (SELECT value FROM json_each(?1)) RETURNING handler",
+                   AND handler NOT IN (SELECT value FROM json_each(?1)) RETURNING handler, state",
                 &[&configured, &config_path, &since],
             )?;
             tx.commit()?;
-            Ok(Orphans { orphaned, resumed })
+            Ok(Orphans { orphaned, in_flight, resumed })
         })
         .await
     }
