@@ -5,9 +5,9 @@
 //!   Tencent's refusal would come later and say less.
 //! - [`inline_secrets`]: a secret written inline in a config file that every local user can
 //!   read gets a warning naming the key, the file, its mode and where the secret belongs.
-//! - [`no_secret_key`] and [`credential_loaded`]: the words for a missing secret key. The
+//! - [`crate::config::credential::no_secret_key`] and [`crate::config::credential::credential_loaded`]: the words for a missing secret key. The
 //!   packaged unit loads the credential `vod-secret-key` from `/etc/vod-eventd/secret-key`
-//!   with a `SetCredential=` default of [`NOT_LOADED`]`PATH`, so a missing file starts the
+//!   with a `SetCredential=` default of [`crate::config::credential::NOT_LOADED`]`PATH`, so a missing file starts the
 //!   daemon (systemd only fails a `LoadCredential=` that has no default), which then names
 //!   the file to write instead of systemd's `243/CREDENTIALS`.
 

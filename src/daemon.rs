@@ -559,7 +559,7 @@ const FIRST_PRUNE_DELAY: Duration = Duration::from_secs(300);
 const PRUNE_PAUSE: Duration = Duration::from_millis(20);
 
 /// Prunes old, fully delivered events every `interval`, in short steps (see
-/// [`Store::prune`]), stopping between steps at shutdown.
+/// [`crate::store::Maintenance::prune`]), stopping between steps at shutdown.
 async fn prune_loop(
     store: Store,
     metrics: Arc<Metrics>,

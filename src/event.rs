@@ -19,7 +19,7 @@ pub struct ReceivedEvent {
     /// The `eventContent` exactly as Tencent sent it.
     pub content: String,
     /// SHA-256 of the canonical form of `content` (keys sorted, no whitespace); for a source
-    /// other than the default one, mixed with the source's name (see [`ReceivedEvent::from_source`]).
+    /// other than the default one, mixed with the source's name (see [`ReceivedEvent::with_source`]).
     pub dedupe_key: [u8; 32],
     /// `eventType`, or [`MISSING_TYPE`].
     pub event_type: String,
@@ -33,7 +33,7 @@ pub struct ReceivedEvent {
     pub task_id: Option<String>,
     /// The API it came from.
     pub api: ApiVersion,
-    /// The source it was pulled from ([`DEFAULT_SOURCE`] until [`ReceivedEvent::from_source`]).
+    /// The source it was pulled from ([`DEFAULT_SOURCE`] until [`ReceivedEvent::with_source`]).
     pub source: String,
     /// The app (`SubAppId`) it was pulled from; `None`: the default app.
     pub sub_app_id: Option<u64>,

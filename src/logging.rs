@@ -66,7 +66,7 @@ mod tests {
         for target in ["tokio_postgres::query", "tokio_postgres", "postgres_protocol::message", "deadpool_postgres"] {
             assert!(is_database_client(target), "{target}");
         }
-        for target in ["vod_eventd::store::pg", "hyper", "rustls::client"] {
+        for target in ["vod_eventd::store::postgres", "hyper", "rustls::client"] {
             assert!(!is_database_client(target), "{target}");
         }
     }

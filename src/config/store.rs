@@ -112,7 +112,7 @@ impl StoreConfig {
     /// What `config check` should warn about: a PostgreSQL URL whose host is not on this
     /// machine, with an `sslmode` that does not check the server's certificate (`disable`,
     /// `prefer`, the default, or `require`): DRM data keys travel that connection. `verify-ca`
-    /// checks the host name here too (see `store::pg::tls`), so it is as good as
+    /// checks the host name here too (see `store::postgres::tls`), so it is as good as
     /// `verify-full`.
     pub fn warnings(&self) -> Vec<String> {
         let Some(url) = self.postgres_url() else { return Vec::new() };

@@ -2,7 +2,7 @@
 //! A delivery is claimed (`pending` → `running`) before its attempt and settled
 //! (`done`, `dead`, or `pending` again with a later `next_attempt_at`) in the same
 //! transaction that records the attempt. A claim carries a lease: a `running` row whose
-//! lease passed without an outcome is returned to `pending` by [`Store::sweep_expired_leases`],
+//! lease passed without an outcome is returned to `pending` by [`crate::store::Outbox::sweep_expired_leases`],
 //! and rows left `running` by a crash are requeued at the next start. An outcome only
 //! settles its delivery while no later attempt has claimed it, so a late outcome never
 //! overrides a newer one; it is recorded in `attempts` either way.
@@ -37,7 +37,7 @@ pub fn webhook_id(dedupe_key: &[u8], occurrence: i64, handler: &str) -> String {
     format!("msg_{}", &crate::event::hex(&h.finalize())[..32])
 }
 
-/// How an attempt ended, for [`Store::finish_attempt`].
+/// How an attempt ended, for [`crate::store::Outbox::finish_attempt`].
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     /// The delivery.
@@ -121,7 +121,7 @@ pub struct AttemptRow {
     pub excerpt: Option<String>,
 }
 
-/// Filters for [`Store::list_deliveries`].
+/// Filters for [`crate::store::Outbox::list_deliveries`].
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
     /// Only this state.
@@ -132,7 +132,7 @@ pub struct DeliveryFilter {
     pub limit: u32,
 }
 
-/// What the dispatcher asks of one handler in [`Store::settle_and_claim`].
+/// What the dispatcher asks of one handler in [`crate::store::Outbox::settle_and_claim`].
 #[derive(Clone)]
 pub struct Want {
     /// The handler.
@@ -177,7 +177,7 @@ pub enum BreakerStep {
     },
 }
 
-/// What [`Store::settle_and_claim`] claimed.
+/// What [`crate::store::Outbox::settle_and_claim`] claimed.
 #[derive(Debug, Default)]
 pub struct Claimed {
     /// The claimed deliveries, each with the index of its [`Want`].

@@ -56,7 +56,7 @@ pub struct EventRow {
     pub content: String,
 }
 
-/// Filters for [`Store::list_events`].
+/// Filters for [`crate::store::History::list_events`].
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     /// Exact event type.
@@ -76,7 +76,7 @@ pub struct EventFilter {
 /// never for a redelivery.
 pub type RouteFn = dyn Fn(&ReceivedEvent) -> Routed + Send + Sync;
 
-/// One pulled batch for [`Store::ingest`]: its events and how to route the new ones.
+/// One pulled batch for [`crate::store::History::ingest`]: its events and how to route the new ones.
 #[derive(Clone)]
 pub struct Batch {
     /// The events, in pull order.

@@ -63,10 +63,10 @@ pub struct Paused {
 /// The handlers operations every backend implements.
 #[async_trait]
 pub trait Handlers: Send + Sync {
-    /// Pauses `handler` by hand (see [`pause`]); who paused it before, if anyone.
+    /// Pauses `handler` by hand; who paused it before, if anyone.
     fn pause_handler(&self, handler: &str, reason: Option<&str>) -> Result<Option<String>, StoreError>;
 
-    /// Resumes `handler`, however it was paused (see [`resume`]); how long it was paused, ms.
+    /// Resumes `handler`, however it was paused; how long it was paused, ms. Its deliveries not yet done have their `created_at` moved forward by the time paused.
     fn resume_handler(&self, handler: &str) -> Result<Option<i64>, StoreError>;
 
     /// One line per handler: those `configured`, and any other that has deliveries.

@@ -1,5 +1,5 @@
 //! The `drm_keys` table: data keys fetched for EDKs, stored once. Key material leaves
-//! only through [`Store::get_key`] (for `keys get`), never through listings or logs.
+//! only through [`crate::store::Keys::get_key`] (for `keys get`), never through listings or logs.
 
 use async_trait::async_trait;
 use serde::Serialize;

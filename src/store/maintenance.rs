@@ -27,7 +27,7 @@ pub struct HandlerCounts {
     pub orphaned_reason: Option<String>,
 }
 
-/// Deliveries whose handler went away, or came back, in one [`Store::sync_orphans`].
+/// Deliveries whose handler went away, or came back, in one [`crate::store::Maintenance::sync_orphans`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Orphans {
     /// Newly orphaned pending deliveries, per handler.
@@ -128,8 +128,8 @@ pub trait Maintenance: Send + Sync {
     /// are orphaned. Freed pages go back to
     /// the file system as it goes. Returns the number of events deleted.
     ///
-    /// Works in short steps, each its own transaction on at most [`PRUNE_BATCH`] events
-    /// or [`VACUUM_PAGES`] pages, and waits `pause` between steps with the connection
+    /// Works in short steps, each its own transaction on at most `PRUNE_BATCH` events
+    /// or `VACUUM_PAGES` pages, and waits `pause` between steps with the connection
     /// released, so the daemon's commits never wait for more than one step. Stops early
     /// (having deleted what it had) when `stop` is cancelled.
     async fn prune(

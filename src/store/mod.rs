@@ -42,8 +42,6 @@ pub use handlers::{HandlerOverview, Handlers, Paused, RECENT_ATTEMPTS};
 pub use inspect::{AttemptFact, DeliveryFact, Inspect};
 pub use keys::{KeyInfo, Keys, NewKey};
 pub use maintenance::{HandlerCounts, Maintenance, Orphans, Singleton};
-/// The PostgreSQL backend under the name earlier releases used.
-pub use postgres as pg;
 pub use ranges::{Range, RangeJob, Ranges, RANGE_BATCH};
 
 /// Brings every store trait into scope: `use crate::store::prelude::*;`.

@@ -3,8 +3,8 @@
 //! cursor, the last event or delivery id handled. Each batch of at most [`RANGE_BATCH`]
 //! rows is applied and the cursor advanced in one transaction, so an interrupted run
 //! loses at most its uncommitted batch, and a run with the same arguments resumes after
-//! the last committed one: nothing is replayed or retried twice. The same on PostgreSQL
-//! (`pg/ranges.rs`, same statements).
+//! the last committed one: nothing is replayed or retried twice. Both backends run the
+//! same statements (`sqlite/ranges.rs`).
 
 use async_trait::async_trait;
 use serde::Serialize;

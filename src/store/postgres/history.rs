@@ -86,7 +86,7 @@ impl PgStore {
             .map_err(|_| StoreError::Task("the PostgreSQL call panicked".into()))?
     }
 
-    /// See [`crate::store::Store::list_events`].
+    /// See [`crate::store::History::list_events`].
     pub async fn list_events(&self, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
         let client = self.client().await?;
         let rows = client
@@ -103,25 +103,25 @@ impl PgStore {
         Ok(rows.iter().map(event).collect())
     }
 
-    /// See [`crate::store::Store::get_event`].
+    /// See [`crate::store::History::get_event`].
     pub async fn get_event(&self, id: i64) -> Result<Option<EventRow>, StoreError> {
         let client = self.client().await?;
         Ok(client.query_opt(&format!("SELECT {COLUMNS} FROM events WHERE id = $1"), &[&id]).await?.as_ref().map(event))
     }
 
-    /// See [`crate::store::Store::count_events`].
+    /// See [`crate::store::History::count_events`].
     pub async fn count_events(&self) -> Result<i64, StoreError> {
         Ok(self.client().await?.query_one("SELECT count(*) FROM events", &[]).await?.get(0))
     }
 
-    /// See [`crate::store::Store::events_after`].
+    /// See [`crate::store::History::events_after`].
     pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<EventRow>, StoreError> {
         let client = self.client().await?;
         let sql = format!("SELECT {COLUMNS} FROM events WHERE id > $1 ORDER BY id LIMIT $2");
         Ok(client.query(&sql, &[&after, &i64::from(limit)]).await?.iter().map(event).collect())
     }
 
-    /// See [`crate::store::Store::event_files`].
+    /// See [`crate::store::History::event_files`].
     pub async fn event_files(&self, id: i64) -> Result<Vec<(String, String)>, StoreError> {
         let client = self.client().await?;
         let rows = client
@@ -130,7 +130,7 @@ impl PgStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// See [`crate::store::Store::event_deliveries`].
+    /// See [`crate::store::Outbox::event_deliveries`].
     pub async fn event_deliveries(&self, event_id: i64) -> Result<Vec<(DeliveryRow, Vec<AttemptRow>)>, StoreError> {
         let client = self.client().await?;
         let sql = format!(
@@ -161,7 +161,7 @@ impl PgStore {
         Ok(out)
     }
 
-    /// See [`crate::store::Store::list_deliveries`].
+    /// See [`crate::store::Outbox::list_deliveries`].
     pub async fn list_deliveries(&self, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
         let client = self.client().await?;
         let sql = format!(
@@ -172,7 +172,7 @@ impl PgStore {
         Ok(client.query(&sql, &[&f.state, &f.handler, &i64::from(f.limit)]).await?.iter().map(delivery).collect())
     }
 
-    /// See [`crate::store::Store::retry_dead`].
+    /// See [`crate::store::Outbox::retry_dead`].
     pub async fn retry_dead(&self, handler: Option<&str>) -> Result<usize, StoreError> {
         let now = crate::store::now_ms();
         let client = self.client().await?;
@@ -186,7 +186,7 @@ impl PgStore {
         Ok(n as usize)
     }
 
-    /// See [`crate::store::Store::replay`].
+    /// See [`crate::store::Outbox::replay`].
     pub async fn replay(&self, event_id: i64, handler: Option<&str>) -> Result<Vec<String>, StoreError> {
         let now = crate::store::now_ms();
         let mut client = self.client().await?;
@@ -207,7 +207,7 @@ impl PgStore {
         Ok(handlers)
     }
 
-    /// See [`crate::store::Store::pause_handler`].
+    /// See [`crate::store::Handlers::pause_handler`].
     pub async fn pause_handler(&self, handler: &str, reason: Option<&str>) -> Result<Option<String>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -216,7 +216,7 @@ impl PgStore {
         Ok(before)
     }
 
-    /// See [`crate::store::Store::resume_handler`].
+    /// See [`crate::store::Handlers::resume_handler`].
     pub async fn resume_handler(&self, handler: &str) -> Result<Option<i64>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -225,7 +225,7 @@ impl PgStore {
         Ok(was)
     }
 
-    /// See [`crate::store::Store::handler_overview`] (the last success and error from the
+    /// See [`crate::store::Handlers::handler_overview`] (the last success and error from the
     /// latest done and dead deliveries and the newest failed attempt).
     pub async fn handler_overview(&self, configured: &[String]) -> Result<Vec<HandlerOverview>, StoreError> {
         let client = self.client().await?;
@@ -284,13 +284,13 @@ impl PgStore {
         Ok(rows.into_values().collect())
     }
 
-    /// See [`crate::store::Store::get_key`].
+    /// See [`crate::store::Keys::get_key`].
     pub async fn get_key(&self, edk: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let client = self.client().await?;
         Ok(client.query_opt("SELECT dk FROM drm_keys WHERE edk = $1", &[&edk]).await?.map(|r| r.get(0)))
     }
 
-    /// See [`crate::store::Store::list_keys`].
+    /// See [`crate::store::Keys::list_keys`].
     pub async fn list_keys(&self, file_id: Option<&str>, limit: u32) -> Result<Vec<KeyInfo>, StoreError> {
         let client = self.client().await?;
         let rows = client
@@ -313,7 +313,7 @@ impl PgStore {
             .collect())
     }
 
-    /// See [`crate::store::Store::events_by_type_since`].
+    /// See [`crate::store::Maintenance::events_by_type_since`].
     pub async fn events_by_type_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
         let client = self.client().await?;
         let rows = client
@@ -325,7 +325,7 @@ impl PgStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// See [`crate::store::Store::events_per_hour`].
+    /// See [`crate::store::Activity::events_per_hour`].
     pub async fn events_per_hour(&self, now: i64) -> Result<Hourly, StoreError> {
         let client = self.client().await?;
         let window = HOUR_MS * HOURS as i64;
@@ -343,7 +343,7 @@ impl PgStore {
         Ok(hourly)
     }
 
-    /// See [`crate::store::Store::failures_per_hour`].
+    /// See [`crate::store::Activity::failures_per_hour`].
     pub async fn failures_per_hour(&self, now: i64) -> Result<BTreeMap<String, Hourly>, StoreError> {
         let client = self.client().await?;
         let window = HOUR_MS * HOURS as i64;
@@ -362,7 +362,7 @@ impl PgStore {
         Ok(by_handler)
     }
 
-    /// See [`crate::store::Store::oldest_event_ms`].
+    /// See [`crate::store::Maintenance::oldest_event_ms`].
     pub async fn oldest_event_ms(&self) -> Result<Option<i64>, StoreError> {
         Ok(self.client().await?.query_one("SELECT min(received_at) FROM events", &[]).await?.get(0))
     }

@@ -1,5 +1,5 @@
 //! Storing events on PostgreSQL: one transaction per pulled batch, with the same
-//! occurrence rules as the SQLite store (`store/events.rs`): a content whose latest row is
+//! occurrence rules as the SQLite store (`store/sqlite/events.rs`): a content whose latest row is
 //! not confirmed folds into it (`times_seen`), one whose latest row was confirmed gets a
 //! new occurrence, and a new row gets its files and its deliveries in the same
 //! transaction. The insert is `ON CONFLICT (dedupe_key, occurrence)`: when another host
@@ -203,7 +203,7 @@ async fn dead_alerts(tx: &Transaction<'_>, ids: &[i64]) -> Result<Vec<Alert>, St
 }
 
 impl PgStore {
-    /// See [`crate::store::Store::insert_events`].
+    /// See [`crate::store::History::insert_events`].
     pub async fn insert_batch(
         &self,
         events: &[ReceivedEvent],
@@ -218,7 +218,7 @@ impl PgStore {
         Ok(out)
     }
 
-    /// See [`crate::store::Store::ingest`]: the confirmed rows, then every batch, in one
+    /// See [`crate::store::History::ingest`]: the confirmed rows, then every batch, in one
     /// transaction.
     pub async fn ingest(
         &self,
@@ -248,7 +248,7 @@ impl PgStore {
         Ok(batches.iter().map(|b| rows.by_ref().take(b.events.len()).collect()).collect())
     }
 
-    /// See [`crate::store::Store::raise_alert`].
+    /// See [`crate::store::Alerts::raise_alert`].
     pub async fn raise_alert(&self, alert: &Alert, route: &RouteFn) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -257,7 +257,7 @@ impl PgStore {
         Ok(routed)
     }
 
-    /// See [`crate::store::Store::raise_alerts_for_dead`].
+    /// See [`crate::store::Alerts::raise_alerts_for_dead`].
     pub async fn raise_alerts_for_dead(&self, ids: &[i64], route: &RouteFn) -> Result<usize, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -270,7 +270,7 @@ impl PgStore {
         Ok(routed)
     }
 
-    /// See [`crate::store::Store::dead_since`].
+    /// See [`crate::store::Alerts::dead_since`].
     pub async fn dead_since(&self, since_ms: i64, limit: i64) -> Result<Vec<(i64, i64)>, StoreError> {
         let client = self.client().await?;
         let rows = client

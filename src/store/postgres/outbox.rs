@@ -117,7 +117,7 @@ async fn breaker(tx: &Transaction<'_>, want: &Want, now: i64) -> Result<bool, St
     }
 }
 
-/// How many of `want` to claim given its pause (see `store/deliveries.rs` `claimable`).
+/// How many of `want` to claim given its pause (see `store/sqlite/deliveries.rs` `claimable`).
 async fn claimable(
     tx: &Transaction<'_>,
     i: usize,
@@ -210,7 +210,7 @@ async fn claim(tx: &Transaction<'_>, wants: &[Want], now: i64, instance: &str) -
 }
 
 impl PgStore {
-    /// See [`crate::store::Store::settle_and_claim`]. `data_version` is always 0 here:
+    /// See [`crate::store::Outbox::settle_and_claim`]. `data_version` is always 0 here:
     /// the dispatcher steps every poll interval on PostgreSQL (other hosts write all the time).
     pub async fn settle_and_claim(
         &self,

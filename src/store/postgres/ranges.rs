@@ -1,5 +1,5 @@
 //! Replays and retries by range on PostgreSQL: the same jobs, statements and rules as the
-//! SQLite store's (`store/ranges.rs`), each batch and its cursor in one transaction.
+//! SQLite store's (`store/sqlite/ranges.rs`), each batch and its cursor in one transaction.
 
 use deadpool_postgres::GenericClient;
 
@@ -42,17 +42,17 @@ async fn count(c: &impl GenericClient, range: &Range, after: i64, since: i64, un
 }
 
 impl PgStore {
-    /// See [`crate::store::Store::range_job`].
+    /// See [`crate::store::Ranges::range_job`].
     pub async fn range_job(&self, kind: &str, args: &str) -> Result<Option<RangeJob>, StoreError> {
         load_job(&self.client().await?, kind, args).await
     }
 
-    /// See [`crate::store::Store::range_count`].
+    /// See [`crate::store::Ranges::range_count`].
     pub async fn range_count(&self, range: &Range, after: i64, since: i64, until: i64) -> Result<i64, StoreError> {
         count(&self.client().await?, range, after, since, until).await
     }
 
-    /// See [`crate::store::Store::start_range_job`].
+    /// See [`crate::store::Ranges::start_range_job`].
     pub async fn start_range_job(
         &self,
         range: &Range,
@@ -76,7 +76,7 @@ impl PgStore {
         Ok(job)
     }
 
-    /// See [`crate::store::Store::range_batch`].
+    /// See [`crate::store::Ranges::range_batch`].
     pub async fn range_batch(&self, job: &RangeJob, range: &Range, now: i64) -> Result<RangeJob, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;

@@ -1,6 +1,6 @@
 //! The rest of the daemon's store work on PostgreSQL: the heartbeat values
 //! (`daemon_state`), credentials that worked, orphaned deliveries, the per-handler counts,
-//! DRM keys, and retention pruning (in batches of [`PRUNE_BATCH`] events, each its own
+//! DRM keys, and retention pruning (in batches of `PRUNE_BATCH` events, each its own
 //! transaction; PostgreSQL's autovacuum gives the space back).
 
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use crate::store::{HandlerCounts, NewKey, Orphans, StoreError};
 const PRUNE_BATCH: i64 = 1000;
 
 impl PgStore {
-    /// See [`crate::store::Store::put_state`].
+    /// See [`crate::store::Maintenance::put_state`].
     pub async fn put_state(&self, values: &[(String, String)]) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -30,21 +30,21 @@ impl PgStore {
         Ok(())
     }
 
-    /// See [`crate::store::Store::state`].
+    /// See [`crate::store::Maintenance::state`].
     pub async fn state(&self) -> Result<BTreeMap<String, String>, StoreError> {
         let client = self.client().await?;
         let rows = client.query("SELECT key, value FROM daemon_state", &[]).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// See [`crate::store::Store::credentials_worked`].
+    /// See [`crate::store::Maintenance::credentials_worked`].
     pub async fn credentials_worked(&self, fingerprint: &str) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let key = format!("pull_ok:{fingerprint}");
         Ok(client.query_opt("SELECT 1 FROM daemon_state WHERE key = $1", &[&key]).await?.is_some())
     }
 
-    /// See [`crate::store::Store::remember_credentials`].
+    /// See [`crate::store::Maintenance::remember_credentials`].
     pub async fn remember_credentials(&self, fingerprint: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
         let key = format!("pull_ok:{fingerprint}");
@@ -57,7 +57,7 @@ impl PgStore {
         Ok(())
     }
 
-    /// See [`crate::store::Store::sync_orphans`].
+    /// See [`crate::store::Maintenance::sync_orphans`].
     pub async fn sync_orphans(&self, configured: &[String], config_path: &str) -> Result<Orphans, StoreError> {
         let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut client = self.client().await?;
@@ -95,7 +95,7 @@ impl PgStore {
         Ok(Orphans { orphaned, in_flight, resumed })
     }
 
-    /// See [`crate::store::Store::handler_counts`].
+    /// See [`crate::store::Maintenance::handler_counts`].
     pub async fn handler_counts(&self) -> Result<BTreeMap<String, HandlerCounts>, StoreError> {
         let client = self.client().await?;
         let rows = client
@@ -125,7 +125,7 @@ impl PgStore {
             .collect())
     }
 
-    /// See [`crate::store::Store::insert_keys`].
+    /// See [`crate::store::Keys::insert_keys`].
     pub async fn insert_keys(&self, keys: &[NewKey]) -> Result<usize, StoreError> {
         let now = crate::store::now_ms();
         let mut client = self.client().await?;
@@ -144,7 +144,7 @@ impl PgStore {
         Ok(added)
     }
 
-    /// See [`crate::store::Store::known_edks`].
+    /// See [`crate::store::Keys::known_edks`].
     pub async fn known_edks(&self, edks: Vec<String>) -> Result<Vec<String>, StoreError> {
         let client = self.client().await?;
         let rows = client.query("SELECT edk FROM drm_keys WHERE edk = ANY($1)", &[&edks]).await?;
@@ -152,7 +152,7 @@ impl PgStore {
         Ok(edks.into_iter().filter(|e| found.contains(e)).collect())
     }
 
-    /// See [`crate::store::Store::prune`].
+    /// See [`crate::store::Maintenance::prune`].
     pub async fn prune(
         &self,
         before_ms: i64,

@@ -1,3 +1,5 @@
+//! [`Activity`] on SQLite; the contract is in `store/activity.rs`.
+//!
 //! The last 24 hours hour by hour, for `status`: events received per hour, and failed
 //! handler attempts (outcome `retry` or `dead`) per hour and handler. Both read only the
 //! rows of that day, through the `received_at` index and the partial `attempts_failed` index.

@@ -1,3 +1,5 @@
+//! [`Alerts`] on SQLite; the contract is in `store/alerts.rs`.
+//!
 //! Storing alerts (see [`crate::alerts`]): the hold-back per kind and subject in
 //! `alert_log`, and the alert event with its deliveries, in one transaction; and the
 //! dead-delivery alerts, which skip deliveries of alert events (loop protection). An alert

@@ -1,8 +1,10 @@
+//! [`Outbox`] on SQLite; the contract is in `store/deliveries.rs`.
+//!
 //! The `deliveries` and `attempts` tables: the durable outbox the dispatcher works from.
 //! A delivery is claimed (`pending` → `running`) before its attempt and settled
 //! (`done`, `dead`, or `pending` again with a later `next_attempt_at`) in the same
 //! transaction that records the attempt. A claim carries a lease: a `running` row whose
-//! lease passed without an outcome is returned to `pending` by [`Store::sweep_expired_leases`],
+//! lease passed without an outcome is returned to `pending` by [`crate::store::Outbox::sweep_expired_leases`],
 //! and rows left `running` by a crash are requeued at the next start. An outcome only
 //! settles its delivery while no later attempt has claimed it, so a late outcome never
 //! overrides a newer one; it is recorded in `attempts` either way.
@@ -21,7 +23,7 @@ use crate::store::{
     AttemptRecord, AttemptRow, BreakerStep, Claimed, DeliveryFilter, DeliveryRow, Next, Outbox, StoreError, Want,
 };
 
-/// Records `outcomes` and settles their deliveries (see [`Store::settle_and_claim`]).
+/// Records `outcomes` and settles their deliveries (see [`crate::store::Outbox::settle_and_claim`]).
 fn settle(tx: &Connection, outcomes: &[AttemptRecord], now: i64) -> Result<(), StoreError> {
     if outcomes.is_empty() {
         return Ok(());
@@ -113,7 +115,7 @@ const CLAIM: &str =
                   ORDER BY next_attempt_at, created_at, orphaned_reason, state LIMIT ?3)
      RETURNING id";
 
-/// Claims due deliveries for each want (see [`Store::settle_and_claim`]).
+/// Claims due deliveries for each want (see [`crate::store::Outbox::settle_and_claim`]).
 fn claim(tx: &Connection, wants: &[Want], now: i64) -> Result<Claimed, StoreError> {
     let mut claimed = Claimed::default();
     for want in wants {

@@ -1,3 +1,5 @@
+//! [`History`] on SQLite; the contract is in `store/events.rs`.
+//!
 //! The `events` table: idempotent batch insert (one transaction per pulled batch) and the
 //! queries the history CLI shares with the daemon.
 

@@ -1,3 +1,5 @@
+//! [`Handlers`] on SQLite; the contract is in `store/handlers.rs`.
+//!
 //! Per-handler overview for `handlers list`: deliveries pending, in flight and dead, the
 //! last success and the last error. Every query is bounded whatever the history: counts
 //! read the partial index of each state not done, the set of handlers is found by index

@@ -1,5 +1,7 @@
+//! [`Keys`] on SQLite; the contract is in `store/keys.rs`.
+//!
 //! The `drm_keys` table: data keys fetched for EDKs, stored once. Key material leaves
-//! only through [`Store::get_key`] (for `keys get`), never through listings or logs.
+//! only through [`crate::store::Keys::get_key`] (for `keys get`), never through listings or logs.
 
 use rusqlite::{params, OptionalExtension};
 

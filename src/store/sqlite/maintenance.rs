@@ -1,3 +1,5 @@
+//! [`Maintenance`] on SQLite; the contract is in `store/maintenance.rs`.
+//!
 //! Keeping the store healthy and bounded: the daemon's heartbeat (`daemon_state`),
 //! retention pruning with incremental vacuum (in short steps that leave the connection
 //! to the pipeline in between), the size cap, and the figures `status` and `/metrics`

@@ -1,3 +1,5 @@
+//! [`Ranges`] on SQLite; the contract is in `store/ranges.rs`.
+//!
 //! Replays and retries by range (`events replay --since`, `deliveries retry --state`): a
 //! job row (`range_jobs`) per kind and arguments holds the resolved time window and a
 //! cursor, the last event or delivery id handled. Each batch of at most [`RANGE_BATCH`]
