@@ -8,7 +8,7 @@
 //!
 //! One limiter per credential (SecretId) and API, shared by every source that uses it
 //! ([`LimiterPool`]): Tencent documents these limits per account and action and says
-//! nothing of a split per app (sub-application) [UNCONFIRMED], so two apps pulled with one
+//! nothing of a split per app (sub-application) \[UNCONFIRMED\], so two apps pulled with one
 //! key are assumed to spend one budget. The sources of one credential and API must agree on
 //! `rate_limit_per_minute` (the config check refuses a config where they differ), so the
 //! shared rate is theirs; a reload that changes it restarts every source using it, and the

@@ -6,7 +6,7 @@ use std::path::Path;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-/// A secret as its SHA-256, so [`restart_needed`] sees it change without holding it.
+/// A secret as its SHA-256, so [`super::restart_needed`] sees it change without holding it.
 pub(super) fn digest<S: serde::Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
     use sha2::Digest as _;
     let hash = secret.as_ref().map(|k| format!("{:x}", sha2::Sha256::digest(k.expose_secret().as_bytes())));
