@@ -15,8 +15,8 @@ use serde_json::json;
 
 use super::PgStore;
 use crate::alert_event::{Alert, AlertKind, ALERT_HOLD};
-use crate::names::ALERT_SOURCE;
 use crate::event::ReceivedEvent;
+use crate::names::ALERT_SOURCE;
 use crate::route::Routed;
 use crate::store::deliveries::webhook_id;
 use crate::store::{Batch, Inserted, RouteFn, StoreError};
