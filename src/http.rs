@@ -1,8 +1,12 @@
 //! The optional metrics and health listener (`[metrics] listen`): `/metrics` in the
 //! Prometheus (OpenMetrics) text format, with the store-derived gauges refreshed at each
 //! scrape, and `/healthz` (200 while healthy, 503 with the reasons otherwise). Meant for
-//! loopback; it serves nothing secret.
+//! loopback; it serves nothing secret. [`serve_with`] is the accept loop every listener
+//! shares (this one and the key server's): a connection cap, a header read timeout and a
+//! cap on the request head.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +14,9 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -33,29 +37,77 @@ pub struct Endpoints {
     pub max_pull_age: Duration,
 }
 
+/// What a listener allows each client: how many connections at once, how long a request's
+/// line and headers may take to arrive (slowloris), how large they may be.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once; more wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// Time to send a request line and its headers, from the first byte.
+    pub header_read_timeout: Duration,
+    /// The request line and headers together, at most this many bytes (431 above; hyper's
+    /// floor is 8 KiB).
+    pub max_header_bytes: usize,
+}
+
+/// The metrics listener's limits: a scraper or two, on loopback.
+const METRICS_LIMITS: Limits =
+    Limits { max_connections: 64, header_read_timeout: Duration::from_secs(10), max_header_bytes: 16 * 1024 };
+
 /// Serves until `shutdown`.
 pub async fn serve(listener: TcpListener, endpoints: Endpoints, shutdown: CancellationToken) {
+    serve_with(listener, METRICS_LIMITS, shutdown, "Metrics", move |req, _peer| {
+        let endpoints = endpoints.clone();
+        async move { endpoints.answer(req).await }
+    })
+    .await
+}
+
+/// Serves HTTP/1.1 on `listener` with `answer` until `shutdown`, under `limits`: the one
+/// accept loop of every listener of vod-eventd (`/metrics`, the key server). `name` says
+/// which in a log line.
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    limits: Limits,
+    shutdown: CancellationToken,
+    name: &'static str,
+    answer: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut connections = JoinSet::new();
     loop {
-        let stream = tokio::select! {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::warn!(error = %e, "Metrics listener accept failed.");
+                    tracing::warn!(error = %e, "{name} listener accept failed.");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
         while connections.try_join_next().is_some() {}
-        let endpoints = endpoints.clone();
+        let answer = answer.clone();
         connections.spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
-                let endpoints = endpoints.clone();
-                async move { Ok::<_, std::convert::Infallible>(endpoints.answer(req).await) }
+                let answer = answer.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(req, peer).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
     connections.abort_all();
@@ -102,7 +154,7 @@ impl Endpoints {
     }
 }
 
-fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, content_type)
