@@ -1,0 +1,356 @@
+//! `vod-eventd keyserver`, the real binary over a real socket, on a store holding keys
+//! inserted through the store's interface, on SQLite and on PostgreSQL: every auth case, a
+//! key served for its own file only, CORS, the rate limit, the abuse limits of the
+//! listener, and no key, token or whole EDK in its log.
+
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use tokio::process::{Child, Command};
+use vod_eventd::config::ApiVersion;
+use vod_eventd::event::ReceivedEvent;
+use vod_eventd::keyserver::token::{mint, Scope};
+use vod_eventd::store::{NewKey, Store};
+
+use crate::support::{cli, config_text, free_port, Backend};
+
+/// The signing secret and a retired one that still verifies.
+const NEW: &str = "new-token-secret-0123456789abcdefghij";
+const OLD: &str = "old-token-secret-0123456789abcdefghij";
+/// A secret the key server does not know.
+const STRANGER: &str = "stranger-secret-0123456789abcdefghijk";
+/// The page's origin.
+const PAGE: &str = "https://player.example";
+
+/// EDKs long enough that a whole one in a log line is unmistakable; the third is base64
+/// with `+`, `/` and `=`, as Tencent's are.
+const EDK1: &str = "CiAKHGVka2Zvci1maWxlLW9uZS0wMTIzNDU2Nzg5YWJjZGVm";
+const EDK2: &str = "CiAKHGVka2Zvci1maWxlLXR3by0wMTIzNDU2Nzg5YWJjZGVm";
+const EDK3: &str = "CiAK+GVka2Zvci/maWxlLW9uZS0wMTIzNDU2Nzg5YWJjZA==";
+const FILE1: &str = "5285890781763144364";
+const FILE2: &str = "5285890781763144999";
+
+/// A key server under test, with its temp dir and log.
+struct KeyServerUnderTest {
+    _dir: tempfile::TempDir,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    base: String,
+    _child: Child,
+    _store: Store,
+}
+
+impl KeyServerUnderTest {
+    fn url(&self, query: &str) -> String {
+        format!("{}/vod/key?{query}", self.base)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// A store of `backend` holding three keys (EDK1 and EDK3 of FILE1, EDK2 of FILE2), and
+/// the `[store]` keys that name it.
+async fn store_with_keys(backend: Backend, dir: &std::path::Path) -> (Store, String) {
+    let (store, store_extra) = match backend {
+        Backend::Sqlite => (Store::open(&dir.join("events.db"), Duration::from_secs(5)).unwrap(), String::new()),
+        Backend::Postgres => {
+            let url = crate::pg::database().await;
+            let config = vod_eventd::config::StoreConfig { url: Some(url.clone().into()), ..Default::default() };
+            let store = tokio::task::spawn_blocking(move || Store::open_for_cli(&config)).await.unwrap().unwrap();
+            (store, format!("url = \"{url}\"\n"))
+        }
+    };
+    let event = ReceivedEvent::from_content(
+        &format!(r#"{{"eventType":"ProcedureStateChanged","data":{{"fileId":"{FILE1}"}}}}"#),
+        ApiVersion::V2,
+    );
+    let event_id = store.insert_events(vec![(event, vec![])]).await.unwrap()[0].id;
+    let key = |edk: &str, file: &str, dk: u8| NewKey {
+        edk: edk.into(),
+        dk: [dk; 16],
+        file_id: Some(file.into()),
+        key_source: Some("VodBuildInKMS".into()),
+        definition: Some(10),
+        event_id,
+    };
+    let keys = vec![key(EDK1, FILE1, 0xa1), key(EDK2, FILE2, 0xb2), key(EDK3, FILE1, 0xc3)];
+    assert_eq!(store.insert_keys(keys).await.unwrap(), 3);
+    (store, store_extra)
+}
+
+/// Starts `vod-eventd keyserver` on a store of `backend` with keys, `[keyserver]` holding
+/// `keyserver` after the listen address; waits until `/healthz` answers 200.
+async fn start(backend: Backend, keyserver: &str) -> KeyServerUnderTest {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, store_extra) = store_with_keys(backend, dir.path()).await;
+    let port = free_port();
+    let extra = format!("[keyserver]\nlisten = \"127.0.0.1:{port}\"\n{keyserver}");
+    let config_path = dir.path().join("config.toml");
+    // The key server calls no Tencent API: the endpoint is never contacted.
+    let config = config_text(&dir.path().join("events.db"), "http://127.0.0.1:9/v2/index.php", &store_extra, &extra);
+    std::fs::write(&config_path, config).unwrap();
+    let log_path = dir.path().join("keyserver.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::from(cli())
+        .args(["keyserver", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "vod_eventd=trace")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn vod-eventd keyserver");
+    let ks = KeyServerUnderTest {
+        _dir: dir,
+        config_path,
+        log_path,
+        base: format!("http://127.0.0.1:{port}"),
+        _child: child,
+        _store: store,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match reqwest::get(format!("{}/healthz", ks.base)).await {
+            Ok(r) if r.status() == 200 => break,
+            _ => {
+                assert!(Instant::now() < deadline, "the key server did not answer /healthz:\n{}", ks.log());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    ks
+}
+
+fn secrets_line() -> String {
+    format!("path = \"/vod/key\"\ntoken_secrets = [\"{NEW}\", \"{OLD}\"]\nallow_origins = [\"{PAGE}\"]\nmax_age = \"10m\"\nrate_per_client = 0\n")
+}
+
+/// A token from `vod-eventd keys token`, as an operator mints one.
+fn cli_token(ks: &KeyServerUnderTest, args: &[&str]) -> String {
+    let out = cli().args(["keys", "token", "--config"]).arg(&ks.config_path).args(args).output().unwrap();
+    assert!(out.status.success(), "keys token: {}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(!token.is_empty() && !token.contains('.'), "{token}");
+    token
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn query(file: &str, edk: &str, token: Option<&str>) -> String {
+    let edk: String = percent_encoding::utf8_percent_encode(edk, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let mut q = format!("fileId={file}&keySource=VodBuildInKMS&edk={edk}");
+    if let Some(token) = token {
+        q.push_str(&format!("&token={token}"));
+    }
+    q
+}
+
+async fn get(url: &str) -> reqwest::Response {
+    reqwest::Client::new().get(url).send().await.unwrap()
+}
+
+both_stores!(keys_go_to_their_own_file_with_a_valid_token_only, cors_answers_listed_origins_only);
+
+async fn keys_go_to_their_own_file_with_a_valid_token_only(backend: Backend) {
+    let ks = start(backend, &secrets_line()).await;
+    let t1 = cli_token(&ks, &["--file-id", FILE1, "--ttl", "2h"]);
+
+    // The key, as a player fetches it.
+    let r = get(&ks.url(&query(FILE1, EDK1, Some(&t1)))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert_eq!(r.headers()["cache-control"], "private, max-age=600");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), vec![0xa1; 16], "the 16 raw bytes");
+    // A base64 EDK percent-encoded, or as it is (`+` stays `+`).
+    assert_eq!(get(&ks.url(&query(FILE1, EDK3, Some(&t1)))).await.bytes().await.unwrap().to_vec(), vec![0xc3; 16]);
+    let raw = format!("fileId={FILE1}&keySource=VodBuildInKMS&edk={EDK3}&token={t1}");
+    assert_eq!(get(&ks.url(&raw)).await.bytes().await.unwrap().to_vec(), vec![0xc3; 16]);
+    // HEAD: the headers, no body.
+    let head = reqwest::Client::new().head(ks.url(&query(FILE1, EDK1, Some(&t1)))).send().await.unwrap();
+    assert_eq!((head.status().as_u16(), head.headers()["content-length"].to_str().unwrap()), (200, "16"));
+    assert!(head.bytes().await.unwrap().is_empty());
+
+    // Auth: none, tampered, expired, for another file, from a secret it does not know.
+    assert_eq!(get(&ks.url(&query(FILE1, EDK1, None))).await.status(), 401);
+    let mut tampered = t1.clone().into_bytes();
+    let i = tampered.len() / 2;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    assert_eq!(get(&ks.url(&query(FILE1, EDK1, Some(std::str::from_utf8(&tampered).unwrap())))).await.status(), 403);
+    let files = |f: &str| Scope::Files(vec![f.to_string()]);
+    let expired = mint(NEW.as_bytes(), &files(FILE1), now() - 1).unwrap();
+    assert_eq!(get(&ks.url(&query(FILE1, EDK1, Some(&expired)))).await.status(), 403);
+    let t2 = cli_token(&ks, &["--file-id", FILE2]);
+    assert_eq!(get(&ks.url(&query(FILE1, EDK1, Some(&t2)))).await.status(), 403, "a token for another file");
+    let stranger = mint(STRANGER.as_bytes(), &files(FILE1), now() + 60).unwrap();
+    assert_eq!(get(&ks.url(&query(FILE1, EDK1, Some(&stranger)))).await.status(), 403);
+    assert_eq!(get(&ks.url(&query(FILE1, EDK1, Some("not-a-token")))).await.status(), 403);
+    // Rotation: a token of the retired secret still opens its file.
+    let old = mint(OLD.as_bytes(), &files(FILE1), now() + 60).unwrap();
+    assert_eq!(get(&ks.url(&query(FILE1, EDK1, Some(&old)))).await.status(), 200);
+
+    // A key only for its own file: a valid token for FILE1 never yields FILE2's key.
+    assert_eq!(get(&ks.url(&query(FILE1, EDK2, Some(&t1)))).await.status(), 404, "another file's EDK");
+    assert_eq!(get(&ks.url(&query(FILE2, EDK1, Some(&t2)))).await.status(), 404, "and the other way round");
+    assert_eq!(get(&ks.url(&query(FILE2, EDK2, Some(&t2)))).await.bytes().await.unwrap().to_vec(), vec![0xb2; 16]);
+    assert_eq!(get(&ks.url(&query(FILE1, "bm9zdWNoZWRr", Some(&t1)))).await.status(), 404, "an unknown EDK");
+    // A list and a prefix.
+    let both = cli_token(&ks, &["--file-id", FILE1, "--file-id", FILE2]);
+    assert_eq!(get(&ks.url(&query(FILE2, EDK2, Some(&both)))).await.status(), 200);
+    let prefix = cli_token(&ks, &["--prefix", "52858907817631443"]);
+    assert_eq!(get(&ks.url(&query(FILE1, EDK1, Some(&prefix)))).await.status(), 200);
+    assert_eq!(get(&ks.url(&query(FILE2, EDK2, Some(&prefix)))).await.status(), 403);
+
+    // Anything but exactly the key URI's query, another path, another method.
+    assert_eq!(get(&ks.url(&format!("{}&extra=1", query(FILE1, EDK1, Some(&t1))))).await.status(), 400);
+    assert_eq!(get(&ks.url(&format!("fileId={FILE1}&token={t1}"))).await.status(), 400);
+    assert_eq!(get(&format!("{}/other?{}", ks.base, query(FILE1, EDK1, Some(&t1)))).await.status(), 404);
+    let post = reqwest::Client::new().post(ks.url(&query(FILE1, EDK1, Some(&t1)))).send().await.unwrap();
+    assert_eq!(post.status(), 405);
+
+    // Nothing secret in the log, even at trace level.
+    let log = ks.log();
+    assert!(log.contains("Key server listening"), "{log}");
+    // The refusals were logged (at debug), so the checks below read real lines.
+    for line in ["Key request with a refused token", "No key stored for this file and EDK", "Key request refused"] {
+        assert!(log.contains(line), "no `{line}` in the log:\n{log}");
+    }
+    for secret in [t1.as_str(), t2.as_str(), old.as_str(), expired.as_str(), EDK1, EDK2, EDK3, NEW, OLD] {
+        assert!(!log.contains(secret), "the log holds a token, an EDK or a secret:\n{log}");
+    }
+    for dk in [0xa1u8, 0xb2, 0xc3] {
+        let b64 = base64::engine::general_purpose::STANDARD.encode([dk; 16]);
+        let hex = format!("{dk:02x}").repeat(16);
+        assert!(!log.contains(&b64) && !log.contains(&hex), "the log holds a key:\n{log}");
+    }
+}
+
+async fn cors_answers_listed_origins_only(backend: Backend) {
+    let ks = start(backend, &secrets_line()).await;
+    let token = mint(NEW.as_bytes(), &Scope::Files(vec![FILE1.into()]), now() + 60).unwrap();
+    let url = ks.url(&query(FILE1, EDK1, Some(&token)));
+    let client = reqwest::Client::new();
+    let listed = client.get(&url).header("Origin", PAGE).send().await.unwrap();
+    assert_eq!(listed.status(), 200);
+    assert_eq!(listed.headers()["access-control-allow-origin"], PAGE, "the origin echoed");
+    assert_eq!(listed.headers()["vary"], "Origin");
+    let other = client.get(&url).header("Origin", "https://elsewhere.example").send().await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none(), "never for an unlisted origin");
+    assert_eq!(other.headers()["vary"], "Origin");
+    let none = client.get(&url).send().await.unwrap();
+    assert!(none.headers().get("access-control-allow-origin").is_none());
+    // Refusals carry the header too, so the page's player can read the status.
+    let refused = client.get(ks.url(&query(FILE1, EDK1, None))).header("Origin", PAGE).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["access-control-allow-origin"], PAGE);
+
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "GET")
+            .send()
+    };
+    let ok = preflight(PAGE).await.unwrap();
+    assert_eq!(ok.status(), 204);
+    assert_eq!(ok.headers()["access-control-allow-origin"], PAGE);
+    assert_eq!(ok.headers()["access-control-allow-methods"], "GET, HEAD");
+    let refused = preflight("https://elsewhere.example").await.unwrap();
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+    assert!(refused.headers().get("access-control-allow-methods").is_none());
+    for header in [&listed, &other, &none] {
+        assert_ne!(header.headers().get("access-control-allow-origin").map(|v| v.as_bytes()), Some(&b"*"[..]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_above_its_rate_gets_429() {
+    let ks = start(Backend::Sqlite, &secrets_line().replace("rate_per_client = 0", "rate_per_client = 3")).await;
+    let token = mint(NEW.as_bytes(), &Scope::Files(vec![FILE1.into()]), now() + 60).unwrap();
+    let url = ks.url(&query(FILE1, EDK1, Some(&token)));
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(get(&url).await.status().as_u16());
+    }
+    assert_eq!(&statuses[..3], [200, 200, 200], "a burst of the rate passes");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let limited = get(&url).await;
+    if limited.status() == 429 {
+        assert_eq!(limited.headers()["retry-after"], "1");
+    }
+    // The bucket refills: served again within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&url).await.status() != 200 {
+        assert!(Instant::now() < deadline, "the client was not served again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_and_connections_are_capped() {
+    let extra = format!("{}max_connections = 1\nheader_read_timeout = \"1s\"\n", secrets_line());
+    let ks = start(Backend::Sqlite, &extra).await;
+    let address = ks.base.trim_start_matches("http://").to_string();
+    // A client that sends part of a request line and stops (slowloris) holds the only slot...
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    slow.write_all(b"GET /vod/key?fileId=1 HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // ...so another client is not answered meanwhile...
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    assert!(client.get(format!("{}/healthz", ks.base)).send().await.is_err(), "answered past the connection cap");
+    // ...until the header read timeout closes the slow one.
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(started.elapsed() < Duration::from_secs(9), "the slow client was not cut");
+    let r = reqwest::get(format!("{}/healthz", ks.base)).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_none_serves_on_loopback_and_is_refused_elsewhere() {
+    let ks = start(Backend::Sqlite, "path = \"/vod/key\"\nauth = \"none\"\n").await;
+    let r = get(&ks.url(&query(FILE1, EDK1, None))).await;
+    assert_eq!(r.bytes().await.unwrap().to_vec(), vec![0xa1; 16]);
+    assert_eq!(get(&ks.url(&query(FILE1, EDK2, None))).await.status(), 404, "still only for its own file");
+    assert!(ks.log().contains("keyserver.auth = \"none\""), "warned: {}", ks.log());
+
+    // Off loopback without trust_proxy: refused by `config check`, and the key server does not start.
+    let config = std::fs::read_to_string(&ks.config_path).unwrap();
+    let open = config.replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:");
+    std::fs::write(&ks.config_path, &open).unwrap();
+    for args in [&["config", "check"][..], &["keyserver"][..]] {
+        let out = cli().args(args).arg("--config").arg(&ks.config_path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {stderr}");
+        assert!(stderr.contains("keyserver.auth"), "{stderr}");
+    }
+    std::fs::write(&ks.config_path, open.replace("auth = \"none\"", "auth = \"none\"\ntrust_proxy = true")).unwrap();
+    let out = cli().args(["config", "check", "--config"]).arg(&ks.config_path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_section_or_a_secret_nothing_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("config.toml");
+    let base = config_text(&dir.path().join("events.db"), "http://127.0.0.1:9/v2/index.php", "", "");
+    std::fs::write(&config_path, &base).unwrap();
+    for args in [&["keyserver"][..], &["keys", "token", "--file-id", "f"][..]] {
+        let out = cli().args(args).arg("--config").arg(&config_path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code() == Some(78) && stderr.contains("[keyserver]"), "{args:?}: {stderr}");
+    }
+    std::fs::write(&config_path, format!("{base}[keyserver]\n")).unwrap();
+    for args in [&["keyserver"][..], &["keys", "token", "--file-id", "f"][..]] {
+        let out = cli().args(args).arg("--config").arg(&config_path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code() == Some(78) && stderr.contains("no token secret"), "{args:?}: {stderr}");
+    }
+}
