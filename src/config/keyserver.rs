@@ -83,15 +83,27 @@ impl KeyserverConfig {
     /// of `keyserver.token_secret_file`, else the systemd credential
     /// `vod-keyserver-token-secrets`. The message names where, never a value.
     pub fn secrets(&self) -> Result<Vec<SecretString>, String> {
+        self.secrets_in(std::env::var_os("CREDENTIALS_DIRECTORY").as_deref().map(Path::new))
+    }
+
+    /// [`KeyserverConfig::secrets`] with the credentials in `credentials` (systemd's
+    /// `$CREDENTIALS_DIRECTORY`).
+    pub fn secrets_in(&self, credentials: Option<&Path>) -> Result<Vec<SecretString>, String> {
         if !self.token_secrets.is_empty() {
             return Ok(self.token_secrets.clone());
         }
         if let Some(file) = &self.token_secret_file {
             return read_lines(file).map_err(|e| format!("keyserver.token_secret_file {}: {e}", file.display()));
         }
-        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-            let file = Path::new(&dir).join(TOKEN_SECRETS_CREDENTIAL);
+        if let Some(dir) = credentials {
+            let file = dir.join(TOKEN_SECRETS_CREDENTIAL);
             if file.exists() {
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                if let Some(missing) = text.trim().strip_prefix(super::credential::NOT_LOADED) {
+                    return Err(format!(
+                        "no token secret: the systemd credential `{TOKEN_SECRETS_CREDENTIAL}` was not loaded because {missing} is missing; write one there (`openssl rand -base64 32 | sudo install -m 0600 /dev/stdin {missing}`), then `systemctl restart vod-eventd-keyserver`"
+                    ));
+                }
                 return read_lines(&file).map_err(|e| format!("systemd credential {}: {e}", file.display()));
             }
         }

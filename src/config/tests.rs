@@ -446,6 +446,22 @@ fn keyserver_secrets_come_from_a_file_one_per_line() {
     let c = parse(&format!("{MINIMAL}[keyserver]\ntoken_secret_file = \"{}\"\n", file.display())).unwrap();
     let secrets = c.keyserver.unwrap().secrets().unwrap();
     assert_eq!(secrets.iter().map(|s| s.expose_secret().to_string()).collect::<Vec<_>>(), [a, b]);
+    // The packaged unit's stand-in when its file is missing is never taken for a secret.
+    let credentials = tempfile::tempdir().unwrap();
+    std::fs::write(
+        credentials.path().join(TOKEN_SECRETS_CREDENTIAL),
+        "not-loaded:/etc/vod-eventd/keyserver-token-secrets-which-is-long",
+    )
+    .unwrap();
+    let section = KeyserverConfig::default();
+    let e = section.secrets_in(Some(credentials.path())).unwrap_err();
+    assert!(
+        e.contains("was not loaded because /etc/vod-eventd/keyserver-token-secrets-which-is-long is missing"),
+        "{e}"
+    );
+    let good = "c".repeat(MIN_TOKEN_SECRET_LEN);
+    std::fs::write(credentials.path().join(TOKEN_SECRETS_CREDENTIAL), format!("{good}\n")).unwrap();
+    assert_eq!(section.secrets_in(Some(credentials.path())).unwrap()[0].expose_secret(), good);
     std::fs::write(&file, "tooshort\n").unwrap();
     let c = parse(&format!("{MINIMAL}[keyserver]\ntoken_secret_file = \"{}\"\n", file.display())).unwrap();
     let e = c.keyserver.unwrap().secrets().unwrap_err();
