@@ -57,6 +57,8 @@ fn example_routes_and_handlers_are_valid_once_uncommented() {
     assert!(c.routes[2].when.is_some(), "the filter example compiles");
     assert_eq!(c.handlers.len(), 3);
     assert_eq!(c.dispatch.retry_schedule, crate::retry::default_schedule());
+    let keyserver = c.keyserver.expect("the [keyserver] example");
+    assert_eq!((keyserver.path.as_str(), keyserver.allow_origins.len()), ("/key", 1));
 }
 
 #[test]

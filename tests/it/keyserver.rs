@@ -311,6 +311,12 @@ async fn slow_headers_are_cut_and_connections_are_capped() {
     assert!(started.elapsed() < Duration::from_secs(9), "the slow client was not cut");
     let r = reqwest::get(format!("{}/healthz", ks.base)).await.unwrap();
     assert_eq!(r.status(), 200);
+    // A request head above 16 KiB is refused.
+    let big =
+        reqwest::Client::new().get(format!("{}/healthz", ks.base)).header("X-Big", "a".repeat(20_000)).send().await;
+    if let Ok(r) = big {
+        assert_eq!(r.status(), 431);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,5 +358,50 @@ async fn without_a_section_or_a_secret_nothing_starts() {
         let out = cli().args(args).arg("--config").arg(&config_path).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.code() == Some(78) && stderr.contains("no token secret"), "{args:?}: {stderr}");
+    }
+}
+
+/// The README's Python recipe, verbatim.
+const PYTHON_RECIPE: &str = r#"import base64, hashlib, hmac, time
+
+def key_token(secret: str, file_id: str, ttl: int = 7200) -> str:
+    payload = f"vod1:{int(time.time()) + ttl}:f={file_id}".encode()
+    mac = hmac.new(secret.encode(), payload, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode()
+"#;
+
+/// The README's shell recipe after its two assignments (`secret`, `file_id`), verbatim.
+const SHELL_RECIPE: &str = r#"payload="vod1:$(( $(date +%s) + 7200 )):f=$file_id"
+{ printf '%s' "$payload"; printf '%s' "$payload" | openssl dgst -sha256 -hmac "$secret" -binary; } \
+    | openssl base64 -A | tr '+/' '-_' | tr -d '='
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_recipes_mint_tokens_the_key_server_takes() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains(PYTHON_RECIPE), "the README's Python recipe changed: update PYTHON_RECIPE");
+    assert!(readme.contains(SHELL_RECIPE), "the README's shell recipe changed: update SHELL_RECIPE");
+    let ks = start(Backend::Sqlite, &secrets_line()).await;
+    let python = crate::support::command("python3")
+        .arg("-c")
+        .arg(format!("{PYTHON_RECIPE}\nimport sys\nprint(key_token(sys.argv[1], sys.argv[2]))"))
+        .args([NEW, FILE1])
+        .output()
+        .expect("python3");
+    assert!(python.status.success(), "{}", String::from_utf8_lossy(&python.stderr));
+    let shell = crate::support::command("sh")
+        .arg("-c")
+        .arg(SHELL_RECIPE)
+        .env("secret", NEW)
+        .env("file_id", FILE1)
+        .output()
+        .expect("sh with openssl");
+    assert!(shell.status.success(), "{}", String::from_utf8_lossy(&shell.stderr));
+    for (how, out) in [("Python", python.stdout), ("shell", shell.stdout)] {
+        let token = String::from_utf8(out).unwrap().trim().to_string();
+        assert!(!token.contains('.') && !token.contains('='), "{how}: {token}");
+        let r = get(&ks.url(&query(FILE1, EDK1, Some(&token)))).await;
+        assert_eq!(r.status(), 200, "a token minted in {how}");
+        assert_eq!(get(&ks.url(&query(FILE2, EDK2, Some(&token)))).await.status(), 403, "{how}: for its file only");
     }
 }
