@@ -53,7 +53,7 @@ pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        crate::signal::cancel_on_signals(shutdown.clone())?;
+        let mut reloads = crate::signal::with_reload(shutdown.clone())?;
         let store = Store::open_for_keyserver(&config.store)
             .await
             .with_context(|| format!("opening the store named in {}", config_path.display()))?;
@@ -63,9 +63,42 @@ pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         tracing::info!(listen = %address, path = %section.path, auth = ?section.auth, "Key server listening.");
         notify(&[NotifyState::Ready, NotifyState::Status("serving keys")]);
-        KeyServer::new(section, store, secrets).serve(listener, shutdown).await;
+        let server = KeyServer::new(section.clone(), store, secrets);
+        let reloader = server.clone();
+        let path = config_path.to_path_buf();
+        tokio::spawn(async move {
+            while reloads.recv().await.is_some() {
+                reload(&reloader, &section, &path);
+            }
+        });
+        server.serve(listener, shutdown).await;
         notify(&[NotifyState::Stopping]);
         tracing::info!("Key server stopped.");
         Ok(())
     })
+}
+
+/// SIGHUP: the token secrets are read again (from the file or the credential); the rest of
+/// `[keyserver]` is as it was at start. A config that does not load changes nothing.
+fn reload(server: &KeyServer, running: &KeyserverConfig, config_path: &Path) {
+    if running.auth != KeyAuth::Token {
+        tracing::info!(
+            "SIGHUP: auth = \"none\", no token secrets to re-read; other [keyserver] settings take effect at restart."
+        );
+        return;
+    }
+    let loaded = super::load_config(config_path)
+        .and_then(|c| Ok(section(&c, config_path)?))
+        .and_then(|s| Ok(secrets(&s, config_path)?));
+    match loaded {
+        Ok(secrets) => {
+            let count = secrets.len();
+            server.set_secrets(secrets);
+            tracing::info!(
+                secrets = count,
+                "SIGHUP: token secrets re-read; other [keyserver] settings take effect at restart."
+            );
+        }
+        Err(e) => tracing::error!("SIGHUP: the token secrets were not re-read, the running ones stay: {e:#}"),
+    }
 }

@@ -13,6 +13,9 @@
 //!   (with `Vary: Origin`), never `*`.
 //! - `/healthz`: `200` while the store answers.
 //!
+//! SIGHUP re-reads the token secrets (rotation without a restart); the other settings take
+//! effect at the next start.
+//!
 //! No key, token or whole EDK goes into a log line: an EDK is shown by its first
 //! characters only.
 
@@ -23,6 +26,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -50,7 +54,8 @@ pub struct KeyServer {
 struct Inner {
     config: KeyserverConfig,
     store: Store,
-    verifier: Option<Verifier>,
+    /// With `auth = "token"`; its secrets are swapped on SIGHUP.
+    verifier: Option<ArcSwap<Verifier>>,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     cache_control: HeaderValue,
 }
@@ -71,12 +76,20 @@ impl KeyServer {
     /// A key server over `store` with `config`; `secrets` are the token secrets (the first
     /// signs; unused with `auth = "none"`).
     pub fn new(config: KeyserverConfig, store: Store, secrets: Vec<Vec<u8>>) -> KeyServer {
-        let verifier = (config.auth == KeyAuth::Token).then(|| Verifier::new(secrets));
+        let verifier = (config.auth == KeyAuth::Token).then(|| ArcSwap::from_pointee(Verifier::new(secrets)));
         let limiter = NonZeroU32::new(config.rate_per_client)
             .map(|rate| DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(rate)));
         let cache_control = HeaderValue::from_str(&format!("private, max-age={}", config.max_age.as_secs()))
             .expect("a number is a valid header value");
         KeyServer { inner: Arc::new(Inner { config, store, verifier, limiter, cache_control }) }
+    }
+
+    /// Replaces the token secrets (SIGHUP): tokens of a secret no longer listed are refused
+    /// from the next request on. Nothing changes with `auth = "none"`.
+    pub fn set_secrets(&self, secrets: Vec<Vec<u8>>) {
+        if let Some(verifier) = &self.inner.verifier {
+            verifier.store(Arc::new(Verifier::new(secrets)));
+        }
     }
 
     /// Serves on `listener` until `shutdown`.
@@ -192,8 +205,8 @@ impl KeyServer {
                 return (Outcome::NoToken, plain(StatusCode::UNAUTHORIZED, "a token is required\n"));
             };
             let now = chrono::Utc::now().timestamp();
-            if let Err(e) = verifier.verify(token, &request.file_id, now) {
-                tracing::debug!(file_id = %request.file_id, reason = e.label(), "Key request with a refused token.");
+            if let Err(e) = verifier.load().verify(token, &request.file_id, now) {
+                tracing::debug!(file_id = ?request.file_id, reason = e.label(), "Key request with a refused token.");
                 return (Outcome::Refused(e), plain(StatusCode::FORBIDDEN, "the token does not open this file\n"));
             }
         }
@@ -206,11 +219,11 @@ impl KeyServer {
                 (Outcome::Served, r)
             }
             Ok(Some(_)) => {
-                tracing::error!(file_id = %request.file_id, edk = %short(&request.edk), "The stored data key is not 16 bytes; not served.");
+                tracing::error!(file_id = ?request.file_id, edk = ?short(&request.edk), "The stored data key is not 16 bytes; not served.");
                 (Outcome::StoreDown, unavailable())
             }
             Ok(None) => {
-                tracing::debug!(file_id = %request.file_id, edk = %short(&request.edk), "No key stored for this file and EDK.");
+                tracing::debug!(file_id = ?request.file_id, edk = ?short(&request.edk), "No key stored for this file and EDK.");
                 (Outcome::Unknown, plain(StatusCode::NOT_FOUND, "no key for this file and EDK\n"))
             }
             Err(e) => {

@@ -39,13 +39,18 @@ struct KeyServerUnderTest {
     config_path: PathBuf,
     log_path: PathBuf,
     base: String,
-    _child: Child,
+    child: Child,
     _store: Store,
 }
 
 impl KeyServerUnderTest {
     fn url(&self, query: &str) -> String {
         format!("{}/vod/key?{query}", self.base)
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running");
+        crate::support::command("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
     }
 
     fn log(&self) -> String {
@@ -110,7 +115,7 @@ async fn start(backend: Backend, keyserver: &str) -> KeyServerUnderTest {
         config_path,
         log_path,
         base: format!("http://127.0.0.1:{port}"),
-        _child: child,
+        child,
         _store: store,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -404,4 +409,51 @@ async fn the_readme_recipes_mint_tokens_the_key_server_takes() {
         assert_eq!(r.status(), 200, "a token minted in {how}");
         assert_eq!(get(&ks.url(&query(FILE2, EDK2, Some(&token)))).await.status(), 403, "{how}: for its file only");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_the_token_secrets_without_a_restart() {
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("keyserver-token-secrets");
+    std::fs::write(&file, format!("{OLD}\n")).unwrap();
+    let ks =
+        start(Backend::Sqlite, &format!("path = \"/vod/key\"\ntoken_secret_file = \"{}\"\n", file.display())).await;
+    let token = |secret: &str| mint(secret.as_bytes(), &Scope::Files(vec![FILE1.into()]), now() + 600).unwrap();
+    let status = |token: String| {
+        let url = ks.url(&query(FILE1, EDK1, Some(&token)));
+        async move { get(&url).await.status().as_u16() }
+    };
+    assert_eq!(status(token(OLD)).await, 200);
+    assert_eq!(status(token(NEW)).await, 403, "not a secret yet");
+
+    // The new secret first, the old one still verifying.
+    std::fs::write(&file, format!("{NEW}\n{OLD}\n")).unwrap();
+    ks.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(token(NEW)).await != 200 {
+        assert!(Instant::now() < deadline, "the new secret was not taken:\n{}", ks.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(token(OLD)).await, 200, "the old one verifies until it is removed");
+    let cli = cli_token(&ks, &["--file-id", FILE1]);
+    assert_eq!(status(cli).await, 200, "keys token signs with the first");
+
+    // The old one retired.
+    std::fs::write(&file, format!("{NEW}\n")).unwrap();
+    ks.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(token(OLD)).await != 403 {
+        assert!(Instant::now() < deadline, "the old secret still verifies:\n{}", ks.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broken file changes nothing.
+    std::fs::write(&file, "short\n").unwrap();
+    ks.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ks.log().contains("the token secrets were not re-read") {
+        assert!(Instant::now() < deadline, "no error logged:\n{}", ks.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(token(NEW)).await, 200, "the running secrets stay");
+    assert!(!ks.log().contains(NEW) && !ks.log().contains(OLD), "no secret in the log");
 }
