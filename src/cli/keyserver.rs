@@ -61,6 +61,14 @@ pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("keyserver.listen {}: cannot listen", section.listen))?;
         let address = listener.local_addr()?;
+        let metrics = match section.metrics_listen {
+            Some(at) => Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("keyserver.metrics_listen {at}: cannot listen"))?,
+            ),
+            None => None,
+        };
         tracing::info!(listen = %address, path = %section.path, auth = ?section.auth, "Key server listening.");
         notify(&[NotifyState::Ready, NotifyState::Status("serving keys")]);
         let server = KeyServer::new(section.clone(), store, secrets);
@@ -71,6 +79,9 @@ pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
                 reload(&reloader, &section, &path);
             }
         });
+        if let Some(metrics) = metrics {
+            tokio::spawn(server.clone().serve_metrics(metrics, shutdown.clone()));
+        }
         server.serve(listener, shutdown).await;
         notify(&[NotifyState::Stopping]);
         tracing::info!("Key server stopped.");

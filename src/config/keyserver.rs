@@ -58,6 +58,9 @@ pub struct KeyserverConfig {
     pub header_read_timeout: Duration,
     /// Requests per second per client address (0: no limit); above it, 429.
     pub rate_per_client: u32,
+    /// Serve `/metrics` (requests by outcome, latency) here, apart from the players'
+    /// listener, e.g. `127.0.0.1:9465`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for KeyserverConfig {
@@ -74,6 +77,7 @@ impl Default for KeyserverConfig {
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
             rate_per_client: 50,
+            metrics_listen: None,
         }
     }
 }
@@ -141,6 +145,12 @@ impl KeyserverConfig {
         }
         if self.max_connections == 0 {
             bad("keyserver.max_connections", "must be at least 1".into());
+        }
+        if self.metrics_listen.is_some_and(|m| m == self.listen) {
+            bad(
+                "keyserver.metrics_listen",
+                "must differ from keyserver.listen: players must not read the metrics".into(),
+            );
         }
         if self.header_read_timeout.is_zero() {
             bad("keyserver.header_read_timeout", "must be above zero".into());

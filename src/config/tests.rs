@@ -436,6 +436,8 @@ fn keyserver_section_defaults_and_refusals() {
     let both = keys("token_secrets = [\"0123456789012345678901234567890123\"]\ntoken_secret_file = \"/x\"\n");
     assert!(both[0].starts_with("keyserver.token_secrets: set token_secrets or token_secret_file"), "{both:?}");
     assert!(keys("max_connections = 0\n")[0].starts_with("keyserver.max_connections"));
+    assert!(keys("metrics_listen = \"127.0.0.1:8700\"\n")[0].starts_with("keyserver.metrics_listen"));
+    assert!(keys("metrics_listen = \"127.0.0.1:9465\"\n").is_empty());
 }
 
 #[test]

@@ -13,12 +13,17 @@
 //!   (with `Vary: Origin`), never `*`.
 //! - `/healthz`: `200` while the store answers.
 //!
+//! With `metrics_listen`, `/metrics` there counts requests by outcome
+//! (`vod_eventd_keyserver_requests_total{outcome}`) and their latency
+//! (`vod_eventd_keyserver_request_seconds`), apart from the players' listener.
+//!
 //! SIGHUP re-reads the token secrets (rotation without a restart); the other settings take
 //! effect at the next start.
 //!
 //! No key, token or whole EDK goes into a log line: an EDK is shown by its first
 //! characters only.
 
+mod metrics;
 pub mod token;
 
 use std::net::{IpAddr, SocketAddr};
@@ -58,6 +63,7 @@ struct Inner {
     verifier: Option<ArcSwap<Verifier>>,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     cache_control: HeaderValue,
+    metrics: metrics::KeyMetrics,
 }
 
 /// What became of a key request, for the log line.
@@ -70,6 +76,25 @@ enum Outcome {
     Unknown,
     Limited,
     StoreDown,
+    Preflight,
+    Method,
+}
+
+impl Outcome {
+    /// The `outcome` label: a fixed set.
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Served => "served",
+            Outcome::BadRequest => "bad_request",
+            Outcome::NoToken => "no_token",
+            Outcome::Refused(e) => e.label(),
+            Outcome::Unknown => "unknown_pair",
+            Outcome::Limited => "rate_limited",
+            Outcome::StoreDown => "store_unavailable",
+            Outcome::Preflight => "preflight",
+            Outcome::Method => "method_not_allowed",
+        }
+    }
 }
 
 impl KeyServer {
@@ -81,7 +106,8 @@ impl KeyServer {
             .map(|rate| DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(rate)));
         let cache_control = HeaderValue::from_str(&format!("private, max-age={}", config.max_age.as_secs()))
             .expect("a number is a valid header value");
-        KeyServer { inner: Arc::new(Inner { config, store, verifier, limiter, cache_control }) }
+        let metrics = metrics::KeyMetrics::default();
+        KeyServer { inner: Arc::new(Inner { config, store, verifier, limiter, cache_control, metrics }) }
     }
 
     /// Replaces the token secrets (SIGHUP): tokens of a secret no longer listed are refused
@@ -90,6 +116,25 @@ impl KeyServer {
         if let Some(verifier) = &self.inner.verifier {
             verifier.store(Arc::new(Verifier::new(secrets)));
         }
+    }
+
+    /// Serves `/metrics` on `listener` until `shutdown` (`keyserver.metrics_listen`).
+    pub async fn serve_metrics(self, listener: TcpListener, shutdown: CancellationToken) {
+        serve_with(listener, metrics::LIMITS, shutdown, "Key server metrics", move |req, _peer| {
+            let server = self.clone();
+            async move {
+                if req.uri().path() == "/metrics" {
+                    crate::http::response(
+                        StatusCode::OK,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        server.inner.metrics.encode(),
+                    )
+                } else {
+                    plain(StatusCode::NOT_FOUND, "try /metrics\n")
+                }
+            }
+        })
+        .await
     }
 
     /// Serves on `listener` until `shutdown`.
@@ -139,23 +184,25 @@ impl KeyServer {
         if path != self.inner.config.path {
             return plain(StatusCode::NOT_FOUND, "not found\n");
         }
+        let started = std::time::Instant::now();
         let origin = req.headers().get(header::ORIGIN).filter(|o| self.allowed(o)).cloned();
-        let mut response = match *req.method() {
-            Method::OPTIONS => preflight(origin.is_some()),
+        let (outcome, mut response) = match *req.method() {
+            Method::OPTIONS => (Outcome::Preflight, preflight(origin.is_some())),
             Method::GET | Method::HEAD => {
                 let client = self.client(&req, peer);
                 let (outcome, response) = self.key(req.uri().query().unwrap_or(""), client).await;
                 if outcome != Outcome::Served {
                     tracing::debug!(?outcome, status = response.status().as_u16(), "Key request refused.");
                 }
-                response
+                (outcome, response)
             }
             _ => {
                 let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD or OPTIONS\n");
                 r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
-                r
+                (Outcome::Method, r)
             }
         };
+        self.inner.metrics.record(outcome.label(), started.elapsed());
         let headers = response.headers_mut();
         headers.insert(header::VARY, HeaderValue::from_static("Origin"));
         if let Some(origin) = origin {

@@ -39,6 +39,7 @@ struct KeyServerUnderTest {
     config_path: PathBuf,
     log_path: PathBuf,
     base: String,
+    metrics: String,
     child: Child,
     _store: Store,
 }
@@ -93,8 +94,10 @@ async fn store_with_keys(backend: Backend, dir: &std::path::Path) -> (Store, Str
 async fn start(backend: Backend, keyserver: &str) -> KeyServerUnderTest {
     let dir = tempfile::tempdir().unwrap();
     let (store, store_extra) = store_with_keys(backend, dir.path()).await;
-    let port = free_port();
-    let extra = format!("[keyserver]\nlisten = \"127.0.0.1:{port}\"\n{keyserver}");
+    let (port, metrics_port) = (free_port(), free_port());
+    let extra = format!(
+        "[keyserver]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n{keyserver}"
+    );
     let config_path = dir.path().join("config.toml");
     // The key server calls no Tencent API: the endpoint is never contacted.
     let config = config_text(&dir.path().join("events.db"), "http://127.0.0.1:9/v2/index.php", &store_extra, &extra);
@@ -115,6 +118,7 @@ async fn start(backend: Backend, keyserver: &str) -> KeyServerUnderTest {
         config_path,
         log_path,
         base: format!("http://127.0.0.1:{port}"),
+        metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
         child,
         _store: store,
     };
@@ -218,6 +222,20 @@ async fn keys_go_to_their_own_file_with_a_valid_token_only(backend: Backend) {
     assert_eq!(get(&format!("{}/other?{}", ks.base, query(FILE1, EDK1, Some(&t1)))).await.status(), 404);
     let post = reqwest::Client::new().post(ks.url(&query(FILE1, EDK1, Some(&t1)))).send().await.unwrap();
     assert_eq!(post.status(), 405);
+
+    // The outcomes counted, on the metrics listener only.
+    let metrics = get(&ks.metrics).await.text().await.unwrap();
+    let count = |outcome: &str| -> u64 {
+        let prefix = format!("vod_eventd_keyserver_requests_total{{outcome=\"{outcome}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
+    };
+    assert_eq!(count("served"), 8, "{metrics}");
+    assert_eq!((count("no_token"), count("token_expired"), count("token_other_file")), (1, 1, 2), "{metrics}");
+    assert_eq!((count("token_bad_signature"), count("token_malformed"), count("unknown_pair")), (2, 1, 3), "{metrics}");
+    assert_eq!((count("bad_request"), count("method_not_allowed")), (2, 1), "{metrics}");
+    assert!(metrics.contains("vod_eventd_keyserver_request_seconds_count 21"), "{metrics}");
+    assert!(!metrics.contains(FILE1) && !metrics.contains(EDK1), "no id in a label");
+    assert_eq!(get(&format!("{}/metrics", ks.base)).await.status(), 404, "players do not see the metrics");
 
     // Nothing secret in the log, even at trace level.
     let log = ks.log();
