@@ -42,7 +42,7 @@ pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = super::load_config(config_path)?;
     crate::config_lint::refuse_placeholders(&config, config_path)?;
     let section = section(&config, config_path)?;
-    let secrets = if section.auth == KeyAuth::Token { secrets(&section, config_path)? } else { Vec::new() };
+    let secrets = if section.auth == KeyAuth::None { Vec::new() } else { secrets(&section, config_path)? };
     let _log = crate::logging::init(&config.log.level, &config.log.format);
     for warning in crate::config_lint::inline_secrets(config_path) {
         tracing::warn!("{warning}");
@@ -92,7 +92,7 @@ pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
 /// SIGHUP: the token secrets are read again (from the file or the credential); the rest of
 /// `[keyserver]` is as it was at start. A config that does not load changes nothing.
 fn reload(server: &KeyServer, running: &KeyserverConfig, config_path: &Path) {
-    if running.auth != KeyAuth::Token {
+    if running.auth == KeyAuth::None {
         tracing::info!(
             "SIGHUP: auth = \"none\", no token secrets to re-read; other [keyserver] settings take effect at restart."
         );

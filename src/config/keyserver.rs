@@ -23,6 +23,9 @@ pub enum KeyAuth {
     /// A token minted by the app backend (`token=` in the query).
     #[default]
     Token,
+    /// The same token, in a cookie of the key server's domain (`keyserver.cookie`), set by
+    /// the app backend; pages on other origins then fetch keys with credentials.
+    Cookie,
     /// None: an authenticating proxy in front does it (refused unless `listen` is loopback
     /// or `trust_proxy = true`).
     None,
@@ -36,8 +39,10 @@ pub struct KeyserverConfig {
     pub listen: SocketAddr,
     /// The path of the encryption template's `getKeyUrl`.
     pub path: String,
-    /// `token` (default) or `none`.
+    /// `token` (default), `cookie` or `none`.
     pub auth: KeyAuth,
+    /// With `auth = "cookie"`: the cookie's name.
+    pub cookie: String,
     /// A reverse proxy in front: `auth = "none"` is then allowed on any address, and the
     /// client for the rate limit is the last `X-Forwarded-For` entry.
     pub trust_proxy: bool,
@@ -69,6 +74,7 @@ impl Default for KeyserverConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8700)),
             path: "/key".into(),
             auth: KeyAuth::Token,
+            cookie: "vod_key_token".into(),
             trust_proxy: false,
             token_secrets: Vec::new(),
             token_secret_file: None,
@@ -129,6 +135,10 @@ impl KeyserverConfig {
                     self.listen
                 ),
             );
+        }
+        let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if self.cookie.is_empty() || !self.cookie.chars().all(token_char) {
+            bad("keyserver.cookie", "must be a cookie name: letters, digits and !#$%&'*+-.^_`|~".into());
         }
         if !self.token_secrets.is_empty() && self.token_secret_file.is_some() {
             bad("keyserver.token_secrets", "set token_secrets or token_secret_file, not both".into());

@@ -416,7 +416,9 @@ fn keyserver_section_defaults_and_refusals() {
     let open = keys("auth = \"none\"\nlisten = \"0.0.0.0:8700\"\n");
     assert!(open.len() == 1 && open[0].starts_with("keyserver.auth: `none` serves every key"), "{open:?}");
     assert!(keys("auth = \"none\"\nlisten = \"0.0.0.0:8700\"\ntrust_proxy = true\n").is_empty());
-    assert!(keys("auth = \"cookie\"\n")[0].starts_with("keyserver.auth"), "not built yet");
+    assert!(keys("auth = \"cookie\"\n").is_empty());
+    assert!(keys("auth = \"cookies\"\n")[0].starts_with("keyserver.auth"));
+    assert!(keys("auth = \"cookie\"\ncookie = \"a b\"\n")[0].starts_with("keyserver.cookie"));
     let short = keys("token_secrets = [\"0123456789012345678901234567890123\", \"short\"]\n");
     assert!(short.len() == 1 && short[0].starts_with("keyserver.token_secrets[1]: is shorter"), "{short:?}");
     assert!(!short[0].contains("short\""), "the value is not shown");

@@ -5,7 +5,8 @@
 //! `voddrm.token.<T>.<name>.m3u8`; the answer is the 16 raw bytes of the data key.
 //!
 //! - `GET`/`HEAD` on `keyserver.path`: `200` with the key; `400` for a query that is not
-//!   exactly `fileId`, `keySource`, `edk` (and `token`); `401` without a token; `403` for an
+//!   exactly `fileId`, `keySource`, `edk` (and `token`); `401` without a token (in the
+//!   query, or with `auth = "cookie"` in the cookie `keyserver.cookie`); `403` for an
 //!   expired, tampered or other file's token; `404` for a pair the store does not tie
 //!   together ([`crate::store::Keys::key_for`]: an EDK is served for its own file alone);
 //!   `429` above the per-client rate; `503` while the store cannot be read.
@@ -101,7 +102,7 @@ impl KeyServer {
     /// A key server over `store` with `config`; `secrets` are the token secrets (the first
     /// signs; unused with `auth = "none"`).
     pub fn new(config: KeyserverConfig, store: Store, secrets: Vec<Vec<u8>>) -> KeyServer {
-        let verifier = (config.auth == KeyAuth::Token).then(|| ArcSwap::from_pointee(Verifier::new(secrets)));
+        let verifier = (config.auth != KeyAuth::None).then(|| ArcSwap::from_pointee(Verifier::new(secrets)));
         let limiter = NonZeroU32::new(config.rate_per_client)
             .map(|rate| DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(rate)));
         let cache_control = HeaderValue::from_str(&format!("private, max-age={}", config.max_age.as_secs()))
@@ -190,7 +191,8 @@ impl KeyServer {
             Method::OPTIONS => (Outcome::Preflight, preflight(origin.is_some())),
             Method::GET | Method::HEAD => {
                 let client = self.client(&req, peer);
-                let (outcome, response) = self.key(req.uri().query().unwrap_or(""), client).await;
+                let cookie = self.cookie(&req);
+                let (outcome, response) = self.key(req.uri().query().unwrap_or(""), cookie, client).await;
                 if outcome != Outcome::Served {
                     tracing::debug!(?outcome, status = response.status().as_u16(), "Key request refused.");
                 }
@@ -207,6 +209,10 @@ impl KeyServer {
         headers.insert(header::VARY, HeaderValue::from_static("Origin"));
         if let Some(origin) = origin {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            if self.inner.config.auth == KeyAuth::Cookie {
+                // The page's request carries the cookie (`withCredentials`).
+                headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            }
         }
         response
     }
@@ -235,7 +241,24 @@ impl KeyServer {
         peer.ip()
     }
 
-    async fn key(&self, query: &str, client: IpAddr) -> (Outcome, Response<Full<Bytes>>) {
+    /// With `auth = "cookie"`, the token in the cookie `keyserver.cookie`.
+    fn cookie(&self, req: &Request<Incoming>) -> Option<String> {
+        if self.inner.config.auth != KeyAuth::Cookie {
+            return None;
+        }
+        let name = self.inner.config.cookie.as_str();
+        req.headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.trim_matches('"').to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    async fn key(&self, query: &str, cookie: Option<String>, client: IpAddr) -> (Outcome, Response<Full<Bytes>>) {
         if let Some(limiter) = &self.inner.limiter {
             if limiter.check_key(&client).is_err() {
                 let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
@@ -248,7 +271,11 @@ impl KeyServer {
             Err(message) => return (Outcome::BadRequest, plain(StatusCode::BAD_REQUEST, message)),
         };
         if let Some(verifier) = &self.inner.verifier {
-            let Some(token) = &request.token else {
+            let token = match self.inner.config.auth {
+                KeyAuth::Cookie => cookie.as_ref(),
+                _ => request.token.as_ref(),
+            };
+            let Some(token) = token else {
                 return (Outcome::NoToken, plain(StatusCode::UNAUTHORIZED, "a token is required\n"));
             };
             let now = chrono::Utc::now().timestamp();

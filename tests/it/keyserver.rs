@@ -165,7 +165,11 @@ async fn get(url: &str) -> reqwest::Response {
     reqwest::Client::new().get(url).send().await.unwrap()
 }
 
-both_stores!(keys_go_to_their_own_file_with_a_valid_token_only, cors_answers_listed_origins_only);
+both_stores!(
+    keys_go_to_their_own_file_with_a_valid_token_only,
+    cors_answers_listed_origins_only,
+    cookie_auth_takes_the_token_from_its_cookie
+);
 
 async fn keys_go_to_their_own_file_with_a_valid_token_only(backend: Backend) {
     let ks = start(backend, &secrets_line()).await;
@@ -474,4 +478,30 @@ async fn sighup_rotates_the_token_secrets_without_a_restart() {
     }
     assert_eq!(status(token(NEW)).await, 200, "the running secrets stay");
     assert!(!ks.log().contains(NEW) && !ks.log().contains(OLD), "no secret in the log");
+}
+
+async fn cookie_auth_takes_the_token_from_its_cookie(backend: Backend) {
+    let keyserver = format!("{}auth = \"cookie\"\ncookie = \"vodkey\"\n", secrets_line());
+    let ks = start(backend, &keyserver).await;
+    let t1 = cli_token(&ks, &["--file-id", FILE1]);
+    let client = reqwest::Client::new();
+    let url = ks.url(&query(FILE1, EDK1, None));
+    let with = |cookie: String| client.get(&url).header("Cookie", cookie).header("Origin", PAGE).send();
+    let r = with(format!("other=1; vodkey={t1}; more=2")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], PAGE);
+    assert_eq!(r.headers()["access-control-allow-credentials"], "true", "the page sends the cookie with credentials");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), vec![0xa1; 16]);
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401, "no cookie");
+    assert_eq!(with("other=1".into()).await.unwrap().status(), 401, "not the configured cookie");
+    assert_eq!(
+        get(&ks.url(&query(FILE1, EDK1, Some(&t1)))).await.status(),
+        401,
+        "with auth = cookie the query's token is not taken"
+    );
+    let t2 = cli_token(&ks, &["--file-id", FILE2]);
+    assert_eq!(with(format!("vodkey={t2}")).await.unwrap().status(), 403, "a cookie for another file");
+    let cross = client.get(ks.url(&query(FILE1, EDK2, None))).header("Cookie", format!("vodkey={t1}")).send();
+    assert_eq!(cross.await.unwrap().status(), 404, "another file's EDK");
+    assert!(!ks.log().contains(&t1), "no token in the log");
 }
