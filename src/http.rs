@@ -56,19 +56,25 @@ const METRICS_LIMITS: Limits =
 
 /// Serves until `shutdown`.
 pub async fn serve(listener: TcpListener, endpoints: Endpoints, shutdown: CancellationToken) {
-    serve_with(listener, METRICS_LIMITS, shutdown, "Metrics", move |req, _peer| {
+    serve_with(listener, METRICS_LIMITS, None, shutdown, "Metrics", move |req, _peer| {
         let endpoints = endpoints.clone();
         async move { endpoints.answer(req).await }
     })
     .await
 }
 
-/// Serves HTTP/1.1 on `listener` with `answer` until `shutdown`, under `limits`: the one
-/// accept loop of every listener of vod-eventd (`/metrics`, the key server). `name` says
-/// which in a log line.
+/// A TLS server configuration that can be replaced while serving (new connections take
+/// the new one).
+pub type Tls = Arc<arc_swap::ArcSwap<rustls::ServerConfig>>;
+
+/// Serves HTTP/1.1 on `listener` with `answer` until `shutdown`, under `limits`, over TLS
+/// with `tls`: the one accept loop of every listener of vod-eventd (`/metrics`, the key
+/// server). `name` says which in a log line. A TLS handshake has the header read timeout
+/// to complete.
 pub async fn serve_with<H, F>(
     listener: TcpListener,
     limits: Limits,
+    tls: Option<Tls>,
     shutdown: CancellationToken,
     name: &'static str,
     answer: H,
@@ -96,18 +102,28 @@ pub async fn serve_with<H, F>(
         };
         while connections.try_join_next().is_some() {}
         let answer = answer.clone();
+        let tls = tls.as_ref().map(|t| t.load_full());
         connections.spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
                 let answer = answer.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(req, peer).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
-                .max_buf_size(limits.max_header_bytes.max(8192))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .max_buf_size(limits.max_header_bytes.max(8192));
+            match tls {
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+                Some(config) => {
+                    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                    if let Ok(Ok(stream)) = tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
+            }
         });
     }
     connections.abort_all();

@@ -43,6 +43,7 @@ pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
     crate::config_lint::refuse_placeholders(&config, config_path)?;
     let section = section(&config, config_path)?;
     let secrets = if section.auth == KeyAuth::None { Vec::new() } else { secrets(&section, config_path)? };
+    let tls = tls(&section, config_path)?;
     let _log = crate::logging::init(&config.log.level, &config.log.format);
     for warning in crate::config_lint::inline_secrets(config_path) {
         tracing::warn!("{warning}");
@@ -69,20 +70,24 @@ pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
             ),
             None => None,
         };
-        tracing::info!(listen = %address, path = %section.path, auth = ?section.auth, "Key server listening.");
+        tracing::info!(listen = %address, path = %section.path, auth = ?section.auth, tls = tls.is_some(), "Key server listening.");
         notify(&[NotifyState::Ready, NotifyState::Status("serving keys")]);
         let server = KeyServer::new(section.clone(), store, secrets);
         let reloader = server.clone();
         let path = config_path.to_path_buf();
+        let tls_now = tls.clone();
         tokio::spawn(async move {
             while reloads.recv().await.is_some() {
                 reload(&reloader, &section, &path);
+                if let Some(current) = &tls_now {
+                    reload_tls(current, &section, &path);
+                }
             }
         });
         if let Some(metrics) = metrics {
             tokio::spawn(server.clone().serve_metrics(metrics, shutdown.clone()));
         }
-        server.serve(listener, shutdown).await;
+        server.serve(listener, tls, shutdown).await;
         notify(&[NotifyState::Stopping]);
         tracing::info!("Key server stopped.");
         Ok(())
@@ -111,5 +116,27 @@ fn reload(server: &KeyServer, running: &KeyserverConfig, config_path: &Path) {
             );
         }
         Err(e) => tracing::error!("SIGHUP: the token secrets were not re-read, the running ones stay: {e:#}"),
+    }
+}
+
+/// The TLS configuration of `[keyserver]`, if it has one; a file that does not load is a
+/// config error.
+fn tls(section: &KeyserverConfig, config_path: &Path) -> Result<Option<crate::http::Tls>, ConfigError> {
+    let (Some(cert), Some(key)) = (&section.tls_cert, &section.tls_key) else { return Ok(None) };
+    let config =
+        crate::keyserver::tls::server_config(cert, key).map_err(|m| issue(config_path, "keyserver.tls_cert", m))?;
+    Ok(Some(std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(config))))
+}
+
+/// SIGHUP: the certificate and key are read again (from the paths of the running
+/// configuration); new connections take them. Files that do not load change nothing.
+fn reload_tls(current: &crate::http::Tls, running: &KeyserverConfig, _config_path: &Path) {
+    let (Some(cert), Some(key)) = (&running.tls_cert, &running.tls_key) else { return };
+    match crate::keyserver::tls::server_config(cert, key) {
+        Ok(config) => {
+            current.store(std::sync::Arc::new(config));
+            tracing::info!("SIGHUP: TLS certificate and key re-read.");
+        }
+        Err(e) => tracing::error!("SIGHUP: the TLS certificate was not re-read, the running one stays: {e}"),
     }
 }

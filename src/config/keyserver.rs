@@ -63,6 +63,10 @@ pub struct KeyserverConfig {
     pub header_read_timeout: Duration,
     /// Requests per second per client address (0: no limit); above it, 429.
     pub rate_per_client: u32,
+    /// Serve over TLS with this PEM certificate chain (with `tls_key`); re-read on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// Serve `/metrics` (requests by outcome, latency) here, apart from the players'
     /// listener, e.g. `127.0.0.1:9465`.
     pub metrics_listen: Option<SocketAddr>,
@@ -83,6 +87,8 @@ impl Default for KeyserverConfig {
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
             rate_per_client: 50,
+            tls_cert: None,
+            tls_key: None,
             metrics_listen: None,
         }
     }
@@ -155,6 +161,9 @@ impl KeyserverConfig {
         }
         if self.max_connections == 0 {
             bad("keyserver.max_connections", "must be at least 1".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bad("keyserver.tls_cert", "set both tls_cert and tls_key, or neither (TLS in a proxy in front)".into());
         }
         if self.metrics_listen.is_some_and(|m| m == self.listen) {
             bad(

@@ -440,6 +440,8 @@ fn keyserver_section_defaults_and_refusals() {
     assert!(keys("max_connections = 0\n")[0].starts_with("keyserver.max_connections"));
     assert!(keys("metrics_listen = \"127.0.0.1:8700\"\n")[0].starts_with("keyserver.metrics_listen"));
     assert!(keys("metrics_listen = \"127.0.0.1:9465\"\n").is_empty());
+    assert!(keys("tls_cert = \"/c.pem\"\n")[0].starts_with("keyserver.tls_cert: set both"));
+    assert!(keys("tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n").is_empty(), "read at start, not by config check");
 }
 
 #[test]

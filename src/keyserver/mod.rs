@@ -25,6 +25,7 @@
 //! characters only.
 
 mod metrics;
+pub mod tls;
 pub mod token;
 
 use std::net::{IpAddr, SocketAddr};
@@ -121,7 +122,7 @@ impl KeyServer {
 
     /// Serves `/metrics` on `listener` until `shutdown` (`keyserver.metrics_listen`).
     pub async fn serve_metrics(self, listener: TcpListener, shutdown: CancellationToken) {
-        serve_with(listener, metrics::LIMITS, shutdown, "Key server metrics", move |req, _peer| {
+        serve_with(listener, metrics::LIMITS, None, shutdown, "Key server metrics", move |req, _peer| {
             let server = self.clone();
             async move {
                 if req.uri().path() == "/metrics" {
@@ -138,8 +139,8 @@ impl KeyServer {
         .await
     }
 
-    /// Serves on `listener` until `shutdown`.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+    /// Serves on `listener` until `shutdown`, over TLS with `tls`.
+    pub async fn serve(self, listener: TcpListener, tls: Option<crate::http::Tls>, shutdown: CancellationToken) {
         let limits = Limits {
             max_connections: self.inner.config.max_connections,
             header_read_timeout: self.inner.config.header_read_timeout,
@@ -164,7 +165,7 @@ impl KeyServer {
                 }
             });
         }
-        serve_with(listener, limits, shutdown, "Key server", move |req, peer| {
+        serve_with(listener, limits, tls, shutdown, "Key server", move |req, peer| {
             let server = self.clone();
             async move { server.answer(req, peer).await }
         })

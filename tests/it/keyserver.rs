@@ -122,9 +122,17 @@ async fn start(backend: Backend, keyserver: &str) -> KeyServerUnderTest {
         child,
         _store: store,
     };
+    // Over TLS (a test certificate for localhost), readiness is looked at without checking it.
+    let tls = keyserver.contains("tls_cert");
+    let ks = if tls { KeyServerUnderTest { base: format!("https://localhost:{port}"), ..ks } } else { ks };
+    let probe = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve("localhost", ([127, 0, 0, 1], port).into())
+        .build()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match reqwest::get(format!("{}/healthz", ks.base)).await {
+        match probe.get(format!("{}/healthz", ks.base)).send().await {
             Ok(r) if r.status() == 200 => break,
             _ => {
                 assert!(Instant::now() < deadline, "the key server did not answer /healthz:\n{}", ks.log());
@@ -504,4 +512,74 @@ async fn cookie_auth_takes_the_token_from_its_cookie(backend: Backend) {
     let cross = client.get(ks.url(&query(FILE1, EDK2, None))).header("Cookie", format!("vodkey={t1}")).send();
     assert_eq!(cross.await.unwrap().status(), 404, "another file's EDK");
     assert!(!ks.log().contains(&t1), "no token in the log");
+}
+
+/// A self-signed certificate for `localhost` and its key, as PEM files in `dir`.
+fn certificate(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let out = crate::support::command("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN={name}"), "-addext", "subjectAltName=DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_keys_and_a_renewed_certificate_is_taken_on_sighup() {
+    let certs = tempfile::tempdir().unwrap();
+    let (first, first_key) = certificate(certs.path(), "first");
+    let (second, second_key) = certificate(certs.path(), "second");
+    let (cert, key) = (certs.path().join("live.crt"), certs.path().join("live.key"));
+    std::fs::copy(&first, &cert).unwrap();
+    std::fs::copy(&first_key, &key).unwrap();
+    let extra = format!("{}tls_cert = \"{}\"\ntls_key = \"{}\"\n", secrets_line(), cert.display(), key.display());
+    let ks = start(Backend::Sqlite, &extra).await;
+    assert!(ks.base.starts_with("https://"));
+    let port: u16 = ks.base.rsplit(':').next().unwrap().parse().unwrap();
+    let trusting = |pem: &PathBuf| {
+        let root = reqwest::Certificate::from_pem(&std::fs::read(pem).unwrap()).unwrap();
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root)
+            .resolve("localhost", ([127, 0, 0, 1], port).into())
+            .build()
+            .unwrap()
+    };
+    let token = mint(NEW.as_bytes(), &Scope::Files(vec![FILE1.into()]), now() + 600).unwrap();
+    let url = ks.url(&query(FILE1, EDK1, Some(&token)));
+    let r = trusting(&first).get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), vec![0xa1; 16], "the key over TLS");
+    assert!(trusting(&second).get(&url).send().await.is_err(), "the second certificate is not served yet");
+    let plain = format!("http://127.0.0.1:{port}/healthz");
+    assert!(reqwest::get(&plain).await.map_or(true, |r| r.status() != 200), "no plain HTTP on a TLS listener");
+
+    // Renewed: the new files, then SIGHUP.
+    std::fs::copy(&second, &cert).unwrap();
+    std::fs::copy(&second_key, &key).unwrap();
+    ks.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = trusting(&second).get(&url).send().await {
+            assert_eq!(r.status(), 200);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the renewed certificate was not taken:\n{}", ks.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broken file changes nothing.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    ks.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ks.log().contains("the TLS certificate was not re-read") {
+        assert!(Instant::now() < deadline, "no error logged:\n{}", ks.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(trusting(&second).get(&url).send().await.unwrap().status(), 200, "the running certificate stays");
 }
