@@ -129,6 +129,15 @@ pub fn inline_secrets(path: &Path) -> Vec<String> {
             }
         }
     }
+    if has("keyserver.token_secrets") {
+        found.push((
+            "keyserver.token_secrets".into(),
+            format!(
+                "a file of mode 0600 named by keyserver.token_secret_file, or the systemd credential `{}`",
+                crate::config::TOKEN_SECRETS_CREDENTIAL
+            ),
+        ));
+    }
     let url_password = file
         .find_value("store.url")
         .ok()

@@ -3,15 +3,19 @@
 //! scrape, and `/healthz` (200 while healthy, 503 with the reasons otherwise). Meant for
 //! loopback; it serves nothing secret.
 //!
-//! Bounded, so that nobody who can connect can starve the daemon of descriptors: at most
-//! [`MAX_CONNECTIONS`] connections are open at once, and a client has
-//! [`HEADER_READ_TIMEOUT`] to send a request's headers (then its connection is closed).
-//! A connection accepted while all slots are taken evicts the oldest connection that is
-//! not answering a request at that moment (idle, or still sending its headers), so a
-//! prompt client such as a health check gets through even while slow clients hold every
-//! slot; when every slot is busy answering, the new connection is closed at once.
+//! [`serve_with`] is the accept loop every listener shares (this one and the key
+//! server's), bounded so that nobody who can connect can starve the process of
+//! descriptors: at most [`Limits::max_connections`] connections are open at once, a client
+//! has [`Limits::header_read_timeout`] to send a request's line and headers (then its
+//! connection is closed), and the head is capped. A connection accepted while all slots are
+//! taken evicts the oldest connection that is not answering a request at that moment (idle,
+//! or still sending its headers), so a prompt client such as a health check gets through
+//! even while slow clients hold every slot; when every slot is busy answering, the new
+//! connection is closed at once.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,12 +34,6 @@ use crate::dispatch::Routing;
 use crate::metrics::{HandlerLabel, Metrics};
 use crate::store::Store;
 
-/// Connections open at once on the listener.
-pub const MAX_CONNECTIONS: usize = 64;
-
-/// How long a client may take to send a request's headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// What the listener reads.
 #[derive(Clone)]
 pub struct Endpoints {
@@ -49,6 +47,23 @@ pub struct Endpoints {
     pub max_pull_age: Duration,
 }
 
+/// What a listener allows each client: how many connections at once, how long a request's
+/// line and headers may take to arrive (slowloris), how large they may be.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once (see the module doc for what a further one does).
+    pub max_connections: usize,
+    /// Time to send a request line and its headers, from the first byte.
+    pub header_read_timeout: Duration,
+    /// The request line and headers together, at most this many bytes (431 above; hyper's
+    /// floor is 8 KiB).
+    pub max_header_bytes: usize,
+}
+
+/// The metrics listener's limits: a scraper or two, on loopback.
+pub const METRICS_LIMITS: Limits =
+    Limits { max_connections: 64, header_read_timeout: Duration::from_secs(5), max_header_bytes: 16 * 1024 };
+
 /// One open connection, as the accept loop sees it.
 struct Slot {
     /// Closes the connection.
@@ -61,15 +76,42 @@ struct Slot {
 
 /// Serves until `shutdown`.
 pub async fn serve(listener: TcpListener, endpoints: Endpoints, shutdown: CancellationToken) {
+    serve_with(listener, METRICS_LIMITS, None, shutdown, "Metrics", move |req, _peer| {
+        let endpoints = endpoints.clone();
+        async move { endpoints.answer(req).await }
+    })
+    .await
+}
+
+/// A TLS server configuration that can be replaced while serving (new connections take
+/// the new one).
+pub type Tls = Arc<arc_swap::ArcSwap<rustls::ServerConfig>>;
+
+/// Serves HTTP/1.1 on `listener` with `answer` until `shutdown`, under `limits`, over TLS
+/// with `tls`: the one accept loop of every listener of vod-eventd (`/metrics`, the key
+/// server). `name` says which in a log line. A TLS handshake has the header read timeout
+/// to complete.
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    limits: Limits,
+    tls: Option<Tls>,
+    shutdown: CancellationToken,
+    name: &'static str,
+    answer: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let max = limits.max_connections.max(1);
     let mut connections = JoinSet::new();
-    let mut slots: VecDeque<Slot> = VecDeque::with_capacity(MAX_CONNECTIONS);
+    let mut slots: VecDeque<Slot> = VecDeque::with_capacity(max);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::warn!(error = %e, "Metrics listener accept failed.");
+                    tracing::warn!(error = %e, "{name} listener accept failed.");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -77,7 +119,7 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints, shutdown: Cancel
         };
         while connections.try_join_next().is_some() {}
         slots.retain(|slot| !slot.ended.load(Ordering::Acquire));
-        if slots.len() >= MAX_CONNECTIONS {
+        if slots.len() >= max {
             match slots.iter().position(|slot| !slot.busy.load(Ordering::Acquire)) {
                 Some(oldest_idle) => {
                     if let Some(slot) = slots.remove(oldest_idle) {
@@ -85,7 +127,7 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints, shutdown: Cancel
                     }
                 }
                 None => {
-                    tracing::debug!(max = MAX_CONNECTIONS, "Metrics listener full: connection closed.");
+                    tracing::debug!(max, "{name} listener full: connection closed.");
                     drop(stream);
                     continue;
                 }
@@ -98,23 +140,37 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints, shutdown: Cancel
         };
         let (close, busy, ended) = (slot.close.clone(), slot.busy.clone(), slot.ended.clone());
         slots.push_back(slot);
-        let endpoints = endpoints.clone();
+        let answer = answer.clone();
+        let tls = tls.as_ref().map(|t| t.load_full());
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let (endpoints, busy) = (endpoints.clone(), busy.clone());
+                let (answer, busy) = (answer.clone(), busy.clone());
                 async move {
                     busy.store(true, Ordering::Release);
-                    let response = endpoints.answer(req).await;
+                    let response = answer(req, peer).await;
                     busy.store(false, Ordering::Release);
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192));
+            let served = async {
+                match tls {
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    Some(config) => {
+                        let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                        if let Ok(Ok(stream)) = tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                }
+            };
             tokio::select! {
-                _ = connection => {}
+                _ = served => {}
                 _ = close.cancelled() => {}
             }
             ended.store(true, Ordering::Release);
@@ -122,6 +178,7 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints, shutdown: Cancel
     }
     connections.abort_all();
 }
+
 impl Endpoints {
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match req.uri().path() {
@@ -163,7 +220,7 @@ impl Endpoints {
     }
 }
 
-fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, content_type)

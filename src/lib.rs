@@ -21,6 +21,8 @@
 //! - [`handler`]: the webhook, shell and DRM-key handlers.
 //! - [`retry`]: the handler retry policy.
 //! - [`daemon`]: wiring and shutdown order.
+//! - [`keyserver`]: `vod-eventd keyserver`, the data keys served to players, with tokens
+//!   bound to a file and an expiry.
 //! - [`cli`]: the command line (daemon, history, config check, emulator, demo).
 //! - [`metrics`], [`health`], [`http`]: what the pipeline did, whether it is well, `/metrics`.
 //! - [`service`]: sd_notify, the status heartbeat and data-at-risk alarms.
@@ -56,6 +58,7 @@ pub mod handler;
 pub mod health;
 pub mod http;
 pub mod ingest;
+pub mod keyserver;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -92,7 +92,7 @@ fn local_warnings(config: &Config) -> Vec<String> {
     if let Some(addr) = config.metrics.listen.filter(|addr| !addr.ip().is_loopback()) {
         out.push(format!(
             "metrics.listen = \"{addr}\" is not a loopback address: anyone who can reach it can read /metrics and /healthz and hold up to {} of its connections; listen on 127.0.0.1 or ::1 and scrape through a proxy, or firewall the port",
-            crate::http::MAX_CONNECTIONS
+            crate::http::METRICS_LIMITS.max_connections
         ));
     }
     out

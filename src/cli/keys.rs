@@ -18,6 +18,24 @@ pub enum KeysCommand {
     Get(GetArgs),
     /// List stored keys (without key material).
     List(ListArgs),
+    /// Print a key-server token for a file (or files, or a prefix), signed with the first
+    /// secret of `[keyserver]`.
+    Token(TokenArgs),
+}
+
+/// `keys token` options.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["file_id", "prefix"])))]
+pub struct TokenArgs {
+    /// The file id the token opens (repeat for several).
+    #[arg(long, value_name = "ID")]
+    pub file_id: Vec<String>,
+    /// Open every file id starting with this instead.
+    #[arg(long, value_name = "PREFIX", conflicts_with = "file_id")]
+    pub prefix: Option<String>,
+    /// How long the token is valid (`2h`, `30m`, `7d`).
+    #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
 }
 
 /// `keys get` options.
@@ -54,6 +72,9 @@ pub struct ListArgs {
 impl KeysCommand {
     /// Runs the subcommand.
     pub fn run(self, config: &Config, config_path: &Path) -> anyhow::Result<()> {
+        if let KeysCommand::Token(args) = self {
+            return token(config, config_path, args);
+        }
         let store = super::open_store(config, config_path)?;
         let mut out = std::io::stdout().lock();
         match self {
@@ -68,6 +89,7 @@ impl KeysCommand {
                     writeln!(out, "{}", base64::engine::general_purpose::STANDARD.encode(&key))?;
                 }
             }
+            KeysCommand::Token(_) => unreachable!("answered above"),
             KeysCommand::List(args) => {
                 let limit = super::cut::Limit { limit: args.limit, all: args.all };
                 let mut keys = store.list_keys(args.file_id.as_deref(), limit.fetch())?;
@@ -93,4 +115,22 @@ impl KeysCommand {
         }
         Ok(())
     }
+}
+
+/// `keys token`: needs the secrets of `[keyserver]`, not the store.
+fn token(config: &Config, config_path: &Path, args: TokenArgs) -> anyhow::Result<()> {
+    use crate::keyserver::token::{mint, Scope};
+    let section = super::keyserver::section(config, config_path)?;
+    let secrets = super::keyserver::secrets(&section, config_path)?;
+    let scope = match args.prefix {
+        Some(prefix) => Scope::Prefix(prefix),
+        None => Scope::Files(args.file_id),
+    };
+    anyhow::ensure!(!args.ttl.is_zero(), "--ttl must be above zero");
+    let ttl = i64::try_from(args.ttl.as_secs()).context("--ttl is too long")?;
+    let expires = chrono::Utc::now().timestamp().saturating_add(ttl);
+    let token = mint(&secrets[0], &scope, expires).map_err(anyhow::Error::msg)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{token}")?;
+    Ok(())
 }

@@ -1,5 +1,5 @@
 //! The command line: `run` (the daemon), `events` (history), `status`, `store check`, `deliveries`, `handlers`, `keys`,
-//! `account`, `config check`, `emulator`, `demo`, `completions` and `man`. Each subcommand lives in its own file; this one parses and dispatches.
+//! `keyserver`, `account`, `config check`, `emulator`, `demo`, `completions` and `man`. Each subcommand lives in its own file; this one parses and dispatches.
 
 mod account;
 mod config_cmd;
@@ -10,6 +10,7 @@ mod emulator;
 mod events;
 mod handlers;
 mod keys;
+mod keyserver;
 mod ranges;
 mod sparkline;
 mod status;
@@ -74,9 +75,11 @@ pub enum Command {
     /// Handlers: state, backlog, last success and last error.
     #[command(subcommand)]
     Handlers(handlers::HandlersCommand),
-    /// DRM data keys fetched by the `drm` handler.
+    /// DRM data keys fetched by the `drm` handler; `keys token` mints a key-server token.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Serve the stored data keys to HLS players (`[keyserver]`), a process of its own.
+    Keyserver,
     /// Run the VOD API emulator (PullEvent/ConfirmEvent/DescribeDrmDataKey) for testing.
     Emulator(emulator::EmulatorArgs),
     /// Run the emulator and the daemon together on a demo config and watch events arrive.
@@ -118,6 +121,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Deliveries(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Handlers(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
         Command::Keys(cmd) => load_config(&config_path).and_then(|c| cmd.run(&c, &config_path)),
+        Command::Keyserver => keyserver::run(&config_path),
         Command::Emulator(args) => runtime().and_then(|rt| rt.block_on(args.run())),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(args.run())),
         Command::Completions { shell } => {

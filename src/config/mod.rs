@@ -8,7 +8,7 @@
 //! `vod.rs` (`[vod]`, credentials), `sources.rs` (`sources`, `[discovery]`), `store.rs`,
 //! `pull.rs` (`[pull]`, `[confirm]`), `dispatch.rs`, [`handlers`] (`[handlers.NAME]` and the
 //! controls every handler type shares), `account.rs`, `watch.rs` (`[metrics]`, `[health]`,
-//! `[alert]`), `log.rs`, `node.rs` and `shutdown.rs`; `secret.rs` keeps secrets out of
+//! `[alert]`), `log.rs`, `node.rs`, `shutdown.rs` and `keyserver.rs`; `secret.rs` keeps secrets out of
 //! messages. Their types are re-exported here, so every path stays `crate::config::X`.
 //! Unknown keys are refused naming the known ones (`deny_unknown_fields` on every section).
 
@@ -16,6 +16,7 @@ mod account;
 pub mod credential;
 mod dispatch;
 pub mod handlers;
+mod keyserver;
 mod log;
 mod node;
 mod pull;
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::account::AccountConfig;
 pub use self::dispatch::{DispatchConfig, LEASE_MARGIN};
+pub use self::keyserver::{KeyAuth, KeyserverConfig, MIN_TOKEN_SECRET_LEN, TOKEN_SECRETS_CREDENTIAL};
 pub use self::log::LogConfig;
 pub use self::node::NodeConfig;
 pub use self::pull::{ConfirmConfig, PullConfig, CONFIRM_SAFETY_MARGIN, MAX_CONFIRM_BATCH};
@@ -112,6 +114,10 @@ pub struct Config {
     /// This daemon among several sharing one PostgreSQL store.
     #[serde(default)]
     pub node: NodeConfig,
+    /// `vod-eventd keyserver`, a process of its own: the daemon ignores it (so a change
+    /// to it asks no restart of the daemon).
+    #[serde(default, skip_serializing)]
+    pub keyserver: Option<KeyserverConfig>,
 }
 /// One configuration problem, with where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,6 +327,9 @@ impl Config {
         self.node.validate(&mut bad);
         self.dispatch.validate(&mut bad);
         self.validate_account(&mut bad);
+        if let Some(keyserver) = &self.keyserver {
+            keyserver.validate(&mut bad);
+        }
         issues
     }
 }

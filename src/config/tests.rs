@@ -57,6 +57,8 @@ fn example_routes_and_handlers_are_valid_once_uncommented() {
     assert!(c.routes[2].when.is_some(), "the filter example compiles");
     assert_eq!(c.handlers.len(), 3);
     assert_eq!(c.dispatch.retry_schedule, crate::retry::default_schedule());
+    let keyserver = c.keyserver.expect("the [keyserver] example");
+    assert_eq!((keyserver.path.as_str(), keyserver.allow_origins.len()), ("/key", 1));
 }
 
 #[test]
@@ -394,4 +396,82 @@ fn handler_keys_are_set_from_the_environment_too() {
     }
     let h = &config.handlers["h"];
     assert_eq!((h.breaker().0, h.concurrency(), h.attempt_timeout()), (5, 9, Duration::from_secs(2)));
+}
+
+#[test]
+fn keyserver_section_defaults_and_refusals() {
+    assert!(parse(MINIMAL).unwrap().keyserver.is_none(), "no section, no key server");
+    let c = parse(&format!("{MINIMAL}[keyserver]\n")).unwrap();
+    let k = c.keyserver.unwrap();
+    assert_eq!((k.listen.to_string(), k.path.as_str(), k.auth), ("127.0.0.1:8700".into(), "/key", KeyAuth::Token));
+    assert_eq!(k.max_age, Duration::from_secs(3600));
+    assert!(k.secrets().is_err(), "no secret configured");
+
+    let keys = |toml: &str| -> Vec<String> {
+        parse(&format!("{MINIMAL}[keyserver]\n{toml}"))
+            .err()
+            .map_or(Vec::new(), |e| e.issues.into_iter().map(|i| format!("{}: {}", i.key, i.message)).collect())
+    };
+    assert!(keys("auth = \"none\"\n").is_empty(), "none on loopback is allowed");
+    let open = keys("auth = \"none\"\nlisten = \"0.0.0.0:8700\"\n");
+    assert!(open.len() == 1 && open[0].starts_with("keyserver.auth: `none` serves every key"), "{open:?}");
+    assert!(keys("auth = \"none\"\nlisten = \"0.0.0.0:8700\"\ntrust_proxy = true\n").is_empty());
+    assert!(keys("auth = \"cookie\"\n").is_empty());
+    assert!(keys("auth = \"cookies\"\n")[0].starts_with("keyserver.auth"));
+    assert!(keys("auth = \"cookie\"\ncookie = \"a b\"\n")[0].starts_with("keyserver.cookie"));
+    let short = keys("token_secrets = [\"0123456789012345678901234567890123\", \"short\"]\n");
+    assert!(short.len() == 1 && short[0].starts_with("keyserver.token_secrets[1]: is shorter"), "{short:?}");
+    assert!(!short[0].contains("short\""), "the value is not shown");
+    let origins = keys("allow_origins = [\"https://a.example\", \"*\", \"https://b.example/\", \"https://c.example/x\", \"ftp://d.example\", \"http://e.example:8080\"]\n");
+    let named: Vec<&str> = origins.iter().map(|o| o.split(':').next().unwrap()).collect();
+    assert_eq!(
+        named,
+        [
+            "keyserver.allow_origins[1]",
+            "keyserver.allow_origins[2]",
+            "keyserver.allow_origins[3]",
+            "keyserver.allow_origins[4]"
+        ]
+    );
+    assert!(keys("path = \"key\"\n")[0].starts_with("keyserver.path"));
+    assert!(keys("path = \"/key?x\"\n")[0].starts_with("keyserver.path"));
+    let both = keys("token_secrets = [\"0123456789012345678901234567890123\"]\ntoken_secret_file = \"/x\"\n");
+    assert!(both[0].starts_with("keyserver.token_secrets: set token_secrets or token_secret_file"), "{both:?}");
+    assert!(keys("max_connections = 0\n")[0].starts_with("keyserver.max_connections"));
+    assert!(keys("metrics_listen = \"127.0.0.1:8700\"\n")[0].starts_with("keyserver.metrics_listen"));
+    assert!(keys("metrics_listen = \"127.0.0.1:9465\"\n").is_empty());
+    assert!(keys("tls_cert = \"/c.pem\"\n")[0].starts_with("keyserver.tls_cert: set both"));
+    assert!(keys("tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n").is_empty(), "read at start, not by config check");
+}
+
+#[test]
+fn keyserver_secrets_come_from_a_file_one_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets");
+    let a = "a".repeat(MIN_TOKEN_SECRET_LEN);
+    let b = "b".repeat(MIN_TOKEN_SECRET_LEN + 4);
+    std::fs::write(&file, format!("# the signing one first\n{a}\n\n{b}\n")).unwrap();
+    let c = parse(&format!("{MINIMAL}[keyserver]\ntoken_secret_file = \"{}\"\n", file.display())).unwrap();
+    let secrets = c.keyserver.unwrap().secrets().unwrap();
+    assert_eq!(secrets.iter().map(|s| s.expose_secret().to_string()).collect::<Vec<_>>(), [a, b]);
+    // The packaged unit's stand-in when its file is missing is never taken for a secret.
+    let credentials = tempfile::tempdir().unwrap();
+    std::fs::write(
+        credentials.path().join(TOKEN_SECRETS_CREDENTIAL),
+        "not-loaded:/etc/vod-eventd/keyserver-token-secrets-which-is-long",
+    )
+    .unwrap();
+    let section = KeyserverConfig::default();
+    let e = section.secrets_in(Some(credentials.path())).unwrap_err();
+    assert!(
+        e.contains("was not loaded because /etc/vod-eventd/keyserver-token-secrets-which-is-long is missing"),
+        "{e}"
+    );
+    let good = "c".repeat(MIN_TOKEN_SECRET_LEN);
+    std::fs::write(credentials.path().join(TOKEN_SECRETS_CREDENTIAL), format!("{good}\n")).unwrap();
+    assert_eq!(section.secrets_in(Some(credentials.path())).unwrap()[0].expose_secret(), good);
+    std::fs::write(&file, "tooshort\n").unwrap();
+    let c = parse(&format!("{MINIMAL}[keyserver]\ntoken_secret_file = \"{}\"\n", file.display())).unwrap();
+    let e = c.keyserver.unwrap().secrets().unwrap_err();
+    assert!(e.contains("secret 1 is shorter") && !e.contains("tooshort"), "{e}");
 }

@@ -1,5 +1,6 @@
 //! The `drm_keys` table: data keys fetched for EDKs, stored once. Key material leaves
-//! only through [`crate::store::Keys::get_key`] (for `keys get`), never through listings or logs.
+//! only through [`Keys::get_key`] (for `keys get`) and [`Keys::key_for`] (for the key
+//! server, bound to its file), never through listings or logs.
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -54,6 +55,11 @@ pub trait Keys: Send + Sync {
 
     /// Which of `edks` already have a key.
     async fn known_edks(&self, edks: Vec<String>) -> Result<Vec<String>, StoreError>;
+
+    /// The data key for `edk`, only when its row ties it to `file_id` (the key server's
+    /// read: a key is served for its own file alone). `None` both for an unknown EDK and
+    /// for an EDK stored for another file, or for none.
+    async fn key_for(&self, file_id: String, edk: String) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// The data key for an EDK.
     fn get_key(&self, edk: &str) -> Result<Option<Vec<u8>>, StoreError>;

@@ -175,6 +175,16 @@ impl Store {
         Ok(Store::new(postgres::PgStore::connect_blocking(config, "cli")?))
     }
 
+    /// Opens the store `config` names for the key server: PostgreSQL with `store.url`
+    /// (waiting for the server as the daemon does), else the existing SQLite file
+    /// `store.path` (the daemon creates it).
+    pub async fn open_for_keyserver(config: &crate::config::StoreConfig) -> Result<Store, StoreError> {
+        if config.postgres_url().is_none() {
+            return Store::open_existing(&config.path, config.busy_timeout);
+        }
+        Ok(Store::new(postgres::PgStore::connect(config, "keyserver", true).await?))
+    }
+
     /// Opens (creating if needed) the SQLite store file `path` for the daemon, and migrates it.
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
         Ok(Store::new(sqlite::SqliteStore::open(path, busy_timeout)?))

@@ -82,6 +82,7 @@ both_stores!(
     ranges_run_in_batches_and_resume_after_their_cursor,
     alerts_are_routed_once_a_minute_per_kind_and_subject,
     keys_are_stored_once_and_never_listed_with_their_material,
+    a_key_is_served_only_for_the_file_its_row_names,
     retention_keeps_events_with_work_left_and_orphans_are_counted_apart,
     state_credentials_activity_and_size,
 );
@@ -346,6 +347,28 @@ async fn keys_are_stored_once_and_never_listed_with_their_material(backend: Back
     assert_eq!(listed.len(), 2);
     assert!(!format!("{listed:?}").contains("[1, 1, 1"), "no key material in listings");
     assert!(store.list_keys(Some("f2"), 10).unwrap().is_empty());
+}
+
+async fn a_key_is_served_only_for_the_file_its_row_names(backend: Backend) {
+    let (store, _guard) = open(backend).await;
+    let event = store.insert_events(vec![(upload(1), vec![])]).await.unwrap()[0].id;
+    let key = |edk: &str, file: Option<&str>, dk: u8| NewKey {
+        edk: edk.into(),
+        dk: [dk; 16],
+        file_id: file.map(String::from),
+        key_source: Some("VodBuildInKMS".into()),
+        definition: None,
+        event_id: event,
+    };
+    store.insert_keys(vec![key("e1", Some("f1"), 1), key("e2", Some("f2"), 2), key("e3", None, 3)]).await.unwrap();
+    let key_for = |file: &str, edk: &str| store.key_for(file.into(), edk.into());
+    assert_eq!(key_for("f1", "e1").await.unwrap(), Some(vec![1; 16]));
+    assert_eq!(key_for("f2", "e2").await.unwrap(), Some(vec![2; 16]));
+    assert_eq!(key_for("f1", "e2").await.unwrap(), None, "another file's EDK is not this file's key");
+    assert_eq!(key_for("f2", "e1").await.unwrap(), None);
+    assert_eq!(key_for("f1", "none").await.unwrap(), None, "an unknown EDK");
+    assert_eq!(key_for("", "e3").await.unwrap(), None, "a key stored without a file is served for none");
+    assert_eq!(key_for("F1", "e1").await.unwrap(), None, "file ids compare exactly");
 }
 
 async fn retention_keeps_events_with_work_left_and_orphans_are_counted_apart(backend: Backend) {

@@ -13,6 +13,12 @@ impl Keys for PgStore {
         self.known_edks(edks).await
     }
 
+    async fn key_for(&self, file_id: String, edk: String) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached("SELECT dk FROM drm_keys WHERE edk = $1 AND file_id = $2").await?;
+        Ok(client.query_opt(&stmt, &[&edk, &file_id]).await?.map(|r| r.get(0)))
+    }
+
     fn get_key(&self, edk: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.block(self.get_key(edk))
     }

@@ -52,6 +52,14 @@ impl Keys for SqliteStore {
         .await
     }
 
+    async fn key_for(&self, file_id: String, edk: String) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT dk FROM drm_keys WHERE edk = ?1 AND file_id = ?2")?;
+            Ok(stmt.query_row(params![edk, file_id], |r| r.get(0)).optional()?)
+        })
+        .await
+    }
+
     fn get_key(&self, edk: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.run_sync(|conn| {
             Ok(conn.query_row("SELECT dk FROM drm_keys WHERE edk = ?", [edk], |r| r.get(0)).optional()?)
