@@ -19,17 +19,24 @@ use crate::support::Backend;
 
 /// A fresh, empty store of `backend` (kept alive by the returned guard).
 async fn open(backend: Backend) -> (Store, Option<tempfile::TempDir>) {
+    let (store, guard, _) = open_spec(backend).await;
+    (store, guard)
+}
+
+/// [`open`], with how `store copy` names the store (its path or URL).
+async fn open_spec(backend: Backend) -> (Store, Option<tempfile::TempDir>, String) {
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
-            (Store::open(&dir.path().join("events.db"), Duration::from_secs(5)).unwrap(), Some(dir))
+            let path = dir.path().join("events.db");
+            (Store::open(&path, Duration::from_secs(5)).unwrap(), Some(dir), path.display().to_string())
         }
         Backend::Postgres => {
             let url = crate::pg::database().await;
-            let config = vod_eventd::config::StoreConfig { url: Some(url.into()), ..Default::default() };
+            let config = vod_eventd::config::StoreConfig { url: Some(url.clone().into()), ..Default::default() };
             // Opened as the CLI opens it: both its synchronous and its async operations work.
             let store = tokio::task::spawn_blocking(move || Store::open_for_cli(&config)).await.unwrap().unwrap();
-            (store, None)
+            (store, None, url)
         }
     }
 }
@@ -463,3 +470,41 @@ async fn a_full_store_refuses_new_events_until_the_cap_is_raised(backend: Backen
 }
 
 both_stores!(a_full_store_refuses_new_events_until_the_cap_is_raised);
+
+both_stores!(a_copy_to_another_store_keeps_every_id_and_webhook_id);
+
+/// `store copy` from this backend into a new SQLite store: the same events, deliveries,
+/// attempts and keys under the same ids, so webhook ids and references stay valid, and the
+/// copy takes new writes under fresh ids.
+async fn a_copy_to_another_store_keeps_every_id_and_webhook_id(backend: Backend) {
+    use vod_eventd::store::copy::{copy, End};
+    let (store, _guard, spec) = open_spec(backend).await;
+    let rows = store.insert_events((0..30).map(|i| (upload(i), to(&["h"]))).collect()).await.unwrap();
+    let claimed = claim(&store, "h", 5, vod_eventd::store::now_ms()).await;
+    store.finish_attempts(claimed.iter().map(|d| outcome(d, Next::Done)).collect()).await.unwrap();
+    let key = NewKey {
+        edk: "e1".into(),
+        dk: [3; 16],
+        file_id: Some("f1".into()),
+        key_source: None,
+        definition: None,
+        event_id: rows[1].id,
+    };
+    store.insert_keys(vec![key]).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("copy.db").display().to_string();
+    let (from, to) = (End::open(&spec, None, false).await.unwrap(), End::open(&target, None, true).await.unwrap());
+    let counted = copy(&from, &to, 7, &mut |_, _| {}).await.unwrap();
+    assert!(counted.iter().all(|c| c.source == c.destination), "every table copied whole");
+    drop((from, to));
+    let copied = Store::open_existing(std::path::Path::new(&target), Duration::from_secs(5)).unwrap();
+    assert_eq!(copied.deliveries().unwrap(), store.deliveries().unwrap());
+    assert_eq!(copied.attempts().unwrap(), store.attempts().unwrap());
+    let all = EventFilter { limit: 100, ..Default::default() };
+    let ids = |s: &Store| s.list_events(&all).unwrap().into_iter().map(|e| (e.id, e.dedupe_key)).collect::<Vec<_>>();
+    assert_eq!(ids(&copied), ids(&store));
+    assert_eq!(copied.get_key("e1").unwrap(), Some(vec![3; 16]));
+    let next = copied.insert_events(vec![(upload(99), vec![])]).await.unwrap()[0];
+    assert!(next.new && next.id > store.max_event_id().unwrap(), "new rows get fresh ids");
+}
