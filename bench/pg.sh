@@ -9,12 +9,12 @@
 # With PG_STATEMENTS=1 it also prints each statement's calls (pg_stat_statements) and the
 # transactions committed, to count statements per ingest group.
 #
-#   bench/pg.sh [EVENTS] [DAEMONS]
+#   [BIN=path] bench/pg.sh [EVENTS] [DAEMONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-20000}; D=${2:-1}
-cargo build --release -q --bin vod-eventd
-B=$PWD/target/release/vod-eventd
+# BIN=path runs that binary instead of this tree's release build (to compare two builds).
+if [ -n "${BIN:-}" ]; then B=$(realpath "$BIN"); else cargo build --release -q --bin vod-eventd; B=$PWD/target/release/vod-eventd; fi
 W=$PWD/target/pgbench; rm -rf "$W"; mkdir -p "$W"
 CALLS=6000
 trap 'kill $(jobs -p) 2>/dev/null || true; [ "$D" = 0 ] || stop_cluster' EXIT
