@@ -1,5 +1,5 @@
 //! Storing events on PostgreSQL: one transaction per pulled batch, with the same
-//! occurrence rules as the SQLite store (`store/events.rs`): a content whose latest row is
+//! occurrence rules as the SQLite store (`store/sqlite/events.rs`): a content whose latest row is
 //! not confirmed folds into it (`times_seen`), one whose latest row was confirmed gets a
 //! new occurrence, and a new row gets its files and its deliveries in the same
 //! transaction. A batch costs a constant number of statements however many events it holds
