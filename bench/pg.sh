@@ -6,12 +6,15 @@
 # them, as an operator would), or with DAEMONS=0 by one daemon on SQLite for comparison.
 # Prints wall time, events/s, the daemons' CPU and the PostgreSQL server's CPU per 1,000 events.
 #
-#   bench/pg.sh [EVENTS] [DAEMONS]
+# With PG_STATEMENTS=1 it also prints each statement's calls (pg_stat_statements) and the
+# transactions committed, to count statements per ingest group.
+#
+#   [BIN=path] bench/pg.sh [EVENTS] [DAEMONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-20000}; D=${2:-1}
-cargo build --release -q --bin vod-eventd
-B=$PWD/target/release/vod-eventd
+# BIN=path runs that binary instead of this tree's release build (to compare two builds).
+if [ -n "${BIN:-}" ]; then B=$(realpath "$BIN"); else cargo build --release -q --bin vod-eventd; B=$PWD/target/release/vod-eventd; fi
 W=$PWD/target/pgbench; rm -rf "$W"; mkdir -p "$W"
 CALLS=6000
 trap 'kill $(jobs -p) 2>/dev/null || true; [ "$D" = 0 ] || stop_cluster' EXIT
@@ -63,3 +66,7 @@ PGC=$([ "$D" = 0 ] && echo 0 || echo "$(pg_cpu) - $PG0" | bc)
 SECS=$(echo "$END - $START" | bc)
 echo "store=$([ "$D" = 0 ] && echo sqlite || echo "postgresql x$D") events=$N seconds=$SECS events_per_s=$(echo "$N / $SECS" | bc) daemons_cpu_s=$CPU daemons_cpu_s_per_1000=$(echo "scale=3; $CPU*1000/$N" | bc) postgres_cpu_s_per_1000=$(echo "scale=3; $PGC*1000/$N" | bc) receiver=$(curl -s "http://127.0.0.1:$PORT/_stats") emulator=$(curl -s "http://$EMU/_emulator/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print({k: s[k] for k in ("pulled","confirmed","rate_limited") if k in s})' 2>/dev/null)"
 for p in "${PIDS[@]}"; do kill -TERM "$p"; done; wait "${PIDS[@]}" 2>/dev/null || true
+if [ "$D" != 0 ] && [ "${PG_STATEMENTS:-0}" = 1 ]; then
+  pg_statements
+  psql -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d bench -c "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'"
+fi

@@ -11,7 +11,7 @@ use vod_eventd::config::ApiVersion;
 use vod_eventd::event::ReceivedEvent;
 use vod_eventd::route::Routed;
 use vod_eventd::store::{
-    webhook_id, AttemptRecord, Batch, BreakerStep, DeliveryFilter, EventFilter, NewKey, Next, Range, RouteFn,
+    webhook_id, AttemptRecord, Batch, BreakerStep, DeliveryFilter, EventFilter, Inserted, NewKey, Next, Range, RouteFn,
     Singleton, Store, StoreError, Want,
 };
 
@@ -82,6 +82,7 @@ async fn claim(store: &Store, handler: &str, limit: usize, now: i64) -> Vec<vod_
 both_stores!(
     a_redelivery_folds_into_its_row_and_content_seen_after_a_confirm_is_a_new_occurrence,
     a_group_ingest_records_confirmations_first_and_routes_only_new_events,
+    duplicates_in_a_group_fold_into_the_first_which_alone_is_routed_in_pull_order,
     an_event_is_found_by_every_file_it_names_and_lists_filter,
     a_claim_is_leased_and_a_late_outcome_never_settles_a_newer_claim,
     outcomes_settle_retry_and_dead_and_operators_revive_and_replay_with_the_same_id,
@@ -148,6 +149,72 @@ async fn a_group_ingest_records_confirmations_first_and_routes_only_new_events(b
     assert_eq!(handlers, ["a", "a", "b", "b"]);
     let highest = out.iter().flatten().map(|(i, _)| i.id).max().unwrap();
     assert_eq!(store.max_event_id().unwrap(), highest, "ids in a group follow no particular order");
+}
+
+async fn duplicates_in_a_group_fold_into_the_first_which_alone_is_routed_in_pull_order(backend: Backend) {
+    let (store, _guard) = open(backend).await;
+    let (a, b, c) = (upload(1), upload(2), upload(3));
+    let x = store.insert_events(vec![(upload(0), to(&["h"]))]).await.unwrap()[0];
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recording = |handler: &'static str| -> Arc<RouteFn> {
+        let calls = calls.clone();
+        Arc::new(move |e: &ReceivedEvent| {
+            calls.lock().unwrap().push((handler, e.content.clone()));
+            Routed { handlers: to(&[handler]), ..Routed::default() }
+        })
+    };
+    let batches = vec![
+        Batch { events: vec![a.clone(), upload(0), a.clone(), b.clone()].into(), route: recording("one") },
+        Batch { events: vec![a.clone(), c.clone(), upload(0), b.clone(), a.clone()].into(), route: recording("two") },
+    ];
+    let out = store.ingest(batches, Vec::new()).await.unwrap();
+    let (id_a, id_b, id_c) = (out[0][0].0.id, out[0][3].0.id, out[1][1].0.id);
+    let shape: Vec<Vec<(i64, bool, Vec<String>)>> =
+        out.iter().map(|b| b.iter().map(|(i, r)| (i.id, i.new, r.handlers.clone())).collect()).collect();
+    assert_eq!(
+        shape,
+        [
+            vec![(id_a, true, to(&["one"])), (x.id, false, vec![]), (id_a, false, vec![]), (id_b, true, to(&["one"]))],
+            vec![
+                (id_a, false, vec![]),
+                (id_c, true, to(&["two"])),
+                (x.id, false, vec![]),
+                (id_b, false, vec![]),
+                (id_a, false, vec![]),
+            ],
+        ],
+        "the first of a content is new, later ones fold into it; results in the batches' order"
+    );
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [("one", a.content.clone()), ("one", b.content.clone()), ("two", c.content.clone())],
+        "routed once per new row, in pull order"
+    );
+    let seen = |id: i64| {
+        let row = store.get_event(id).unwrap().unwrap();
+        (row.times_seen, row.occurrence)
+    };
+    assert_eq!([seen(id_a), seen(id_b), seen(id_c), seen(x.id)], [(4, 1), (2, 1), (1, 1), (3, 1)]);
+    let mut ids: Vec<String> = store.deliveries().unwrap().into_iter().map(|d| d.webhook_id).collect();
+    let mut want = vec![
+        webhook_id(&upload(0).dedupe_key, 1, "h"),
+        webhook_id(&a.dedupe_key, 1, "one"),
+        webhook_id(&b.dedupe_key, 1, "one"),
+        webhook_id(&c.dedupe_key, 1, "two"),
+    ];
+    ids.sort();
+    want.sort();
+    assert_eq!(ids, want, "one delivery per new row");
+
+    // Confirmed in the same group: the first is a new occurrence, the second folds into it.
+    let batches = vec![Batch { events: vec![a.clone(), a.clone()].into(), route: recording("one") }];
+    let out = store.ingest(batches, vec![(id_a, 1), (id_a, 2)]).await.unwrap();
+    let again = out[0][0].0;
+    assert!(again.new && again.id != id_a && out[0][1].0 == Inserted { id: again.id, new: false });
+    assert_eq!((seen(again.id), seen(id_a)), ((2, 2), (4, 1)));
+    assert_eq!(store.get_event(id_a).unwrap().unwrap().confirmed_at, Some(1), "an id listed twice keeps its first");
+    assert_eq!(calls.lock().unwrap().len(), 4);
+    assert_eq!(store.count_events().unwrap(), 5);
 }
 
 async fn an_event_is_found_by_every_file_it_names_and_lists_filter(backend: Backend) {

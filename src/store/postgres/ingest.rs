@@ -2,13 +2,17 @@
 //! occurrence rules as the SQLite store (`store/sqlite/events.rs`): a content whose latest row is
 //! not confirmed folds into it (`times_seen`), one whose latest row was confirmed gets a
 //! new occurrence, and a new row gets its files and its deliveries in the same
-//! transaction. The insert is `ON CONFLICT (dedupe_key, occurrence)`: when another host
-//! stores the same content at the same moment, this one waits for its commit and folds.
-//! A batch is stored in dedupe-key order (two hosts never deadlock on overlapping batches),
-//! so the ids of one batch's new rows follow their keys, not the order they were pulled in.
+//! transaction. A batch costs a constant number of statements however many events it holds
+//! (see [`insert_rows`]), each prepared once per connection.
+//!
+//! The insert is `ON CONFLICT (dedupe_key, occurrence)`: when another host stores the same
+//! content at the same moment, this one waits for its commit and folds. Every row lock of
+//! a batch is taken by that one statement, in dedupe-key order (two hosts never deadlock on
+//! overlapping batches), so the ids of one batch's new rows follow their keys, not the
+//! order they were pulled in; routing and deliveries follow the pull order.
 //! Also the alerts (`alert_log` hold-back, the alert event) and the dead-delivery scan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use deadpool_postgres::Transaction;
 use serde_json::json;
@@ -21,95 +25,205 @@ use crate::route::Routed;
 use crate::store::deliveries::webhook_id;
 use crate::store::{Batch, Inserted, RouteFn, StoreError};
 
-/// Stores `events` in `tx`, routing each new one with `route` (see the module doc).
+/// Stores `events` in `tx`, routing each new one with `route` (see the module doc), in
+/// five statements at most, whatever the batch's size:
+///
+/// 1. the latest row of each distinct content (`unnest` of the keys, one index probe each),
+///    without locking: what it reads only chooses the occurrence to write;
+/// 2. one `INSERT … ON CONFLICT (dedupe_key, occurrence) DO UPDATE` of one row per distinct
+///    content, in dedupe-key order: the latest occurrence, with its id, when it is not
+///    confirmed (it conflicts and folds, `times_seen` growing by the content's count in the
+///    batch, and no id is drawn from the sequence), the next one otherwise (a new row; a
+///    concurrent host's row of the same occurrence makes it wait for that commit and fold).
+///    This statement takes every row lock of the batch in one pass in key order, as the
+///    per-event statements did. Locking the latest rows in step 1 instead (`FOR UPDATE`)
+///    would take the locks in two passes (existing rows, then new ones), and a host whose
+///    first pass locks a row another host's second pass is about to fold into could
+///    deadlock with it;
+/// 3. the new rows' files, 4. their deliveries, each one `INSERT … SELECT FROM unnest`.
+///
+/// Within the batch the first event of a content is the one that may be new; the later
+/// ones fold into its row. `route` is called once per new row, in pull order.
 pub(super) async fn insert_rows(
     tx: &Transaction<'_>,
     events: &[ReceivedEvent],
     route: &mut (dyn FnMut(usize, &ReceivedEvent) -> Routed + Send),
     now: i64,
 ) -> Result<Vec<(Inserted, Routed)>, StoreError> {
-    let latest = tx
-        .prepare_cached(
-            "SELECT id, occurrence, confirmed_at IS NOT NULL FROM events WHERE dedupe_key = $1
-             ORDER BY occurrence DESC LIMIT 1",
-        )
-        .await?;
-    let fold =
-        tx.prepare_cached("UPDATE events SET last_seen_at = $2, times_seen = times_seen + 1 WHERE id = $1").await?;
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO events (dedupe_key, occurrence, event_type, version, file_id, task_id, content, received_at,
-                                 last_seen_at, api, source, sub_app_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11)
-             ON CONFLICT (dedupe_key, occurrence)
-             DO UPDATE SET last_seen_at = excluded.last_seen_at, times_seen = events.times_seen + 1
-             RETURNING id, xmax = 0",
-        )
-        .await?;
-    // In dedupe-key order, so two hosts storing overlapping batches lock rows in the same
-    // order and never deadlock; the results go back in the batch's order.
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One entry per distinct content, in dedupe-key order: its first event (in pull order;
+    // the sort is stable) and how many times the batch holds it.
     let mut order: Vec<usize> = (0..events.len()).collect();
     order.sort_by_key(|&i| events[i].dedupe_key);
-    let mut out: Vec<Option<(Inserted, Routed)>> = vec![None; events.len()];
+    let mut contents: Vec<(usize, i64)> = Vec::new();
     for i in order {
-        let e = &events[i];
-        let key = &e.dedupe_key[..];
-        let found = tx.query_opt(&latest, &[&key]).await?;
-        let occurrence: i64 = match found.map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, bool>(2))) {
-            Some((id, _, false)) => {
-                tx.execute(&fold, &[&id, &now]).await?;
-                out[i] = Some((Inserted { id, new: false }, Routed::default()));
-                continue;
-            }
-            Some((_, occurrence, true)) => occurrence + 1,
-            None => 1,
-        };
-        let sub_app_id = e.sub_app_id.map(|id| id as i64);
-        let row = tx
-            .query_one(
-                &insert,
-                &[
-                    &key,
-                    &occurrence,
-                    &e.event_type,
-                    &e.version,
-                    &e.file_id,
-                    &e.task_id,
-                    &e.content,
-                    &now,
-                    &e.api.as_str(),
-                    &e.source,
-                    &sub_app_id,
-                ],
-            )
-            .await?;
-        let (id, new): (i64, bool) = (row.get(0), row.get(1));
-        if !new {
-            out[i] = Some((Inserted { id, new: false }, Routed::default()));
-            continue;
+        match contents.last_mut() {
+            Some((first, count)) if events[*first].dedupe_key == events[i].dedupe_key => *count += 1,
+            _ => contents.push((i, 1)),
         }
-        index_files(tx, id, e).await?;
-        let routed = route(i, e);
-        route_new_event(tx, id, key, occurrence, &routed.handlers, now).await?;
-        out[i] = Some((Inserted { id, new: true }, routed));
     }
-    Ok(out.into_iter().map(|row| row.expect("every event of the batch was stored")).collect())
+    let keys: Vec<&[u8]> = contents.iter().map(|&(i, _)| &events[i].dedupe_key[..]).collect();
+
+    let latest = tx
+        .prepare_cached(
+            "SELECT l.id, l.occurrence, l.confirmed_at IS NOT NULL
+             FROM unnest($1::bytea[]) WITH ORDINALITY AS k (key, n)
+             LEFT JOIN LATERAL (SELECT id, occurrence, confirmed_at FROM events WHERE dedupe_key = k.key
+                                ORDER BY occurrence DESC LIMIT 1) l ON true
+             ORDER BY k.n",
+        )
+        .await?;
+    let rows = tx.query(&latest, &[&keys]).await?;
+    // The row each content is written as: its latest (id given, so that folding into it
+    // takes no value from the id sequence) or the next occurrence (id from the sequence).
+    let (fold_ids, occurrences): (Vec<Option<i64>>, Vec<i64>) = rows
+        .iter()
+        .map(|r| match (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1), r.get::<_, Option<bool>>(2)) {
+            (Some(id), Some(occurrence), Some(false)) => (Some(id), occurrence),
+            (_, Some(occurrence), _) => (None, occurrence + 1),
+            _ => (None, 1),
+        })
+        .unzip();
+
+    let store = tx
+        .prepare_cached(
+            "INSERT INTO events (id, dedupe_key, occurrence, event_type, version, file_id, task_id, content,
+                                 received_at, last_seen_at, api, source, sub_app_id, times_seen)
+             SELECT coalesce(id, nextval((SELECT pg_get_serial_sequence('events', 'id'))::regclass)), key, occurrence,
+                    event_type, version, file_id, task_id, content, $8, $8, api, source, sub_app_id, times_seen
+             FROM unnest($1::bytea[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::bigint[]) WITH ORDINALITY
+                  AS u (key, occurrence, event_type, version, file_id, task_id, content, api, source, sub_app_id,
+                        times_seen, id, n)
+             ORDER BY n
+             ON CONFLICT (dedupe_key, occurrence)
+             DO UPDATE SET last_seen_at = excluded.last_seen_at, times_seen = events.times_seen + excluded.times_seen
+             RETURNING dedupe_key, id, xmax = 0",
+        )
+        .await?;
+    let firsts = || contents.iter().map(|&(i, _)| &events[i]);
+    let event_types: Vec<&str> = firsts().map(|e| e.event_type.as_str()).collect();
+    let versions: Vec<Option<&str>> = firsts().map(|e| e.version.as_deref()).collect();
+    let file_ids: Vec<Option<&str>> = firsts().map(|e| e.file_id.as_deref()).collect();
+    let task_ids: Vec<Option<&str>> = firsts().map(|e| e.task_id.as_deref()).collect();
+    let bodies: Vec<&str> = firsts().map(|e| e.content.as_str()).collect();
+    let apis: Vec<&str> = firsts().map(|e| e.api.as_str()).collect();
+    let sources: Vec<&str> = firsts().map(|e| e.source.as_str()).collect();
+    let sub_app_ids: Vec<Option<i64>> = firsts().map(|e| e.sub_app_id.map(|id| id as i64)).collect();
+    let counts: Vec<i64> = contents.iter().map(|&(_, count)| count).collect();
+    let stored = tx
+        .query(
+            &store,
+            &[
+                &keys,
+                &occurrences,
+                &event_types,
+                &versions,
+                &file_ids,
+                &task_ids,
+                &bodies,
+                &now,
+                &apis,
+                &sources,
+                &sub_app_ids,
+                &counts,
+                &fold_ids,
+            ],
+        )
+        .await?;
+    // Matched by key (unique within the statement), not by the order RETURNING gives.
+    let mut by_key: HashMap<Vec<u8>, (i64, bool)> =
+        stored.iter().map(|r| (r.get::<_, Vec<u8>>(0), (r.get::<_, i64>(1), r.get::<_, bool>(2)))).collect();
+    // Each content's row and occurrence, and whether it is new: only for its first event.
+    let mut rows_of: HashMap<usize, (i64, bool, i64)> = HashMap::with_capacity(contents.len());
+    for (&(first, _), occurrence) in contents.iter().zip(&occurrences) {
+        let (id, new) = by_key.remove(&events[first].dedupe_key[..]).expect("one row per content of the batch");
+        rows_of.insert(first, (id, new, *occurrence));
+    }
+
+    let mut out = Vec::with_capacity(events.len());
+    let mut row_of_key: HashMap<&[u8; 32], i64> = HashMap::with_capacity(contents.len());
+    let mut files: BTreeMap<(&str, i64), &str> = BTreeMap::new();
+    let mut deliveries = Deliveries::default();
+    for (i, e) in events.iter().enumerate() {
+        match rows_of.get(&i) {
+            Some(&(id, true, occurrence)) => {
+                row_of_key.insert(&e.dedupe_key, id);
+                for (file_id, role) in &e.files {
+                    files.insert((file_id.as_str(), id), role.as_str());
+                }
+                let routed = route(i, e);
+                deliveries.add(id, &e.dedupe_key, occurrence, &routed.handlers);
+                out.push((Inserted { id, new: true }, routed));
+            }
+            Some(&(id, false, _)) => {
+                row_of_key.insert(&e.dedupe_key, id);
+                out.push((Inserted { id, new: false }, Routed::default()));
+            }
+            None => {
+                let id = row_of_key[&e.dedupe_key];
+                out.push((Inserted { id, new: false }, Routed::default()));
+            }
+        }
+    }
+    index_files(tx, &files).await?;
+    deliveries.insert(tx, now).await?;
+    Ok(out)
 }
 
-async fn index_files(tx: &Transaction<'_>, id: i64, event: &ReceivedEvent) -> Result<(), StoreError> {
-    if event.files.is_empty() {
+/// The files of new rows, one `(file_id, event_id)` once (the last role an event names).
+async fn index_files(tx: &Transaction<'_>, files: &BTreeMap<(&str, i64), &str>) -> Result<(), StoreError> {
+    if files.is_empty() {
         return Ok(());
     }
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO event_files (file_id, event_id, role) VALUES ($1, $2, $3)
+            "INSERT INTO event_files (file_id, event_id, role) SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])
              ON CONFLICT (file_id, event_id) DO UPDATE SET role = excluded.role",
         )
         .await?;
-    for (file_id, role) in &event.files {
-        tx.execute(&stmt, &[file_id, &id, &role.as_str()]).await?;
-    }
+    let file_ids: Vec<&str> = files.keys().map(|(file_id, _)| *file_id).collect();
+    let event_ids: Vec<i64> = files.keys().map(|(_, id)| *id).collect();
+    let roles: Vec<&str> = files.values().copied().collect();
+    tx.execute(&stmt, &[&file_ids, &event_ids, &roles]).await?;
     Ok(())
+}
+
+/// Pending deliveries to insert in one statement, in the order added.
+#[derive(Default)]
+struct Deliveries {
+    event_ids: Vec<i64>,
+    handlers: Vec<String>,
+    webhook_ids: Vec<String>,
+}
+
+impl Deliveries {
+    /// One delivery per handler of the event `event_id` (occurrence `occurrence` of its content).
+    fn add(&mut self, event_id: i64, dedupe_key: &[u8], occurrence: i64, handlers: &[String]) {
+        for handler in handlers {
+            self.event_ids.push(event_id);
+            self.webhook_ids.push(webhook_id(dedupe_key, occurrence, handler));
+            self.handlers.push(handler.clone());
+        }
+    }
+
+    async fn insert(&self, tx: &Transaction<'_>, now: i64) -> Result<(), StoreError> {
+        if self.event_ids.is_empty() {
+            return Ok(());
+        }
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO deliveries (event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
+                 SELECT event_id, handler, webhook_id, 'pending', $4, $4, $4
+                 FROM unnest($1::bigint[], $2::text[], $3::text[]) WITH ORDINALITY AS u (event_id, handler, webhook_id, n)
+                 ORDER BY n",
+            )
+            .await?;
+        tx.execute(&stmt, &[&self.event_ids, &self.handlers, &self.webhook_ids, &now]).await?;
+        Ok(())
+    }
 }
 
 /// One pending delivery per handler for a newly stored event.
@@ -121,19 +235,9 @@ pub(super) async fn route_new_event(
     handlers: &[String],
     now: i64,
 ) -> Result<(), StoreError> {
-    if handlers.is_empty() {
-        return Ok(());
-    }
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO deliveries (event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
-             VALUES ($1, $2, $3, 'pending', $4, $4, $4)",
-        )
-        .await?;
-    for handler in handlers {
-        tx.execute(&stmt, &[&event_id, handler, &webhook_id(dedupe_key, occurrence, handler), &now]).await?;
-    }
-    Ok(())
+    let mut deliveries = Deliveries::default();
+    deliveries.add(event_id, dedupe_key, occurrence, handlers);
+    deliveries.insert(tx, now).await
 }
 
 /// Stores `alert` unless held back (see `store/alerts.rs`); true if stored and routed.
@@ -232,11 +336,19 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         if !confirmed.is_empty() {
-            let stmt =
-                tx.prepare_cached("UPDATE events SET confirmed_at = $2 WHERE id = $1 AND confirmed_at IS NULL").await?;
-            for (id, at) in confirmed {
-                tx.execute(&stmt, &[id, at]).await?;
+            // One statement; an id listed twice keeps its first time, as one UPDATE per id did.
+            let mut first: BTreeMap<i64, i64> = BTreeMap::new();
+            for &(id, at) in confirmed {
+                first.entry(id).or_insert(at);
             }
+            let (ids, ats): (Vec<i64>, Vec<i64>) = first.into_iter().unzip();
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE events SET confirmed_at = c.at FROM unnest($1::bigint[], $2::bigint[]) AS c (id, at)
+                     WHERE events.id = c.id AND events.confirmed_at IS NULL",
+                )
+                .await?;
+            tx.execute(&stmt, &[&ids, &ats]).await?;
         }
         // Every batch's events in one pass, so the whole transaction takes its row locks in
         // dedupe-key order (see insert_rows): hosts storing overlapping groups never deadlock.
