@@ -44,7 +44,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// The write-ahead log's size once checkpointed (see `journal_size_limit` in `setup`).
-pub const WAL_LIMIT: u64 = 16 * 1024 * 1024;
+pub const WAL_LIMIT: u64 = 8 * 1024 * 1024;
 
 /// The number of migrations this build knows (the schema version of a current file).
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
