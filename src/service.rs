@@ -16,7 +16,7 @@ use crate::config::{AlertConfig, HealthConfig};
 use crate::health::{Report, SourceReport};
 use crate::metrics::Metrics;
 use crate::store::Singleton;
-use crate::store::{now_ms, HandlerCounts, Store};
+use crate::store::{now_ms, HandlerCounts, Store, StoreError};
 
 /// How often STATUS= and the heartbeat are refreshed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -90,16 +90,12 @@ impl StatusLoop {
                 ("status".into(), status),
             ];
             state.extend(source_state(&report));
-            // On a shared store (PostgreSQL) each host writes a heartbeat of its own, and one
-            // host writes the shared one and checks the alarms.
-            let leads = self.store.lead(Singleton::Status).await;
-            if self.store.is_shared() {
-                let _ = self.store.put_state(vec![self.host_beat(0).await]).await;
-            }
+            // On a shared store (PostgreSQL) one host writes the shared heartbeat and checks
+            // the alarms.
+            let (leads, _) = self.write_state(state, 0).await;
             if !leads {
                 continue;
             }
-            let _ = self.store.put_state(state).await;
             if last_alarm_check.is_some_and(|t| t.elapsed() < self.alert.check_interval) {
                 continue;
             }
@@ -120,18 +116,25 @@ impl StatusLoop {
         let mut state: Vec<(String, String)> =
             vec![("heartbeat_ms".into(), now.clone()), ("stopped_ms".into(), now), ("status".into(), status)];
         state.extend(source_state(&report));
-        if self.store.is_shared() {
-            let _ = self.store.put_state(vec![self.host_beat(now_ms()).await]).await;
-        }
-        if !self.store.lead(Singleton::Status).await {
-            return;
-        }
-        if let Err(e) = self.store.put_state(state).await {
+        if let (true, Err(e)) = self.write_state(state, now_ms()).await {
             warn!(error = %e, "Could not write the final status; `vod-eventd status` shows the last heartbeat.");
         }
     }
 
-    /// This host's own heartbeat entry (`stopped_ms` 0 while it runs).
+    /// Writes the heartbeat values in one transaction: `shared` if this host leads the status
+    /// task (always, on a store of its own), and on a shared store this host's own entry
+    /// (`stopped_ms` 0 while it runs). Returns whether it leads, and how the write went.
+    async fn write_state(&self, shared: Vec<(String, String)>, stopped_ms: i64) -> (bool, Result<(), StoreError>) {
+        let leads = self.store.lead(Singleton::Status).await;
+        let mut values = if leads { shared } else { Vec::new() };
+        if self.store.is_shared() {
+            values.push(self.host_beat(stopped_ms).await);
+        }
+        let written = if values.is_empty() { Ok(()) } else { self.store.put_state(values).await };
+        (leads, written)
+    }
+
+    /// This host's own heartbeat entry.
     async fn host_beat(&self, stopped_ms: i64) -> (String, String) {
         let beat = HostBeat {
             pid: std::process::id(),

@@ -4,14 +4,55 @@
 //! that no route takes is not stored: without an alert route the store holds Tencent's
 //! events alone, as before.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde_json::json;
 
-use super::RouteFn;
-use crate::alert_event::Alert;
+use super::{RouteFn, StoreError};
+use crate::alert_event::{Alert, AlertKind};
 
-use super::StoreError;
+/// A dead delivery, as the alert about it quotes it.
+pub(crate) struct DeadDelivery {
+    /// Its handler.
+    pub handler: String,
+    /// Its stable id.
+    pub webhook_id: String,
+    /// Its event.
+    pub event_id: i64,
+    /// That event's type.
+    pub event_type: String,
+    /// The last attempt's status, if any.
+    pub status: Option<i64>,
+    /// The last attempt's error, if any.
+    pub error: Option<String>,
+}
+
+/// One `vod-eventd.delivery.dead` alert per handler of `dead`, counting its deliveries and
+/// quoting the first one given: what each backend's [`Alerts::raise_alerts_for_dead`] raises.
+pub(crate) fn dead_delivery_alerts(dead: impl IntoIterator<Item = DeadDelivery>) -> Vec<Alert> {
+    let mut by_handler: BTreeMap<String, (i64, serde_json::Value)> = BTreeMap::new();
+    for d in dead {
+        let delivery = json!({"webhook_id": d.webhook_id, "event_id": d.event_id, "event_type": d.event_type,
+                              "status": d.status, "error": d.error});
+        by_handler.entry(d.handler).or_insert((0, delivery)).0 += 1;
+    }
+    by_handler
+        .into_iter()
+        .map(|(handler, (count, delivery))| {
+            let error = delivery["error"].as_str().unwrap_or("none recorded").to_string();
+            let mut alert = Alert::new(
+                AlertKind::DeliveryDead,
+                &handler,
+                format!("{count} deliveries to handler {handler} went dead (last error: {error}). List them with `vod-eventd deliveries list --state dead --handler {handler}`; once the receiver is fixed, `vod-eventd deliveries retry --dead --handler {handler}`."),
+            );
+            alert.details.insert("deliveries".into(), count.into());
+            alert.details.insert("delivery".into(), delivery);
+            alert
+        })
+        .collect()
+}
 
 /// The alerts operations every backend implements.
 #[async_trait]

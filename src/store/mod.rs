@@ -15,7 +15,7 @@
 //! [`copy`] moves a history from any backend to any other.
 
 mod activity;
-mod alerts;
+pub(crate) mod alerts;
 pub mod copy;
 mod deliveries;
 mod events;

@@ -15,13 +15,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use deadpool_postgres::Transaction;
-use serde_json::json;
 
 use super::PgStore;
-use crate::alert_event::{Alert, AlertKind, ALERT_HOLD};
+use crate::alert_event::{Alert, ALERT_HOLD};
 use crate::event::ReceivedEvent;
 use crate::names::ALERT_SOURCE;
 use crate::route::Routed;
+use crate::store::alerts::{dead_delivery_alerts, DeadDelivery};
 use crate::store::deliveries::webhook_id;
 use crate::store::{Batch, Inserted, RouteFn, StoreError};
 
@@ -283,27 +283,14 @@ async fn dead_alerts(tx: &Transaction<'_>, ids: &[i64]) -> Result<Vec<Alert>, St
             &[&ids, &ALERT_SOURCE],
         )
         .await?;
-    let mut by_handler: BTreeMap<String, (i64, serde_json::Value)> = BTreeMap::new();
-    for r in rows {
-        let delivery = json!({"webhook_id": r.get::<_, String>(1), "event_id": r.get::<_, i64>(2),
-                              "event_type": r.get::<_, String>(3), "status": r.get::<_, Option<i64>>(4),
-                              "error": r.get::<_, Option<String>>(5)});
-        by_handler.entry(r.get(0)).or_insert((0, delivery)).0 += 1;
-    }
-    Ok(by_handler
-        .into_iter()
-        .map(|(handler, (count, delivery))| {
-            let error = delivery["error"].as_str().unwrap_or("none recorded").to_string();
-            let mut alert = Alert::new(
-                AlertKind::DeliveryDead,
-                &handler,
-                format!("{count} deliveries to handler {handler} went dead (last error: {error}). List them with `vod-eventd deliveries list --state dead --handler {handler}`; once the receiver is fixed, `vod-eventd deliveries retry --dead --handler {handler}`."),
-            );
-            alert.details.insert("deliveries".into(), count.into());
-            alert.details.insert("delivery".into(), delivery);
-            alert
-        })
-        .collect())
+    Ok(dead_delivery_alerts(rows.iter().map(|r| DeadDelivery {
+        handler: r.get(0),
+        webhook_id: r.get(1),
+        event_id: r.get(2),
+        event_type: r.get(3),
+        status: r.get(4),
+        error: r.get(5),
+    })))
 }
 
 impl PgStore {

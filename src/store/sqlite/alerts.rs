@@ -6,16 +6,15 @@
 //! that no route takes is not stored: without an alert route the store holds Tencent's
 //! events alone, as before.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::json;
 
 use super::events::insert_rows;
 use super::SqliteStore;
-use crate::alert_event::{Alert, AlertKind, ALERT_HOLD};
+use crate::alert_event::{Alert, ALERT_HOLD};
 use crate::names::ALERT_SOURCE;
+use crate::store::alerts::{dead_delivery_alerts, DeadDelivery};
 use crate::store::{Alerts, RouteFn, StoreError};
 
 /// Stores `alert` if a route takes it, unless one of its kind and subject was stored less
@@ -49,45 +48,31 @@ pub(super) fn raise(conn: &Connection, alert: &Alert, route: &RouteFn, now: i64)
     Ok(stored.iter().any(|(row, _)| row.new))
 }
 
-/// One alert per handler for the deliveries among `ids` that are dead and not deliveries
-/// of an alert event.
+/// The deliveries among `ids` that are dead and not deliveries of an alert event, in the
+/// order of `ids`.
 fn dead_alerts(conn: &Connection, ids: &[i64]) -> Result<Vec<Alert>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT d.handler, d.webhook_id, d.event_id, e.event_type, d.last_status, d.last_error
          FROM deliveries d JOIN events e ON e.id = d.event_id
          WHERE d.id = ?1 AND d.state = 'dead' AND e.source != ?2",
     )?;
-    let mut by_handler: BTreeMap<String, (i64, serde_json::Value)> = BTreeMap::new();
+    let mut dead = Vec::new();
     for id in ids {
         let row = stmt
             .query_row(params![id, ALERT_SOURCE], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    json!({"webhook_id": r.get::<_, String>(1)?, "event_id": r.get::<_, i64>(2)?,
-                           "event_type": r.get::<_, String>(3)?, "status": r.get::<_, Option<i64>>(4)?,
-                           "error": r.get::<_, Option<String>>(5)?}),
-                ))
+                Ok(DeadDelivery {
+                    handler: r.get(0)?,
+                    webhook_id: r.get(1)?,
+                    event_id: r.get(2)?,
+                    event_type: r.get(3)?,
+                    status: r.get(4)?,
+                    error: r.get(5)?,
+                })
             })
             .optional()?;
-        if let Some((handler, delivery)) = row {
-            let entry = by_handler.entry(handler).or_insert((0, delivery));
-            entry.0 += 1;
-        }
+        dead.extend(row);
     }
-    Ok(by_handler
-        .into_iter()
-        .map(|(handler, (count, delivery))| {
-            let error = delivery["error"].as_str().unwrap_or("none recorded").to_string();
-            let mut alert = Alert::new(
-                AlertKind::DeliveryDead,
-                &handler,
-                format!("{count} deliveries to handler {handler} went dead (last error: {error}). List them with `vod-eventd deliveries list --state dead --handler {handler}`; once the receiver is fixed, `vod-eventd deliveries retry --dead --handler {handler}`."),
-            );
-            alert.details.insert("deliveries".into(), count.into());
-            alert.details.insert("delivery".into(), delivery);
-            alert
-        })
-        .collect())
+    Ok(dead_delivery_alerts(dead))
 }
 
 #[async_trait::async_trait]
@@ -134,6 +119,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::alert_event::AlertKind;
     use crate::route::Routed;
     use crate::store::prelude::*;
     use crate::store::sqlite::deliveries::tests::record;

@@ -370,6 +370,15 @@ pub(crate) mod tests {
             .unwrap()
     }
 
+    /// Sweeps until the running delivery's lease has passed by the store's own clock (within 10 s).
+    async fn sweep_once_the_lease_passes(store: &SqliteStore) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.sweep_expired_leases(now_ms()).await.unwrap() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the lease never passed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test]
     async fn an_expired_lease_returns_the_delivery_to_pending_and_a_late_outcome_still_counts() {
         let dir = tempfile::tempdir().unwrap();
@@ -377,11 +386,7 @@ pub(crate) mod tests {
         let now = now_ms();
         let claimed = store.claim_due("h".into(), 1, now, Duration::from_millis(200)).await.unwrap();
         assert_eq!(store.sweep_expired_leases(now + 600_000).await.unwrap(), 0, "a clock step does not end the lease");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while store.sweep_expired_leases(now_ms()).await.unwrap() == 0 {
-            assert!(std::time::Instant::now() < deadline, "the lease never passed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        sweep_once_the_lease_passes(&store).await;
         assert_eq!(state(&store), ("pending".into(), 1), "swept, and the lost attempt still counts");
         // The outcome arrives after the sweep but before a new claim: it settles the delivery.
         store.finish_attempt(record(claimed[0].delivery_id, 1, Next::Done)).await.unwrap();
@@ -394,11 +399,7 @@ pub(crate) mod tests {
         let store = one_pending(&dir).await;
         let now = now_ms();
         let first = store.claim_due("h".into(), 1, now, Duration::from_millis(1)).await.unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while store.sweep_expired_leases(now_ms()).await.unwrap() == 0 {
-            assert!(std::time::Instant::now() < deadline, "the lease never passed");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        sweep_once_the_lease_passes(&store).await;
         let second = store.claim_due("h".into(), 1, now_ms(), Duration::from_secs(60)).await.unwrap();
         assert_eq!(second[0].attempt, 2);
         store.finish_attempt(record(first[0].delivery_id, 1, Next::Dead)).await.unwrap();
