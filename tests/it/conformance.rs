@@ -503,6 +503,7 @@ async fn state_credentials_activity_and_size(backend: Backend) {
     assert!(store.size_on_disk().await > 0, "a store takes room");
     store.check_integrity().unwrap();
     assert!(store.lead(Singleton::Retention).await, "a lone store leads");
+    assert!(store.leading().await.contains(&Singleton::Retention), "and says it leads what it took");
     assert_eq!(store.is_shared(), backend == Backend::Postgres);
 }
 
