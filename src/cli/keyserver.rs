@@ -72,7 +72,14 @@ pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
         };
         tracing::info!(listen = %address, path = %section.path, auth = ?section.auth, tls = tls.is_some(), "Key server listening.");
         notify(&[NotifyState::Ready, NotifyState::Status("serving keys")]);
-        let server = KeyServer::new(section.clone(), store, secrets);
+        let missing = match section.fetch_missing {
+            true => Some(
+                crate::keyserver::missing::Missing::new(&config, &section, store.clone())
+                    .context("setting up the fetch of missing keys")?,
+            ),
+            false => None,
+        };
+        let server = KeyServer::new(section.clone(), store, secrets, missing);
         let reloader = server.clone();
         let path = config_path.to_path_buf();
         let tls_now = tls.clone();

@@ -69,6 +69,7 @@ mod controls;
 mod crosscheck;
 mod filters;
 mod handlers;
+mod keyfetch;
 mod keyserver;
 mod listener;
 mod operator;
