@@ -255,3 +255,30 @@ async fn v3_keys_are_found_in_the_file_s_playlists() {
     assert_eq!(reqwest::get(ks.url(OTHER_FILE, edk)).await.unwrap().status(), 404);
     assert_eq!(drm_calls(&emu), 1);
 }
+
+/// A burst of 150 task-flow events (one EDK each) through the DRM handler: concurrent
+/// deliveries' EDKs leave in DescribeDrmDataKey calls of up to ten, so the burst takes a
+/// handful of calls instead of 150 (90 s at v2's 100 calls/min), and every key is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_150_task_flows_takes_calls_of_ten() {
+    let emu = emulator(fast_emulator_config()).await;
+    emu.enqueue_generated_type("ProcedureStateChanged", 150).unwrap();
+    let issued = emu.issued_keys();
+    assert_eq!(issued.len(), 150, "one EDK per generated task flow");
+    let config = "[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nconcurrency = 30\n";
+    let started = Instant::now();
+    let daemon = crate::support::TestDaemon::start(&emu.endpoint(), config).await;
+    crate::support::eventually(Duration::from_secs(120), "150 deliveries done", || {
+        daemon.delivery_states().get("done") == Some(&150)
+    })
+    .await;
+    let took = started.elapsed();
+    let calls = drm_calls(&emu);
+    assert!((15..=30).contains(&calls), "150 EDKs took {calls} DescribeDrmDataKey calls");
+    let store = daemon.store().unwrap();
+    assert_eq!(store.list_keys(None, 1000).unwrap().len(), 150, "every key stored");
+    for (edk, dk) in issued.iter().take(5) {
+        assert_eq!(store.get_key(edk).unwrap().as_deref(), Some(&dk[..]));
+    }
+    eprintln!("150 task flows: {calls} DescribeDrmDataKey calls, all done in {took:?}");
+}
