@@ -290,6 +290,7 @@ async fn call(
                     key_source: origin.key_source.clone(),
                     definition: origin.definition,
                     event_id: origin.event_id,
+                    sealed: None,
                 });
                 Ok(Fetched::Key(dk))
             }

@@ -57,7 +57,8 @@ pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
         let mut reloads = crate::signal::with_reload(shutdown.clone())?;
         let store = Store::open_for_keyserver(&config.store)
             .await
-            .with_context(|| format!("opening the store named in {}", config_path.display()))?;
+            .with_context(|| format!("opening the store named in {}", config_path.display()))?
+            .with_keyring(config.keys.keyring().map_err(anyhow::Error::msg)?);
         let listener = tokio::net::TcpListener::bind(section.listen)
             .await
             .with_context(|| format!("keyserver.listen {}: cannot listen", section.listen))?;
