@@ -335,11 +335,6 @@ impl Config {
         if let Some(keyserver) = &self.keyserver {
             keyserver.validate(&mut bad);
         }
-        if self.keys.encryption_key_file.is_some() {
-            if let Err(e) = self.keys.keyring() {
-                bad("keys.encryption_key_file", e);
-            }
-        }
         issues
     }
 }

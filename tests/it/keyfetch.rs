@@ -258,16 +258,24 @@ async fn v3_keys_are_found_in_the_file_s_playlists() {
 
 /// A burst of 150 task-flow events (one EDK each) through the DRM handler: concurrent
 /// deliveries' EDKs leave in DescribeDrmDataKey calls of up to ten, so the burst takes a
-/// handful of calls instead of 150 (90 s at v2's 100 calls/min), and every key is stored.
+/// handful of calls instead of 150 (90 s at v2's 100 calls/min), and every key is stored,
+/// sealed at rest (`[keys] encryption_key_file`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_150_task_flows_takes_calls_of_ten() {
     let emu = emulator(fast_emulator_config()).await;
     emu.enqueue_generated_type("ProcedureStateChanged", 150).unwrap();
     let issued = emu.issued_keys();
     assert_eq!(issued.len(), 150, "one EDK per generated task flow");
-    let config = "[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nconcurrency = 30\n";
+    // And sealed at rest by the daemon's store.
+    let keys_dir = tempfile::tempdir().unwrap();
+    let key_file = keys_dir.path().join("keys-encryption");
+    write_key_file(&key_file, &[("k1", 7)]);
+    let config = format!(
+        "[keys]\nencryption_key_file = \"{}\"\n[[routes]]\nevents = [\"ProcedureStateChanged\"]\nhandlers = [\"keys\"]\n[handlers.keys]\ntype = \"drm\"\nconcurrency = 30\n",
+        key_file.display()
+    );
     let started = Instant::now();
-    let daemon = crate::support::TestDaemon::start(&emu.endpoint(), config).await;
+    let daemon = crate::support::TestDaemon::start(&emu.endpoint(), &config).await;
     crate::support::eventually(Duration::from_secs(120), "150 deliveries done", || {
         daemon.delivery_states().get("done") == Some(&150)
     })
@@ -277,8 +285,87 @@ async fn a_burst_of_150_task_flows_takes_calls_of_ten() {
     assert!((15..=30).contains(&calls), "150 EDKs took {calls} DescribeDrmDataKey calls");
     let store = daemon.store().unwrap();
     assert_eq!(store.list_keys(None, 1000).unwrap().len(), 150, "every key stored");
+    let raw = store.stored_keys(String::new(), 1000).await.unwrap();
+    assert_eq!(raw.len(), 150);
+    for (edk, bytes) in &raw {
+        let dk = issued.iter().find(|(e, _)| e == edk).unwrap().1;
+        assert!(!bytes.windows(16).any(|w| w == dk), "a key stored unsealed");
+    }
+    let ring = vod_eventd::config::KeysConfig { encryption_key_file: Some(key_file) }.keyring().unwrap();
+    let store = store.with_keyring(ring);
     for (edk, dk) in issued.iter().take(5) {
         assert_eq!(store.get_key(edk).unwrap().as_deref(), Some(&dk[..]));
     }
     eprintln!("150 task flows: {calls} DescribeDrmDataKey calls, all done in {took:?}");
+}
+
+/// Writes a key file of `(id, byte)` keys (mode 0600) at `path`.
+fn write_key_file(path: &std::path::Path, keys: &[(&str, u8)]) {
+    use base64::Engine as _;
+    let text: String = keys
+        .iter()
+        .map(|(id, b)| format!("{id}:{}\n", base64::engine::general_purpose::STANDARD.encode([*b; 32])))
+        .collect();
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
+/// With `[keys] encryption_key_file`, the key server stores the key it fetches sealed (the
+/// database holds no key) and serves it; `keys rekey` moves every key to a new first key,
+/// after which `keys get` needs only that one; an old key file alone is refused, naming the
+/// key id, never a key. Nothing of the key in any output or log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetched_keys_are_sealed_at_rest_and_rekey_rotates_them() {
+    use base64::Engine as _;
+    let emu = emulator(fast_emulator_config()).await;
+    let edk = "CiAKHGVka2Zvci1maWxlLXNlYWxlZC0wMTIzNDU2Nzg5YWJjZA==";
+    let dk: [u8; 16] = std::array::from_fn(|i| 0x90 ^ (i as u8 * 13));
+    emu.add_key(edk, dk);
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("keys-encryption");
+    write_key_file(&key_file, &[("k1", 1)]);
+    let (store, store_extra) = open_store(Backend::Sqlite, dir.path()).await;
+    store_v2_event(&store, FILE, &[edk]).await;
+    let keys = format!("[keys]\nencryption_key_file = \"{}\"\n", key_file.display());
+    let ks = start(dir, (store, store_extra), &emu.endpoint(), "", "", &keys).await;
+
+    let r = reqwest::get(ks.url(FILE, edk)).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", ks.log());
+    assert_eq!(r.bytes().await.unwrap().to_vec(), dk.to_vec());
+    // As stored: sealed under k1, no key in it; a handle without the key file cannot read it.
+    let raw = ks.store.stored_keys(String::new(), 10).await.unwrap();
+    assert_eq!(raw.len(), 1);
+    assert_eq!(vod_eventd::store::keyring::sealed_under(&raw[0].1).unwrap().as_deref(), Some("k1"));
+    assert!(!raw[0].1.windows(16).any(|w| w == dk));
+    assert!(ks.store.get_key(edk).is_err());
+    // Served again from the store (opened).
+    assert_eq!(reqwest::get(ks.url(FILE, edk)).await.unwrap().bytes().await.unwrap().to_vec(), dk.to_vec());
+
+    let config = ks.log_path.with_file_name("config.toml");
+    let keys_cmd = |args: &[&str]| cli().arg("keys").args(args).arg("--config").arg(&config).output().unwrap();
+    // Rotation: the new key first, the old one still there; rekey; then the old one removed.
+    write_key_file(&key_file, &[("k2", 2), ("k1", 1)]);
+    let out = keys_cmd(&["rekey"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 keys sealed under key id k2; 0 already were");
+    write_key_file(&key_file, &[("k2", 2)]);
+    let out = keys_cmd(&["get", "--raw", "--edk", edk]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, dk, "opened with the new key alone");
+    // The old key alone no longer opens it: refused, naming the key id.
+    write_key_file(&key_file, &[("k1", 1)]);
+    let out = keys_cmd(&["get", "--base64", "--edk", edk]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && stderr.contains("key id k2"), "{stderr}");
+    // A key file others may read is refused by `config check`.
+    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = cli().args(["config", "check", "--config"]).arg(&config).output().unwrap();
+    let check = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && check.contains("keys.encryption_key_file"), "{check}");
+
+    let b64 = base64::engine::general_purpose::STANDARD.encode(dk);
+    let hex = vod_eventd::event::hex(&dk);
+    for text in [ks.log(), stderr, check] {
+        assert!(!text.contains(&b64) && !text.contains(&hex) && !text.contains(&format!("{:?}", &dk[..])));
+    }
 }
