@@ -74,11 +74,11 @@ pub struct KeyserverConfig {
     /// with DescribeDrmDataKey (on by default); off: such a pair is `404` until the DRM
     /// handler has stored its key.
     pub fetch_missing: bool,
-    /// How long a pair that no stored event ties, or whose EDK Tencent refused, is
-    /// answered `404` without looking again.
+    /// How long a pair whose EDK Tencent refused is answered `404` without asking again (a
+    /// pair no stored event ties: 30 s at most, its event may be on its way).
     #[serde(with = "humantime_serde")]
     pub refused_ttl: Duration,
-    /// Pairs remembered so, at most (the oldest is forgotten first).
+    /// Refused pairs remembered, at most (the oldest is forgotten first); as many untied ones.
     pub refused_max: usize,
 }
 

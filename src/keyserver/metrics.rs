@@ -26,7 +26,7 @@ struct OutcomeLabel {
 pub(super) struct KeyMetrics {
     requests: Family<OutcomeLabel, Counter>,
     seconds: Histogram,
-    /// Pairs remembered as unknown or refused (the bounded negative cache).
+    /// Pairs remembered as refused by Tencent (the bounded negative cache).
     pub(super) refused: Gauge,
     registry: Registry,
 }
@@ -45,7 +45,7 @@ impl Default for KeyMetrics {
         registry.register("request_seconds", "Time to answer a key request", m.seconds.clone());
         registry.register(
             "refused_pairs",
-            "Pairs (file, EDK) remembered as unknown or refused by Tencent, at most keyserver.refused_max",
+            "Pairs (file, EDK) remembered as refused by Tencent, at most keyserver.refused_max",
             m.refused.clone(),
         );
         KeyMetrics { registry, ..m }

@@ -6,9 +6,12 @@
 //! one call, concurrent misses leave in calls of up to ten, and the source's rate limit is
 //! kept.
 //!
-//! A pair no stored event ties, or whose EDK Tencent refuses, is remembered for
-//! `keyserver.refused_ttl` in a cache of at most `keyserver.refused_max` pairs: a flood of
-//! bogus requests costs one look (and at most one call) per distinct pair.
+//! A pair whose EDK Tencent refuses is remembered for `keyserver.refused_ttl` in a cache of
+//! at most `keyserver.refused_max` pairs: a flood of bogus requests costs at most one call
+//! per distinct pair. A pair no stored event ties is remembered too (at most as many more),
+//! for [`UNTIED_TTL`] at most: its event may be on its way (a player can ask for a key as
+//! soon as the task flow wrote its playlist, before the daemon has pulled the event), and it
+//! costs no call anyway.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +32,8 @@ const EVENTS_PER_FILE: u32 = 20;
 /// How long the EDKs read from an event's playlists are kept, and for how many events.
 const PLAYLIST_TTL: Duration = Duration::from_secs(60);
 const PLAYLIST_EVENTS: usize = 1_000;
+/// How long a pair no stored event ties is answered `404` without looking again, at most.
+pub const UNTIED_TTL: Duration = Duration::from_secs(30);
 /// Clients kept, one per source, at most.
 const MAX_CLIENTS: usize = 1_000;
 
@@ -52,6 +57,7 @@ pub struct Missing {
     clients: Mutex<BTreeMap<String, Arc<Client>>>,
     playlists: Playlists,
     refused: Mutex<TtlCache<(String, String), ()>>,
+    untied: Mutex<TtlCache<(String, String), ()>>,
     read: Mutex<TtlCache<i64, PlaylistEdks>>,
 }
 
@@ -81,6 +87,7 @@ impl Missing {
             clients: Mutex::default(),
             playlists: Playlists::new(drm)?,
             refused: Mutex::new(TtlCache::new(section.refused_ttl, section.refused_max)),
+            untied: Mutex::new(TtlCache::new(section.refused_ttl.min(UNTIED_TTL), section.refused_max)),
             read: Mutex::new(TtlCache::new(PLAYLIST_TTL, PLAYLIST_EVENTS)),
         })
     }
@@ -88,13 +95,19 @@ impl Missing {
     /// The key of a pair the store holds no key for.
     pub async fn find(&self, file_id: &str, edk: &str) -> Found {
         let pair = (file_id.to_string(), edk.to_string());
-        if self.refused.lock().expect("refused cache lock").get(&pair).is_some() {
+        let remembered = self.refused.lock().expect("refused cache lock").get(&pair).is_some()
+            || self.untied.lock().expect("untied cache lock").get(&pair).is_some();
+        if remembered {
             tracing::debug!(file_id, edk = %super::short(edk), "A pair remembered as unknown or refused.");
             return Found::Unknown;
         }
         let tie = match self.tie(file_id, edk).await {
             Ok(Some(tie)) => tie,
-            Ok(None) => return self.refuse(pair, "no stored event ties this file and EDK"),
+            Ok(None) => {
+                tracing::debug!(file_id, edk = %super::short(edk), "No stored event ties this file and EDK; remembered.");
+                self.untied.lock().expect("untied cache lock").insert(pair, ());
+                return Found::Unknown;
+            }
             Err(()) => return Found::Unavailable,
         };
         let client = match self.client(&tie.source, tie.sub_app_id) {
@@ -221,7 +234,7 @@ impl Missing {
         }
     }
 
-    /// Pairs remembered as unknown or refused (live or expired, at most `refused_max`).
+    /// Pairs remembered as refused by Tencent (live or expired, at most `refused_max`).
     pub fn refused_len(&self) -> usize {
         self.refused.lock().expect("refused cache lock").len()
     }

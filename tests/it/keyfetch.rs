@@ -165,6 +165,31 @@ async fn twenty_concurrent_requests_for_a_missing_key_make_one_call(backend: Bac
     assert!(!ks.log().contains(edk), "no whole EDK in the log");
 }
 
+/// Concurrent misses for distinct EDKs leave in calls of up to ten: 20 EDKs of one file,
+/// asked for at once, take a few calls, not 20.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_are_batched_ten_per_call() {
+    let emu = emulator(fast_emulator_config()).await;
+    let edks: Vec<String> = (0..20).map(|i| format!("CiAKHGVka2Zvci1iYXRjaGVkLTAxMjM0NTY3ODlh{i:02}")).collect();
+    for (i, edk) in edks.iter().enumerate() {
+        emu.add_key(edk.clone(), [i as u8; 16]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (store, store_extra) = open_store(Backend::Sqlite, dir.path()).await;
+    store_v2_event(&store, FILE, &edks.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let ks = start(dir, (store, store_extra), &emu.endpoint(), "", "", "").await;
+    let client = reqwest::Client::new();
+    let requests = edks.iter().map(|edk| {
+        let (client, url) = (client.clone(), ks.url(FILE, edk));
+        tokio::spawn(async move { client.get(url).send().await.unwrap().bytes().await.unwrap().to_vec() })
+    });
+    for (i, answer) in futures_util::future::join_all(requests).await.into_iter().enumerate() {
+        assert_eq!(answer.unwrap(), vec![i as u8; 16]);
+    }
+    let calls = drm_calls(&emu);
+    assert!((2..=6).contains(&calls), "20 concurrent misses took {calls} calls");
+}
+
 /// Pairs no event ties cost no call; EDKs Tencent refuses cost one call each, are
 /// remembered, and the memory holds `refused_max` pairs at most (the oldest forgotten).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
