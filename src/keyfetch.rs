@@ -193,12 +193,19 @@ async fn work(queues: Queues, source: String, client: Arc<Client>, store: Store)
             }
             batch
         };
+        let taken: Vec<String> = batch.iter().map(|(edk, _)| edk.clone()).collect();
         let outcomes = resolve(&client, &store, batch).await;
         let mut all = queues.lock().expect("batcher lock poisoned");
         let Some(queue) = all.get_mut(&source) else { return };
         for (edk, outcome) in outcomes {
             for waiter in queue.in_flight.remove(&edk).unwrap_or_default() {
                 let _ = waiter.tx.send(outcome.clone());
+            }
+        }
+        // Every EDK taken gets an answer, even one an answer above left out.
+        for edk in taken {
+            for waiter in queue.in_flight.remove(&edk).unwrap_or_default() {
+                let _ = waiter.tx.send(Err(FetchError::retryable("no outcome for this EDK")));
             }
         }
     }
