@@ -21,6 +21,8 @@
 //! - [`handler`]: the webhook, shell and DRM-key handlers.
 //! - [`retry`]: the handler retry policy.
 //! - [`daemon`]: wiring and shutdown order.
+//! - [`keyfetch`]: DescribeDrmDataKey batched (ten EDKs a call) and coalesced (one call per
+//!   EDK in flight), for the DRM handler and the key server.
 //! - [`keyserver`]: `vod-eventd keyserver`, the data keys served to players, with tokens
 //!   bound to a file and an expiry.
 //! - [`cli`]: the command line (daemon, history, config check, emulator, demo).
@@ -58,6 +60,7 @@ pub mod handler;
 pub mod health;
 pub mod http;
 pub mod ingest;
+pub mod keyfetch;
 pub mod keyserver;
 pub mod limits;
 pub mod logging;

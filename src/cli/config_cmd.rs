@@ -37,6 +37,13 @@ impl ConfigCommand {
                 return ExitCode::from(super::EXIT_CONFIG);
             }
         };
+        if config.keys.encryption_key_file.is_some() {
+            // Read as the daemon reads it at start (a file, not just a setting).
+            if let Err(e) = config.keys.keyring() {
+                eprintln!("{}: keys.encryption_key_file: {e}", path.display());
+                return ExitCode::from(super::EXIT_CONFIG);
+            }
+        }
         println!(
             "{}: OK (endpoint {}, store {})",
             path.display(),

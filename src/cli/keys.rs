@@ -1,5 +1,7 @@
-//! `vod-eventd keys get|list`: DRM data keys fetched by the `drm` handler. `get --raw`
-//! writes the 16 key bytes to stdout, as a key server returns them to an HLS player.
+//! `vod-eventd keys get|list|token|rekey`: DRM data keys fetched by the `drm` handler.
+//! `get --raw` writes the 16 key bytes to stdout, as a key server returns them to an HLS
+//! player; `rekey` seals every stored key under the first key of `[keys]
+//! encryption_key_file` (rotation of the encryption at rest).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -21,6 +23,10 @@ pub enum KeysCommand {
     /// Print a key-server token for a file (or files, or a prefix), signed with the first
     /// secret of `[keyserver]`.
     Token(TokenArgs),
+    /// Seal every stored key under the first key of `[keys] encryption_key_file`: keys
+    /// sealed under an older key of the file, or stored before encryption. Then the older
+    /// key may be removed from the file.
+    Rekey,
 }
 
 /// `keys token` options.
@@ -90,6 +96,15 @@ impl KeysCommand {
                 }
             }
             KeysCommand::Token(_) => unreachable!("answered above"),
+            KeysCommand::Rekey => {
+                let ring = store.keyring().context(
+                    "no [keys] encryption_key_file (or systemd credential vod-keys-encryption-key): nothing to seal with",
+                )?;
+                let id = ring.sealing_id().to_string();
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let (sealed, current) = runtime.block_on(store.rekey())?;
+                writeln!(out, "{sealed} keys sealed under key id {id}; {current} already were")?;
+            }
             KeysCommand::List(args) => {
                 let limit = super::cut::Limit { limit: args.limit, all: args.all };
                 let mut keys = store.list_keys(args.file_id.as_deref(), limit.fetch())?;

@@ -57,7 +57,8 @@ pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
         let mut reloads = crate::signal::with_reload(shutdown.clone())?;
         let store = Store::open_for_keyserver(&config.store)
             .await
-            .with_context(|| format!("opening the store named in {}", config_path.display()))?;
+            .with_context(|| format!("opening the store named in {}", config_path.display()))?
+            .with_keyring(config.keys.keyring().map_err(anyhow::Error::msg)?);
         let listener = tokio::net::TcpListener::bind(section.listen)
             .await
             .with_context(|| format!("keyserver.listen {}: cannot listen", section.listen))?;
@@ -72,7 +73,14 @@ pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
         };
         tracing::info!(listen = %address, path = %section.path, auth = ?section.auth, tls = tls.is_some(), "Key server listening.");
         notify(&[NotifyState::Ready, NotifyState::Status("serving keys")]);
-        let server = KeyServer::new(section.clone(), store, secrets);
+        let missing = match section.fetch_missing {
+            true => Some(
+                crate::keyserver::missing::Missing::new(&config, &section, store.clone())
+                    .context("setting up the fetch of missing keys")?,
+            ),
+            false => None,
+        };
+        let server = KeyServer::new(section.clone(), store, secrets, missing);
         let reloader = server.clone();
         let path = config_path.to_path_buf();
         let tls_now = tls.clone();

@@ -169,7 +169,9 @@ fn report(e: &anyhow::Error) -> ExitCode {
 fn open_store(config: &Config, config_path: &std::path::Path) -> anyhow::Result<crate::store::Store> {
     use anyhow::Context as _;
     let key = if config.store.postgres_url().is_some() { "store.url" } else { "store.path" };
-    crate::store::Store::open_for_cli(&config.store).with_context(|| format!("{key} in {}", config_path.display()))
+    let store = crate::store::Store::open_for_cli(&config.store)
+        .with_context(|| format!("{key} in {}", config_path.display()))?;
+    Ok(store.with_keyring(config.keys.keyring().map_err(anyhow::Error::msg)?))
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {

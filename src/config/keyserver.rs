@@ -70,6 +70,16 @@ pub struct KeyserverConfig {
     /// Serve `/metrics` (requests by outcome, latency) here, apart from the players'
     /// listener, e.g. `127.0.0.1:9465`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Fetch a key the store does not hold yet, for a pair a stored event ties together,
+    /// with DescribeDrmDataKey (on by default); off: such a pair is `404` until the DRM
+    /// handler has stored its key.
+    pub fetch_missing: bool,
+    /// How long a pair whose EDK Tencent refused is answered `404` without asking again (a
+    /// pair no stored event ties: 30 s at most, its event may be on its way).
+    #[serde(with = "humantime_serde")]
+    pub refused_ttl: Duration,
+    /// Refused pairs remembered, at most (the oldest is forgotten first); as many untied ones.
+    pub refused_max: usize,
 }
 
 impl Default for KeyserverConfig {
@@ -90,6 +100,9 @@ impl Default for KeyserverConfig {
             tls_cert: None,
             tls_key: None,
             metrics_listen: None,
+            fetch_missing: true,
+            refused_ttl: Duration::from_secs(600),
+            refused_max: 10_000,
         }
     }
 }
@@ -170,6 +183,9 @@ impl KeyserverConfig {
                 "keyserver.metrics_listen",
                 "must differ from keyserver.listen: players must not read the metrics".into(),
             );
+        }
+        if self.refused_max == 0 {
+            bad("keyserver.refused_max", "must be at least 1".into());
         }
         if self.header_read_timeout.is_zero() {
             bad("keyserver.header_read_timeout", "must be above zero".into());

@@ -16,6 +16,7 @@ mod account;
 pub mod credential;
 mod dispatch;
 pub mod handlers;
+mod keys;
 mod keyserver;
 mod log;
 mod node;
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::account::AccountConfig;
 pub use self::dispatch::{DispatchConfig, LEASE_MARGIN};
+pub use self::keys::KeysConfig;
 pub use self::keyserver::{KeyAuth, KeyserverConfig, MIN_TOKEN_SECRET_LEN, TOKEN_SECRETS_CREDENTIAL};
 pub use self::log::LogConfig;
 pub use self::node::NodeConfig;
@@ -118,6 +120,9 @@ pub struct Config {
     /// to it asks no restart of the daemon).
     #[serde(default, skip_serializing)]
     pub keyserver: Option<KeyserverConfig>,
+    /// How stored data keys are kept (encryption at rest); read at start.
+    #[serde(default, skip_serializing)]
+    pub keys: KeysConfig,
 }
 /// One configuration problem, with where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

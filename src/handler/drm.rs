@@ -1,7 +1,8 @@
 //! The DRM key fetcher (legacy HLS encryption): finds the EDKs of a task-flow event — v2:
 //! `data.drm.edkList`; API 3.0, whose events carry none: the `#EXT-X-KEY` URIs of the HLS
-//! playlists its results name ([`super::hls`]) — calls DescribeDrmDataKey (at most 10 EDKs per
-//! call, 100 calls/min client-side) and stores each data key once. With `key_dir`, each key is
+//! playlists its results name ([`super::hls`]) — calls DescribeDrmDataKey through a
+//! [`Batcher`] (concurrent deliveries' EDKs coalesced into calls of up to 10, the API's rate
+//! kept client-side) and stores each data key once. With `key_dir`, each key is
 //! also written as `<sha256-hex of edk>.key` (16 raw bytes, mode 0600, atomic rename),
 //! ready for a key server. Data keys never reach logs, attempt records or webhooks.
 //!
@@ -16,25 +17,67 @@ use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use indexmap::IndexSet;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{hls, Delivery, DrmConfig, Failure, Success};
-use crate::api::{Clients, ErrorClass};
-use crate::store::{NewKey, Store};
-
-/// EDKs per DescribeDrmDataKey call.
-const EDKS_PER_CALL: usize = 10;
+use crate::api::Clients;
+use crate::keyfetch::{Batcher, Fetched, KeyOrigin};
+use crate::store::Store;
 
 /// A built DRM key fetcher.
 pub struct Drm {
     config: DrmConfig,
     clients: Arc<Clients>,
     store: Store,
-    playlists: hls::FetchSettings,
+    playlists: Playlists,
+    batcher: Batcher,
+}
+
+/// Reads the EDKs of API 3.0 task flows from their playlists ([`super::hls`]), as the DRM
+/// handler does; the key server reads them with the same code and settings.
+#[derive(Clone)]
+pub struct Playlists {
+    settings: hls::FetchSettings,
     http: reqwest::Client,
+}
+
+/// Why the EDKs of a task flow's playlists could not be read.
+pub use hls::HlsError;
+
+impl Playlists {
+    /// A reader with the settings of a `type = "drm"` handler (`allow_http`,
+    /// `allow_private`, ...); without one, the defaults (HTTPS, public hosts only).
+    pub fn new(config: Option<&DrmConfig>) -> anyhow::Result<Playlists> {
+        let defaults;
+        let config = match config {
+            Some(c) => c,
+            None => {
+                defaults = DrmConfig::default();
+                &defaults
+            }
+        };
+        let settings = hls::FetchSettings {
+            timeout: config.playlist_timeout,
+            max_bytes: config.playlist_max_bytes,
+            allow_http: config.allow_http,
+            follow_redirects: config.follow_redirects,
+            egress: super::egress::Egress::new(&config.allow_private),
+        };
+        let http = hls::client(&settings)?;
+        Ok(Playlists { settings, http })
+    }
+
+    /// The `(edk, keySource)` pairs of the playlists a v3 task-flow event names; `None` for
+    /// an event that is not one (v2 events carry their EDKs in `data.drm.edkList`).
+    pub async fn edks(&self, body: &Value) -> Option<Result<Vec<hls::Edk>, HlsError>> {
+        let urls = hls::playlist_urls(body)?;
+        if urls.is_empty() {
+            return Some(Ok(Vec::new()));
+        }
+        Some(hls::edks(&self.http, &self.settings, &urls).await)
+    }
 }
 
 /// The encryption facts of a task-flow event.
@@ -60,26 +103,20 @@ pub fn drm_info(body: &Value) -> DrmInfo {
 
 impl Drm {
     pub(super) fn new(config: &DrmConfig, clients: Arc<Clients>, store: Store) -> anyhow::Result<Drm> {
-        let playlists = hls::FetchSettings {
-            timeout: config.playlist_timeout,
-            max_bytes: config.playlist_max_bytes,
-            allow_http: config.allow_http,
-            follow_redirects: config.follow_redirects,
-            egress: super::egress::Egress::new(&config.allow_private),
-        };
-        let http = hls::client(&playlists)?;
-        Ok(Drm { config: config.clone(), clients, store, playlists, http })
+        let playlists = Playlists::new(Some(config))?;
+        let batcher = Batcher::new(store.clone());
+        Ok(Drm { config: config.clone(), clients, store, playlists, batcher })
     }
 
     pub(super) async fn handle(&self, d: &Delivery) -> Result<Success, Failure> {
         let body: Value =
             serde_json::from_str(&d.body).map_err(|_| Failure::permanent("the event body is not JSON"))?;
-        let info = match hls::playlist_urls(&body) {
-            Some(urls) if urls.is_empty() => {
-                return Ok(Success { status: None, excerpt: Some("no HLS outputs in this task flow".into()) })
+        let info = match self.playlists.edks(&body).await {
+            Some(Ok(found)) if found.is_empty() => {
+                return Ok(Success { status: None, excerpt: Some("no encrypted HLS outputs in this task flow".into()) })
             }
-            Some(urls) => {
-                let found = hls::edks(&self.http, &self.playlists, &urls).await.map_err(|e| match e {
+            Some(found) => {
+                let found = found.map_err(|e| match e {
                     hls::HlsError::Fetch(m) => Failure::transient(m),
                     hls::HlsError::Refused(m) => Failure::permanent(m),
                 })?;
@@ -97,58 +134,86 @@ impl Drm {
         self.resolve(d, info).await
     }
 
-    /// Turns EDKs into data keys (those not stored yet) and stores them.
+    /// Turns EDKs into data keys (those not stored yet) and stores them, through the
+    /// batcher shared by every delivery of this handler: concurrent deliveries' EDKs leave
+    /// in calls of up to ten.
     async fn resolve(&self, d: &Delivery, info: DrmInfo) -> Result<Success, Failure> {
         let known = self.store.known_edks(info.edks.clone()).await.map_err(|e| Failure::transient(e.to_string()))?;
         let known_set: HashSet<&String> = known.iter().collect();
         let missing: IndexSet<String> = info.edks.iter().filter(|e| !known_set.contains(e)).cloned().collect();
-        let missing: Vec<String> = missing.into_iter().collect();
-        let mut fetched = Vec::new();
-        // Under the event's own app and credentials: a key of one app is not another's.
-        let client = || {
-            self.clients.get(&d.source).ok_or_else(|| {
-                Failure::transient(format!(
-                    "source {} is not running, so its DRM keys cannot be fetched; configure it again and the delivery resumes",
-                    d.source
-                ))
-            })
-        };
-        for chunk in missing.chunks(EDKS_PER_CALL) {
-            let pairs = client()?.describe_drm_data_key(chunk).await.map_err(|e| Failure {
-                retryable: e.class() != ErrorClass::InvalidParameter,
-                ..Failure::transient(e.to_string())
-            })?;
-            for (edk, dk) in pairs {
-                let dk = decode_key(&dk).ok_or_else(|| {
-                    Failure::permanent("DescribeDrmDataKey returned a data key that is not 16 bytes of base64")
-                })?;
-                fetched.push(NewKey {
-                    edk,
-                    dk,
-                    file_id: d.file_id.clone(),
-                    key_source: info.key_source.clone(),
-                    definition: info.definition,
-                    event_id: d.event_id,
-                });
-            }
-        }
-        let fetched_edks: HashSet<&String> = fetched.iter().map(|k| &k.edk).collect();
-        if let Some(absent) = missing.iter().find(|e| !fetched_edks.contains(e)) {
-            return Err(Failure::transient(format!("DescribeDrmDataKey returned no key for EDK {}", short(absent))));
-        }
         if let Some(dir) = &self.config.key_dir {
-            for key in &fetched {
-                write_key_file(dir, &key.edk, &key.dk)
-                    .map_err(|e| Failure::transient(format!("cannot write a key file in {}: {e}", dir.display())))?;
+            // A key stored by an earlier attempt (or another delivery) whose file was not
+            // written yet.
+            for edk in &known {
+                self.complete_key_file(dir, edk).await?;
             }
         }
-        let added = self.store.insert_keys(fetched).await.map_err(|e| Failure::transient(e.to_string()))?;
+        if missing.is_empty() {
+            return Ok(Success {
+                status: None,
+                excerpt: Some(format!("0 data keys stored, {} already known", known.len())),
+            });
+        }
+        // Under the event's own app and credentials: a key of one app is not another's.
+        let client = self.clients.get(&d.source).ok_or_else(|| {
+            Failure::transient(format!(
+                "source {} is not running, so its DRM keys cannot be fetched; configure it again and the delivery resumes",
+                d.source
+            ))
+        })?;
+        let origin = KeyOrigin {
+            file_id: d.file_id.clone(),
+            key_source: info.key_source.clone(),
+            definition: info.definition,
+            event_id: d.event_id,
+        };
+        let asked = missing.into_iter().map(|edk| (edk, origin.clone())).collect();
+        let mut added = 0;
+        for (edk, outcome) in self.batcher.fetch(&d.source, client, asked).await {
+            match outcome {
+                Ok(Fetched::Key(dk)) => {
+                    added += 1;
+                    if let Some(dir) = &self.config.key_dir {
+                        write_key_file(dir, &edk, &dk).map_err(|e| key_file_failure(dir, e))?;
+                    }
+                }
+                Ok(Fetched::Stored) => {
+                    if let Some(dir) = &self.config.key_dir {
+                        self.complete_key_file(dir, &edk).await?;
+                    }
+                }
+                Ok(Fetched::Refused) => {
+                    return Err(Failure::permanent(format!(
+                        "DescribeDrmDataKey refused EDK {} (not a key of this account and app)",
+                        short(&edk)
+                    )))
+                }
+                Err(e) => return Err(Failure { retryable: e.retryable, ..Failure::transient(e.message) }),
+            }
+        }
         Ok(Success { status: None, excerpt: Some(format!("{added} data keys stored, {} already known", known.len())) })
+    }
+
+    /// Writes the key file of a stored key unless it is there.
+    async fn complete_key_file(&self, dir: &Path, edk: &str) -> Result<(), Failure> {
+        if dir.join(key_file_name(edk)).exists() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let owned = edk.to_string();
+        let dk = tokio::task::spawn_blocking(move || store.get_key(&owned))
+            .await
+            .map_err(|e| Failure::transient(format!("reading a stored key stopped: {e}")))?
+            .map_err(|e| Failure::transient(e.to_string()))?;
+        match dk.and_then(|dk| <[u8; 16]>::try_from(dk).ok()) {
+            Some(dk) => write_key_file(dir, edk, &dk).map_err(|e| key_file_failure(dir, e)),
+            None => Ok(()),
+        }
     }
 }
 
-fn decode_key(b64: &str) -> Option<[u8; 16]> {
-    base64::engine::general_purpose::STANDARD.decode(b64).ok()?.try_into().ok()
+fn key_file_failure(dir: &Path, e: std::io::Error) -> Failure {
+    Failure::transient(format!("cannot write a key file in {}: {e}", dir.display()))
 }
 
 /// The start of an EDK, enough to find it in the event.
@@ -227,14 +292,5 @@ mod tests {
         assert!(meta.file_type().is_file(), "the link at the final name was replaced, not followed");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read(&key).unwrap(), vec![7; 16]);
-    }
-
-    #[test]
-    fn official_example_key_decodes_to_16_bytes() {
-        assert_eq!(
-            crate::event::hex(&decode_key("i6zM/pnmIERJE3vAt0UnGg==").unwrap()),
-            "8bacccfe99e6204449137bc0b745271a"
-        );
-        assert_eq!(decode_key("c2hvcnQ="), None);
     }
 }

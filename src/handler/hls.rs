@@ -201,7 +201,7 @@ fn parse(text: &str, base: &Url) -> Parsed {
             match name {
                 "EXT-X-KEY" | "EXT-X-SESSION-KEY" => {
                     if let Some(uri) = uri {
-                        let query = |k: &str| uri.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
+                        let query = |k: &str| query_value(uri.query().unwrap_or(""), k);
                         if let Some(edk) = query("edk").filter(|e| !e.is_empty()) {
                             out.keys.insert((edk, query("keySource")));
                             if out.keys.len() > MAX_EDKS_PER_PLAYLIST {
@@ -219,6 +219,17 @@ fn parse(text: &str, base: &Url) -> Parsed {
         }
     }
     out
+}
+
+/// The value of `name` in a key URI's query, percent-decoded with `+` kept as `+`: EDKs
+/// are base64, a key URI may carry them unescaped, and the key server reads the query the
+/// same way (`keyserver::KeyRequest`), so both sides name one EDK by one string. (Form
+/// decoding would turn each `+` into a space: a key stored under an EDK no player asks for.)
+pub(crate) fn query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (n == name).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+    })
 }
 
 /// The value of `name` in an attribute list (`A=1,URI="x",B=…`), quotes removed.
@@ -261,6 +272,9 @@ mod tests {
             parse(media, &base).keys.into_iter().collect::<Vec<_>>(),
             [("CiCd+pfV8==".to_string(), Some("VodBuildInKMS".to_string()))]
         );
+        // Unescaped, as some key URIs carry it: `+` stays `+` (the key server reads it so).
+        let raw = "#EXT-X-KEY:METHOD=AES-128,URI=\"https://k.example.com/getkey?fileId=52&keySource=VodBuildInKMS&edk=CiCd+pf/V8==\"\n";
+        assert_eq!(parse(raw, &base).keys.first().map(|(e, _)| e.as_str()), Some("CiCd+pf/V8=="));
         let plain = "#EXTM3U\n#EXT-X-KEY:METHOD=NONE\n#EXTINF:10,\ns0.ts\n";
         assert_eq!(parse(plain, &base), Parsed::default());
     }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use drm::{drm_info, key_file_name, DrmInfo};
+pub use drm::{drm_info, key_file_name, DrmInfo, HlsError, Playlists};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 pub use webhook::sign as sign_webhook;
 

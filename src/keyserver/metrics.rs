@@ -6,6 +6,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -25,6 +26,8 @@ struct OutcomeLabel {
 pub(super) struct KeyMetrics {
     requests: Family<OutcomeLabel, Counter>,
     seconds: Histogram,
+    /// Pairs remembered as refused by Tencent (the bounded negative cache).
+    pub(super) refused: Gauge,
     registry: Registry,
 }
 
@@ -35,10 +38,16 @@ impl Default for KeyMetrics {
         let m = KeyMetrics {
             requests: Family::default(),
             seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            refused: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Key requests answered, by outcome", m.requests.clone());
         registry.register("request_seconds", "Time to answer a key request", m.seconds.clone());
+        registry.register(
+            "refused_pairs",
+            "Pairs (file, EDK) remembered as refused by Tencent, at most keyserver.refused_max",
+            m.refused.clone(),
+        );
         KeyMetrics { registry, ..m }
     }
 }

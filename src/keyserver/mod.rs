@@ -10,6 +10,9 @@
 //!   expired, tampered or other file's token; `404` for a pair the store does not tie
 //!   together ([`crate::store::Keys::key_for`]: an EDK is served for its own file alone);
 //!   `429` above the per-client rate; `503` while the store cannot be read.
+//! - A pair a stored event ties together but whose key is not stored yet is fetched at
+//!   once with DescribeDrmDataKey under that event's source, stored and served
+//!   ([`missing`]); `503` with `Retry-After` while Tencent cannot be reached.
 //! - `OPTIONS`: the CORS preflight. `Access-Control-Allow-Origin` echoes a listed origin
 //!   (with `Vary: Origin`), never `*`.
 //! - `/healthz`: `200` while the store answers.
@@ -24,7 +27,9 @@
 //! No key, token or whole EDK goes into a log line: an EDK is shown by its first
 //! characters only.
 
+mod cache;
 mod metrics;
+pub mod missing;
 pub mod tls;
 pub mod token;
 
@@ -66,12 +71,16 @@ struct Inner {
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     cache_control: HeaderValue,
     metrics: metrics::KeyMetrics,
+    /// With `fetch_missing`: keys not stored yet.
+    missing: Option<missing::Missing>,
 }
 
 /// What became of a key request, for the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Served,
+    Fetched,
+    FetchUnavailable,
     BadRequest,
     NoToken,
     Refused(token::TokenError),
@@ -87,6 +96,8 @@ impl Outcome {
     fn label(self) -> &'static str {
         match self {
             Outcome::Served => "served",
+            Outcome::Fetched => "fetched",
+            Outcome::FetchUnavailable => "fetch_unavailable",
             Outcome::BadRequest => "bad_request",
             Outcome::NoToken => "no_token",
             Outcome::Refused(e) => e.label(),
@@ -101,15 +112,20 @@ impl Outcome {
 
 impl KeyServer {
     /// A key server over `store` with `config`; `secrets` are the token secrets (the first
-    /// signs; unused with `auth = "none"`).
-    pub fn new(config: KeyserverConfig, store: Store, secrets: Vec<Vec<u8>>) -> KeyServer {
+    /// signs; unused with `auth = "none"`); `missing` fetches the keys not stored yet.
+    pub fn new(
+        config: KeyserverConfig,
+        store: Store,
+        secrets: Vec<Vec<u8>>,
+        missing: Option<missing::Missing>,
+    ) -> KeyServer {
         let verifier = (config.auth != KeyAuth::None).then(|| ArcSwap::from_pointee(Verifier::new(secrets)));
         let limiter = NonZeroU32::new(config.rate_per_client)
             .map(|rate| DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(rate)));
         let cache_control = HeaderValue::from_str(&format!("private, max-age={}", config.max_age.as_secs()))
             .expect("a number is a valid header value");
         let metrics = metrics::KeyMetrics::default();
-        KeyServer { inner: Arc::new(Inner { config, store, verifier, limiter, cache_control, metrics }) }
+        KeyServer { inner: Arc::new(Inner { config, store, verifier, limiter, cache_control, metrics, missing }) }
     }
 
     /// Replaces the token secrets (SIGHUP): tokens of a secret no longer listed are refused
@@ -126,6 +142,9 @@ impl KeyServer {
             let server = self.clone();
             async move {
                 if req.uri().path() == "/metrics" {
+                    if let Some(missing) = &server.inner.missing {
+                        server.inner.metrics.refused.set(missing.refused_len() as i64);
+                    }
                     crate::http::response(
                         StatusCode::OK,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -285,13 +304,22 @@ impl KeyServer {
                 return (Outcome::Refused(e), plain(StatusCode::FORBIDDEN, "the token does not open this file\n"));
             }
         }
-        match self.inner.store.key_for(request.file_id.clone(), request.edk.clone()).await {
+        let stored = self.inner.store.key_for(request.file_id.clone(), request.edk.clone()).await;
+        let (outcome, stored) = match (stored, &self.inner.missing) {
+            (Ok(None), Some(missing)) => match missing.find(&request.file_id, &request.edk).await {
+                missing::Found::Key(dk) => (Outcome::Fetched, Ok(Some(dk))),
+                missing::Found::Unknown => (Outcome::Unknown, Ok(None)),
+                missing::Found::Unavailable => return (Outcome::FetchUnavailable, fetch_unavailable()),
+            },
+            (stored, _) => (Outcome::Served, stored),
+        };
+        match stored {
             Ok(Some(dk)) if dk.len() == 16 => {
                 let mut r = Response::new(Full::new(Bytes::from(dk)));
                 let headers = r.headers_mut();
                 headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
                 headers.insert(header::CACHE_CONTROL, self.inner.cache_control.clone());
-                (Outcome::Served, r)
+                (outcome, r)
             }
             Ok(Some(_)) => {
                 tracing::error!(file_id = ?request.file_id, edk = ?short(&request.edk), "The stored data key is not 16 bytes; not served.");
@@ -361,6 +389,12 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 fn unavailable() -> Response<Full<Bytes>> {
     let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "the key store does not answer; try again\n");
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
+}
+
+fn fetch_unavailable() -> Response<Full<Bytes>> {
+    let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "the key could not be fetched now; try again\n");
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
     r
 }
 

@@ -1,6 +1,8 @@
 //! The `drm_keys` table: data keys fetched for EDKs, stored once. Key material leaves
 //! only through [`Keys::get_key`] (for `keys get`) and [`Keys::key_for`] (for the key
-//! server, bound to its file), never through listings or logs.
+//! server, bound to its file), never through listings or logs. Backends store and return
+//! the `dk` column as given; sealing and opening (encryption at rest) happen in
+//! [`crate::store::Store`]'s methods of the same names ([`crate::store::keyring`]).
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -22,6 +24,16 @@ pub struct NewKey {
     pub definition: Option<i64>,
     /// The event it came from.
     pub event_id: i64,
+    /// What the backend stores instead of `dk`: the key sealed by the store handle's key
+    /// ring ([`crate::store::Store::insert_keys`] sets it); `None`: `dk` as it is.
+    pub sealed: Option<Vec<u8>>,
+}
+
+impl NewKey {
+    /// The bytes a backend writes to the `dk` column.
+    pub fn stored_bytes(&self) -> &[u8] {
+        self.sealed.as_deref().unwrap_or(&self.dk)
+    }
 }
 
 impl std::fmt::Debug for NewKey {
@@ -66,4 +78,11 @@ pub trait Keys: Send + Sync {
 
     /// Stored keys, newest first, without key material.
     fn list_keys(&self, file_id: Option<&str>, limit: u32) -> Result<Vec<KeyInfo>, StoreError>;
+
+    /// Up to `limit` rows as stored (the `dk` column, sealed or not), by EDK, after `after`:
+    /// for `keys rekey`.
+    async fn stored_keys(&self, after: String, limit: u32) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Replaces the stored bytes of `edk` with `new` if they are still `old`; whether they were.
+    async fn replace_key(&self, edk: String, old: Vec<u8>, new: Vec<u8>) -> Result<bool, StoreError>;
 }

@@ -21,6 +21,7 @@ mod deliveries;
 mod events;
 mod handlers;
 mod inspect;
+pub mod keyring;
 mod keys;
 mod maintenance;
 pub mod postgres;
@@ -120,6 +121,9 @@ pub enum StoreError {
     /// or disk is full").
     #[error("the store is full: {0}; raise store.max_size_mb and send SIGHUP, or let retention make room")]
     Full(String),
+    /// A stored data key does not open (encryption at rest; the message holds no key).
+    #[error("{0}")]
+    Sealed(#[from] keyring::OpenError),
     /// The operation exists only for the SQLite store so far.
     #[error("{0} is not available with store.url (PostgreSQL) yet; run it against a SQLite store (store.path)")]
     NotAvailable(String),
@@ -138,9 +142,16 @@ impl<T> Backend for T where
 
 /// A handle on the store; cheap to clone. Every operation is a method of one of the traits
 /// [`Backend`] names (bring them into scope with [`prelude`]).
+///
+/// Key material passes through the handle's [`keyring::KeyRing`] (when one is configured,
+/// [`Store::with_keyring`]): [`Store::insert_keys`] seals, [`Store::key_for`] and
+/// [`Store::get_key`] open. These inherent methods stand in front of the [`Keys`] methods of
+/// the same names, so a backend only ever sees sealed bytes; never call those through the
+/// backend directly.
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+    keyring: Option<Arc<keyring::KeyRing>>,
 }
 
 impl std::ops::Deref for Store {
@@ -154,7 +165,68 @@ impl std::ops::Deref for Store {
 impl Store {
     /// A handle on `backend`.
     pub fn new(backend: impl Backend) -> Store {
-        Store { backend: Arc::new(backend) }
+        Store { backend: Arc::new(backend), keyring: None }
+    }
+
+    /// This handle, sealing the data keys it stores with `keyring` (and opening them).
+    pub fn with_keyring(self, keyring: Option<keyring::KeyRing>) -> Store {
+        Store { keyring: keyring.map(Arc::new), ..self }
+    }
+
+    /// The key ring this handle seals with, if any.
+    pub fn keyring(&self) -> Option<&keyring::KeyRing> {
+        self.keyring.as_deref()
+    }
+
+    /// Stores keys ([`Keys::insert_keys`]), each sealed first when a key ring is set.
+    pub async fn insert_keys(&self, mut keys: Vec<NewKey>) -> Result<usize, StoreError> {
+        if let Some(ring) = &self.keyring {
+            for key in &mut keys {
+                key.sealed = Some(ring.seal(&key.edk, &key.dk));
+            }
+        }
+        self.backend.insert_keys(keys).await
+    }
+
+    /// [`Keys::key_for`], opened.
+    pub async fn key_for(&self, file_id: String, edk: String) -> Result<Option<Vec<u8>>, StoreError> {
+        let stored = self.backend.key_for(file_id, edk.clone()).await?;
+        Ok(stored.map(|s| keyring::open(self.keyring(), &edk, &s)).transpose()?)
+    }
+
+    /// [`Keys::get_key`], opened.
+    pub fn get_key(&self, edk: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let stored = self.backend.get_key(edk)?;
+        Ok(stored.map(|s| keyring::open(self.keyring(), edk, &s)).transpose()?)
+    }
+
+    /// `keys rekey`: every stored key not yet sealed under the key ring's first key (sealed
+    /// under an older one, or stored before encryption) is sealed under it. Returns how
+    /// many were sealed again, and how many already were under the first key. A row
+    /// changed meanwhile is left as the other writer left it.
+    pub async fn rekey(&self) -> Result<(usize, usize), StoreError> {
+        let ring = self
+            .keyring
+            .clone()
+            .ok_or_else(|| StoreError::NotAvailable("keys rekey without [keys] encryption_key_file".into()))?;
+        let (mut sealed, mut current) = (0, 0);
+        let mut after = String::new();
+        loop {
+            let rows = self.backend.stored_keys(after.clone(), 500).await?;
+            let Some((last, _)) = rows.last() else { break };
+            after = last.clone();
+            for (edk, stored) in rows {
+                if keyring::sealed_under(&stored)?.as_deref() == Some(ring.sealing_id()) {
+                    current += 1;
+                    continue;
+                }
+                let dk: [u8; 16] = ring.open(&edk, &stored)?.try_into().map_err(|_| keyring::OpenError::Malformed)?;
+                if self.backend.replace_key(edk.clone(), stored, ring.seal(&edk, &dk)).await? {
+                    sealed += 1;
+                }
+            }
+        }
+        Ok((sealed, current))
     }
 
     /// Opens the store `config` names for the daemon: PostgreSQL with `store.url`

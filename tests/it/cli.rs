@@ -523,6 +523,7 @@ async fn store_of_seven(dir: &std::path::Path, backend: Backend) -> String {
             key_source: Some("VodBuildInKMS".into()),
             definition: None,
             event_id: row.id,
+            sealed: None,
         })
         .collect();
     assert_eq!(store.insert_keys(keys).await.unwrap(), 7);

@@ -91,6 +91,7 @@ both_stores!(
     alerts_are_routed_once_a_minute_per_kind_and_subject,
     keys_are_stored_once_and_never_listed_with_their_material,
     a_key_is_served_only_for_the_file_its_row_names,
+    keys_are_sealed_at_rest_old_ones_stay_readable_and_rekey_rotates,
     retention_keeps_events_with_work_left_and_orphans_are_counted_apart,
     state_credentials_activity_and_size,
 );
@@ -409,6 +410,7 @@ async fn keys_are_stored_once_and_never_listed_with_their_material(backend: Back
         key_source: Some("VodBuildInKMS".into()),
         definition: Some(12),
         event_id: event,
+        sealed: None,
     };
     assert_eq!(store.insert_keys(vec![key("e1", 1), key("e2", 2)]).await.unwrap(), 2);
     assert_eq!(store.insert_keys(vec![key("e1", 9)]).await.unwrap(), 0, "an EDK is stored once");
@@ -423,6 +425,91 @@ async fn keys_are_stored_once_and_never_listed_with_their_material(backend: Back
     assert!(store.list_keys(Some("f2"), 10).unwrap().is_empty());
 }
 
+/// A key ring from `(id, byte)` pairs: each key 32 times that byte, the first sealing.
+fn ring(keys: &[(&str, u8)]) -> vod_eventd::store::keyring::KeyRing {
+    use base64::Engine as _;
+    let text: String = keys
+        .iter()
+        .map(|(id, b)| format!("{id}:{}\n", base64::engine::general_purpose::STANDARD.encode([*b; 32])))
+        .collect();
+    vod_eventd::store::keyring::KeyRing::parse(&text).unwrap()
+}
+
+/// Encryption at rest: through a handle with a key ring, keys are stored sealed (the bytes
+/// in the database hold no key, and SQLite's file neither), read back opened; a key stored
+/// before encryption stays readable; `rekey` seals every key under the ring's first key,
+/// after which the old key is no longer needed; a handle without the right key is refused,
+/// with no key in the error.
+async fn keys_are_sealed_at_rest_old_ones_stay_readable_and_rekey_rotates(backend: Backend) {
+    use vod_eventd::store::keyring::{sealed_under, OpenError};
+    let (plain, guard) = open(backend).await;
+    let event = plain.insert_events(vec![(upload(1), vec![])]).await.unwrap()[0].id;
+    // Distinctive keys, easy to find in raw bytes.
+    let dk = |n: u8| -> [u8; 16] { std::array::from_fn(|i| n.wrapping_mul(31).wrapping_add(i as u8 * 7) ^ 0xa5) };
+    let key = |edk: &str, n: u8| NewKey {
+        edk: edk.into(),
+        dk: dk(n),
+        file_id: Some("f1".into()),
+        key_source: Some("VodBuildInKMS".into()),
+        definition: None,
+        event_id: event,
+        sealed: None,
+    };
+    // e0 stored before encryption was turned on.
+    plain.insert_keys(vec![key("e0", 0)]).await.unwrap();
+    let sealed = plain.clone().with_keyring(Some(ring(&[("k1", 1)])));
+    assert_eq!(sealed.insert_keys(vec![key("e1", 1), key("e2", 2)]).await.unwrap(), 2);
+
+    let raw = plain.stored_keys(String::new(), 10).await.unwrap();
+    assert_eq!(raw.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>(), ["e0", "e1", "e2"]);
+    assert_eq!(raw[0].1, dk(0), "stored before encryption: as it was");
+    for (n, (_, bytes)) in raw.iter().enumerate().skip(1) {
+        assert_eq!(sealed_under(bytes).unwrap().as_deref(), Some("k1"));
+        assert!(!bytes.windows(16).any(|w| w == dk(n as u8)), "the stored bytes hold no key");
+    }
+    if let Some(dir) = &guard {
+        // SQLite: nowhere in the database file or its WAL.
+        let mut bytes = Vec::new();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
+        }
+        assert!(bytes.windows(16).any(|w| w == dk(0)), "the check finds a plain key");
+        for n in [1, 2] {
+            assert!(!bytes.windows(16).any(|w| w == dk(n)), "a sealed key is nowhere in the files");
+        }
+    }
+    // Read back opened, the old plain key too, by either read.
+    for n in 0..3u8 {
+        let edk = format!("e{n}");
+        assert_eq!(sealed.get_key(&edk).unwrap(), Some(dk(n).to_vec()));
+        assert_eq!(sealed.key_for("f1".into(), edk).await.unwrap(), Some(dk(n).to_vec()));
+    }
+    // No ring: a sealed key is refused, naming its key id and no key.
+    match plain.get_key("e1") {
+        Err(StoreError::Sealed(OpenError::NoKeyRing(id))) => assert_eq!(id, "k1"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(plain.get_key("e0").unwrap(), Some(dk(0).to_vec()));
+
+    // Rotation: k2 first, k1 still there to open; rekey seals everything under k2.
+    let rotating = plain.clone().with_keyring(Some(ring(&[("k2", 2), ("k1", 1)])));
+    assert_eq!(rotating.rekey().await.unwrap(), (3, 0), "e0 sealed, e1 and e2 sealed again");
+    assert_eq!(rotating.rekey().await.unwrap(), (0, 3), "nothing left to do");
+    for (_, bytes) in plain.stored_keys(String::new(), 10).await.unwrap() {
+        assert_eq!(sealed_under(&bytes).unwrap().as_deref(), Some("k2"));
+    }
+    let rotated = plain.clone().with_keyring(Some(ring(&[("k2", 2)])));
+    for n in 0..3u8 {
+        assert_eq!(rotated.get_key(&format!("e{n}")).unwrap(), Some(dk(n).to_vec()), "k1 no longer needed");
+    }
+    let error = sealed.get_key("e1").unwrap_err();
+    assert!(matches!(error, StoreError::Sealed(OpenError::UnknownId(ref id)) if id == "k2"), "{error}");
+    // A key under the right id but another value does not open, and says so.
+    let wrong = plain.clone().with_keyring(Some(ring(&[("k2", 9)])));
+    assert!(matches!(wrong.get_key("e1"), Err(StoreError::Sealed(OpenError::Damaged(_)))));
+    assert!(!format!("{error} {error:?}").contains(&format!("{:?}", dk(1))));
+}
+
 async fn a_key_is_served_only_for_the_file_its_row_names(backend: Backend) {
     let (store, _guard) = open(backend).await;
     let event = store.insert_events(vec![(upload(1), vec![])]).await.unwrap()[0].id;
@@ -433,6 +520,7 @@ async fn a_key_is_served_only_for_the_file_its_row_names(backend: Backend) {
         key_source: Some("VodBuildInKMS".into()),
         definition: None,
         event_id: event,
+        sealed: None,
     };
     store.insert_keys(vec![key("e1", Some("f1"), 1), key("e2", Some("f2"), 2), key("e3", None, 3)]).await.unwrap();
     let key_for = |file: &str, edk: &str| store.key_for(file.into(), edk.into());
@@ -557,6 +645,7 @@ async fn a_copy_to_another_store_keeps_every_id_and_webhook_id(backend: Backend)
         key_source: None,
         definition: None,
         event_id: rows[1].id,
+        sealed: None,
     };
     store.insert_keys(vec![key]).await.unwrap();
 

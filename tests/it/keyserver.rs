@@ -83,6 +83,7 @@ async fn store_with_keys(backend: Backend, dir: &std::path::Path) -> (Store, Str
         key_source: Some("VodBuildInKMS".into()),
         definition: Some(10),
         event_id,
+        sealed: None,
     };
     let keys = vec![key(EDK1, FILE1, 0xa1), key(EDK2, FILE2, 0xb2), key(EDK3, FILE1, 0xc3)];
     assert_eq!(store.insert_keys(keys).await.unwrap(), 3);

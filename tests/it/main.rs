@@ -70,6 +70,7 @@ mod controls;
 mod crosscheck;
 mod filters;
 mod handlers;
+mod keyfetch;
 mod keyserver;
 mod listener;
 mod operator;

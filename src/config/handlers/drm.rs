@@ -38,6 +38,21 @@ pub struct DrmConfig {
     pub allow_private: Vec<String>,
 }
 
+impl Default for DrmConfig {
+    /// The defaults of every key: no key directory; playlists over HTTPS from public hosts.
+    fn default() -> Self {
+        DrmConfig {
+            key_dir: None,
+            controls: HandlerControls::default(),
+            playlist_timeout: default_playlist_timeout(),
+            playlist_max_bytes: default_playlist_max_bytes(),
+            allow_http: false,
+            follow_redirects: false,
+            allow_private: Vec::new(),
+        }
+    }
+}
+
 fn default_playlist_timeout() -> Duration {
     Duration::from_secs(10)
 }

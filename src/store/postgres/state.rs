@@ -136,7 +136,7 @@ impl PgStore {
                 .execute(
                     "INSERT INTO drm_keys (edk, dk, file_id, key_source, definition, event_id, fetched_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (edk) DO NOTHING",
-                    &[&k.edk, &&k.dk[..], &k.file_id, &k.key_source, &k.definition, &k.event_id, &now],
+                    &[&k.edk, &k.stored_bytes(), &k.file_id, &k.key_source, &k.definition, &k.event_id, &now],
                 )
                 .await? as usize;
         }

@@ -23,7 +23,7 @@ impl Keys for SqliteStore {
                 for k in &keys {
                     added += stmt.execute(params![
                         k.edk,
-                        &k.dk[..],
+                        k.stored_bytes(),
                         k.file_id,
                         k.key_source,
                         k.definition,
@@ -64,6 +64,24 @@ impl Keys for SqliteStore {
         self.run_sync(|conn| {
             Ok(conn.query_row("SELECT dk FROM drm_keys WHERE edk = ?", [edk], |r| r.get(0)).optional()?)
         })
+    }
+
+    async fn stored_keys(&self, after: String, limit: u32) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT edk, dk FROM drm_keys WHERE edk > ?1 ORDER BY edk LIMIT ?2")?;
+            let rows = stmt.query_map(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn replace_key(&self, edk: String, old: Vec<u8>, new: Vec<u8>) -> Result<bool, StoreError> {
+        self.run(move |conn| {
+            let changed =
+                conn.execute("UPDATE drm_keys SET dk = ?1 WHERE edk = ?2 AND dk = ?3", params![new, edk, old])?;
+            Ok(changed == 1)
+        })
+        .await
     }
 
     fn list_keys(&self, file_id: Option<&str>, limit: u32) -> Result<Vec<KeyInfo>, StoreError> {
