@@ -96,7 +96,12 @@ impl Amqp {
             } else {
                 String::new()
             };
-            Failure::transient(format!("connecting to {} failed: {}{hint}", self.shown_url, self.scrub.text(e)))
+            Failure::transient(format!(
+                "handlers.{}: connecting to {} failed: {}{hint}",
+                self.name,
+                self.shown_url,
+                self.scrub.text(e)
+            ))
         })?;
         let channel = connection.create_channel().await.map_err(|e| self.failure("opening a channel", e))?;
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| self.failure("confirm.select", e))?;

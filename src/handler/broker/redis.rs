@@ -30,6 +30,7 @@ pub struct Redis {
     maxlen: Option<u64>,
     timeout: Duration,
     scrub: Scrub,
+    shown_url: String,
     link: Link<ConnectionManager>,
 }
 
@@ -50,6 +51,7 @@ impl Redis {
             maxlen: config.maxlen,
             timeout: config.timeout,
             scrub,
+            shown_url: crate::redact::url(&config.url),
             link: Link::new(),
         })
     }
@@ -77,7 +79,7 @@ impl Redis {
                 || async {
                     ConnectionManager::new_with_config(self.client.clone(), config)
                         .await
-                        .map_err(|e| self.failure("connecting", e))
+                        .map_err(|e| self.failure(&format!("connecting to {}", self.shown_url), e))
                 },
             )
             .await
@@ -120,7 +122,7 @@ impl Redis {
         } else {
             String::new()
         };
-        let message = format!("{during} failed: {}{hint}", self.scrub.text(e));
+        let message = format!("handlers.{}: {during} failed: {}{hint}", self.name, self.scrub.text(e));
         if permanent {
             Failure::permanent(message)
         } else {
