@@ -38,8 +38,9 @@ enum Kind {
 }
 
 /// A broker of the test's own.
-struct Broker {
+pub(crate) struct Broker {
     kind: Kind,
+    password: String,
     dir: PathBuf,
     port: u16,
     child: Option<std::process::Child>,
@@ -57,6 +58,11 @@ fn run(cmd: &mut std::process::Command, what: &str) {
 
 impl Broker {
     async fn start(kind: Kind) -> Broker {
+        Broker::start_with(kind, PASSWORD).await
+    }
+
+    /// A broker whose one user has `password`.
+    async fn start_with(kind: Kind, password: &str) -> Broker {
         let dir = std::env::temp_dir().join(format!("vod-broker-{}-{:08x}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -64,13 +70,13 @@ impl Broker {
             // The user and password the handler is given; nothing else is configured.
             let conf = dir.join("conf.d");
             std::fs::create_dir(&conf).unwrap();
-            std::fs::write(conf.join("10-vod.conf"), format!("default_user = vod\ndefault_pass = {PASSWORD}\n"))
+            std::fs::write(conf.join("10-vod.conf"), format!("default_user = vod\ndefault_pass = {password}\n"))
                 .unwrap();
             if root() {
                 run(command("chown").arg("-R").arg("rabbitmq:").arg(&dir), "chown rabbitmq");
             }
         }
-        let mut broker = Broker { kind, dir, port: free_port(), child: None };
+        let mut broker = Broker { kind, password: password.to_string(), dir, port: free_port(), child: None };
         broker.spawn();
         broker.ready().await;
         broker.reaper();
@@ -84,13 +90,13 @@ impl Broker {
             Kind::Redis => {
                 let mut cmd = command("redis-server");
                 cmd.args(["--bind", "127.0.0.1", "--port", &port, "--dir", &d, "--appendonly", "yes"]);
-                cmd.args(["--appendfsync", "always", "--save", "", "--requirepass", PASSWORD]);
+                cmd.args(["--appendfsync", "always", "--save", "", "--requirepass", &self.password]);
                 cmd
             }
             Kind::Nats => {
                 let mut cmd = command("nats-server");
                 cmd.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &format!("{d}/js")]);
-                cmd.args(["--user", "vod", "--pass", PASSWORD]);
+                cmd.args(["--user", "vod", "--pass", &self.password]);
                 cmd
             }
             Kind::Amqp => {
@@ -194,9 +200,9 @@ impl Broker {
     /// The URL the consumer uses (with the password).
     fn consumer_url(&self) -> String {
         match self.kind {
-            Kind::Amqp => format!("amqp://vod:{PASSWORD}@127.0.0.1:{}/%2F", self.port),
-            Kind::Nats => format!("nats://vod:{PASSWORD}@127.0.0.1:{}", self.port),
-            Kind::Redis => format!("redis://:{PASSWORD}@127.0.0.1:{}/0", self.port),
+            Kind::Amqp => format!("amqp://vod:{}@127.0.0.1:{}/%2F", self.password, self.port),
+            Kind::Nats => format!("nats://vod:{}@127.0.0.1:{}", self.password, self.port),
+            Kind::Redis => format!("redis://:{}@127.0.0.1:{}/0", self.password, self.port),
         }
     }
 
@@ -254,6 +260,20 @@ impl Broker {
                 }
             })
             .collect()
+    }
+}
+
+impl Drop for Broker {
+    /// Stops the server without waiting (the reaper removes the directory later).
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = command("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+        if let Some(mut child) = self.child.take() {
+            if self.kind != Kind::Amqp {
+                let _ = child.wait();
+            }
+        }
     }
 }
 
@@ -537,3 +557,200 @@ macro_rules! brokers {
 }
 
 brokers!(amqp: Kind::Amqp, nats: Kind::Nats, redis: Kind::Redis);
+
+/// Events in each benchmark run.
+const BENCH_EVENTS: usize = 5000;
+
+/// Deliveries of the daemon whose store is `db` that are done (read-only, cheap).
+fn done_in(db: &Path) -> i64 {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let Ok(conn) = rusqlite::Connection::open_with_flags(db, flags) else { return 0 };
+    let _ = conn.busy_timeout(Duration::from_secs(1));
+    conn.query_row("SELECT count(*) FROM deliveries WHERE state = 'done'", [], |r| r.get(0)).unwrap_or(0)
+}
+
+/// One benchmark run: [`BENCH_EVENTS`] events through the daemon binary `bin` (the release
+/// build when `BROKER_BENCH_BIN` names it) to one handler `section`; (events/s, daemon CPU
+/// seconds per 1,000 events), from the daemon's start to the last delivery done.
+async fn bench_one(bin: &str, section: &str) -> (f64, f64) {
+    let config = vod_emulator::EmulatorConfig { rate_limit_per_minute: None, ..fast_emulator_config() };
+    let emu = emulator(config).await;
+    emu.enqueue_generated(BENCH_EVENTS);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, config_text(&db, &emu.endpoint(), "", &format!("{DISPATCH}{section}"))).unwrap();
+    std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let started = Instant::now();
+    let mut child = tokio::process::Command::from(command(bin))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "vod_eventd=warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let deadline = started + Duration::from_secs(300);
+    while done_in(&db) < BENCH_EVENTS as i64 {
+        assert!(Instant::now() < deadline, "the benchmark run did not finish: {section}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (elapsed, cpu) = (started.elapsed(), cpu_seconds(pid));
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    (BENCH_EVENTS as f64 / elapsed.as_secs_f64(), cpu * 1000.0 / BENCH_EVENTS as f64)
+}
+
+/// BENCHMARKS.md's broker table: each broker handler against the webhook handler, in one
+/// run, concurrency 16. `BROKER_BENCH_BIN=target/release/vod-eventd cargo test --test it
+/// brokers::bench -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand for BENCHMARKS.md"]
+async fn bench_against_the_webhook() {
+    let bin = std::env::var("BROKER_BENCH_BIN").unwrap_or_else(|_| BIN.to_string());
+    let receiver = crate::receiver::Receiver::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let webhook = format!("[handlers.h]\ntype = \"webhook\"\nurl = \"{}\"\nconcurrency = 16\n", receiver.url());
+    let mut rows = vec![("webhook (test receiver)".to_string(), bench_one(&bin, &webhook).await)];
+    for kind in [Kind::Amqp, Kind::Nats, Kind::Redis] {
+        let broker = Broker::start(kind).await;
+        broker.prepare();
+        let section = broker.section(scratch.path(), PASSWORD, "concurrency = 16");
+        rows.push((format!("{kind:?}").to_lowercase(), bench_one(&bin, &section).await));
+    }
+    eprintln!("| handler | events | events/s (pull, store, deliver) | daemon CPU per 1,000 events |");
+    for (name, (rate, cpu)) in rows {
+        eprintln!("| {name} | {BENCH_EVENTS} | {rate:.0} | {cpu:.3} s |");
+    }
+}
+
+/// A TCP proxy in front of a broker that counts, in what the client sends, each occurrence
+/// of one delivery id (so refused publishes count too, as a webhook receiver records a
+/// refused request), and knows whether a sent id still waits for its answer.
+struct Sniffer {
+    port: u16,
+    state: std::sync::Arc<std::sync::Mutex<SniffState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct SniffState {
+    seen: usize,
+    /// Connections with an id sent and no byte back since.
+    waiting: std::collections::HashSet<u64>,
+}
+
+impl Drop for Sniffer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sniffer {
+    async fn start(upstream: u16, id: &'static [u8]) -> Sniffer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state: std::sync::Arc<std::sync::Mutex<SniffState>> = Default::default();
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            for n in 0u64.. {
+                let Ok((client, _)) = listener.accept().await else { continue };
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
+                let (state, back) = (shared.clone(), shared.clone());
+                let ((mut cr, mut cw), (mut sr, mut sw)) = (client.into_split(), server.into_split());
+                connections.spawn(async move {
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(k) = cr.read(&mut buf).await {
+                            if k == 0 {
+                                break;
+                            }
+                            let hits = buf[..k].windows(id.len()).filter(|w| *w == id).count();
+                            if hits > 0 {
+                                let mut s = state.lock().unwrap();
+                                s.seen += hits;
+                                s.waiting.insert(n);
+                            }
+                            if sw.write_all(&buf[..k]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(k) = sr.read(&mut buf).await {
+                            if k == 0 {
+                                break;
+                            }
+                            back.lock().unwrap().waiting.remove(&n);
+                            if cw.write_all(&buf[..k]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    // Either side closing ends the connection (and whatever waited on it).
+                    tokio::select! { _ = up => {}, _ = down => {} }
+                    back.lock().unwrap().waiting.remove(&n);
+                });
+            }
+        });
+        Sniffer { port, state, task }
+    }
+}
+
+/// Redis under the handler contract (`contract.rs`): accepted is an `XADD`; refused
+/// (transient) is Redis's own `NOREPLICAS` (`min-replicas-to-write 1` with no replica);
+/// rejected (permanent) is `WRONGTYPE` (the stream key holds a string); hanging is
+/// `CLIENT PAUSE ... WRITE`. The id is counted by a [`Sniffer`] in front of it.
+pub(crate) struct RedisSubject {
+    broker: Broker,
+    sniffer: Sniffer,
+}
+
+impl RedisSubject {
+    fn admin(&self, args: &[&str]) {
+        let mut conn = ::redis::Client::open(self.broker.consumer_url()).unwrap().get_connection().unwrap();
+        let mut cmd = ::redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let _: ::redis::Value = cmd.query(&mut conn).unwrap();
+    }
+}
+
+impl crate::contract::Subject for RedisSubject {
+    async fn start(_: &Path) -> Self {
+        let broker = Broker::start_with(Kind::Redis, crate::contract::SECRET).await;
+        let sniffer = Sniffer::start(broker.port, b"msg_contract_0007").await;
+        RedisSubject { broker, sniffer }
+    }
+    fn section(&self, timeout: &str) -> String {
+        format!(
+            "type = \"redis\"\nurl = \"redis://:{}@127.0.0.1:{}/0\"\nstream = \"contract\"\ntimeout = \"{timeout}\"\n",
+            crate::contract::SECRET,
+            self.sniffer.port
+        )
+    }
+    fn answer(&self, answer: crate::contract::Answer) {
+        use crate::contract::Answer;
+        self.admin(&["CLIENT", "UNPAUSE"]);
+        self.admin(&["CONFIG", "SET", "min-replicas-to-write", "0"]);
+        self.admin(&["DEL", "contract"]);
+        match answer {
+            Answer::Accept => {}
+            Answer::Refuse => self.admin(&["CONFIG", "SET", "min-replicas-to-write", "1"]),
+            Answer::Reject => self.admin(&["SET", "contract", "not a stream"]),
+            Answer::Hang => self.admin(&["CLIENT", "PAUSE", "60000", "WRITE"]),
+        }
+    }
+    fn ids(&self) -> Vec<String> {
+        vec!["msg_contract_0007".to_string(); self.sniffer.state.lock().unwrap().seen]
+    }
+    fn busy(&self) -> bool {
+        !self.sniffer.state.lock().unwrap().waiting.is_empty()
+    }
+}

@@ -90,6 +90,41 @@ impl<C: Clone> Link<C> {
     }
 }
 
+impl<C> Link<C> {
+    /// A guard that drops the connection if it is dropped before [`Armed::disarm`]: an
+    /// attempt stopped mid-command (the shutdown drain, or its timeout) leaves the
+    /// connection in a state nobody knows, so it is closed rather than reused, and nothing
+    /// of that attempt stays open at the broker once every other user of it has finished.
+    pub(super) fn armed(&self) -> Armed<'_, C> {
+        Armed { link: self, armed: true }
+    }
+}
+
+/// See [`Link::armed`].
+pub(super) struct Armed<'a, C> {
+    link: &'a Link<C>,
+    armed: bool,
+}
+
+impl<C> Armed<'_, C> {
+    /// The attempt ran to its end: keep the connection.
+    pub(super) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<C> Drop for Armed<'_, C> {
+    fn drop(&mut self) {
+        // Without waiting: a connect in progress holds the lock, and then there is no
+        // connection of this attempt's to drop anyway.
+        if self.armed {
+            if let Ok(mut state) = self.link.state.try_lock() {
+                state.conn = None;
+            }
+        }
+    }
+}
+
 /// Hides secrets in error texts: the password (from the URL or a file) is replaced by
 /// `***` wherever a library quotes it, and URLs are shown through [`crate::redact::url`].
 #[derive(Clone, Default)]

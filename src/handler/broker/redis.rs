@@ -6,7 +6,9 @@
 //! its outcome) is a second entry with the same `id`: consumers deduplicate on it.
 //!
 //! The connection is redis-rs's tokio `ConnectionManager`, which reconnects by itself once
-//! made; [`super::Link`] makes it, spacing the tries while Redis is down. Errors are
+//! made; [`super::Link`] makes it, spacing the tries while Redis is down. An `XADD` stopped
+//! before its answer (the drain, the timeout) drops the connection ([`super::Link::armed`]),
+//! so it is closed once no other attempt uses it. Errors are
 //! transient except a wrong key type (`WRONGTYPE`: the stream key holds something else)
 //! and a missing ACL permission (`NOPERM`), which retrying cannot fix.
 
@@ -107,7 +109,10 @@ impl Redis {
                 .arg(&values[3])
                 .arg("body")
                 .arg(d.body.as_bytes());
-            let entry: String = cmd.query_async(&mut conn).await.map_err(|e| self.failure("XADD", e))?;
+            let armed = self.link.armed();
+            let outcome: Result<String, _> = cmd.query_async(&mut conn).await;
+            armed.disarm();
+            let entry = outcome.map_err(|e| self.failure("XADD", e))?;
             Ok(Success { status: None, excerpt: Some(format!("{key} {entry}")) })
         })
         .await
