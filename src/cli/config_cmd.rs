@@ -75,6 +75,7 @@ impl ConfigCommand {
 }
 
 async fn check_online(config: &Config) -> anyhow::Result<()> {
+    check_brokers(config).await?;
     let client = crate::api::V3Client::new(crate::api::ClientSettings::for_account(config)?)?;
     let app = app_name(config.vod.sub_app_id, crate::config::DEFAULT_SOURCE);
     match account::describe(&client).await {
@@ -91,6 +92,30 @@ async fn check_online(config: &Config) -> anyhow::Result<()> {
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("{app}: reading the event configuration"))),
     }
+}
+
+/// Connects each broker handler (`amqp`, `nats`, `redis`) and checks its exchange or
+/// stream and credentials; the first that fails is the error, naming the handler.
+async fn check_brokers(config: &Config) -> anyhow::Result<()> {
+    for (name, section) in &config.handlers {
+        if !matches!(
+            section,
+            crate::handler::HandlerConfig::Amqp(_)
+                | crate::handler::HandlerConfig::Nats(_)
+                | crate::handler::HandlerConfig::Redis(_)
+        ) {
+            continue;
+        }
+        // Broker handlers never use the store; `build` takes one for the types that do.
+        let scratch = tempfile::tempdir()?;
+        let store = crate::store::Store::open(&scratch.path().join("probe.db"), std::time::Duration::from_secs(1))?;
+        let handler = crate::handler::AnyHandler::build(name, section, std::sync::Arc::default(), store)?;
+        if let Some(outcome) = handler.probe().await {
+            outcome.map_err(|f| anyhow::anyhow!("handlers.{name} ({}): {}", handler.kind(), f.message))?;
+            println!("handlers.{name}: {} broker reachable, target checked", handler.kind());
+        }
+    }
+    Ok(())
 }
 
 /// What the config exposes, found without calling anything.

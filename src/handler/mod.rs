@@ -1,5 +1,5 @@
 //! Handlers: what happens to a stored event after it is confirmed. The set is closed
-//! (webhook, shell, drm), selected by `type` in `[handlers.NAME]`, and dispatched
+//! (webhook, shell, drm, and the brokers amqp, nats, redis), selected by `type` in `[handlers.NAME]`, and dispatched
 //! statically through [`AnyHandler`]. A handler performs one attempt and classifies its
 //! outcome; retries, schedules and the dead state belong to the dispatcher.
 //!
@@ -7,6 +7,7 @@
 //! own struct) are configuration, kept with the other sections in `crate::config::handlers`
 //! and re-exported here.
 
+pub mod broker;
 mod drm;
 mod egress;
 mod hls;
@@ -103,6 +104,12 @@ pub enum AnyHandler {
     Shell(shell::Shell),
     /// See [`DrmConfig`].
     Drm(drm::Drm),
+    /// See [`AmqpConfig`](crate::config::handlers::AmqpConfig).
+    Amqp(broker::amqp::Amqp),
+    /// See [`NatsConfig`](crate::config::handlers::NatsConfig).
+    Nats(broker::nats::Nats),
+    /// See [`RedisConfig`](crate::config::handlers::RedisConfig).
+    Redis(broker::redis::Redis),
 }
 
 impl AnyHandler {
@@ -117,6 +124,9 @@ impl AnyHandler {
             HandlerConfig::Webhook(c) => AnyHandler::Webhook(webhook::Webhook::new(name, c)?),
             HandlerConfig::Shell(c) => AnyHandler::Shell(shell::Shell::new(c)),
             HandlerConfig::Drm(c) => AnyHandler::Drm(drm::Drm::new(c, clients, store)?),
+            HandlerConfig::Amqp(c) => AnyHandler::Amqp(broker::amqp::Amqp::new(name, c)?),
+            HandlerConfig::Nats(c) => AnyHandler::Nats(broker::nats::Nats::new(name, c)?),
+            HandlerConfig::Redis(c) => AnyHandler::Redis(broker::redis::Redis::new(name, c)?),
         })
     }
 
@@ -126,6 +136,9 @@ impl AnyHandler {
             AnyHandler::Webhook(_) => "webhook",
             AnyHandler::Shell(_) => "shell",
             AnyHandler::Drm(_) => "drm",
+            AnyHandler::Amqp(_) => "amqp",
+            AnyHandler::Nats(_) => "nats",
+            AnyHandler::Redis(_) => "redis",
         }
     }
 
@@ -135,6 +148,21 @@ impl AnyHandler {
             AnyHandler::Webhook(h) => h.handle(delivery).await,
             AnyHandler::Shell(h) => h.handle(delivery).await,
             AnyHandler::Drm(h) => h.handle(delivery).await,
+            AnyHandler::Amqp(h) => h.handle(delivery).await,
+            AnyHandler::Nats(h) => h.handle(delivery).await,
+            AnyHandler::Redis(h) => h.handle(delivery).await,
+        }
+    }
+
+    /// Connects to a broker handler's target and checks what it needs there (the exchange,
+    /// the stream, the credentials), for `config check --online` and the start; `None` for
+    /// the types with nothing to check.
+    pub async fn probe(&self) -> Option<Result<(), Failure>> {
+        match self {
+            AnyHandler::Amqp(h) => Some(h.probe().await),
+            AnyHandler::Nats(h) => Some(h.probe().await),
+            AnyHandler::Redis(h) => Some(h.probe().await),
+            AnyHandler::Webhook(_) | AnyHandler::Shell(_) | AnyHandler::Drm(_) => None,
         }
     }
 }

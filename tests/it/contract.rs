@@ -24,17 +24,18 @@ use figment::providers::{Format, Toml};
 use vod_eventd::handler::{AnyHandler, Delivery, Failure, HandlerConfig};
 use vod_eventd::store::Store;
 
+use crate::brokers::RedisSubject;
 use crate::receiver::Receiver;
 use crate::support::eventually;
 
 /// The attempt timeout every contract section sets.
 const TIMEOUT: &str = "400ms";
 /// A value that must never show: in the section (URL, headers) and in the daemon's environment.
-const SECRET: &str = "contract-s3cret-9f1c";
+pub(crate) const SECRET: &str = "contract-s3cret-9f1c";
 
 /// What a case asks the target to do with the next attempts.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Answer {
+pub(crate) enum Answer {
     /// Take it: the attempt is done.
     Accept,
     /// Fail in a way worth retrying.
@@ -46,7 +47,7 @@ enum Answer {
 }
 
 /// A handler type under contract.
-trait Subject: Sized {
+pub(crate) trait Subject: Sized {
     /// Starts a target in `dir`.
     async fn start(dir: &Path) -> Self;
     /// The `[handlers.h]` section (without its header) whose attempts reach the target, with
@@ -273,4 +274,4 @@ macro_rules! contract {
     )*};
 }
 
-contract!(webhook: Webhook, shell: Shell);
+contract!(webhook: Webhook, shell: Shell, redis: RedisSubject);

@@ -60,6 +60,7 @@ macro_rules! both_stores {
 }
 
 mod account;
+mod brokers;
 mod browser;
 mod chaos;
 mod cli;

@@ -1,7 +1,8 @@
 //! `[handlers.NAME]`: the handler types' settings. Every type shares one part, the
 //! [`HandlerControls`] (`concurrency`, `pause_after`, `probe_interval`, `rate`, `hosts`),
 //! declared and checked once here; each type adds its own keys in its own struct and file
-//! ([`WebhookConfig`], [`ShellConfig`], [`DrmConfig`]). Both are written flat in one TOML
+//! ([`WebhookConfig`], [`ShellConfig`], [`DrmConfig`], and the brokers' [`AmqpConfig`],
+//! [`NatsConfig`], [`RedisConfig`]). Both are written flat in one TOML
 //! table, so [`HandlerConfig`] reads the table itself: it splits the keys between the two
 //! parts and refuses a key neither knows, naming every key the type takes (serde's
 //! `flatten` would accept it silently, or refuse it without the list).
@@ -10,6 +11,7 @@
 //! concurrency, its own checks) and a variant of [`HandlerConfig`], with its arm in each of
 //! `HandlerConfig`'s matches (the controls, the attempt timeout, the checks, reading it).
 
+mod broker;
 mod drm;
 mod shell;
 mod webhook;
@@ -22,6 +24,7 @@ use figment::value::{Dict, Value};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 
+pub use self::broker::{as_is, read_password, AmqpConfig, NatsConfig, RedisConfig, Template, TEMPLATE_FIELDS};
 pub use self::drm::DrmConfig;
 pub use self::shell::ShellConfig;
 pub use self::webhook::WebhookConfig;
@@ -143,11 +146,24 @@ pub enum HandlerConfig {
     Shell(ShellConfig),
     /// Turn the EDKs of task-flow events into data keys via DescribeDrmDataKey.
     Drm(DrmConfig),
+    /// Publish to a RabbitMQ exchange (AMQP 0-9-1), done on the publisher confirm.
+    Amqp(AmqpConfig),
+    /// Publish to a NATS JetStream stream, done on the JetStream ack.
+    Nats(NatsConfig),
+    /// `XADD` to a Redis stream, done when it returns the entry id.
+    Redis(RedisConfig),
 }
 
 impl HandlerConfig {
     /// Every `type` there is.
-    const TYPES: &'static [&'static str] = &[WebhookConfig::TYPE, ShellConfig::TYPE, DrmConfig::TYPE];
+    const TYPES: &'static [&'static str] = &[
+        WebhookConfig::TYPE,
+        ShellConfig::TYPE,
+        DrmConfig::TYPE,
+        AmqpConfig::TYPE,
+        NatsConfig::TYPE,
+        RedisConfig::TYPE,
+    ];
 
     /// The shared part: concurrency, breaker, rate and hosts.
     pub fn controls(&self) -> &HandlerControls {
@@ -155,6 +171,9 @@ impl HandlerConfig {
             HandlerConfig::Webhook(c) => &c.controls,
             HandlerConfig::Shell(c) => &c.controls,
             HandlerConfig::Drm(c) => &c.controls,
+            HandlerConfig::Amqp(c) => &c.controls,
+            HandlerConfig::Nats(c) => &c.controls,
+            HandlerConfig::Redis(c) => &c.controls,
         }
     }
 
@@ -191,6 +210,9 @@ impl HandlerConfig {
             HandlerConfig::Webhook(c) => c.timeout,
             HandlerConfig::Shell(c) => c.timeout,
             HandlerConfig::Drm(_) => DRM_ATTEMPT_BOUND,
+            HandlerConfig::Amqp(c) => c.timeout,
+            HandlerConfig::Nats(c) => c.timeout,
+            HandlerConfig::Redis(c) => c.timeout,
         }
     }
 
@@ -200,6 +222,9 @@ impl HandlerConfig {
             HandlerConfig::Webhook(c) => c.validate(),
             HandlerConfig::Shell(c) => c.validate(),
             HandlerConfig::Drm(c) => c.validate(),
+            HandlerConfig::Amqp(c) => c.validate(),
+            HandlerConfig::Nats(c) => c.validate(),
+            HandlerConfig::Redis(c) => c.validate(),
         };
         issues.extend(self.controls().validate());
         issues
@@ -219,6 +244,9 @@ impl<'de> Deserialize<'de> for HandlerConfig {
             WebhookConfig::TYPE => HandlerConfig::Webhook(split(table)?),
             ShellConfig::TYPE => HandlerConfig::Shell(split(table)?),
             DrmConfig::TYPE => HandlerConfig::Drm(split(table)?),
+            AmqpConfig::TYPE => HandlerConfig::Amqp(split(table)?),
+            NatsConfig::TYPE => HandlerConfig::Nats(split(table)?),
+            RedisConfig::TYPE => HandlerConfig::Redis(split(table)?),
             other => return Err(D::Error::unknown_variant(other, Self::TYPES)),
         })
     }
