@@ -14,39 +14,114 @@ use super::PgStore;
 use crate::handler::Delivery;
 use crate::store::{AttemptRecord, BreakerStep, Claimed, Next, Paused, RouteFn, StoreError, Want};
 
+/// Writes `outcomes` in one statement, whatever their number: every attempt row, and
+/// each delivery's next state where its claim still holds (`claim_token`, `running`).
 async fn settle(tx: &Transaction<'_>, outcomes: &[AttemptRecord], now: i64) -> Result<(), StoreError> {
     if outcomes.is_empty() {
         return Ok(());
     }
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, status, error, excerpt)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .await?;
-    let update = tx
-        .prepare_cached(
-            "UPDATE deliveries SET state = $2, next_attempt_at = coalesce($3, next_attempt_at), updated_at = $4,
-                    last_error = $5, last_status = $6, lease_until = NULL, claim_token = NULL, claimed_by = NULL
-             WHERE id = $1 AND claim_token = $7 AND state = 'running'",
-        )
-        .await?;
+    let stmt = tx.prepare_cached(SETTLE).await?;
+    let mut o = Outcomes::default();
     for a in outcomes {
         let (outcome, state, next_at) = match a.next {
             Next::Done => ("done", "done", None),
             Next::RetryAt(at) => ("retry", "pending", Some(at)),
             Next::Dead => ("dead", "dead", None),
         };
-        let attempt = i64::from(a.attempt);
-        tx.execute(
-            &insert,
-            &[&a.delivery_id, &attempt, &a.started_at, &a.duration_ms, &outcome, &a.status, &a.error, &a.excerpt],
-        )
-        .await?;
-        tx.execute(&update, &[&a.delivery_id, &state, &next_at, &now, &a.error, &a.status, &a.claim_token]).await?;
+        o.ids.push(a.delivery_id);
+        o.attempts.push(i64::from(a.attempt));
+        o.started.push(a.started_at);
+        o.durations.push(a.duration_ms);
+        o.outcomes.push(outcome);
+        o.statuses.push(a.status);
+        o.errors.push(a.error.as_deref());
+        o.excerpts.push(a.excerpt.as_deref());
+        o.states.push(state);
+        o.next_at.push(next_at);
+        o.tokens.push(a.claim_token);
     }
+    tx.execute(
+        &stmt,
+        &[
+            &o.ids,
+            &o.attempts,
+            &o.started,
+            &o.durations,
+            &o.outcomes,
+            &o.statuses,
+            &o.errors,
+            &o.excerpts,
+            &o.states,
+            &o.next_at,
+            &o.tokens,
+            &now,
+        ],
+    )
+    .await?;
     Ok(())
 }
+
+/// The columns of [`SETTLE`], one entry per outcome.
+#[derive(Default)]
+struct Outcomes<'a> {
+    ids: Vec<i64>,
+    attempts: Vec<i64>,
+    started: Vec<i64>,
+    durations: Vec<i64>,
+    outcomes: Vec<&'static str>,
+    statuses: Vec<Option<i64>>,
+    errors: Vec<Option<&'a str>>,
+    excerpts: Vec<Option<&'a str>>,
+    states: Vec<&'static str>,
+    next_at: Vec<Option<i64>>,
+    tokens: Vec<i64>,
+}
+
+/// A step's outcomes: the attempts and the deliveries' next states, one statement (two
+/// data-modifying parts of one `unnest`). A delivery appears once per step (its outcome is
+/// written before it can be claimed again), and a stale token matches no row.
+const SETTLE: &str = "WITH o AS (
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[],
+                              $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[])
+              AS o (delivery_id, attempt, started_at, duration_ms, outcome, status, error, excerpt, state, next_at, token)),
+     recorded AS (
+         INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome, status, error, excerpt)
+         SELECT delivery_id, attempt, started_at, duration_ms, outcome, status, error, excerpt FROM o)
+     UPDATE deliveries d SET state = o.state, next_attempt_at = coalesce(o.next_at, d.next_attempt_at), updated_at = $12,
+            last_error = o.error, last_status = o.status, lease_until = NULL, claim_token = NULL, claimed_by = NULL
+     FROM o WHERE d.id = o.delivery_id AND d.claim_token = o.token AND d.state = 'running'";
+
+/// A step's claims for every want at once, one statement: the wants whose handler is not
+/// paused take up to their limit of due rows each (`FOR UPDATE SKIP LOCKED`, in due order);
+/// rows of kind 0 are the claimed deliveries with their event, kind 1 the earliest pending
+/// `next_attempt_at` of a want left unfilled (rows claimed here excluded; rows another host
+/// holds locked included, so the step comes back for them), kind 2 a want's pause.
+const CLAIM: &str = "WITH w AS (
+         SELECT * FROM unnest($2::text[], $3::bigint[], $4::bigint[]) WITH ORDINALITY AS w (handler, lim, lease_ms, i)),
+     open AS (SELECT * FROM w WHERE NOT EXISTS (SELECT 1 FROM handler_state h WHERE h.handler = w.handler)),
+     due AS (
+         SELECT d.id, open.i, open.lease_ms FROM open CROSS JOIN LATERAL (
+             SELECT id FROM deliveries WHERE handler = open.handler AND state = 'pending' AND next_attempt_at <= $1
+             ORDER BY next_attempt_at, id LIMIT open.lim FOR UPDATE SKIP LOCKED) d),
+     claimed AS (
+         UPDATE deliveries d SET state = 'running', attempts = d.attempts + 1, updated_at = $1,
+                lease_until = (extract(epoch FROM clock_timestamp()) * 1000)::bigint + due.lease_ms,
+                claim_token = nextval('claim_tokens'), claimed_by = $5
+         FROM due WHERE d.id = due.id
+         RETURNING due.i, d.id, d.event_id, d.webhook_id, d.attempts, d.created_at, d.claim_token)
+     SELECT 0 AS kind, c.i, c.id, c.event_id, c.webhook_id, c.attempts, e.event_type, e.file_id, e.task_id, e.content,
+            c.created_at, e.source, e.sub_app_id, c.claim_token, NULL::text AS paused_by, NULL::bigint AS paused_at
+     FROM claimed c JOIN events e ON e.id = c.event_id
+     UNION ALL
+     SELECT 1, open.i, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            (SELECT min(x.next_attempt_at) FROM deliveries x
+             WHERE x.handler = open.handler AND x.state = 'pending' AND x.id NOT IN (SELECT id FROM due)),
+            NULL, NULL
+     FROM open WHERE (SELECT count(*) FROM due WHERE due.i = open.i) < open.lim
+     UNION ALL
+     SELECT 2, w.i, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, h.probe_at, h.paused_by, h.paused_at
+     FROM w JOIN handler_state h ON h.handler = w.handler
+     ORDER BY 1, 2, 3";
 
 pub(super) async fn paused(tx: &Transaction<'_>, handler: &str, lock: bool) -> Result<Option<Paused>, StoreError> {
     let sql = if lock {
@@ -117,94 +192,113 @@ async fn breaker(tx: &Transaction<'_>, want: &Want, now: i64) -> Result<bool, St
     }
 }
 
-/// How many of `want` to claim given its pause (see `store/sqlite/deliveries.rs` `claimable`).
-async fn claimable(
+/// One delivery of `want`'s handler as its breaker's probe, if the pause `p` (read by
+/// [`CLAIM`]) lets one go now (see `store/sqlite/deliveries.rs` `claimable`): one probe at
+/// a time over every host, so the pause is read again with its row locked.
+async fn probe(
     tx: &Transaction<'_>,
-    i: usize,
-    want: &Want,
+    (i, want): (usize, &Want),
+    p: Paused,
     now: i64,
+    instance: &str,
     claimed: &mut Claimed,
-) -> Result<(usize, i64), StoreError> {
-    let Some(p) = paused(tx, &want.handler, false).await? else {
-        return Ok((want.limit, 0));
-    };
+) -> Result<(), StoreError> {
+    let mut next_due = |at: i64| claimed.next_due = Some(claimed.next_due.map_or(at, |d| d.min(at)));
     let paused_for = now.saturating_sub(p.paused_at).max(0);
-    claimed.paused.insert(i, p.paused_by.clone());
-    if p.paused_by != "breaker" || want.limit == 0 {
-        if p.paused_by == "breaker" {
-            let probe_at = p.probe_at.unwrap_or(now);
-            claimed.next_due = Some(claimed.next_due.map_or(probe_at, |d| d.min(probe_at)));
+    let is_breaker = p.paused_by == "breaker";
+    if !is_breaker || want.limit == 0 {
+        if is_breaker {
+            next_due(p.probe_at.unwrap_or(now));
         }
-        return Ok((0, paused_for));
+        claimed.paused.insert(i, p.paused_by);
+        return Ok(());
     }
-    // One probe at a time over every host: re-read the pause with its row locked.
-    let Some(p) = paused(tx, &want.handler, true).await? else {
-        return Ok((want.limit, 0));
+    let (limit, paused_for) = match paused(tx, &want.handler, true).await? {
+        // Resumed meanwhile: claimed as an open handler.
+        None => (want.limit, 0),
+        Some(p) => {
+            let probe_at = p.probe_at.unwrap_or(now);
+            if probe_at > now {
+                next_due(probe_at);
+                claimed.paused.insert(i, p.paused_by);
+                return Ok(());
+            }
+            let next = now.saturating_add(want.probe_interval.as_millis() as i64);
+            tx.execute("UPDATE handler_state SET probe_at = $2 WHERE handler = $1", &[&want.handler, &next]).await?;
+            next_due(next);
+            (1, paused_for)
+        }
     };
-    let probe_at = p.probe_at.unwrap_or(now);
-    if probe_at > now {
-        claimed.next_due = Some(claimed.next_due.map_or(probe_at, |d| d.min(probe_at)));
-        return Ok((0, paused_for));
+    claimed.paused.insert(i, "breaker".to_string());
+    let mark = tx.prepare_cached(MARK).await?;
+    let lease_ms = want.lease.as_millis().min(i64::MAX as u128) as i64;
+    for r in tx.query(&mark, &[&now, &want.handler, &(limit as i64), &lease_ms, &instance]).await? {
+        claimed.deliveries.push((i, delivery(&r, 0, paused_for, now)));
     }
-    let next = now.saturating_add(want.probe_interval.as_millis() as i64);
-    tx.execute("UPDATE handler_state SET probe_at = $2 WHERE handler = $1", &[&want.handler, &next]).await?;
-    claimed.next_due = Some(claimed.next_due.map_or(next, |d| d.min(next)));
-    Ok((1, paused_for))
+    Ok(())
 }
 
+/// One want's claim (the breaker's probe only; [`CLAIM`] claims for every open handler).
+const MARK: &str = "WITH due AS (
+         SELECT id FROM deliveries WHERE handler = $2 AND state = 'pending' AND next_attempt_at <= $1
+         ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED),
+     claimed AS (
+         UPDATE deliveries d SET state = 'running', attempts = d.attempts + 1, updated_at = $1,
+                lease_until = (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $4,
+                claim_token = nextval('claim_tokens'), claimed_by = $5
+         FROM due WHERE d.id = due.id
+         RETURNING d.id, d.event_id, d.webhook_id, d.attempts, d.created_at, d.claim_token)
+     SELECT c.id, c.event_id, c.webhook_id, c.attempts, e.event_type, e.file_id, e.task_id, e.content,
+            c.created_at, e.source, e.sub_app_id, c.claim_token
+     FROM claimed c JOIN events e ON e.id = c.event_id ORDER BY c.id";
+
+/// The delivery in row `r`, its columns (those of [`MARK`]) from column `at` on.
+fn delivery(r: &tokio_postgres::Row, at: usize, paused_for: i64, now: i64) -> Delivery {
+    Delivery {
+        delivery_id: r.get(at),
+        event_id: r.get(at + 1),
+        webhook_id: r.get(at + 2),
+        attempt: r.get::<_, i64>(at + 3).clamp(0, i64::from(u32::MAX)) as u32,
+        event_type: r.get(at + 4),
+        file_id: r.get(at + 5),
+        task_id: r.get(at + 6),
+        body: r.get(at + 7),
+        created_at: r.get::<_, i64>(at + 8).saturating_add(paused_for).min(now),
+        source: r.get(at + 9),
+        sub_app_id: r.get::<_, Option<i64>>(at + 10).map(|id| id as u64),
+        claim_token: r.get(at + 11),
+    }
+}
+
+/// Writes the wants' breaker steps, then claims for every want with [`CLAIM`] (one
+/// statement); a breaker-paused handler whose probe is due takes its probe apart.
 async fn claim(tx: &Transaction<'_>, wants: &[Want], now: i64, instance: &str) -> Result<Claimed, StoreError> {
     let mut claimed = Claimed::default();
     for want in wants {
         claimed.alerted |= breaker(tx, want, now).await?;
     }
-    let mark = tx
-        .prepare_cached(
-            "WITH due AS (
-                 SELECT id FROM deliveries WHERE handler = $2 AND state = 'pending' AND next_attempt_at <= $1
-                 ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED),
-             claimed AS (
-                 UPDATE deliveries d SET state = 'running', attempts = d.attempts + 1, updated_at = $1,
-                        lease_until = (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $4,
-                        claim_token = nextval('claim_tokens'), claimed_by = $5
-                 FROM due WHERE d.id = due.id
-                 RETURNING d.id, d.event_id, d.webhook_id, d.attempts, d.created_at, d.claim_token)
-             SELECT c.id, c.event_id, c.webhook_id, c.attempts, e.event_type, e.file_id, e.task_id, e.content,
-                    c.created_at, e.source, e.sub_app_id, c.claim_token
-             FROM claimed c JOIN events e ON e.id = c.event_id ORDER BY c.id",
-        )
-        .await?;
-    let next_due = tx
-        .prepare_cached("SELECT min(next_attempt_at) FROM deliveries WHERE handler = $1 AND state = 'pending'")
-        .await?;
-    for (i, want) in wants.iter().enumerate() {
-        let (limit, paused_for) = claimable(tx, i, want, now, &mut claimed).await?;
-        if limit == 0 {
-            continue;
-        }
-        let lease_ms = want.lease.as_millis().min(i64::MAX as u128) as i64;
-        let rows = tx.query(&mark, &[&now, &want.handler, &(limit as i64), &lease_ms, &instance]).await?;
-        if rows.len() < limit && !claimed.paused.contains_key(&i) {
-            if let Some(due) = tx.query_one(&next_due, &[&want.handler]).await?.get::<_, Option<i64>>(0) {
-                claimed.next_due = Some(claimed.next_due.map_or(due, |d| d.min(due)));
+    if wants.is_empty() {
+        return Ok(claimed);
+    }
+    let stmt = tx.prepare_cached(CLAIM).await?;
+    let handlers: Vec<&str> = wants.iter().map(|w| w.handler.as_str()).collect();
+    let limits: Vec<i64> = wants.iter().map(|w| w.limit as i64).collect();
+    let leases: Vec<i64> = wants.iter().map(|w| w.lease.as_millis().min(i64::MAX as u128) as i64).collect();
+    let mut pauses = Vec::new();
+    for r in tx.query(&stmt, &[&now, &handlers, &limits, &leases, &instance]).await? {
+        let i = (r.get::<_, i64>(1) - 1) as usize;
+        match r.get::<_, i32>(0) {
+            0 => claimed.deliveries.push((i, delivery(&r, 2, 0, now))),
+            1 => {
+                if let Some(due) = r.get::<_, Option<i64>>(13) {
+                    claimed.next_due = Some(claimed.next_due.map_or(due, |d| d.min(due)));
+                }
             }
+            _ => pauses.push((i, Paused { paused_by: r.get(14), paused_at: r.get(15), probe_at: r.get(13) })),
         }
-        for r in rows {
-            let delivery = Delivery {
-                delivery_id: r.get(0),
-                event_id: r.get(1),
-                webhook_id: r.get(2),
-                attempt: r.get::<_, i64>(3).clamp(0, i64::from(u32::MAX)) as u32,
-                event_type: r.get(4),
-                file_id: r.get(5),
-                task_id: r.get(6),
-                body: r.get(7),
-                created_at: r.get::<_, i64>(8).saturating_add(paused_for).min(now),
-                source: r.get(9),
-                sub_app_id: r.get::<_, Option<i64>>(10).map(|id| id as u64),
-                claim_token: r.get(11),
-            };
-            claimed.deliveries.push((i, delivery));
-        }
+    }
+    for (i, p) in pauses {
+        probe(tx, (i, &wants[i]), p, now, instance, &mut claimed).await?;
     }
     Ok(claimed)
 }
