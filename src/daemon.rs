@@ -380,7 +380,10 @@ impl Sources {
 
     fn start(&self, config: &Config, source: Source) -> anyhow::Result<RunningSource> {
         let name = source.name.clone();
-        let settings = ClientSettings::from_vod(&source.vod).with_context(|| format!("source {name}"))?;
+        let mut settings = ClientSettings::from_vod(&source.vod).with_context(|| format!("source {name}"))?;
+        // With a key server that fetches missing keys on the same account, the drm handler
+        // keeps to half of DescribeDrmDataKey's limit and the key server to the other half.
+        settings.drm_halved = config.keyserver.as_ref().is_some_and(|k| k.fetch_missing);
         let credentials = settings.credentials_fingerprint();
         let client = Arc::new(Client::shared(settings, &self.limiters)?);
         self.clients.insert(&name, client.clone());

@@ -14,6 +14,10 @@
 //! shared rate is theirs; a reload that changes it restarts every source using it, and the
 //! first one started again gets a new limiter at the new rate.
 //!
+//! DescribeDrmDataKey may be called by two processes on one account, the daemon's `drm`
+//! handler and `vod-eventd keyserver` fetching missing keys: then each keeps to half of its
+//! limit (`ClientSettings::drm_halved`).
+//!
 //! Pacing, not bursting, on purpose: a sliding-window budget spent in a burst drains a
 //! backlog faster, but under steady load it spends a minute's budget in seconds and then
 //! stalls — and a stalled ConfirmEvent budget lets handles pass their 30 s window.
@@ -77,27 +81,33 @@ impl ActionLimiter {
 /// The limiter a client for `settings` uses when it shares none: v2 counts calls per
 /// minute, API 3.0 per second.
 pub(crate) fn for_settings(settings: &super::ClientSettings) -> ActionLimiter {
+    let share = |l: Limit| match settings.drm_halved {
+        true => Limit { calls: (l.calls / 2).max(1), per: l.per },
+        false => l,
+    };
     match settings.api {
         crate::config::ApiVersion::V2 => ActionLimiter::new(
             Limit { calls: settings.rate_limit_per_minute, per: Duration::from_secs(60) },
-            V2_DRM_LIMIT,
+            share(V2_DRM_LIMIT),
         ),
         crate::config::ApiVersion::V3 => ActionLimiter::new(
             Limit { calls: (settings.rate_limit_per_minute / 60).max(1), per: Duration::from_secs(1) },
-            V3_DRM_LIMIT,
+            share(V3_DRM_LIMIT),
         ),
     }
 }
 
 /// A limiter's key in the pool: the SecretId and the API.
 type LimiterKey = (String, crate::config::ApiVersion);
+/// What a pooled limiter was built for: the rate per minute, and a halved DescribeDrmDataKey.
+type BuiltFor = (u32, bool);
 
 /// The limiters of the daemon's clients, one per (SecretId, API), shared by every source
 /// using that credential.
 #[derive(Default)]
 pub struct LimiterPool {
-    /// By (SecretId, API): the rate it was built for, and the limiter.
-    limiters: Mutex<HashMap<LimiterKey, (u32, Arc<ActionLimiter>)>>,
+    /// By (SecretId, API): the rate (and DescribeDrmDataKey share) it was built for, and the limiter.
+    limiters: Mutex<HashMap<LimiterKey, (BuiltFor, Arc<ActionLimiter>)>>,
 }
 
 impl LimiterPool {
@@ -105,7 +115,7 @@ impl LimiterPool {
     /// if there is none yet or it was built for another rate (a reload changed it).
     pub(crate) fn get(&self, settings: &super::ClientSettings) -> Arc<ActionLimiter> {
         let key = (settings.secret_id.clone(), settings.api);
-        let rate = settings.rate_limit_per_minute;
+        let rate = (settings.rate_limit_per_minute, settings.drm_halved);
         let mut limiters = self.limiters.lock().expect("limiter pool mutex poisoned");
         match limiters.get(&key) {
             Some((built_for, limiter)) if *built_for == rate => limiter.clone(),
@@ -141,6 +151,26 @@ mod tests {
         let slower = pool.get(&vod("rate_limit_per_minute = 300\n"));
         assert!(!Arc::ptr_eq(&first, &slower), "a new rate (a reload): a new limiter");
         assert!(Arc::ptr_eq(&slower, &pool.get(&vod("sub_app_id = 3\nrate_limit_per_minute = 300\n"))));
+    }
+
+    #[tokio::test]
+    async fn a_halved_drm_limit_is_its_own_limiter_at_half_the_rate() {
+        let text = "[vod]\nsecret_id = \"AKID1\"\nsecret_key = \"k\"\napi = \"v3\"\n";
+        let config: crate::config::Config = figment::Figment::new()
+            .merge(<figment::providers::Toml as figment::providers::Format>::string(text))
+            .extract()
+            .unwrap();
+        let full = super::super::ClientSettings::from_vod(&config.vod).unwrap();
+        let halved = super::super::ClientSettings { drm_halved: true, ..full.clone() };
+        let pool = LimiterPool::default();
+        assert!(!Arc::ptr_eq(&pool.get(&full), &pool.get(&halved)), "a share of its own");
+        // 10/s: a burst of 1, then one every 1/8 s.
+        let limiter = for_settings(&halved);
+        let start = Instant::now();
+        for _ in 0..9 {
+            limiter.until_ready("DescribeDrmDataKey").await;
+        }
+        assert!(start.elapsed() >= Duration::from_millis(950), "{:?}", start.elapsed());
     }
 
     #[tokio::test]

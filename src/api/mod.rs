@@ -59,6 +59,9 @@ pub struct ClientSettings {
     pub long_poll_hold: Duration,
     /// Calls per minute per action.
     pub rate_limit_per_minute: u32,
+    /// Half of DescribeDrmDataKey's own limit, not all of it: the daemon's `drm` handler and
+    /// `vod-eventd keyserver` (two processes on one account) each keep to their half.
+    pub drm_halved: bool,
 }
 
 impl ClientSettings {
@@ -82,6 +85,7 @@ impl ClientSettings {
             timeout: vod.request_timeout,
             long_poll_hold: vod.long_poll_hold,
             rate_limit_per_minute: vod.rate_limit_per_minute(),
+            drm_halved: false,
         })
     }
 

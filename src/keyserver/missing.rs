@@ -3,8 +3,10 @@
 //! file's task flow, read here with the DRM handler's code and settings when it has not
 //! read them yet) is fetched at once with DescribeDrmDataKey under that event's source,
 //! stored, and served. Calls go through a [`Batcher`]: concurrent requests for one EDK make
-//! one call, concurrent misses leave in calls of up to ten, and the source's rate limit is
-//! kept.
+//! one call, concurrent misses leave in calls of up to ten, and half of DescribeDrmDataKey's
+//! limit is kept (v2 50 calls/min, API 3.0 10/s); the daemon, seeing `[keyserver]` with
+//! `fetch_missing`, keeps its `drm` handler to the other half, so the two processes
+//! together stay within the account's limit.
 //!
 //! A pair whose EDK Tencent refuses is remembered for `keyserver.refused_ttl` in a cache of
 //! at most `keyserver.refused_max` pairs: a flood of bogus requests costs at most one call
@@ -213,7 +215,9 @@ impl Missing {
             return Ok(client.clone());
         }
         let vod = self.vod_of(source, sub_app_id)?;
-        let client = Arc::new(Client::shared(ClientSettings::from_vod(&vod)?, &self.limiters)?);
+        // Half of DescribeDrmDataKey's limit: the daemon's drm handler keeps to the other half.
+        let settings = ClientSettings { drm_halved: true, ..ClientSettings::from_vod(&vod)? };
+        let client = Arc::new(Client::shared(settings, &self.limiters)?);
         let mut clients = self.clients.lock().expect("clients lock");
         if clients.len() < MAX_CLIENTS {
             clients.insert(source.to_string(), client.clone());
