@@ -1,0 +1,124 @@
+//! The keys the key server served lately, kept in memory. A player asks for a key once per
+//! segment or so, and every viewer of a video asks for the same few keys; from the store
+//! each answer waits for a blocking thread and the store's one connection (SQLite) or a
+//! round trip (PostgreSQL), which under load is most of a request's time (BENCHMARKS.md,
+//! "The key server against nginx").
+//!
+//! Exact: an entry is a pair the store tied together and its key, looked up by that pair
+//! only (an EDK's key is never served for another file from here either), and the key of a
+//! pair never changes (the EDK→DK mapping is fixed; a stored row is never rewritten). Only
+//! keys found are kept: a pair the store did not know is asked again next time. Entries
+//! expire after [`TTL`] all the same, so a row deleted by hand stops being served within it;
+//! at most [`CAPACITY`] entries (about 2 MiB), the oldest going first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a served key is answered from memory.
+pub const TTL: Duration = Duration::from_secs(60);
+/// Pairs kept at most: the keys of a few thousand videos in play at once.
+pub const CAPACITY: usize = 10_000;
+
+/// A pair: `(fileId, EDK)`.
+type Pair = (String, String);
+
+/// Served keys by pair (see the module doc).
+#[derive(Default)]
+pub struct Served {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    keys: HashMap<Pair, (Instant, [u8; 16])>,
+    /// Insertion order, which is expiry order, with each entry's time (a stale one when
+    /// the pair was inserted again since).
+    order: VecDeque<(Instant, Pair)>,
+}
+
+impl Served {
+    /// The key served for `file_id` and `edk` within [`TTL`].
+    pub fn get(&self, file_id: &str, edk: &str) -> Option<[u8; 16]> {
+        self.get_at(file_id, edk, Instant::now())
+    }
+
+    /// Remembers the key the store holds for `file_id` and `edk`.
+    pub fn insert(&self, file_id: &str, edk: &str, dk: [u8; 16]) {
+        self.insert_at(file_id, edk, dk, Instant::now())
+    }
+
+    fn get_at(&self, file_id: &str, edk: &str, now: Instant) -> Option<[u8; 16]> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, dk) = state.keys.get(&(file_id.to_string(), edk.to_string()))?;
+        (now.saturating_duration_since(*at) < TTL).then_some(*dk)
+    }
+
+    fn insert_at(&self, file_id: &str, edk: &str, dk: [u8; 16], now: Instant) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let State { keys, order } = &mut *state;
+        while let Some((at, _)) = order.front() {
+            if now.saturating_duration_since(*at) < TTL && order.len() < CAPACITY {
+                break;
+            }
+            let (at, pair) = order.pop_front().expect("a front exists");
+            if keys.get(&pair).is_some_and(|(t, _)| *t == at) {
+                keys.remove(&pair);
+            }
+        }
+        let pair = (file_id.to_string(), edk.to_string());
+        keys.insert(pair.clone(), (now, dk));
+        order.push_back((now, pair));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.state.lock().unwrap().keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_served_for_its_own_pair_only() {
+        let served = Served::default();
+        served.insert("f1", "edk1", [1; 16]);
+        assert_eq!(served.get("f1", "edk1"), Some([1; 16]));
+        assert_eq!(served.get("f2", "edk1"), None, "another file, the same EDK");
+        assert_eq!(served.get("f1", "edk2"), None);
+        assert_eq!(served.get("f1edk1", ""), None);
+    }
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let served = Served::default();
+        let start = Instant::now();
+        served.insert_at("f", "e", [7; 16], start);
+        assert_eq!(served.get_at("f", "e", start + TTL - Duration::from_millis(1)), Some([7; 16]));
+        assert_eq!(served.get_at("f", "e", start + TTL), None);
+        // Inserted again (read again from the store), it lives a TTL from then.
+        served.insert_at("f", "e", [7; 16], start + TTL);
+        assert_eq!(served.get_at("f", "e", start + TTL + Duration::from_secs(1)), Some([7; 16]));
+        assert_eq!(served.len(), 1, "the expired entry went");
+    }
+
+    #[test]
+    fn at_most_capacity_entries_the_oldest_going_first() {
+        let served = Served::default();
+        let start = Instant::now();
+        for i in 0..CAPACITY + 10 {
+            served.insert_at(&i.to_string(), "e", [0; 16], start);
+        }
+        assert_eq!(served.len(), CAPACITY);
+        assert_eq!(served.get_at("9", "e", start), None);
+        assert_eq!(served.get_at("10", "e", start), Some([0; 16]));
+        assert_eq!(served.get_at(&(CAPACITY + 9).to_string(), "e", start), Some([0; 16]));
+        // A pair inserted again is not dropped for its older copy.
+        served.insert_at("10", "e", [1; 16], start);
+        served.insert_at("new", "e", [0; 16], start);
+        assert_eq!(served.get_at("10", "e", start), Some([1; 16]));
+        assert!(served.state.lock().unwrap().order.len() <= CAPACITY);
+    }
+}
