@@ -23,14 +23,23 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
 
     /// The live entry for `key`.
     pub fn get(&self, key: &K) -> Option<V> {
-        self.map.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
+        self.get_at(key, Instant::now())
     }
 
     /// Remembers `value` for `key` from now on.
     pub fn insert(&mut self, key: K, value: V) {
-        let now = Instant::now();
+        self.insert_at(key, value, Instant::now())
+    }
+
+    /// The entry for `key` if it is live at `now`.
+    pub fn get_at(&self, key: &K, now: Instant) -> Option<V> {
+        self.map.get(key).filter(|(at, _)| now.saturating_duration_since(*at) < self.ttl).map(|(_, v)| v.clone())
+    }
+
+    /// Remembers `value` for `key` from `now` on.
+    pub fn insert_at(&mut self, key: K, value: V, now: Instant) {
         while let Some((at, _)) = self.order.front() {
-            if now.duration_since(*at) < self.ttl && self.order.len() < self.max {
+            if now.saturating_duration_since(*at) < self.ttl && self.order.len() < self.max {
                 break;
             }
             let (at, old) = self.order.pop_front().expect("a front exists");

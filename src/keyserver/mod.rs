@@ -24,12 +24,16 @@
 //! SIGHUP re-reads the token secrets (rotation without a restart); the other settings take
 //! effect at the next start.
 //!
+//! A key served is answered from memory for a minute ([`served`]): same answers, without
+//! the store's round trip.
+//!
 //! No key, token or whole EDK goes into a log line: an EDK is shown by its first
 //! characters only.
 
 mod cache;
 mod metrics;
 pub mod missing;
+mod served;
 pub mod tls;
 pub mod token;
 
@@ -73,6 +77,8 @@ struct Inner {
     metrics: metrics::KeyMetrics,
     /// With `fetch_missing`: keys not stored yet.
     missing: Option<missing::Missing>,
+    /// Keys served lately, answered again without the store.
+    served: served::Served,
 }
 
 /// What became of a key request, for the log line.
@@ -125,7 +131,10 @@ impl KeyServer {
         let cache_control = HeaderValue::from_str(&format!("private, max-age={}", config.max_age.as_secs()))
             .expect("a number is a valid header value");
         let metrics = metrics::KeyMetrics::default();
-        KeyServer { inner: Arc::new(Inner { config, store, verifier, limiter, cache_control, metrics, missing }) }
+        let served = served::Served::default();
+        KeyServer {
+            inner: Arc::new(Inner { config, store, verifier, limiter, cache_control, metrics, missing, served }),
+        }
     }
 
     /// Replaces the token secrets (SIGHUP): tokens of a secret no longer listed are refused
@@ -304,7 +313,7 @@ impl KeyServer {
                 return (Outcome::Refused(e), plain(StatusCode::FORBIDDEN, "the token does not open this file\n"));
             }
         }
-        let stored = self.inner.store.key_for(request.file_id.clone(), request.edk.clone()).await;
+        let stored = self.stored_key(&request.file_id, &request.edk).await;
         let (outcome, stored) = match (stored, &self.inner.missing) {
             (Ok(None), Some(missing)) => match missing.find(&request.file_id, &request.edk).await {
                 missing::Found::Key(dk) => (Outcome::Fetched, Ok(Some(dk))),
@@ -334,6 +343,22 @@ impl KeyServer {
                 (Outcome::StoreDown, unavailable())
             }
         }
+    }
+}
+
+impl KeyServer {
+    /// The key the store ties to `file_id` and `edk`, from memory when it was served lately.
+    async fn stored_key(&self, file_id: &str, edk: &str) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+        if let Some(dk) = self.inner.served.get(file_id, edk) {
+            return Ok(Some(dk.to_vec()));
+        }
+        let stored = self.inner.store.key_for(file_id.to_string(), edk.to_string()).await;
+        if let Ok(Some(dk)) = &stored {
+            if let Ok(dk) = <[u8; 16]>::try_from(dk.as_slice()) {
+                self.inner.served.insert(file_id, edk, dk);
+            }
+        }
+        stored
     }
 }
 

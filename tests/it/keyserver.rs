@@ -591,3 +591,30 @@ async fn tls_serves_keys_and_a_renewed_certificate_is_taken_on_sighup() {
     }
     assert_eq!(trusting(&second).get(&url).send().await.unwrap().status(), 200, "the running certificate stays");
 }
+
+/// A key served once is answered from memory for a while (`keyserver::served`): a row
+/// deleted by hand behind the key server's back is still served for that pair (for up to a
+/// minute), and only for that pair; a pair never served is read from the store, so its
+/// deletion shows at once, and a miss is not remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_keys_are_answered_from_memory_for_their_own_pair_only() {
+    let ks = start(Backend::Sqlite, &secrets_line()).await;
+    let token = mint(NEW.as_bytes(), &Scope::Files(vec![FILE1.into(), FILE2.into()]), now() + 600).unwrap();
+    let fetch = |file: &str, edk: &str| {
+        let url = ks.url(&query(file, edk, Some(&token)));
+        async move {
+            let r = get(&url).await;
+            (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+        }
+    };
+    assert_eq!(fetch(FILE1, EDK1).await, (200, vec![0xa1; 16]));
+    assert_eq!(fetch(FILE1, EDK2).await.0, 404, "another file's EDK, before");
+    // Every row deleted, by another connection to the store file.
+    let db = rusqlite::Connection::open(ks._dir.path().join("events.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(db.execute("DELETE FROM drm_keys", []).unwrap(), 3);
+    assert_eq!(fetch(FILE1, EDK1).await, (200, vec![0xa1; 16]), "the served pair, from memory");
+    assert_eq!(fetch(FILE1, EDK2).await.0, 404, "another file's EDK, still");
+    assert_eq!(fetch(FILE2, EDK2).await.0, 404, "never served: read from the store, gone");
+    assert_eq!(fetch(FILE1, EDK3).await.0, 404);
+}
