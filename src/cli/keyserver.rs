@@ -59,6 +59,7 @@ pub(super) fn run(config_path: &Path) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("opening the store named in {}", config_path.display()))?
             .with_keyring(config.keys.keyring().map_err(anyhow::Error::msg)?);
+        store.check_keyring().await?;
         let listener = tokio::net::TcpListener::bind(section.listen)
             .await
             .with_context(|| format!("keyserver.listen {}: cannot listen", section.listen))?;

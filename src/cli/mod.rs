@@ -157,8 +157,14 @@ fn report(e: &anyhow::Error) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     eprintln!("vod-eventd: error: {e:#}");
-    let name_taken = matches!(e.downcast_ref(), Some(crate::store::StoreError::NodeNameTaken { .. }));
-    if name_taken || e.downcast_ref::<PullError>().is_some() || e.downcast_ref::<crate::discovery::Refused>().is_some()
+    // Another daemon holds the node name; the key file is missing or does not open the keys.
+    let store_config = matches!(
+        e.downcast_ref(),
+        Some(crate::store::StoreError::NodeNameTaken { .. } | crate::store::StoreError::Sealed(_))
+    );
+    if store_config
+        || e.downcast_ref::<PullError>().is_some()
+        || e.downcast_ref::<crate::discovery::Refused>().is_some()
     {
         return ExitCode::from(EXIT_CONFIG);
     }

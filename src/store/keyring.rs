@@ -47,6 +47,9 @@ pub enum OpenError {
     /// Sealed, and no key ring is configured.
     #[error("the stored data key is encrypted (key id {0}) and no [keys] encryption_key_file is configured")]
     NoKeyRing(String),
+    /// No key ring, on a store whose keys were sealed before ([`crate::store::Store::check_keyring`]).
+    #[error("this store's data keys are encrypted (last under key id {0}) but no key-encryption key is configured, so new keys would be stored in the clear: restore the key file (the systemd credential vod-keys-encryption-key, packaged as /etc/vod-eventd/keys-encryption-key) or set [keys] encryption_key_file")]
+    KeyRingMissing(String),
     /// Sealed under a key id the ring does not hold.
     #[error("the stored data key is encrypted under key id {0}, which the key file does not hold; add that key back (after the new one) and run `vod-eventd keys rekey`")]
     UnknownId(String),

@@ -140,6 +140,9 @@ impl<T> Backend for T where
 {
 }
 
+/// The state key naming the key id a daemon or key server last sealed keys under.
+const SEALED_STATE: &str = "keys.sealed_with";
+
 /// A handle on the store; cheap to clone. Every operation is a method of one of the traits
 /// [`Backend`] names (bring them into scope with [`prelude`]).
 ///
@@ -227,6 +230,23 @@ impl Store {
             }
         }
         Ok((sealed, current))
+    }
+
+    /// For the processes that store keys (the daemon, the key server), at start: with a key
+    /// ring, records in the store that its keys are sealed; without one, refuses a store
+    /// whose keys were sealed before. A key file lost or not loaded (the packaged units
+    /// load it only when it exists) would otherwise store new keys in the clear, silently.
+    pub async fn check_keyring(&self) -> Result<(), StoreError> {
+        if let Some(ring) = &self.keyring {
+            return self.put_state(vec![(SEALED_STATE.into(), ring.sealing_id().into())]).await;
+        }
+        let store = self.clone();
+        let state =
+            tokio::task::spawn_blocking(move || store.state()).await.map_err(|e| StoreError::Task(e.to_string()))??;
+        match state.get(SEALED_STATE) {
+            Some(id) => Err(keyring::OpenError::KeyRingMissing(id.clone()).into()),
+            None => Ok(()),
+        }
     }
 
     /// Opens the store `config` names for the daemon: PostgreSQL with `store.url`

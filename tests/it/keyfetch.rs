@@ -388,9 +388,21 @@ async fn fetched_keys_are_sealed_at_rest_and_rekey_rotates_them() {
     let check = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success() && check.contains("keys.encryption_key_file"), "{check}");
 
+    // The key file lost (no [keys], no credential): the key server refuses to start rather
+    // than store new keys in the clear beside the sealed ones (the daemon runs the same check).
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (before, after) = text.split_once("[keys]\n").expect("the config has [keys]");
+    let unkeyed = config.with_file_name("config-unkeyed.toml");
+    std::fs::write(&unkeyed, format!("{before}{}", after.split_once('\n').unwrap().1)).unwrap();
+    std::fs::set_permissions(&unkeyed, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = cli().args(["keyserver", "--config"]).arg(&unkeyed).output().unwrap();
+    let lost = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(78), "{lost}");
+    assert!(lost.contains("key id k1") && lost.contains("keys-encryption-key"), "{lost}");
+
     let b64 = base64::engine::general_purpose::STANDARD.encode(dk);
     let hex = vod_eventd::event::hex(&dk);
-    for text in [ks.log(), stderr, check] {
+    for text in [ks.log(), stderr, check, lost] {
         assert!(!text.contains(&b64) && !text.contains(&hex) && !text.contains(&format!("{:?}", &dk[..])));
     }
 }
