@@ -46,6 +46,19 @@ pub(crate) struct Broker {
     child: Option<std::process::Child>,
 }
 
+/// A free loopback port below the ephemeral range (32768 and up on Linux). A server that
+/// takes seconds to listen (RabbitMQ) must not get a port from the OS's ephemeral range:
+/// while nothing listens there, a client polling it can be connected to itself (TCP
+/// simultaneous open from that very port), which then holds the port the server needs.
+fn broker_port() -> u16 {
+    loop {
+        let port = 10_000 + rand::random::<u16>() % 22_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 fn root() -> bool {
     let uid = String::from_utf8(command("id").arg("-u").output().unwrap().stdout).unwrap();
     uid.trim() == "0"
@@ -76,9 +89,8 @@ impl Broker {
                 run(command("chown").arg("-R").arg("rabbitmq:").arg(&dir), "chown rabbitmq");
             }
         }
-        let mut broker = Broker { kind, password: password.to_string(), dir, port: free_port(), child: None };
-        broker.spawn();
-        broker.ready().await;
+        let mut broker = Broker { kind, password: password.to_string(), dir, port: broker_port(), child: None };
+        broker.boot().await;
         broker.reaper();
         broker
     }
@@ -114,7 +126,7 @@ impl Broker {
                 } else {
                     command("/usr/lib/rabbitmq/bin/rabbitmq-server")
                 };
-                let dist = (self.port as u32 % 20000 + 40000).to_string();
+                let dist = broker_port().to_string();
                 for (k, v) in [
                     ("HOME", d.clone()),
                     ("RABBITMQ_NODENAME", format!("rabbit-{port}@localhost")),
@@ -175,8 +187,19 @@ impl Broker {
     }
 
     async fn restart(&mut self) {
+        self.boot().await;
+    }
+
+    /// Starts the server and waits until it takes logins. RabbitMQ nodes boot one at a time
+    /// in a test process: several Erlang VMs booting at once on a small machine take minutes.
+    async fn boot(&mut self) {
+        static RABBIT_BOOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one_at_a_time = if self.kind == Kind::Amqp { Some(RABBIT_BOOT.lock().await) } else { None };
         self.spawn();
         self.ready().await;
+        if self.kind == Kind::Amqp {
+            python_brokers(&["amqp-ping", &self.consumer_url(), "-"]);
+        }
     }
 
     /// Stops the server and removes its directory once this test process has exited.
@@ -628,7 +651,10 @@ async fn bench_against_the_webhook() {
 
 /// A TCP proxy in front of a broker that counts, in what the client sends, each occurrence
 /// of one delivery id (so refused publishes count too, as a webhook receiver records a
-/// refused request), and knows whether a sent id still waits for its answer.
+/// refused request), and knows whether a sent id still waits for its answer: until the
+/// broker answers, the connection closes or the client sends something else (an AMQP
+/// client stopping an attempt closes its connection with a `Connection.Close` and waits
+/// for the broker's answer, which a hanging broker never sends).
 struct Sniffer {
     port: u16,
     state: std::sync::Arc<std::sync::Mutex<SniffState>>,
@@ -638,6 +664,8 @@ struct Sniffer {
 #[derive(Default)]
 struct SniffState {
     seen: usize,
+    /// Answers are held back (the broker "hangs").
+    hold: bool,
     /// Connections with an id sent and no byte back since.
     waiting: std::collections::HashSet<u64>,
 }
@@ -670,10 +698,15 @@ impl Sniffer {
                                 break;
                             }
                             let hits = buf[..k].windows(id.len()).filter(|w| *w == id).count();
-                            if hits > 0 {
+                            {
                                 let mut s = state.lock().unwrap();
-                                s.seen += hits;
-                                s.waiting.insert(n);
+                                if hits > 0 {
+                                    s.seen += hits;
+                                    s.waiting.insert(n);
+                                } else {
+                                    // The client moved on (e.g. it is closing the connection).
+                                    s.waiting.remove(&n);
+                                }
                             }
                             if sw.write_all(&buf[..k]).await.is_err() {
                                 break;
@@ -686,7 +719,14 @@ impl Sniffer {
                             if k == 0 {
                                 break;
                             }
-                            back.lock().unwrap().waiting.remove(&n);
+                            {
+                                let mut s = back.lock().unwrap();
+                                // Held: what answers a sent id (the handshake before it passes).
+                                if s.hold && s.waiting.contains(&n) {
+                                    continue;
+                                }
+                                s.waiting.remove(&n);
+                            }
                             if cw.write_all(&buf[..k]).await.is_err() {
                                 break;
                             }
@@ -746,6 +786,88 @@ impl crate::contract::Subject for RedisSubject {
             Answer::Reject => self.admin(&["SET", "contract", "not a stream"]),
             Answer::Hang => self.admin(&["CLIENT", "PAUSE", "60000", "WRITE"]),
         }
+    }
+    fn ids(&self) -> Vec<String> {
+        vec!["msg_contract_0007".to_string(); self.sniffer.state.lock().unwrap().seen]
+    }
+    fn busy(&self) -> bool {
+        !self.sniffer.state.lock().unwrap().waiting.is_empty()
+    }
+}
+
+/// NATS JetStream under the handler contract: accepted is a publish acked by the stream
+/// `CONTRACT`; refused (transient) is the stream full with `discard new`; rejected
+/// (permanent) is a body over the stream's maximum message size; hanging is a [`Sniffer`]
+/// holding the server's answers back.
+pub(crate) struct NatsSubject {
+    broker: Broker,
+    sniffer: Sniffer,
+}
+
+impl crate::contract::Subject for NatsSubject {
+    async fn start(_: &Path) -> Self {
+        let broker = Broker::start_with(Kind::Nats, crate::contract::SECRET).await;
+        python_brokers(&["nats-contract", &broker.consumer_url(), "ok"]);
+        let sniffer = Sniffer::start(broker.port, b"msg_contract_0007").await;
+        NatsSubject { broker, sniffer }
+    }
+    fn section(&self, timeout: &str) -> String {
+        format!(
+            "type = \"nats\"\nurl = \"nats://vod:{}@127.0.0.1:{}\"\nstream = \"CONTRACT\"\nsubject = \"contract.{{event_type}}\"\ntimeout = \"{timeout}\"\n",
+            crate::contract::SECRET,
+            self.sniffer.port
+        )
+    }
+    fn answer(&self, answer: crate::contract::Answer) {
+        use crate::contract::Answer;
+        let mode = match answer {
+            Answer::Refuse => "full",
+            Answer::Reject => "tiny",
+            Answer::Accept | Answer::Hang => "ok",
+        };
+        python_brokers(&["nats-contract", &self.broker.consumer_url(), mode]);
+        self.sniffer.state.lock().unwrap().hold = answer == Answer::Hang;
+    }
+    fn ids(&self) -> Vec<String> {
+        vec!["msg_contract_0007".to_string(); self.sniffer.state.lock().unwrap().seen]
+    }
+    fn busy(&self) -> bool {
+        !self.sniffer.state.lock().unwrap().waiting.is_empty()
+    }
+}
+
+/// RabbitMQ under the handler contract: accepted is a confirm with the exchange `contract`
+/// routed to a queue; refused (transient) is a nack from a queue at its length limit with
+/// `reject-publish`; rejected (permanent) is an unroutable message; hanging is a
+/// [`Sniffer`] holding the broker's answers back.
+pub(crate) struct AmqpSubject {
+    broker: Broker,
+    sniffer: Sniffer,
+}
+
+impl crate::contract::Subject for AmqpSubject {
+    async fn start(_: &Path) -> Self {
+        let broker = Broker::start_with(Kind::Amqp, crate::contract::SECRET).await;
+        python_brokers(&["amqp-contract", &broker.consumer_url(), "ok"]);
+        let sniffer = Sniffer::start(broker.port, b"msg_contract_0007").await;
+        AmqpSubject { broker, sniffer }
+    }
+    fn section(&self, timeout: &str) -> String {
+        format!(
+            "type = \"amqp\"\nurl = \"amqp://vod:{}@127.0.0.1:{}/%2F\"\nexchange = \"contract\"\nrouting_key = \"contract.{{event_type}}\"\ntimeout = \"{timeout}\"\n",
+            crate::contract::SECRET,
+            self.sniffer.port
+        )
+    }
+    fn answer(&self, answer: crate::contract::Answer) {
+        use crate::contract::Answer;
+        let mode = match answer {
+            Answer::Refuse => "full",
+            Answer::Reject => "none",
+            Answer::Accept | Answer::Hang => "ok",
+        };
+        python_brokers(&["amqp-contract", &self.broker.consumer_url(), mode]);
+        self.sniffer.state.lock().unwrap().hold = answer == Answer::Hang;
     }
     fn ids(&self) -> Vec<String> {
         vec!["msg_contract_0007".to_string(); self.sniffer.state.lock().unwrap().seen]

@@ -24,7 +24,7 @@ use figment::providers::{Format, Toml};
 use vod_eventd::handler::{AnyHandler, Delivery, Failure, HandlerConfig};
 use vod_eventd::store::Store;
 
-use crate::brokers::RedisSubject;
+use crate::brokers::{AmqpSubject, NatsSubject, RedisSubject};
 use crate::receiver::Receiver;
 use crate::support::eventually;
 
@@ -274,4 +274,4 @@ macro_rules! contract {
     )*};
 }
 
-contract!(webhook: Webhook, shell: Shell, redis: RedisSubject);
+contract!(webhook: Webhook, shell: Shell, redis: RedisSubject, nats: NatsSubject, amqp: AmqpSubject);
