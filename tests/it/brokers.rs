@@ -595,14 +595,20 @@ fn done_in(db: &Path) -> i64 {
 /// One benchmark run: [`BENCH_EVENTS`] events through the daemon binary `bin` (the release
 /// build when `BROKER_BENCH_BIN` names it) to one handler `section`; (events/s, daemon CPU
 /// seconds per 1,000 events), from the daemon's start to the last delivery done.
-async fn bench_one(bin: &str, section: &str) -> (f64, f64) {
+async fn bench_one(bin: &str, section: impl Fn(&vod_emulator::Emulator) -> String) -> (f64, f64) {
+    // Neither the emulator nor the daemon paces the pulls: the handler is the bottleneck.
     let config = vod_emulator::EmulatorConfig { rate_limit_per_minute: None, ..fast_emulator_config() };
     let emu = emulator(config).await;
     emu.enqueue_generated(BENCH_EVENTS);
+    let section = section(&emu);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("events.db");
     let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, config_text(&db, &emu.endpoint(), "", &format!("{DISPATCH}{section}"))).unwrap();
+    std::fs::write(
+        &config_path,
+        config_text(&db, &emu.endpoint(), "", &format!("rate_limit_per_minute = 1000000\n{DISPATCH}{section}")),
+    )
+    .unwrap();
     std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let started = Instant::now();
     let mut child = tokio::process::Command::from(command(bin))
@@ -633,15 +639,23 @@ async fn bench_one(bin: &str, section: &str) -> (f64, f64) {
 #[ignore = "a benchmark: run by hand for BENCHMARKS.md"]
 async fn bench_against_the_webhook() {
     let bin = std::env::var("BROKER_BENCH_BIN").unwrap_or_else(|_| BIN.to_string());
-    let receiver = crate::receiver::Receiver::start().await;
     let scratch = tempfile::tempdir().unwrap();
-    let webhook = format!("[handlers.h]\ntype = \"webhook\"\nurl = \"{}\"\nconcurrency = 16\n", receiver.url());
-    let mut rows = vec![("webhook (test receiver)".to_string(), bench_one(&bin, &webhook).await)];
+    // The webhook goes to the emulator's own sink, as in `bench/run.sh`.
+    let webhook = |emu: &vod_emulator::Emulator| {
+        format!(
+            "[handlers.h]\ntype = \"webhook\"\nurl = \"http://{}/_emulator/webhook\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nconcurrency = 16\n",
+            emu.addr()
+        )
+    };
+    let mut rows = vec![("webhook (emulator sink)".to_string(), bench_one(&bin, webhook).await)];
     for kind in [Kind::Amqp, Kind::Nats, Kind::Redis] {
         let broker = Broker::start(kind).await;
         broker.prepare();
         let section = broker.section(scratch.path(), PASSWORD, "concurrency = 16");
-        rows.push((format!("{kind:?}").to_lowercase(), bench_one(&bin, &section).await));
+        rows.push((
+            format!("{kind:?}").to_lowercase(),
+            bench_one(&bin, |_: &vod_emulator::Emulator| section.clone()).await,
+        ));
     }
     eprintln!("| handler | events | events/s (pull, store, deliver) | daemon CPU per 1,000 events |");
     for (name, (rate, cpu)) in rows {
