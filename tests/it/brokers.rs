@@ -26,7 +26,7 @@ const PASSWORD: &str = "broker-pw-7c2e91";
 /// A password the brokers refuse.
 const WRONG: &str = "wrong-pw-55d0a3";
 /// How long the restart test keeps the broker down.
-const BROKER_DOWN: Duration = Duration::from_secs(10);
+const BROKER_DOWN: Duration = Duration::from_secs(30);
 /// Events in the exactly-once test.
 const MANY: usize = 2000;
 
@@ -538,6 +538,10 @@ async fn wrong_credentials_name_the_handler_and_the_key(kind: Kind) {
         _ => "handlers.h.password_file",
     };
     eventually(Duration::from_secs(60), "a failed attempt naming the key", || daemon.log().contains(key)).await;
+    eventually(Duration::from_secs(60), "the check at start warns", || {
+        daemon.log().contains("Broker handler cannot publish yet")
+    })
+    .await;
     let log = daemon.log();
     assert!(!log.contains(WRONG) && !log.contains(PASSWORD), "a password in the log:\n{}", tail(&log));
     assert_eq!(done(&daemon), 0);
