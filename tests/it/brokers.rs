@@ -523,6 +523,16 @@ async fn sigkill_under_load_loses_nothing(kind: Kind) {
     );
     if kind == Kind::Nats {
         assert_eq!(repeats, 0, "JetStream dropped every repeat (Nats-Msg-Id inside the duplicate window)");
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+        let conn = rusqlite::Connection::open_with_flags(&daemon.db_path, flags).unwrap();
+        let dropped: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM attempts WHERE excerpt LIKE '%duplicate, dropped by the stream%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        eprintln!("Nats: {dropped} publishes were repeats that JetStream acked as duplicates and dropped");
     }
 }
 
