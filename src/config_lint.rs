@@ -118,6 +118,18 @@ pub fn inline_secrets(path: &Path) -> Vec<String> {
     }
     if let Ok(Value::Dict(_, handlers)) = file.find_value("handlers") {
         for (name, handler) in &handlers {
+            // A broker handler's password in its URL (amqp://user:password@host/).
+            let broker = handler
+                .find_ref("type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| matches!(t, "amqp" | "nats" | "redis"));
+            let url = handler.find_ref("url").and_then(|u| u.as_str()).and_then(|u| reqwest::Url::parse(u).ok());
+            if broker && url.is_some_and(|u| u.password().is_some()) {
+                found.push((
+                    format!("handlers.{name}.url"),
+                    "a file of mode 0600 named by handlers.NAME.password_file, the URL keeping only the user".into(),
+                ));
+            }
             for key in ["secret", "secrets"] {
                 if handler.find_ref(key).is_some() {
                     found.push((
@@ -181,5 +193,20 @@ mod tests {
         assert!(no_secret_key("vod-secret-key").contains("write it to /etc/vod-eventd/secret-key"));
         let other = no_secret_key("mine");
         assert!(other.contains("LoadCredential=mine:/path/to/key") && other.contains("secret_key_file"), "{other}");
+    }
+
+    #[test]
+    fn a_broker_password_in_a_readable_url_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[handlers.q]\ntype = \"amqp\"\nurl = \"amqp://u:pw-inline@h/\"\nrouting_key = \"k\"\n[handlers.r]\ntype = \"redis\"\nurl = \"redis://h/\"\nstream = \"s\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warnings = inline_secrets(&path);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("handlers.q.url") && !warnings[0].contains("pw-inline"), "{warnings:?}");
     }
 }

@@ -165,6 +165,8 @@ impl Daemon {
             sources.reconcile(config, initial).await?;
         }
         info!(sources = %sources.names().join(", "), store = %store.path().display(), handlers = config.handlers.len(), "vod-eventd started.");
+        // Bounded by each broker handler's timeout; nothing waits for it.
+        tokio::spawn(crate::handler::broker::check_at_start(config.handlers.clone(), config.node.name()));
         notify(&[NotifyState::Ready, NotifyState::Status("started; pulling")]);
         // Started after READY=1, so no STATUS= or watchdog ping can come before it.
         tasks.push(("status", tokio::spawn(status.clone().run(stop.clone()))));

@@ -18,7 +18,8 @@
 //! - [`route`]: which handlers an event goes to, by type, source and filter.
 //! - [`filter`]: route filters, CEL expressions over an event.
 //! - [`dispatch`]: runs due deliveries from the store, with retries and a dead state.
-//! - [`handler`]: the webhook, shell and DRM-key handlers.
+//! - [`handler`]: the webhook, shell and DRM-key handlers, and the broker handlers (RabbitMQ, NATS
+//!   JetStream, Redis Streams) in [`handler::broker`].
 //! - [`retry`]: the handler retry policy.
 //! - [`daemon`]: wiring and shutdown order.
 //! - [`keyfetch`]: DescribeDrmDataKey batched (ten EDKs a call) and coalesced (one call per

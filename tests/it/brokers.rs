@@ -26,7 +26,7 @@ const PASSWORD: &str = "broker-pw-7c2e91";
 /// A password the brokers refuse.
 const WRONG: &str = "wrong-pw-55d0a3";
 /// How long the restart test keeps the broker down.
-const BROKER_DOWN: Duration = Duration::from_secs(10);
+const BROKER_DOWN: Duration = Duration::from_secs(30);
 /// Events in the exactly-once test.
 const MANY: usize = 2000;
 
@@ -44,6 +44,19 @@ pub(crate) struct Broker {
     dir: PathBuf,
     port: u16,
     child: Option<std::process::Child>,
+}
+
+/// A free loopback port below the ephemeral range (32768 and up on Linux). A server that
+/// takes seconds to listen (RabbitMQ) must not get a port from the OS's ephemeral range:
+/// while nothing listens there, a client polling it can be connected to itself (TCP
+/// simultaneous open from that very port), which then holds the port the server needs.
+fn broker_port() -> u16 {
+    loop {
+        let port = 10_000 + rand::random::<u16>() % 22_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn root() -> bool {
@@ -76,9 +89,8 @@ impl Broker {
                 run(command("chown").arg("-R").arg("rabbitmq:").arg(&dir), "chown rabbitmq");
             }
         }
-        let mut broker = Broker { kind, password: password.to_string(), dir, port: free_port(), child: None };
-        broker.spawn();
-        broker.ready().await;
+        let mut broker = Broker { kind, password: password.to_string(), dir, port: broker_port(), child: None };
+        broker.boot().await;
         broker.reaper();
         broker
     }
@@ -114,7 +126,7 @@ impl Broker {
                 } else {
                     command("/usr/lib/rabbitmq/bin/rabbitmq-server")
                 };
-                let dist = (self.port as u32 % 20000 + 40000).to_string();
+                let dist = broker_port().to_string();
                 for (k, v) in [
                     ("HOME", d.clone()),
                     ("RABBITMQ_NODENAME", format!("rabbit-{port}@localhost")),
@@ -175,8 +187,19 @@ impl Broker {
     }
 
     async fn restart(&mut self) {
+        self.boot().await;
+    }
+
+    /// Starts the server and waits until it takes logins. RabbitMQ nodes boot one at a time
+    /// in a test process: several Erlang VMs booting at once on a small machine take minutes.
+    async fn boot(&mut self) {
+        static RABBIT_BOOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one_at_a_time = if self.kind == Kind::Amqp { Some(RABBIT_BOOT.lock().await) } else { None };
         self.spawn();
         self.ready().await;
+        if self.kind == Kind::Amqp {
+            python_brokers(&["amqp-ping", &self.consumer_url(), "-"]);
+        }
     }
 
     /// Stops the server and removes its directory once this test process has exited.
@@ -500,6 +523,16 @@ async fn sigkill_under_load_loses_nothing(kind: Kind) {
     );
     if kind == Kind::Nats {
         assert_eq!(repeats, 0, "JetStream dropped every repeat (Nats-Msg-Id inside the duplicate window)");
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+        let conn = rusqlite::Connection::open_with_flags(&daemon.db_path, flags).unwrap();
+        let dropped: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM attempts WHERE excerpt LIKE '%duplicate, dropped by the stream%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        eprintln!("Nats: {dropped} publishes were repeats that JetStream acked as duplicates and dropped");
     }
 }
 
@@ -515,6 +548,10 @@ async fn wrong_credentials_name_the_handler_and_the_key(kind: Kind) {
         _ => "handlers.h.password_file",
     };
     eventually(Duration::from_secs(60), "a failed attempt naming the key", || daemon.log().contains(key)).await;
+    eventually(Duration::from_secs(60), "the check at start warns", || {
+        daemon.log().contains("Broker handler cannot publish yet")
+    })
+    .await;
     let log = daemon.log();
     assert!(!log.contains(WRONG) && !log.contains(PASSWORD), "a password in the log:\n{}", tail(&log));
     assert_eq!(done(&daemon), 0);
@@ -572,14 +609,20 @@ fn done_in(db: &Path) -> i64 {
 /// One benchmark run: [`BENCH_EVENTS`] events through the daemon binary `bin` (the release
 /// build when `BROKER_BENCH_BIN` names it) to one handler `section`; (events/s, daemon CPU
 /// seconds per 1,000 events), from the daemon's start to the last delivery done.
-async fn bench_one(bin: &str, section: &str) -> (f64, f64) {
+async fn bench_one(bin: &str, section: impl Fn(&vod_emulator::Emulator) -> String) -> (f64, f64) {
+    // Neither the emulator nor the daemon paces the pulls: the handler is the bottleneck.
     let config = vod_emulator::EmulatorConfig { rate_limit_per_minute: None, ..fast_emulator_config() };
     let emu = emulator(config).await;
     emu.enqueue_generated(BENCH_EVENTS);
+    let section = section(&emu);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("events.db");
     let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, config_text(&db, &emu.endpoint(), "", &format!("{DISPATCH}{section}"))).unwrap();
+    std::fs::write(
+        &config_path,
+        config_text(&db, &emu.endpoint(), "", &format!("rate_limit_per_minute = 1000000\n{DISPATCH}{section}")),
+    )
+    .unwrap();
     std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let started = Instant::now();
     let mut child = tokio::process::Command::from(command(bin))
@@ -610,15 +653,23 @@ async fn bench_one(bin: &str, section: &str) -> (f64, f64) {
 #[ignore = "a benchmark: run by hand for BENCHMARKS.md"]
 async fn bench_against_the_webhook() {
     let bin = std::env::var("BROKER_BENCH_BIN").unwrap_or_else(|_| BIN.to_string());
-    let receiver = crate::receiver::Receiver::start().await;
     let scratch = tempfile::tempdir().unwrap();
-    let webhook = format!("[handlers.h]\ntype = \"webhook\"\nurl = \"{}\"\nconcurrency = 16\n", receiver.url());
-    let mut rows = vec![("webhook (test receiver)".to_string(), bench_one(&bin, &webhook).await)];
+    // The webhook goes to the emulator's own sink, as in `bench/run.sh`.
+    let webhook = |emu: &vod_emulator::Emulator| {
+        format!(
+            "[handlers.h]\ntype = \"webhook\"\nurl = \"http://{}/_emulator/webhook\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nconcurrency = 16\n",
+            emu.addr()
+        )
+    };
+    let mut rows = vec![("webhook (emulator sink)".to_string(), bench_one(&bin, webhook).await)];
     for kind in [Kind::Amqp, Kind::Nats, Kind::Redis] {
         let broker = Broker::start(kind).await;
         broker.prepare();
         let section = broker.section(scratch.path(), PASSWORD, "concurrency = 16");
-        rows.push((format!("{kind:?}").to_lowercase(), bench_one(&bin, &section).await));
+        rows.push((
+            format!("{kind:?}").to_lowercase(),
+            bench_one(&bin, |_: &vod_emulator::Emulator| section.clone()).await,
+        ));
     }
     eprintln!("| handler | events | events/s (pull, store, deliver) | daemon CPU per 1,000 events |");
     for (name, (rate, cpu)) in rows {
@@ -628,7 +679,10 @@ async fn bench_against_the_webhook() {
 
 /// A TCP proxy in front of a broker that counts, in what the client sends, each occurrence
 /// of one delivery id (so refused publishes count too, as a webhook receiver records a
-/// refused request), and knows whether a sent id still waits for its answer.
+/// refused request), and knows whether a sent id still waits for its answer: until the
+/// broker answers, the connection closes or the client sends something else (an AMQP
+/// client stopping an attempt closes its connection with a `Connection.Close` and waits
+/// for the broker's answer, which a hanging broker never sends).
 struct Sniffer {
     port: u16,
     state: std::sync::Arc<std::sync::Mutex<SniffState>>,
@@ -638,6 +692,8 @@ struct Sniffer {
 #[derive(Default)]
 struct SniffState {
     seen: usize,
+    /// Answers are held back (the broker "hangs").
+    hold: bool,
     /// Connections with an id sent and no byte back since.
     waiting: std::collections::HashSet<u64>,
 }
@@ -670,10 +726,15 @@ impl Sniffer {
                                 break;
                             }
                             let hits = buf[..k].windows(id.len()).filter(|w| *w == id).count();
-                            if hits > 0 {
+                            {
                                 let mut s = state.lock().unwrap();
-                                s.seen += hits;
-                                s.waiting.insert(n);
+                                if hits > 0 {
+                                    s.seen += hits;
+                                    s.waiting.insert(n);
+                                } else {
+                                    // The client moved on (e.g. it is closing the connection).
+                                    s.waiting.remove(&n);
+                                }
                             }
                             if sw.write_all(&buf[..k]).await.is_err() {
                                 break;
@@ -686,7 +747,14 @@ impl Sniffer {
                             if k == 0 {
                                 break;
                             }
-                            back.lock().unwrap().waiting.remove(&n);
+                            {
+                                let mut s = back.lock().unwrap();
+                                // Held: what answers a sent id (the handshake before it passes).
+                                if s.hold && s.waiting.contains(&n) {
+                                    continue;
+                                }
+                                s.waiting.remove(&n);
+                            }
                             if cw.write_all(&buf[..k]).await.is_err() {
                                 break;
                             }
@@ -746,6 +814,88 @@ impl crate::contract::Subject for RedisSubject {
             Answer::Reject => self.admin(&["SET", "contract", "not a stream"]),
             Answer::Hang => self.admin(&["CLIENT", "PAUSE", "60000", "WRITE"]),
         }
+    }
+    fn ids(&self) -> Vec<String> {
+        vec!["msg_contract_0007".to_string(); self.sniffer.state.lock().unwrap().seen]
+    }
+    fn busy(&self) -> bool {
+        !self.sniffer.state.lock().unwrap().waiting.is_empty()
+    }
+}
+
+/// NATS JetStream under the handler contract: accepted is a publish acked by the stream
+/// `CONTRACT`; refused (transient) is the stream full with `discard new`; rejected
+/// (permanent) is a body over the stream's maximum message size; hanging is a [`Sniffer`]
+/// holding the server's answers back.
+pub(crate) struct NatsSubject {
+    broker: Broker,
+    sniffer: Sniffer,
+}
+
+impl crate::contract::Subject for NatsSubject {
+    async fn start(_: &Path) -> Self {
+        let broker = Broker::start_with(Kind::Nats, crate::contract::SECRET).await;
+        python_brokers(&["nats-contract", &broker.consumer_url(), "ok"]);
+        let sniffer = Sniffer::start(broker.port, b"msg_contract_0007").await;
+        NatsSubject { broker, sniffer }
+    }
+    fn section(&self, timeout: &str) -> String {
+        format!(
+            "type = \"nats\"\nurl = \"nats://vod:{}@127.0.0.1:{}\"\nstream = \"CONTRACT\"\nsubject = \"contract.{{event_type}}\"\ntimeout = \"{timeout}\"\n",
+            crate::contract::SECRET,
+            self.sniffer.port
+        )
+    }
+    fn answer(&self, answer: crate::contract::Answer) {
+        use crate::contract::Answer;
+        let mode = match answer {
+            Answer::Refuse => "full",
+            Answer::Reject => "tiny",
+            Answer::Accept | Answer::Hang => "ok",
+        };
+        python_brokers(&["nats-contract", &self.broker.consumer_url(), mode]);
+        self.sniffer.state.lock().unwrap().hold = answer == Answer::Hang;
+    }
+    fn ids(&self) -> Vec<String> {
+        vec!["msg_contract_0007".to_string(); self.sniffer.state.lock().unwrap().seen]
+    }
+    fn busy(&self) -> bool {
+        !self.sniffer.state.lock().unwrap().waiting.is_empty()
+    }
+}
+
+/// RabbitMQ under the handler contract: accepted is a confirm with the exchange `contract`
+/// routed to a queue; refused (transient) is a nack from a queue at its length limit with
+/// `reject-publish`; rejected (permanent) is an unroutable message; hanging is a
+/// [`Sniffer`] holding the broker's answers back.
+pub(crate) struct AmqpSubject {
+    broker: Broker,
+    sniffer: Sniffer,
+}
+
+impl crate::contract::Subject for AmqpSubject {
+    async fn start(_: &Path) -> Self {
+        let broker = Broker::start_with(Kind::Amqp, crate::contract::SECRET).await;
+        python_brokers(&["amqp-contract", &broker.consumer_url(), "ok"]);
+        let sniffer = Sniffer::start(broker.port, b"msg_contract_0007").await;
+        AmqpSubject { broker, sniffer }
+    }
+    fn section(&self, timeout: &str) -> String {
+        format!(
+            "type = \"amqp\"\nurl = \"amqp://vod:{}@127.0.0.1:{}/%2F\"\nexchange = \"contract\"\nrouting_key = \"contract.{{event_type}}\"\ntimeout = \"{timeout}\"\n",
+            crate::contract::SECRET,
+            self.sniffer.port
+        )
+    }
+    fn answer(&self, answer: crate::contract::Answer) {
+        use crate::contract::Answer;
+        let mode = match answer {
+            Answer::Refuse => "full",
+            Answer::Reject => "none",
+            Answer::Accept | Answer::Hang => "ok",
+        };
+        python_brokers(&["amqp-contract", &self.broker.consumer_url(), mode]);
+        self.sniffer.state.lock().unwrap().hold = answer == Answer::Hang;
     }
     fn ids(&self) -> Vec<String> {
         vec!["msg_contract_0007".to_string(); self.sniffer.state.lock().unwrap().seen]

@@ -12,7 +12,8 @@
 //!
 //! The same bodies run against each type; a type joins with a [`Subject`] (how to make a
 //! section whose target answers as told, and what the target saw) and one line in
-//! `contract!`. `drm` has no target that sees an id, and the emulator cannot yet fail
+//! `contract!` (the broker types' subjects, real brokers behind a sniffing proxy, are in
+//! `brokers.rs`). `drm` has no target that sees an id, and the emulator cannot yet fail
 //! DescribeDrmDataKey on request, so it is not under contract yet.
 
 use std::os::unix::fs::PermissionsExt;
@@ -24,7 +25,7 @@ use figment::providers::{Format, Toml};
 use vod_eventd::handler::{AnyHandler, Delivery, Failure, HandlerConfig};
 use vod_eventd::store::Store;
 
-use crate::brokers::RedisSubject;
+use crate::brokers::{AmqpSubject, NatsSubject, RedisSubject};
 use crate::receiver::Receiver;
 use crate::support::eventually;
 
@@ -274,4 +275,4 @@ macro_rules! contract {
     )*};
 }
 
-contract!(webhook: Webhook, shell: Shell, redis: RedisSubject);
+contract!(webhook: Webhook, shell: Shell, redis: RedisSubject, nats: NatsSubject, amqp: AmqpSubject);

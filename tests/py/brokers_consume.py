@@ -10,12 +10,36 @@ and, to set a broker up before a test:
 
     brokers_consume.py amqp-prepare <url> <queue>  topic exchange `vod`, durable queue bound to `vod.#`
     brokers_consume.py nats-prepare <url> <stream> a file stream taking `vod.>`
+
+and, for the handler contract (subjects `contract.>`, exchange `contract`):
+
+    brokers_consume.py nats-contract <url> <ok|full|tiny>  stream CONTRACT as it is, full (max 1 message,
+                                                          discard new, holding one) or with 10-byte messages
+    brokers_consume.py amqp-contract <url> <ok|full|none>  exchange `contract` routed to a queue, to a queue
+                                                          at its length limit (reject-publish), or nowhere
 """
 
 import asyncio
 import base64
 import json
 import sys
+
+
+def amqp_connect(url):
+    """A connection, retried for up to 90 s: a RabbitMQ node takes TCP connections a little
+    before it takes logins, and several booting at once on a small machine are slow."""
+    import time
+
+    import pika
+
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            return pika.BlockingConnection(pika.URLParameters(url))
+        except pika.exceptions.AMQPConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def out(msg_id, body, meta):
@@ -25,7 +49,7 @@ def out(msg_id, body, meta):
 def amqp(url, queue):
     import pika
 
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+    conn = amqp_connect(url)
     ch = conn.channel()
     while True:
         method, props, body = ch.basic_get(queue, auto_ack=True)
@@ -40,7 +64,7 @@ def amqp(url, queue):
 def amqp_prepare(url, queue):
     import pika
 
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+    conn = amqp_connect(url)
     ch = conn.channel()
     ch.exchange_declare("vod", exchange_type="topic", durable=True)
     ch.queue_declare(queue, durable=True)
@@ -54,6 +78,42 @@ async def nats_prepare(url, stream):
     nc = await natslib.connect(url)
     await nc.jetstream().add_stream(name=stream, subjects=["vod.>"])
     await nc.close()
+
+
+async def nats_contract(url, mode):
+    import nats as natslib
+    from nats.js.api import DiscardPolicy
+
+    nc = await natslib.connect(url)
+    js = nc.jetstream()
+    try:
+        await js.delete_stream("CONTRACT")
+    except natslib.js.errors.NotFoundError:
+        pass
+    if mode == "full":
+        await js.add_stream(name="CONTRACT", subjects=["contract.>"], max_msgs=1, discard=DiscardPolicy.NEW)
+        await js.publish("contract.fill", b"x")
+    elif mode == "tiny":
+        await js.add_stream(name="CONTRACT", subjects=["contract.>"], max_msg_size=10)
+    else:
+        await js.add_stream(name="CONTRACT", subjects=["contract.>"])
+    await nc.close()
+
+
+def amqp_contract(url, mode):
+    import pika
+
+    conn = amqp_connect(url)
+    ch = conn.channel()
+    ch.exchange_declare("contract", exchange_type="topic", durable=True)
+    ch.queue_declare("contract-ok", durable=True)
+    ch.queue_declare("contract-full", durable=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    for queue, wanted in (("contract-ok", mode == "ok"), ("contract-full", mode == "full")):
+        if wanted:
+            ch.queue_bind(queue, "contract", routing_key="contract.#")
+        else:
+            ch.queue_unbind(queue, "contract", routing_key="contract.#")
+    conn.close()
 
 
 async def nats(url, stream):
@@ -101,6 +161,12 @@ if __name__ == "__main__":
         amqp_prepare(url, name)
     elif kind == "nats-prepare":
         asyncio.run(nats_prepare(url, name))
+    elif kind == "amqp-ping":
+        amqp_connect(url).close()
+    elif kind == "nats-contract":
+        asyncio.run(nats_contract(url, name))
+    elif kind == "amqp-contract":
+        amqp_contract(url, name)
     elif kind == "redis":
         redis_(url, name)
     else:

@@ -97,7 +97,7 @@ fn common_issues(url: &str, schemes: &[&str], timeout: Duration, templates: &[(&
 }
 
 /// `type = "amqp"`: publish to a RabbitMQ (AMQP 0-9-1) exchange; done on the publisher confirm.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
     /// `amqp://user:password@host:5672/vhost` or `amqps://...`.
@@ -132,7 +132,7 @@ impl HandlerType for AmqpConfig {
 }
 
 /// `type = "nats"`: publish to a NATS JetStream stream; done on the JetStream ack.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// `nats://host:4222` (or `nats://user:password@host:4222`, `tls://...`).
@@ -170,7 +170,7 @@ impl HandlerType for NatsConfig {
 }
 
 /// `type = "redis"`: `XADD` to a Redis stream; done when `XADD` returns the entry id.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:6379[/db]` or `rediss://...`.
@@ -205,6 +205,23 @@ impl HandlerType for RedisConfig {
     }
 }
 
+/// Debug output shows the URL as [`crate::redact::url`] does (never its password).
+macro_rules! debug_without_password {
+    ($($ty:ident),*) => {$(
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("url", &crate::redact::url(&self.url))
+                    .field("timeout", &self.timeout)
+                    .field("controls", &self.controls)
+                    .finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+
+debug_without_password!(AmqpConfig, NatsConfig, RedisConfig);
+
 /// The password from `password_file`, if set, with the key named on error.
 pub fn read_password(name: &str, file: Option<&PathBuf>) -> Result<Option<SecretString>, String> {
     let Some(file) = file else { return Ok(None) };
@@ -234,6 +251,7 @@ mod tests {
         let keys: Vec<&str> = issues.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["url", "routing_key"]);
         assert!(!format!("{issues:?}").contains("pw-hidden"));
+        assert!(!format!("{amqp:?}").contains("pw-hidden"), "nor in the config's Debug");
         let nats = handler(
             "[h]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nstream = \"a.b\"\nsubject = \"v.{event_type}\"\n",
         )

@@ -129,13 +129,18 @@ impl Amqp {
             let values = fields(d);
             let routing_key = self.routing_key.render(field_refs(&values), as_is);
             let options = BasicPublishOptions { mandatory: true, immediate: false };
-            let confirm = session
+            let armed = self.link.armed();
+            let published = session
                 .channel
                 .basic_publish(&self.exchange, &routing_key, options, d.body.as_bytes(), self.properties(d, &values[3]))
-                .await
-                .map_err(|e| self.failure("publish", e))?
-                .await
-                .map_err(|e| self.failure("waiting for the confirm", e))?;
+                .await;
+            let confirmed = match published {
+                Ok(pending) => pending.await.map_err(|e| self.failure("waiting for the confirm", e)),
+                Err(e) => Err(self.failure("publish", e)),
+            };
+            armed.disarm();
+            drop(session);
+            let confirm = confirmed?;
             match confirm {
                 Confirmation::Ack(None) => {
                     Ok(Success { status: None, excerpt: Some(format!("confirmed: {}/{routing_key}", self.exchange)) })

@@ -16,6 +16,7 @@ pub mod redis;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{Delivery, Failure};
@@ -178,6 +179,34 @@ pub(super) async fn bounded<T>(
     tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| {
         Err(Failure::transient(format!("{what} timed out after {}", humantime::format_duration(timeout))))
     })
+}
+
+/// Connects each broker handler of `handlers` that runs on `node` once, at start, and logs a
+/// WARN naming the handler for each that cannot publish yet (a wrong password, a missing
+/// exchange or stream, a broker down), so that it shows before the first event needs it.
+/// Each check is bounded by the handler's `timeout`; deliveries do not wait for it.
+pub async fn check_at_start(handlers: std::collections::BTreeMap<String, super::HandlerConfig>, node: String) {
+    use super::HandlerConfig;
+    for (name, section) in handlers.iter().filter(|(_, c)| c.runs_on(&node)) {
+        let outcome = match section {
+            HandlerConfig::Amqp(c) => amqp::Amqp::new(name, c).map(|h| async move { h.probe().await }.boxed()),
+            HandlerConfig::Nats(c) => nats::Nats::new(name, c).map(|h| async move { h.probe().await }.boxed()),
+            HandlerConfig::Redis(c) => redis::Redis::new(name, c).map(|h| async move { h.probe().await }.boxed()),
+            _ => continue,
+        };
+        let failure = match outcome {
+            Ok(probe) => probe.await.err().map(|f| f.message),
+            Err(e) => Some(e.to_string()),
+        };
+        match failure {
+            Some(error) => tracing::warn!(
+                handler = %name,
+                %error,
+                "Broker handler cannot publish yet; its deliveries wait and are retried on the usual schedule."
+            ),
+            None => tracing::info!(handler = %name, "Broker handler connected; its exchange or stream is there."),
+        }
+    }
 }
 
 /// A delivery's template fields, in [`crate::config::handlers::TEMPLATE_FIELDS`] order.

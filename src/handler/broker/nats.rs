@@ -126,12 +126,14 @@ impl Nats {
                 .header("X-Vod-Event-Type", crate::handler::encode_field(&d.event_type).as_ref())
                 .header("X-Vod-Source", d.source.as_str())
                 .header("X-Vod-Sub-App-Id", values[3].as_str());
-            let ack = context
-                .send_publish(subject.clone(), publish)
-                .await
-                .map_err(|e| self.failure(e))?
-                .await
-                .map_err(|e| self.failure(e))?;
+            let armed = self.link.armed();
+            let sent = context.send_publish(subject.clone(), publish).await;
+            let acked = match sent {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            };
+            armed.disarm();
+            let ack = acked.map_err(|e| self.failure(e))?;
             let duplicate = if ack.duplicate { " (duplicate, dropped by the stream)" } else { "" };
             Ok(Success {
                 status: None,
