@@ -23,6 +23,7 @@ mod handlers;
 mod inspect;
 mod keys;
 mod maintenance;
+pub mod notices;
 pub mod postgres;
 mod ranges;
 pub mod sqlite;
