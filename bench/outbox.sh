@@ -95,7 +95,7 @@ url = "http://127.0.0.1:$PORT/hook"
 secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 concurrency = 16
 EOT
-LABEL="sim=$SIM api=$API routes=$ROUTES events=$N delay_ms=$DELAY pace=${PACE:-backlog} store=$STORE$([ "$MODE" = baseline ] && [ "$LEAN" = 1 ] && echo ' lean')"
+LABEL="sim=$SIM api=$API routes=$ROUTES events=$N delay_ms=$DELAY pace=${PACE:-backlog} store=$STORE$([ "$MODE" = baseline ] && [ "$LEAN" = 1 ] && echo ' lean' || true)"
 START=$(date +%s.%N)
 if [ "$MODE" = baseline ]; then
   SHELL_ARG=(); [ "$ROUTES" = webhook+shell ] && SHELL_ARG=(--shell "$HOOK")

@@ -20,7 +20,7 @@ cell() { # feed api contender
     baseline) line=$(env "${env[@]}" bench/outbox.sh "$N" 0 baseline) ;;
     lean) line=$(env "${env[@]}" LEAN=1 bench/outbox.sh "$N" 0 baseline) ;;
   esac
-  echo "$line" | tail -1 | grep -o '^[a-z-]* .* cpu_s_per_1000=[^ ]*\( postgres_cpu_s_per_1000=[^ ]*\)\?' | sed "s/^/feed=$pace /"
+  echo "$line" | tail -1 | grep -o '^[a-z-]* .* cpu_s_per_1000=[^ ]*\( postgres_cpu_s_per_1000=[^ ]*\)\?' | sed "s|^|feed=$pace |"
 }
 for run in $(seq "$RUNS"); do
   for feed in "27/100 v2" "160/100 v3" "backlog v2"; do
