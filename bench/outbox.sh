@@ -27,6 +27,11 @@
 # stdin) after its POST. The run ends when both handlers have every event.
 # The config points [account] endpoint (DescribeEventConfig) at the queue under test too.
 # PY=path is the Python with the official SDKs (default target/tmp/py-venv/bin/python).
+# PACE=N/MS (SIM=py only) feeds the events at that pace instead of a backlog (issue 28: 27/100
+# is the v2 ceiling, 160/100 the API 3.0 one); the figures are then CPU per event at that pace.
+# LEAN=1 runs the baseline with --lean (keep-alive webhook, one SQLite transaction per pull).
+# STORE=pg runs vod-eventd on a private PostgreSQL cluster (bench/pg-cluster.sh) and prints the
+# server's CPU per 1,000 events too.
 #
 # Prints the contender's own CPU (cpu_s) and, separately, its children's (the shell hooks:
 # child_cpu_s), the queue's counters and the receiver's.
@@ -38,13 +43,16 @@ SIM=${SIM:-rust}; API=${API:-v2}; ROUTES=${ROUTES:-webhook}
 PY=${PY:-$PWD/target/tmp/py-venv/bin/python}
 [ -n "${BIN:-}" ] || cargo build --release --bin vod-eventd -q
 B=${BIN:-$PWD/target/release/vod-eventd}
-RATE=${RATE:-0}
+RATE=${RATE:-0}; PACE=${PACE:-}; LEAN=${LEAN:-0}; STORE=${STORE:-sqlite}
+[ -n "$PACE" ] && [ "$SIM" != py ] && { echo "outbox.sh: PACE needs SIM=py" >&2; exit 2; }
 [ "$SIM" = py ] && [ "$RATE" != 0 ] && { echo "outbox.sh: SIM=py has no rate limit" >&2; exit 2; }
 W=$PWD/target/outbox; rm -rf "$W"; mkdir -p "$W"
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; [ "$STORE" != pg ] || stop_cluster' EXIT
+[ "$STORE" = pg ] && . bench/pg-cluster.sh
 python3 bench/receiver.py --delay-ms "$DELAY" > "$W/receiver.port" &
 if [ "$SIM" = py ]; then
-  "$PY" bench/queue_sim.py --events "$N" > "$W/sim.port" 2> "$W/sim.log" &
+  PACE_ARG=(); [ -n "$PACE" ] && PACE_ARG=(--pace "$PACE")
+  "$PY" bench/queue_sim.py --events "$N" "${PACE_ARG[@]}" > "$W/sim.port" 2> "$W/sim.log" &
   for _ in $(seq 600); do [ -s "$W/sim.port" ] && break; sleep 0.1; done
   EMU=127.0.0.1:$(head -1 "$W/sim.port"); STATS=http://$EMU/_stats
 else
@@ -77,7 +85,7 @@ rate_limit_per_minute = $([ "$RATE" = 0 ] && echo 10000000 || echo "$RATE")
 [account]
 endpoint = "http://$EMU/"
 [store]
-path = "$W/events.db"
+$([ "$STORE" = pg ] && echo "url = \"$PGURL\"" || echo "path = \"$W/events.db\"")
 [log]
 level = "warn"
 $ROUTE
@@ -87,10 +95,11 @@ url = "http://127.0.0.1:$PORT/hook"
 secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 concurrency = 16
 EOT
-LABEL="sim=$SIM api=$API routes=$ROUTES events=$N delay_ms=$DELAY"
+LABEL="sim=$SIM api=$API routes=$ROUTES events=$N delay_ms=$DELAY pace=${PACE:-backlog} store=$STORE$([ "$MODE" = baseline ] && [ "$LEAN" = 1 ] && echo ' lean' || true)"
 START=$(date +%s.%N)
 if [ "$MODE" = baseline ]; then
   SHELL_ARG=(); [ "$ROUTES" = webhook+shell ] && SHELL_ARG=(--shell "$HOOK")
+  [ "$LEAN" = 1 ] && SHELL_ARG+=(--lean)
   "$PY" bench/baseline.py --api "$API" --endpoint "$ENDPOINT" "${SHELL_ARG[@]}" \
       --secret-id AKIDemulatorDEMOsecretID0000000000000 --secret-key emulator-demo-secret-key-not-a-real-one \
       --db "$W/baseline.db" --webhook "http://127.0.0.1:$PORT/hook" --events "$N" > "$W/baseline.log" 2> "$W/baseline.err"
@@ -104,6 +113,7 @@ if [ "$MODE" = strace ]; then
   strace -c -f -o "$W/strace.txt" "$B" run --config "$W/config.toml" > "$W/daemon.log" 2>&1 &
   sleep 0.3; PID=$(pgrep -P $! -n)
 else
+  PG0=$([ "$STORE" = pg ] && pg_cpu || echo 0)
   "$B" run --config "$W/config.toml" > "$W/daemon.log" 2>&1 & PID=$!
 fi
 done_count() {
@@ -124,7 +134,8 @@ END=$(date +%s.%N)
 CPU=$(awk '{print ($14+$15)/100}' "/proc/$PID/stat")
 KIDS=$(awk '{print ($16+$17)/100}' "/proc/$PID/stat")
 SECS=$(echo "$END - $START" | bc)
-echo "vod-eventd $LABEL seconds=$SECS cpu_s=$CPU cpu_s_per_1000=$(echo "scale=3; $CPU*1000/$N" | bc) child_cpu_s=$KIDS core_percent=$(echo "scale=1; $CPU*100/$SECS" | bc) queue=$(curl -s "$STATS") receiver=$(curl -s "http://127.0.0.1:$PORT/_stats")"
+PGC=$([ "$STORE" = pg ] && echo "scale=3; ($(pg_cpu) - $PG0)*1000/$N" | bc || echo -)
+echo "vod-eventd $LABEL seconds=$SECS cpu_s=$CPU cpu_s_per_1000=$(echo "scale=3; $CPU*1000/$N" | bc) postgres_cpu_s_per_1000=$PGC child_cpu_s=$KIDS core_percent=$(echo "scale=1; $CPU*100/$SECS" | bc) queue=$(curl -s "$STATS") receiver=$(curl -s "http://127.0.0.1:$PORT/_stats")"
 kill -TERM "$PID"; wait "$PID" 2>/dev/null || true
 [ "$MODE" = strace ] && { sleep 0.5; head -14 "$W/strace.txt"; }
 exit 0

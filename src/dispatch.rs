@@ -23,10 +23,11 @@
 //! ahead: at most one timeout waiting, one running) plus `dispatch.lease_margin`
 //! ([`LEASE_MARGIN`] by default); every [`SWEEP_INTERVAL`] the dispatcher returns rows whose
 //! lease passed to pending. On a shared store (PostgreSQL, several daemons) the sweep runs
-//! always, since another host's leases must be swept when it dies, and an idle dispatcher
-//! steps every `dispatch.poll_interval` (other hosts' new deliveries are not announced, and
-//! `data_version` is SQLite's): one short claim transaction per poll interval (5 s by
-//! default) per host.
+//! always, since another host's leases must be swept when it dies. Other hosts' new
+//! deliveries, pauses and resumes are announced there ([`crate::store::notices`],
+//! `LISTEN`/`NOTIFY`) and wake the loop; an idle dispatcher steps and sweeps only as a
+//! fallback, every [`notices::FALLBACK_POLL`] (every `dispatch.poll_interval` while the
+//! listening session is down, as without announcements: `data_version` is SQLite's).
 //! While the store refuses writes, the loop backs off (one ERROR, one INFO on recovery)
 //! and keeps the outcomes it holds until they can be written; its bounded queue then
 //! fills and holds the handlers' permits, so no new attempt starts meanwhile.
@@ -64,6 +65,7 @@ use crate::metrics::Metrics;
 use crate::outage::Outage;
 use crate::retry::RetryPolicy;
 use crate::route::Router;
+use crate::store::notices;
 use crate::store::{now_ms, AttemptRecord, BreakerStep, Next, RouteFn, Store, StoreError, Want};
 
 /// The default `dispatch.lease_margin` (defined with `[dispatch]`).
@@ -333,13 +335,18 @@ struct Stepped {
 
 /// When expired leases are looked for: every [`SWEEP_INTERVAL`] while this dispatcher may
 /// hold leases (until its longest lease has passed since its last claim), then not at all.
-/// On a shared store (PostgreSQL) always every [`SWEEP_INTERVAL`]: another host's leases
-/// must be swept when that host dies.
+/// On a shared store (PostgreSQL) always, since another host's leases must be swept when
+/// that host dies: every [`SWEEP_INTERVAL`] too, but while this host holds no lease and
+/// other hosts' writes are announced (`live`), when the earliest lease the last sweep saw
+/// ends (not sooner than [`SWEEP_INTERVAL`]), or after [`notices::FALLBACK_POLL`] if there
+/// was none: an idle store's hosts stay quiet, and a dead host's claims are still swept
+/// within a lease.
 #[derive(Default)]
 struct Sweeps {
     next: Option<Instant>,
     until: Option<Instant>,
     shared: bool,
+    live: bool,
 }
 
 impl Sweeps {
@@ -350,13 +357,17 @@ impl Sweeps {
     fn claimed(&mut self, lease: Duration) {
         let until = Instant::now() + lease + SWEEP_INTERVAL;
         self.until = Some(self.until.map_or(until, |u| u.max(until)));
-        self.next.get_or_insert(Instant::now() + SWEEP_INTERVAL);
+        let next = Instant::now() + SWEEP_INTERVAL;
+        self.next = Some(self.next.map_or(next, |n| n.min(next)));
     }
 
-    fn swept(&mut self) {
+    fn swept(&mut self, lease_ends_in: Option<Duration>) {
         let next = Instant::now() + SWEEP_INTERVAL;
         if self.shared {
-            self.next = Some(next);
+            let leased = self.until.is_some_and(|until| next <= until + SWEEP_INTERVAL);
+            let others =
+                lease_ends_in.map_or(notices::FALLBACK_POLL, |d| d.clamp(SWEEP_INTERVAL, notices::FALLBACK_POLL));
+            self.next = Some(if leased || !self.live { next } else { Instant::now() + others });
             return;
         }
         self.next = self.until.filter(|until| next <= *until + SWEEP_INTERVAL).map(|_| next);
@@ -391,11 +402,16 @@ impl Dispatcher {
         let mut seen_version = None;
         let shared = self.store.is_shared();
         let mut sweeps = Sweeps { shared, next: shared.then(Instant::now), ..Sweeps::default() };
+        // Other hosts' writes, announced (PostgreSQL): polling becomes the slow fallback.
+        let mut notices = self.store.notices();
+        let mut heard = notices.as_ref().map(|n| *n.borrow());
         // Handlers that may have due deliveries beyond what they could claim.
         let mut backlog = BTreeSet::new();
         let mut control = Control::default();
         loop {
             let routing = self.routing.borrow_and_update().clone();
+            let poll_every = notices::poll_every(notices.as_ref(), routing.poll_interval);
+            sweeps.live = notices.as_ref().is_some_and(|n| n.borrow().live);
             if due_at.is_some_and(|due| Instant::now() >= due) {
                 work = true;
             }
@@ -405,7 +421,7 @@ impl Dispatcher {
                 work = version.is_none() || version != seen_version;
                 seen_version = version;
                 if !work {
-                    let poll = Instant::now() + routing.poll_interval;
+                    let poll = Instant::now() + poll_every;
                     step_at = due_at.map_or(poll, |due| due.min(poll));
                 }
             }
@@ -418,6 +434,7 @@ impl Dispatcher {
                         Spawn { records: &records, tasks: &mut tasks, shutdown: &shutdown },
                         &mut sweeps,
                         &mut control,
+                        poll_every,
                     )
                     .await
                 {
@@ -432,6 +449,10 @@ impl Dispatcher {
                     Err(e) => Instant::now() + outage.failed(&e),
                 };
             }
+            // A sweep coming due steps too (an idle host's poll may be later).
+            if let (Some(sweep), false) = (sweeps.next, outage.ongoing()) {
+                step_at = step_at.min(sweep);
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {
@@ -439,6 +460,16 @@ impl Dispatcher {
                     work = true;
                 }
                 _ = self.routing.changed() => work = true,
+                notice = notices::changed(&mut notices) => {
+                    // Another host's new deliveries or pause, or the listening session came
+                    // or went: look now (announcements name no handler, so every handler may
+                    // have work).
+                    if heard.is_none_or(|h| h.work != notice.work || h.live != notice.live) {
+                        backlog.extend(routing.lanes.keys().cloned());
+                        work = true;
+                    }
+                    heard = Some(notice);
+                }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => work = true,
                 Some(done) = finished.recv(), if outcomes.len() < RECORD_BATCH => {
                     let pause_after = routing.lanes.get(&done.handler).map_or(0, |lane| lane.pause_after);
@@ -485,13 +516,14 @@ impl Dispatcher {
         spawn: Spawn<'_>,
         sweeps: &mut Sweeps,
         control: &mut Control,
+        poll_every: Duration,
     ) -> Result<Stepped, StoreError> {
         if sweeps.due() {
             let swept = self.store.sweep_expired_leases(crate::clock::due_ms()).await?;
             if swept > 0 {
                 warn!(deliveries = swept, "Returned deliveries whose lease passed without a recorded outcome to pending; they will be attempted again.");
             }
-            sweeps.swept();
+            sweeps.swept(self.store.lease_ends_in());
         }
         // Each handler asks for as many deliveries as it has free permits, and its rate
         // allows, plus what it claims ahead; every handler asks, if only to learn whether it
@@ -583,7 +615,7 @@ impl Dispatcher {
                 filled.insert(name.to_string());
             }
         }
-        let poll = now + routing.poll_interval.as_millis() as i64;
+        let poll = now + poll_every.as_millis() as i64;
         let wake_at = claimed.next_due.map_or(poll, |due| due.clamp(now, poll));
         let at = |ms: i64| Instant::now() + Duration::from_millis(ms.saturating_sub(now).max(0) as u64);
         let due_at = match (claimed.next_due.map(at), refill) {

@@ -24,7 +24,9 @@ pub struct DispatchConfig {
     pub max_retry_after: Duration,
     /// How often an idle dispatcher looks for work scheduled from outside (`events replay`,
     /// `deliveries retry`, `handlers pause`/`resume`). Each look costs a stat of the
-    /// write-ahead log, and a store read only if another process wrote to it.
+    /// write-ahead log, and a store read only if another process wrote to it. On PostgreSQL
+    /// such work is announced (`NOTIFY`), and the look is only the fallback: every 30 s,
+    /// or this interval if longer (this interval while the listening session is down).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// How long the dispatcher gathers finished attempts and free permits before writing

@@ -243,6 +243,13 @@ pub trait Outbox: Send + Sync {
     /// sweep. Returns how many.
     async fn sweep_expired_leases(&self, now: i64) -> Result<usize, StoreError>;
 
+    /// How long after the last [`Outbox::sweep_expired_leases`] the earliest lease it left
+    /// running (any host's) ends, where the store tells (PostgreSQL): when the next sweep
+    /// can find something.
+    fn lease_ends_in(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Deliveries matching `filter`, newest first.
     fn list_deliveries(&self, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError>;
 

@@ -68,7 +68,8 @@ pub trait Maintenance: Send + Sync {
     fn path(&self) -> &Path;
 
     /// True when several daemons may share this store (PostgreSQL): leases must be swept
-    /// whoever took them, and other hosts' writes are not announced.
+    /// whoever took them, and other hosts' writes are announced only through
+    /// [`Maintenance::notices`].
     fn is_shared(&self) -> bool;
 
     /// Whether this daemon runs the singleton task `what` now: always on a store of its
@@ -87,6 +88,12 @@ pub trait Maintenance: Send + Sync {
     /// commits; `None` when it cannot be read cheaply now, or where other writers are
     /// not announced (a shared store).
     fn data_version(&self) -> Option<i64>;
+
+    /// Announcements of other processes' writes ([`super::notices`]), where the store has
+    /// them (PostgreSQL); the first call starts listening.
+    fn notices(&self) -> Option<super::notices::Notices> {
+        None
+    }
 
     /// Records the daemon's heartbeat values.
     async fn put_state(&self, values: Vec<(String, String)>) -> Result<(), StoreError>;

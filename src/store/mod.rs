@@ -24,6 +24,7 @@ mod inspect;
 pub mod keyring;
 mod keys;
 mod maintenance;
+pub mod notices;
 pub mod postgres;
 mod ranges;
 pub mod sqlite;

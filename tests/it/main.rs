@@ -76,6 +76,7 @@ mod keyserver;
 mod listener;
 mod operator;
 mod pg;
+mod pg_notify;
 mod pipeline;
 mod ranges;
 mod receiver;

@@ -24,6 +24,11 @@ impl Outbox for PgStore {
         self.sweep_expired_leases(now).await
     }
 
+    fn lease_ends_in(&self) -> Option<std::time::Duration> {
+        let ms = self.lease_ends_in.load(std::sync::atomic::Ordering::Relaxed);
+        (ms >= 0).then(|| std::time::Duration::from_millis(ms as u64))
+    }
+
     fn list_deliveries(&self, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
         self.block(self.list_deliveries(f))
     }

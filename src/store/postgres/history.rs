@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::Row;
 
+use super::listen::Topic;
 use super::PgStore;
 use crate::store::{
     AttemptRow, DeliveryFilter, DeliveryRow, EventFilter, EventRow, HandlerOverview, Hourly, KeyInfo, StoreError, HOURS,
@@ -175,14 +176,19 @@ impl PgStore {
     /// See [`crate::store::Outbox::retry_dead`].
     pub async fn retry_dead(&self, handler: Option<&str>) -> Result<usize, StoreError> {
         let now = crate::store::now_ms();
-        let client = self.client().await?;
-        let n = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let n = tx
             .execute(
                 "UPDATE deliveries SET state = 'pending', next_attempt_at = $1, created_at = $1, updated_at = $1
                  WHERE state = 'dead' AND ($2::text IS NULL OR handler = $2)",
                 &[&now, &handler],
             )
             .await?;
+        if n > 0 {
+            self.notify(&tx, Topic::Work).await?;
+        }
+        tx.commit().await?;
         Ok(n as usize)
     }
 
@@ -203,6 +209,7 @@ impl PgStore {
                 .collect(),
         };
         super::ingest::route_new_event(&tx, event_id, &key, occurrence, &handlers, now).await?;
+        self.notify(&tx, Topic::Work).await?;
         tx.commit().await?;
         Ok(handlers)
     }
@@ -212,6 +219,7 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let before = super::outbox::pause(&tx, handler, reason, "operator", crate::store::now_ms(), None).await?;
+        self.notify(&tx, Topic::Work).await?;
         tx.commit().await?;
         Ok(before)
     }
@@ -221,6 +229,9 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let was = super::outbox::resume(&tx, handler, None, crate::store::now_ms()).await?;
+        if was.is_some() {
+            self.notify(&tx, Topic::Work).await?;
+        }
         tx.commit().await?;
         Ok(was)
     }

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use deadpool_postgres::Transaction;
 
+use super::listen::Topic;
 use super::PgStore;
 use crate::alert_event::{Alert, ALERT_HOLD};
 use crate::event::ReceivedEvent;
@@ -305,6 +306,9 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let out = insert_rows(&tx, events, route, now).await?;
+        if out.iter().any(|(i, r)| i.new && !r.handlers.is_empty()) {
+            self.notify(&tx, Topic::Work).await?;
+        }
         tx.commit().await?;
         Ok(out)
     }
@@ -342,8 +346,12 @@ impl PgStore {
         let events: Vec<ReceivedEvent> = batches.iter().flat_map(|b| b.events.iter().cloned()).collect();
         let owner: Vec<usize> =
             batches.iter().enumerate().flat_map(|(n, b)| std::iter::repeat_n(n, b.events.len())).collect();
-        let mut rows = insert_rows(&tx, &events, &mut |i, e| (batches[owner[i]].route)(e), now).await?.into_iter();
+        let rows = insert_rows(&tx, &events, &mut |i, e| (batches[owner[i]].route)(e), now).await?;
+        if rows.iter().any(|(i, r)| i.new && !r.handlers.is_empty()) {
+            self.notify(&tx, Topic::Work).await?;
+        }
         tx.commit().await?;
+        let mut rows = rows.into_iter();
         Ok(batches.iter().map(|b| rows.by_ref().take(b.events.len()).collect()).collect())
     }
 
@@ -352,6 +360,9 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let routed = raise(&tx, alert, route, crate::store::now_ms()).await?;
+        if routed {
+            self.notify(&tx, Topic::Work).await?;
+        }
         tx.commit().await?;
         Ok(routed)
     }
@@ -364,6 +375,9 @@ impl PgStore {
         let mut routed = 0;
         for alert in dead_alerts(&tx, ids).await? {
             routed += usize::from(raise(&tx, &alert, route, now).await?);
+        }
+        if routed > 0 {
+            self.notify(&tx, Topic::Work).await?;
         }
         tx.commit().await?;
         Ok(routed)

@@ -38,6 +38,10 @@ impl Maintenance for PgStore {
         None
     }
 
+    fn notices(&self) -> Option<crate::store::notices::Notices> {
+        Some(self.listen())
+    }
+
     async fn put_state(&self, values: Vec<(String, String)>) -> Result<(), StoreError> {
         self.put_state(&values).await
     }

@@ -18,6 +18,7 @@ mod history;
 mod ingest;
 mod inspect;
 mod keys;
+mod listen;
 mod maintenance;
 mod outbox;
 mod ranges;
@@ -77,6 +78,10 @@ pub struct PgStore {
     max_bytes: std::sync::atomic::AtomicU64,
     /// The last size read for the cap, and when.
     last_size: Mutex<Option<(std::time::Instant, u64)>>,
+    /// How long (ms) after the last sweep the earliest lease it left running ends; -1: none.
+    lease_ends_in: std::sync::atomic::AtomicI64,
+    /// What other processes announced ([`listen`]), once something subscribed.
+    notices: std::sync::OnceLock<crate::store::notices::Notices>,
     /// The runtime a synchronous caller's queries run on (the CLI's store only; see
     /// [`PgStore::block`]).
     runtime: Option<tokio::runtime::Runtime>,
@@ -200,6 +205,8 @@ impl PgStore {
             node_lock: Mutex::new(None),
             max_bytes: Default::default(),
             last_size: Mutex::new(None),
+            lease_ends_in: std::sync::atomic::AtomicI64::new(-1),
+            notices: std::sync::OnceLock::new(),
             runtime: None,
         };
         let mut delay = Duration::from_millis(200);
@@ -260,6 +267,23 @@ impl PgStore {
                 Err(e)
             }
         }
+    }
+
+    /// Subscribes to other processes' notices, listening from the first call on (on a
+    /// session of its own, see [`listen`]; must be called on a runtime).
+    fn listen(&self) -> crate::store::notices::Notices {
+        self.notices
+            .get_or_init(|| {
+                let (tx, rx) = tokio::sync::watch::channel(Default::default());
+                tokio::spawn(listen::listen(self.config.clone(), self.tls.clone(), self.instance.clone(), tx));
+                rx
+            })
+            .clone()
+    }
+
+    /// Announces `topic` to the other processes when `tx` commits (see [`listen`]).
+    async fn notify(&self, tx: &deadpool_postgres::Transaction<'_>, topic: listen::Topic) -> Result<(), StoreError> {
+        listen::notify(tx, topic, &self.instance).await
     }
 
     /// The URL without its password.

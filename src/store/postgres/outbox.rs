@@ -10,6 +10,7 @@
 
 use deadpool_postgres::Transaction;
 
+use super::listen::Topic;
 use super::PgStore;
 use crate::handler::Delivery;
 use crate::store::{AttemptRecord, BreakerStep, Claimed, Next, Paused, RouteFn, StoreError, Want};
@@ -316,6 +317,10 @@ impl PgStore {
         let tx = client.transaction().await?;
         settle(&tx, outcomes, now).await?;
         let claimed = claim(&tx, wants, now, &self.instance).await?;
+        // A breaker's pause or resume (and its alert's deliveries) concern every host.
+        if wants.iter().any(|w| w.breaker.is_some()) {
+            self.notify(&tx, Topic::Work).await?;
+        }
         tx.commit().await?;
         Ok(claimed)
     }
@@ -324,8 +329,9 @@ impl PgStore {
     /// earlier run under the same name left behind when it died) to pending, at start and
     /// at shutdown after the drain; never another node's, whose attempts may be in flight.
     pub async fn requeue_own(&self) -> Result<usize, StoreError> {
-        let client = self.client().await?;
-        let n = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let n = tx
             .execute(
                 "UPDATE deliveries SET state = 'pending', attempts = greatest(attempts - 1, 0), lease_until = NULL,
                         claim_token = NULL, claimed_by = NULL
@@ -333,6 +339,10 @@ impl PgStore {
                 &[&self.node],
             )
             .await?;
+        if n > 0 {
+            self.notify(&tx, Topic::Work).await?;
+        }
+        tx.commit().await?;
         Ok(n as usize)
     }
 
@@ -343,16 +353,28 @@ impl PgStore {
     /// Rows another transaction holds (an outcome being written) are left to the next sweep.
     pub async fn sweep_expired_leases(&self, now: i64) -> Result<usize, StoreError> {
         let client = self.client().await?;
-        let n = client
-            .execute(
-                "UPDATE deliveries SET state = 'pending', lease_until = NULL, claim_token = NULL, claimed_by = NULL,
-                        updated_at = $1
-                 WHERE id IN (SELECT id FROM deliveries WHERE state = 'running'
-                                AND lease_until < least($1, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
-                              FOR UPDATE SKIP LOCKED)",
-                &[&now],
-            )
-            .await?;
-        Ok(n as usize)
+        let stmt = client.prepare_cached(SWEEP).await?;
+        let row = client.query_one(&stmt, &[&now, &format!("work {}", self.instance)]).await?;
+        let left: Option<i64> = row.get(1);
+        self.lease_ends_in.store(left.map_or(-1, |ms| ms.max(0)), std::sync::atomic::Ordering::Relaxed);
+        Ok(row.get::<_, i64>(0) as usize)
     }
 }
+
+/// The sweep: one statement (its own transaction) that returns expired leases to pending,
+/// announces them (the `pg_notify` runs only when it swept some), and reads how long until
+/// the earliest lease left ends, by the server's clock (the one leases are set by).
+const SWEEP: &str = "WITH swept AS (
+         UPDATE deliveries SET state = 'pending', lease_until = NULL, claim_token = NULL, claimed_by = NULL,
+                updated_at = $1
+         WHERE id IN (SELECT id FROM deliveries WHERE state = 'running'
+                        AND lease_until < least($1, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                      FOR UPDATE SKIP LOCKED)
+         RETURNING 1),
+     n AS (SELECT count(*) AS n FROM swept)
+     SELECT n.n,
+            (SELECT min(lease_until) FROM deliveries WHERE state = 'running'
+               AND lease_until >= least($1, (extract(epoch FROM clock_timestamp()) * 1000)::bigint))
+              - (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+            (SELECT count(*) FROM pg_notify('vod_eventd', $2) WHERE n.n > 0)
+     FROM n";

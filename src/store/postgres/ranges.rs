@@ -116,6 +116,9 @@ impl PgStore {
             &[&job.id, &cursor, &changed, &now, &finished],
         )
         .await?;
+        if changed > 0 {
+            self.notify(&tx, super::listen::Topic::Work).await?;
+        }
         tx.commit().await?;
         Ok(RangeJob { cursor, done: job.done + changed, finished_at: finished.then_some(now), ..job.clone() })
     }

@@ -26,6 +26,9 @@ impl PgStore {
             )
             .await?;
         }
+        if values.iter().any(|(key, _)| key == crate::store::notices::RECHECK_KEY) {
+            self.notify(&tx, super::listen::Topic::Recheck).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -91,6 +94,9 @@ impl PgStore {
             )
             .await?,
         );
+        if !resumed.is_empty() {
+            self.notify(&tx, super::listen::Topic::Work).await?;
+        }
         tx.commit().await?;
         Ok(Orphans { orphaned, in_flight, resumed })
     }
