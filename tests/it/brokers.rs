@@ -204,20 +204,12 @@ impl Broker {
 
     /// Stops the server and removes its directory once this test process has exited.
     fn reaper(&self) {
-        let stop = format!(
-            "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -TERM $(cat {d}/pid 2>/dev/null) {child} 2>/dev/null; sleep 5; rm -rf {d}",
-            me = std::process::id(),
+        let cleanup = format!(
+            "kill -TERM $(cat {d}/pid 2>/dev/null) {child} 2>/dev/null; sleep 5; rm -rf {d}",
             d = self.dir.display(),
             child = self.child.as_ref().map_or(0, std::process::Child::id),
         );
-        #[allow(clippy::zombie_processes)]
-        let _reaper = command("sh")
-            .args(["-c", &stop])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the broker's reaper");
+        after_this_process(&cleanup, "the broker");
     }
 
     /// The URL the consumer uses (with the password).

@@ -117,23 +117,14 @@ impl Cluster {
         let cluster = Cluster { dir, port };
         cluster.pg_ctl("start");
         // Stops the cluster and removes its directory once this test process has exited.
-        let stop = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {runuser}{bin}/pg_ctl -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
-            pid = std::process::id(),
+        let cleanup = format!(
+            "{runuser}{bin}/pg_ctl -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
             runuser = if root { "runuser -u postgres -- " } else { "" },
             bin = bin.display(),
             data = data.display(),
             dir = cluster.dir.display(),
         );
-        // Never waited for: it outlives this process by design.
-        #[allow(clippy::zombie_processes)]
-        let _reaper = command("sh")
-            .args(["-c", &stop])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the cluster's reaper");
+        after_this_process(&cleanup, "the cluster");
         cluster
     }
 

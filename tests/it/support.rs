@@ -16,6 +16,21 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_vod-eventd");
 /// The only variables a child of the tests inherits from the test process.
 const INHERITED: [&str; 2] = ["PATH", "HOME"];
 
+/// Runs `cleanup` (a shell command) once this test process has exited, however it ends: for
+/// servers a test run starts once and shares (a PostgreSQL cluster, a broker), which no
+/// test owns long enough to stop. The shell is never waited for: it outlives the process.
+pub fn after_this_process(cleanup: &str, what: &str) {
+    let script = format!("while kill -0 {} 2>/dev/null; do sleep 0.5; done; {cleanup}", std::process::id());
+    #[allow(clippy::zombie_processes)]
+    let _reaper = command("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start the reaper of {what}: {e}"));
+}
+
 /// A command for any child the tests start: an empty environment plus PATH and HOME, so
 /// no variable of the caller's shell (a `VOD_EVENTD_*` config key, a proxy, a log level)
 /// reaches it; whatever else it needs, the test sets.
