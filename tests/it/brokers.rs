@@ -9,8 +9,8 @@
 //!
 //! Per broker: every event exactly once, body byte-exact, id = the delivery's `webhook-id`;
 //! the broker stopped mid-stream and started again, nothing lost; the daemon SIGKILLed
-//! repeatedly under load, nothing lost and repeats under the same id (JetStream drops them);
-//! a wrong password, a clear error naming the handler and the key, and no secret in the log.
+//! repeatedly under load, nothing lost and repeats under the same id (JetStream drops them),
+//! on SQLite and on PostgreSQL; a wrong password, a clear error naming the handler and the key, and no secret in the log.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -490,7 +490,7 @@ fn handlers_list(daemon: &TestDaemon) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-async fn sigkill_under_load_loses_nothing(kind: Kind) {
+async fn sigkill_under_load_loses_nothing(kind: Kind, backend: Backend) {
     const N: usize = 1000;
     const KILLS: usize = 10;
     let broker = Broker::start(kind).await;
@@ -498,7 +498,14 @@ async fn sigkill_under_load_loses_nothing(kind: Kind) {
     let emu = emulator(fast_emulator_config()).await;
     emu.enqueue_generated(N);
     let scratch = tempfile::tempdir().unwrap();
-    let mut daemon = daemon(&emu, &broker.section(scratch.path(), PASSWORD, "concurrency = 8\nrate = \"300/s\""));
+    let section = broker.section(scratch.path(), PASSWORD, "concurrency = 8\nrate = \"300/s\"");
+    let mut daemon = match backend {
+        Backend::Sqlite => daemon(&emu, &section),
+        Backend::Postgres => {
+            let extra = format!("{DISPATCH}{section}");
+            TestDaemon::start_full_on(&emu.endpoint(), &extra, "vod_eventd=info", &[], backend).await
+        }
+    };
     for k in 1..=KILLS {
         let target = (N * k / (KILLS + 2)) as i64;
         eventually(Duration::from_secs(120), &format!("{target} done before kill {k}"), || done(&daemon) >= target)
@@ -510,11 +517,14 @@ async fn sigkill_under_load_loses_nothing(kind: Kind) {
     let got = broker.consume();
     let repeats = check_all_there(&expected(&daemon), &got);
     eprintln!(
-        "{kind:?}: {KILLS} SIGKILLs; {} messages for {N} deliveries ({repeats} repeats, each under its id)",
-        got.len()
+        "{kind:?}: {KILLS} SIGKILLs; {} messages for {N} deliveries ({repeats} repeats, each under its id), {}",
+        got.len(),
+        backend.label()
     );
     if kind == Kind::Nats {
         assert_eq!(repeats, 0, "JetStream dropped every repeat (Nats-Msg-Id inside the duplicate window)");
+    }
+    if kind == Kind::Nats && backend == Backend::Sqlite {
         let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
         let conn = rusqlite::Connection::open_with_flags(&daemon.db_path, flags).unwrap();
         let dropped: i64 = conn
@@ -575,7 +585,11 @@ macro_rules! brokers {
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sigkill_under_load_loses_nothing() {
-                super::sigkill_under_load_loses_nothing($kind).await
+                super::sigkill_under_load_loses_nothing($kind, Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sigkill_under_load_loses_nothing_on_postgresql() {
+                super::sigkill_under_load_loses_nothing($kind, Backend::Postgres).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn wrong_credentials_name_the_handler_and_the_key() {
