@@ -12,7 +12,7 @@
 //! Debian's `chromium`, or on Ubuntu (where it is only a snap) `chromium-browser` or
 //! `/snap/bin/chromium` when the snap is there; `CHROMIUM=path` names another. Where none
 //! runs (an Ubuntu container has no snap), the test says it was skipped and why, unless
-//! `VOD_EVENTD_REQUIRE_BROWSER=1` (set by `.ci/run` on Debian), which makes that a failure.
+//! `VOD_TESTS_REQUIRE_BROWSER=1` (set by `.ci/run` on Debian), which makes that a failure.
 //! The JS is in
 //! tests/browser/ (the page, the driver, package.json and package-lock.json pinning hls.js
 //! and puppeteer-core), installed with `npm ci` once into target/tmp/browser-node and
@@ -78,7 +78,7 @@ fn runs(tool: &str, arg: &str) -> bool {
 
 /// The Chromium to drive: `CHROMIUM` if set, else the first of [`CHROMIUMS`] that runs.
 /// `None` (the test is skipped, saying so) where none runs and
-/// `VOD_EVENTD_REQUIRE_BROWSER` is not `1`; a failure naming the package where it is.
+/// `VOD_TESTS_REQUIRE_BROWSER` is not `1`; a failure naming the package where it is.
 /// Fails, saying what to install, when another tool the test needs is missing.
 fn require_tools() -> Option<String> {
     for (tool, arg) in [("ffmpeg", "-version"), ("node", "--version"), ("npm", "--version")] {
@@ -96,7 +96,7 @@ fn require_tools() -> Option<String> {
     let found = CHROMIUMS.iter().find(|c| runs(c, "--version")).map(|c| path_of(c).display().to_string());
     if found.is_none() {
         let why = format!("no Chromium runs here (tried {}): {INSTALL} on Debian; on Ubuntu Chromium is only a snap (snap install chromium)", CHROMIUMS.join(", "));
-        assert!(std::env::var("VOD_EVENTD_REQUIRE_BROWSER").as_deref() != Ok("1"), "{why}");
+        assert!(std::env::var("VOD_TESTS_REQUIRE_BROWSER").as_deref() != Ok("1"), "{why}");
         eprintln!("SKIPPED hls_js_in_chromium_plays_a_stream_whose_key_the_key_server_serves: {why}");
     }
     found
