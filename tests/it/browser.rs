@@ -13,10 +13,9 @@
 //! `/snap/bin/chromium` when the snap is there; `CHROMIUM=path` names another. Where none
 //! runs (an Ubuntu container has no snap), the test says it was skipped and why, unless
 //! `VOD_TESTS_REQUIRE_BROWSER=1` (set by `.ci/run` on Debian), which makes that a failure.
-//! The JS is in
-//! tests/browser/ (the page, the driver, package.json and package-lock.json pinning hls.js
-//! and puppeteer-core), installed with `npm ci` once into target/tmp/browser-node and
-//! reused while the lock file is unchanged.
+//! The JS is in tests/browser/ (the page, the driver, package.json and package-lock.json
+//! pinning hls.js and puppeteer-core), installed with `npm ci` once into
+//! target/tmp/browser-node and reused while the lock file is unchanged.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
