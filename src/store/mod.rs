@@ -144,6 +144,10 @@ impl<T> Backend for T where
 /// The state key naming the key id a daemon or key server last sealed keys under.
 const SEALED_STATE: &str = "keys.sealed_with";
 
+/// How long [`Store::check_keyring`] waits for a PostgreSQL server that went away just
+/// after the daemon or the key server connected.
+const STARTUP_WAIT: Duration = Duration::from_secs(60);
+
 /// A handle on the store; cheap to clone. Every operation is a method of one of the traits
 /// [`Backend`] names (bring them into scope with [`prelude`]).
 ///
@@ -237,7 +241,26 @@ impl Store {
     /// ring, records in the store that its keys are sealed; without one, refuses a store
     /// whose keys were sealed before. A key file lost or not loaded (the packaged units
     /// load it only when it exists) would otherwise store new keys in the clear, silently.
+    ///
+    /// It is the first query after connecting, so a PostgreSQL server that restarts just
+    /// then (the connection closed under it) is waited for, as connecting waits for it, for
+    /// at most [`STARTUP_WAIT`]: it used to end the daemon with an error saying it retries.
     pub async fn check_keyring(&self) -> Result<(), StoreError> {
+        let deadline = std::time::Instant::now() + STARTUP_WAIT;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.check_keyring_once().await {
+                Err(StoreError::PostgresDown(detail)) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %detail, "PostgreSQL went away just after vod-eventd connected; trying again.");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn check_keyring_once(&self) -> Result<(), StoreError> {
         if let Some(ring) = &self.keyring {
             return self.put_state(vec![(SEALED_STATE.into(), ring.sealing_id().into())]).await;
         }

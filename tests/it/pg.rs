@@ -605,6 +605,25 @@ async fn lost_connections_and_a_postgres_restart_pause_the_pipeline_and_it_resum
     daemon.terminate().await;
 }
 
+/// The first query after connecting (the key ring check) waits for a server that restarts
+/// just then, instead of ending the daemon: a three-daemon run had one exit with
+/// "PostgreSQL store unreachable: connection closed" when the cluster restarted as it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_query_after_connecting_waits_for_a_restarting_server() {
+    let cluster = Cluster::start();
+    let url = database_in(&cluster).await;
+    let store = open(&url).await;
+    cluster.pg_ctl("stop");
+    let restarted = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2)); // the outage itself, not a synchronisation
+        cluster.pg_ctl("start");
+        cluster
+    });
+    let checked = tokio::time::timeout(Duration::from_secs(60), store.check_keyring()).await;
+    let _cluster = restarted.join().unwrap();
+    checked.expect("the check ends once the server is back").expect("the check succeeds once the server is back");
+}
+
 /// The PostgreSQL store `url`, as a daemon opens it.
 async fn open(url: &str) -> vod_eventd::store::Store {
     let config = vod_eventd::config::StoreConfig {
