@@ -40,7 +40,10 @@
 //! `vod-eventd.handler.paused`; the store then hands out one probe every `probe_interval`,
 //! and a success resumes it. A `rate` is a GCRA limiter per handler in this loop: a want
 //! asks for no more than the limiter allows now, so claimed rows never wait leased while
-//! throttled, and the loop steps again when the next attempt may start.
+//! throttled, and the loop steps again when the next attempt may start. A second limiter
+//! of the same rate, the lane's [`Pacer`], spaces the attempts where they start: a claim
+//! takes as long as the store needs (tens of milliseconds on a loaded PostgreSQL), so
+//! attempts started as claimed would bunch whenever one claim is slower than the next.
 //!
 //! On shutdown it stops claiming, gives in-flight attempts `drain_timeout`, then stops
 //! them; whatever was still running is put back to pending (and retried later).
@@ -91,6 +94,8 @@ pub struct Lane {
     pub probe_interval: Duration,
     /// Attempts started at most, per period.
     pub rate: Option<Rate>,
+    /// Spaces the attempts' starts by `rate` (kept across a reload that keeps the rate).
+    pub pacer: Option<Arc<Pacer>>,
     /// Deliveries claimed beyond the free permits, to start as permits free up (see
     /// [`Lane::claims_ahead`]).
     pub ahead: usize,
@@ -156,12 +161,28 @@ impl Routing {
                 // (every attempt in flight ends within one), then runs for at most another.
                 let timeout = config.handlers[&name].attempt_timeout();
                 let lease = timeout * if ahead > 0 { 2 } else { 1 } + config.dispatch.lease_margin;
-                let (permits, waiting) = previous
-                    .and_then(|p| p.lanes.get(&name))
+                let before = previous.and_then(|p| p.lanes.get(&name));
+                let (permits, waiting) = before
                     .filter(|lane| lane.concurrency == concurrency)
                     .map(|lane| (lane.permits.clone(), lane.waiting.clone()))
                     .unwrap_or_else(|| (Arc::new(Semaphore::new(concurrency)), Arc::default()));
-                (name, Lane { handler, permits, concurrency, lease, pause_after, probe_interval, rate, ahead, waiting })
+                let pacer = rate.map(|rate| match before.and_then(|lane| lane.pacer.clone()) {
+                    Some(pacer) if pacer.rate == rate => pacer,
+                    _ => Arc::new(Pacer::new(rate, config.dispatch.batch_window)),
+                });
+                let lane = Lane {
+                    handler,
+                    permits,
+                    concurrency,
+                    lease,
+                    pause_after,
+                    probe_interval,
+                    rate,
+                    pacer,
+                    ahead,
+                    waiting,
+                };
+                (name, lane)
             })
             .collect();
         Ok(Routing {
@@ -192,7 +213,7 @@ enum Start {
     Now(OwnedSemaphorePermit),
     /// Claimed ahead: waits for the next free permit (the semaphore is fair: in claim
     /// order), unless the daemon stops first.
-    Queued { permits: Arc<Semaphore>, waiting: Arc<AtomicUsize>, shutdown: CancellationToken },
+    Queued { permits: Arc<Semaphore>, waiting: Arc<AtomicUsize> },
 }
 
 /// Where a step starts the attempts it claimed.
@@ -246,6 +267,34 @@ impl Bucket {
     fn next_at(&self, now: Instant) -> Instant {
         let ready = self.tat.max(now) + self.interval;
         ready.checked_sub(self.interval * self.burst).unwrap_or(now).max(now)
+    }
+}
+
+/// Where a rated handler's attempts wait for their turn to start: the loop's [`Bucket`] of
+/// the same rate, applied to the moment each attempt starts. Waiters queue in claim order
+/// (tokio's mutex is fair).
+pub struct Pacer {
+    rate: Rate,
+    bucket: tokio::sync::Mutex<Bucket>,
+}
+
+impl Pacer {
+    fn new(rate: Rate, batch_window: Duration) -> Pacer {
+        let now = tokio::time::Instant::now().into_std();
+        Pacer { rate, bucket: tokio::sync::Mutex::new(Bucket::new(rate, batch_window, now)) }
+    }
+
+    /// Returns when the next attempt may start, and counts it as started.
+    async fn turn(&self) {
+        let mut bucket = self.bucket.lock().await;
+        loop {
+            // tokio's clock (std's, unless a test pauses it).
+            let now = tokio::time::Instant::now().into_std();
+            if bucket.available(now) > 0 {
+                return bucket.take(1, now);
+            }
+            tokio::time::sleep_until(bucket.next_at(now).into()).await;
+        }
     }
 }
 
@@ -582,20 +631,16 @@ impl Dispatcher {
                 Ok(permit) => Start::Now(permit),
                 Err(_) => {
                     lane.waiting.fetch_add(1, Ordering::Relaxed);
-                    Start::Queued {
-                        permits: lane.permits.clone(),
-                        waiting: lane.waiting.clone(),
-                        shutdown: spawn.shutdown.clone(),
-                    }
+                    Start::Queued { permits: lane.permits.clone(), waiting: lane.waiting.clone() }
                 }
             };
             spawn.tasks.spawn(self.attempt(
                 name.clone(),
-                lane.handler.clone(),
+                lane,
                 routing.policy.clone(),
                 delivery,
                 start,
-                spawn.records.clone(),
+                (spawn.records.clone(), spawn.shutdown.clone()),
             ));
         }
         // A handler that claimed all it asked for may have more due; one held back by its
@@ -653,18 +698,19 @@ impl Dispatcher {
     fn attempt(
         &self,
         name: String,
-        handler: Arc<AnyHandler>,
+        lane: &Lane,
         policy: RetryPolicy,
         d: Delivery,
         start: Start,
-        records: mpsc::Sender<Finished>,
+        (records, shutdown): (mpsc::Sender<Finished>, CancellationToken),
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (handler, pacer) = (lane.handler.clone(), lane.pacer.clone());
         let stats = self.stats.clone();
         let span = tracing::info_span!("delivery", id = d.delivery_id, event = d.event_id, handler = %name, attempt = d.attempt);
         async move {
             let permit = match start {
                 Start::Now(permit) => permit,
-                Start::Queued { permits, waiting, shutdown } => {
+                Start::Queued { permits, waiting } => {
                     let permit = tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => None,
@@ -677,6 +723,14 @@ impl Dispatcher {
                     permit
                 }
             };
+            if let Some(pacer) = pacer {
+                tokio::select! {
+                    biased;
+                    // As above: back to pending as the dispatcher stops, attempt uncounted.
+                    _ = shutdown.cancelled() => return,
+                    _ = pacer.turn() => {}
+                }
+            }
             let started_at = now_ms();
             let clock = Instant::now();
             let result = handler.handle(&d).await;
@@ -787,6 +841,29 @@ mod tests {
         // A higher rate bursts one batch window's worth (20 ms / 1.02 ms).
         let fast = Bucket::new(Rate { count: 1000, per: Duration::from_secs(1) }, Duration::from_millis(20), start);
         assert_eq!(fast.available(start), 19);
+    }
+
+    /// Claims that reach their attempts bunched (a slow claim, then a quick one) still start
+    /// one interval apart, in claim order.
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_spaces_bunched_attempts_where_they_start() {
+        let pacer = Arc::new(Pacer::new(Rate { count: 20, per: Duration::from_secs(1) }, Duration::from_millis(20)));
+        let origin = tokio::time::Instant::now();
+        let mut tasks = JoinSet::new();
+        for i in 0..5u64 {
+            let pacer = pacer.clone();
+            // Each arrives a millisecond after the one before, in the order of `i`.
+            tasks.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(i)).await;
+                pacer.turn().await;
+                (i, tokio::time::Instant::now() - origin)
+            });
+        }
+        let mut starts = tasks.join_all().await;
+        starts.sort();
+        let at: Vec<u128> = starts.iter().map(|(_, at)| at.as_millis()).collect();
+        // 51 ms apart: 50 ms at 20/s plus the 2 % margin.
+        assert_eq!(at, [0, 51, 102, 153, 204]);
     }
 
     #[test]
