@@ -6,6 +6,10 @@
 # them, as an operator would), or with DAEMONS=0 by one daemon on SQLite for comparison.
 # Prints wall time, events/s, the daemons' CPU and the PostgreSQL server's CPU per 1,000 events.
 #
+# DELAY_MS=n makes the receiver answer each POST after n ms: the drain is then bounded by the
+# handler's concurrency (16 per daemon), not by the PullEvents ceiling, which is where a second
+# host adds throughput.
+#
 # With PG_STATEMENTS=1 it also prints each statement's calls (pg_stat_statements) and the
 # transactions committed, to count statements per ingest group.
 #
@@ -19,7 +23,7 @@ W=$PWD/target/pgbench; rm -rf "$W"; mkdir -p "$W"
 CALLS=6000
 trap 'kill $(jobs -p) 2>/dev/null || true; [ "$D" = 0 ] || stop_cluster' EXIT
 [ "$D" = 0 ] || . bench/pg-cluster.sh
-python3 bench/receiver.py > "$W/receiver.port" &
+python3 bench/receiver.py --delay-ms "${DELAY_MS:-0}" > "$W/receiver.port" &
 EMU=127.0.0.1:$((20000 + RANDOM % 10000))
 "$B" emulator --listen "$EMU" --rate-limit "$CALLS" --hold 1s --generate "$N" --api v3 > "$W/emulator.log" 2>&1 &
 for _ in $(seq 100); do [ -s "$W/receiver.port" ] && curl -sf "http://$EMU/_emulator/stats" >/dev/null && break; sleep 0.1; done

@@ -67,7 +67,10 @@ impl Daemon {
         let store = store.with_context(|| format!("{key} in {}", self.config_path.display()))?;
         // Data keys the drm handler stores are sealed at rest with [keys] (if configured).
         let store = store.with_keyring(config.keys.keyring().map_err(anyhow::Error::msg)?);
-        store.check_keyring().await?;
+        tokio::select! {
+            checked = store.check_keyring() => checked?,
+            _ = shutdown.cancelled() => return Ok(()),
+        }
         if config.store.check_at_start {
             info!(store = %store.path().display(), "Checking the store's integrity (store.check_at_start); this reads the whole file.");
             let checked = store.clone();

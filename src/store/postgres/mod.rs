@@ -42,6 +42,18 @@ const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
 /// The advisory lock (transaction-level) every migration step takes.
 const MIGRATION_LOCK: i64 = 0x766f_645f_6d69_6772; // "vod_migr"
 
+/// How long a starting daemon waits for its node name to be released before refusing.
+const NODE_NAME_WAIT: Duration = Duration::from_secs(15);
+/// How often it asks meanwhile.
+const NODE_NAME_RETRY: Duration = Duration::from_millis(250);
+/// The server-side TCP keepalives of the session that holds the node name (idle seconds,
+/// seconds between probes, probes): a host that dies without closing its connection (power
+/// loss, a cut network) loses the name about 11 s later, within [`NODE_NAME_WAIT`], instead
+/// of after the kernel's default of over two hours. Ignored on a Unix socket (a local server
+/// sees a dead client's socket closed at once).
+const NODE_KEEPALIVES: &str =
+    "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3";
+
 /// The advisory lock of a node name (see [`PgStore::hold_node_name`]).
 fn node_key(node: &str) -> i64 {
     use sha2::Digest as _;
@@ -210,7 +222,8 @@ impl PgStore {
             runtime: None,
         };
         let mut delay = Duration::from_millis(200);
-        let mut waited = false;
+        let (mut waited, mut name_waited) = (false, false);
+        let name_deadline = tokio::time::Instant::now() + NODE_NAME_WAIT;
         loop {
             let ready = match store.migrate().await {
                 // The daemon (`wait`) holds its node name for as long as it runs.
@@ -222,7 +235,20 @@ impl PgStore {
                     if waited {
                         info!(store = %store.shown, "PostgreSQL answers; starting.");
                     }
+                    if name_waited {
+                        info!(node = %node, "node.name is released; starting.");
+                    }
                     return Ok(store);
+                }
+                // The holder may be a daemon of this name that has just died: its session
+                // lasts until its server process notices the closed socket (at once, unless
+                // it was busy), or until [`NODE_KEEPALIVES`] end a dead host's session.
+                Err(e @ StoreError::NodeNameTaken { .. }) if tokio::time::Instant::now() < name_deadline => {
+                    if !name_waited {
+                        warn!(error = %e, "Waiting up to {NODE_NAME_WAIT:?} for node.name `{node}` to be released: a daemon of this name that has just stopped holds it until PostgreSQL ends its session.");
+                        name_waited = true;
+                    }
+                    tokio::time::sleep(NODE_NAME_RETRY).await;
                 }
                 Err(e @ StoreError::NodeNameTaken { .. }) => return Err(e),
                 Err(StoreError::PostgresDown(detail)) if wait => {
@@ -339,6 +365,7 @@ impl PgStore {
         tokio::spawn(async move {
             let _ = connection.await;
         });
+        client.batch_execute(NODE_KEEPALIVES).await?;
         let got: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&node_key(&self.node)]).await?.get(0);
         if !got {
             let beat: Option<String> = client
