@@ -86,6 +86,7 @@ both_stores!(
     an_event_is_found_by_every_file_it_names_and_lists_filter,
     a_claim_is_leased_and_a_late_outcome_never_settles_a_newer_claim,
     outcomes_settle_retry_and_dead_and_operators_revive_and_replay_with_the_same_id,
+    deliveries_are_listed_newest_change_first_across_states_filtered_and_limited,
     a_paused_handler_gets_nothing_claimed_and_its_breaker_probes,
     ranges_run_in_batches_and_resume_after_their_cursor,
     alerts_are_routed_once_a_minute_per_kind_and_subject,
@@ -277,6 +278,42 @@ async fn a_claim_is_leased_and_a_late_outcome_never_settles_a_newer_claim(backen
     assert_eq!(claim(&store, "h", 10, now).await.len(), 1);
     assert_eq!(store.requeue_running().await.unwrap(), 1);
     assert_eq!(claim(&store, "h", 10, now).await[0].attempt, 1, "a requeued attempt is not counted");
+}
+
+async fn deliveries_are_listed_newest_change_first_across_states_filtered_and_limited(backend: Backend) {
+    let (store, _guard) = open(backend).await;
+    store.insert_events((0..4).map(|i| (upload(i), to(&["h", "g"]))).collect()).await.unwrap();
+    let now = vod_eventd::store::now_ms();
+    let h = claim(&store, "h", 3, now).await;
+    store.finish_attempts(vec![outcome(&h[0], Next::Done), outcome(&h[1], Next::Dead)]).await.unwrap();
+    let g = claim(&store, "g", 1, now).await;
+    store.finish_attempt(outcome(&g[0], Next::Done)).await.unwrap();
+    // The whole listing: every row, each state present, newest change first (ties: newest row).
+    let rows = store.list_deliveries(&all(20)).unwrap();
+    let mut ids: Vec<i64> = rows.iter().map(|d| d.id).collect();
+    ids.sort();
+    assert_eq!(ids, store.deliveries().unwrap().iter().map(|d| d.id).collect::<Vec<_>>(), "every row listed");
+    let states: std::collections::BTreeSet<&str> = rows.iter().map(|d| d.state.as_str()).collect();
+    assert_eq!(states.into_iter().collect::<Vec<_>>(), ["dead", "done", "pending", "running"]);
+    assert!(rows.windows(2).all(|w| (w[0].updated_at, w[0].id) > (w[1].updated_at, w[1].id)), "newest change first");
+    // Filtered and limited: the same rows in the same order as the whole listing has them.
+    let listed = |state: Option<&str>, handler: Option<&str>, limit: u32| -> Vec<i64> {
+        let filter = DeliveryFilter { state: state.map(Into::into), handler: handler.map(Into::into), limit };
+        store.list_deliveries(&filter).unwrap().iter().map(|d| d.id).collect()
+    };
+    let expected = |state: Option<&str>, handler: Option<&str>, limit: usize| -> Vec<i64> {
+        let kept = rows.iter().filter(|d| state.is_none_or(|s| d.state == s) && handler.is_none_or(|h| d.handler == h));
+        kept.take(limit).map(|d| d.id).collect()
+    };
+    assert_eq!(listed(None, None, 3), expected(None, None, 3));
+    for handler in ["h", "g"] {
+        assert_eq!(listed(None, Some(handler), 20), expected(None, Some(handler), 20), "{handler}");
+    }
+    for state in ["done", "dead", "pending", "running"] {
+        assert_eq!(listed(Some(state), None, 20), expected(Some(state), None, 20), "{state}");
+        assert_eq!(listed(Some(state), Some("h"), 1), expected(Some(state), Some("h"), 1), "{state} of h");
+    }
+    assert!(listed(Some("gone"), None, 20).is_empty(), "no such state");
 }
 
 async fn outcomes_settle_retry_and_dead_and_operators_revive_and_replay_with_the_same_id(backend: Backend) {

@@ -387,7 +387,17 @@ async fn the_pipeline_on_postgres_stores_once_confirms_after_commit_and_delivers
         number(&db, "SELECT count(*) FROM events WHERE confirmed_at IS NULL").await == 0
     })
     .await;
-    assert_eq!(number(&db, "SELECT count(*) FROM schema_migrations").await, 1);
+    assert_eq!(number(&db, "SELECT count(*) FROM schema_migrations").await, 2);
+    // Migration 2: Debian's and Ubuntu's servers are built with lz4.
+    let compression: String = db
+        .query_one(
+            "SELECT attcompression::text FROM pg_attribute WHERE attrelid = 'events'::regclass AND attname = 'content'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(compression, "l", "event contents compressed with lz4");
     let log = daemon.log();
     assert!(log.contains("vod-eventd started."), "{log}");
     assert!(!log.contains("ERROR"), "no error on a healthy run:\n{log}");

@@ -164,13 +164,29 @@ impl PgStore {
 
     /// See [`crate::store::Outbox::list_deliveries`].
     pub async fn list_deliveries(&self, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
-        let client = self.client().await?;
+        // Newest first per state, then merged: `deliveries_done` and `deliveries_dead_updated`
+        // hold the history in `updated_at` order (no index covers every state: see
+        // migration 0002), and pending and running rows are few unless a backlog waits.
+        let branches: Vec<String> = ["done", "dead", "pending", "running"]
+            .into_iter()
+            .filter(|state| f.state.as_deref().is_none_or(|s| s == *state))
+            .map(|state| {
+                format!(
+                    "(SELECT * FROM deliveries WHERE state = '{state}' AND ($1::text IS NULL OR handler = $1)
+                      ORDER BY updated_at DESC, id DESC LIMIT $2)"
+                )
+            })
+            .collect();
+        if branches.is_empty() {
+            return Ok(Vec::new());
+        }
         let sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
-             WHERE ($1::text IS NULL OR d.state = $1) AND ($2::text IS NULL OR d.handler = $2)
-             ORDER BY d.updated_at DESC, d.id DESC LIMIT $3"
+            "SELECT {DELIVERY_COLUMNS} FROM ({}) d JOIN events e ON e.id = d.event_id
+             ORDER BY d.updated_at DESC, d.id DESC LIMIT $2",
+            branches.join(" UNION ALL ")
         );
-        Ok(client.query(&sql, &[&f.state, &f.handler, &i64::from(f.limit)]).await?.iter().map(delivery).collect())
+        let client = self.client().await?;
+        Ok(client.query(&sql, &[&f.handler, &i64::from(f.limit)]).await?.iter().map(delivery).collect())
     }
 
     /// See [`crate::store::Outbox::retry_dead`].

@@ -37,7 +37,8 @@ use super::{Singleton, StoreError};
 use crate::config::{split_postgres_url, PgTls, StoreConfig};
 
 /// Schema migrations, applied in order; `schema_migrations` records each version applied.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("migrations/0001_schema.sql"), include_str!("migrations/0002_fewer_delivery_indexes.sql")];
 
 /// The advisory lock (transaction-level) every migration step takes.
 const MIGRATION_LOCK: i64 = 0x766f_645f_6d69_6772; // "vod_migr"
