@@ -223,8 +223,9 @@ impl PgStore {
             runtime: None,
         };
         let mut delay = Duration::from_millis(200);
-        let (mut waited, mut name_waited) = (false, false);
-        let name_deadline = tokio::time::Instant::now() + NODE_NAME_WAIT;
+        let mut waited = false;
+        // Set when the name is first found taken (after any wait for the server itself).
+        let mut name_deadline: Option<tokio::time::Instant> = None;
         loop {
             let ready = match store.migrate().await {
                 // The daemon (`wait`) holds its node name for as long as it runs.
@@ -236,7 +237,7 @@ impl PgStore {
                     if waited {
                         info!(store = %store.shown, "PostgreSQL answers; starting.");
                     }
-                    if name_waited {
+                    if name_deadline.is_some() {
                         info!(node = %node, "node.name is released; starting.");
                     }
                     return Ok(store);
@@ -244,14 +245,16 @@ impl PgStore {
                 // The holder may be a daemon of this name that has just died: its session
                 // lasts until its server process notices the closed socket (at once, unless
                 // it was busy), or until [`NODE_KEEPALIVES`] end a dead host's session.
-                Err(e @ StoreError::NodeNameTaken { .. }) if tokio::time::Instant::now() < name_deadline => {
-                    if !name_waited {
+                Err(e @ StoreError::NodeNameTaken { .. }) => {
+                    let now = tokio::time::Instant::now();
+                    if name_deadline.is_none() {
                         warn!(error = %e, "Waiting up to {NODE_NAME_WAIT:?} for node.name `{node}` to be released: a daemon of this name that has just stopped holds it until PostgreSQL ends its session.");
-                        name_waited = true;
+                    }
+                    if now >= *name_deadline.get_or_insert(now + NODE_NAME_WAIT) {
+                        return Err(e);
                     }
                     tokio::time::sleep(NODE_NAME_RETRY).await;
                 }
-                Err(e @ StoreError::NodeNameTaken { .. }) => return Err(e),
                 Err(StoreError::PostgresDown(detail)) if wait => {
                     if !waited {
                         warn!(store = %store.shown, error = %detail, "Cannot reach PostgreSQL (store.url); waiting for it before pulling. Events stay at Tencent meanwhile.");

@@ -9,8 +9,8 @@
 -- orphan checks read the partial indexes (`deliveries_due`, `deliveries_running_lease`,
 -- `deliveries_not_done`, `deliveries_orphaned`); what needed the two is served as follows:
 -- a handler's last success (`handlers list`) and the listing of done deliveries read
--- `deliveries_done`, written once per delivery; dead ones `deliveries_dead_updated`. A
--- listing of every state at once sorts, as on SQLite, which never had `deliveries_updated`.
+-- `deliveries_done`, written once per delivery; dead ones `deliveries_dead_updated`; a
+-- listing of every state merges each state's newest rows (`PgStore::list_deliveries`).
 DROP INDEX deliveries_handler;
 DROP INDEX deliveries_updated;
 CREATE INDEX deliveries_done ON deliveries (updated_at) WHERE state = 'done';
