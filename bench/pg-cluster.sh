@@ -22,8 +22,9 @@ pg_cpu() {
   for p in $pm $(pgrep -P "$pm"); do t=$((t + $(awk -v pm="$pm" '{print $14+$15+($1==pm ? $16+$17 : 0)}' /proc/$p/stat 2>/dev/null || echo 0))); done
   echo "scale=2; $t/100" | bc
 }
-# Calls and rows of every statement run in database "bench" since the cluster started.
+# Calls, rows and execution time (ms, the server's own count) of every statement run in
+# database "bench" since the cluster started, the costliest first.
 pg_statements() {
-  psql -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d bench -c "SELECT calls, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
-    FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = 'bench' ORDER BY calls DESC LIMIT 25"
+  psql -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d bench -c "SELECT calls, rows, round(total_exec_time) AS ms, left(regexp_replace(query, '\s+', ' ', 'g'), 100) AS query
+    FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = 'bench' ORDER BY total_exec_time DESC LIMIT 25"
 }
