@@ -338,27 +338,9 @@ fn broker_python() -> &'static Path {
 const DISPATCH: &str =
     "[dispatch]\nretry_schedule = [\"100ms\", \"200ms\", \"500ms\", \"1s\"]\npoll_interval = \"100ms\"\n[[routes]]\nevents = [\"*\"]\nhandlers = [\"h\"]\n";
 
-/// A daemon for `emu` with `extra` config, its config file written with mode 0600.
-fn daemon(emu: &vod_emulator::Emulator, extra: &str) -> TestDaemon {
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("events.db");
-    let config_path = dir.path().join("config.toml");
-    let text = config_text(&db_path, &emu.endpoint(), "", &format!("{DISPATCH}{extra}"));
-    std::fs::write(&config_path, text).unwrap();
-    std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let log_path = dir.path().join("daemon.log");
-    let mut daemon = TestDaemon {
-        _dir: dir,
-        config_path,
-        db_path,
-        log_path,
-        child: None,
-        rust_log: "vod_eventd=info".into(),
-        env: Vec::new(),
-        pg_url: None,
-    };
-    daemon.spawn();
-    daemon
+/// A daemon for `emu` with `extra` config on `backend`.
+async fn daemon(emu: &vod_emulator::Emulator, extra: &str, backend: Backend) -> TestDaemon {
+    TestDaemon::start_full_on(&emu.endpoint(), &format!("{DISPATCH}{extra}"), "vod_eventd=info", &[], backend).await
 }
 
 fn done(daemon: &TestDaemon) -> i64 {
@@ -408,7 +390,7 @@ async fn every_event_once_byte_exact_with_its_id(kind: Kind) {
     emu.enqueue_generated(MANY);
     let scratch = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let daemon = daemon(&emu, &broker.section(scratch.path(), PASSWORD, "concurrency = 16"));
+    let daemon = daemon(&emu, &broker.section(scratch.path(), PASSWORD, "concurrency = 16"), Backend::Sqlite).await;
     let pid = daemon.child.as_ref().and_then(tokio::process::Child::id).unwrap();
     eventually(Duration::from_secs(240), &format!("{MANY} deliveries done"), || done(&daemon) == MANY as i64).await;
     let (elapsed, cpu) = (started.elapsed(), cpu_seconds(pid));
@@ -453,7 +435,7 @@ async fn a_broker_stopped_mid_stream_loses_nothing(kind: Kind) {
     // Paced so that the stop lands mid-stream; the breaker pauses the handler after 5
     // failures in a row and probes every second.
     let extra = "concurrency = 4\nrate = \"100/s\"\npause_after = 5\nprobe_interval = \"1s\"";
-    let daemon = daemon(&emu, &broker.section(scratch.path(), PASSWORD, extra));
+    let daemon = daemon(&emu, &broker.section(scratch.path(), PASSWORD, extra), Backend::Sqlite).await;
     eventually(Duration::from_secs(120), "the first deliveries done", || done(&daemon) >= 100).await;
     broker.stop().await;
     let at_stop = done(&daemon);
@@ -499,13 +481,7 @@ async fn sigkill_under_load_loses_nothing(kind: Kind, backend: Backend) {
     emu.enqueue_generated(N);
     let scratch = tempfile::tempdir().unwrap();
     let section = broker.section(scratch.path(), PASSWORD, "concurrency = 8\nrate = \"300/s\"");
-    let mut daemon = match backend {
-        Backend::Sqlite => daemon(&emu, &section),
-        Backend::Postgres => {
-            let extra = format!("{DISPATCH}{section}");
-            TestDaemon::start_full_on(&emu.endpoint(), &extra, "vod_eventd=info", &[], backend).await
-        }
-    };
+    let mut daemon = daemon(&emu, &section, backend).await;
     for k in 1..=KILLS {
         let target = (N * k / (KILLS + 2)) as i64;
         eventually(Duration::from_secs(120), &format!("{target} done before kill {k}"), || done(&daemon) >= target)
@@ -544,7 +520,7 @@ async fn wrong_credentials_name_the_handler_and_the_key(kind: Kind) {
     let emu = emulator(fast_emulator_config()).await;
     emu.enqueue_generated(3);
     let scratch = tempfile::tempdir().unwrap();
-    let daemon = daemon(&emu, &broker.section(scratch.path(), WRONG, ""));
+    let daemon = daemon(&emu, &broker.section(scratch.path(), WRONG, ""), Backend::Sqlite).await;
     let key = match kind {
         Kind::Amqp => "handlers.h.url",
         _ => "handlers.h.password_file",

@@ -235,7 +235,7 @@ pub async fn pg_node_full(
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("unused.db");
     let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, config_text(&db_path, endpoint, &format!("url = \"{url}\"\n"), extra)).unwrap();
+    write_private(&config_path, &config_text(&db_path, endpoint, &format!("url = \"{url}\"\n"), extra));
     let log_path = dir.path().join("daemon.log");
     let mut daemon = TestDaemon {
         _dir: dir,

@@ -169,7 +169,7 @@ impl TestDaemon {
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("events.db");
         let config_path = dir.path().join("config.toml");
-        std::fs::write(&config_path, config_text(&db_path, endpoint, "", extra)).unwrap();
+        write_private(&config_path, &config_text(&db_path, endpoint, "", extra));
         let log_path = dir.path().join("daemon.log");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let rust_log = rust_log.to_string();
@@ -287,6 +287,15 @@ impl TestDaemon {
 /// other section (but [account], which is set here: the account calls go to the same
 /// emulator, which serves API 3.0 at its root; set `VOD_EVENTD_ACCOUNT__CHECK_INTERVAL` to
 /// check more often).
+/// Writes a test daemon's config as an operator should (mode 0600): it holds the demo secret
+/// inline, which a file others can read is warned about.
+pub fn write_private(path: &std::path::Path, text: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
 pub fn config_text(db_path: &std::path::Path, endpoint: &str, store_extra: &str, extra: &str) -> String {
     let mut account = reqwest::Url::parse(endpoint).expect("an endpoint URL");
     account.set_path("/");
