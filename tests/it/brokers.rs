@@ -600,12 +600,10 @@ async fn bench_one(bin: &str, section: impl Fn(&vod_emulator::Emulator) -> Strin
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("events.db");
     let config_path = dir.path().join("config.toml");
-    std::fs::write(
+    write_private(
         &config_path,
-        config_text(&db, &emu.endpoint(), "", &format!("rate_limit_per_minute = 1000000\n{DISPATCH}{section}")),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        &config_text(&db, &emu.endpoint(), "", &format!("rate_limit_per_minute = 1000000\n{DISPATCH}{section}")),
+    );
     let started = Instant::now();
     let mut child = tokio::process::Command::from(command(bin))
         .args(["run", "--config"])

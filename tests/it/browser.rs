@@ -230,7 +230,6 @@ async fn hls_js_in_chromium_plays_a_stream_whose_key_the_key_server_serves() {
          path = \"{KEY_PATH}\"\ntoken_secrets = [\"{SECRET}\"]\nallow_origins = [\"{page_origin}\"]\n"
     );
     let daemon = TestDaemon::for_emulator(&emu, &config).await;
-    std::fs::set_permissions(&daemon.config_path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     eventually(Duration::from_secs(30), "the DRM handler stored the key", || {
         daemon.delivery_states().get("done") == Some(&1)
     })

@@ -15,7 +15,7 @@ use vod_eventd::event::ReceivedEvent;
 use vod_eventd::keyserver::token::{mint, Scope};
 use vod_eventd::store::Store;
 
-use crate::support::{cli, config_text, emulator, fast_emulator_config, free_port, Backend};
+use crate::support::{cli, config_text, emulator, fast_emulator_config, free_port, write_private, Backend};
 
 const SECRET: &str = "keyfetch-token-secret-0123456789abcdefgh";
 const FILE: &str = "5285890781763144364";
@@ -88,9 +88,7 @@ async fn start(
         "{vod}[keyserver]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\npath = \"/vod/key\"\ntoken_secrets = [\"{SECRET}\"]\nrate_per_client = 0\n{extra}{sections}"
     );
     let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, config_text(&dir.path().join("events.db"), endpoint, &store_extra, &keyserver))
-        .unwrap();
-    std::fs::set_permissions(&config_path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    write_private(&config_path, &config_text(&dir.path().join("events.db"), endpoint, &store_extra, &keyserver));
     let log_path = dir.path().join("keyserver.log");
     let child = Command::from(cli())
         .args(["keyserver", "--config"])

@@ -137,9 +137,8 @@ fn config_check_warns_about_a_listener_off_loopback() {
             "[vod]\nsecret_id = \"AKID1\"\nsecret_key = \"k\"\n[metrics]\nlisten = \"{listen}\"\n[store]\npath = \"{}\"\n",
             dir.path().join("e.db").display()
         );
-        std::fs::write(&path, text).unwrap();
         // Readable by its owner only: no warning about the inline secret.
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        crate::support::write_private(&path, &text);
         let out = crate::support::cli().args(["config", "check", "--config"]).arg(&path).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()

@@ -283,11 +283,7 @@ impl TestDaemon {
     }
 }
 
-/// A daemon config: `extra` goes after the [vod] keys, so it may add to [vod] or open any
-/// other section (but [account], which is set here: the account calls go to the same
-/// emulator, which serves API 3.0 at its root; set `VOD_EVENTD_ACCOUNT__CHECK_INTERVAL` to
-/// check more often).
-/// Writes a test daemon's config as an operator should (mode 0600): it holds the demo secret
+/// Writes a config file as an operator should (mode 0600): it holds the demo secret
 /// inline, which a file others can read is warned about.
 pub fn write_private(path: &std::path::Path, text: &str) {
     use std::io::Write as _;
@@ -296,6 +292,10 @@ pub fn write_private(path: &std::path::Path, text: &str) {
     file.write_all(text.as_bytes()).unwrap();
 }
 
+/// A daemon config: `extra` goes after the [vod] keys, so it may add to [vod] or open any
+/// other section (but [account], which is set here: the account calls go to the same
+/// emulator, which serves API 3.0 at its root; set `VOD_EVENTD_ACCOUNT__CHECK_INTERVAL` to
+/// check more often).
 pub fn config_text(db_path: &std::path::Path, endpoint: &str, store_extra: &str, extra: &str) -> String {
     let mut account = reqwest::Url::parse(endpoint).expect("an endpoint URL");
     account.set_path("/");
