@@ -7,8 +7,13 @@ use rand::Rng;
 
 /// The delay before retry number `attempt` (0 = first retry).
 pub fn delay(attempt: u32, min: Duration, max: Duration, rng: &mut impl Rng) -> Duration {
-    let base = min.saturating_mul(2u32.saturating_pow(attempt.min(30))).min(max);
-    jitter(base, rng)
+    jitter(exponential(attempt, min, max), rng)
+}
+
+/// [`delay`] without the jitter: `min` doubled `attempt` times, at most `max` (a process
+/// waiting for its own server at start, where nothing else retries in step with it).
+pub fn exponential(attempt: u32, min: Duration, max: Duration) -> Duration {
+    min.saturating_mul(2u32.saturating_pow(attempt.min(30))).min(max)
 }
 
 /// `d` ±20 %.

@@ -92,9 +92,8 @@ pub struct Lane {
     pub pause_after: u32,
     /// While paused by its breaker, one probe this often.
     pub probe_interval: Duration,
-    /// Attempts started at most, per period.
-    pub rate: Option<Rate>,
-    /// Spaces the attempts' starts by `rate` (kept across a reload that keeps the rate).
+    /// With a `rate`: spaces the attempts' starts by it (kept across a reload that keeps
+    /// the rate).
     pub pacer: Option<Arc<Pacer>>,
     /// Deliveries claimed beyond the free permits, to start as permits free up (see
     /// [`Lane::claims_ahead`]).
@@ -104,6 +103,11 @@ pub struct Lane {
 }
 
 impl Lane {
+    /// Attempts started at most, per period.
+    pub fn rate(&self) -> Option<Rate> {
+        self.pacer.as_ref().map(|pacer| pacer.rate)
+    }
+
     /// How many deliveries a lane claims beyond its free permits: one round (its
     /// concurrency) for a plain lane, so that its attempts run back to back while each
     /// transaction settles and claims a round's worth; none with a `rate` (a claim asks only
@@ -170,18 +174,8 @@ impl Routing {
                     Some(pacer) if pacer.rate == rate => pacer,
                     _ => Arc::new(Pacer::new(rate, config.dispatch.batch_window)),
                 });
-                let lane = Lane {
-                    handler,
-                    permits,
-                    concurrency,
-                    lease,
-                    pause_after,
-                    probe_interval,
-                    rate,
-                    pacer,
-                    ahead,
-                    waiting,
-                };
+                let lane =
+                    Lane { handler, permits, concurrency, lease, pause_after, probe_interval, pacer, ahead, waiting };
                 (name, lane)
             })
             .collect();
@@ -582,13 +576,13 @@ impl Dispatcher {
             let routing = routing.clone();
             Arc::new(move |event| routing.router.route(event))
         };
-        control.buckets.retain(|name, bucket| routing.lanes.get(name).and_then(|l| l.rate) == Some(bucket.rate));
+        control.buckets.retain(|name, bucket| routing.lanes.get(name).and_then(Lane::rate) == Some(bucket.rate));
         let lanes: Vec<(&String, &Lane, usize, usize)> = routing
             .lanes
             .iter()
             .map(|(name, lane)| {
                 let free = lane.permits.available_permits();
-                let allowed = match lane.rate {
+                let allowed = match lane.rate() {
                     Some(rate) => control
                         .buckets
                         .entry(name.clone())

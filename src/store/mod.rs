@@ -247,13 +247,13 @@ impl Store {
     /// at most [`STARTUP_WAIT`]: it used to end the daemon with an error saying it retries.
     pub async fn check_keyring(&self) -> Result<(), StoreError> {
         let deadline = std::time::Instant::now() + STARTUP_WAIT;
-        let mut delay = Duration::from_millis(200);
+        let mut attempt = 0;
         loop {
             match self.check_keyring_once().await {
                 Err(StoreError::PostgresDown(detail)) if std::time::Instant::now() < deadline => {
                     tracing::warn!(error = %detail, "PostgreSQL went away just after vod-eventd connected; trying again.");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(postgres::reconnect_delay(attempt)).await;
+                    attempt += 1;
                 }
                 other => return other,
             }

@@ -6,8 +6,6 @@
 //! again) after a lost connection. A notice names the process that sent it: a daemon's
 //! own writes already wake its own loops, so it skips them.
 
-use std::time::Duration;
-
 use tokio::sync::watch;
 use tokio_postgres::AsyncMessage;
 use tracing::debug;
@@ -58,18 +56,18 @@ pub(super) async fn listen(
     instance: String,
     notices: watch::Sender<Notice>,
 ) {
-    let mut delay = Duration::from_millis(200);
+    let mut failures = 0;
     loop {
         match session(&config, &tls, &instance, &notices).await {
-            Ok(()) => delay = Duration::from_millis(200),
+            Ok(()) => failures = 0,
             Err(e) => debug!(error = %e, "Cannot listen for other hosts' notices; polling meanwhile."),
         }
         notices.send_if_modified(|n| std::mem::replace(&mut n.live, false));
         tokio::select! {
             _ = notices.closed() => return,
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(super::reconnect_delay(failures)) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
+        failures += 1;
     }
 }
 

@@ -43,6 +43,13 @@ const MIGRATIONS: &[&str] =
 /// The advisory lock (transaction-level) every migration step takes.
 const MIGRATION_LOCK: i64 = 0x766f_645f_6d69_6772; // "vod_migr"
 
+/// The pause before reconnecting to PostgreSQL after `attempt` failed tries in a row:
+/// 200 ms doubling to 5 s (connecting at start, the first query after it, the listening
+/// session).
+pub(crate) fn reconnect_delay(attempt: u32) -> Duration {
+    crate::backoff::exponential(attempt, Duration::from_millis(200), Duration::from_secs(5))
+}
+
 /// How long a starting daemon waits for its node name to be released before refusing.
 const NODE_NAME_WAIT: Duration = Duration::from_secs(15);
 /// How often it asks meanwhile.
@@ -222,7 +229,7 @@ impl PgStore {
             notices: std::sync::OnceLock::new(),
             runtime: None,
         };
-        let mut delay = Duration::from_millis(200);
+        let mut down = 0;
         let mut waited = false;
         // Set when the name is first found taken (after any wait for the server itself).
         let mut name_deadline: Option<tokio::time::Instant> = None;
@@ -260,8 +267,8 @@ impl PgStore {
                         warn!(store = %store.shown, error = %detail, "Cannot reach PostgreSQL (store.url); waiting for it before pulling. Events stay at Tencent meanwhile.");
                         waited = true;
                     }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(reconnect_delay(down)).await;
+                    down += 1;
                 }
                 Err(StoreError::Postgres(detail)) => {
                     return Err(StoreError::Postgres(format!("{}: {detail}", store.shown)))
