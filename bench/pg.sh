@@ -10,6 +10,12 @@
 # handler's concurrency (16 per daemon), not by the PullEvents ceiling, which is where a second
 # host adds throughput.
 #
+# With FLOOR=1 (PostgreSQL only) it then replays the same number of events' writes as plain
+# SQL through pgbench, reduced to the rows the store must keep (bench/pg-floor/*.sql: three
+# commits per pull as the daemon makes them, and two with each delivery claimed as it is
+# created), on the same cluster with the contents the daemon stored, and prints the server's
+# CPU per 1,000 events for each: the floor the daemon's own figure is measured against.
+#
 # With PG_STATEMENTS=1 it also prints each statement's calls (pg_stat_statements) and the
 # transactions committed, to count statements per ingest group.
 #
@@ -73,4 +79,17 @@ for p in "${PIDS[@]}"; do kill -TERM "$p"; done; wait "${PIDS[@]}" 2>/dev/null |
 if [ "$D" != 0 ] && [ "${PG_STATEMENTS:-0}" = 1 ]; then
   pg_statements
   psql -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d bench -c "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'"
+  psql -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d bench -c "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE n_tup_upd > 0 ORDER BY relname"
+fi
+if [ "$D" != 0 ] && [ "${FLOOR:-0}" = 1 ]; then
+  psql -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d bench \
+    -c "CREATE TABLE floor_src AS SELECT row_number() OVER (ORDER BY id) AS n, event_type, file_id, content FROM events WHERE source = 'default'" -c "CREATE INDEX ON floor_src (n)"
+  for script in three two; do
+    # Each from empty tables, as the daemon started.
+    psql -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d bench -c "TRUNCATE events, event_files, deliveries, attempts" -c "CHECKPOINT"
+    PG0=$(pg_cpu)
+    "$PGBIN/pgbench" -n -M simple -h 127.0.0.1 -p "$PGPORT" -U postgres -D n="$N" -t $(( N / 16 )) -f "bench/pg-floor/$script.sql" bench >"$W/floor-$script.log" 2>&1 \
+      || { cat "$W/floor-$script.log" >&2; exit 1; }
+    echo "floor=$script events=$(( N / 16 * 16 )) postgres_cpu_s_per_1000=$(echo "scale=3; ($(pg_cpu) - $PG0)*1000/$(( N / 16 * 16 ))" | bc) $(grep -o 'tps = [0-9.]*' "$W/floor-$script.log" | head -1)"
+  done
 fi
