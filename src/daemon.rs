@@ -32,6 +32,7 @@ use crate::api::{Client, ClientSettings, Clients, LimiterPool, V3Client};
 use crate::config::{self, Config, Source, SourcesSetting};
 use crate::confirmer;
 use crate::dispatch::{Dispatcher, Routing};
+use crate::handoff::Handoff;
 use crate::ingest::Ingest;
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
@@ -89,10 +90,13 @@ impl Daemon {
         let stop = CancellationToken::new();
         let mut tasks: Vec<(&str, JoinHandle<()>)> = Vec::new();
         let wake = Arc::new(Notify::new());
+        let (handoff, first_attempts) = Handoff::new(wake.clone());
         let dispatcher = Dispatcher {
             store: store.clone(),
             routing: routing.clone(),
             wake: wake.clone(),
+            handoff: handoff.clone(),
+            first_attempts,
             stats: self.metrics.clone(),
         };
         tasks.push(("dispatcher", tokio::spawn(dispatcher.run(stop.clone(), config.shutdown.drain_timeout))));
@@ -140,7 +144,8 @@ impl Daemon {
 
         // Ends once the sources (its only senders) are gone, after their last commits and
         // confirmations; `shutdown` only cuts short its retries while the store refuses writes.
-        let (ingest, ingesting) = Ingest::start(store.clone(), self.metrics.clone(), &config.pull, shutdown.clone());
+        let (ingest, ingesting) =
+            Ingest::start(store.clone(), self.metrics.clone(), &config.pull, handoff, shutdown.clone());
         let (contact_tx, mut contact_rx) = mpsc::channel(CONTACT_CAPACITY);
         let mut sources = Sources {
             running: BTreeMap::new(),
@@ -150,7 +155,6 @@ impl Daemon {
             ingest,
             metrics: self.metrics.clone(),
             routing,
-            wake,
             contact: contact_tx,
             config_path: self.config_path.display().to_string(),
             shutdown: shutdown.clone(),
@@ -336,7 +340,6 @@ struct Sources {
     ingest: Ingest,
     metrics: Arc<Metrics>,
     routing: watch::Receiver<Arc<Routing>>,
-    wake: Arc<Notify>,
     contact: mpsc::Sender<Contact>,
     config_path: String,
     shutdown: CancellationToken,
@@ -411,7 +414,6 @@ impl Sources {
             tx,
             self.metrics.clone(),
             self.routing.clone(),
-            self.wake.clone(),
             credentials,
         )
         .for_source(&name, self.contact.clone());

@@ -63,6 +63,7 @@ use crate::alerts::{Alert, AlertKind};
 use crate::api::Clients;
 use crate::config::Config;
 use crate::handler::{AnyHandler, Delivery, Rate};
+use crate::handoff::{FirstAttempt, Handoff, Offer};
 use crate::health::StoreWriter;
 use crate::metrics::Metrics;
 use crate::outage::Outage;
@@ -195,8 +196,13 @@ pub struct Dispatcher {
     pub store: Store,
     /// Routes, handlers and policy; replaced on reload.
     pub routing: watch::Receiver<Arc<Routing>>,
-    /// Poked by the puller when new deliveries are stored.
+    /// Poked when new deliveries are left pending (by the ingest writer), or raised.
     pub wake: Arc<Notify>,
+    /// Where this dispatcher offers handlers to claim new deliveries for as they are
+    /// stored ([`crate::handoff`]).
+    pub handoff: Arc<Handoff>,
+    /// The deliveries the ingest writer claimed for it.
+    pub first_attempts: mpsc::Receiver<Vec<FirstAttempt>>,
     /// Counters.
     pub stats: Arc<Metrics>,
 }
@@ -344,6 +350,11 @@ impl Breakers {
                 reason,
             }
         })
+    }
+
+    /// Whether `handler` failed its last attempt, is paused, or has a change to write.
+    fn unsettled(&self, handler: &str) -> bool {
+        self.failures.contains_key(handler) || self.paused.contains_key(handler) || self.next.contains_key(handler)
     }
 
     /// The step wrote its changes and read the pauses.
@@ -513,6 +524,22 @@ impl Dispatcher {
                     }
                     heard = Some(notice);
                 }
+                Some(firsts) = self.first_attempts.recv() => {
+                    for first in firsts {
+                        sweeps.claimed(first.lease);
+                        // A handler removed by a reload meanwhile: its row stays running
+                        // until its lease passes, then waits as an orphan.
+                        let Some(lane) = routing.lanes.get(&first.handler) else { continue };
+                        tasks.spawn(self.attempt(
+                            first.handler,
+                            lane,
+                            routing.policy.clone(),
+                            first.delivery,
+                            Start::Now(first.permit),
+                            (records.clone(), shutdown.clone()),
+                        ));
+                    }
+                }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => work = true,
                 Some(done) = finished.recv(), if outcomes.len() < RECORD_BATCH => {
                     let pause_after = routing.lanes.get(&done.handler).map_or(0, |lane| lane.pause_after);
@@ -536,7 +563,9 @@ impl Dispatcher {
                 };
                 step_at = step_at.min(gathered);
             }
+            self.handoff.offer(offers(&routing, &control, &backlog, outage.ongoing()));
         }
+        self.handoff.offer(Vec::new());
         self.drain(tasks, drain_timeout).await;
         // Every attempt task has ended: write what they left.
         drop(records);
@@ -748,6 +777,28 @@ impl Dispatcher {
     }
 }
 
+/// The handlers whose new deliveries the ingest writer may claim as it stores them: those
+/// a claim would start at once and in order. Not with a rate (the limiter decides each
+/// step), a failure in a row or a pause (the breaker and pauses are the steps' to apply),
+/// older deliveries possibly due (`backlog`), or claimed deliveries waiting for a permit;
+/// none while the store refuses this dispatcher's writes.
+fn offers(routing: &Routing, control: &Control, backlog: &BTreeSet<String>, outage: bool) -> Vec<Offer> {
+    if outage {
+        return Vec::new();
+    }
+    routing
+        .lanes
+        .iter()
+        .filter(|(name, lane)| {
+            lane.rate().is_none()
+                && lane.waiting.load(Ordering::Relaxed) == 0
+                && !backlog.contains(*name)
+                && !control.breakers.unsettled(name)
+        })
+        .map(|(name, lane)| Offer { handler: name.clone(), permits: lane.permits.clone(), lease: lane.lease })
+        .collect()
+}
+
 /// Turns an attempt's result into its record and the delivery's next state.
 fn settle(
     policy: &RetryPolicy,
@@ -913,8 +964,15 @@ mod tests {
         let stats = Arc::new(Metrics::default());
         let (_routing_tx, routing_rx) = watch::channel(Arc::new(routing));
         let wake = Arc::new(Notify::new());
-        let dispatcher =
-            Dispatcher { store: store.clone(), routing: routing_rx, wake: wake.clone(), stats: stats.clone() };
+        let (handoff, first_attempts) = Handoff::new(wake.clone());
+        let dispatcher = Dispatcher {
+            store: store.clone(),
+            routing: routing_rx,
+            wake: wake.clone(),
+            handoff,
+            first_attempts,
+            stats: stats.clone(),
+        };
         let shutdown = CancellationToken::new();
         let run = tokio::spawn(dispatcher.run(shutdown.clone(), Duration::from_secs(5)));
         let states = || -> Vec<String> { store.deliveries().unwrap().into_iter().map(|d| d.state).collect() };

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::PullConfig;
+use crate::handoff::Handoff;
 use crate::health::StoreWriter;
 use crate::metrics::Metrics;
 use crate::outage::Outage;
@@ -57,6 +58,7 @@ impl Ingest {
         store: Store,
         metrics: Arc<Metrics>,
         pull: &PullConfig,
+        handoff: Arc<Handoff>,
         shutdown: CancellationToken,
     ) -> (Ingest, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(CAPACITY);
@@ -66,7 +68,7 @@ impl Ingest {
             metrics,
         )
         .with_delays(pull.backoff_min, pull.backoff_max);
-        (Ingest { tx }, tokio::spawn(run(store, outage, rx, shutdown)))
+        (Ingest { tx }, tokio::spawn(run(store, outage, rx, handoff, shutdown)))
     }
 
     /// Hands a batch over; the answer comes once it is committed. None if the writer has
@@ -85,7 +87,13 @@ impl Ingest {
     }
 }
 
-async fn run(store: Store, mut outage: Outage, mut rx: mpsc::Receiver<Msg>, shutdown: CancellationToken) {
+async fn run(
+    store: Store,
+    mut outage: Outage,
+    mut rx: mpsc::Receiver<Msg>,
+    handoff: Arc<Handoff>,
+    shutdown: CancellationToken,
+) {
     let mut confirmed: Vec<(i64, i64)> = Vec::new();
     loop {
         let first = match confirmed.is_empty() {
@@ -117,7 +125,7 @@ async fn run(store: Store, mut outage: Outage, mut rx: mpsc::Receiver<Msg>, shut
         if jobs.is_empty() {
             continue;
         }
-        if !commit(&store, jobs, &mut confirmed, &mut outage, &shutdown).await {
+        if !commit(&store, jobs, &mut confirmed, (&mut outage, &handoff), &shutdown).await {
             // Shutdown during an outage: what is still queued cannot be stored either.
             rx.close();
             while rx.recv().await.is_some() {}
@@ -127,28 +135,38 @@ async fn run(store: Store, mut outage: Outage, mut rx: mpsc::Receiver<Msg>, shut
     record_confirmed(&store, &mut confirmed).await;
 }
 
-/// Stores `jobs` in one transaction with `confirmed`, retrying until the store accepts it;
-/// false if shutdown came first (the jobs are dropped, unanswered).
+/// Stores `jobs` in one transaction with `confirmed`, claiming what the dispatcher offers,
+/// retrying until the store accepts it; false if shutdown came first (the jobs are
+/// dropped, unanswered).
 async fn commit(
     store: &Store,
     jobs: Vec<(Batch, oneshot::Sender<Stored>)>,
     confirmed: &mut Vec<(i64, i64)>,
-    outage: &mut Outage,
+    (outage, handoff): (&mut Outage, &Handoff),
     shutdown: &CancellationToken,
 ) -> bool {
     let batches: Vec<Batch> = jobs.iter().map(|(batch, _)| batch.clone()).collect();
+    let events = batches.iter().map(|b| b.events.len()).sum();
     loop {
-        match store.ingest(batches.clone(), confirmed.clone()).await {
+        let taken = handoff.take(events);
+        match store.ingest_claiming(batches.clone(), confirmed.clone(), taken.wants.clone()).await {
             Ok(stored) => {
                 outage.succeeded();
                 confirmed.clear();
-                for ((_, reply), rows) in jobs.into_iter().zip(stored) {
+                let created: usize =
+                    stored.rows.iter().flatten().filter(|(row, _)| row.new).map(|(_, r)| r.handlers.len()).sum();
+                if created > stored.claimed.len() {
+                    handoff.wake.notify_one();
+                }
+                handoff.hand_over(taken, stored.claimed).await;
+                for ((_, reply), rows) in jobs.into_iter().zip(stored.rows) {
                     // A puller that stopped waiting has nothing to confirm; the rows stay.
                     let _ = reply.send(rows);
                 }
                 return true;
             }
             Err(e) => {
+                drop(taken);
                 let delay = outage.failed(&e);
                 tokio::select! {
                     _ = shutdown.cancelled() => return false,
@@ -217,7 +235,8 @@ mod tests {
             ..PullConfig::default()
         };
         let shutdown = CancellationToken::new();
-        let (ingest, writer) = Ingest::start(store.clone(), metrics.clone(), &pull, shutdown.clone());
+        let (handoff, _dispatcher) = Handoff::new(Arc::default());
+        let (ingest, writer) = Ingest::start(store.clone(), metrics.clone(), &pull, handoff, shutdown.clone());
 
         let blocker = rusqlite::Connection::open(&path).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();

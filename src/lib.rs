@@ -58,6 +58,7 @@ pub mod event;
 pub mod event_types;
 pub mod filter;
 pub mod handler;
+pub mod handoff;
 pub mod health;
 pub mod http;
 pub mod ingest;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rand::SeedableRng as _;
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
@@ -91,8 +91,6 @@ pub struct Puller {
     pub config_path: String,
     /// Which handlers each event goes to (replaced on reload).
     pub routing: watch::Receiver<Arc<Routing>>,
-    /// Poked when new deliveries are stored.
-    pub dispatch_wake: Arc<Notify>,
     /// The credentials' fingerprint, remembered in the store once a pull succeeds with them.
     pub credentials: String,
 }
@@ -109,7 +107,6 @@ impl Puller {
         confirm_tx: mpsc::Sender<PendingHandle>,
         stats: Arc<Metrics>,
         routing: watch::Receiver<Arc<Routing>>,
-        dispatch_wake: Arc<Notify>,
         credentials: String,
     ) -> Self {
         let pull = config.pull.clone();
@@ -128,7 +125,6 @@ impl Puller {
             config: pull,
             config_path,
             routing,
-            dispatch_wake,
             credentials,
         }
     }
@@ -271,37 +267,31 @@ impl Puller {
             _ = shutdown.cancelled() => return None,
             answer = self.ingest.store(Batch { events: events.clone(), route }) => answer?,
         };
-        let (stats, wake, confirm_tx) = (self.stats.clone(), self.dispatch_wake.clone(), self.confirm_tx.clone());
+        let (stats, confirm_tx) = (self.stats.clone(), self.confirm_tx.clone());
         Some(async move {
             // Closed: dropped unstored at shutdown.
             let Ok(stored) = answer.await else { return };
-            forward(stored, &items, &events, received_at, &stats, &wake, &confirm_tx).await;
+            forward(stored, &items, &events, received_at, &stats, &confirm_tx).await;
             drop(permit);
         })
     }
 }
 
-/// Counts a committed batch, wakes the dispatcher if it routed anything, and queues the
-/// batch's handles for confirmation.
+/// Counts a committed batch and queues its handles for confirmation (the ingest writer has
+/// woken the dispatcher, or handed it the new deliveries).
 async fn forward(
     stored: crate::ingest::Stored,
     items: &[PulledItem],
     events: &[ReceivedEvent],
     received_at: Instant,
     stats: &Metrics,
-    wake: &Notify,
     confirm_tx: &mpsc::Sender<PendingHandle>,
 ) {
-    let mut routed_any = false;
     for (event, (row, routed)) in events.iter().zip(stored.iter()) {
         stats.event(&event.event_type, row.new);
-        routed_any |= !routed.handlers.is_empty();
         for route in &routed.filter_errors {
             stats.route_filter_error(route.clone());
         }
-    }
-    if routed_any {
-        wake.notify_one();
     }
     for ((item, event), (row, _)) in items.iter().zip(events).zip(&stored) {
         debug!(id = row.id, new = row.new, event_type = %event.event_type, "Event stored.");

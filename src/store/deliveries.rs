@@ -1,5 +1,6 @@
 //! The `deliveries` and `attempts` tables: the durable outbox the dispatcher works from.
-//! A delivery is claimed (`pending` → `running`) before its attempt and settled
+//! A delivery is claimed (`pending` → `running`, or created `running` by the transaction
+//! that stores its event, [`crate::store::History::ingest_claiming`]) before its attempt and settled
 //! (`done`, `dead`, or `pending` again with a later `next_attempt_at`) in the same
 //! transaction that records the attempt. A claim carries a lease: a `running` row whose
 //! lease passed without an outcome is returned to `pending` by [`crate::store::Outbox::sweep_expired_leases`],
@@ -152,6 +153,62 @@ impl Want {
     /// A want with no breaker.
     pub fn new(handler: String, limit: usize, lease: std::time::Duration) -> Want {
         Want { handler, limit, lease, probe_interval: std::time::Duration::ZERO, breaker: None }
+    }
+}
+
+/// New deliveries claimed in the transaction that creates them
+/// ([`crate::store::History::ingest_claiming`]): how many each want may still take, and
+/// what was taken. Shared by the backends' inserts.
+pub(crate) struct FirstClaims<'a> {
+    wants: &'a [Want],
+    left: Vec<usize>,
+    /// The claimed deliveries, each with the index of its want.
+    pub claimed: Vec<(usize, Delivery)>,
+}
+
+impl<'a> FirstClaims<'a> {
+    /// Up to each want's limit; none for a handler `paused` says is paused.
+    pub fn new(wants: &'a [Want], paused: impl Fn(&str) -> bool) -> FirstClaims<'a> {
+        let left = wants.iter().map(|w| if paused(&w.handler) { 0 } else { w.limit }).collect();
+        FirstClaims { wants, left, claimed: Vec::new() }
+    }
+
+    /// Nothing to claim.
+    pub fn none() -> FirstClaims<'static> {
+        FirstClaims { wants: &[], left: Vec::new(), claimed: Vec::new() }
+    }
+
+    /// The want that claims a new delivery of `handler`, with its lease, if one may still
+    /// (counted as taken).
+    pub fn take(&mut self, handler: &str) -> Option<(usize, std::time::Duration)> {
+        let i = self.wants.iter().position(|w| w.handler == handler)?;
+        self.left[i] = self.left[i].checked_sub(1)?;
+        Some((i, self.wants[i].lease))
+    }
+}
+
+/// The first attempt of a delivery claimed as it is created: built from the pulled event,
+/// as a claim would read it back.
+pub(crate) fn first_attempt(
+    e: &crate::event::ReceivedEvent,
+    (delivery_id, event_id): (i64, i64),
+    webhook_id: String,
+    created_at: i64,
+    claim_token: i64,
+) -> Delivery {
+    Delivery {
+        delivery_id,
+        event_id,
+        webhook_id,
+        attempt: 1,
+        created_at,
+        event_type: e.event_type.clone(),
+        file_id: e.file_id.clone(),
+        task_id: e.task_id.clone(),
+        body: e.content.clone(),
+        source: e.source.clone(),
+        sub_app_id: e.sub_app_id,
+        claim_token,
     }
 }
 

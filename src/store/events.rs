@@ -7,9 +7,10 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::event::ReceivedEvent;
+use crate::handler::Delivery;
 use crate::route::Routed;
 
-use super::StoreError;
+use super::{StoreError, Want};
 
 /// What happened to one event of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,15 @@ pub struct Batch {
     pub route: Arc<RouteFn>,
 }
 
+/// What [`History::ingest_claiming`] stored and claimed.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// Each batch's rows and routing, as [`History::ingest`] returns them.
+    pub rows: Vec<Vec<(Inserted, Routed)>>,
+    /// The new deliveries claimed in the same transaction, each with the index of its want.
+    pub claimed: Vec<(usize, Delivery)>,
+}
+
 /// The events operations every backend implements.
 #[async_trait]
 pub trait History: Send + Sync {
@@ -102,7 +112,23 @@ pub trait History: Send + Sync {
         &self,
         batches: Vec<Batch>,
         confirmed: Vec<(i64, i64)>,
-    ) -> Result<Vec<Vec<(Inserted, Routed)>>, StoreError>;
+    ) -> Result<Vec<Vec<(Inserted, Routed)>>, StoreError> {
+        Ok(self.ingest_claiming(batches, confirmed, Vec::new()).await?.rows)
+    }
+
+    /// [`History::ingest`], claiming new deliveries in the same transaction, so that the
+    /// host that stores an event attempts it first, with no claim of its own: for each of
+    /// `wants` (handler, limit, lease), up to `limit` of the deliveries the group creates for
+    /// its handler, in pull order, `running` and leased as a claim leaves them (attempt 1);
+    /// none for a handler paused (by an operator or its breaker) when the transaction reads
+    /// it, whose deliveries stay pending. Each claimed delivery is built from the pulled
+    /// event, not read back.
+    async fn ingest_claiming(
+        &self,
+        batches: Vec<Batch>,
+        confirmed: Vec<(i64, i64)>,
+        wants: Vec<Want>,
+    ) -> Result<Ingested, StoreError>;
 
     /// Indexes the files of up to `batch` events stored before `event_files` existed; 0
     /// when none are left.

@@ -83,6 +83,7 @@ both_stores!(
     a_redelivery_folds_into_its_row_and_content_seen_after_a_confirm_is_a_new_occurrence,
     a_group_ingest_records_confirmations_first_and_routes_only_new_events,
     duplicates_in_a_group_fold_into_the_first_which_alone_is_routed_in_pull_order,
+    new_deliveries_are_claimed_as_they_are_stored_up_to_each_want_and_never_for_a_paused_handler,
     an_event_is_found_by_every_file_it_names_and_lists_filter,
     a_claim_is_leased_and_a_late_outcome_never_settles_a_newer_claim,
     outcomes_settle_retry_and_dead_and_operators_revive_and_replay_with_the_same_id,
@@ -217,6 +218,52 @@ async fn duplicates_in_a_group_fold_into_the_first_which_alone_is_routed_in_pull
     assert_eq!(store.get_event(id_a).unwrap().unwrap().confirmed_at, Some(1), "an id listed twice keeps its first");
     assert_eq!(calls.lock().unwrap().len(), 4);
     assert_eq!(store.count_events().unwrap(), 5);
+}
+
+async fn new_deliveries_are_claimed_as_they_are_stored_up_to_each_want_and_never_for_a_paused_handler(
+    backend: Backend,
+) {
+    let (store, _guard) = open(backend).await;
+    store.pause_handler("paused", None).unwrap();
+    let events: Vec<ReceivedEvent> = (0..3).map(upload).collect();
+    let batches = vec![Batch { events: events.clone().into(), route: route_to(&["a", "b", "paused"]) }];
+    let lease = Duration::from_secs(60);
+    let wants = vec![Want::new("a".into(), 2, lease), Want::new("paused".into(), 3, lease)];
+    let out = store.ingest_claiming(batches, Vec::new(), wants).await.unwrap();
+    let ids: Vec<i64> = out.rows[0].iter().map(|(row, _)| row.id).collect();
+    let mut claimed: Vec<(usize, i64, u32, String, String)> = out
+        .claimed
+        .iter()
+        .map(|(want, d)| (*want, d.event_id, d.attempt, d.webhook_id.clone(), d.body.clone()))
+        .collect();
+    claimed.sort();
+    let first = |n: usize| (0, ids[n], 1, webhook_id(&events[n].dedupe_key, 1, "a"), events[n].content.clone());
+    let mut expected = vec![first(0), first(1)];
+    expected.sort(); // On PostgreSQL a group's ids follow its keys.
+    assert_eq!(claimed, expected, "handler a's first two in pull order, nothing for b or the paused one");
+    let state = |event_id: i64, handler: &str| {
+        let d =
+            store.deliveries().unwrap().into_iter().find(|d| d.event_id == event_id && d.handler == handler).unwrap();
+        (d.state, d.attempts)
+    };
+    assert_eq!(state(ids[0], "a"), ("running".into(), 1));
+    assert_eq!(state(ids[1], "a"), ("running".into(), 1));
+    for (event_id, handler) in [(ids[2], "a"), (ids[0], "b"), (ids[0], "paused"), (ids[2], "paused")] {
+        assert_eq!(state(event_id, handler), ("pending".into(), 0), "{handler} of event {event_id}");
+    }
+
+    // The outbox's claim takes only what was left pending; an outcome settles a delivery
+    // claimed as it was stored like any other.
+    let now = vod_eventd::store::now_ms();
+    let more = store.settle_and_claim(Arc::from([]), vec![Want::new("a".into(), 10, lease)], now).await.unwrap();
+    let more: Vec<i64> = more.deliveries.iter().map(|(_, d)| d.event_id).collect();
+    assert_eq!(more, [ids[2]]);
+    let done = Arc::from([outcome(&out.claimed[0].1, Next::Done)]);
+    store.settle_and_claim(done, Vec::new(), now).await.unwrap();
+    assert_eq!(state(out.claimed[0].1.event_id, "a"), ("done".into(), 1));
+    // A claim left by a process that stopped before its attempt goes back to pending.
+    assert_eq!(store.requeue_running().await.unwrap(), 2, "the other first claim and the outbox's");
+    assert_eq!(state(out.claimed[1].1.event_id, "a"), ("pending".into(), 0));
 }
 
 async fn an_event_is_found_by_every_file_it_names_and_lists_filter(backend: Backend) {

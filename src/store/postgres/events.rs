@@ -3,7 +3,7 @@
 use super::PgStore;
 use crate::event::ReceivedEvent;
 use crate::route::Routed;
-use crate::store::{Batch, EventFilter, EventRow, History, Inserted, StoreError};
+use crate::store::{Batch, EventFilter, EventRow, History, Ingested, Inserted, StoreError, Want};
 
 #[async_trait::async_trait]
 impl History for PgStore {
@@ -13,12 +13,13 @@ impl History for PgStore {
         Ok(self.insert_batch(&events, &mut route).await?.into_iter().map(|(row, _)| row).collect())
     }
 
-    async fn ingest(
+    async fn ingest_claiming(
         &self,
         batches: Vec<Batch>,
         confirmed: Vec<(i64, i64)>,
-    ) -> Result<Vec<Vec<(Inserted, Routed)>>, StoreError> {
-        self.ingest(&batches, &confirmed).await
+        wants: Vec<Want>,
+    ) -> Result<Ingested, StoreError> {
+        self.ingest(&batches, &confirmed, &wants).await
     }
 
     async fn backfill_files(&self, _batch: u32) -> Result<usize, StoreError> {

@@ -23,8 +23,8 @@ use crate::event::ReceivedEvent;
 use crate::names::ALERT_SOURCE;
 use crate::route::Routed;
 use crate::store::alerts::{dead_delivery_alerts, DeadDelivery};
-use crate::store::deliveries::webhook_id;
-use crate::store::{Batch, Inserted, RouteFn, StoreError};
+use crate::store::deliveries::{first_attempt, webhook_id, FirstClaims};
+use crate::store::{Batch, Ingested, Inserted, RouteFn, StoreError, Want};
 
 /// Stores `events` in `tx`, routing each new one with `route` (see the module doc), in
 /// five statements at most, whatever the batch's size:
@@ -44,12 +44,15 @@ use crate::store::{Batch, Inserted, RouteFn, StoreError};
 /// 3. the new rows' files, 4. their deliveries, each one `INSERT … SELECT FROM unnest`.
 ///
 /// Within the batch the first event of a content is the one that may be new; the later
-/// ones fold into its row. `route` is called once per new row, in pull order.
+/// ones fold into its row. `route` is called once per new row, in pull order. The new
+/// deliveries `claims` takes are inserted claimed by `instance` (see
+/// [`crate::store::History::ingest_claiming`]).
 pub(super) async fn insert_rows(
     tx: &Transaction<'_>,
     events: &[ReceivedEvent],
     route: &mut (dyn FnMut(usize, &ReceivedEvent) -> Routed + Send),
     now: i64,
+    (claims, instance): (&mut FirstClaims<'_>, &str),
 ) -> Result<Vec<(Inserted, Routed)>, StoreError> {
     if events.is_empty() {
         return Ok(Vec::new());
@@ -156,7 +159,7 @@ pub(super) async fn insert_rows(
                     files.insert((file_id.as_str(), id), role.as_str());
                 }
                 let routed = route(i, e);
-                deliveries.add(id, &e.dedupe_key, occurrence, &routed.handlers);
+                deliveries.add((id, i), &e.dedupe_key, occurrence, &routed.handlers, claims);
                 out.push((Inserted { id, new: true }, routed));
             }
             Some(&(id, false, _)) => {
@@ -170,7 +173,10 @@ pub(super) async fn insert_rows(
         }
     }
     index_files(tx, &files).await?;
-    deliveries.insert(tx, now).await?;
+    let claimed = deliveries.insert(tx, now, instance).await?;
+    claims
+        .claimed
+        .extend(claimed.into_iter().map(|(want, i, d)| (want, first_attempt(&events[i], d.0, d.1, now, d.2))));
     Ok(out)
 }
 
@@ -192,38 +198,80 @@ async fn index_files(tx: &Transaction<'_>, files: &BTreeMap<(&str, i64), &str>) 
     Ok(())
 }
 
-/// Pending deliveries to insert in one statement, in the order added.
+/// New deliveries to insert in one statement, in the order added: pending, or running
+/// where claimed.
 #[derive(Default)]
 struct Deliveries {
     event_ids: Vec<i64>,
     handlers: Vec<String>,
     webhook_ids: Vec<String>,
+    /// A claimed delivery's lease (ms), with its want and event (index in the batch).
+    claims: Vec<Option<(i64, usize, usize)>>,
 }
 
 impl Deliveries {
-    /// One delivery per handler of the event `event_id` (occurrence `occurrence` of its content).
-    fn add(&mut self, event_id: i64, dedupe_key: &[u8], occurrence: i64, handlers: &[String]) {
+    /// One delivery per handler of the event `event_id` (`i` in its batch; occurrence
+    /// `occurrence` of its content), claimed where `claims` takes it.
+    fn add(
+        &mut self,
+        (event_id, i): (i64, usize),
+        dedupe_key: &[u8],
+        occurrence: i64,
+        handlers: &[String],
+        claims: &mut FirstClaims<'_>,
+    ) {
         for handler in handlers {
             self.event_ids.push(event_id);
             self.webhook_ids.push(webhook_id(dedupe_key, occurrence, handler));
             self.handlers.push(handler.clone());
+            self.claims.push(claims.take(handler).map(|(want, lease)| (lease.as_millis() as i64, want, i)));
         }
     }
 
-    async fn insert(&self, tx: &Transaction<'_>, now: i64) -> Result<(), StoreError> {
+    /// Inserts them; returns the claimed ones (those of a handler not paused) as (want,
+    /// event index, ((delivery id, event id), webhook id, claim token)).
+    async fn insert(
+        &self,
+        tx: &Transaction<'_>,
+        now: i64,
+        instance: &str,
+    ) -> Result<Vec<(usize, usize, ((i64, i64), String, i64))>, StoreError> {
         if self.event_ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        // A claimed delivery is leased by the database's clock and fenced by a fresh token,
+        // as CLAIM (`outbox.rs`) leaves a claimed row; a paused handler's stays pending.
         let stmt = tx
             .prepare_cached(
-                "INSERT INTO deliveries (event_id, handler, webhook_id, state, next_attempt_at, created_at, updated_at)
-                 SELECT event_id, handler, webhook_id, 'pending', $4, $4, $4
-                 FROM unnest($1::bigint[], $2::text[], $3::text[]) WITH ORDINALITY AS u (event_id, handler, webhook_id, n)
-                 ORDER BY n",
+                "INSERT INTO deliveries (event_id, handler, webhook_id, state, attempts, next_attempt_at, created_at,
+                                         updated_at, lease_until, claim_token, claimed_by)
+                 SELECT u.event_id, u.handler, u.webhook_id, CASE WHEN c.run THEN 'running' ELSE 'pending' END,
+                        CASE WHEN c.run THEN 1 ELSE 0 END, $4, $4, $4,
+                        CASE WHEN c.run THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + u.lease_ms END,
+                        CASE WHEN c.run THEN nextval('claim_tokens') END, CASE WHEN c.run THEN $6 END
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $5::bigint[]) WITH ORDINALITY
+                      AS u (event_id, handler, webhook_id, lease_ms, n)
+                 CROSS JOIN LATERAL (SELECT u.lease_ms IS NOT NULL
+                     AND NOT EXISTS (SELECT 1 FROM handler_state h WHERE h.handler = u.handler) AS run) c
+                 ORDER BY u.n
+                 RETURNING id, event_id, handler, claim_token",
             )
             .await?;
-        tx.execute(&stmt, &[&self.event_ids, &self.handlers, &self.webhook_ids, &now]).await?;
-        Ok(())
+        let leases: Vec<Option<i64>> = self.claims.iter().map(|c| c.map(|(lease, _, _)| lease)).collect();
+        let rows =
+            tx.query(&stmt, &[&self.event_ids, &self.handlers, &self.webhook_ids, &now, &leases, &instance]).await?;
+        // Matched by (event, handler), unique among them, not by the order RETURNING gives.
+        let mut claimed = Vec::new();
+        for r in rows {
+            let Some(token) = r.get::<_, Option<i64>>(3) else { continue };
+            let (id, event_id, handler): (i64, i64, String) = (r.get(0), r.get(1), r.get(2));
+            let n = (0..self.event_ids.len())
+                .find(|&n| self.event_ids[n] == event_id && self.handlers[n] == handler)
+                .expect("a returned delivery was inserted");
+            let (_, want, i) = self.claims[n].expect("only a claimed delivery has a token");
+            claimed.push((want, i, ((id, event_id), self.webhook_ids[n].clone(), token)));
+        }
+        Ok(claimed)
     }
 }
 
@@ -237,8 +285,9 @@ pub(super) async fn route_new_event(
     now: i64,
 ) -> Result<(), StoreError> {
     let mut deliveries = Deliveries::default();
-    deliveries.add(event_id, dedupe_key, occurrence, handlers);
-    deliveries.insert(tx, now).await
+    deliveries.add((event_id, 0), dedupe_key, occurrence, handlers, &mut FirstClaims::none());
+    deliveries.insert(tx, now, "").await?;
+    Ok(())
 }
 
 /// Stores `alert` unless held back (see `store/alerts.rs`); true if stored and routed.
@@ -270,7 +319,7 @@ pub(super) async fn raise(tx: &Transaction<'_>, alert: &Alert, route: &RouteFn, 
     )
     .await?;
     let event = alert.event(last.map_or(0, |(_, held)| held));
-    let stored = insert_rows(tx, &[event], &mut |_, _| routed.clone(), now).await?;
+    let stored = insert_rows(tx, &[event], &mut |_, _| routed.clone(), now, (&mut FirstClaims::none(), "")).await?;
     Ok(stored.iter().any(|(row, _)| row.new))
 }
 
@@ -305,7 +354,7 @@ impl PgStore {
         let now = crate::store::now_ms();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let out = insert_rows(&tx, events, route, now).await?;
+        let out = insert_rows(&tx, events, route, now, (&mut FirstClaims::none(), "")).await?;
         if out.iter().any(|(i, r)| i.new && !r.handlers.is_empty()) {
             self.notify(&tx, Topic::Work).await?;
         }
@@ -313,13 +362,14 @@ impl PgStore {
         Ok(out)
     }
 
-    /// See [`crate::store::History::ingest`]: the confirmed rows, then every batch, in one
-    /// transaction.
+    /// See [`crate::store::History::ingest_claiming`]: the confirmed rows, then every
+    /// batch, in one transaction.
     pub async fn ingest(
         &self,
         batches: &[Batch],
         confirmed: &[(i64, i64)],
-    ) -> Result<Vec<Vec<(Inserted, Routed)>>, StoreError> {
+        wants: &[Want],
+    ) -> Result<Ingested, StoreError> {
         if !batches.is_empty() {
             self.check_room().await?;
         }
@@ -346,13 +396,21 @@ impl PgStore {
         let events: Vec<ReceivedEvent> = batches.iter().flat_map(|b| b.events.iter().cloned()).collect();
         let owner: Vec<usize> =
             batches.iter().enumerate().flat_map(|(n, b)| std::iter::repeat_n(n, b.events.len())).collect();
-        let rows = insert_rows(&tx, &events, &mut |i, e| (batches[owner[i]].route)(e), now).await?;
-        if rows.iter().any(|(i, r)| i.new && !r.handlers.is_empty()) {
+        let mut claims = FirstClaims::new(wants, |_| false); // Pauses are read by the insert.
+        let rows =
+            insert_rows(&tx, &events, &mut |i, e| (batches[owner[i]].route)(e), now, (&mut claims, &self.instance))
+                .await?;
+        // Only deliveries left pending are news for the other hosts.
+        let created: usize = rows.iter().filter(|(i, _)| i.new).map(|(_, r)| r.handlers.len()).sum();
+        if created > claims.claimed.len() {
             self.notify(&tx, Topic::Work).await?;
         }
         tx.commit().await?;
         let mut rows = rows.into_iter();
-        Ok(batches.iter().map(|b| rows.by_ref().take(b.events.len()).collect()).collect())
+        Ok(Ingested {
+            rows: batches.iter().map(|b| rows.by_ref().take(b.events.len()).collect()).collect(),
+            claimed: claims.claimed,
+        })
     }
 
     /// See [`crate::store::Alerts::raise_alert`].

@@ -15,6 +15,7 @@ use super::SqliteStore;
 use crate::alert_event::{Alert, ALERT_HOLD};
 use crate::names::ALERT_SOURCE;
 use crate::store::alerts::{dead_delivery_alerts, DeadDelivery};
+use crate::store::deliveries::FirstClaims;
 use crate::store::{Alerts, RouteFn, StoreError};
 
 /// Stores `alert` if a route takes it, unless one of its kind and subject was stored less
@@ -44,7 +45,7 @@ pub(super) fn raise(conn: &Connection, alert: &Alert, route: &RouteFn, now: i64)
         params![kind, alert.subject, now],
     )?;
     let event = alert.event(last.map_or(0, |(_, held)| held));
-    let stored = insert_rows(conn, &[event], &mut |_, _| routed.clone(), now)?;
+    let stored = insert_rows(conn, &[event], &mut |_, _| routed.clone(), now, &mut FirstClaims::none())?;
     Ok(stored.iter().any(|(row, _)| row.new))
 }
 

@@ -9,7 +9,8 @@ use super::SqliteStore;
 use crate::config::ApiVersion;
 use crate::event::ReceivedEvent;
 use crate::route::Routed;
-use crate::store::{webhook_id, Batch, EventFilter, EventRow, History, Inserted, StoreError};
+use crate::store::deliveries::{first_attempt, FirstClaims};
+use crate::store::{webhook_id, Batch, EventFilter, EventRow, History, Ingested, Inserted, StoreError, Want};
 
 /// An event row's confirmation time, in a query on `events`: its own column (rows confirmed
 /// before migration 0013), else its `event_confirmations` row.
@@ -76,17 +77,19 @@ pub(crate) fn insert_batch(
     now_ms: i64,
 ) -> Result<Vec<(Inserted, Routed)>, StoreError> {
     let tx = conn.transaction()?;
-    let out = insert_rows(&tx, events, route, now_ms)?;
+    let out = insert_rows(&tx, events, route, now_ms, &mut FirstClaims::none())?;
     tx.commit()?;
     Ok(out)
 }
 
-/// [`insert_batch`] inside the caller's transaction.
+/// [`insert_batch`] inside the caller's transaction, claiming the new deliveries `claims`
+/// takes (see [`History::ingest_claiming`]).
 pub(crate) fn insert_rows(
     tx: &Connection,
     events: &[ReceivedEvent],
     route: &mut dyn FnMut(usize, &ReceivedEvent) -> Routed,
     now_ms: i64,
+    claims: &mut FirstClaims<'_>,
 ) -> Result<Vec<(Inserted, Routed)>, StoreError> {
     let mut out = Vec::with_capacity(events.len());
     {
@@ -129,7 +132,7 @@ pub(crate) fn insert_rows(
             let id = tx.last_insert_rowid();
             index_files(tx, id, e)?;
             let routed = route(i, e);
-            route_new_event(tx, id, &e.dedupe_key, occurrence, &routed.handlers, now_ms)?;
+            create_deliveries(tx, (id, e), occurrence, &routed.handlers, now_ms, claims)?;
             out.push((Inserted { id, new: true }, routed));
         }
     }
@@ -152,6 +155,35 @@ pub(crate) fn route_new_event(
     )?;
     for handler in handlers {
         stmt.execute(params![event_id, handler, webhook_id(dedupe_key, occurrence, handler), now])?;
+    }
+    Ok(())
+}
+
+/// [`route_new_event`] for the pulled event `e` stored as row `id`, except that the
+/// deliveries `claims` takes are inserted `running` (attempt 1), leased by this process's
+/// steady clock as the dispatcher's claims are.
+fn create_deliveries(
+    tx: &Connection,
+    (id, e): (i64, &ReceivedEvent),
+    occurrence: i64,
+    handlers: &[String],
+    now: i64,
+    claims: &mut FirstClaims<'_>,
+) -> Result<(), StoreError> {
+    for handler in handlers {
+        let Some((want, lease)) = claims.take(handler) else {
+            route_new_event(tx, id, &e.dedupe_key, occurrence, std::slice::from_ref(handler), now)?;
+            continue;
+        };
+        let webhook_id = webhook_id(&e.dedupe_key, occurrence, handler);
+        let lease_until = crate::clock::steady_ms().saturating_add(lease.as_millis() as i64);
+        tx.prepare_cached(
+            "INSERT INTO deliveries (event_id, handler, webhook_id, state, attempts, next_attempt_at, created_at,
+                                     updated_at, lease_until)
+             VALUES (?1, ?2, ?3, 'running', 1, ?4, ?4, ?4, ?5)",
+        )?
+        .execute(params![id, handler, webhook_id, now, lease_until])?;
+        claims.claimed.push((want, first_attempt(e, (tx.last_insert_rowid(), id), webhook_id, now, 0)));
     }
     Ok(())
 }
@@ -210,22 +242,31 @@ impl History for SqliteStore {
         .await
     }
 
-    async fn ingest(
+    async fn ingest_claiming(
         &self,
         batches: Vec<Batch>,
         confirmed: Vec<(i64, i64)>,
-    ) -> Result<Vec<Vec<(Inserted, Routed)>>, StoreError> {
+        wants: Vec<Want>,
+    ) -> Result<Ingested, StoreError> {
         let now = crate::store::now_ms();
         let only_confirmed = batches.is_empty();
         let write = move |conn: &mut Connection| {
             let tx = conn.transaction()?;
             mark_rows(&tx, &confirmed)?;
-            let mut out = Vec::with_capacity(batches.len());
+            let paused: Vec<String> = match wants.is_empty() {
+                true => Vec::new(),
+                false => tx
+                    .prepare_cached("SELECT handler FROM handler_state")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?,
+            };
+            let mut claims = FirstClaims::new(&wants, |handler| paused.iter().any(|p| p == handler));
+            let mut rows = Vec::with_capacity(batches.len());
             for batch in &batches {
-                out.push(insert_rows(&tx, &batch.events, &mut |_, e| (batch.route)(e), now)?);
+                rows.push(insert_rows(&tx, &batch.events, &mut |_, e| (batch.route)(e), now, &mut claims)?);
             }
             tx.commit()?;
-            Ok(out)
+            Ok(Ingested { rows, claimed: claims.claimed })
         };
         if only_confirmed {
             // Only confirmations: bookkeeping (losing it to a power cut only makes a later
