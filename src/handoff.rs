@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::handler::Delivery;
-use crate::store::Want;
+use crate::store::FirstClaim;
 
 /// Batches of claimed deliveries waiting for the dispatcher (one per ingest commit).
 const CAPACITY: usize = 64;
@@ -53,7 +53,7 @@ pub struct FirstAttempt {
 /// Permits taken for one transaction: its wants, and the permits behind them.
 pub struct Taken {
     /// For [`crate::store::History::ingest_claiming`].
-    pub wants: Vec<Want>,
+    pub wants: Vec<FirstClaim>,
     permits: Vec<Vec<OwnedSemaphorePermit>>,
 }
 
@@ -78,7 +78,11 @@ impl Handoff {
             let permits: Vec<OwnedSemaphorePermit> =
                 std::iter::from_fn(|| offer.permits.clone().try_acquire_owned().ok()).take(max).collect();
             if !permits.is_empty() {
-                taken.wants.push(Want::new(offer.handler.clone(), permits.len(), offer.lease));
+                taken.wants.push(FirstClaim {
+                    handler: offer.handler.clone(),
+                    limit: permits.len(),
+                    lease: offer.lease,
+                });
                 taken.permits.push(permits);
             }
         }

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::handler::Delivery;
 
-use super::{RouteFn, StoreError};
+use super::{FirstClaim, RouteFn, StoreError};
 
 /// The stable id of an event's delivery to a handler (`webhook-id`, `VOD_EVENT_ID`):
 /// derived from the content and the handler name, so it is the same on every retry and
@@ -160,7 +160,7 @@ impl Want {
 /// ([`crate::store::History::ingest_claiming`]): how many each want may still take, and
 /// what was taken. Shared by the backends' inserts.
 pub(crate) struct FirstClaims<'a> {
-    wants: &'a [Want],
+    wants: &'a [FirstClaim],
     left: Vec<usize>,
     /// The claimed deliveries, each with the index of its want.
     pub claimed: Vec<(usize, Delivery)>,
@@ -168,7 +168,7 @@ pub(crate) struct FirstClaims<'a> {
 
 impl<'a> FirstClaims<'a> {
     /// Up to each want's limit; none for a handler `paused` says is paused.
-    pub fn new(wants: &'a [Want], paused: impl Fn(&str) -> bool) -> FirstClaims<'a> {
+    pub fn new(wants: &'a [FirstClaim], paused: impl Fn(&str) -> bool) -> FirstClaims<'a> {
         let left = wants.iter().map(|w| if paused(&w.handler) { 0 } else { w.limit }).collect();
         FirstClaims { wants, left, claimed: Vec::new() }
     }

@@ -10,7 +10,7 @@ use crate::event::ReceivedEvent;
 use crate::handler::Delivery;
 use crate::route::Routed;
 
-use super::{StoreError, Want};
+use super::StoreError;
 
 /// What happened to one event of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,12 +86,24 @@ pub struct Batch {
     pub route: Arc<RouteFn>,
 }
 
+/// What [`History::ingest_claiming`] may claim for one handler.
+#[derive(Debug, Clone)]
+pub struct FirstClaim {
+    /// The handler.
+    pub handler: String,
+    /// At most this many of its new deliveries (its permits taken for them).
+    pub limit: usize,
+    /// How long a claimed delivery stays leased.
+    pub lease: std::time::Duration,
+}
+
 /// What [`History::ingest_claiming`] stored and claimed.
 #[derive(Debug, Default)]
 pub struct Ingested {
     /// Each batch's rows and routing, as [`History::ingest`] returns them.
     pub rows: Vec<Vec<(Inserted, Routed)>>,
-    /// The new deliveries claimed in the same transaction, each with the index of its want.
+    /// The new deliveries claimed in the same transaction, each with the index of its
+    /// [`FirstClaim`].
     pub claimed: Vec<(usize, Delivery)>,
 }
 
@@ -127,7 +139,7 @@ pub trait History: Send + Sync {
         &self,
         batches: Vec<Batch>,
         confirmed: Vec<(i64, i64)>,
-        wants: Vec<Want>,
+        wants: Vec<FirstClaim>,
     ) -> Result<Ingested, StoreError>;
 
     /// Indexes the files of up to `batch` events stored before `event_files` existed; 0

@@ -39,7 +39,7 @@ pub use deliveries::{
     webhook_id, AlertWith, AttemptRecord, AttemptRow, BreakerStep, Claimed, DeliveryFilter, DeliveryRow, Next, Outbox,
     Want,
 };
-pub use events::{Batch, EventFilter, EventRow, History, Ingested, Inserted, RouteFn};
+pub use events::{Batch, EventFilter, EventRow, FirstClaim, History, Ingested, Inserted, RouteFn};
 pub use handlers::{HandlerOverview, Handlers, Paused, RECENT_ATTEMPTS};
 pub use inspect::{AttemptFact, DeliveryFact, Inspect};
 pub use keys::{KeyInfo, Keys, NewKey};

@@ -11,8 +11,8 @@ use vod_eventd::config::ApiVersion;
 use vod_eventd::event::ReceivedEvent;
 use vod_eventd::route::Routed;
 use vod_eventd::store::{
-    webhook_id, AttemptRecord, Batch, BreakerStep, DeliveryFilter, EventFilter, Inserted, NewKey, Next, Range, RouteFn,
-    Singleton, Store, StoreError, Want,
+    webhook_id, AttemptRecord, Batch, BreakerStep, DeliveryFilter, EventFilter, FirstClaim, Inserted, NewKey, Next,
+    Range, RouteFn, Singleton, Store, StoreError, Want,
 };
 
 use crate::support::Backend;
@@ -228,7 +228,8 @@ async fn new_deliveries_are_claimed_as_they_are_stored_up_to_each_want_and_never
     let events: Vec<ReceivedEvent> = (0..3).map(upload).collect();
     let batches = vec![Batch { events: events.clone().into(), route: route_to(&["a", "b", "paused"]) }];
     let lease = Duration::from_secs(60);
-    let wants = vec![Want::new("a".into(), 2, lease), Want::new("paused".into(), 3, lease)];
+    let claim = |handler: &str, limit: usize| FirstClaim { handler: handler.into(), limit, lease };
+    let wants = vec![claim("a", 2), claim("paused", 3)];
     let out = store.ingest_claiming(batches, Vec::new(), wants).await.unwrap();
     let ids: Vec<i64> = out.rows[0].iter().map(|(row, _)| row.id).collect();
     let mut claimed: Vec<(usize, i64, u32, String, String)> = out

@@ -3,7 +3,7 @@
 use super::PgStore;
 use crate::event::ReceivedEvent;
 use crate::route::Routed;
-use crate::store::{Batch, EventFilter, EventRow, History, Ingested, Inserted, StoreError, Want};
+use crate::store::{Batch, EventFilter, EventRow, FirstClaim, History, Ingested, Inserted, StoreError};
 
 #[async_trait::async_trait]
 impl History for PgStore {
@@ -17,7 +17,7 @@ impl History for PgStore {
         &self,
         batches: Vec<Batch>,
         confirmed: Vec<(i64, i64)>,
-        wants: Vec<Want>,
+        wants: Vec<FirstClaim>,
     ) -> Result<Ingested, StoreError> {
         self.ingest(&batches, &confirmed, &wants).await
     }

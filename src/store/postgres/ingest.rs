@@ -24,7 +24,7 @@ use crate::names::ALERT_SOURCE;
 use crate::route::Routed;
 use crate::store::alerts::{dead_delivery_alerts, DeadDelivery};
 use crate::store::deliveries::{first_attempt, webhook_id, FirstClaims};
-use crate::store::{Batch, Ingested, Inserted, RouteFn, StoreError, Want};
+use crate::store::{Batch, FirstClaim, Ingested, Inserted, RouteFn, StoreError};
 
 /// Stores `events` in `tx`, routing each new one with `route` (see the module doc), in
 /// five statements at most, whatever the batch's size:
@@ -368,7 +368,7 @@ impl PgStore {
         &self,
         batches: &[Batch],
         confirmed: &[(i64, i64)],
-        wants: &[Want],
+        wants: &[FirstClaim],
     ) -> Result<Ingested, StoreError> {
         if !batches.is_empty() {
             self.check_room().await?;

@@ -10,7 +10,7 @@ use crate::config::ApiVersion;
 use crate::event::ReceivedEvent;
 use crate::route::Routed;
 use crate::store::deliveries::{first_attempt, FirstClaims};
-use crate::store::{webhook_id, Batch, EventFilter, EventRow, History, Ingested, Inserted, StoreError, Want};
+use crate::store::{webhook_id, Batch, EventFilter, EventRow, FirstClaim, History, Ingested, Inserted, StoreError};
 
 /// An event row's confirmation time, in a query on `events`: its own column (rows confirmed
 /// before migration 0013), else its `event_confirmations` row.
@@ -246,7 +246,7 @@ impl History for SqliteStore {
         &self,
         batches: Vec<Batch>,
         confirmed: Vec<(i64, i64)>,
-        wants: Vec<Want>,
+        wants: Vec<FirstClaim>,
     ) -> Result<Ingested, StoreError> {
         let now = crate::store::now_ms();
         let only_confirmed = batches.is_empty();
