@@ -530,14 +530,9 @@ impl Dispatcher {
                         // A handler removed by a reload meanwhile: its row stays running
                         // until its lease passes, then waits as an orphan.
                         let Some(lane) = routing.lanes.get(&first.handler) else { continue };
-                        tasks.spawn(self.attempt(
-                            first.handler,
-                            lane,
-                            routing.policy.clone(),
-                            first.delivery,
-                            Start::Now(first.permit),
-                            (records.clone(), shutdown.clone()),
-                        ));
+                        let mut spawn = Spawn { records: &records, tasks: &mut tasks, shutdown: &shutdown };
+                        let (delivery, start) = (first.delivery, Start::Now(first.permit));
+                        self.attempt(&mut spawn, first.handler, lane, &routing.policy, delivery, start);
                     }
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => work = true,
@@ -585,7 +580,7 @@ impl Dispatcher {
         &self,
         routing: &Arc<Routing>,
         outcomes: &mut Vec<AttemptRecord>,
-        spawn: Spawn<'_>,
+        mut spawn: Spawn<'_>,
         sweeps: &mut Sweeps,
         control: &mut Control,
         poll_every: Duration,
@@ -657,14 +652,7 @@ impl Dispatcher {
                     Start::Queued { permits: lane.permits.clone(), waiting: lane.waiting.clone() }
                 }
             };
-            spawn.tasks.spawn(self.attempt(
-                name.clone(),
-                lane,
-                routing.policy.clone(),
-                delivery,
-                start,
-                (spawn.records.clone(), spawn.shutdown.clone()),
-            ));
+            self.attempt(&mut spawn, name.clone(), lane, &routing.policy, delivery, start);
         }
         // A handler that claimed all it asked for may have more due; one held back by its
         // rate is stepped for when its limiter allows the next attempt.
@@ -718,19 +706,22 @@ impl Dispatcher {
         }
     }
 
+    /// Starts the attempt of `d` on `lane` (handler `name`) once `start` gives it a permit
+    /// (and the lane's pacer its turn), in `spawn`'s tasks.
     fn attempt(
         &self,
+        spawn: &mut Spawn<'_>,
         name: String,
         lane: &Lane,
-        policy: RetryPolicy,
+        policy: &RetryPolicy,
         d: Delivery,
         start: Start,
-        (records, shutdown): (mpsc::Sender<Finished>, CancellationToken),
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let (handler, pacer) = (lane.handler.clone(), lane.pacer.clone());
+    ) {
+        let (handler, pacer, policy) = (lane.handler.clone(), lane.pacer.clone(), policy.clone());
+        let (records, shutdown) = (spawn.records.clone(), spawn.shutdown.clone());
         let stats = self.stats.clone();
         let span = tracing::info_span!("delivery", id = d.delivery_id, event = d.event_id, handler = %name, attempt = d.attempt);
-        async move {
+        let attempt = async move {
             let permit = match start {
                 Start::Now(permit) => permit,
                 Start::Queued { permits, waiting } => {
@@ -762,8 +753,8 @@ impl Dispatcher {
             // The row stays `running` until its outcome is committed, so it cannot be claimed twice.
             let _ = records.send(Finished { handler: name, record }).await;
             drop(permit);
-        }
-        .instrument(span)
+        };
+        spawn.tasks.spawn(attempt.instrument(span));
     }
 
     async fn drain(&self, mut tasks: JoinSet<()>, drain_timeout: Duration) {
