@@ -20,6 +20,7 @@ use super::listen::Topic;
 use super::PgStore;
 use crate::alert_event::{Alert, ALERT_HOLD};
 use crate::event::ReceivedEvent;
+use crate::handler::Delivery;
 use crate::names::ALERT_SOURCE;
 use crate::route::Routed;
 use crate::store::alerts::{dead_delivery_alerts, DeadDelivery};
@@ -173,10 +174,7 @@ pub(super) async fn insert_rows(
         }
     }
     index_files(tx, &files).await?;
-    let claimed = deliveries.insert(tx, now, instance).await?;
-    claims
-        .claimed
-        .extend(claimed.into_iter().map(|(want, i, d)| (want, first_attempt(&events[i], d.0, d.1, now, d.2))));
+    claims.claimed.extend(deliveries.insert(tx, now, (events, instance)).await?);
     Ok(out)
 }
 
@@ -228,14 +226,14 @@ impl Deliveries {
         }
     }
 
-    /// Inserts them; returns the claimed ones (those of a handler not paused) as (want,
-    /// event index, ((delivery id, event id), webhook id, claim token)).
+    /// Inserts them; returns the claimed ones (those of a handler not paused), built from
+    /// their events in `events`, each with its want.
     async fn insert(
         &self,
         tx: &Transaction<'_>,
         now: i64,
-        instance: &str,
-    ) -> Result<Vec<(usize, usize, ((i64, i64), String, i64))>, StoreError> {
+        (events, instance): (&[ReceivedEvent], &str),
+    ) -> Result<Vec<(usize, Delivery)>, StoreError> {
         if self.event_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -243,33 +241,35 @@ impl Deliveries {
         // as CLAIM (`outbox.rs`) leaves a claimed row; a paused handler's stays pending.
         let stmt = tx
             .prepare_cached(
-                "INSERT INTO deliveries (event_id, handler, webhook_id, state, attempts, next_attempt_at, created_at,
-                                         updated_at, lease_until, claim_token, claimed_by)
-                 SELECT u.event_id, u.handler, u.webhook_id, CASE WHEN c.run THEN 'running' ELSE 'pending' END,
-                        CASE WHEN c.run THEN 1 ELSE 0 END, $4, $4, $4,
-                        CASE WHEN c.run THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + u.lease_ms END,
-                        CASE WHEN c.run THEN nextval('claim_tokens') END, CASE WHEN c.run THEN $6 END
-                 FROM unnest($1::bigint[], $2::text[], $3::text[], $5::bigint[]) WITH ORDINALITY
-                      AS u (event_id, handler, webhook_id, lease_ms, n)
-                 CROSS JOIN LATERAL (SELECT u.lease_ms IS NOT NULL
-                     AND NOT EXISTS (SELECT 1 FROM handler_state h WHERE h.handler = u.handler) AS run) c
-                 ORDER BY u.n
-                 RETURNING id, event_id, handler, claim_token",
+                "WITH inserted AS (
+                     INSERT INTO deliveries (event_id, handler, webhook_id, state, attempts, next_attempt_at, created_at,
+                                             updated_at, lease_until, claim_token, claimed_by)
+                     SELECT u.event_id, u.handler, u.webhook_id, CASE WHEN c.run THEN 'running' ELSE 'pending' END,
+                            CASE WHEN c.run THEN 1 ELSE 0 END, $4, $4, $4,
+                            CASE WHEN c.run THEN (extract(epoch FROM clock_timestamp()) * 1000)::bigint + u.lease_ms END,
+                            CASE WHEN c.run THEN nextval('claim_tokens') END, CASE WHEN c.run THEN $6 END
+                     FROM unnest($1::bigint[], $2::text[], $3::text[], $5::bigint[]) WITH ORDINALITY
+                          AS u (event_id, handler, webhook_id, lease_ms, n)
+                     CROSS JOIN LATERAL (SELECT u.lease_ms IS NOT NULL
+                         AND NOT EXISTS (SELECT 1 FROM handler_state h WHERE h.handler = u.handler) AS run) c
+                     ORDER BY u.n
+                     RETURNING id, event_id, webhook_id, claim_token)
+                 SELECT * FROM inserted WHERE claim_token IS NOT NULL",
             )
             .await?;
         let leases: Vec<Option<i64>> = self.claims.iter().map(|c| c.map(|(lease, _, _)| lease)).collect();
         let rows =
             tx.query(&stmt, &[&self.event_ids, &self.handlers, &self.webhook_ids, &now, &leases, &instance]).await?;
-        // Matched by (event, handler), unique among them, not by the order RETURNING gives.
-        let mut claimed = Vec::new();
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Matched by webhook id (one per event and handler), not by the order RETURNING gives.
+        let by_id: HashMap<&str, usize> = self.webhook_ids.iter().enumerate().map(|(n, id)| (id.as_str(), n)).collect();
+        let mut claimed = Vec::with_capacity(rows.len());
         for r in rows {
-            let Some(token) = r.get::<_, Option<i64>>(3) else { continue };
-            let (id, event_id, handler): (i64, i64, String) = (r.get(0), r.get(1), r.get(2));
-            let n = (0..self.event_ids.len())
-                .find(|&n| self.event_ids[n] == event_id && self.handlers[n] == handler)
-                .expect("a returned delivery was inserted");
-            let (_, want, i) = self.claims[n].expect("only a claimed delivery has a token");
-            claimed.push((want, i, ((id, event_id), self.webhook_ids[n].clone(), token)));
+            let (id, event_id, webhook_id, token): (i64, i64, String, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            let (_, want, i) = self.claims[by_id[webhook_id.as_str()]].expect("only a claimed delivery has a token");
+            claimed.push((want, first_attempt(&events[i], (id, event_id), webhook_id, now, token)));
         }
         Ok(claimed)
     }
@@ -286,7 +286,7 @@ pub(super) async fn route_new_event(
 ) -> Result<(), StoreError> {
     let mut deliveries = Deliveries::default();
     deliveries.add((event_id, 0), dedupe_key, occurrence, handlers, &mut FirstClaims::none());
-    deliveries.insert(tx, now, "").await?;
+    deliveries.insert(tx, now, (&[], "")).await?;
     Ok(())
 }
 
