@@ -462,6 +462,8 @@ impl Dispatcher {
         // Handlers that may have due deliveries beyond what they could claim.
         let mut backlog = BTreeSet::new();
         let mut control = Control::default();
+        // The handlers last offered to the ingest writer, and the routing they are lanes of.
+        let mut offered: (Option<Arc<Routing>>, Vec<String>) = (None, Vec::new());
         loop {
             let routing = self.routing.borrow_and_update().clone();
             let poll_every = notices::poll_every(notices.as_ref(), routing.poll_interval);
@@ -558,7 +560,18 @@ impl Dispatcher {
                 };
                 step_at = step_at.min(gathered);
             }
-            self.handoff.offer(offers(&routing, &control, &backlog, outage.ongoing()));
+            // Published only when they change (this runs after every outcome).
+            let offer = offered_lanes(&routing, &control, &backlog, outage.ongoing());
+            if !offered.0.as_ref().is_some_and(|r| Arc::ptr_eq(r, &routing))
+                || !offered.1.iter().eq(offer.iter().copied())
+            {
+                let to_offer = |name: &&String| {
+                    let lane = &routing.lanes[*name];
+                    Offer { handler: name.to_string(), permits: lane.permits.clone(), lease: lane.lease }
+                };
+                self.handoff.offer(offer.iter().map(to_offer).collect());
+                offered = (Some(routing.clone()), offer.into_iter().cloned().collect());
+            }
         }
         self.handoff.offer(Vec::new());
         self.drain(tasks, drain_timeout).await;
@@ -773,7 +786,12 @@ impl Dispatcher {
 /// step), a failure in a row or a pause (the breaker and pauses are the steps' to apply),
 /// older deliveries possibly due (`backlog`), or claimed deliveries waiting for a permit;
 /// none while the store refuses this dispatcher's writes.
-fn offers(routing: &Routing, control: &Control, backlog: &BTreeSet<String>, outage: bool) -> Vec<Offer> {
+fn offered_lanes<'a>(
+    routing: &'a Routing,
+    control: &Control,
+    backlog: &BTreeSet<String>,
+    outage: bool,
+) -> Vec<&'a String> {
     if outage {
         return Vec::new();
     }
@@ -786,7 +804,7 @@ fn offers(routing: &Routing, control: &Control, backlog: &BTreeSet<String>, outa
                 && !backlog.contains(*name)
                 && !control.breakers.unsettled(name)
         })
-        .map(|(name, lane)| Offer { handler: name.clone(), permits: lane.permits.clone(), lease: lane.lease })
+        .map(|(name, _)| name)
         .collect()
 }
 

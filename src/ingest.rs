@@ -153,9 +153,7 @@ async fn commit(
             Ok(stored) => {
                 outage.succeeded();
                 confirmed.clear();
-                let created: usize =
-                    stored.rows.iter().flatten().filter(|(row, _)| row.new).map(|(_, r)| r.handlers.len()).sum();
-                if created > stored.claimed.len() {
+                if stored.left_pending() {
                     handoff.wake.notify_one();
                 }
                 handoff.hand_over(taken, stored.claimed).await;

@@ -107,6 +107,15 @@ pub struct Ingested {
     pub claimed: Vec<(usize, Delivery)>,
 }
 
+impl Ingested {
+    /// Whether the transaction created deliveries it did not claim (they wait, pending,
+    /// for a dispatcher's claim).
+    pub fn left_pending(&self) -> bool {
+        let created: usize = self.rows.iter().flatten().filter(|(row, _)| row.new).map(|(_, r)| r.handlers.len()).sum();
+        created > self.claimed.len()
+    }
+}
+
 /// The events operations every backend implements.
 #[async_trait]
 pub trait History: Send + Sync {

@@ -242,6 +242,7 @@ async fn new_deliveries_are_claimed_as_they_are_stored_up_to_each_want_and_never
     let mut expected = vec![first(0), first(1)];
     expected.sort(); // On PostgreSQL a group's ids follow its keys.
     assert_eq!(claimed, expected, "handler a's first two in pull order, nothing for b or the paused one");
+    assert!(out.left_pending());
     let state = |event_id: i64, handler: &str| {
         let d =
             store.deliveries().unwrap().into_iter().find(|d| d.event_id == event_id && d.handler == handler).unwrap();
@@ -265,6 +266,12 @@ async fn new_deliveries_are_claimed_as_they_are_stored_up_to_each_want_and_never
     // A claim left by a process that stopped before its attempt goes back to pending.
     assert_eq!(store.requeue_running().await.unwrap(), 2, "the other first claim and the outbox's");
     assert_eq!(state(out.claimed[1].1.event_id, "a"), ("pending".into(), 0));
+
+    // Every new delivery claimed: nothing left pending to announce.
+    let batches = vec![Batch { events: vec![upload(9)].into(), route: route_to(&["a"]) }];
+    let all = store.ingest_claiming(batches, Vec::new(), vec![claim("a", 5)]).await.unwrap();
+    assert_eq!(all.claimed.len(), 1);
+    assert!(!all.left_pending());
 }
 
 async fn an_event_is_found_by_every_file_it_names_and_lists_filter(backend: Backend) {

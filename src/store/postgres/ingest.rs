@@ -400,17 +400,17 @@ impl PgStore {
         let rows =
             insert_rows(&tx, &events, &mut |i, e| (batches[owner[i]].route)(e), now, (&mut claims, &self.instance))
                 .await?;
+        let mut rows = rows.into_iter();
+        let ingested = Ingested {
+            rows: batches.iter().map(|b| rows.by_ref().take(b.events.len()).collect()).collect(),
+            claimed: claims.claimed,
+        };
         // Only deliveries left pending are news for the other hosts.
-        let created: usize = rows.iter().filter(|(i, _)| i.new).map(|(_, r)| r.handlers.len()).sum();
-        if created > claims.claimed.len() {
+        if ingested.left_pending() {
             self.notify(&tx, Topic::Work).await?;
         }
         tx.commit().await?;
-        let mut rows = rows.into_iter();
-        Ok(Ingested {
-            rows: batches.iter().map(|b| rows.by_ref().take(b.events.len()).collect()).collect(),
-            claimed: claims.claimed,
-        })
+        Ok(ingested)
     }
 
     /// See [`crate::store::Alerts::raise_alert`].
